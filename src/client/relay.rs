@@ -1,0 +1,440 @@
+//! The relay loop: client bytes to the server, server bytes to the client,
+//! with the pinning decisions made per message tag.
+//!
+//! Both sockets are driven through readiness (`readable`/`writable` plus
+//! non-blocking reads and writes), so reading and writing in both directions
+//! proceed together: a client pipelining a large batch can never deadlock
+//! against a server that is busy sending results. Buffers are allocated only
+//! while there is traffic, so an idle client costs a socket and a task.
+
+use std::io;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+use super::session::{Session, SessionError};
+use crate::config::PoolMode;
+use crate::protocol::error::ServerErrorFields;
+use crate::protocol::frame::Step;
+use crate::protocol::{backend, sqlstate, PgError};
+use crate::server::ServerError;
+
+/// Stop reading from a side while this much waits to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// Read size.
+const READ_CHUNK: usize = 16 * 1024;
+
+enum Event {
+    ClientReadable,
+    ServerReadable,
+    ServerWritable,
+    ClientWritable,
+    Shutdown,
+    IdleTimeout,
+}
+
+/// Message types a client may send after login.
+fn is_frontend_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Q' | b'P'
+            | b'B'
+            | b'E'
+            | b'D'
+            | b'C'
+            | b'H'
+            | b'S'
+            | b'F'
+            | b'd'
+            | b'c'
+            | b'f'
+            | b'X'
+            | b'p'
+    )
+}
+
+/// Server messages the relay must see whole.
+fn server_inspects(tag: u8) -> bool {
+    matches!(tag, b'Z' | b'S' | b'E' | b'G' | b'W')
+}
+
+async fn readable(s: Option<&TcpStream>) -> io::Result<()> {
+    match s {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn writable(s: Option<&TcpStream>) -> io::Result<()> {
+    match s {
+        Some(s) => s.writable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads what is available without blocking. `Ok(false)`: end of stream.
+fn try_fill(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+    match stream.try_read_buf(buf) {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes as much as the socket takes now.
+fn try_flush(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<()> {
+    while !buf.is_empty() {
+        match stream.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let _ = buf.split_to(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    // Give the memory back while the client is idle.
+    *buf = BytesMut::new();
+    Ok(())
+}
+
+impl Session {
+    fn at_safe_point(&self) -> bool {
+        match self.mode {
+            PoolMode::Transaction => self.server.is_none(),
+            PoolMode::Session => self.txn.is_idle(),
+        }
+    }
+
+    /// Runs until the client leaves, breaks the protocol, or shutdown.
+    pub async fn relay(&mut self) -> Result<(), SessionError> {
+        let shutdown = self.state.shutdown.clone();
+        let client_idle = self.pool.settings.client_idle_timeout;
+        let idle_in_txn = self.pool.settings.idle_transaction_timeout;
+        self.flush_client()?;
+        loop {
+            if !self.cbuf.is_empty() && self.to_server.len() < HIGH_WATER {
+                if let Some(end) = self.process_client_input().await? {
+                    return end;
+                }
+            }
+            let server = self.server.as_ref().map(|p| &p.server.stream);
+            let want_client_read = self.to_server.len() < HIGH_WATER;
+            let want_server_read = self.to_client.len() < HIGH_WATER;
+            let safe = self.at_safe_point();
+            let idle_deadline = if self.server.is_none() && !client_idle.is_zero() {
+                Some(client_idle)
+            } else if self.server.is_some()
+                && self.txn.pending == 0
+                && (self.txn.status == b'T' || self.txn.status == b'E')
+                && !idle_in_txn.is_zero()
+            {
+                Some(idle_in_txn)
+            } else {
+                None
+            };
+            let ev = tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if safe => Event::Shutdown,
+                r = self.client.writable(), if !self.to_client.is_empty() => {
+                    r.map_err(SessionError::ClientIo)?; Event::ClientWritable
+                }
+                r = readable(server), if server.is_some() && want_server_read => {
+                    r.map_err(|e| SessionError::ServerLost(e.into()))?; Event::ServerReadable
+                }
+                r = writable(server), if server.is_some() && !self.to_server.is_empty() => {
+                    r.map_err(|e| SessionError::ServerLost(e.into()))?; Event::ServerWritable
+                }
+                r = self.client.readable(), if want_client_read => {
+                    r.map_err(SessionError::ClientIo)?; Event::ClientReadable
+                }
+                _ = async { match idle_deadline {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    } } => Event::IdleTimeout,
+            };
+            match ev {
+                Event::Shutdown => {
+                    let e = PgError::fatal(
+                        sqlstate::ADMIN_SHUTDOWN,
+                        "pgharbor is shutting down; reconnect to another instance",
+                    );
+                    return self.send_fatal(e).await;
+                }
+                Event::IdleTimeout => {
+                    let e = if self.server.is_none() {
+                        PgError::fatal(
+                            sqlstate::IDLE_SESSION_TIMEOUT,
+                            "pgharbor: closing idle client connection (client_idle_timeout)",
+                        )
+                    } else {
+                        PgError::fatal(
+                            sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+                            "pgharbor: terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
+                        )
+                    };
+                    return self.send_fatal(e).await;
+                }
+                Event::ClientWritable => self.flush_client()?,
+                Event::ServerWritable => self.flush_server()?,
+                Event::ClientReadable => {
+                    let n_before = self.cbuf.len();
+                    let open =
+                        try_fill(&self.client, &mut self.cbuf).map_err(SessionError::ClientIo)?;
+                    if !open {
+                        return Ok(());
+                    }
+                    let n = self.cbuf.len() - n_before;
+                    if n > 0 {
+                        self.pool.stats.bytes_received.inc_by(n as u64);
+                    }
+                }
+                Event::ServerReadable => {
+                    if let Some(end) = self.on_server_readable().await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush_server(&mut self) -> Result<(), SessionError> {
+        if let Some(p) = self.server.as_ref() {
+            if let Err(e) = try_flush(&p.server.stream, &mut self.to_server) {
+                return Err(SessionError::ServerLost(e.into()));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn flush_client(&mut self) -> Result<(), SessionError> {
+        let before = self.to_client.len();
+        let r = try_flush(&self.client, &mut self.to_client).map_err(SessionError::ClientIo);
+        let sent = before - self.to_client.len();
+        if sent > 0 {
+            self.pool.stats.bytes_sent.inc_by(sent as u64);
+        }
+        r
+    }
+
+    /// Sends a FATAL error and ends the session.
+    async fn send_fatal(&mut self, e: PgError) -> Result<(), SessionError> {
+        use tokio::io::AsyncWriteExt;
+        e.encode(&mut self.to_client);
+        let _ = self.client.write_all(&self.to_client).await;
+        self.to_client.clear();
+        Err(SessionError::Refused(e))
+    }
+
+    /// Decides on every complete client message in `cbuf`. Returns
+    /// `Some(result)` when the session must end.
+    async fn process_client_input(
+        &mut self,
+    ) -> Result<Option<Result<(), SessionError>>, SessionError> {
+        // Bytes at the front of cbuf already decided on, to be forwarded.
+        let mut ready = 0usize;
+        loop {
+            let step = self
+                .cscan
+                .step(&self.cbuf[ready..], self.max_message, |t| t == b'X');
+            let step = match step {
+                Ok(s) => s,
+                Err(e) => {
+                    let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
+                    return Ok(Some(self.send_fatal(e).await));
+                }
+            };
+            match step {
+                Step::Incomplete => break,
+                Step::Whole { tag: b'X', .. } => {
+                    self.forward_ready(ready)?;
+                    // Terminate: the client is done. The server stays ours
+                    // and is cleaned up by `finish`.
+                    return Ok(Some(Ok(())));
+                }
+                Step::Whole { len, .. } | Step::Pass { tag: None, len } => ready += len,
+                Step::Pass {
+                    tag: Some(tag),
+                    len,
+                } => {
+                    if !is_frontend_tag(tag) {
+                        let e = PgError::fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            format!("invalid frontend message type {}", tag),
+                        );
+                        return Ok(Some(self.send_fatal(e).await));
+                    }
+                    if self.server.is_none() {
+                        // Everything decided so far was already forwarded
+                        // with the previous server.
+                        self.forward_ready(ready)?;
+                        ready = 0;
+                        if let Err(e) = self.acquire_server().await {
+                            return Ok(Some(self.send_fatal(e).await));
+                        }
+                    }
+                    self.note_client_message(tag);
+                    ready += len;
+                }
+            }
+        }
+        self.forward_ready(ready)?;
+        Ok(None)
+    }
+
+    /// Moves `n` decided bytes from `cbuf` to the server's queue and writes.
+    fn forward_ready(&mut self, n: usize) -> Result<(), SessionError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let chunk = self.cbuf.split_to(n);
+        if self.to_server.is_empty() {
+            self.to_server = chunk;
+        } else {
+            self.to_server.unsplit(chunk);
+        }
+        if self.cbuf.is_empty() {
+            self.cbuf = BytesMut::new();
+        }
+        self.flush_server()
+    }
+
+    /// Pinning bookkeeping for a client message about to be forwarded.
+    fn note_client_message(&mut self, tag: u8) {
+        if self.txn.started.is_none() {
+            self.txn.started = Some(Instant::now());
+        }
+        match tag {
+            b'Q' => {
+                self.txn.pending += 1;
+                self.txn.unsynced = false;
+                self.pool.stats.queries.inc();
+            }
+            b'S' | b'F' => {
+                self.txn.pending += 1;
+                self.txn.unsynced = false;
+            }
+            b'E' => {
+                self.txn.unsynced = true;
+                self.pool.stats.queries.inc();
+            }
+            b'P' | b'B' | b'D' | b'C' | b'H' => self.txn.unsynced = true,
+            b'c' | b'f' => self.txn.copy_in = false,
+            _ => {}
+        }
+    }
+
+    /// Reads from the server and forwards; releases the server at the end of
+    /// a transaction in transaction mode.
+    async fn on_server_readable(&mut self) -> Option<Result<(), SessionError>> {
+        let pooled = self.server.as_mut()?;
+        let open = try_fill(&pooled.server.stream, &mut pooled.server.rbuf);
+        let lost = match open {
+            Ok(true) => None,
+            Ok(false) => Some(ServerError::Closed),
+            Err(e) => Some(ServerError::Io(e)),
+        };
+        let mut release = false;
+        let mut txn_done = false;
+        let mut ready = 0usize;
+        let pooled = self.server.as_mut()?;
+        loop {
+            let rbuf = &pooled.server.rbuf;
+            let step = match self.sscan.step(&rbuf[ready..], 1 << 30, server_inspects) {
+                Ok(s) => s,
+                Err(e) => {
+                    return Some(self.server_lost(ServerError::Protocol(e)).await);
+                }
+            };
+            match step {
+                Step::Incomplete => break,
+                Step::Pass { len, .. } => ready += len,
+                Step::Whole { tag, len } => {
+                    let body = &rbuf[ready + 5..ready + len];
+                    match tag {
+                        b'Z' => {
+                            let status = body.first().copied().unwrap_or(b'I');
+                            pooled.server.status = status;
+                            self.txn.status = status;
+                            self.txn.pending = self.txn.pending.saturating_sub(1);
+                            release = false;
+                            if self.txn.pending == 0 && !self.txn.unsynced && status == b'I' {
+                                txn_done = true;
+                                release = self.mode == PoolMode::Transaction;
+                            }
+                        }
+                        b'S' => {
+                            if let Some((k, v)) = backend::parse_parameter_status(body) {
+                                pooled.server.params.insert(k.clone(), v.clone());
+                                self.reported.insert(k, v);
+                            }
+                        }
+                        b'E' if ServerErrorFields::parse(body).is_fatal() => {
+                            self.server_fatal_sent = true;
+                        }
+                        b'G' => self.txn.copy_in = true,
+                        _ => {}
+                    }
+                    ready += len;
+                }
+            }
+        }
+        let chunk = pooled.server.rbuf.split_to(ready);
+        if self.to_client.is_empty() {
+            self.to_client = chunk;
+        } else {
+            self.to_client.unsplit(chunk);
+        }
+        if txn_done {
+            self.end_of_transaction();
+        }
+        if let Err(e) = self.flush_client() {
+            return Some(Err(e));
+        }
+        if let Some(e) = lost {
+            return Some(self.server_lost(e).await);
+        }
+        if release && self.txn.is_idle() {
+            self.release_server().await;
+        }
+        None
+    }
+
+    fn end_of_transaction(&mut self) {
+        self.pool.stats.transactions.inc();
+        if let Some(t) = self.txn.started.take() {
+            self.pool
+                .stats
+                .transaction_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The server died under the client: tell the client at once (unless
+    /// the server's own FATAL already did), drop the server, end the session.
+    async fn server_lost(&mut self, cause: ServerError) -> Result<(), SessionError> {
+        if let Some(p) = self.server.take() {
+            self.cancel.slot.clear_target().await;
+            self.pool.stats.clients_active.dec();
+            self.pool.stats.clients_idle.inc();
+            tracing::warn!(server_id = p.server.id, error = %cause, "server connection lost");
+            p.discard();
+        }
+        if !self.server_fatal_sent {
+            let e = PgError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("pgharbor: server connection lost ({cause}); any open transaction was rolled back by the server"),
+            )
+            .with_hint("reconnect and retry the transaction");
+            return self.send_fatal(e).await;
+        }
+        use tokio::io::AsyncWriteExt;
+        let _ = self.client.write_all(&self.to_client).await;
+        Err(SessionError::ServerLost(cause))
+    }
+}

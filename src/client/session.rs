@@ -1,0 +1,420 @@
+//! The life of one client connection: handshake, authentication, login to a
+//! pool, the relay, and the clean-up that guarantees no half-done transaction
+//! is ever left on a server that goes back to the pool.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use super::startup::{self, Handshake, LoginRequest, StartupError};
+use crate::cancel::CancelHandle;
+use crate::config::PoolMode;
+use crate::pool::{CheckoutError, Pool, PooledServer};
+use crate::protocol::startup::parse_options;
+use crate::protocol::{backend, sqlstate, FrameScanner, PgError};
+use crate::server::{is_read_only_param, ServerError};
+use crate::State;
+
+/// The whole startup (first packet to AuthenticationOk) must fit in this.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves one accepted connection to its end.
+pub async fn serve(mut stream: TcpStream, addr: SocketAddr, state: Arc<State>) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::new();
+    let hs = tokio::time::timeout(STARTUP_TIMEOUT, startup::handshake(&mut stream, &mut buf)).await;
+    let login = match hs {
+        Ok(Ok(Handshake::Cancel { pid, secret })) => {
+            let outcome = state.cancel.handle(pid, &secret).await;
+            tracing::info!(client = %addr, pid, outcome = outcome.label(), "cancel request");
+            return;
+        }
+        Ok(Ok(Handshake::Login(login))) => login,
+        Ok(Err(e)) => return refuse(&mut stream, addr, e).await,
+        Err(_) => {
+            let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "pgharbor: startup timed out");
+            return refuse(&mut stream, addr, StartupError::Refuse(e)).await;
+        }
+    };
+    // Cancel connections never get here, so they do not count against
+    // max_client_conn and cannot exhaust it.
+    let Ok(permit) = state.client_permits.clone().try_acquire_owned() else {
+        let max = state.config().proxy.max_client_conn;
+        let e = PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!("sorry, too many clients already (max_client_conn = {max})"),
+        )
+        .with_hint("raise proxy.max_client_conn or use fewer client connections");
+        return refuse(&mut stream, addr, StartupError::Refuse(e)).await;
+    };
+    state.metrics.clients_total.inc();
+    let span = tracing::info_span!("client", client = %addr, user = %login.user, database = %login.database);
+    async move {
+        tracing::info!("client connected");
+        let result = run(stream, buf, addr, login, state, permit).await;
+        match result {
+            Ok(()) => tracing::info!("client disconnected"),
+            Err(e) => tracing::info!(reason = %e, "client disconnected"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn refuse(stream: &mut TcpStream, addr: SocketAddr, e: StartupError) {
+    if let StartupError::Refuse(err) = e {
+        tracing::info!(client = %addr, error = %err, "client refused");
+        let mut out = BytesMut::new();
+        err.encode(&mut out);
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Startup(#[from] StartupError),
+    #[error("{0}")]
+    Refused(PgError),
+    #[error("client i/o error: {0}")]
+    ClientIo(std::io::Error),
+    #[error("client protocol error: {0}")]
+    ClientProtocol(#[from] crate::protocol::ProtocolError),
+    #[error("server connection lost: {0}")]
+    ServerLost(ServerError),
+}
+
+async fn run(
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    addr: SocketAddr,
+    login: LoginRequest,
+    state: Arc<State>,
+    _permit: OwnedSemaphorePermit,
+) -> Result<(), SessionError> {
+    let user = state.users().get(&login.user);
+    let auth = startup::authenticate(&mut stream, &mut buf, &login.user, user.as_deref());
+    match tokio::time::timeout(STARTUP_TIMEOUT, auth).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let msg = e.to_string();
+            refuse(&mut stream, addr, e).await;
+            return Err(SessionError::Refused(PgError::fatal(
+                sqlstate::INVALID_PASSWORD,
+                msg,
+            )));
+        }
+        Err(_) => return Ok(()),
+    }
+    let Some(user) = user else { return Ok(()) };
+    let config = state.config();
+    if login.database == "pgharbor" || login.database == "pgbouncer" {
+        return crate::admin::serve(stream, buf, &login, state.clone()).await;
+    }
+    let Some(db) = config.database(&login.database) else {
+        let e = PgError::fatal(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("database \"{}\" does not exist", login.database),
+        )
+        .with_hint("pgharbor serves only the databases listed in its [[databases]] config");
+        refuse(&mut stream, addr, StartupError::Refuse(e.clone())).await;
+        return Err(SessionError::Refused(e));
+    };
+    let pool = state.pools.get_or_create(db, &user.config, &config.pool);
+    let cancel = state.cancel.register();
+    let mut session = Session {
+        client: stream,
+        mode: pool.settings.pool_mode,
+        pool,
+        state: state.clone(),
+        reported: BTreeMap::new(),
+        other: BTreeMap::new(),
+        cancel,
+        cbuf: buf,
+        to_server: BytesMut::new(),
+        to_client: BytesMut::new(),
+        server: None,
+        txn: TxnState::default(),
+        cscan: FrameScanner::default(),
+        sscan: FrameScanner::default(),
+        max_message: config.proxy.max_message_size,
+        server_fatal_sent: false,
+    };
+    drop(config);
+    session.pool.stats.clients_idle.inc();
+    if let Err(e) = session.login(&login).await {
+        session.pool.stats.clients_idle.dec();
+        session.to_client.clear();
+        e.encode(&mut session.to_client);
+        let _ = session.client.write_all(&session.to_client).await;
+        return Err(SessionError::Refused(e));
+    }
+    let result = session.relay().await;
+    session.pool.stats.clients_idle.dec();
+    session.finish().await;
+    result
+}
+
+/// Where the client's current unit of work stands on its server.
+#[derive(Debug, Default)]
+pub(super) struct TxnState {
+    /// Query, Sync and FunctionCall messages sent and not yet answered by
+    /// ReadyForQuery.
+    pub pending: u32,
+    /// Extended-protocol messages sent since the last Sync: the server may
+    /// hold an open implicit transaction, so it must stay with this client.
+    pub unsynced: bool,
+    /// The server is in COPY FROM STDIN and waits for the client's data.
+    pub copy_in: bool,
+    /// Transaction status from the last ReadyForQuery.
+    pub status: u8,
+    /// When the current unit of work began (for the duration histogram).
+    pub started: Option<Instant>,
+}
+
+impl TxnState {
+    /// Nothing in flight and no transaction open: the server may go back.
+    pub fn is_idle(&self) -> bool {
+        self.pending == 0
+            && !self.unsynced
+            && !self.copy_in
+            && self.status != b'T'
+            && self.status != b'E'
+    }
+}
+
+pub(super) struct Session {
+    pub client: TcpStream,
+    pub mode: PoolMode,
+    pub pool: Arc<Pool>,
+    pub state: Arc<State>,
+    /// The client's view of reported parameters (what it was told with
+    /// ParameterStatus), synced onto every server it lands on.
+    pub reported: BTreeMap<String, String>,
+    /// Unreported settings from the startup packet (lower-case names).
+    pub other: BTreeMap<String, String>,
+    pub cancel: CancelHandle,
+    /// Bytes read from the client, not yet decided on.
+    pub cbuf: BytesMut,
+    /// Client bytes decided on, waiting to be written to the server.
+    pub to_server: BytesMut,
+    /// Bytes waiting to be written to the client.
+    pub to_client: BytesMut,
+    /// The server this client holds now, if any.
+    pub server: Option<PooledServer>,
+    pub txn: TxnState,
+    pub cscan: FrameScanner,
+    pub sscan: FrameScanner,
+    pub max_message: usize,
+    /// A FATAL from the server was forwarded; no second one is added.
+    pub server_fatal_sent: bool,
+}
+
+impl Session {
+    /// Applies the startup parameters, then tells the client the parameter
+    /// set, its cancel key, and that it is ready.
+    async fn login(&mut self, login: &LoginRequest) -> Result<(), PgError> {
+        let template = self.pool.template_params().await.map_err(checkout_error)?;
+        self.reported = template
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut wanted = Vec::new();
+        for (k, v) in &login.params {
+            if k == "options" {
+                let opts = parse_options(v).map_err(|e| {
+                    PgError::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("invalid options: {e}"),
+                    )
+                })?;
+                wanted.extend(opts);
+            } else {
+                wanted.push((k.clone(), v.clone()));
+            }
+        }
+        let mut needs_server = false;
+        for (k, v) in wanted {
+            match template.keys().find(|t| t.eq_ignore_ascii_case(&k)) {
+                Some(name) if is_read_only_param(name) => {}
+                Some(name) => {
+                    if template.get(name) != Some(&v) {
+                        needs_server = true;
+                    }
+                    self.reported.insert(name.clone(), v);
+                }
+                None => {
+                    needs_server = true;
+                    self.other.insert(k.to_ascii_lowercase(), v);
+                }
+            }
+        }
+        if needs_server || self.mode == PoolMode::Session {
+            // Apply the settings once now, so a bad one fails the login as it
+            // would on Postgres, and learn the server's normalized values
+            // (`UTF8` for `utf8`).
+            self.acquire_server().await?;
+            if let Some(s) = self.server.as_ref() {
+                for (k, v) in &s.server.params {
+                    self.reported.insert(k.clone(), v.clone());
+                }
+            }
+            if self.mode == PoolMode::Transaction {
+                self.release_server().await;
+            }
+        }
+        let out = &mut self.to_client;
+        for (k, v) in &self.reported {
+            backend::parameter_status(out, k, v);
+        }
+        backend::backend_key_data(out, self.cancel.slot.pid, self.cancel.slot.secret());
+        backend::ready_for_query(out, b'I');
+        self.txn.status = b'I';
+        Ok(())
+    }
+
+    /// Borrows a server for this client and brings its settings in line.
+    pub async fn acquire_server(&mut self) -> Result<(), PgError> {
+        let stats = &self.pool.stats;
+        stats.clients_idle.dec();
+        stats.clients_active.inc();
+        let result = self.pool.checkout().await;
+        let mut pooled = match result {
+            Ok(p) => p,
+            Err(e) => {
+                stats.clients_active.dec();
+                stats.clients_idle.inc();
+                return Err(checkout_error(e));
+            }
+        };
+        if let Err(e) = pooled.server.sync_params(&self.reported, &self.other).await {
+            pooled.discard();
+            self.pool.stats.clients_active.dec();
+            self.pool.stats.clients_idle.inc();
+            return Err(match e {
+                ServerError::Query(f) => PgError::fatal(
+                    leak_code(&f.code),
+                    format!(
+                        "pgharbor: cannot apply the session's settings: {}",
+                        f.message
+                    ),
+                ),
+                other => PgError::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("pgharbor: server connection lost while applying settings: {other}"),
+                ),
+            });
+        }
+        self.cancel.slot.set_target(pooled.server.key);
+        self.txn.status = pooled.server.status;
+        self.server = Some(pooled);
+        Ok(())
+    }
+
+    /// Gives the server back: to the pool if it is clean, closed otherwise.
+    pub async fn release_server(&mut self) {
+        let Some(pooled) = self.server.take() else {
+            return;
+        };
+        self.cancel.slot.clear_target().await;
+        self.pool.stats.clients_active.dec();
+        self.pool.stats.clients_idle.inc();
+        if self.txn.is_idle() && pooled.server.rbuf.is_empty() && self.sscan.at_boundary() {
+            pooled.release();
+        } else {
+            pooled.discard();
+        }
+        self.sscan = FrameScanner::default();
+    }
+
+    /// Clean-up when the client is gone or the session ends: a server still
+    /// held is rolled back (or closed), never committed, never reused dirty.
+    async fn finish(&mut self) {
+        let Some(mut pooled) = self.server.take() else {
+            return;
+        };
+        self.cancel.slot.clear_target().await;
+        self.pool.stats.clients_active.dec();
+        self.pool.stats.clients_idle.inc();
+        let timeout = self
+            .pool
+            .settings
+            .server_connect_timeout
+            .max(Duration::from_secs(2));
+        let clean_boundary = pooled.server.rbuf.is_empty() && self.sscan.at_boundary();
+        let t = &self.txn;
+        let reusable = if !clean_boundary || t.pending > 0 || t.unsynced || t.copy_in {
+            // Mid-query (or mid-COPY, or an unsynced implicit transaction
+            // that a Sync would commit): cancel what runs and close; the
+            // backend rolls back as it exits.
+            crate::cancel::cancel_server(pooled.server.key).await;
+            false
+        } else if t.status == b'T' || t.status == b'E' {
+            let r = tokio::time::timeout(timeout, pooled.server.simple_query("ROLLBACK")).await;
+            matches!(r, Ok(Ok(()))) && pooled.server.status == b'I'
+        } else {
+            true
+        };
+        let reusable = reusable && {
+            let reset = &self.pool.settings.server_reset_query;
+            if self.mode == PoolMode::Session && !reset.is_empty() {
+                let r = tokio::time::timeout(timeout, pooled.server.simple_query(reset)).await;
+                pooled.server.forget_applied();
+                matches!(r, Ok(Ok(()))) && pooled.server.status == b'I'
+            } else {
+                true
+            }
+        };
+        if reusable {
+            pooled.release();
+        } else {
+            pooled.discard();
+        }
+    }
+}
+
+/// Settings errors keep the server's code when it names a client mistake.
+fn leak_code(code: &str) -> &'static str {
+    match code {
+        "22023" => "22023",
+        "42704" => "42704",
+        "22P02" => "22P02",
+        _ => sqlstate::CONNECTION_EXCEPTION,
+    }
+}
+
+pub(super) fn checkout_error(e: CheckoutError) -> PgError {
+    match &e {
+        CheckoutError::Timeout { .. } => {
+            PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
+                .with_hint("raise pool_size or query_wait_timeout, or shorten transactions")
+        }
+        CheckoutError::Connect {
+            source: ServerError::Login(f),
+            ..
+        } => {
+            let code = if f.code == "3D000" {
+                sqlstate::INVALID_CATALOG_NAME
+            } else {
+                sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
+            };
+            PgError::fatal(code, e.to_string())
+        }
+        CheckoutError::Connect { .. } => PgError::fatal(
+            sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            e.to_string(),
+        )
+        .with_hint(
+            "check that PostgreSQL is running and the [[databases]] host and port are right",
+        ),
+        CheckoutError::Closed(_) => PgError::fatal(sqlstate::ADMIN_SHUTDOWN, e.to_string()),
+    }
+}

@@ -1,0 +1,559 @@
+//! The TOML configuration: serde structs, defaults and validation.
+//!
+//! Every key named in `DESIGN.md` lives here. Errors name the key at fault so
+//! `pgharbor check-config` can tell a person exactly what to change.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses durations written with a unit (`500ms`, `30s`, `5m`, `1h`).
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write a number with a unit: ms, s, m or h"
+        ))
+    })
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    /// Other pgharbor replicas, for cancel forwarding.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub client_tls: ClientTlsConfig,
+    #[serde(default)]
+    pub server_tls: ServerTlsConfig,
+    /// Defaults for every database's pool.
+    #[serde(default)]
+    pub pool: PoolDefaults,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub databases: Vec<DatabaseConfig>,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Where applications connect.
+    pub listen_addr: String,
+    /// Connections beyond this are refused with 53300.
+    pub max_client_conn: usize,
+    /// Users allowed on the admin console (database `pgharbor` or `pgbouncer`).
+    pub admin_users: Vec<String>,
+    /// How long SIGTERM waits for open transactions before closing everything.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+    /// This replica's id in cancel keys (0..=127).
+    pub peer_id: u8,
+    /// Largest message a client may send, in bytes.
+    pub max_message_size: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen_addr: "127.0.0.1:6432".into(),
+            max_client_conn: 10_000,
+            admin_users: vec!["admin".into()],
+            shutdown_timeout: Duration::from_secs(30),
+            peer_id: 1,
+            max_message_size: 256 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u8,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `GET /metrics`, `/healthz`, `/readyz`; empty = no HTTP endpoint.
+    pub listen_addr: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientTlsMode {
+    #[default]
+    Disable,
+    Allow,
+    Require,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTlsConfig {
+    pub mode: ClientTlsMode,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTlsConfig {
+    pub mode: ServerTlsMode,
+    pub ca_file: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Session,
+    #[default]
+    Transaction,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    #[default]
+    Pin,
+    Error,
+}
+
+/// Pool settings; `[pool]` gives the defaults and each database may override.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolDefaults {
+    pub pool_mode: PoolMode,
+    pub pool_size: usize,
+    pub min_pool_size: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub query_wait_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub server_connect_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub server_check_delay: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub server_idle_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub server_lifetime: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_transaction_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub client_idle_timeout: Duration,
+    pub server_reset_query: String,
+    pub server_check_query: String,
+    pub max_prepared_statements: usize,
+    pub session_state: SessionState,
+}
+
+impl Default for PoolDefaults {
+    fn default() -> Self {
+        PoolDefaults {
+            pool_mode: PoolMode::Transaction,
+            pool_size: 20,
+            min_pool_size: 0,
+            query_wait_timeout: Duration::from_secs(120),
+            server_connect_timeout: Duration::from_secs(5),
+            server_check_delay: Duration::from_secs(30),
+            server_idle_timeout: Duration::from_secs(600),
+            server_lifetime: Duration::from_secs(3600),
+            idle_transaction_timeout: Duration::ZERO,
+            client_idle_timeout: Duration::ZERO,
+            server_reset_query: "DISCARD ALL".into(),
+            server_check_query: String::new(),
+            max_prepared_statements: 200,
+            session_state: SessionState::Pin,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OverflowPolicy {
+    #[default]
+    Marker,
+    Disconnect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    pub client_buffer: usize,
+    pub on_overflow: OverflowPolicy,
+    pub overflow_payload: String,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            client_buffer: 1000,
+            on_overflow: OverflowPolicy::Marker,
+            overflow_payload: "pgharbor:overflow".into(),
+        }
+    }
+}
+
+/// One `[[databases]]` entry; unset pool keys fall back to `[pool]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub name: String,
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub dbname: Option<String>,
+    pub pool_mode: Option<PoolMode>,
+    pub pool_size: Option<usize>,
+    pub min_pool_size: Option<usize>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub query_wait_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub server_connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub server_check_delay: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub server_idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub server_lifetime: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub idle_transaction_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub client_idle_timeout: Option<Duration>,
+    pub server_reset_query: Option<String>,
+    pub server_check_query: Option<String>,
+    pub max_prepared_statements: Option<usize>,
+    pub session_state: Option<SessionState>,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+impl DatabaseConfig {
+    /// The database name on the real server.
+    pub fn server_dbname(&self) -> &str {
+        self.dbname.as_deref().unwrap_or(&self.name)
+    }
+
+    /// `[pool]` with this database's overrides applied.
+    pub fn pool_settings(&self, d: &PoolDefaults) -> PoolDefaults {
+        PoolDefaults {
+            pool_mode: self.pool_mode.unwrap_or(d.pool_mode),
+            pool_size: self.pool_size.unwrap_or(d.pool_size),
+            min_pool_size: self.min_pool_size.unwrap_or(d.min_pool_size),
+            query_wait_timeout: self.query_wait_timeout.unwrap_or(d.query_wait_timeout),
+            server_connect_timeout: self
+                .server_connect_timeout
+                .unwrap_or(d.server_connect_timeout),
+            server_check_delay: self.server_check_delay.unwrap_or(d.server_check_delay),
+            server_idle_timeout: self.server_idle_timeout.unwrap_or(d.server_idle_timeout),
+            server_lifetime: self.server_lifetime.unwrap_or(d.server_lifetime),
+            idle_transaction_timeout: self
+                .idle_transaction_timeout
+                .unwrap_or(d.idle_transaction_timeout),
+            client_idle_timeout: self.client_idle_timeout.unwrap_or(d.client_idle_timeout),
+            server_reset_query: self
+                .server_reset_query
+                .clone()
+                .unwrap_or_else(|| d.server_reset_query.clone()),
+            server_check_query: self
+                .server_check_query
+                .clone()
+                .unwrap_or_else(|| d.server_check_query.clone()),
+            max_prepared_statements: self
+                .max_prepared_statements
+                .unwrap_or(d.max_prepared_statements),
+            session_state: self.session_state.unwrap_or(d.session_state),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthType {
+    Trust,
+    Md5,
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+/// One `[[users]]` entry: how clients authenticate to pgharbor, and the
+/// credentials pgharbor uses toward Postgres.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Plaintext, `md5…` or `SCRAM-SHA-256$…`; plaintext is needed for
+    /// pgharbor to log in to a server that asks for a password.
+    #[serde(default)]
+    pub password: String,
+    #[serde(default)]
+    pub auth_type: AuthType,
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges, references, duplicates.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.proxy
+            .listen_addr
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| invalid("proxy.listen_addr", format!("{e}; write HOST:PORT")))?;
+        if !self.metrics.listen_addr.is_empty() {
+            self.metrics
+                .listen_addr
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid("metrics.listen_addr", format!("{e}; write HOST:PORT")))?;
+        }
+        if self.proxy.max_client_conn == 0 {
+            return Err(invalid("proxy.max_client_conn", "must be at least 1"));
+        }
+        if self.proxy.peer_id > 127 {
+            return Err(invalid("proxy.peer_id", "must be between 0 and 127"));
+        }
+        if self.proxy.max_message_size < 1024 {
+            return Err(invalid("proxy.max_message_size", "must be at least 1024"));
+        }
+        let mut peer_ids = HashSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.id > 127 {
+                return Err(invalid(
+                    format!("peers[{i}].id"),
+                    "must be between 0 and 127",
+                ));
+            }
+            if p.id == self.proxy.peer_id {
+                return Err(invalid(
+                    format!("peers[{i}].id"),
+                    "equals proxy.peer_id; every replica needs its own id",
+                ));
+            }
+            if !peer_ids.insert(p.id) {
+                return Err(invalid(format!("peers[{i}].id"), "duplicate peer id"));
+            }
+            if p.addr.is_empty() {
+                return Err(invalid(format!("peers[{i}].addr"), "must not be empty"));
+            }
+        }
+        validate_pool("pool", &self.pool)?;
+        if self.listen.client_buffer == 0 {
+            return Err(invalid("listen.client_buffer", "must be at least 1"));
+        }
+        let mut names = HashSet::new();
+        for (i, db) in self.databases.iter().enumerate() {
+            let key = format!("databases[{i}]");
+            if db.name.is_empty() {
+                return Err(invalid(format!("{key}.name"), "must not be empty"));
+            }
+            if db.name == "pgharbor" || db.name == "pgbouncer" {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    "`pgharbor` and `pgbouncer` are reserved for the admin console",
+                ));
+            }
+            if !names.insert(db.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("database `{}` is defined twice", db.name),
+                ));
+            }
+            validate_pool(&key, &db.pool_settings(&self.pool))?;
+        }
+        let mut users = HashSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if u.name.is_empty() {
+                return Err(invalid(format!("{key}.name"), "must not be empty"));
+            }
+            if !users.insert(u.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("user `{}` is defined twice", u.name),
+                ));
+            }
+            if u.auth_type != AuthType::Trust && u.password.is_empty() {
+                return Err(invalid(
+                    format!("{key}.password"),
+                    "is required unless auth_type = \"trust\"",
+                ));
+            }
+            if u.auth_type == AuthType::Md5 && u.password.starts_with("SCRAM-SHA-256$") {
+                return Err(invalid(
+                    format!("{key}.password"),
+                    "a SCRAM verifier cannot check md5 logins; give the plaintext or an md5 hash",
+                ));
+            }
+            if u.auth_type == AuthType::ScramSha256
+                && u.password.starts_with("md5")
+                && u.password.len() == 35
+            {
+                return Err(invalid(
+                    format!("{key}.password"),
+                    "an md5 hash cannot check SCRAM logins; give the plaintext or a SCRAM verifier",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+fn validate_pool(key: &str, p: &PoolDefaults) -> Result<(), ConfigError> {
+    if p.pool_size == 0 {
+        return Err(invalid(format!("{key}.pool_size"), "must be at least 1"));
+    }
+    if p.min_pool_size > p.pool_size {
+        return Err(invalid(
+            format!("{key}.min_pool_size"),
+            format!(
+                "is {} but pool_size is {}; min_pool_size cannot exceed pool_size",
+                p.min_pool_size, p.pool_size
+            ),
+        ));
+    }
+    if p.query_wait_timeout.is_zero() {
+        return Err(invalid(
+            format!("{key}.query_wait_timeout"),
+            "must be greater than 0",
+        ));
+    }
+    if p.server_connect_timeout.is_zero() {
+        return Err(invalid(
+            format!("{key}.server_connect_timeout"),
+            "must be greater than 0",
+        ));
+    }
+    if p.max_prepared_statements == 0 {
+        return Err(invalid(
+            format!("{key}.max_prepared_statements"),
+            "must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = Config::from_toml_str("[[databases]]\nname = \"app\"\n").unwrap();
+        assert_eq!(c.pool.pool_size, 20);
+        assert_eq!(c.pool.pool_mode, PoolMode::Transaction);
+        assert_eq!(c.databases[0].server_dbname(), "app");
+        assert_eq!(c.databases[0].port, 5432);
+    }
+
+    #[test]
+    fn durations_need_units_and_errors_name_the_key() {
+        let err = Config::from_toml_str("[pool]\nquery_wait_timeout = \"5 parsecs\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("query_wait_timeout"), "{err}");
+        let c = Config::from_toml_str("[pool]\nquery_wait_timeout = \"250ms\"\n").unwrap();
+        assert_eq!(c.pool.query_wait_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = Config::from_toml_str("[pool]\npool_sise = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pool_sise"), "{err}");
+    }
+
+    #[test]
+    fn database_overrides_are_validated() {
+        let err = Config::from_toml_str(
+            "[[databases]]\nname = \"a\"\npool_size = 2\nmin_pool_size = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("databases[0].min_pool_size"), "{err}");
+    }
+}

@@ -1,0 +1,180 @@
+//! pgharbor: a PostgreSQL connection pooler and wire-protocol proxy.
+//!
+//! [`Proxy::start`] runs one instance (used by the binary, `pgharbor demo` and
+//! the tests, which may run several in one process).
+
+pub mod admin;
+pub mod auth;
+pub mod cancel;
+pub mod client;
+pub mod config;
+pub mod demo;
+mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod protocol;
+mod run;
+pub mod scratch_pg;
+pub mod server;
+pub mod users;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cancel::CancelRegistry;
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::pool::Pools;
+use crate::users::Users;
+
+pub use crate::run::{run_with_signals, serve_until_signal, RunError};
+
+/// Everything shared by the tasks of one instance.
+pub struct State {
+    config: ArcSwap<Config>,
+    users: ArcSwap<Users>,
+    pub pools: Pools,
+    pub metrics: Arc<Metrics>,
+    pub cancel: Arc<CancelRegistry>,
+    /// Cancelled when the instance starts draining.
+    pub shutdown: CancellationToken,
+    /// One permit per client connection (`max_client_conn`).
+    pub client_permits: Arc<Semaphore>,
+    /// Every client task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl State {
+    /// The current configuration snapshot.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    pub fn users(&self) -> arc_swap::Guard<Arc<Users>> {
+        self.users.load()
+    }
+
+    /// Applies a new configuration: users and databases take effect for new
+    /// logins; pools already open keep their settings until RECONNECT.
+    pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
+        config.validate()?;
+        let users = Users::from_config(&config)?;
+        self.users.store(Arc::new(users));
+        self.config.store(Arc::new(config));
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running instance.
+pub struct Proxy {
+    state: Arc<State>,
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl Proxy {
+    /// Validates the config, binds the listeners and starts serving.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        config.validate()?;
+        let users = Users::from_config(&config)?;
+        let metrics = Arc::new(Metrics::new());
+        let peers: HashMap<u8, String> = config
+            .peers
+            .iter()
+            .map(|p| (p.id, p.addr.clone()))
+            .collect();
+        let listener =
+            listener::bind(&config.proxy.listen_addr).map_err(|source| StartError::Bind {
+                addr: config.proxy.listen_addr.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.proxy.listen_addr.clone(),
+            source,
+        })?;
+        let state = Arc::new(State {
+            cancel: Arc::new(CancelRegistry::new(
+                config.proxy.peer_id,
+                peers,
+                metrics.clone(),
+            )),
+            pools: Pools::new(metrics.clone()),
+            client_permits: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            users: ArcSwap::from_pointee(users),
+            metrics,
+            config: ArcSwap::from_pointee(config),
+        });
+        let metrics_addr = crate::metrics::http::start(&state)
+            .await
+            .map_err(|(addr, source)| StartError::Bind { addr, source })?;
+        tokio::spawn(listener::accept_loop(listener, state.clone()));
+        tracing::info!(%addr, "pgharbor listening");
+        Ok(Proxy {
+            state,
+            addr,
+            metrics_addr,
+        })
+    }
+
+    /// Where clients connect (the real port when the config said port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Stops accepting; sessions end at their next safe point.
+    pub fn begin_shutdown(&self) {
+        self.state.shutdown.cancel();
+    }
+
+    /// Resolves once shutdown was requested (by a signal handler, or by the
+    /// admin console's SHUTDOWN).
+    pub async fn shutdown_requested(&self) {
+        self.state.shutdown.cancelled().await
+    }
+
+    /// Drains: waits for open transactions up to `shutdown_timeout`, then
+    /// closes every pool. Call after [`Proxy::begin_shutdown`].
+    pub async fn drain(&self) {
+        self.state.shutdown.cancel();
+        self.state.tracker.close();
+        let timeout = self.state.config().proxy.shutdown_timeout;
+        if tokio::time::timeout(timeout, self.state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.state.tracker.len(),
+                "shutdown_timeout reached; closing remaining connections"
+            );
+        }
+        self.state.pools.close_all();
+    }
+}

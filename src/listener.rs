@@ -1,0 +1,56 @@
+//! The accept loop: takes connections until shutdown and hands each to its
+//! own client task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::State;
+
+/// Connections waiting in the kernel for `accept`; bursts of thousands of
+/// clients connecting at once are normal for a pooler.
+const BACKLOG: u32 = 4096;
+
+/// Binds with a deep backlog and SO_REUSEADDR (restarts do not wait out
+/// TIME_WAIT).
+pub(crate) fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                tracing::info!("stopped accepting connections");
+                return;
+            }
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                backoff = Duration::from_millis(10);
+                let st = state.clone();
+                state.tracker.spawn(crate::client::serve(stream, addr, st));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, then retry,
+                // rather than spinning or dying.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The HTTP endpoint (hyper): `GET /metrics`, `/healthz`, `/readyz`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::State;
+
+/// How long one HTTP connection may take to send its request headers: slow
+/// scrapers cannot hold connections forever.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many HTTP connections at once.
+const MAX_HTTP_CONNECTIONS: usize = 64;
+
+/// Binds `[metrics] listen_addr` (if set) and serves it in the background.
+pub async fn start(state: &Arc<State>) -> Result<Option<SocketAddr>, (String, std::io::Error)> {
+    let addr = state.config().metrics.listen_addr.clone();
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| (addr.clone(), e))?;
+    let local = listener.local_addr().map_err(|e| (addr.clone(), e))?;
+    let st = state.clone();
+    tokio::spawn(async move {
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
+        loop {
+            let accepted = tokio::select! {
+                _ = st.shutdown.cancelled() => return,
+                r = listener.accept() => r,
+            };
+            let Ok((stream, _)) = accepted else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                continue; // dropped: too many concurrent scrapers
+            };
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(req, st.clone()));
+                let conn = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let _ = tokio::time::timeout(Duration::from_secs(300), conn).await;
+                drop(permit);
+            });
+        }
+    });
+    Ok(Some(local))
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET\n",
+            "text/plain",
+        ));
+    }
+    let resp = match req.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            state.metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        "/healthz" => text(StatusCode::OK, "ok\n", "text/plain"),
+        "/readyz" => readyz(&state).await,
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n",
+            "text/plain",
+        ),
+    };
+    Ok(resp)
+}
+
+/// Ready when every configured database accepts TCP connections and is not
+/// shutting down.
+async fn readyz(state: &Arc<State>) -> Response<Full<Bytes>> {
+    if state.shutdown.is_cancelled() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n",
+            "text/plain",
+        );
+    }
+    let config = state.config();
+    let mut problems = Vec::new();
+    for db in &config.databases {
+        let probe = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect((db.host.as_str(), db.port)),
+        )
+        .await;
+        match probe {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => problems.push(format!(
+                "database {}: {}:{}: {e}",
+                db.name, db.host, db.port
+            )),
+            Err(_) => problems.push(format!(
+                "database {}: {}:{}: connect timed out",
+                db.name, db.host, db.port
+            )),
+        }
+    }
+    if problems.is_empty() {
+        text(StatusCode::OK, "ready\n", "text/plain")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            problems.join("\n") + "\n",
+            "text/plain",
+        )
+    }
+}

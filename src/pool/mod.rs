@@ -1,0 +1,384 @@
+//! Server pools keyed by (database, user): checkout with a FIFO wait queue,
+//! return, health checks and lifetimes.
+
+mod janitor;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{DatabaseConfig, PoolDefaults, UserConfig};
+use crate::metrics::{Metrics, PoolStats};
+use crate::server::{Server, ServerError, ServerTarget};
+
+/// Process-wide server ids, for logs and the admin console.
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub database: String,
+    pub user: String,
+}
+
+impl std::fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.database, self.user)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("pgharbor: no server connection within query_wait_timeout ({timeout:?}): pool {key} has {in_use} of {size} in use")]
+    Timeout {
+        key: PoolKey,
+        timeout: Duration,
+        in_use: usize,
+        size: usize,
+    },
+    #[error("pgharbor: cannot open a server connection for pool {key}: {source}")]
+    Connect { key: PoolKey, source: ServerError },
+    #[error("pgharbor: pool {0} is shutting down")]
+    Closed(PoolKey),
+}
+
+/// One pool. Shared by every client of its (database, user) through an `Arc`.
+pub struct Pool {
+    pub key: PoolKey,
+    pub settings: PoolDefaults,
+    pub target: ServerTarget,
+    /// Idle servers, most recently used last (reused first: warm caches).
+    idle: Mutex<Vec<Server>>,
+    /// One permit per server a client may hold; tokio's semaphore queues
+    /// waiters in FIFO order, which is the wait queue.
+    permits: Arc<Semaphore>,
+    pub stats: PoolStats,
+    /// Server parameters as a fresh server reports them: what clients with
+    /// default settings are told at login.
+    template: Mutex<Option<Arc<BTreeMap<String, String>>>>,
+    /// Servers opened before the current generation are closed on return
+    /// (RECONNECT, DROP DATABASE retries).
+    generation: AtomicU64,
+    /// PAUSE: checkouts wait while true.
+    paused: watch::Sender<bool>,
+    closed: AtomicBool,
+}
+
+/// A server lent to a client, with the permit that bounds the pool. Dropping
+/// it without [`PooledServer::release`] closes the server.
+pub struct PooledServer {
+    pub server: Server,
+    pool: Arc<Pool>,
+    generation: u64,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pool {
+    pub fn new(
+        key: PoolKey,
+        settings: PoolDefaults,
+        target: ServerTarget,
+        stats: PoolStats,
+    ) -> Arc<Pool> {
+        stats.pool_size.set(settings.pool_size as i64);
+        let pool = Arc::new(Pool {
+            key,
+            permits: Arc::new(Semaphore::new(settings.pool_size)),
+            settings,
+            target,
+            idle: Mutex::new(Vec::new()),
+            stats,
+            template: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            paused: watch::channel(false).0,
+            closed: AtomicBool::new(false),
+        });
+        janitor::spawn(&pool);
+        pool
+    }
+
+    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<Server>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Servers currently lent to clients.
+    pub fn in_use(&self) -> usize {
+        self.settings.pool_size - self.permits.available_permits()
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle_list().len()
+    }
+
+    /// Borrows a server, waiting in line up to `query_wait_timeout`.
+    pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer, CheckoutError> {
+        let started = Instant::now();
+        self.stats.clients_waiting.inc();
+        let permit = self.acquire_permit().await;
+        self.stats.clients_waiting.dec();
+        self.stats
+            .wait_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let permit = permit?;
+        let generation = self.generation.load(Ordering::Acquire);
+        loop {
+            let candidate = self.idle_list().pop();
+            let Some(mut server) = candidate else { break };
+            self.stats.servers_idle.dec();
+            if !self.reusable(&server, generation) {
+                continue;
+            }
+            if server.last_used.elapsed() >= self.settings.server_check_delay {
+                self.stats.servers_testing.inc();
+                let ok = self.health_check(&mut server).await;
+                self.stats.servers_testing.dec();
+                if !ok {
+                    continue;
+                }
+            }
+            self.stats.servers_active.inc();
+            return Ok(PooledServer {
+                server,
+                pool: self.clone(),
+                generation,
+                _permit: permit,
+            });
+        }
+        let server = self.open_server().await?;
+        self.stats.servers_active.inc();
+        Ok(PooledServer {
+            server,
+            pool: self.clone(),
+            generation,
+            _permit: permit,
+        })
+    }
+
+    async fn acquire_permit(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        let timeout = self.settings.query_wait_timeout;
+        let wait = async {
+            let mut paused = self.paused.subscribe();
+            // PAUSE holds new checkouts until RESUME; the wait counts
+            // toward query_wait_timeout like any other.
+            let _ = paused.wait_for(|p| !*p).await;
+            self.permits.clone().acquire_owned().await
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(CheckoutError::Closed(self.key.clone())),
+            Err(_) => Err(CheckoutError::Timeout {
+                key: self.key.clone(),
+                timeout,
+                in_use: self.in_use(),
+                size: self.settings.pool_size,
+            }),
+        }
+    }
+
+    /// Opens a new server connection (the caller holds a permit for it).
+    async fn open_server(&self) -> Result<Server, CheckoutError> {
+        self.stats.servers_login.inc();
+        let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
+        let result = Server::connect(&self.target, id).await;
+        self.stats.servers_login.dec();
+        match result {
+            Ok(server) => {
+                let mut t = self.template.lock().unwrap_or_else(|e| e.into_inner());
+                if t.is_none() {
+                    *t = Some(Arc::new(server.params.clone()));
+                }
+                tracing::debug!(pool = %self.key, server_id = id, pid = server.key.pid, "server connection opened");
+                Ok(server)
+            }
+            Err(source) => {
+                self.stats.server_connect_errors.inc();
+                tracing::warn!(pool = %self.key, error = %source, "cannot open server connection");
+                Err(CheckoutError::Connect {
+                    key: self.key.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    fn reusable(&self, server: &Server, generation: u64) -> bool {
+        server.created.elapsed() < self.settings.server_lifetime
+            && server.status == b'I'
+            && self.server_generation_ok(server, generation)
+            && server.is_alive()
+    }
+
+    fn server_generation_ok(&self, _server: &Server, generation: u64) -> bool {
+        generation == self.generation.load(Ordering::Acquire)
+    }
+
+    /// The cheapest round trip (an empty query), or `server_check_query`.
+    async fn health_check(&self, server: &mut Server) -> bool {
+        let q = if self.settings.server_check_query.is_empty() {
+            ";"
+        } else {
+            self.settings.server_check_query.as_str()
+        };
+        let timeout = self.settings.server_connect_timeout;
+        matches!(
+            tokio::time::timeout(timeout, server.simple_query(q)).await,
+            Ok(Ok(()))
+        ) && server.status == b'I'
+    }
+
+    /// Server parameters for a login: from the first server ever opened, or
+    /// by opening one now.
+    pub async fn template_params(
+        self: &Arc<Self>,
+    ) -> Result<Arc<BTreeMap<String, String>>, CheckoutError> {
+        if let Some(t) = self
+            .template
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Ok(t);
+        }
+        let server = self.checkout().await?;
+        server.release();
+        let t = self
+            .template
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        t.ok_or_else(|| CheckoutError::Closed(self.key.clone()))
+    }
+
+    fn put_idle(&self, mut server: Server, generation: u64) {
+        if self.closed.load(Ordering::Acquire)
+            || generation != self.generation.load(Ordering::Acquire)
+            || server.created.elapsed() >= self.settings.server_lifetime
+            || server.status != b'I'
+            || !server.rbuf.is_empty()
+        {
+            return;
+        }
+        server.last_used = Instant::now();
+        self.stats.servers_idle.inc();
+        self.idle_list().push(server);
+    }
+
+    /// Closes idle servers now and makes servers in use close when returned.
+    pub fn reconnect(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let drained: Vec<Server> = std::mem::take(&mut *self.idle_list());
+        self.stats.servers_idle.sub(drained.len() as i64);
+    }
+
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// Stops lending and drops idle servers (shutdown).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.permits.close();
+        self.reconnect();
+    }
+}
+
+impl PooledServer {
+    /// Returns a clean server (status `I`, nothing unread) to the pool.
+    pub fn release(self) {
+        let PooledServer {
+            server,
+            pool,
+            generation,
+            _permit,
+        } = self;
+        pool.stats.servers_active.dec();
+        pool.put_idle(server, generation);
+    }
+
+    /// Closes the server instead of returning it.
+    pub fn discard(self) {
+        self.pool.stats.servers_active.dec();
+        tracing::debug!(pool = %self.pool.key, server_id = self.server.id, "server connection closed");
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
+/// Every pool of this instance.
+pub struct Pools {
+    map: RwLock<HashMap<PoolKey, Arc<Pool>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pools {
+    pub fn new(metrics: Arc<Metrics>) -> Pools {
+        Pools {
+            map: RwLock::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// The pool for (database, user), created on first use.
+    pub fn get_or_create(
+        &self,
+        db: &DatabaseConfig,
+        user: &UserConfig,
+        defaults: &PoolDefaults,
+    ) -> Arc<Pool> {
+        let key = PoolKey {
+            database: db.name.clone(),
+            user: user.name.clone(),
+        };
+        if let Some(p) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return p.clone();
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(key.clone())
+            .or_insert_with(|| {
+                let settings = db.pool_settings(defaults);
+                let target = ServerTarget {
+                    host: db.host.clone(),
+                    port: db.port,
+                    dbname: db.server_dbname().to_string(),
+                    user: user.name.clone(),
+                    password: (!user.password.is_empty()).then(|| user.password.clone()),
+                    connect_timeout: settings.server_connect_timeout,
+                };
+                let stats = self.metrics.pool_stats(&key.database, &key.user);
+                Pool::new(key, settings, target, stats)
+            })
+            .clone()
+    }
+
+    /// A snapshot of all pools, sorted by key.
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        let mut v: Vec<_> = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    pub fn close_all(&self) {
+        for p in self.all() {
+            p.close();
+        }
+    }
+}

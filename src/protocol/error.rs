@@ -1,0 +1,169 @@
+//! Errors pgharbor itself reports to clients, encoded as ErrorResponse.
+
+use bytes::{BufMut, BytesMut};
+
+use super::backend::put_cstr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// An ErrorResponse pgharbor builds. FATAL means the connection closes right
+/// after it, and no ReadyForQuery follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgError {
+    pub severity: Severity,
+    pub code: &'static str,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl PgError {
+    pub fn fatal(code: &'static str, message: impl Into<String>) -> PgError {
+        PgError {
+            severity: Severity::Fatal,
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn error(code: &'static str, message: impl Into<String>) -> PgError {
+        PgError {
+            severity: Severity::Error,
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> PgError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> PgError {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn is_fatal(&self) -> bool {
+        self.severity == Severity::Fatal
+    }
+
+    /// Appends the ErrorResponse: severity in both `S` and `V` (drivers read
+    /// either), the code, the message, then optional detail and hint.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        let start = buf.len();
+        buf.put_u8(b'E');
+        buf.put_i32(0);
+        let sev = self.severity.as_str();
+        buf.put_u8(b'S');
+        put_cstr(buf, sev);
+        buf.put_u8(b'V');
+        put_cstr(buf, sev);
+        buf.put_u8(b'C');
+        put_cstr(buf, self.code);
+        buf.put_u8(b'M');
+        put_cstr(buf, &self.message);
+        if let Some(d) = &self.detail {
+            buf.put_u8(b'D');
+            put_cstr(buf, d);
+        }
+        if let Some(h) = &self.hint {
+            buf.put_u8(b'H');
+            put_cstr(buf, h);
+        }
+        buf.put_u8(0);
+        super::backend::finish_len(buf, start);
+    }
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.severity.as_str(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+/// The fields of an ErrorResponse or NoticeResponse a server sent.
+#[derive(Debug, Default, Clone)]
+pub struct ServerErrorFields {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+}
+
+impl ServerErrorFields {
+    /// Parses the body (after tag and length). Malformed input yields what
+    /// could be read; it never panics.
+    pub fn parse(body: &[u8]) -> ServerErrorFields {
+        let mut out = ServerErrorFields::default();
+        let mut rest = body;
+        while let Some((&field, tail)) = rest.split_first() {
+            if field == 0 {
+                break;
+            }
+            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+            let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+            match field {
+                b'V' => out.severity = value,
+                b'S' if out.severity.is_empty() => out.severity = value,
+                b'C' => out.code = value,
+                b'M' => out.message = value,
+                _ => {}
+            }
+            rest = tail.get(end + 1..).unwrap_or(&[]);
+        }
+        out
+    }
+
+    pub fn is_fatal(&self) -> bool {
+        self.severity == "FATAL" || self.severity == "PANIC"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_round_trips_through_the_parser() {
+        let e = PgError::fatal("28P01", "password authentication failed for user \"x\"");
+        let mut buf = BytesMut::new();
+        e.encode(&mut buf);
+        assert_eq!(buf[0], b'E');
+        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        assert_eq!(len + 1, buf.len());
+        let f = ServerErrorFields::parse(&buf[5..]);
+        assert_eq!(f.severity, "FATAL");
+        assert_eq!(f.code, "28P01");
+        assert!(f.message.contains("password authentication failed"));
+    }
+
+    #[test]
+    fn parser_survives_garbage() {
+        for junk in [&b""[..], b"S", b"SFATAL", b"\x00\x00", b"Mabc\x00C"] {
+            let _ = ServerErrorFields::parse(junk);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! PostgreSQL wire protocol: framing, startup packets, message builders and
+//! the SQLSTATE codes pgharbor uses. One parser per message kind, used by all.
+
+pub mod backend;
+pub mod error;
+pub mod frame;
+pub mod sqlstate;
+pub mod startup;
+
+pub use error::{PgError, Severity};
+pub use frame::{FrameScanner, ProtocolError};

@@ -1,0 +1,54 @@
+//! Running the proxy as a process: signals and reloads.
+
+use std::path::{Path, PathBuf};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Config;
+use crate::Proxy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] crate::StartError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("{0}")]
+    Demo(String),
+}
+
+/// Loads `path`, runs until SIGTERM or SIGINT (then drains for up to
+/// `shutdown_timeout`), and reloads on SIGHUP.
+pub async fn run_with_signals(path: PathBuf) -> Result<(), RunError> {
+    let config = Config::load(&path)?;
+    let proxy = Proxy::start(config).await?;
+    serve_until_signal(&proxy, Some(&path)).await
+}
+
+/// Waits for SIGTERM / SIGINT (or an admin SHUTDOWN), then drains.
+pub async fn serve_until_signal(proxy: &Proxy, reload_from: Option<&Path>) -> Result<(), RunError> {
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); break }
+            _ = proxy.shutdown_requested() => { tracing::info!("shutdown requested: draining"); break }
+            _ = hup.recv() => {
+                if let Some(path) = reload_from {
+                    match Config::load(path).and_then(|c| proxy.state().reload(c)) {
+                        Ok(()) => {}
+                        Err(e) => tracing::error!(error = %e, "reload failed; keeping the previous configuration"),
+                    }
+                }
+            }
+        }
+    }
+    proxy.begin_shutdown();
+    proxy.drain().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! One connection to a real Postgres server: connect, authenticate, learn its
+//! parameters, and the few round trips pgharbor makes on its own (parameter
+//! sync, health check, reset, rollback).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::backend::parse_parameter_status;
+use crate::protocol::error::ServerErrorFields;
+use crate::protocol::frame::{split_message, ProtocolError};
+
+/// Largest message accepted from a server outside the relay (login, our own
+/// queries); the relay itself streams larger ones.
+const MAX_SERVER_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    /// Plaintext (or an md5 hash, usable for md5 auth only); `None` when the
+    /// user is configured without one.
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+/// The real server's cancel key and address, for forwarding CancelRequests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerKey {
+    pub addr: SocketAddr,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot connect to server {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("connecting to server {addr} took longer than server_connect_timeout ({timeout:?})")]
+    ConnectTimeout { addr: String, timeout: Duration },
+    #[error("server refused login: {} ({})", .0.message, .0.code)]
+    Login(ServerErrorFields),
+    #[error("server asks for a password but none is configured for user `{0}`; set users.password to the plaintext password")]
+    NoPassword(String),
+    #[error("server asked for an unsupported authentication method ({0})")]
+    UnsupportedAuth(String),
+    #[error("server error: {} ({})", .0.message, .0.code)]
+    Query(ServerErrorFields),
+    #[error("server protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("server closed the connection")]
+    Closed,
+    #[error("server i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Parameters Postgres reports that no client can change; never synced.
+const READ_ONLY_PARAMS: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "is_superuser",
+    "session_authorization",
+    "in_hot_standby",
+];
+
+pub fn is_read_only_param(name: &str) -> bool {
+    READ_ONLY_PARAMS.contains(&name)
+}
+
+/// One server connection. Owned by exactly one place at a time: the pool's
+/// idle list, or the client session that borrowed it.
+#[derive(Debug)]
+pub struct Server {
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet handled. Lives with the server
+    /// (not the client) so idle clients hold no buffers.
+    pub rbuf: BytesMut,
+    /// Values the server reported with ParameterStatus, kept current.
+    pub params: BTreeMap<String, String>,
+    /// Unreported settings pgharbor applied for the current client
+    /// (lower-case names), so they can be reset for the next one.
+    pub applied: BTreeMap<String, String>,
+    pub key: ServerKey,
+    /// Unique within this process, for logs and the admin console.
+    pub id: u64,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
+    pub status: u8,
+}
+
+impl Server {
+    /// Opens and authenticates a connection within `connect_timeout`.
+    pub async fn connect(target: &ServerTarget, id: u64) -> Result<Server, ServerError> {
+        let addr_text = format!("{}:{}", target.host, target.port);
+        match tokio::time::timeout(target.connect_timeout, Self::connect_inner(target, id)).await {
+            Ok(r) => r,
+            Err(_) => Err(ServerError::ConnectTimeout {
+                addr: addr_text,
+                timeout: target.connect_timeout,
+            }),
+        }
+    }
+
+    async fn connect_inner(target: &ServerTarget, id: u64) -> Result<Server, ServerError> {
+        let addr_text = format!("{}:{}", target.host, target.port);
+        let stream = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|source| ServerError::Connect {
+                addr: addr_text.clone(),
+                source,
+            })?;
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let mut server = Server {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            params: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            key: ServerKey {
+                addr: peer,
+                pid: 0,
+                secret: 0,
+            },
+            id,
+            created: Instant::now(),
+            last_used: Instant::now(),
+            status: b'I',
+        };
+        let mut out = BytesMut::new();
+        frontend::startup_message(
+            [
+                ("user", target.user.as_str()),
+                ("database", target.dbname.as_str()),
+            ],
+            &mut out,
+        )?;
+        server.stream.write_all(&out).await?;
+        server.authenticate(target).await?;
+        // ParameterStatus, BackendKeyData, then ReadyForQuery.
+        loop {
+            let msg = server.read_message().await?;
+            match msg[0] {
+                b'S' => server.note_parameter(&msg[5..]),
+                b'K' if msg.len() >= 13 => {
+                    server.key.pid = i32::from_be_bytes([msg[5], msg[6], msg[7], msg[8]]);
+                    server.key.secret = i32::from_be_bytes([msg[9], msg[10], msg[11], msg[12]]);
+                }
+                b'Z' => {
+                    server.status = msg.get(5).copied().unwrap_or(b'I');
+                    return Ok(server);
+                }
+                b'E' => return Err(ServerError::Login(ServerErrorFields::parse(&msg[5..]))),
+                _ => {} // NoticeResponse, NegotiateProtocolVersion: nothing to do
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, target: &ServerTarget) -> Result<(), ServerError> {
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let msg = self.read_message().await?;
+            if msg[0] == b'E' {
+                return Err(ServerError::Login(ServerErrorFields::parse(&msg[5..])));
+            }
+            if msg[0] != b'R' || msg.len() < 9 {
+                return Err(ProtocolError::Unexpected {
+                    tag: msg[0],
+                    context: "during server authentication",
+                }
+                .into());
+            }
+            let mut body = &msg[5..];
+            let code = body.get_i32();
+            let mut out = BytesMut::new();
+            match code {
+                0 => return Ok(()),
+                3 => {
+                    let pw = self.password(target)?;
+                    frontend::password_message(pw.as_bytes(), &mut out)?;
+                }
+                5 => {
+                    if body.len() < 4 {
+                        return Err(ProtocolError::Malformed("AuthenticationMD5Password").into());
+                    }
+                    let salt = [body[0], body[1], body[2], body[3]];
+                    let pw = self.password(target)?;
+                    let hashed = if pw.len() == 35 && pw.starts_with("md5") {
+                        crate::auth::md5::md5_salted(pw, salt)
+                    } else {
+                        postgres_protocol::authentication::md5_hash(
+                            target.user.as_bytes(),
+                            pw.as_bytes(),
+                            salt,
+                        )
+                    };
+                    frontend::password_message(hashed.as_bytes(), &mut out)?;
+                }
+                10 => {
+                    let mechs = String::from_utf8_lossy(body);
+                    if !mechs.split('\0').any(|m| m == "SCRAM-SHA-256") {
+                        return Err(ServerError::UnsupportedAuth(format!(
+                            "SASL mechanisms {}",
+                            mechs.trim_end_matches('\0').replace('\0', ", ")
+                        )));
+                    }
+                    let pw = self.password(target)?;
+                    let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or(ProtocolError::Malformed("SASL continue without start"))?;
+                    s.update(body).map_err(|e| {
+                        ServerError::UnsupportedAuth(format!("SCRAM exchange failed: {e}"))
+                    })?;
+                    frontend::sasl_response(s.message(), &mut out)?;
+                }
+                12 => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or(ProtocolError::Malformed("SASL final without start"))?;
+                    s.finish(body).map_err(|e| {
+                        ServerError::UnsupportedAuth(format!(
+                            "server's SCRAM signature did not verify: {e}"
+                        ))
+                    })?;
+                    continue;
+                }
+                other => {
+                    return Err(ServerError::UnsupportedAuth(format!(
+                        "authentication request code {other}"
+                    )))
+                }
+            }
+            self.stream.write_all(&out).await?;
+        }
+    }
+
+    fn password<'t>(&self, target: &'t ServerTarget) -> Result<&'t str, ServerError> {
+        match target.password.as_deref() {
+            Some(p) if !p.is_empty() && !p.starts_with("SCRAM-SHA-256$") => Ok(p),
+            _ => Err(ServerError::NoPassword(target.user.clone())),
+        }
+    }
+
+    /// Reads one whole message (outside the relay).
+    pub async fn read_message(&mut self) -> Result<BytesMut, ServerError> {
+        loop {
+            if let Some(m) = split_message(&mut self.rbuf, MAX_SERVER_MESSAGE)? {
+                return Ok(m);
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(8192);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(ServerError::Closed);
+            }
+        }
+    }
+
+    /// Records a ParameterStatus body.
+    pub fn note_parameter(&mut self, body: &[u8]) {
+        if let Some((k, v)) = parse_parameter_status(body) {
+            self.params.insert(k, v);
+        }
+    }
+
+    /// A cheap, non-blocking look at the socket: a server that Postgres or a
+    /// middlebox closed (or that sent an unsolicited FATAL) is not alive.
+    pub fn is_alive(&self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Runs `sql` as a simple query and reads up to ReadyForQuery, keeping
+    /// parameter reports. Returns the first error the server sent.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.stream.write_all(&out).await?;
+        self.read_until_ready().await
+    }
+
+    /// Reads and discards messages up to ReadyForQuery.
+    pub async fn read_until_ready(&mut self) -> Result<(), ServerError> {
+        let mut first_error = None;
+        loop {
+            let msg = self.read_message().await?;
+            match msg[0] {
+                b'S' => self.note_parameter(&msg[5..]),
+                b'E' => {
+                    let f = ServerErrorFields::parse(&msg[5..]);
+                    if f.is_fatal() {
+                        return Err(ServerError::Query(f));
+                    }
+                    first_error.get_or_insert(f);
+                }
+                b'Z' => {
+                    self.status = msg.get(5).copied().unwrap_or(b'I');
+                    return match first_error {
+                        Some(f) => Err(ServerError::Query(f)),
+                        None => Ok(()),
+                    };
+                }
+                // COPY started by a check or reset query cannot be served.
+                b'G' | b'H' | b'W' => return Err(ServerError::Closed),
+                _ => {}
+            }
+        }
+    }
+
+    /// Brings the server's settings to what a client expects: reported
+    /// parameters that differ and unreported ones the client set at startup,
+    /// and resets what an earlier client left. One round trip, or none.
+    pub async fn sync_params(
+        &mut self,
+        reported: &BTreeMap<String, String>,
+        other: &BTreeMap<String, String>,
+    ) -> Result<(), ServerError> {
+        let mut sets: Vec<(&str, &str)> = Vec::new();
+        for (k, v) in reported {
+            if is_read_only_param(k) {
+                continue;
+            }
+            if self.params.get(k) != Some(v) {
+                sets.push((k, v));
+            }
+        }
+        for (k, v) in other {
+            if self.applied.get(k) != Some(v) {
+                sets.push((k, v));
+            }
+        }
+        let resets: Vec<String> = self
+            .applied
+            .keys()
+            .filter(|k| !other.contains_key(*k))
+            .cloned()
+            .collect();
+        if sets.is_empty() && resets.is_empty() {
+            return Ok(());
+        }
+        let mut sql = String::new();
+        for k in &resets {
+            sql.push_str("RESET ");
+            sql.push_str(&quote_ident(k));
+            sql.push(';');
+        }
+        if !sets.is_empty() {
+            sql.push_str("SELECT ");
+            for (i, (k, v)) in sets.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("pg_catalog.set_config(");
+                sql.push_str(&quote_literal(k));
+                sql.push(',');
+                sql.push_str(&quote_literal(v));
+                sql.push_str(",false)");
+            }
+        }
+        let result = self.simple_query(&sql).await;
+        match &result {
+            Ok(()) => self.applied = other.clone(),
+            // We no longer know exactly what is set: the caller drops us.
+            Err(_) => self.applied.clear(),
+        }
+        result
+    }
+
+    /// Marks the server's settings as back to defaults after a reset query.
+    pub fn forget_applied(&mut self) {
+        self.applied.clear();
+    }
+}
+
+/// `E'…'` literal, correct whatever standard_conforming_strings is.
+pub fn quote_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// `"…"` identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_escapes_quotes_and_backslashes() {
+        assert_eq!(quote_literal(r"it's a\b"), r"E'it''s a\\b'");
+        assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
+    }
+}

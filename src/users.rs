@@ -1,0 +1,59 @@
+//! Users as clients authenticate against them, with the SCRAM and md5 secrets
+//! derived once at load time (not once per login, which is what makes SCRAM
+//! logins expensive in other poolers).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::auth::md5::md5_stored;
+use crate::auth::scram::ScramSecret;
+use crate::config::{AuthType, Config, ConfigError, UserConfig};
+
+pub struct UserEntry {
+    pub config: UserConfig,
+    /// Present for scram-sha-256 users.
+    pub scram: Option<ScramSecret>,
+    /// `md5…` stored hash, present for md5 users.
+    pub md5: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Users {
+    map: HashMap<String, Arc<UserEntry>>,
+}
+
+impl Users {
+    pub fn from_config(config: &Config) -> Result<Users, ConfigError> {
+        let mut map = HashMap::new();
+        for (i, u) in config.users.iter().enumerate() {
+            let (scram, md5) = match u.auth_type {
+                AuthType::Trust => (None, None),
+                AuthType::Md5 => (None, Some(md5_stored(&u.name, &u.password))),
+                AuthType::ScramSha256 => {
+                    let secret = if u.password.starts_with("SCRAM-SHA-256$") {
+                        ScramSecret::parse(&u.password).map_err(|e| ConfigError::Invalid {
+                            key: format!("users[{i}].password"),
+                            reason: format!("not a valid SCRAM verifier: {e}"),
+                        })?
+                    } else {
+                        ScramSecret::from_password(&u.password)
+                    };
+                    (Some(secret), None)
+                }
+            };
+            map.insert(
+                u.name.clone(),
+                Arc::new(UserEntry {
+                    config: u.clone(),
+                    scram,
+                    md5,
+                }),
+            );
+        }
+        Ok(Users { map })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<UserEntry>> {
+        self.map.get(name).cloned()
+    }
+}

@@ -1,0 +1,170 @@
+//! The core relay: psql, tokio-postgres and pgbench through pgharbor.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_select_works_and_bad_logins_are_refused() {
+    let proxy = start_proxy("transaction", 2).await;
+    let out = psql(&proxy, USER, PASSWORD, "app", "select 1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+
+    let out = psql(&proxy, USER, "wrong", "app", "select 1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("password authentication failed for user \"app\""),
+        "{err}"
+    );
+
+    let out = psql(&proxy, "nobody", "x", "app", "select 1");
+    assert!(!out.status.success());
+
+    // The SQLSTATEs, seen by a driver.
+    let e = tokio_postgres::connect(&dsn(&proxy, "nosuchdb"), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("unknown database refused");
+    assert_eq!(sqlstate(&e).as_deref(), Some("3D000"), "{e}");
+    let bad = dsn(&proxy, "app").replace(PASSWORD, "wrong");
+    let e = tokio_postgres::connect(&bad, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("wrong password refused");
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_users_log_in() {
+    let proxy = start_proxy("transaction", 2).await;
+    let out = psql(&proxy, MD5_USER, MD5_PASSWORD, "app", "select current_user");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "legacy");
+    let out = psql(&proxy, MD5_USER, "nope", "app", "select 1");
+    assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_queries_return_to_the_right_caller() {
+    let proxy = start_proxy("transaction", 2).await;
+    let client = connect(&proxy, "app").await;
+    let int4 = tokio_postgres::types::Type::INT4;
+    let futs = (0..500i32).map(|i| {
+        let client = &client;
+        let int4 = int4.clone();
+        async move {
+            // Unnamed statements: Parse/Bind/Execute/Sync in one burst.
+            let rows = client
+                .query_typed("select $1::int * 2", &[(&i, int4)])
+                .await
+                .unwrap();
+            let row = &rows[0];
+            assert_eq!(row.get::<_, i32>(0), i * 2);
+            let row = client
+                .query_one(&format!("select {i}::text"), &[])
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, String>(0), i.to_string());
+        }
+    });
+    futures_util::future::join_all(futs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_clients_share_a_pool_of_ten() {
+    let proxy = start_proxy("transaction", 10).await;
+    let dsn = dsn(&proxy, "app");
+    let mut tasks = Vec::new();
+    for i in 0..1000i32 {
+        let dsn = dsn.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = connect_dsn(&dsn).await;
+            let rows = c.simple_query(&format!("select {i} + 1")).await.unwrap();
+            let got = rows.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            });
+            assert_eq!(got, Some((i + 1).to_string()));
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("client task"));
+    }
+    assert_eq!(clients.len(), 1000);
+    let direct = connect_direct().await;
+    assert!(backends_of_user(&direct, USER).await <= 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_settings_never_leak_to_the_next_client() {
+    let proxy = start_proxy("session", 1).await;
+    {
+        let c = connect(&proxy, "app_session").await;
+        c.batch_execute("SET statement_timeout = '1234s'; SET application_name = 'leaky'")
+            .await
+            .unwrap();
+        let v: String = c
+            .query_one("show statement_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(v, "1234s");
+    }
+    // Pool of one: the next client gets the same server, after the reset.
+    let mut seen = None;
+    for _ in 0..50 {
+        let c = connect(&proxy, "app_session").await;
+        let row = c
+            .query_one("select current_setting('statement_timeout'), current_setting('application_name'), pg_backend_pid()", &[])
+            .await
+            .unwrap();
+        let st: String = row.get(0);
+        let app: String = row.get(1);
+        assert_eq!(st, "0", "statement_timeout leaked");
+        assert_ne!(app, "leaky", "application_name leaked");
+        let pid: i32 = row.get(2);
+        if let Some(p) = seen {
+            assert_eq!(p, pid, "pool of one reuses its server");
+        }
+        seen = Some(pid);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_timeout_gives_a_clear_error() {
+    let text = config_text("transaction", 1, "").replace(
+        "query_wait_timeout = \"60s\"",
+        "query_wait_timeout = \"300ms\"",
+    );
+    let proxy = start_proxy_with(&text).await;
+    let holder = connect(&proxy, "app").await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = connect(&proxy, "app").await;
+    let err = waiter.simple_query("select 1").await.unwrap_err();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "53300");
+    assert!(
+        db.message().contains("query_wait_timeout"),
+        "{}",
+        db.message()
+    );
+    assert!(db.message().contains("1 of 1 in use"), "{}", db.message());
+    holder.batch_execute("COMMIT").await.unwrap();
+    let again = connect(&proxy, "app").await;
+    again.simple_query("select 1").await.unwrap();
+    let _ = Duration::ZERO;
+}
