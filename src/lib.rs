@@ -48,6 +48,8 @@ pub struct State {
     pub client_permits: Arc<Semaphore>,
     /// Every client task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Named statements some server accepted (transaction mode).
+    pub known_statements: crate::client::prepared::KnownStatements,
 }
 
 impl State {
@@ -120,6 +122,7 @@ impl Proxy {
             client_permits: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            known_statements: Default::default(),
             users: ArcSwap::from_pointee(users),
             metrics,
             config: ArcSwap::from_pointee(config),

@@ -98,6 +98,8 @@ pub struct Server {
     pub last_used: Instant,
     /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
     pub status: u8,
+    /// Proxy-named statements prepared on this server (transaction mode).
+    pub prepared: crate::client::prepared::PreparedSet,
 }
 
 impl Server {
@@ -137,6 +139,7 @@ impl Server {
             created: Instant::now(),
             last_used: Instant::now(),
             status: b'I',
+            prepared: Default::default(),
         };
         let mut out = BytesMut::new();
         frontend::startup_message(
@@ -385,9 +388,11 @@ impl Server {
         result
     }
 
-    /// Marks the server's settings as back to defaults after a reset query.
+    /// Marks the server's session state as gone after a reset query
+    /// (`DISCARD ALL` drops settings and prepared statements).
     pub fn forget_applied(&mut self) {
         self.applied.clear();
+        self.prepared.clear();
     }
 }
 

@@ -1,6 +1,9 @@
 //! One client connection: startup and authentication, login to a pool, and
 //! the relay loop with its pinning rules.
 
+mod expect;
+mod extended;
+pub mod prepared;
 mod relay;
 mod session;
 pub mod startup;

@@ -13,6 +13,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+use super::expect::{Action, Outcome, Reply};
 use super::session::{Session, SessionError};
 use crate::config::PoolMode;
 use crate::protocol::error::ServerErrorFields;
@@ -57,6 +58,37 @@ fn is_frontend_tag(tag: u8) -> bool {
 /// Server messages the relay must see whole.
 fn server_inspects(tag: u8) -> bool {
     matches!(tag, b'Z' | b'S' | b'E' | b'G' | b'W')
+}
+
+/// In transaction mode also every reply that ends an extended-protocol
+/// step, so replies can be swallowed or synthesized between whole messages.
+fn server_inspects_tx(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Z' | b'S' | b'E' | b'G' | b'W' | b'1' | b'2' | b'3' | b'n' | b'T' | b'C' | b'I' | b's'
+    )
+}
+
+/// Appends `chunk` to `out` without copying when `out` is empty.
+fn append(out: &mut BytesMut, chunk: BytesMut) {
+    if chunk.is_empty() {
+        return;
+    }
+    if out.is_empty() {
+        *out = chunk;
+    } else {
+        out.unsplit(chunk);
+    }
+}
+
+/// A reply pgharbor gives in the server's place.
+fn synthesize(out: &mut BytesMut, reply: Reply) {
+    match reply {
+        Reply::ParseComplete => backend::parse_complete(out),
+        Reply::CloseComplete => backend::close_complete(out),
+        // Only Parse and Close are ever answered by pgharbor itself.
+        Reply::BindComplete | Reply::Describe | Reply::Execute | Reply::Ready => {}
+    }
 }
 
 async fn readable(s: Option<&TcpStream>) -> io::Result<()> {
@@ -238,10 +270,12 @@ impl Session {
     ) -> Result<Option<Result<(), SessionError>>, SessionError> {
         // Bytes at the front of cbuf already decided on, to be forwarded.
         let mut ready = 0usize;
+        let tx = self.mode == PoolMode::Transaction;
         loop {
+            let inspect = |t: u8| t == b'X' || (tx && matches!(t, b'P' | b'B' | b'D' | b'C'));
             let step = self
                 .cscan
-                .step(&self.cbuf[ready..], self.max_message, |t| t == b'X');
+                .step(&self.cbuf[ready..], self.max_message, inspect);
             let step = match step {
                 Ok(s) => s,
                 Err(e) => {
@@ -257,7 +291,29 @@ impl Session {
                     // and is cleaned up by `finish`.
                     return Ok(Some(Ok(())));
                 }
-                Step::Whole { len, .. } | Step::Pass { tag: None, len } => ready += len,
+                Step::Whole { tag, len } => {
+                    // A message transaction mode rewrites (named statements).
+                    if self.server.is_none()
+                        && tag == b'P'
+                        && ready == 0
+                        && self.answer_prepare_locally()
+                    {
+                        continue;
+                    }
+                    if let Some(end) = self.ensure_server().await {
+                        return Ok(Some(end));
+                    }
+                    self.forward_ready(ready)?;
+                    ready = 0;
+                    self.note_client_message(tag);
+                    let msg = self.cbuf.split_to(len);
+                    if let Err(e) = self.rewrite_extended(tag, &msg) {
+                        let e =
+                            PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
+                        return Ok(Some(self.send_fatal(e).await));
+                    }
+                }
+                Step::Pass { tag: None, len } => ready += len,
                 Step::Pass {
                     tag: Some(tag),
                     len,
@@ -270,15 +326,22 @@ impl Session {
                         return Ok(Some(self.send_fatal(e).await));
                     }
                     if self.server.is_none() {
-                        // Everything decided so far was already forwarded
-                        // with the previous server.
                         self.forward_ready(ready)?;
                         ready = 0;
-                        if let Err(e) = self.acquire_server().await {
-                            return Ok(Some(self.send_fatal(e).await));
+                        if let Some(end) = self.ensure_server().await {
+                            return Ok(Some(end));
                         }
                     }
                     self.note_client_message(tag);
+                    if tx {
+                        match tag {
+                            b'E' => self.expect.push(Reply::Execute, Action::Forward, None),
+                            b'S' | b'Q' | b'F' => {
+                                self.expect.push(Reply::Ready, Action::Forward, None)
+                            }
+                            _ => {}
+                        }
+                    }
                     ready += len;
                 }
             }
@@ -287,10 +350,21 @@ impl Session {
         Ok(None)
     }
 
+    /// Borrows a server if the client has none; `Some` ends the session.
+    async fn ensure_server(&mut self) -> Option<Result<(), SessionError>> {
+        if self.server.is_some() {
+            return None;
+        }
+        match self.acquire_server().await {
+            Ok(()) => None,
+            Err(e) => Some(self.send_fatal(e).await),
+        }
+    }
+
     /// Moves `n` decided bytes from `cbuf` to the server's queue and writes.
     fn forward_ready(&mut self, n: usize) -> Result<(), SessionError> {
         if n == 0 {
-            return Ok(());
+            return self.flush_server();
         }
         let chunk = self.cbuf.split_to(n);
         if self.to_server.is_empty() {
@@ -342,10 +416,18 @@ impl Session {
         let mut release = false;
         let mut txn_done = false;
         let mut ready = 0usize;
+        let tx = self.mode == PoolMode::Transaction;
+        let mut undo = Vec::new();
+        let mut parsed = Vec::new();
         let pooled = self.server.as_mut()?;
+        let inspects = if tx {
+            server_inspects_tx
+        } else {
+            server_inspects
+        };
         loop {
             let rbuf = &pooled.server.rbuf;
-            let step = match self.sscan.step(&rbuf[ready..], 1 << 30, server_inspects) {
+            let step = match self.sscan.step(&rbuf[ready..], 1 << 30, inspects) {
                 Ok(s) => s,
                 Err(e) => {
                     return Some(self.server_lost(ServerError::Protocol(e)).await);
@@ -380,15 +462,43 @@ impl Session {
                         b'G' => self.txn.copy_in = true,
                         _ => {}
                     }
-                    ready += len;
+                    let outcome = if tx {
+                        self.expect.on_server_message(tag, &mut undo, &mut parsed)
+                    } else {
+                        Outcome::Forward
+                    };
+                    if matches!(outcome, Outcome::Swallow) {
+                        // Send what came before, then drop this reply.
+                        let before = pooled.server.rbuf.split_to(ready);
+                        append(&mut self.to_client, before);
+                        let _ = pooled.server.rbuf.split_to(len);
+                        ready = 0;
+                    } else {
+                        ready += len;
+                    }
+                    if tx {
+                        while let Some(reply) = self.expect.due_synthesized() {
+                            let before = pooled.server.rbuf.split_to(ready);
+                            append(&mut self.to_client, before);
+                            ready = 0;
+                            synthesize(&mut self.to_client, reply);
+                        }
+                    }
                 }
             }
         }
         let chunk = pooled.server.rbuf.split_to(ready);
-        if self.to_client.is_empty() {
-            self.to_client = chunk;
-        } else {
-            self.to_client.unsplit(chunk);
+        append(&mut self.to_client, chunk);
+        for name in parsed {
+            self.state.known_statements.insert(name);
+        }
+        for u in undo {
+            if let Some(n) = &u.server_name {
+                pooled.server.prepared.remove(n);
+            }
+            if let Some(n) = &u.client_name {
+                self.statements.remove(n);
+            }
         }
         if txn_done {
             self.end_of_transaction();
@@ -400,6 +510,9 @@ impl Session {
             return Some(self.server_lost(e).await);
         }
         if release && self.txn.is_idle() {
+            if !self.expect.is_empty() {
+                tracing::warn!("replies still expected at the end of a transaction; dropping them");
+            }
             self.release_server().await;
         }
         None

@@ -2,7 +2,7 @@
 //! pool, the relay, and the clean-up that guarantees no half-done transaction
 //! is ever left on a server that goes back to the pool.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
+use super::expect::Expectations;
+use super::prepared::Statement;
 use super::startup::{self, Handshake, LoginRequest, StartupError};
 use crate::cancel::CancelHandle;
 use crate::config::PoolMode;
@@ -147,6 +149,8 @@ async fn run(
         sscan: FrameScanner::default(),
         max_message: config.proxy.max_message_size,
         server_fatal_sent: false,
+        statements: HashMap::new(),
+        expect: Expectations::default(),
     };
     drop(config);
     session.pool.stats.clients_idle.inc();
@@ -216,6 +220,10 @@ pub(super) struct Session {
     pub max_message: usize,
     /// A FATAL from the server was forwarded; no second one is added.
     pub server_fatal_sent: bool,
+    /// Transaction mode: the client's named statements.
+    pub statements: HashMap<String, Arc<Statement>>,
+    /// Transaction mode: replies to swallow or synthesize, in order.
+    pub expect: Expectations,
 }
 
 impl Session {
@@ -333,6 +341,7 @@ impl Session {
             pooled.discard();
         }
         self.sscan = FrameScanner::default();
+        self.expect.clear();
     }
 
     /// Clean-up when the client is gone or the session ends: a server still

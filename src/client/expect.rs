@@ -1,0 +1,214 @@
+//! What the client expects back, in order, for the extended-protocol
+//! messages sent on its behalf: lets pgharbor swallow the replies to messages
+//! it injected and synthesize replies to messages it answered itself, each at
+//! exactly the place Postgres would have put them.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// The kind of reply a message produces when it succeeds, by what ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    ParseComplete,
+    BindComplete,
+    CloseComplete,
+    /// Describe: ends with RowDescription or NoData.
+    Describe,
+    /// Execute: ends with CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// Sync, Query, FunctionCall: end with ReadyForQuery.
+    Ready,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// A client message: its reply goes to the client.
+    Forward,
+    /// A message pgharbor injected: its reply is dropped.
+    Swallow,
+    /// A client message pgharbor answered itself: no server reply comes; the
+    /// reply is synthesized when everything before it has been answered.
+    Synthesize,
+}
+
+/// Undo information for a named statement whose Parse never took effect.
+#[derive(Debug, Clone)]
+pub struct Undo {
+    /// Drop from the server's prepared set (the server does not have it).
+    pub server_name: Option<Arc<str>>,
+    /// Drop from the client's statement map (Postgres would not have it).
+    pub client_name: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Expected {
+    pub reply: Reply,
+    pub action: Action,
+    pub undo: Option<Undo>,
+}
+
+/// How a server message relates to the queue.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Forward the message.
+    Forward,
+    /// Drop the message.
+    Swallow,
+}
+
+#[derive(Debug, Default)]
+pub struct Expectations {
+    queue: VecDeque<Expected>,
+}
+
+impl Expectations {
+    pub fn push(&mut self, reply: Reply, action: Action, undo: Option<Undo>) {
+        self.queue.push_back(Expected {
+            reply,
+            action,
+            undo,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.queue.clear();
+    }
+
+    /// Pops the synthesized replies now due (everything before them has
+    /// been answered), in order.
+    pub fn due_synthesized(&mut self) -> Option<Reply> {
+        match self.queue.front() {
+            Some(e) if e.action == Action::Synthesize => self.queue.pop_front().map(|e| e.reply),
+            _ => None,
+        }
+    }
+
+    /// Accounts for a server message with `tag`; `undo` collects the
+    /// statements whose Parse did not take effect.
+    /// `parsed` collects the server names of Parses that succeeded.
+    pub fn on_server_message(
+        &mut self,
+        tag: u8,
+        undo: &mut Vec<Undo>,
+        parsed: &mut Vec<Arc<str>>,
+    ) -> Outcome {
+        let Some(front) = self.queue.front() else {
+            return Outcome::Forward;
+        };
+        let completes = match (front.reply, tag) {
+            (Reply::ParseComplete, b'1')
+            | (Reply::BindComplete, b'2')
+            | (Reply::CloseComplete, b'3')
+            | (Reply::Describe, b'T' | b'n')
+            | (Reply::Execute, b'C' | b'I' | b's')
+            | (Reply::Ready, b'Z') => true,
+            (Reply::Ready, _) => false,
+            (_, b'E') => {
+                // An extended-protocol message failed: Postgres skips every
+                // message up to the next Sync. The failed one's error goes to
+                // the client (even for an injected Parse: it explains why the
+                // client's Bind could not run).
+                let mut failed = self.queue.pop_front();
+                while let Some(e) = failed {
+                    if let Some(u) = e.undo {
+                        undo.push(u);
+                    }
+                    failed = match self.queue.front() {
+                        Some(n) if n.reply != Reply::Ready => self.queue.pop_front(),
+                        _ => None,
+                    };
+                }
+                return Outcome::Forward;
+            }
+            _ => false,
+        };
+        if !completes {
+            return Outcome::Forward;
+        }
+        let Some(done) = self.queue.pop_front() else {
+            return Outcome::Forward;
+        };
+        if tag == b'1' {
+            if let Some(name) = done.undo.and_then(|u| u.server_name) {
+                parsed.push(name);
+            }
+        }
+        match done.action {
+            Action::Swallow => Outcome::Swallow,
+            _ => Outcome::Forward,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_parse_is_swallowed_and_synthesized_replies_wait_their_turn() {
+        let mut q = Expectations::default();
+        let mut undo = Vec::new();
+        q.push(Reply::Execute, Action::Forward, None);
+        q.push(Reply::ParseComplete, Action::Synthesize, None);
+        q.push(Reply::ParseComplete, Action::Swallow, None);
+        q.push(Reply::BindComplete, Action::Forward, None);
+        q.push(Reply::Ready, Action::Forward, None);
+        assert_eq!(q.due_synthesized(), None);
+        assert!(matches!(
+            q.on_server_message(b'D', &mut undo, &mut Vec::new()),
+            Outcome::Forward
+        ));
+        assert!(matches!(
+            q.on_server_message(b'C', &mut undo, &mut Vec::new()),
+            Outcome::Forward
+        ));
+        assert_eq!(q.due_synthesized(), Some(Reply::ParseComplete));
+        assert_eq!(q.due_synthesized(), None);
+        assert!(matches!(
+            q.on_server_message(b'1', &mut undo, &mut Vec::new()),
+            Outcome::Swallow
+        ));
+        assert!(matches!(
+            q.on_server_message(b'2', &mut undo, &mut Vec::new()),
+            Outcome::Forward
+        ));
+        assert!(matches!(
+            q.on_server_message(b'Z', &mut undo, &mut Vec::new()),
+            Outcome::Forward
+        ));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn an_error_skips_to_the_sync_and_undoes_parses() {
+        let mut q = Expectations::default();
+        let mut undo = Vec::new();
+        let u = |n: &str| Undo {
+            server_name: Some(n.into()),
+            client_name: Some(n.into()),
+        };
+        q.push(Reply::ParseComplete, Action::Forward, Some(u("a")));
+        q.push(Reply::ParseComplete, Action::Synthesize, Some(u("b")));
+        q.push(Reply::BindComplete, Action::Forward, None);
+        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::ParseComplete, Action::Forward, None);
+        assert!(matches!(
+            q.on_server_message(b'E', &mut undo, &mut Vec::new()),
+            Outcome::Forward
+        ));
+        assert_eq!(undo.len(), 2);
+        assert!(matches!(
+            q.on_server_message(b'Z', &mut undo, &mut Vec::new()),
+            Outcome::Forward
+        ));
+        assert!(matches!(
+            q.on_server_message(b'1', &mut undo, &mut Vec::new()),
+            Outcome::Forward
+        ));
+        assert!(q.is_empty());
+    }
+}

@@ -1,0 +1,204 @@
+//! Transaction mode's rewriting of Parse, Bind, Describe and Close so that a
+//! client's named statements work on whichever server it lands on.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::expect::{Action, Reply, Undo};
+use super::prepared::{build_bind, build_target, parse_bind, parse_parse, parse_target, Statement};
+use super::session::Session;
+use crate::protocol::backend;
+use crate::protocol::ProtocolError;
+
+impl Session {
+    /// Handles one whole Parse/Bind/Describe/Close from the client: writes
+    /// what the server must see into `to_server` and records the replies to
+    /// expect. The client holds a server.
+    pub(super) fn rewrite_extended(&mut self, tag: u8, msg: &[u8]) -> Result<(), ProtocolError> {
+        let body = &msg[5..];
+        match tag {
+            b'P' => {
+                let p = parse_parse(body)?;
+                if p.name.is_empty() {
+                    self.to_server.extend_from_slice(msg);
+                    self.expect
+                        .push(Reply::ParseComplete, Action::Forward, None);
+                } else if let Some(existing) = self.statements.get(p.name).cloned() {
+                    // Postgres refuses a second Parse of a live name with
+                    // 42P05; let the server say so, in order.
+                    self.ensure_prepared(&existing);
+                    self.to_server.extend_from_slice(&existing.parse);
+                    self.expect
+                        .push(Reply::ParseComplete, Action::Forward, None);
+                } else {
+                    let st = Arc::new(Statement::new(p.rest));
+                    let client_name = p.name.to_string();
+                    self.statements.insert(client_name.clone(), st.clone());
+                    if self.server_has(&st) {
+                        let undo = Undo {
+                            server_name: None,
+                            client_name: Some(client_name),
+                        };
+                        self.expect
+                            .push(Reply::ParseComplete, Action::Synthesize, Some(undo));
+                    } else {
+                        self.record_prepared(&st);
+                        self.to_server.extend_from_slice(&st.parse);
+                        let undo = Undo {
+                            server_name: Some(st.name.clone()),
+                            client_name: Some(client_name),
+                        };
+                        self.expect
+                            .push(Reply::ParseComplete, Action::Forward, Some(undo));
+                    }
+                }
+            }
+            b'B' => {
+                let b = parse_bind(body)?;
+                match self.statements.get(b.statement).cloned() {
+                    Some(st) if !b.statement.is_empty() => {
+                        self.ensure_prepared(&st);
+                        build_bind(&mut self.to_server, b.portal, &st.name, b.rest);
+                    }
+                    // Unnamed, or a name the client never prepared: the
+                    // server answers exactly as Postgres would (26000).
+                    _ => self.to_server.extend_from_slice(msg),
+                }
+                self.expect.push(Reply::BindComplete, Action::Forward, None);
+            }
+            b'D' => {
+                let (kind, name) = parse_target(body)?;
+                match self.statements.get(name).cloned() {
+                    Some(st) if kind == b'S' && !name.is_empty() => {
+                        self.ensure_prepared(&st);
+                        build_target(&mut self.to_server, b'D', b'S', &st.name);
+                    }
+                    _ => self.to_server.extend_from_slice(msg),
+                }
+                self.expect.push(Reply::Describe, Action::Forward, None);
+            }
+            b'C' => {
+                let (kind, name) = parse_target(body)?;
+                if kind == b'S' && !name.is_empty() {
+                    // Only the client's name goes; the server keeps the
+                    // statement for whoever prepares the same text next.
+                    self.statements.remove(name);
+                    self.expect
+                        .push(Reply::CloseComplete, Action::Synthesize, None);
+                } else {
+                    self.to_server.extend_from_slice(msg);
+                    self.expect
+                        .push(Reply::CloseComplete, Action::Forward, None);
+                }
+            }
+            _ => self.to_server.extend_from_slice(msg),
+        }
+        let mut synthesized = false;
+        while let Some(reply) = self.expect.due_synthesized() {
+            match reply {
+                Reply::ParseComplete => backend::parse_complete(&mut self.to_client),
+                Reply::CloseComplete => backend::close_complete(&mut self.to_client),
+                _ => {}
+            }
+            synthesized = true;
+        }
+        if synthesized {
+            // Errors surface on the next write; the relay loop handles them.
+            let _ = self.flush_client();
+        }
+        Ok(())
+    }
+
+    /// Between transactions, a burst of Parse messages for statements some
+    /// server has already accepted, followed by Sync, is answered without a
+    /// server: drivers that prepare synchronously (libpq's PQprepare, so
+    /// pgbench -M prepared) would otherwise need a free server just to be
+    /// told "ParseComplete", and can deadlock a pool whose servers are held by
+    /// their own other connections. The statement is prepared on a server
+    /// when the client first binds it. Returns false (nothing consumed) when
+    /// the burst does not qualify.
+    pub(super) fn answer_prepare_locally(&mut self) -> bool {
+        let mut offset = 0;
+        let mut names = Vec::new();
+        loop {
+            let buf = &self.cbuf[offset..];
+            if buf.len() < 5 {
+                return false;
+            }
+            let tag = buf[0];
+            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+            if len < 4 || buf.len() < len as usize + 1 {
+                return false;
+            }
+            let total = len as usize + 1;
+            match tag {
+                b'P' => {
+                    let Ok(p) = parse_parse(&buf[5..total]) else {
+                        return false;
+                    };
+                    if p.name.is_empty() || self.statements.contains_key(p.name) {
+                        return false;
+                    }
+                    let st = Statement::new(p.rest);
+                    if !self.state.known_statements.contains(&st.name) {
+                        return false;
+                    }
+                    names.push((p.name.to_string(), Arc::new(st)));
+                }
+                b'S' if !names.is_empty() => {
+                    offset += total;
+                    break;
+                }
+                _ => return false,
+            }
+            offset += total;
+        }
+        let _ = self.cbuf.split_to(offset);
+        for (client_name, st) in names {
+            self.statements.insert(client_name, st);
+            backend::parse_complete(&mut self.to_client);
+        }
+        backend::ready_for_query(&mut self.to_client, b'I');
+        let _ = self.flush_client();
+        true
+    }
+
+    fn server_has(&mut self, st: &Statement) -> bool {
+        self.server
+            .as_mut()
+            .is_some_and(|p| p.server.prepared.touch(&st.name))
+    }
+
+    /// Notes `st` as prepared on the server, closing the least recently used
+    /// statement if the server is over `max_prepared_statements`.
+    fn record_prepared(&mut self, st: &Statement) {
+        let cap = self.pool.settings.max_prepared_statements;
+        let Some(p) = self.server.as_mut() else {
+            return;
+        };
+        if let Some(victim) = p.server.prepared.insert(st.name.clone(), cap) {
+            let mut close = BytesMut::new();
+            build_target(&mut close, b'C', b'S', &victim);
+            // The eviction reaches the server before the new Parse.
+            self.to_server.extend_from_slice(&close);
+            self.expect
+                .push(Reply::CloseComplete, Action::Swallow, None);
+        }
+    }
+
+    /// Injects a Parse for `st` if the server lacks it.
+    fn ensure_prepared(&mut self, st: &Statement) {
+        if self.server_has(st) {
+            return;
+        }
+        self.record_prepared(st);
+        self.to_server.extend_from_slice(&st.parse);
+        let undo = Undo {
+            server_name: Some(st.name.clone()),
+            client_name: None,
+        };
+        self.expect
+            .push(Reply::ParseComplete, Action::Swallow, Some(undo));
+    }
+}

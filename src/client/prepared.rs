@@ -1,0 +1,233 @@
+//! Named prepared statements in transaction mode.
+//!
+//! A client's statement names mean nothing to the server it lands on next, so
+//! pgharbor gives every distinct statement (query text + parameter types) one
+//! proxy-wide name derived from a SHA-256 of its definition, remembers each
+//! client's names, keeps a bounded LRU of what each server has prepared, and
+//! injects a Parse before a Bind or Describe on a server that lacks the
+//! statement. The extra ParseComplete is swallowed and a ParseComplete is
+//! synthesized when a client's Parse needs no server work, so the client sees
+//! exactly the sequence Postgres would have sent (see `expect.rs`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::backend::{finish_len, put_cstr};
+use crate::protocol::frame::{read_cstr, ProtocolError};
+
+/// One distinct statement, shared by every client that prepared it.
+#[derive(Debug)]
+pub struct Statement {
+    /// The proxy-wide name used on servers.
+    pub name: Arc<str>,
+    /// A ready Parse message under that name, for injection.
+    pub parse: Bytes,
+}
+
+impl Statement {
+    /// `rest` is the Parse body after the statement name: query, parameter
+    /// count and types, exactly as the client sent them.
+    pub fn new(rest: &[u8]) -> Statement {
+        let digest = Sha256::digest(rest);
+        let mut name = String::with_capacity(3 + 32);
+        name.push_str("ph_");
+        for b in &digest[..16] {
+            name.push_str(&format!("{b:02x}"));
+        }
+        let mut parse = BytesMut::with_capacity(rest.len() + name.len() + 6);
+        parse.put_u8(b'P');
+        parse.put_i32(0);
+        put_cstr(&mut parse, &name);
+        parse.put_slice(rest);
+        finish_len(&mut parse, 0);
+        Statement {
+            name: name.into(),
+            parse: parse.freeze(),
+        }
+    }
+}
+
+/// What a server has prepared, bounded, least recently used evicted first.
+#[derive(Debug, Default)]
+pub struct PreparedSet {
+    used: HashMap<Arc<str>, u64>,
+    tick: u64,
+}
+
+impl PreparedSet {
+    /// True (and marks it used) if the server has `name`.
+    pub fn touch(&mut self, name: &Arc<str>) -> bool {
+        self.tick += 1;
+        match self.used.get_mut(name) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `name`; returns the statement to close if over `cap`.
+    pub fn insert(&mut self, name: Arc<str>, cap: usize) -> Option<Arc<str>> {
+        self.tick += 1;
+        self.used.insert(name.clone(), self.tick);
+        if self.used.len() <= cap.max(1) {
+            return None;
+        }
+        let victim = self
+            .used
+            .iter()
+            .filter(|(n, _)| **n != name)
+            .min_by_key(|(_, t)| **t)
+            .map(|(n, _)| n.clone())?;
+        self.used.remove(&victim);
+        Some(victim)
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.used.remove(name);
+    }
+
+    pub fn clear(&mut self) {
+        self.used.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+/// The parts of a Parse message.
+pub struct ParseMsg<'a> {
+    pub name: &'a str,
+    /// Everything after the name (query, parameter types).
+    pub rest: &'a [u8],
+}
+
+pub fn parse_parse(body: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
+    let (name, rest) = read_cstr(body)?;
+    Ok(ParseMsg { name, rest })
+}
+
+/// The parts of a Bind message.
+pub struct BindMsg<'a> {
+    pub portal: &'a str,
+    pub statement: &'a str,
+    pub rest: &'a [u8],
+}
+
+pub fn parse_bind(body: &[u8]) -> Result<BindMsg<'_>, ProtocolError> {
+    let (portal, rest) = read_cstr(body)?;
+    let (statement, rest) = read_cstr(rest)?;
+    Ok(BindMsg {
+        portal,
+        statement,
+        rest,
+    })
+}
+
+pub fn build_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
+    let start = out.len();
+    out.put_u8(b'B');
+    out.put_i32(0);
+    put_cstr(out, portal);
+    put_cstr(out, statement);
+    out.put_slice(rest);
+    finish_len(out, start);
+}
+
+/// Describe or Close: kind (`S` or `P`) and name.
+pub fn parse_target(body: &[u8]) -> Result<(u8, &str), ProtocolError> {
+    let (&kind, rest) = body
+        .split_first()
+        .ok_or(ProtocolError::Malformed("Describe/Close"))?;
+    let (name, _) = read_cstr(rest)?;
+    if kind != b'S' && kind != b'P' {
+        return Err(ProtocolError::Malformed("Describe/Close"));
+    }
+    Ok((kind, name))
+}
+
+pub fn build_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+    let start = out.len();
+    out.put_u8(tag);
+    out.put_i32(0);
+    out.put_u8(kind);
+    put_cstr(out, name);
+    finish_len(out, start);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_definition_same_name_different_types_different_name() {
+        let a = Statement::new(b"select $1\0\0\x01\0\0\0\x17");
+        let b = Statement::new(b"select $1\0\0\x01\0\0\0\x17");
+        let c = Statement::new(b"select $1\0\0\x01\0\0\0\x14");
+        assert_eq!(a.name, b.name);
+        assert_ne!(a.name, c.name);
+        assert!(a.name.len() < 63);
+        assert_eq!(a.parse[0], b'P');
+        let len = i32::from_be_bytes([a.parse[1], a.parse[2], a.parse[3], a.parse[4]]) as usize;
+        assert_eq!(len + 1, a.parse.len());
+    }
+
+    #[test]
+    fn lru_evicts_the_least_recently_used() {
+        let mut s = PreparedSet::default();
+        let n = |x: &str| -> Arc<str> { x.into() };
+        assert_eq!(s.insert(n("a"), 2), None);
+        assert_eq!(s.insert(n("b"), 2), None);
+        assert!(s.touch(&n("a")));
+        assert_eq!(s.insert(n("c"), 2), Some(n("b")));
+        assert!(s.touch(&n("a")) && s.touch(&n("c")) && !s.touch(&n("b")));
+    }
+
+    #[test]
+    fn bind_is_rebuilt_with_the_new_name() {
+        let mut out = BytesMut::new();
+        build_bind(&mut out, "p", "ph_x", b"\0\0\0\0\0\0");
+        let b = parse_bind(&out[5..]).unwrap();
+        assert_eq!((b.portal, b.statement), ("p", "ph_x"));
+        assert!(parse_target(b"X\0").is_err());
+        assert!(parse_bind(b"no-nul").is_err());
+    }
+}
+
+/// Statements some server of this instance has accepted (bounded: when full
+/// it starts over, which only costs a round trip later).
+#[derive(Default)]
+pub struct KnownStatements {
+    set: std::sync::RwLock<std::collections::HashSet<Arc<str>>>,
+}
+
+const MAX_KNOWN_STATEMENTS: usize = 100_000;
+
+impl KnownStatements {
+    pub fn contains(&self, name: &str) -> bool {
+        self.set
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+    }
+
+    pub fn insert(&self, name: Arc<str>) {
+        if self.contains(&name) {
+            return;
+        }
+        let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
+        if set.len() >= MAX_KNOWN_STATEMENTS {
+            set.clear();
+        }
+        set.insert(name);
+    }
+}

@@ -1,0 +1,189 @@
+//! Transaction mode keeps what drivers assume: named prepared statements and
+//! session parameters follow the client from server to server.
+
+mod support;
+
+use support::*;
+
+fn rows_text(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_prepare_many_executions_across_servers() {
+    let proxy = start_proxy("transaction", 3).await;
+    let client = connect(&proxy, "app").await;
+    let stmt = client
+        .prepare("select $1::int + 1, pg_backend_pid()")
+        .await
+        .unwrap();
+    // 50 other clients keep the pool's servers changing hands.
+    let dsn = dsn(&proxy, "app");
+    let mut others = Vec::new();
+    for i in 0..50 {
+        let dsn = dsn.clone();
+        others.push(tokio::spawn(async move {
+            let c = connect_dsn(&dsn).await;
+            let s = c.prepare("select $1::text || 'x'").await.unwrap();
+            for j in 0..40 {
+                let v = format!("{i}-{j}");
+                let row = c.query_one(&s, &[&v]).await.unwrap();
+                assert_eq!(row.get::<_, String>(0), format!("{v}x"));
+            }
+        }));
+    }
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..1000i32 {
+        let row = client.query_one(&stmt, &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+        pids.insert(row.get::<_, i32>(1));
+    }
+    for o in others {
+        o.await.unwrap();
+    }
+    assert!(pids.len() > 1, "the statement ran on more than one server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_name_different_sql_and_reprepare() {
+    let proxy = start_proxy("transaction", 1).await;
+    let a = connect(&proxy, "app").await;
+    let b = connect(&proxy, "app").await;
+    // tokio-postgres names statements s0, s1, … per connection: both
+    // clients prepare "s0" with different SQL on the same server.
+    let sa = a.prepare("select 'a'::text").await.unwrap();
+    let sb = b.prepare("select 'b'::text, 2").await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            a.query_one(&sa, &[]).await.unwrap().get::<_, String>(0),
+            "a"
+        );
+        assert_eq!(
+            b.query_one(&sb, &[]).await.unwrap().get::<_, String>(0),
+            "b"
+        );
+    }
+    // Close (dropping the Statement sends Close) and prepare new SQL.
+    drop(sa);
+    let sa2 = a.prepare("select 'a2'::text").await.unwrap();
+    assert_eq!(
+        a.query_one(&sa2, &[]).await.unwrap().get::<_, String>(0),
+        "a2"
+    );
+    // A Parse error is Postgres's own, and the session goes on.
+    let err = a.prepare("selec broken").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42601"));
+    assert_eq!(
+        a.query_one(&sa2, &[]).await.unwrap().get::<_, String>(0),
+        "a2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_prepared_mode_has_no_failures() {
+    let proxy = start_proxy("transaction", 5).await;
+    let a = proxy.addr();
+    let common = |args: &[&str]| {
+        std::process::Command::new(bin("pgbench"))
+            .args([
+                "-h",
+                &a.ip().to_string(),
+                "-p",
+                &a.port().to_string(),
+                "-U",
+                USER,
+            ])
+            .args(args)
+            .arg("app")
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .expect("run pgbench")
+    };
+    let init = common(&["-i", "-s", "1", "-q", "--foreign-keys"]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let run = common(&["-M", "prepared", "-c", "50", "-j", "2", "-T", "5"]);
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let processed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("processed count");
+    assert!(processed > 0);
+    let failed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert_eq!(failed, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_zone_follows_the_client_and_never_leaks() {
+    let proxy = start_proxy("transaction", 2).await;
+    let tokyo = connect(&proxy, "app").await;
+    tokyo
+        .batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    let via_options = connect_dsn(&format!(
+        "{} options='-c TimeZone=Asia/Tokyo'",
+        dsn(&proxy, "app")
+    ))
+    .await;
+    let plain = connect(&proxy, "app").await;
+    let default_zone = {
+        let d = connect_direct().await;
+        rows_text(&d.simple_query("show timezone").await.unwrap())[0].clone()
+    };
+    assert_ne!(default_zone, "Asia/Tokyo");
+    for _ in 0..30 {
+        // Interleave so each client lands on servers the others used.
+        for (c, want) in [
+            (&tokyo, "Asia/Tokyo"),
+            (&via_options, "Asia/Tokyo"),
+            (&plain, default_zone.as_str()),
+        ] {
+            let got = rows_text(&c.simple_query("show timezone").await.unwrap());
+            assert_eq!(got, vec![want.to_string()]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_and_local_settings_do_not_stick() {
+    let proxy = start_proxy("transaction", 2).await;
+    let c = connect(&proxy, "app").await;
+    let before = rows_text(&c.simple_query("show timezone").await.unwrap());
+    c.batch_execute("BEGIN; SET TimeZone = 'UTC+3'; ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_text(&c.simple_query("show timezone").await.unwrap()),
+        before
+    );
+    c.batch_execute("BEGIN; SET LOCAL TimeZone = 'UTC+3'; COMMIT")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(
+            rows_text(&c.simple_query("show timezone").await.unwrap()),
+            before
+        );
+    }
+}
