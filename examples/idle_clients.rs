@@ -9,10 +9,10 @@
 //! input is closed or HOLD_SECS (default 600) pass, whichever comes first.
 //! Progress and errors go to standard error.
 
+use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 
 #[tokio::main]
@@ -81,16 +81,15 @@ async fn main() {
     );
     println!("READY ok={} failed={failed}", held.len());
     // Hold until stdin closes (the benchmark closes it) or the hold time ends.
-    let mut stdin = tokio::io::stdin();
-    let mut buf = [0u8; 64];
-    let wait_stdin = async {
-        loop {
-            match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+    let wait_stdin = tokio::task::spawn_blocking(|| {
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 {
+                break;
             }
         }
-    };
+    });
     let _ = tokio::time::timeout(Duration::from_secs(hold_secs), wait_stdin).await;
     drop(held);
 }
