@@ -674,6 +674,61 @@ def summarize(runs: list[Run], cells: list[tuple[str, int]], targets: list[str])
     return summary
 
 
+def headline(S, cells, targets, idle) -> list[str]:
+    """The issue's targets, checked against this run's medians."""
+    if not {"pgharbor", "pgbouncer"} <= set(targets):
+        return []
+    g = lambda w, c, t, k: (S.get((w, c, t)) or {}).get(k)
+    rows = []
+
+    def check(what, value, goal, ok, nd=2):
+        v = fmt(value, nd) if isinstance(value, (int, float)) or value is None else value
+        verdict = "—" if ok is None else ("met" if ok else "**not met**")
+        rows.append(f"| {what} | {v} | {goal} | {verdict} |")
+
+    def cmp(a, b, le):
+        if a is None or b is None:
+            return None
+        return a <= b if le else a >= b
+
+    for (w, c) in cells:
+        if w in ("select-simple", "select-extended", "tpcb-like") and c in (16, 500) or (w, c) == ("churn", 16):
+            r = ratio(g(w, c, "pgharbor", "tps"), g(w, c, "pgbouncer", "tps"))
+            check(f"{w} {c}: TPS pgharbor / PgBouncer", r, "≥ 1.0", cmp(r, 1.0, False))
+            if "direct" in targets and (w, c) in (("select-simple", 16), ("select-extended", 16)):
+                r = ratio(g(w, c, "pgharbor", "tps"), g(w, c, "direct", "tps"))
+                check(f"{w} {c}: TPS pgharbor / direct", r, "≥ 0.90", cmp(r, 0.90, False))
+            if "direct" in targets and w == "tpcb-like" and c >= 256:
+                r = ratio(g(w, c, "pgharbor", "tps"), g(w, c, "direct", "tps"))
+                check(f"{w} {c}: TPS pgharbor / direct", r, "≥ 1.0", cmp(r, 1.0, False))
+            r = ratio(g(w, c, "pgharbor", "cpu_us"), g(w, c, "pgbouncer", "cpu_us"))
+            goal = 0.2 if w == "churn" else 1.0
+            check(f"{w} {c}: CPU/txn pgharbor / PgBouncer "
+                  f"({fmt(g(w, c, 'pgharbor', 'cpu_us'), 1)} vs {fmt(g(w, c, 'pgbouncer', 'cpu_us'), 1)} µs)",
+                  r, f"≤ {goal}", cmp(r, goal, True))
+            if "relay" in targets and w != "churn" and c == 16:
+                r = ratio(g(w, c, "pgharbor", "cpu_us"), g(w, c, "relay", "cpu_us"))
+                check(f"{w} {c}: CPU/txn pgharbor / relay", r, "≤ 1.25", cmp(r, 1.25, True))
+    if "direct" in targets:
+        for (w, c) in cells:
+            if c == 1 and w == "select-simple":
+                d = g(w, c, "direct", "lat_avg_ms")
+                a, b = g(w, c, "pgharbor", "lat_avg_ms"), g(w, c, "pgbouncer", "lat_avg_ms")
+                if None not in (a, b, d):
+                    check(f"{w} 1: added latency pgharbor vs PgBouncer",
+                          f"{(a - d) * 1000:+.0f} vs {(b - d) * 1000:+.0f} µs", "≤ PgBouncer's", a <= b)
+    wins = [(w, c) for (w, c) in cells if g(w, c, "pgharbor", "tps") is not None
+            and (g(w, c, "pgbouncer", "tps") is None or g(w, c, "pgharbor", "tps") >= g(w, c, "pgbouncer", "tps"))]
+    check("cells where pgharbor TPS ≥ PgBouncer's (or PgBouncer fails)", f"{len(wins)} of {len(cells)}",
+          "all", len(wins) == len(cells))
+    for i in idle:
+        if i["target"] == "pgharbor":
+            k = i.get("kib_per_client")
+            check(f"idle memory at {i['clients']:,} clients, KiB/client", k, "≤ 2", cmp(k, 2.0, True))
+    return ["## Targets from the performance issue (medians of this run)", "",
+            "| check | value | target | |", "|---|---|---|---|"] + rows + [""]
+
+
 def tps_cell(s) -> str:
     if s is None:
         return "—"
@@ -696,6 +751,7 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
              f"pool size 20, transaction mode, SCRAM-SHA-256 ({args.secret} secret in the poolers); "
              f"took {elapsed / 60:.1f} min.")
     L.append("")
+    L += headline(S, cells, targets, idle)
     L.append("## Throughput (TPS) and pooler CPU per transaction")
     L.append("")
     hdr = ["workload", "clients"] + [LABEL[t] + " TPS" for t in targets]
@@ -802,6 +858,7 @@ def parse_args():
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     ap.add_argument("--keep-tmp", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--render-only", metavar="JSON", help="re-render the report of an earlier run's .json (to --out)")
     a = ap.parse_args()
     a.duration = a.duration or (3 if a.quick else 10)
     a.rounds = a.rounds or (1 if a.quick else 3)
@@ -828,8 +885,33 @@ def make_cells(a) -> list[tuple[str, int]]:
     return cells
 
 
+def render_only(args) -> int:
+    with open(args.render_only) as f:
+        d = json.load(f)
+    a = argparse.Namespace(**d["args"])
+    runs = [Run(**r) for r in d["runs"]]
+    targets = d.get("targets") or a.targets.split(",")
+    cells = [tuple(c) for c in d.get("cells") or []]
+    if not cells:
+        seen = []
+        for r in runs:
+            if (r.workload, r.clients) not in seen:
+                seen.append((r.workload, r.clients))
+        cells = seen
+    env = Env(tmp="", pg_bin="", as_postgres=False, pg_version=d.get("pg_version", "?"),
+              pgbouncer_version=d.get("pgbouncer_version", "?"))
+    sys.argv = [sys.argv[0]] + d.get("argv", ["(see json)"])
+    report = render(env, a, runs, cells, targets, d.get("idle", []), d.get("started", "?"), d.get("elapsed_s", 0))
+    with open(args.out, "w") as f:
+        f.write(report)
+    print(report)
+    return 0
+
+
 def main() -> int:
     args = parse_args()
+    if args.render_only:
+        return render_only(args)
     targets = [t for t in args.targets.split(",") if t]
     for t in targets:
         if t not in TARGETS:
@@ -917,7 +999,9 @@ def main() -> int:
             with open(args.out, "w") as f:
                 f.write(report)
             with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-                json.dump({"args": vars(args), "runs": [asdict(r) for r in runs], "idle": idle,
+                json.dump({"args": vars(args), "argv": sys.argv[1:], "started": started, "elapsed_s": elapsed,
+                           "cells": cells, "targets": targets,
+                           "runs": [asdict(r) for r in runs], "idle": idle,
                            "pg_version": env.pg_version, "pgbouncer_version": env.pgbouncer_version}, f, indent=1)
             print(report)
             log(f"report written to {args.out}")
