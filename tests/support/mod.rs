@@ -194,3 +194,350 @@ pub async fn backends_of_user(direct: &tokio_postgres::Client, user: &str) -> i6
 pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
     e.code().map(|c| c.code().to_string())
 }
+
+/// Makes sure a login role `name` (password [`PASSWORD`]) exists, once per
+/// test binary. Tests that count
+/// server connections per user use their own role, so concurrent tests of
+/// the same binary do not disturb the count.
+pub fn ensure_user(name: &str) {
+    static DONE: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    let done = DONE.get_or_init(Default::default);
+    let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+    if done.contains(name) {
+        return;
+    }
+    pg().create_user(name, PASSWORD, "scram-sha-256")
+        .expect("create user");
+    pg().psql("app", &format!("GRANT CREATE ON SCHEMA public TO {name}"))
+        .expect("grant");
+    done.insert(name.to_string());
+}
+
+/// [`config_text`] plus a database called `user` (the real database `app`)
+/// and the role `user` (see [`ensure_user`]), in `mode` with `pool_size`.
+pub fn config_text_for_user(mode: &str, pool_size: usize, extra_pool: &str, user: &str) -> String {
+    ensure_user(user);
+    let port = pg().port();
+    let mut text = config_text(mode, pool_size, extra_pool);
+    text.push_str(&format!(
+        r#"
+[[databases]]
+name = "{user}"
+dbname = "app"
+port = {port}
+pool_mode = "{mode}"
+pool_size = {pool_size}
+
+[[users]]
+name = "{user}"
+password = "{PASSWORD}"
+auth_type = "scram-sha-256"
+"#
+    ));
+    text
+}
+
+/// A DSN for `user` (password [`PASSWORD`]) on database `db`.
+pub fn dsn_as(proxy: &Proxy, user: &str, db: &str) -> String {
+    let a = proxy.addr();
+    format!(
+        "host={} port={} user={user} password={PASSWORD} dbname={db} connect_timeout=10",
+        a.ip(),
+        a.port()
+    )
+}
+
+/// The first value of the first row of a simple query.
+pub async fn simple_value(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    let msgs = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// The state column of pg_stat_activity for one backend, `None` once the
+/// backend is gone.
+pub async fn backend_state(direct: &tokio_postgres::Client, pid: i32) -> Option<String> {
+    direct
+        .query_opt(
+            "select coalesce(state, '') from pg_stat_activity where pid = $1",
+            &[&pid],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .map(|r| r.get(0))
+}
+
+/// A minimal protocol client over a raw socket, for what drivers will not
+/// send: Flush without Sync, malformed frames, half-finished transactions.
+pub mod raw {
+    use bytes::{Buf, Bytes, BytesMut};
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::frontend;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// One backend message: its tag and body.
+    #[derive(Debug, Clone)]
+    pub struct Msg {
+        pub tag: u8,
+        pub body: Bytes,
+    }
+
+    impl Msg {
+        /// An ErrorResponse or NoticeResponse field (`b'C'` for SQLSTATE,
+        /// `b'M'` for the message).
+        pub fn field(&self, code: u8) -> Option<String> {
+            let mut b = &self.body[..];
+            while let Some((&c, rest)) = b.split_first() {
+                if c == 0 {
+                    break;
+                }
+                let end = rest.iter().position(|&x| x == 0)?;
+                if c == code {
+                    return Some(String::from_utf8_lossy(&rest[..end]).into_owned());
+                }
+                b = &rest[end + 1..];
+            }
+            None
+        }
+
+        pub fn sqlstate(&self) -> Option<String> {
+            self.field(b'C')
+        }
+    }
+
+    /// Builds a regular frontend message.
+    pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(body.len() + 5);
+        v.push(tag);
+        v.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn cstr(s: &str) -> Vec<u8> {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        v
+    }
+
+    pub fn query(sql: &str) -> Vec<u8> {
+        msg(b'Q', &cstr(sql))
+    }
+
+    /// Parse of an unnamed statement without parameter types.
+    pub fn parse(sql: &str) -> Vec<u8> {
+        let mut b = cstr("");
+        b.extend(cstr(sql));
+        b.extend(0i16.to_be_bytes());
+        msg(b'P', &b)
+    }
+
+    /// Bind of the unnamed statement to the unnamed portal, no parameters.
+    pub fn bind() -> Vec<u8> {
+        let mut b = cstr("");
+        b.extend(cstr(""));
+        b.extend(0i16.to_be_bytes());
+        b.extend(0i16.to_be_bytes());
+        b.extend(0i16.to_be_bytes());
+        msg(b'B', &b)
+    }
+
+    /// Describe of the unnamed portal.
+    pub fn describe_portal() -> Vec<u8> {
+        let mut b = vec![b'P'];
+        b.extend(cstr(""));
+        msg(b'D', &b)
+    }
+
+    pub fn execute() -> Vec<u8> {
+        let mut b = cstr("");
+        b.extend(0i32.to_be_bytes());
+        msg(b'E', &b)
+    }
+
+    pub fn sync() -> Vec<u8> {
+        msg(b'S', &[])
+    }
+
+    pub fn flush() -> Vec<u8> {
+        msg(b'H', &[])
+    }
+
+    pub fn copy_data(data: &[u8]) -> Vec<u8> {
+        msg(b'd', data)
+    }
+
+    pub fn copy_done() -> Vec<u8> {
+        msg(b'c', &[])
+    }
+
+    pub struct RawClient {
+        pub stream: TcpStream,
+        buf: BytesMut,
+    }
+
+    impl RawClient {
+        /// Opens a socket without saying anything yet.
+        pub async fn open(addr: SocketAddr) -> RawClient {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            RawClient {
+                stream,
+                buf: BytesMut::new(),
+            }
+        }
+
+        /// Connects and logs in (trust or SCRAM-SHA-256), up to the first
+        /// ReadyForQuery.
+        pub async fn login(addr: SocketAddr, user: &str, password: &str, db: &str) -> RawClient {
+            let mut c = RawClient::open(addr).await;
+            let mut out = BytesMut::new();
+            frontend::startup_message([("user", user), ("database", db)], &mut out)
+                .expect("startup message");
+            c.send(&out).await;
+            let mut scram: Option<ScramSha256> = None;
+            loop {
+                let m = c.recv().await.expect("login answer");
+                match m.tag {
+                    b'R' => {
+                        let mut body = m.body.clone();
+                        match body.get_i32() {
+                            0 => {}
+                            10 => {
+                                let s = ScramSha256::new(
+                                    password.as_bytes(),
+                                    ChannelBinding::unsupported(),
+                                );
+                                let mut out = BytesMut::new();
+                                frontend::sasl_initial_response(
+                                    "SCRAM-SHA-256",
+                                    s.message(),
+                                    &mut out,
+                                )
+                                .expect("sasl initial");
+                                c.send(&out).await;
+                                scram = Some(s);
+                            }
+                            11 => {
+                                let s = scram.as_mut().expect("SASL started");
+                                s.update(&body).expect("server-first");
+                                let mut out = BytesMut::new();
+                                frontend::sasl_response(s.message(), &mut out)
+                                    .expect("sasl response");
+                                c.send(&out).await;
+                            }
+                            12 => {
+                                scram
+                                    .as_mut()
+                                    .expect("SASL started")
+                                    .finish(&body)
+                                    .expect("server-final");
+                            }
+                            other => panic!("raw client: unsupported auth request {other}"),
+                        }
+                    }
+                    b'E' => panic!("login refused: {:?}", m.field(b'M')),
+                    b'Z' => return c,
+                    _ => {}
+                }
+            }
+        }
+
+        pub async fn send(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).await.expect("raw send");
+        }
+
+        /// Sends, tolerating a peer that already closed.
+        pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            self.stream.write_all(bytes).await
+        }
+
+        /// The next backend message; `None` at end of stream (or on a
+        /// reset connection).
+        pub async fn recv(&mut self) -> Option<Msg> {
+            loop {
+                if self.buf.len() >= 5 {
+                    let len =
+                        i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                    assert!(len >= 4, "bad length from pgharbor: {len}");
+                    let total = len as usize + 1;
+                    if self.buf.len() >= total {
+                        let mut frame = self.buf.split_to(total);
+                        let tag = frame[0];
+                        frame.advance(5);
+                        return Some(Msg {
+                            tag,
+                            body: frame.freeze(),
+                        });
+                    }
+                }
+                self.buf.reserve(64 * 1024);
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        }
+
+        /// [`RawClient::recv`] with a deadline; panics when it passes.
+        pub async fn recv_within(&mut self, d: Duration) -> Option<Msg> {
+            tokio::time::timeout(d, self.recv())
+                .await
+                .expect("no answer from pgharbor in time")
+        }
+
+        /// Messages up to and including the next ReadyForQuery.
+        pub async fn until_ready(&mut self) -> Vec<Msg> {
+            let mut got = Vec::new();
+            loop {
+                let m = self
+                    .recv_within(Duration::from_secs(30))
+                    .await
+                    .unwrap_or_else(|| panic!("connection closed; got so far: {got:?}"));
+                let done = m.tag == b'Z';
+                got.push(m);
+                if done {
+                    return got;
+                }
+            }
+        }
+
+        /// Reads until end of stream, returning what came before it.
+        pub async fn until_closed(&mut self, d: Duration) -> Vec<Msg> {
+            let mut got = Vec::new();
+            let deadline = tokio::time::Instant::now() + d;
+            loop {
+                match tokio::time::timeout_at(deadline, self.recv()).await {
+                    Ok(Some(m)) => got.push(m),
+                    Ok(None) => return got,
+                    Err(_) => panic!("connection still open after {d:?}; got {got:?}"),
+                }
+            }
+        }
+    }
+
+    /// The text of the first column of every DataRow in `msgs`.
+    pub fn first_column(msgs: &[Msg]) -> Vec<Option<String>> {
+        msgs.iter()
+            .filter(|m| m.tag == b'D')
+            .map(|m| {
+                let mut b = m.body.clone();
+                let _n = b.get_i16();
+                let len = b.get_i32();
+                (len >= 0).then(|| String::from_utf8_lossy(&b[..len as usize]).into_owned())
+            })
+            .collect()
+    }
+
+    /// The transaction status of the last ReadyForQuery in `msgs`.
+    pub fn status(msgs: &[Msg]) -> Option<u8> {
+        msgs.iter().rev().find(|m| m.tag == b'Z').map(|m| m.body[0])
+    }
+}
