@@ -18,7 +18,10 @@ async fn main() -> std::io::Result<()> {
         std::process::exit(2);
     };
     let listener = TcpListener::bind(&listen).await?;
-    println!("relay listening on {} -> {upstream}", listener.local_addr()?);
+    println!(
+        "relay listening on {} -> {upstream}",
+        listener.local_addr()?
+    );
     loop {
         let (mut client, _) = match listener.accept().await {
             Ok(c) => c,

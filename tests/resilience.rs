@@ -227,9 +227,6 @@ async fn malformed_packets_get_08p01_and_a_closed_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: proxy.max_message_size is only applied to Terminate after login; \
-            relay.rs passes `|t| t == b'X'` to FrameScanner::step, which caps inspected \
-            messages only, so a 1 MB Query with max_message_size = 65536 is executed"]
 async fn oversized_messages_get_a_clear_error() {
     let text = config_text("transaction", 2, "").replace(
         "shutdown_timeout = \"10s\"",

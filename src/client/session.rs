@@ -145,7 +145,7 @@ async fn run(
         to_client: BytesMut::new(),
         server: None,
         txn: TxnState::default(),
-        cscan: FrameScanner::default(),
+        cscan: FrameScanner::with_limit(config.proxy.max_message_size),
         sscan: FrameScanner::default(),
         max_message: config.proxy.max_message_size,
         server_fatal_sent: false,

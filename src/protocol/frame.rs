@@ -77,12 +77,32 @@ pub enum Step {
 
 /// Walks a stream of messages across reads, remembering how much of a
 /// pass-through message is still to come.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct FrameScanner {
     remaining: usize,
+    /// Cap on every message, passed through or not (Postgres' own is 1 GiB).
+    limit: usize,
+}
+
+impl Default for FrameScanner {
+    fn default() -> Self {
+        FrameScanner {
+            remaining: 0,
+            limit: 1 << 30,
+        }
+    }
 }
 
 impl FrameScanner {
+    /// A scanner that refuses any message over `limit` bytes, for peers we
+    /// do not trust (clients: `proxy.max_message_size`).
+    pub fn with_limit(limit: usize) -> FrameScanner {
+        FrameScanner {
+            remaining: 0,
+            limit,
+        }
+    }
+
     /// True when the scanner is between messages (nothing half-passed).
     pub fn at_boundary(&self) -> bool {
         self.remaining == 0
@@ -105,9 +125,9 @@ impl FrameScanner {
             self.remaining -= len;
             return Ok(Step::Pass { tag: None, len });
         }
-        // Pass-through messages may be as large as Postgres allows (1 GiB);
-        // inspected ones are held in memory, so they get the tighter cap.
-        let Some((tag, total)) = peek_header(buf, 1 << 30)? else {
+        // Inspected messages are held in memory, so they may get a tighter
+        // cap than the ones streamed through.
+        let Some((tag, total)) = peek_header(buf, self.limit)? else {
             return Ok(Step::Incomplete);
         };
         if inspect(tag) {
