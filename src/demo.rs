@@ -9,7 +9,9 @@ use crate::Proxy;
 const DEMO_USER: &str = "demo";
 const DEMO_PASSWORD: &str = "demo";
 
-pub async fn run() -> Result<(), RunError> {
+/// Runs the demo with pgharbor on `listen` and its metrics endpoint on
+/// `metrics_listen` (either may use port 0; the real addresses are printed).
+pub async fn run(listen: &str, metrics_listen: &str) -> Result<(), RunError> {
     println!("pgharbor demo: starting a throwaway PostgreSQL ...");
     let pg = tokio::task::spawn_blocking(|| -> Result<ScratchPostgres, String> {
         let pg = ScratchPostgres::start().map_err(|e| e.to_string())?;
@@ -22,14 +24,15 @@ pub async fn run() -> Result<(), RunError> {
     .await
     .map_err(|e| RunError::Demo(e.to_string()))?
     .map_err(RunError::Demo)?;
-    let config = Config::from_toml_str(&demo_config(pg.port()))?;
+    let config = Config::from_toml_str(&demo_config(pg.port(), listen, metrics_listen))?;
     let proxy = Proxy::start(config).await?;
     let a = proxy.addr();
     println!();
     println!(
-        "PostgreSQL {} is running on 127.0.0.1:{} (data in a temporary directory)",
+        "PostgreSQL from {} is running on 127.0.0.1:{} (data in {})",
         pg.bin_dir().display(),
-        pg.port()
+        pg.port(),
+        pg.socket_dir().display()
     );
     println!("pgharbor is listening on {a}; try:");
     println!();
@@ -50,16 +53,16 @@ pub async fn run() -> Result<(), RunError> {
     r
 }
 
-fn demo_config(pg_port: u16) -> String {
+fn demo_config(pg_port: u16, listen: &str, metrics_listen: &str) -> String {
     format!(
         r#"
 [proxy]
-listen_addr = "127.0.0.1:6432"
+listen_addr = "{listen}"
 admin_users = ["{DEMO_USER}"]
 shutdown_timeout = "5s"
 
 [metrics]
-listen_addr = "127.0.0.1:9930"
+listen_addr = "{metrics_listen}"
 
 [pool]
 pool_mode = "transaction"

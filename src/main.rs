@@ -33,7 +33,14 @@ enum Command {
     /// Validate a configuration file and exit.
     CheckConfig { file: PathBuf },
     /// Start a throwaway Postgres and pgharbor in front of it.
-    Demo,
+    Demo {
+        /// Where pgharbor listens (port 0: any free port, printed at start).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:6432")]
+        listen: String,
+        /// Where the metrics endpoint listens (port 0: any free port).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9930")]
+        metrics_listen: String,
+    },
 }
 
 fn init_tracing(format: LogFormat) {
@@ -72,7 +79,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Some(Command::Demo) => runtime.block_on(pgharbor::demo::run()),
+        Some(Command::Demo {
+            listen,
+            metrics_listen,
+        }) => runtime.block_on(pgharbor::demo::run(&listen, &metrics_listen)),
         _ => {
             let path = cli
                 .config
