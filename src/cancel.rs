@@ -2,6 +2,58 @@
 //! now, forwarding CancelRequests to it (or to the peer replica that owns the
 //! key), and keeping a server out of the pool while a cancel for it is in
 //! flight so that a cancel can never hit another client's query.
+//!
+//! # Why a cancel cannot reach the next borrower
+//!
+//! A client's slot names its server only while the client holds it
+//! ([`CancelSlot::set_target`] on checkout, [`CancelSlot::clear_target`]
+//! before the server goes back). A forward is counted in flight from the
+//! moment it reads the target until the server's postmaster has *closed* the
+//! cancel connection, and `clear_target` waits for that count to drop to 0.
+//!
+//! Is the close enough? Postgres handles a CancelRequest in the process
+//! that accepted the cancel connection (a forked child up to PG 17, a
+//! backend in PG 18): it looks the key up and calls `kill(pid, SIGINT)`
+//! *before* it exits, and only its exit closes the socket. So when we read
+//! EOF, the signal is already pending in the kernel on the target backend.
+//! The handler runs at the backend's next return to user mode, which happens
+//! no later than the `recv` that would read the next borrower's query (the
+//! server goes back only at a ReadyForQuery with nothing more sent, so that
+//! query must come through a fresh read). A cancel flag set while the backend
+//! waits for a command is discarded: `ProcessInterrupts` ignores it while
+//! `DoingCommandRead`, and PostgresMain runs `CHECK_FOR_INTERRUPTS()` once
+//! more after `ReadCommand` returns, before clearing `DoingCommandRead`,
+//! precisely so that a cancel that arrived while idle is dropped. So the
+//! signal can end the cancelled client's own work or nothing.
+//!
+//! The close is the only confirmation we get. When it does not come (the
+//! write failed half-way, or [`FORWARD_TIMEOUT`] passed with the postmaster
+//! slow to fork), the signal may still land later; the slot is then marked
+//! and `clear_target` tells the session to close that server instead of
+//! returning it to the pool. A connect failure sent nothing and needs no such
+//! care.
+//!
+//! # Peers
+//!
+//! The top 7 bits of every process id we issue are this replica's
+//! `peer_id`. A CancelRequest for another replica's key is passed to that
+//! peer with a marker appended to the secret ([`PEER_MARK`]); a request
+//! carrying the marker is always handled locally and never passed on, so a
+//! cancel makes at most one hop, whatever the peer tables say (two replicas
+//! with swapped or duplicate ids cannot bounce a request between them).
+//!
+//! # Protocol 3.2 and longer keys
+//!
+//! Postgres 18's protocol 3.2 allows cancel secrets of up to 256 bytes.
+//! pgharbor speaks 3.0 on both sides: a client asking for 3.2 gets
+//! NegotiateProtocolVersion(3.0) (see `client::startup`) and so expects the
+//! 4-byte secret we issue in BackendKeyData, and server connections start
+//! with protocol 3.0, so servers give us 4-byte keys too. A 31-bit CSPRNG
+//! secret plus the per-instance process id is what Postgres itself offered
+//! until 18. CancelRequests with longer secrets are parsed (up to 256 bytes)
+//! but never match a key of ours, except for our own peer marker. Moving to
+//! 3.2 means issuing longer secrets to clients that negotiate it and
+//! storing variable-length server secrets in [`ServerKey`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,16 +63,28 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::server::ServerKey;
 
 const SHARDS: usize = 16;
 const CANCEL_REQUEST_CODE: i32 = 80_877_102;
-/// How long a forward may take before we give up on it.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a forward may take (connect, send, wait for the close) before we
+/// give up on it.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Outgoing cancel connections (to servers and peers) open at once; more
+/// wait for a turn (within [`FORWARD_TIMEOUT`]), so a flood of cancel
+/// requests cannot turn into a flood of connections.
+const MAX_FORWARDS: usize = 512;
+/// Appended to the secret of a CancelRequest passed to a peer: the peer
+/// handles it itself and never passes it on. Protocol 3.2 allows secrets of
+/// up to 256 bytes, so the packet stays a valid CancelRequest.
+pub const PEER_MARK: &[u8] = b"pgharbor-peer-forward";
+/// Length of the secrets we issue (protocol 3.0).
+const SECRET_LEN: usize = 4;
 
 /// One client's cancel slot. The session updates it when it borrows and
 /// returns a server; cancel forwarders read it.
@@ -28,6 +92,7 @@ pub struct CancelSlot {
     pub pid: i32,
     secret: i32,
     state: Mutex<SlotState>,
+    /// Woken when the last in-flight forward ends (`clear_target` waits).
     forwards_done: Notify,
 }
 
@@ -37,6 +102,19 @@ struct SlotState {
     target: Option<ServerKey>,
     /// Cancels read from `target` and not yet delivered.
     in_flight: u32,
+    /// A forward to `target` was sent but never confirmed: its signal may
+    /// still arrive, so the server must not serve another client.
+    unconfirmed: bool,
+}
+
+/// What the session may do with the server it is giving back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum AfterCancels {
+    /// No cancel for this server can still arrive.
+    Reusable,
+    /// A cancel may still arrive: close the server.
+    Close,
 }
 
 impl CancelSlot {
@@ -50,39 +128,65 @@ impl CancelSlot {
 
     /// The client now has work running on `key`.
     pub fn set_target(&self, key: ServerKey) {
-        self.lock().target = Some(key);
+        let mut s = self.lock();
+        s.target = Some(key);
+        s.unconfirmed = false;
     }
 
     /// The client is about to give its server back: no new cancel may pick
     /// it up, and any cancel already on its way must land first, so that it
-    /// cannot reach the next borrower's query.
-    pub async fn clear_target(&self) {
+    /// cannot reach the next borrower's query. Waits at most about
+    /// [`FORWARD_TIMEOUT`] (the forwards' own bound).
+    pub async fn clear_target(&self) -> AfterCancels {
         loop {
             let notified = self.forwards_done.notified();
             {
                 let mut s = self.lock();
                 s.target = None;
                 if s.in_flight == 0 {
-                    return;
+                    return if std::mem::take(&mut s.unconfirmed) {
+                        AfterCancels::Close
+                    } else {
+                        AfterCancels::Reusable
+                    };
                 }
             }
             notified.await;
         }
     }
 
-    /// The target if a cancel may be sent now; counts the cancel in flight.
-    fn begin_forward(&self) -> Option<ServerKey> {
+    /// The target if a cancel may be sent now; the guard counts the cancel
+    /// in flight until it is dropped.
+    fn begin_forward(self: &Arc<Self>) -> Option<(ServerKey, InFlight)> {
         let mut s = self.lock();
         let t = s.target?;
         s.in_flight += 1;
-        Some(t)
+        let guard = InFlight {
+            slot: self.clone(),
+            confirmed: false,
+        };
+        Some((t, guard))
     }
+}
 
-    fn end_forward(&self) {
-        let mut s = self.lock();
+/// One forward in flight on a slot. Dropping it ends the forward, also when
+/// the forwarding task is dropped half-way (then it counts as unconfirmed),
+/// so `clear_target` can never wait forever.
+struct InFlight {
+    slot: Arc<CancelSlot>,
+    /// The server closed the cancel connection: the signal was sent.
+    confirmed: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.slot.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
+        if !self.confirmed {
+            s.unconfirmed = true;
+        }
         if s.in_flight == 0 {
-            self.forwards_done.notify_waiters();
+            self.slot.forwards_done.notify_waiters();
         }
     }
 }
@@ -122,11 +226,27 @@ impl CancelOutcome {
 /// All live cancel keys of this instance.
 pub struct CancelRegistry {
     peer_id: u8,
+    /// Next process id (low 24 bits); starts at a random point.
     next: AtomicU32,
     shards: Vec<Mutex<HashMap<i32, Arc<CancelSlot>>>>,
     /// Other replicas by peer id.
     peers: HashMap<u8, String>,
+    /// Bounds the outgoing cancel connections ([`MAX_FORWARDS`]).
+    forwards: Semaphore,
     metrics: Arc<Metrics>,
+}
+
+/// Where a forward went wrong, which decides whether its signal may still
+/// arrive later.
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    /// Nothing was sent.
+    #[error("not sent: {0}")]
+    NotSent(std::io::Error),
+    /// The request may have arrived, but the receiver never confirmed it by
+    /// closing the connection.
+    #[error("not confirmed: {0}")]
+    Unconfirmed(std::io::Error),
 }
 
 impl CancelRegistry {
@@ -136,6 +256,7 @@ impl CancelRegistry {
             next: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             peers,
+            forwards: Semaphore::new(MAX_FORWARDS),
             metrics,
         }
     }
@@ -147,7 +268,8 @@ impl CancelRegistry {
     }
 
     /// Issues a new key: a positive process id whose top bits name this
-    /// replica, unique among live clients, and a random positive secret.
+    /// replica, unique among live clients, and a random positive secret
+    /// (`rand::random` draws from a CSPRNG).
     pub fn register(self: &Arc<Self>) -> CancelHandle {
         loop {
             let n = self.next.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
@@ -155,7 +277,10 @@ impl CancelRegistry {
                 continue;
             }
             let pid = (i32::from(self.peer_id) << 24) | n as i32;
-            let secret = (rand::random::<u32>() & 0x7fff_ffff) as i32;
+            let secret = (rand::random::<u32>() >> 1) as i32;
+            if secret == 0 {
+                continue;
+            }
             let slot = Arc::new(CancelSlot {
                 pid,
                 secret,
@@ -174,32 +299,59 @@ impl CancelRegistry {
         }
     }
 
-    /// Handles a CancelRequest from any connection.
+    /// Handles a CancelRequest from any connection. Returns once the
+    /// request was delivered (the receiver closed the forward connection)
+    /// or given up on, so the caller can close the requester's connection
+    /// only then, as Postgres does.
     pub async fn handle(&self, pid: i32, secret: &[u8]) -> CancelOutcome {
-        let owner = ((pid >> 24) & 0x7f) as u8;
-        if owner != self.peer_id {
-            if let Some(addr) = self.peers.get(&owner) {
-                let outcome = match forward_raw(addr, pid, secret).await {
-                    Ok(()) => CancelOutcome::Forwarded,
-                    Err(e) => {
-                        tracing::warn!(peer = owner, %addr, error = %e, "cannot forward cancel to peer");
-                        CancelOutcome::UnknownKey
-                    }
-                };
-                self.count(outcome);
-                return outcome;
-            }
-        }
-        let outcome = self.cancel_local(pid, secret).await;
-        self.count(outcome);
-        outcome
-    }
-
-    fn count(&self, outcome: CancelOutcome) {
+        let outcome = self.route(pid, secret).await;
         self.metrics
             .cancel_requests
             .with_label_values(&[outcome.label()])
             .inc();
+        outcome
+    }
+
+    async fn route(&self, pid: i32, secret: &[u8]) -> CancelOutcome {
+        let owner = ((pid >> 24) & 0x7f) as u8;
+        let (secret, from_peer) = match secret.strip_suffix(PEER_MARK) {
+            Some(s) => (s, true),
+            None => (secret, false),
+        };
+        if owner == self.peer_id {
+            return self.cancel_local(pid, secret).await;
+        }
+        if from_peer {
+            // A peer thinks we own this key, and we do not: the peer tables
+            // disagree on ids. Passing it on could loop, so stop here.
+            tracing::warn!(
+                pid,
+                owner,
+                peer_id = self.peer_id,
+                "a peer forwarded a cancel for a key this replica does not own; check proxy.peer_id and [[peers]] on every replica"
+            );
+            return CancelOutcome::UnknownKey;
+        }
+        let Some(addr) = self.peers.get(&owner) else {
+            return CancelOutcome::UnknownKey;
+        };
+        if secret.len() != SECRET_LEN {
+            return CancelOutcome::BadSecret;
+        }
+        let mut marked = Vec::with_capacity(SECRET_LEN + PEER_MARK.len());
+        marked.extend_from_slice(secret);
+        marked.extend_from_slice(PEER_MARK);
+        match self.forward(addr.as_str(), pid, &marked).await {
+            Ok(()) => CancelOutcome::Forwarded,
+            Err(e) => {
+                tracing::warn!(peer = owner, %addr, error = %e, "cannot forward cancel to peer");
+                match e {
+                    // The owner could not be asked: as if the key were unknown.
+                    ForwardError::NotSent(_) => CancelOutcome::UnknownKey,
+                    ForwardError::Unconfirmed(_) => CancelOutcome::Forwarded,
+                }
+            }
+        }
     }
 
     async fn cancel_local(&self, pid: i32, secret: &[u8]) -> CancelOutcome {
@@ -208,18 +360,47 @@ impl CancelRegistry {
             return CancelOutcome::UnknownKey;
         };
         let expected = slot.secret.to_be_bytes();
-        if secret.len() != 4 || !bool::from(expected.ct_eq(secret)) {
+        if secret.len() != SECRET_LEN || !bool::from(expected.ct_eq(secret)) {
             return CancelOutcome::BadSecret;
         }
-        let Some(target) = slot.begin_forward() else {
+        let Some((target, mut in_flight)) = slot.begin_forward() else {
             return CancelOutcome::NoQuery;
         };
-        let result = forward_raw_addr(target.addr, target.pid, &target.secret.to_be_bytes()).await;
-        slot.end_forward();
-        if let Err(e) = result {
-            tracing::warn!(server = %target.addr, error = %e, "cannot forward cancel to server");
+        match self
+            .forward(target.addr, target.pid, &target.secret.to_be_bytes())
+            .await
+        {
+            Ok(()) => in_flight.confirmed = true,
+            Err(e @ ForwardError::NotSent(_)) => {
+                in_flight.confirmed = true;
+                tracing::warn!(server = %target.addr, error = %e, "cannot forward cancel to server");
+            }
+            Err(e @ ForwardError::Unconfirmed(_)) => {
+                tracing::warn!(server = %target.addr, error = %e, "cancel to server not confirmed; the server will be closed, not reused");
+            }
         }
         CancelOutcome::Forwarded
+    }
+
+    /// One outgoing cancel connection, waiting its turn among
+    /// [`MAX_FORWARDS`].
+    async fn forward<A: ToSocketAddrs>(
+        &self,
+        addr: A,
+        pid: i32,
+        secret: &[u8],
+    ) -> Result<(), ForwardError> {
+        let deadline = Instant::now() + FORWARD_TIMEOUT;
+        let _permit = match tokio::time::timeout_at(deadline, self.forwards.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(ForwardError::NotSent(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "too many cancel forwards in flight",
+                )))
+            }
+        };
+        send_cancel(addr, pid, secret, deadline).await
     }
 }
 
@@ -232,47 +413,42 @@ fn cancel_packet(pid: i32, secret: &[u8]) -> BytesMut {
     b
 }
 
-/// Sends a CancelRequest and waits until the receiver closes the connection,
-/// which Postgres does only after it has signalled the backend.
-async fn send_cancel(mut stream: TcpStream, pid: i32, secret: &[u8]) -> std::io::Result<()> {
-    stream.write_all(&cancel_packet(pid, secret)).await?;
-    let mut sink = [0u8; 64];
-    while stream.read(&mut sink).await? > 0 {}
-    Ok(())
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel forward timed out")
 }
 
-async fn forward_raw_addr(
-    addr: std::net::SocketAddr,
+/// Sends a CancelRequest to `addr` (a server or a peer) and waits until the
+/// receiver closes the connection, which Postgres does only after it has
+/// signalled the backend, and a peer only after its own forward is done.
+async fn send_cancel<A: ToSocketAddrs>(
+    addr: A,
     pid: i32,
     secret: &[u8],
-) -> std::io::Result<()> {
-    let work = async {
-        let stream = TcpStream::connect(addr).await?;
-        send_cancel(stream, pid, secret).await
-    };
-    tokio::time::timeout(FORWARD_TIMEOUT, work)
+    deadline: Instant,
+) -> Result<(), ForwardError> {
+    let mut stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
         .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel forward timed out")
-        })?
-}
-
-async fn forward_raw(addr: &str, pid: i32, secret: &[u8]) -> std::io::Result<()> {
-    let work = async {
-        let stream = TcpStream::connect(addr).await?;
-        send_cancel(stream, pid, secret).await
+        .map_err(|_| ForwardError::NotSent(timed_out()))?
+        .map_err(ForwardError::NotSent)?;
+    let _ = stream.set_nodelay(true);
+    let confirm = async {
+        stream.write_all(&cancel_packet(pid, secret)).await?;
+        let mut sink = [0u8; 64];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
     };
-    tokio::time::timeout(FORWARD_TIMEOUT, work)
+    tokio::time::timeout_at(deadline, confirm)
         .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel forward timed out")
-        })?
+        .map_err(|_| ForwardError::Unconfirmed(timed_out()))?
+        .map_err(ForwardError::Unconfirmed)
 }
 
 /// Cancels whatever `key`'s backend is running (used when a client vanished
-/// mid-query).
+/// mid-query; the server is closed afterwards, so an unconfirmed cancel is
+/// harmless).
 pub async fn cancel_server(key: ServerKey) {
-    if let Err(e) = forward_raw_addr(key.addr, key.pid, &key.secret.to_be_bytes()).await {
+    let deadline = Instant::now() + FORWARD_TIMEOUT;
+    if let Err(e) = send_cancel(key.addr, key.pid, &key.secret.to_be_bytes(), deadline).await {
         tracing::debug!(server = %key.addr, error = %e, "cancel of abandoned query failed");
     }
 }
@@ -291,7 +467,7 @@ mod tests {
         let handles: Vec<_> = (0..1000).map(|_| reg.register()).collect();
         let mut pids = std::collections::HashSet::new();
         for h in &handles {
-            assert!(h.slot.pid > 0 && h.slot.secret() >= 0);
+            assert!(h.slot.pid > 0 && h.slot.secret() > 0);
             assert_eq!(h.slot.pid >> 24, 5);
             assert!(pids.insert(h.slot.pid));
         }
@@ -319,5 +495,111 @@ mod tests {
         let pid = h.slot.pid;
         drop(h);
         assert_eq!(reg.handle(pid, &right).await, CancelOutcome::UnknownKey);
+    }
+
+    fn server_key(addr: std::net::SocketAddr) -> ServerKey {
+        ServerKey {
+            addr,
+            pid: 4242,
+            secret: 77,
+        }
+    }
+
+    /// Accepts one connection, returns the packet it carried, closes.
+    async fn one_packet(listener: tokio::net::TcpListener) -> Vec<u8> {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.unwrap();
+        let mut rest = vec![0u8; i32::from_be_bytes(len) as usize - 4];
+        s.read_exact(&mut rest).await.unwrap();
+        rest
+    }
+
+    #[tokio::test]
+    async fn a_request_makes_at_most_one_peer_hop() {
+        let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = peer.local_addr().unwrap().to_string();
+        let a = Arc::new(CancelRegistry::new(
+            1,
+            HashMap::from([(2, peer_addr.clone())]),
+            Arc::new(Metrics::new()),
+        ));
+        let pid = (2 << 24) | 99;
+        let got = tokio::spawn(one_packet(peer));
+        assert_eq!(
+            a.handle(pid, &7i32.to_be_bytes()).await,
+            CancelOutcome::Forwarded
+        );
+        let packet = got.await.unwrap();
+        assert_eq!(&packet[4..8], &pid.to_be_bytes());
+        assert_eq!(&packet[8..12], &7i32.to_be_bytes());
+        assert_eq!(&packet[12..], PEER_MARK);
+
+        // A replica that receives a marked request for a key it does not
+        // own (ids misconfigured) stops there, even with a peer for it.
+        let b = Arc::new(CancelRegistry::new(
+            3,
+            HashMap::from([(2, peer_addr)]),
+            Arc::new(Metrics::new()),
+        ));
+        let mut marked = 7i32.to_be_bytes().to_vec();
+        marked.extend_from_slice(PEER_MARK);
+        let t = std::time::Instant::now();
+        assert_eq!(b.handle(pid, &marked).await, CancelOutcome::UnknownKey);
+        assert!(t.elapsed() < Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn clear_target_waits_for_forwards_and_reports_unconfirmed_ones() {
+        let reg = Arc::new(CancelRegistry::new(
+            1,
+            HashMap::new(),
+            Arc::new(Metrics::new()),
+        ));
+        let h = reg.register();
+        let addr = "127.0.0.1:9".parse().unwrap();
+        h.slot.set_target(server_key(addr));
+        assert_eq!(h.slot.clear_target().await, AfterCancels::Reusable);
+        assert!(h.slot.begin_forward().is_none(), "no target once cleared");
+
+        h.slot.set_target(server_key(addr));
+        let (_, mut guard) = h.slot.begin_forward().unwrap();
+        let slot = h.slot.clone();
+        let waiter = tokio::spawn(async move { slot.clear_target().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "must wait for the forward");
+        guard.confirmed = true;
+        drop(guard);
+        assert_eq!(waiter.await.unwrap(), AfterCancels::Reusable);
+
+        h.slot.set_target(server_key(addr));
+        let (_, guard) = h.slot.begin_forward().unwrap();
+        drop(guard); // dropped half-way: never confirmed
+        assert_eq!(h.slot.clear_target().await, AfterCancels::Close);
+        h.slot.set_target(server_key(addr));
+        assert_eq!(h.slot.clear_target().await, AfterCancels::Reusable);
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_forward_carries_the_server_key() {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let reg = Arc::new(CancelRegistry::new(
+            1,
+            HashMap::new(),
+            Arc::new(Metrics::new()),
+        ));
+        let h = reg.register();
+        h.slot.set_target(server_key(addr));
+        let got = tokio::spawn(one_packet(server));
+        let right = h.slot.secret().to_be_bytes();
+        assert_eq!(
+            reg.handle(h.slot.pid, &right).await,
+            CancelOutcome::Forwarded
+        );
+        let packet = got.await.unwrap();
+        assert_eq!(&packet[4..8], &4242i32.to_be_bytes());
+        assert_eq!(&packet[8..], &77i32.to_be_bytes());
+        assert_eq!(h.slot.clear_target().await, AfterCancels::Reusable);
     }
 }

@@ -532,7 +532,8 @@ impl Session {
     /// the server's own FATAL already did), drop the server, end the session.
     async fn server_lost(&mut self, cause: ServerError) -> Result<(), SessionError> {
         if let Some(p) = self.server.take() {
-            self.cancel.slot.clear_target().await;
+            // The server is discarded whatever cancels are still on their way.
+            let _ = self.cancel.slot.clear_target().await;
             self.pool.stats.clients_active.dec();
             self.pool.stats.clients_idle.inc();
             tracing::warn!(server_id = p.server.id, error = %cause, "server connection lost");

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::expect::Expectations;
 use super::prepared::Statement;
 use super::startup::{self, Handshake, LoginRequest, StartupError};
-use crate::cancel::CancelHandle;
+use crate::cancel::{AfterCancels, CancelHandle};
 use crate::config::PoolMode;
 use crate::pool::{CheckoutError, Pool, PooledServer};
 use crate::protocol::startup::parse_options;
@@ -332,10 +332,14 @@ impl Session {
         let Some(pooled) = self.server.take() else {
             return;
         };
-        self.cancel.slot.clear_target().await;
+        let cancels = self.cancel.slot.clear_target().await;
         self.pool.stats.clients_active.dec();
         self.pool.stats.clients_idle.inc();
-        if self.txn.is_idle() && pooled.server.rbuf.is_empty() && self.sscan.at_boundary() {
+        if cancels == AfterCancels::Reusable
+            && self.txn.is_idle()
+            && pooled.server.rbuf.is_empty()
+            && self.sscan.at_boundary()
+        {
             pooled.release();
         } else {
             pooled.discard();
@@ -350,7 +354,7 @@ impl Session {
         let Some(mut pooled) = self.server.take() else {
             return;
         };
-        self.cancel.slot.clear_target().await;
+        let cancels = self.cancel.slot.clear_target().await;
         self.pool.stats.clients_active.dec();
         self.pool.stats.clients_idle.inc();
         let timeout = self
@@ -360,11 +364,16 @@ impl Session {
             .max(Duration::from_secs(2));
         let clean_boundary = pooled.server.rbuf.is_empty() && self.sscan.at_boundary();
         let t = &self.txn;
-        let reusable = if !clean_boundary || t.pending > 0 || t.unsynced || t.copy_in {
+        let mid_query = !clean_boundary || t.pending > 0 || t.unsynced || t.copy_in;
+        if mid_query {
             // Mid-query (or mid-COPY, or an unsynced implicit transaction
             // that a Sync would commit): cancel what runs and close; the
             // backend rolls back as it exits.
             crate::cancel::cancel_server(pooled.server.key).await;
+        }
+        let reusable = if mid_query || cancels == AfterCancels::Close {
+            // Closed rather than reused: it is busy, or a cancel of ours
+            // that was never confirmed may still land on it.
             false
         } else if t.status == b'T' || t.status == b'E' {
             let r = tokio::time::timeout(timeout, pooled.server.simple_query("ROLLBACK")).await;
