@@ -187,3 +187,46 @@ async fn rolled_back_and_local_settings_do_not_stick() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_pins_the_client_to_its_server() {
+    let proxy = start_proxy("transaction", 2).await;
+    let c = connect(&proxy, "app").await;
+    c.batch_execute("CREATE TEMP TABLE scratch (a int); INSERT INTO scratch VALUES (7)")
+        .await
+        .unwrap();
+    // Other clients churn the pool; the temp table stays reachable.
+    let other = connect(&proxy, "app").await;
+    for _ in 0..20 {
+        other.simple_query("select 1").await.unwrap();
+        let got = rows_text(&c.simple_query("select a from scratch").await.unwrap());
+        assert_eq!(got, vec!["7".to_string()]);
+    }
+    assert_eq!(proxy.state().metrics.session_pins.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_error_mode_refuses_with_a_clear_message() {
+    let text = config_text("transaction", 2, "session_state = \"error\"");
+    let proxy = start_proxy_with(&text).await;
+    let c = connect(&proxy, "app").await;
+    let err = c
+        .simple_query("CREATE TEMP TABLE scratch (a int)")
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "0A000");
+    assert!(db.message().contains("session_state"), "{}", db.message());
+    // The session goes on, and nothing was created.
+    c.simple_query("select 1").await.unwrap();
+    let direct = connect_direct().await;
+    let n: i64 = direct
+        .query_one(
+            "select count(*) from pg_class where relname = 'scratch' and relpersistence = 't'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}

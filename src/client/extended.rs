@@ -8,8 +8,22 @@ use bytes::BytesMut;
 use super::expect::{Action, Reply, Undo};
 use super::prepared::{build_bind, build_target, parse_bind, parse_parse, parse_target, Statement};
 use super::session::Session;
-use crate::protocol::backend;
+use bytes::BufMut;
+
+use super::session_state::{detect, refusal_query};
+use crate::config::SessionState;
+use crate::protocol::backend::{self, finish_len, put_cstr};
+use crate::protocol::frame::read_cstr;
 use crate::protocol::ProtocolError;
+
+fn session_state_message(what: &str) -> String {
+    let what: String = what.chars().take(80).collect();
+    format!(
+        "pgharbor: {what} keeps state on one server connection, which transaction pooling cannot give this session; \
+         set session_state = \"pin\" for this database, use session mode, or use the transaction-scoped form \
+         (SET LOCAL, pg_advisory_xact_lock, ON COMMIT DROP)"
+    )
+}
 
 impl Session {
     /// Handles one whole Parse/Bind/Describe/Close from the client: writes
@@ -18,8 +32,36 @@ impl Session {
     pub(super) fn rewrite_extended(&mut self, tag: u8, msg: &[u8]) -> Result<(), ProtocolError> {
         let body = &msg[5..];
         match tag {
+            b'Q' => {
+                let (sql, _) = read_cstr(body)?;
+                match self.check_session_state(sql) {
+                    Some(refusal) => refusal_query(&mut self.to_server, &refusal),
+                    None => self.to_server.extend_from_slice(msg),
+                }
+            }
             b'P' => {
                 let p = parse_parse(body)?;
+                if let Ok((sql, _)) = read_cstr(p.rest) {
+                    if let Some(text) = self.check_session_state(sql) {
+                        // Refused: the error comes from the server in place of
+                        // this Parse; the extended pipeline then skips to Sync.
+                        let mut parse = BytesMut::new();
+                        let q = format!(
+                            "DO $pgharbor$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END $pgharbor$",
+                            crate::server::quote_literal(&text)
+                        );
+                        parse.put_u8(b'P');
+                        parse.put_i32(0);
+                        put_cstr(&mut parse, "");
+                        put_cstr(&mut parse, &q);
+                        parse.put_i16(0);
+                        finish_len(&mut parse, 0);
+                        self.to_server.extend_from_slice(&parse);
+                        self.expect
+                            .push(Reply::ParseComplete, Action::Forward, None);
+                        return Ok(());
+                    }
+                }
                 if p.name.is_empty() {
                     self.to_server.extend_from_slice(msg);
                     self.expect
@@ -162,6 +204,27 @@ impl Session {
         backend::ready_for_query(&mut self.to_client, b'I');
         let _ = self.flush_client();
         true
+    }
+
+    /// Pins the client (`session_state = "pin"`) or returns the refusal to
+    /// send instead (`"error"`) when `sql` creates session-only state.
+    fn check_session_state(&mut self, sql: &str) -> Option<String> {
+        if self.pinned.is_some() {
+            return None;
+        }
+        let reported = &self.reported;
+        let what = detect(sql, |name| {
+            reported.keys().any(|k| k.eq_ignore_ascii_case(name))
+        })?;
+        match self.pool.settings.session_state {
+            SessionState::Pin => {
+                tracing::info!(statement = %what, "client pinned to its server (session_state = \"pin\")");
+                self.state.metrics.session_pins.inc();
+                self.pinned = Some(what);
+                None
+            }
+            SessionState::Error => Some(session_state_message(&what)),
+        }
     }
 
     fn server_has(&mut self, st: &Statement) -> bool {

@@ -6,6 +6,7 @@ mod extended;
 pub mod prepared;
 mod relay;
 mod session;
+mod session_state;
 pub mod startup;
 
 pub use session::{serve, SessionError};

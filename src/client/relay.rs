@@ -138,6 +138,7 @@ fn try_flush(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<()> {
 impl Session {
     fn at_safe_point(&self) -> bool {
         match self.mode {
+            PoolMode::Transaction if self.pinned.is_some() => self.txn.is_idle(),
             PoolMode::Transaction => self.server.is_none(),
             PoolMode::Session => self.txn.is_idle(),
         }
@@ -272,7 +273,8 @@ impl Session {
         let mut ready = 0usize;
         let tx = self.mode == PoolMode::Transaction;
         loop {
-            let inspect = |t: u8| t == b'X' || (tx && matches!(t, b'P' | b'B' | b'D' | b'C'));
+            let inspect =
+                |t: u8| t == b'X' || (tx && matches!(t, b'P' | b'B' | b'D' | b'C' | b'Q'));
             let step = self
                 .cscan
                 .step(&self.cbuf[ready..], self.max_message, inspect);
@@ -307,6 +309,9 @@ impl Session {
                     ready = 0;
                     self.note_client_message(tag);
                     let msg = self.cbuf.split_to(len);
+                    if tag == b'Q' {
+                        self.expect.push(Reply::Ready, Action::Forward, None);
+                    }
                     if let Err(e) = self.rewrite_extended(tag, &msg) {
                         let e =
                             PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
@@ -447,7 +452,8 @@ impl Session {
                             release = false;
                             if self.txn.pending == 0 && !self.txn.unsynced && status == b'I' {
                                 txn_done = true;
-                                release = self.mode == PoolMode::Transaction;
+                                release =
+                                    self.mode == PoolMode::Transaction && self.pinned.is_none();
                             }
                         }
                         b'S' => {

@@ -151,6 +151,7 @@ async fn run(
         server_fatal_sent: false,
         statements: HashMap::new(),
         expect: Expectations::default(),
+        pinned: None,
     };
     drop(config);
     session.pool.stats.clients_idle.inc();
@@ -224,6 +225,9 @@ pub(super) struct Session {
     pub statements: HashMap<String, Arc<Statement>>,
     /// Transaction mode: replies to swallow or synthesize, in order.
     pub expect: Expectations,
+    /// Transaction mode with `session_state = "pin"`: why this client keeps
+    /// its server until it disconnects.
+    pub pinned: Option<String>,
 }
 
 impl Session {
@@ -383,7 +387,7 @@ impl Session {
         };
         let reusable = reusable && {
             let reset = &self.pool.settings.server_reset_query;
-            if self.mode == PoolMode::Session && !reset.is_empty() {
+            if (self.mode == PoolMode::Session || self.pinned.is_some()) && !reset.is_empty() {
                 let r = tokio::time::timeout(timeout, pooled.server.simple_query(reset)).await;
                 pooled.server.forget_applied();
                 matches!(r, Ok(Ok(()))) && pooled.server.status == b'I'

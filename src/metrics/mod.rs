@@ -37,6 +37,8 @@ pub struct Metrics {
     pub listen_notifications: IntCounter,
     pub listen_dropped: IntCounter,
     pub listen_overflows: IntCounter,
+    /// Transaction-mode clients pinned to their server by session state.
+    pub session_pins: IntCounter,
 }
 
 /// Handles for one pool's series (labels `database`, `user`).
@@ -201,6 +203,11 @@ impl Metrics {
                 &r,
                 "pgharbor_listen_overflows_total",
                 "Times a client's notification buffer overflowed",
+            ),
+            session_pins: counter(
+                &r,
+                "pgharbor_session_pins_total",
+                "Transaction-mode clients pinned to one server because they created session state",
             ),
             registry: r,
         }

@@ -1,0 +1,137 @@
+//! Session-only state in transaction mode: statements whose effect outlives
+//! the transaction on the server that ran them (temporary tables, session
+//! advisory locks, cursors WITH HOLD, SQL-level PREPARE, LOAD, and SET/RESET
+//! of parameters Postgres does not report with ParameterStatus).
+//!
+//! Detection is by statement inspection of simple Query and Parse texts: each
+//! `;`-separated statement is lower-cased and its leading words compared;
+//! advisory locks are found as function names anywhere in the text. Texts
+//! over 64 KiB are not inspected. SET of a reported parameter (TimeZone,
+//! DateStyle, application_name, …) is not session state: pgharbor learns it
+//! from ParameterStatus and applies it on every server the client lands on.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::protocol::backend::{finish_len, put_cstr};
+
+const MAX_INSPECTED: usize = 64 * 1024;
+
+/// What a statement does that only its own server remembers, for messages.
+pub fn detect(sql: &str, is_reported: impl Fn(&str) -> bool) -> Option<String> {
+    if sql.len() > MAX_INSPECTED {
+        return None;
+    }
+    let lower = sql.to_ascii_lowercase();
+    for lock in [
+        "pg_advisory_lock(",
+        "pg_advisory_lock_shared(",
+        "pg_try_advisory_lock(",
+        "pg_try_advisory_lock_shared(",
+    ] {
+        if lower.contains(lock) {
+            return Some(format!(
+                "{} (session advisory lock)",
+                lock.trim_end_matches('(')
+            ));
+        }
+    }
+    for stmt in lower.split(';') {
+        let words: Vec<&str> = stmt.split_whitespace().take(6).collect();
+        let w = |i: usize| words.get(i).copied().unwrap_or("");
+        let found = match w(0) {
+            "create" => {
+                let t = if matches!(w(1), "local" | "global") {
+                    w(2)
+                } else {
+                    w(1)
+                };
+                matches!(t, "temp" | "temporary").then(|| "CREATE TEMPORARY TABLE".to_string())
+            }
+            "declare" if stmt.contains("with hold") => Some("DECLARE … WITH HOLD".into()),
+            "prepare" if w(1) != "transaction" => Some("PREPARE (SQL-level)".into()),
+            "load" => Some("LOAD".into()),
+            "set" | "reset" => {
+                let name = if w(1) == "session" && w(2) != "characteristics" {
+                    w(2)
+                } else {
+                    w(1)
+                };
+                let name = name.split(['=', '\'']).next().unwrap_or("");
+                let local_or_txn = matches!(
+                    name,
+                    "local" | "transaction" | "constraints" | "session" | "all" | "role" | ""
+                ) && !(w(0) == "reset" && name == "all");
+                if local_or_txn || is_reported(name) {
+                    None
+                } else if w(0) == "reset" && name == "all" {
+                    Some("RESET ALL".into())
+                } else {
+                    Some(format!("{} {name}", w(0).to_uppercase()))
+                }
+            }
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// A simple Query whose execution raises `message` with SQLSTATE 0A000 on
+/// the server, so the refusal lands exactly where Postgres would put an
+/// error (and aborts an open transaction as an error would).
+pub fn refusal_query(out: &mut BytesMut, message: &str) {
+    let text = format!(
+        "DO $pgharbor$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END $pgharbor$",
+        crate::server::quote_literal(message)
+    );
+    let start = out.len();
+    out.put_u8(b'Q');
+    out.put_i32(0);
+    put_cstr(out, &text);
+    finish_len(out, start);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reported(n: &str) -> bool {
+        matches!(n, "timezone" | "application_name" | "datestyle")
+    }
+
+    #[test]
+    fn finds_session_state() {
+        for sql in [
+            "create temp table t (a int)",
+            "CREATE TEMPORARY TABLE t AS select 1",
+            "begin; create local temp table x(a int); commit",
+            "select pg_advisory_lock(1)",
+            "DECLARE c CURSOR WITH HOLD FOR select 1",
+            "PREPARE p AS select 1",
+            "SET statement_timeout = '5s'",
+            "set session search_path to a",
+            "RESET ALL",
+        ] {
+            assert!(detect(sql, reported).is_some(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn leaves_ordinary_statements_alone() {
+        for sql in [
+            "select 'create temp table' as x",
+            "SET TimeZone = 'UTC'",
+            "set application_name to 'x'",
+            "SET LOCAL statement_timeout = '1s'",
+            "set transaction isolation level serializable",
+            "select pg_advisory_xact_lock(1)",
+            "PREPARE TRANSACTION 'x'",
+            "insert into t values (1)",
+            "",
+        ] {
+            assert!(detect(sql, reported).is_none(), "{sql}");
+        }
+    }
+}
