@@ -126,6 +126,11 @@ impl CancelSlot {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The server running this client's work right now (admin console).
+    pub fn target(&self) -> Option<ServerKey> {
+        self.lock().target
+    }
+
     /// The client now has work running on `key`.
     pub fn set_target(&self, key: ServerKey) {
         let mut s = self.lock();

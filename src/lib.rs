@@ -20,13 +20,16 @@ pub mod users;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::registry::ClientRegistry;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
@@ -50,6 +53,13 @@ pub struct State {
     pub tracker: TaskTracker,
     /// Named statements some server accepted (transaction mode).
     pub known_statements: crate::client::prepared::KnownStatements,
+    /// Logged-in clients, for the admin console (touched on login/logout).
+    pub clients: Arc<ClientRegistry>,
+    /// The file the config came from; RELOAD and SIGHUP re-read it. Unset
+    /// when the instance was started from an in-memory config.
+    pub config_path: OnceLock<PathBuf>,
+    /// When this instance started (SHOW STATS averages).
+    pub started: Instant,
 }
 
 impl State {
@@ -71,6 +81,17 @@ impl State {
         self.config.store(Arc::new(config));
         tracing::info!("configuration reloaded");
         Ok(())
+    }
+
+    /// Re-reads [`State::config_path`] and applies it (admin RELOAD).
+    pub fn reload_from_file(&self) -> Result<(), ConfigError> {
+        let Some(path) = self.config_path.get() else {
+            return Err(ConfigError::Invalid {
+                key: "(config file)".into(),
+                reason: "this instance was started without a config file; nothing to reload".into(),
+            });
+        };
+        self.reload(Config::load(path)?)
     }
 }
 
@@ -123,6 +144,9 @@ impl Proxy {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             known_statements: Default::default(),
+            clients: Arc::new(ClientRegistry::new()),
+            config_path: OnceLock::new(),
+            started: Instant::now(),
             users: ArcSwap::from_pointee(users),
             metrics,
             config: ArcSwap::from_pointee(config),

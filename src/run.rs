@@ -24,6 +24,7 @@ pub enum RunError {
 pub async fn run_with_signals(path: PathBuf) -> Result<(), RunError> {
     let config = Config::load(&path)?;
     let proxy = Proxy::start(config).await?;
+    let _ = proxy.state().config_path.set(path.clone());
     serve_until_signal(&proxy, Some(&path)).await
 }
 

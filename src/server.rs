@@ -94,6 +94,8 @@ pub struct Server {
     pub key: ServerKey,
     /// Unique within this process, for logs and the admin console.
     pub id: u64,
+    /// Keeps this server listed in its pool's SHOW SERVERS until dropped.
+    pub ticket: Option<crate::pool::ServerTicket>,
     pub created: Instant,
     pub last_used: Instant,
     /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
@@ -136,6 +138,7 @@ impl Server {
                 secret: 0,
             },
             id,
+            ticket: None,
             created: Instant::now(),
             last_used: Instant::now(),
             status: b'I',

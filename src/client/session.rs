@@ -132,6 +132,8 @@ async fn run(
     };
     let pool = state.pools.get_or_create(db, &user.config, &config.pool);
     let cancel = state.cancel.register();
+    // Listed for SHOW CLIENTS until this function returns.
+    let _listed = (state.clients).register(&login, addr, stream.local_addr().ok(), &cancel.slot);
     let mut session = Session {
         client: stream,
         mode: pool.settings.pool_mode,
@@ -296,13 +298,16 @@ impl Session {
     /// Borrows a server for this client and brings its settings in line.
     pub async fn acquire_server(&mut self) -> Result<(), PgError> {
         let stats = &self.pool.stats;
+        // While it waits the client counts as `waiting` only (checkout
+        // counts that), so the client states add up to the clients.
         stats.clients_idle.dec();
-        stats.clients_active.inc();
         let result = self.pool.checkout().await;
         let mut pooled = match result {
-            Ok(p) => p,
+            Ok(p) => {
+                stats.clients_active.inc();
+                p
+            }
             Err(e) => {
-                stats.clients_active.dec();
                 stats.clients_idle.inc();
                 return Err(checkout_error(e));
             }

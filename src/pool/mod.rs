@@ -1,7 +1,10 @@
 //! Server pools keyed by (database, user): checkout with a FIFO wait queue,
 //! return, health checks and lifetimes.
 
+mod inspect;
 mod janitor;
+
+pub use inspect::{ServerInfo, ServerState, ServerTicket};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,6 +67,8 @@ pub struct Pool {
     /// PAUSE: checkouts wait while true.
     paused: watch::Sender<bool>,
     closed: AtomicBool,
+    /// Every open server, for the admin console (see `inspect`).
+    servers: Arc<inspect::ServerList>,
 }
 
 /// A server lent to a client, with the permit that bounds the pool. Dropping
@@ -94,6 +99,7 @@ impl Pool {
             generation: AtomicU64::new(0),
             paused: watch::channel(false).0,
             closed: AtomicBool::new(false),
+            servers: Arc::default(),
         });
         janitor::spawn(&pool);
         pool
@@ -185,7 +191,8 @@ impl Pool {
         let result = Server::connect(&self.target, id).await;
         self.stats.servers_login.dec();
         match result {
-            Ok(server) => {
+            Ok(mut server) => {
+                self.register_server(&mut server);
                 let mut t = self.template.lock().unwrap_or_else(|e| e.into_inner());
                 if t.is_none() {
                     *t = Some(Arc::new(server.params.clone()));

@@ -19,5 +19,6 @@ pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 pub const SYNTAX_ERROR: &str = "42601";
+pub const INVALID_PARAMETER_VALUE: &str = "22023";
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const INTERNAL_ERROR: &str = "XX000";
