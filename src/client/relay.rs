@@ -8,6 +8,7 @@
 //! while there is traffic, so an idle client costs a socket and a task.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -459,7 +460,9 @@ impl Session {
                         b'S' => {
                             if let Some((k, v)) = backend::parse_parameter_status(body) {
                                 pooled.server.params.insert(k.clone(), v.clone());
-                                self.reported.insert(k, v);
+                                if self.reported.get(&k) != Some(&v) {
+                                    Arc::make_mut(&mut self.reported).insert(k, v);
+                                }
                             }
                         }
                         b'E' if ServerErrorFields::parse(body).is_fatal() => {

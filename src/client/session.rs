@@ -139,7 +139,7 @@ async fn run(
         mode: pool.settings.pool_mode,
         pool,
         state: state.clone(),
-        reported: BTreeMap::new(),
+        reported: Arc::default(),
         other: BTreeMap::new(),
         cancel,
         cbuf: buf,
@@ -156,6 +156,10 @@ async fn run(
         pinned: None,
     };
     drop(config);
+    if session.cbuf.is_empty() {
+        // The startup buffer is not needed while the client is idle.
+        session.cbuf = BytesMut::new();
+    }
     session.pool.stats.clients_idle.inc();
     if let Err(e) = session.login(&login).await {
         session.pool.stats.clients_idle.dec();
@@ -205,7 +209,7 @@ pub(super) struct Session {
     pub state: Arc<State>,
     /// The client's view of reported parameters (what it was told with
     /// ParameterStatus), synced onto every server it lands on.
-    pub reported: BTreeMap<String, String>,
+    pub reported: Arc<BTreeMap<String, String>>,
     /// Unreported settings from the startup packet (lower-case names).
     pub other: BTreeMap<String, String>,
     pub cancel: CancelHandle,
@@ -237,10 +241,8 @@ impl Session {
     /// set, its cancel key, and that it is ready.
     async fn login(&mut self, login: &LoginRequest) -> Result<(), PgError> {
         let template = self.pool.template_params().await.map_err(checkout_error)?;
-        self.reported = template
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        // Clients with default settings share the pool's map (copy on write).
+        self.reported = template.clone();
         let mut wanted = Vec::new();
         for (k, v) in &login.params {
             if k == "options" {
@@ -263,7 +265,8 @@ impl Session {
                     if template.get(name) != Some(&v) {
                         needs_server = true;
                     }
-                    self.reported.insert(name.clone(), v);
+                    let name = name.clone();
+                    self.set_reported(name, v);
                 }
                 None => {
                     needs_server = true;
@@ -277,8 +280,14 @@ impl Session {
             // (`UTF8` for `utf8`).
             self.acquire_server().await?;
             if let Some(s) = self.server.as_ref() {
-                for (k, v) in &s.server.params {
-                    self.reported.insert(k.clone(), v.clone());
+                let params: Vec<(String, String)> = s
+                    .server
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                for (k, v) in params {
+                    self.set_reported(k, v);
                 }
             }
             if self.mode == PoolMode::Transaction {
@@ -286,13 +295,21 @@ impl Session {
             }
         }
         let out = &mut self.to_client;
-        for (k, v) in &self.reported {
+        for (k, v) in self.reported.iter() {
             backend::parameter_status(out, k, v);
         }
         backend::backend_key_data(out, self.cancel.slot.pid, self.cancel.slot.secret());
         backend::ready_for_query(out, b'I');
         self.txn.status = b'I';
         Ok(())
+    }
+
+    /// Records a reported parameter value, copying the shared map only when
+    /// the value actually changes.
+    pub fn set_reported(&mut self, name: String, value: String) {
+        if self.reported.get(&name) != Some(&value) {
+            Arc::make_mut(&mut self.reported).insert(name, value);
+        }
     }
 
     /// Borrows a server for this client and brings its settings in line.
