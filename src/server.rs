@@ -159,7 +159,9 @@ impl Server {
             let msg = server.read_message().await?;
             match msg[0] {
                 b'S' => server.note_parameter(&msg[5..]),
-                b'K' if msg.len() >= 13 => {
+                // We start servers at protocol 3.0, so the secret is 4
+                // bytes; a longer (3.2) one could not be used truncated.
+                b'K' if msg.len() == 13 => {
                     server.key.pid = i32::from_be_bytes([msg[5], msg[6], msg[7], msg[8]]);
                     server.key.secret = i32::from_be_bytes([msg[9], msg[10], msg[11], msg[12]]);
                 }

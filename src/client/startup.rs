@@ -128,6 +128,9 @@ async fn login_request(
             _ => rest.push((k, v)),
         }
     }
+    // We speak 3.0. A client asking for 3.2 (Postgres 18) is told so and
+    // then expects a 3.0 BackendKeyData with a 4-byte secret, which is what
+    // we issue (see the protocol 3.2 note in `crate::cancel`).
     if minor > 0 || !unrecognized.is_empty() {
         let mut out = BytesMut::new();
         let names: Vec<&str> = unrecognized.iter().map(String::as_str).collect();
