@@ -1,0 +1,286 @@
+//! LISTEN multiplexing for transaction pooling (DESIGN point 4).
+//!
+//! One [`ListenHub`] per instance. For each database target it keeps one
+//! dedicated listener connection holding the union of the clients' channels
+//! (LISTEN when a channel's first subscriber arrives, UNLISTEN when its last
+//! one leaves). Each NotificationResponse is parsed once and shared (`Bytes`)
+//! into the bounded queue of every subscribed client (`listen.client_buffer`);
+//! see [`queue`] for the overflow policies. A lost listener connection is
+//! re-established with backoff (100 ms doubling to 5 s), every channel is
+//! listened again, and every subscriber gets an overflow marker per channel.
+//!
+//! The relay owns one [`Subscriber`] per client and answers LISTEN / UNLISTEN
+//! itself ([`command::parse`]); [`PendingListens`] holds those issued inside a
+//! transaction until COMMIT.
+
+pub mod command;
+mod listener;
+mod pending;
+mod queue;
+mod senders;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ListenConfig, OverflowPolicy};
+use crate::metrics::Metrics;
+use crate::protocol::{sqlstate, PgError};
+use crate::server::{ServerKey, ServerTarget};
+
+pub use command::{parse, parse_many, ListenCommand, ListenParseError};
+pub use listener::APPLICATION_NAME;
+pub use pending::PendingListens;
+
+use listener::Listener;
+use queue::Queue;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenError {
+    /// The listener connection could not LISTEN (server down, refused login,
+    /// or the server's error for the LISTEN itself).
+    #[error("pgharbor: cannot LISTEN on \"{channel}\": {reason}")]
+    Unavailable { channel: String, reason: String },
+}
+
+impl ListenError {
+    /// What the relay sends for a LISTEN that failed (an ERROR).
+    pub fn to_pg_error(&self) -> PgError {
+        PgError::error(sqlstate::CONNECTION_EXCEPTION, self.to_string())
+    }
+}
+
+/// What the listener task needs from the hub.
+pub(crate) struct HubShared {
+    pub(crate) cfg: ListenConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) senders: senders::Senders,
+}
+
+/// Listener connections are per (host, port, dbname, user).
+type ListenerKey = (String, u16, String, String);
+
+pub struct ListenHub {
+    shared: Arc<HubShared>,
+    listeners: Mutex<HashMap<ListenerKey, Arc<Listener>>>,
+    shutdown: CancellationToken,
+    next_id: AtomicU64,
+}
+
+impl ListenHub {
+    pub fn new(cfg: ListenConfig, metrics: Arc<Metrics>) -> Arc<ListenHub> {
+        Arc::new(ListenHub {
+            shared: Arc::new(HubShared {
+                cfg,
+                metrics,
+                senders: senders::Senders::default(),
+            }),
+            listeners: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// A subscriber for one client. Opens nothing until its first LISTEN.
+    pub fn subscriber(self: &Arc<Self>, target: &ServerTarget, client_pid: i32) -> Subscriber {
+        let cfg = &self.shared.cfg;
+        Subscriber {
+            hub: self.clone(),
+            target: target.clone(),
+            listener: None,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            client_pid,
+            queue: Arc::new(Queue::new(cfg.client_buffer, cfg.on_overflow)),
+            channels: BTreeSet::new(),
+        }
+    }
+
+    /// The relay lends server `server` to the client with proxy-issued
+    /// `client_pid` (call at checkout). Used to put the sending client's pid
+    /// into notifications; see `senders.rs` for when it is trusted.
+    pub fn note_server_pid(&self, server: &ServerKey, client_pid: i32) {
+        self.shared
+            .senders
+            .note(server.addr, server.pid, client_pid);
+    }
+
+    /// The server went back to the pool or was closed (call at return).
+    pub fn forget_server_pid(&self, server: &ServerKey) {
+        self.shared.senders.forget(server.addr, server.pid);
+    }
+
+    /// Stops every listener task and closes their connections.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    fn listener(&self, t: &ServerTarget) -> Arc<Listener> {
+        let key = (t.host.clone(), t.port, t.dbname.clone(), t.user.clone());
+        let mut map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key)
+            .or_insert_with(|| {
+                Listener::spawn(t.clone(), self.shared.clone(), self.shutdown.child_token())
+            })
+            .clone()
+    }
+}
+
+impl Drop for ListenHub {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// One client's subscriptions and notification queue. Dropping it
+/// unsubscribes from everything.
+pub struct Subscriber {
+    hub: Arc<ListenHub>,
+    target: ServerTarget,
+    listener: Option<Arc<Listener>>,
+    id: u64,
+    client_pid: i32,
+    queue: Arc<Queue>,
+    channels: BTreeSet<String>,
+}
+
+impl Subscriber {
+    /// LISTEN `channel` (already folded, as [`command::parse`] returns it;
+    /// truncated to 63 bytes here too). Returns once the listener connection
+    /// has executed LISTEN: a NOTIFY committed after that is delivered.
+    pub async fn listen(&mut self, channel: &str) -> Result<(), ListenError> {
+        let ch = command::truncate_channel(channel);
+        if self.channels.contains(ch) {
+            return Ok(());
+        }
+        let l = self
+            .listener
+            .get_or_insert_with(|| self.hub.listener(&self.target))
+            .clone();
+        // Recorded first, so a cancelled call still unsubscribes on drop.
+        self.channels.insert(ch.to_owned());
+        self.hub.shared.metrics.listen_subscriptions.inc();
+        if l.registry().add(ch, self.id, &self.queue) {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        l.sync(Some(tx));
+        let _ = rx.await;
+        let reason = {
+            let reg = l.registry();
+            match reg.channels.get(ch) {
+                Some(entry) if entry.confirmed => return Ok(()),
+                Some(entry) => entry.error.clone(),
+                None => None,
+            }
+        };
+        self.unlisten(ch);
+        Err(ListenError::Unavailable {
+            channel: ch.to_owned(),
+            reason: reason.unwrap_or_else(|| "listener connection unavailable".into()),
+        })
+    }
+
+    /// UNLISTEN `channel`. Takes effect at once for this client; the
+    /// listener's UNLISTEN (if it was the last subscriber) follows.
+    pub fn unlisten(&mut self, channel: &str) {
+        let ch = command::truncate_channel(channel);
+        if !self.channels.remove(ch) {
+            return;
+        }
+        self.hub.shared.metrics.listen_subscriptions.dec();
+        self.queue.forget_channel(ch);
+        if let Some(l) = &self.listener {
+            if l.registry().remove(ch, self.id) {
+                l.sync(None);
+            }
+        }
+    }
+
+    /// UNLISTEN *.
+    pub fn unlisten_all(&mut self) {
+        let Some(l) = &self.listener else {
+            return;
+        };
+        let mut poke = false;
+        {
+            let mut reg = l.registry();
+            for ch in &self.channels {
+                poke |= reg.remove(ch, self.id);
+                self.queue.forget_channel(ch);
+            }
+        }
+        self.hub
+            .shared
+            .metrics
+            .listen_subscriptions
+            .sub(self.channels.len() as i64);
+        self.channels.clear();
+        if poke {
+            l.sync(None);
+        }
+    }
+
+    /// The channels this client listens to.
+    pub fn channels(&self) -> impl Iterator<Item = &str> {
+        self.channels.iter().map(String::as_str)
+    }
+
+    /// Appends queued NotificationResponses (and overflow markers) to `out`;
+    /// returns how many. Never waits.
+    pub fn drain_into(&mut self, out: &mut BytesMut) -> usize {
+        let (n, notifications) = self
+            .queue
+            .drain_into(out, &self.hub.shared.cfg.overflow_payload);
+        self.hub
+            .shared
+            .metrics
+            .listen_notifications
+            .inc_by(notifications as u64);
+        n
+    }
+
+    /// Resolves when something is queued or a FATAL is due. Cancel-safe.
+    /// Stays ready until drained: select on it only when the relay can
+    /// deliver (between messages).
+    pub async fn ready(&self) {
+        self.queue.ready().await
+    }
+
+    /// Queued messages (markers included), at most `client_buffer`.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// `Some` once if the disconnect policy fired: send it and close.
+    pub fn take_fatal(&mut self) -> Option<PgError> {
+        if !self.queue.take_fatal() {
+            return None;
+        }
+        debug_assert_eq!(self.hub.shared.cfg.on_overflow, OverflowPolicy::Disconnect);
+        Some(
+            PgError::fatal(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "pgharbor: terminating connection because this client did not read its notifications: more than listen.client_buffer ({}) were waiting",
+                    self.queue.capacity()
+                ),
+            )
+            .with_hint("Read notifications promptly, raise listen.client_buffer, or set listen.on_overflow = \"marker\"."),
+        )
+    }
+
+    /// The pid pgharbor issued to this client.
+    pub fn client_pid(&self) -> i32 {
+        self.client_pid
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.unlisten_all();
+    }
+}
