@@ -52,6 +52,8 @@ pub struct State {
     pub client_permits: Arc<Semaphore>,
     /// Every client task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// LISTEN multiplexing for transaction-mode clients.
+    pub listen: Arc<crate::listen::ListenHub>,
     /// Named statements some server accepted (transaction mode).
     pub known_statements: crate::client::prepared::KnownStatements,
     /// Logged-in clients, for the admin console (touched on login/logout).
@@ -145,6 +147,7 @@ impl Proxy {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             known_statements: Default::default(),
+            listen: crate::listen::ListenHub::new(config.listen.clone(), metrics.clone()),
             clients: Arc::new(ClientRegistry::new()),
             config_path: OnceLock::new(),
             started: Instant::now(),
@@ -204,5 +207,6 @@ impl Proxy {
             );
         }
         self.state.pools.close_all();
+        self.state.listen.shutdown();
     }
 }

@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 use super::expect::{Action, Outcome, Reply};
+use super::listen_relay::{may_be_listen, Intercept};
 use super::session::{Session, SessionError};
 use crate::config::PoolMode;
 use crate::protocol::error::ServerErrorFields;
@@ -32,6 +33,7 @@ enum Event {
     ServerReadable,
     ServerWritable,
     ClientWritable,
+    Notify,
     Shutdown,
     IdleTimeout,
 }
@@ -187,6 +189,10 @@ impl Session {
                 r = self.client.readable(), if want_client_read => {
                     r.map_err(SessionError::ClientIo)?; Event::ClientReadable
                 }
+                _ = async { match self.listen.as_ref() {
+                        Some(sub) => sub.ready().await,
+                        None => std::future::pending().await,
+                    } }, if self.listen.is_some() && self.sscan.at_boundary() && self.to_client.len() < HIGH_WATER => Event::Notify,
                 _ = async { match idle_deadline {
                         Some(d) => tokio::time::sleep(d).await,
                         None => std::future::pending().await,
@@ -215,6 +221,19 @@ impl Session {
                     return self.send_fatal(e).await;
                 }
                 Event::ClientWritable => self.flush_client()?,
+                Event::Notify => {
+                    let fatal = match self.listen.as_mut() {
+                        Some(sub) => {
+                            sub.drain_into(&mut self.to_client);
+                            sub.take_fatal()
+                        }
+                        None => None,
+                    };
+                    if let Some(e) = fatal {
+                        return self.send_fatal(e).await;
+                    }
+                    self.flush_client()?;
+                }
                 Event::ServerWritable => self.flush_server()?,
                 Event::ClientReadable => {
                     let n_before = self.cbuf.len();
@@ -286,6 +305,27 @@ impl Session {
                     return Ok(Some(self.send_fatal(e).await));
                 }
             };
+            if let Step::Whole { tag: b'Q', len } = step {
+                let candidate =
+                    crate::protocol::frame::read_cstr(&self.cbuf[ready + 5..ready + len])
+                        .ok()
+                        .filter(|(sql, _)| may_be_listen(sql))
+                        .map(|(sql, _)| sql.to_owned());
+                if let Some(sql) = candidate {
+                    if ready > 0 {
+                        // Answer only after what came before is answered.
+                        break;
+                    }
+                    match self.intercept_listen(&sql).await {
+                        Intercept::Handled => {
+                            let _ = self.cbuf.split_to(len);
+                            continue;
+                        }
+                        Intercept::Wait => break,
+                        Intercept::Forward => {}
+                    }
+                }
+            }
             match step {
                 Step::Incomplete => break,
                 Step::Whole { tag: b'X', .. } => {
@@ -425,6 +465,7 @@ impl Session {
         let tx = self.mode == PoolMode::Transaction;
         let mut undo = Vec::new();
         let mut parsed = Vec::new();
+        let mut listen_txn_end = None;
         let pooled = self.server.as_mut()?;
         let inspects = if tx {
             server_inspects_tx
@@ -451,6 +492,10 @@ impl Session {
                             self.txn.status = status;
                             self.txn.pending = self.txn.pending.saturating_sub(1);
                             release = false;
+                            if status == b'I' && !self.pending_listens.is_empty() {
+                                listen_txn_end =
+                                    Some(self.last_command_tag.as_deref() == Some("COMMIT"));
+                            }
                             if self.txn.pending == 0 && !self.txn.unsynced && status == b'I' {
                                 txn_done = true;
                                 release =
@@ -469,6 +514,11 @@ impl Session {
                             self.server_fatal_sent = true;
                         }
                         b'G' => self.txn.copy_in = true,
+                        b'C' if !self.pending_listens.is_empty() => {
+                            self.last_command_tag = crate::protocol::frame::read_cstr(body)
+                                .ok()
+                                .map(|(t, _)| t.to_owned());
+                        }
                         _ => {}
                     }
                     let outcome = if tx {
@@ -512,6 +562,12 @@ impl Session {
         if txn_done {
             self.end_of_transaction();
         }
+        if let Some(committed) = listen_txn_end {
+            // Before the ReadyForQuery reaches the client: a NOTIFY it sends
+            // next must find the LISTEN in place, as on Postgres.
+            self.end_of_listen_transaction(committed).await;
+            self.last_command_tag = None;
+        }
         if let Err(e) = self.flush_client() {
             return Some(Err(e));
         }
@@ -541,6 +597,7 @@ impl Session {
     /// the server's own FATAL already did), drop the server, end the session.
     async fn server_lost(&mut self, cause: ServerError) -> Result<(), SessionError> {
         if let Some(p) = self.server.take() {
+            self.forget_sender();
             // The server is discarded whatever cancels are still on their way.
             let _ = self.cancel.slot.clear_target().await;
             self.pool.stats.clients_active.dec();

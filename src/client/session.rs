@@ -154,6 +154,10 @@ async fn run(
         statements: HashMap::new(),
         expect: Expectations::default(),
         pinned: None,
+        listen: None,
+        pending_listens: Default::default(),
+        last_command_tag: None,
+        noted_sender: None,
     };
     drop(config);
     if session.cbuf.is_empty() {
@@ -234,6 +238,15 @@ pub(super) struct Session {
     /// Transaction mode with `session_state = "pin"`: why this client keeps
     /// its server until it disconnects.
     pub pinned: Option<String>,
+    /// Transaction mode: this client's LISTEN subscriptions (created at its
+    /// first LISTEN; dropping it unsubscribes).
+    pub listen: Option<crate::listen::Subscriber>,
+    /// LISTEN/UNLISTEN issued inside the open transaction.
+    pub pending_listens: crate::listen::PendingListens,
+    /// Tag of the last CommandComplete, while LISTENs wait for COMMIT.
+    pub last_command_tag: Option<String>,
+    /// The server this client holds was announced to the LISTEN hub.
+    pub noted_sender: Option<crate::server::ServerKey>,
 }
 
 impl Session {
@@ -348,16 +361,32 @@ impl Session {
             });
         }
         self.cancel.slot.set_target(pooled.server.key);
+        if self.state.metrics.listen_subscriptions.get() > 0 {
+            // Someone listens: remember who holds this server, so a NOTIFY
+            // it sends can carry the sending client's pid.
+            self.state
+                .listen
+                .note_server_pid(&pooled.server.key, self.cancel.slot.pid);
+            self.noted_sender = Some(pooled.server.key);
+        }
         self.txn.status = pooled.server.status;
         self.server = Some(pooled);
         Ok(())
     }
 
     /// Gives the server back: to the pool if it is clean, closed otherwise.
+    /// Tells the LISTEN hub this client no longer holds its server.
+    pub fn forget_sender(&mut self) {
+        if let Some(key) = self.noted_sender.take() {
+            self.state.listen.forget_server_pid(&key);
+        }
+    }
+
     pub async fn release_server(&mut self) {
         let Some(pooled) = self.server.take() else {
             return;
         };
+        self.forget_sender();
         let cancels = self.cancel.slot.clear_target().await;
         self.pool.stats.clients_active.dec();
         self.pool.stats.clients_idle.inc();
@@ -380,6 +409,7 @@ impl Session {
         let Some(mut pooled) = self.server.take() else {
             return;
         };
+        self.forget_sender();
         let cancels = self.cancel.slot.clear_target().await;
         self.pool.stats.clients_active.dec();
         self.pool.stats.clients_idle.inc();

@@ -1,0 +1,113 @@
+//! LISTEN / UNLISTEN in transaction mode, answered by pgharbor: the client's
+//! subscriptions live on the instance's listener connection (see
+//! `crate::listen`), never on a pool server.
+
+use super::session::Session;
+use crate::listen::{ListenCommand, Subscriber};
+use crate::protocol::{backend, PgError};
+
+/// What to do with a simple Query.
+pub(super) enum Intercept {
+    /// Not a LISTEN: forward it.
+    Forward,
+    /// Answered here.
+    Handled,
+    /// Replies to earlier messages are still due: try again once they came.
+    Wait,
+}
+
+/// Cheap test before parsing: does the text mention LISTEN at all?
+pub(super) fn may_be_listen(sql: &str) -> bool {
+    sql.len() <= 64 * 1024
+        && sql
+            .as_bytes()
+            .windows(6)
+            .any(|w| w.eq_ignore_ascii_case(b"listen"))
+}
+
+impl Session {
+    fn subscriber(&mut self) -> &mut Subscriber {
+        let hub = &self.state.listen;
+        let target = &self.pool.target;
+        let pid = self.cancel.slot.pid;
+        self.listen
+            .get_or_insert_with(|| hub.subscriber(target, pid))
+    }
+
+    /// Answers a simple Query made only of LISTEN / UNLISTEN statements with
+    /// the CommandComplete(s) and ReadyForQuery Postgres would send. Inside a
+    /// transaction they are held until COMMIT (dropped on ROLLBACK).
+    pub(super) async fn intercept_listen(&mut self, sql: &str) -> Intercept {
+        if !may_be_listen(sql) {
+            return Intercept::Forward;
+        }
+        let cmds = match crate::listen::parse_many(sql) {
+            Ok(None) => return Intercept::Forward,
+            Ok(Some(cmds)) => Ok(cmds),
+            Err(e) => Err(e.to_pg_error()),
+        };
+        if self.txn.unsynced || self.txn.copy_in {
+            // Mixed into an unfinished extended-protocol batch: no place to
+            // answer in order. Let the server refuse or run it.
+            return Intercept::Forward;
+        }
+        if self.txn.pending > 0 || !self.expect.is_empty() || !self.sscan.at_boundary() {
+            return Intercept::Wait;
+        }
+        let status = if self.server.is_some() {
+            self.txn.status
+        } else {
+            b'I'
+        };
+        match cmds {
+            Err(e) => e.encode(&mut self.to_client),
+            Ok(_) if status == b'E' => PgError::error(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            )
+            .encode(&mut self.to_client),
+            Ok(cmds) => {
+                for cmd in cmds {
+                    let tag = cmd.tag();
+                    if status == b'T' {
+                        self.pending_listens.push(cmd);
+                    } else if let Err(e) = self.apply_listen(cmd).await {
+                        e.to_pg_error().encode(&mut self.to_client);
+                        break;
+                    }
+                    backend::command_complete(&mut self.to_client, tag);
+                }
+            }
+        }
+        backend::ready_for_query(&mut self.to_client, status);
+        let _ = self.flush_client();
+        Intercept::Handled
+    }
+
+    async fn apply_listen(&mut self, cmd: ListenCommand) -> Result<(), crate::listen::ListenError> {
+        let sub = self.subscriber();
+        match cmd {
+            ListenCommand::Listen(ch) => sub.listen(&ch).await?,
+            ListenCommand::Unlisten(ch) => sub.unlisten(&ch),
+            ListenCommand::UnlistenAll => sub.unlisten_all(),
+        }
+        Ok(())
+    }
+
+    /// The transaction ended: LISTENs held inside it take effect on COMMIT
+    /// and are dropped otherwise.
+    pub(super) async fn end_of_listen_transaction(&mut self, committed: bool) {
+        if self.pending_listens.is_empty() {
+            return;
+        }
+        if !committed {
+            self.pending_listens.rollback();
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending_listens);
+        let sub = self.subscriber();
+        if let Err(e) = pending.commit(sub).await {
+            tracing::warn!(error = %e, "LISTEN at COMMIT failed");
+        }
+    }
+}
