@@ -503,8 +503,14 @@ def run_pgbench(env: Env, args, workload: str, clients: int, target: str, rnd: i
     r = Run(workload, clients, target, rnd)
     logdir = tempfile.mkdtemp(prefix="pgbench-log-", dir=env.tmp)
     jobs = 2 if clients >= args.jobs2_from and clients >= 2 else 1
+    # pgbench's -T clock includes opening the connections; with hundreds of
+    # SCRAM logins (and, direct or through the relay, hundreds of backend
+    # forks) that can take longer than the run. Give it time to connect: its
+    # tps excludes the initial connection time, and our CPU window starts
+    # at the first completed transaction.
+    connect_allowance = -(-clients // args.connect_rate) if clients > 64 else 0
     cmd = [os.path.join(env.pg_bin, "pgbench"), "-h", "127.0.0.1", "-p", str(target_port(env, target)),
-           "-U", USER, "-c", str(clients), "-j", str(jobs), "-T", str(args.duration),
+           "-U", USER, "-c", str(clients), "-j", str(jobs), "-T", str(args.duration + connect_allowance),
            "--log", f"--log-prefix={logdir}/tx", "-P", "1"] + WORKLOADS[workload] + [DBNAME]
     pid = env.pids.get(target) if target in POOLERS else None
     e = {**_base_env(), "PGPASSWORD": PASSWORD}
@@ -537,6 +543,9 @@ def run_pgbench(env: Env, args, workload: str, clients: int, target: str, rnd: i
     r.failed_txns = int(m.group(1)) if m else 0
     m = re.search(r"latency average = ([\d.]+) ms", out)
     r.lat_avg_ms = float(m.group(1)) if m else None
+    if r.exit_code == 0 and r.tps is None:
+        r.exit_code = -1
+        r.error = "pgbench printed no tps (no transaction completed?)"
     if r.exit_code != 0 and not r.error:
         errs = [l for l in out.splitlines() if "error" in l.lower() or "FATAL" in l or "abort" in l.lower()]
         r.error = (errs[0] if errs else out.strip().splitlines()[-1] if out.strip() else "no output")[:200]
@@ -854,6 +863,8 @@ def parse_args():
                     help="what the poolers are given: the plaintext password (default) or the SCRAM verifier from pg_authid")
     ap.add_argument("--jobs2-from", type=int, default=64, help="use pgbench -j 2 from this many clients (default 64)")
     ap.add_argument("--max-connections", type=int, default=600)
+    ap.add_argument("--connect-rate", type=int, default=40,
+                    help="above 64 clients, add clients/RATE seconds to -T for the initial connections (default 40)")
     ap.add_argument("--no-build", action="store_true", help="reuse the last release build")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     ap.add_argument("--keep-tmp", action="store_true")
@@ -888,7 +899,7 @@ def make_cells(a) -> list[tuple[str, int]]:
 def render_only(args) -> int:
     with open(args.render_only) as f:
         d = json.load(f)
-    a = argparse.Namespace(**d["args"])
+    a = argparse.Namespace(**{"connect_rate": 40, **d["args"]})
     runs = [Run(**r) for r in d["runs"]]
     targets = d.get("targets") or a.targets.split(",")
     cells = [tuple(c) for c in d.get("cells") or []]
