@@ -662,6 +662,21 @@ def ratio(a, b):
     return a / b
 
 
+def paired_ratio(runs: list[Run], w: str, c: int, a: str, b: str, key: str):
+    """Median over rounds of (a / b) within the same round.
+
+    Rounds of different targets run next to each other, so a ratio taken inside
+    a round cancels most of the machine's drift (other jobs, thermal) that a
+    ratio of medians keeps.
+    """
+    by = {}
+    for r in runs:
+        if r.workload == w and r.clients == c and r.exit_code == 0 and r.tps is not None:
+            by[(r.target, r.round)] = getattr(r, key)
+    rs = [ratio(by.get((a, n)), by.get((b, n))) for n in sorted({n for (_, n) in by})]
+    return median(rs)
+
+
 def summarize(runs: list[Run], cells: list[tuple[str, int]], targets: list[str]) -> dict:
     summary = {}
     for (w, c) in cells:
@@ -683,7 +698,7 @@ def summarize(runs: list[Run], cells: list[tuple[str, int]], targets: list[str])
     return summary
 
 
-def headline(S, cells, targets, idle) -> list[str]:
+def headline(S, pr, cells, targets, idle) -> list[str]:
     """The issue's targets, checked against this run's medians."""
     if not {"pgharbor", "pgbouncer"} <= set(targets):
         return []
@@ -702,21 +717,21 @@ def headline(S, cells, targets, idle) -> list[str]:
 
     for (w, c) in cells:
         if w in ("select-simple", "select-extended", "tpcb-like") and c in (16, 500) or (w, c) == ("churn", 16):
-            r = ratio(g(w, c, "pgharbor", "tps"), g(w, c, "pgbouncer", "tps"))
+            r = pr(w, c, "pgharbor", "pgbouncer", "tps")
             check(f"{w} {c}: TPS pgharbor / PgBouncer", r, "≥ 1.0", cmp(r, 1.0, False))
             if "direct" in targets and (w, c) in (("select-simple", 16), ("select-extended", 16)):
-                r = ratio(g(w, c, "pgharbor", "tps"), g(w, c, "direct", "tps"))
+                r = pr(w, c, "pgharbor", "direct", "tps")
                 check(f"{w} {c}: TPS pgharbor / direct", r, "≥ 0.90", cmp(r, 0.90, False))
             if "direct" in targets and w == "tpcb-like" and c >= 256:
-                r = ratio(g(w, c, "pgharbor", "tps"), g(w, c, "direct", "tps"))
+                r = pr(w, c, "pgharbor", "direct", "tps")
                 check(f"{w} {c}: TPS pgharbor / direct", r, "≥ 1.0", cmp(r, 1.0, False))
-            r = ratio(g(w, c, "pgharbor", "cpu_us"), g(w, c, "pgbouncer", "cpu_us"))
+            r = pr(w, c, "pgharbor", "pgbouncer", "cpu_us_per_txn")
             goal = 0.2 if w == "churn" else 1.0
             check(f"{w} {c}: CPU/txn pgharbor / PgBouncer "
                   f"({fmt(g(w, c, 'pgharbor', 'cpu_us'), 1)} vs {fmt(g(w, c, 'pgbouncer', 'cpu_us'), 1)} µs)",
                   r, f"≤ {goal}", cmp(r, goal, True))
             if "relay" in targets and w != "churn" and c == 16:
-                r = ratio(g(w, c, "pgharbor", "cpu_us"), g(w, c, "relay", "cpu_us"))
+                r = pr(w, c, "pgharbor", "relay", "cpu_us_per_txn")
                 check(f"{w} {c}: CPU/txn pgharbor / relay", r, "≤ 1.25", cmp(r, 1.25, True))
     if "direct" in targets:
         for (w, c) in cells:
@@ -727,8 +742,9 @@ def headline(S, cells, targets, idle) -> list[str]:
                     check(f"{w} 1: added latency pgharbor vs PgBouncer",
                           f"{(a - d) * 1000:+.0f} vs {(b - d) * 1000:+.0f} µs", "≤ PgBouncer's", a <= b)
     wins = [(w, c) for (w, c) in cells if g(w, c, "pgharbor", "tps") is not None
-            and (g(w, c, "pgbouncer", "tps") is None or g(w, c, "pgharbor", "tps") >= g(w, c, "pgbouncer", "tps"))]
-    check("cells where pgharbor TPS ≥ PgBouncer's (or PgBouncer fails)", f"{len(wins)} of {len(cells)}",
+            and not g(w, c, "pgharbor", "failed_runs")
+            and (g(w, c, "pgbouncer", "tps") is None or (pr(w, c, "pgharbor", "pgbouncer", "tps") or 0) >= 1.0)]
+    check("cells where pgharbor never failed and its TPS ≥ PgBouncer's (or PgBouncer fails)", f"{len(wins)} of {len(cells)}",
           "all", len(wins) == len(cells))
     for i in idle:
         if i["target"] == "pgharbor":
@@ -743,13 +759,15 @@ def tps_cell(s) -> str:
         return "—"
     if s["tps"] is None:
         return "**FAIL**"
-    mark = f" ({s['failed_runs']}/{s['rounds']} failed)" if s["failed_runs"] else ""
-    return fmt(s["tps"]) + mark
+    if s["failed_runs"]:
+        return f"**FAIL {s['failed_runs']}/{s['rounds']}**, {fmt(s['tps'])}"
+    return fmt(s["tps"])
 
 
 def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], started: str, elapsed: float) -> str:
     S = summarize(runs, cells, targets)
     g = lambda w, c, t, k: (S.get((w, c, t)) or {}).get(k)
+    pr = lambda w, c, a, b, k: paired_ratio(runs, w, c, a, b, k)
     L = []
     L.append(f"# pgharbor benchmark — {started}")
     L.append("")
@@ -760,8 +778,12 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
              f"pool size 20, transaction mode, SCRAM-SHA-256 ({args.secret} secret in the poolers); "
              f"took {elapsed / 60:.1f} min.")
     L.append("")
-    L += headline(S, cells, targets, idle)
+    L += headline(S, pr, cells, targets, idle)
     L.append("## Throughput (TPS) and pooler CPU per transaction")
+    L.append("")
+    L.append("TPS and CPU µs/txn: medians over rounds. Ratios: median over rounds of the ratio "
+             "within each round. `FAIL k/n, X`: k of n rounds failed (see Failures), X is the median "
+             "of the others.")
     L.append("")
     hdr = ["workload", "clients"] + [LABEL[t] + " TPS" for t in targets]
     if "pgharbor" in targets and "pgbouncer" in targets:
@@ -782,16 +804,16 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
         row = [w, str(c)]
         row += [tps_cell(S.get((w, c, t))) for t in targets]
         if "pgharbor" in targets and "pgbouncer" in targets:
-            row.append(fmt(ratio(g(w, c, "pgharbor", "tps"), g(w, c, "pgbouncer", "tps")), 2))
+            row.append(fmt(pr(w, c, "pgharbor", "pgbouncer", "tps"), 2))
         if "pgharbor" in targets and "direct" in targets:
-            row.append(fmt(ratio(g(w, c, "pgharbor", "tps"), g(w, c, "direct", "tps")), 2))
+            row.append(fmt(pr(w, c, "pgharbor", "direct", "tps"), 2))
         if "pgbouncer" in targets and "direct" in targets:
-            row.append(fmt(ratio(g(w, c, "pgbouncer", "tps"), g(w, c, "direct", "tps")), 2))
+            row.append(fmt(pr(w, c, "pgbouncer", "direct", "tps"), 2))
         row += [fmt(g(w, c, t, "cpu_us"), 1) for t in cpu_targets]
         if "pgharbor" in targets and "pgbouncer" in targets:
-            row.append(fmt(ratio(g(w, c, "pgharbor", "cpu_us"), g(w, c, "pgbouncer", "cpu_us")), 2))
+            row.append(fmt(pr(w, c, "pgharbor", "pgbouncer", "cpu_us_per_txn"), 2))
         if "pgharbor" in targets and "relay" in targets:
-            row.append(fmt(ratio(g(w, c, "pgharbor", "cpu_us"), g(w, c, "relay", "cpu_us")), 2))
+            row.append(fmt(pr(w, c, "pgharbor", "relay", "cpu_us_per_txn"), 2))
         L.append("| " + " | ".join(row) + " |")
     L.append("")
     L.append("## Latency (ms): average / p99")
