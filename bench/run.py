@@ -454,11 +454,13 @@ auth_type = "scram-sha-256"
         f.write(cfg)
     out = open(os.path.join(env.tmp, "pgharbor.log"), "w")
     e = {**_base_env(), "PGHARBOR_LOG": os.environ.get("PGHARBOR_LOG", "warn")}
-    p = subprocess.Popen([env.pgharbor_bin, "--config", path], cwd=env.tmp, env=e, stdout=out,
+    import shlex
+    wrapper = shlex.split(args.pgharbor_wrapper) if args.pgharbor_wrapper else []
+    p = subprocess.Popen(wrapper + [env.pgharbor_bin, "--config", path], cwd=env.tmp, env=e, stdout=out,
                          stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=raise_nofile)
     PROCS.add("pgharbor", p, signal.SIGTERM)
     env.pids["pgharbor"] = p.pid
-    wait_port(port, p, "pgharbor")
+    wait_port(port, p, "pgharbor", timeout=120 if wrapper else 30)
     log(f"pgharbor on 127.0.0.1:{port} (pid {p.pid})")
 
 
@@ -891,6 +893,9 @@ def parse_args():
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     ap.add_argument("--keep-tmp", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--pgharbor-wrapper", metavar="CMD",
+                    help="prefix for the pgharbor command, for profiling, e.g. "
+                         "'valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out' (its figures are then not comparable)")
     ap.add_argument("--render-only", metavar="JSON", help="re-render the report of an earlier run's .json (to --out)")
     a = ap.parse_args()
     a.duration = a.duration or (3 if a.quick else 10)
@@ -921,7 +926,7 @@ def make_cells(a) -> list[tuple[str, int]]:
 def render_only(args) -> int:
     with open(args.render_only) as f:
         d = json.load(f)
-    a = argparse.Namespace(**{"connect_rate": 40, **d["args"]})
+    a = argparse.Namespace(**{"connect_rate": 40, "pgharbor_wrapper": None, **d["args"]})
     runs = [Run(**r) for r in d["runs"]]
     targets = d.get("targets") or a.targets.split(",")
     cells = [tuple(c) for c in d.get("cells") or []]
