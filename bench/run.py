@@ -454,11 +454,13 @@ auth_type = "scram-sha-256"
         f.write(cfg)
     out = open(os.path.join(env.tmp, "pgharbor.log"), "w")
     e = {**_base_env(), "PGHARBOR_LOG": os.environ.get("PGHARBOR_LOG", "warn")}
-    p = subprocess.Popen([env.pgharbor_bin, "--config", path], cwd=env.tmp, env=e, stdout=out,
+    import shlex
+    wrapper = shlex.split(args.pgharbor_wrapper) if args.pgharbor_wrapper else []
+    p = subprocess.Popen(wrapper + [env.pgharbor_bin, "--config", path], cwd=env.tmp, env=e, stdout=out,
                          stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=raise_nofile)
     PROCS.add("pgharbor", p, signal.SIGTERM)
     env.pids["pgharbor"] = p.pid
-    wait_port(port, p, "pgharbor")
+    wait_port(port, p, "pgharbor", timeout=120 if wrapper else 30)
     log(f"pgharbor on 127.0.0.1:{port} (pid {p.pid})")
 
 
@@ -503,8 +505,14 @@ def run_pgbench(env: Env, args, workload: str, clients: int, target: str, rnd: i
     r = Run(workload, clients, target, rnd)
     logdir = tempfile.mkdtemp(prefix="pgbench-log-", dir=env.tmp)
     jobs = 2 if clients >= args.jobs2_from and clients >= 2 else 1
+    # pgbench's -T clock includes opening the connections; with hundreds of
+    # SCRAM logins (and, direct or through the relay, hundreds of backend
+    # forks) that can take longer than the run. Give it time to connect: its
+    # tps excludes the initial connection time, and our CPU window starts
+    # at the first completed transaction.
+    connect_allowance = -(-clients // args.connect_rate) if clients > 64 else 0
     cmd = [os.path.join(env.pg_bin, "pgbench"), "-h", "127.0.0.1", "-p", str(target_port(env, target)),
-           "-U", USER, "-c", str(clients), "-j", str(jobs), "-T", str(args.duration),
+           "-U", USER, "-c", str(clients), "-j", str(jobs), "-T", str(args.duration + connect_allowance),
            "--log", f"--log-prefix={logdir}/tx", "-P", "1"] + WORKLOADS[workload] + [DBNAME]
     pid = env.pids.get(target) if target in POOLERS else None
     e = {**_base_env(), "PGPASSWORD": PASSWORD}
@@ -537,6 +545,9 @@ def run_pgbench(env: Env, args, workload: str, clients: int, target: str, rnd: i
     r.failed_txns = int(m.group(1)) if m else 0
     m = re.search(r"latency average = ([\d.]+) ms", out)
     r.lat_avg_ms = float(m.group(1)) if m else None
+    if r.exit_code == 0 and r.tps is None:
+        r.exit_code = -1
+        r.error = "pgbench printed no tps (no transaction completed?)"
     if r.exit_code != 0 and not r.error:
         errs = [l for l in out.splitlines() if "error" in l.lower() or "FATAL" in l or "abort" in l.lower()]
         r.error = (errs[0] if errs else out.strip().splitlines()[-1] if out.strip() else "no output")[:200]
@@ -653,6 +664,21 @@ def ratio(a, b):
     return a / b
 
 
+def paired_ratio(runs: list[Run], w: str, c: int, a: str, b: str, key: str):
+    """Median over rounds of (a / b) within the same round.
+
+    Rounds of different targets run next to each other, so a ratio taken inside
+    a round cancels most of the machine's drift (other jobs, thermal) that a
+    ratio of medians keeps.
+    """
+    by = {}
+    for r in runs:
+        if r.workload == w and r.clients == c and r.exit_code == 0 and r.tps is not None:
+            by[(r.target, r.round)] = getattr(r, key)
+    rs = [ratio(by.get((a, n)), by.get((b, n))) for n in sorted({n for (_, n) in by})]
+    return median(rs)
+
+
 def summarize(runs: list[Run], cells: list[tuple[str, int]], targets: list[str]) -> dict:
     summary = {}
     for (w, c) in cells:
@@ -674,7 +700,7 @@ def summarize(runs: list[Run], cells: list[tuple[str, int]], targets: list[str])
     return summary
 
 
-def headline(S, cells, targets, idle) -> list[str]:
+def headline(S, pr, cells, targets, idle) -> list[str]:
     """The issue's targets, checked against this run's medians."""
     if not {"pgharbor", "pgbouncer"} <= set(targets):
         return []
@@ -693,21 +719,21 @@ def headline(S, cells, targets, idle) -> list[str]:
 
     for (w, c) in cells:
         if w in ("select-simple", "select-extended", "tpcb-like") and c in (16, 500) or (w, c) == ("churn", 16):
-            r = ratio(g(w, c, "pgharbor", "tps"), g(w, c, "pgbouncer", "tps"))
+            r = pr(w, c, "pgharbor", "pgbouncer", "tps")
             check(f"{w} {c}: TPS pgharbor / PgBouncer", r, "≥ 1.0", cmp(r, 1.0, False))
             if "direct" in targets and (w, c) in (("select-simple", 16), ("select-extended", 16)):
-                r = ratio(g(w, c, "pgharbor", "tps"), g(w, c, "direct", "tps"))
+                r = pr(w, c, "pgharbor", "direct", "tps")
                 check(f"{w} {c}: TPS pgharbor / direct", r, "≥ 0.90", cmp(r, 0.90, False))
             if "direct" in targets and w == "tpcb-like" and c >= 256:
-                r = ratio(g(w, c, "pgharbor", "tps"), g(w, c, "direct", "tps"))
+                r = pr(w, c, "pgharbor", "direct", "tps")
                 check(f"{w} {c}: TPS pgharbor / direct", r, "≥ 1.0", cmp(r, 1.0, False))
-            r = ratio(g(w, c, "pgharbor", "cpu_us"), g(w, c, "pgbouncer", "cpu_us"))
+            r = pr(w, c, "pgharbor", "pgbouncer", "cpu_us_per_txn")
             goal = 0.2 if w == "churn" else 1.0
             check(f"{w} {c}: CPU/txn pgharbor / PgBouncer "
                   f"({fmt(g(w, c, 'pgharbor', 'cpu_us'), 1)} vs {fmt(g(w, c, 'pgbouncer', 'cpu_us'), 1)} µs)",
                   r, f"≤ {goal}", cmp(r, goal, True))
             if "relay" in targets and w != "churn" and c == 16:
-                r = ratio(g(w, c, "pgharbor", "cpu_us"), g(w, c, "relay", "cpu_us"))
+                r = pr(w, c, "pgharbor", "relay", "cpu_us_per_txn")
                 check(f"{w} {c}: CPU/txn pgharbor / relay", r, "≤ 1.25", cmp(r, 1.25, True))
     if "direct" in targets:
         for (w, c) in cells:
@@ -718,8 +744,9 @@ def headline(S, cells, targets, idle) -> list[str]:
                     check(f"{w} 1: added latency pgharbor vs PgBouncer",
                           f"{(a - d) * 1000:+.0f} vs {(b - d) * 1000:+.0f} µs", "≤ PgBouncer's", a <= b)
     wins = [(w, c) for (w, c) in cells if g(w, c, "pgharbor", "tps") is not None
-            and (g(w, c, "pgbouncer", "tps") is None or g(w, c, "pgharbor", "tps") >= g(w, c, "pgbouncer", "tps"))]
-    check("cells where pgharbor TPS ≥ PgBouncer's (or PgBouncer fails)", f"{len(wins)} of {len(cells)}",
+            and not g(w, c, "pgharbor", "failed_runs")
+            and (g(w, c, "pgbouncer", "tps") is None or (pr(w, c, "pgharbor", "pgbouncer", "tps") or 0) >= 1.0)]
+    check("cells where pgharbor never failed and its TPS ≥ PgBouncer's (or PgBouncer fails)", f"{len(wins)} of {len(cells)}",
           "all", len(wins) == len(cells))
     for i in idle:
         if i["target"] == "pgharbor":
@@ -734,13 +761,15 @@ def tps_cell(s) -> str:
         return "—"
     if s["tps"] is None:
         return "**FAIL**"
-    mark = f" ({s['failed_runs']}/{s['rounds']} failed)" if s["failed_runs"] else ""
-    return fmt(s["tps"]) + mark
+    if s["failed_runs"]:
+        return f"**FAIL {s['failed_runs']}/{s['rounds']}**, {fmt(s['tps'])}"
+    return fmt(s["tps"])
 
 
 def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], started: str, elapsed: float) -> str:
     S = summarize(runs, cells, targets)
     g = lambda w, c, t, k: (S.get((w, c, t)) or {}).get(k)
+    pr = lambda w, c, a, b, k: paired_ratio(runs, w, c, a, b, k)
     L = []
     L.append(f"# pgharbor benchmark — {started}")
     L.append("")
@@ -751,8 +780,12 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
              f"pool size 20, transaction mode, SCRAM-SHA-256 ({args.secret} secret in the poolers); "
              f"took {elapsed / 60:.1f} min.")
     L.append("")
-    L += headline(S, cells, targets, idle)
+    L += headline(S, pr, cells, targets, idle)
     L.append("## Throughput (TPS) and pooler CPU per transaction")
+    L.append("")
+    L.append("TPS and CPU µs/txn: medians over rounds. Ratios: median over rounds of the ratio "
+             "within each round. `FAIL k/n, X`: k of n rounds failed (see Failures), X is the median "
+             "of the others.")
     L.append("")
     hdr = ["workload", "clients"] + [LABEL[t] + " TPS" for t in targets]
     if "pgharbor" in targets and "pgbouncer" in targets:
@@ -773,16 +806,16 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
         row = [w, str(c)]
         row += [tps_cell(S.get((w, c, t))) for t in targets]
         if "pgharbor" in targets and "pgbouncer" in targets:
-            row.append(fmt(ratio(g(w, c, "pgharbor", "tps"), g(w, c, "pgbouncer", "tps")), 2))
+            row.append(fmt(pr(w, c, "pgharbor", "pgbouncer", "tps"), 2))
         if "pgharbor" in targets and "direct" in targets:
-            row.append(fmt(ratio(g(w, c, "pgharbor", "tps"), g(w, c, "direct", "tps")), 2))
+            row.append(fmt(pr(w, c, "pgharbor", "direct", "tps"), 2))
         if "pgbouncer" in targets and "direct" in targets:
-            row.append(fmt(ratio(g(w, c, "pgbouncer", "tps"), g(w, c, "direct", "tps")), 2))
+            row.append(fmt(pr(w, c, "pgbouncer", "direct", "tps"), 2))
         row += [fmt(g(w, c, t, "cpu_us"), 1) for t in cpu_targets]
         if "pgharbor" in targets and "pgbouncer" in targets:
-            row.append(fmt(ratio(g(w, c, "pgharbor", "cpu_us"), g(w, c, "pgbouncer", "cpu_us")), 2))
+            row.append(fmt(pr(w, c, "pgharbor", "pgbouncer", "cpu_us_per_txn"), 2))
         if "pgharbor" in targets and "relay" in targets:
-            row.append(fmt(ratio(g(w, c, "pgharbor", "cpu_us"), g(w, c, "relay", "cpu_us")), 2))
+            row.append(fmt(pr(w, c, "pgharbor", "relay", "cpu_us_per_txn"), 2))
         L.append("| " + " | ".join(row) + " |")
     L.append("")
     L.append("## Latency (ms): average / p99")
@@ -854,10 +887,15 @@ def parse_args():
                     help="what the poolers are given: the plaintext password (default) or the SCRAM verifier from pg_authid")
     ap.add_argument("--jobs2-from", type=int, default=64, help="use pgbench -j 2 from this many clients (default 64)")
     ap.add_argument("--max-connections", type=int, default=600)
+    ap.add_argument("--connect-rate", type=int, default=40,
+                    help="above 64 clients, add clients/RATE seconds to -T for the initial connections (default 40)")
     ap.add_argument("--no-build", action="store_true", help="reuse the last release build")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     ap.add_argument("--keep-tmp", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--pgharbor-wrapper", metavar="CMD",
+                    help="prefix for the pgharbor command, for profiling, e.g. "
+                         "'valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out' (its figures are then not comparable)")
     ap.add_argument("--render-only", metavar="JSON", help="re-render the report of an earlier run's .json (to --out)")
     a = ap.parse_args()
     a.duration = a.duration or (3 if a.quick else 10)
@@ -888,7 +926,7 @@ def make_cells(a) -> list[tuple[str, int]]:
 def render_only(args) -> int:
     with open(args.render_only) as f:
         d = json.load(f)
-    a = argparse.Namespace(**d["args"])
+    a = argparse.Namespace(**{"connect_rate": 40, "pgharbor_wrapper": None, **d["args"]})
     runs = [Run(**r) for r in d["runs"]]
     targets = d.get("targets") or a.targets.split(",")
     cells = [tuple(c) for c in d.get("cells") or []]
