@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -100,6 +101,11 @@ pub struct Server {
     pub last_used: Instant,
     /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
     pub status: u8,
+    /// Bumped whenever `params` changes.
+    pub params_version: u64,
+    /// The client parameter map this server was last synced to, and
+    /// `params_version` then: lets checkout skip the comparison.
+    pub synced: Option<(Arc<BTreeMap<String, String>>, u64)>,
     /// Proxy-named statements prepared on this server (transaction mode).
     pub prepared: crate::client::prepared::PreparedSet,
 }
@@ -143,6 +149,8 @@ impl Server {
             last_used: Instant::now(),
             status: b'I',
             prepared: Default::default(),
+            params_version: 0,
+            synced: None,
         };
         let mut out = BytesMut::new();
         frontend::startup_message(
@@ -283,7 +291,15 @@ impl Server {
     /// Records a ParameterStatus body.
     pub fn note_parameter(&mut self, body: &[u8]) {
         if let Some((k, v)) = parse_parameter_status(body) {
-            self.params.insert(k, v);
+            self.set_param(k, v);
+        }
+    }
+
+    /// Records a reported parameter value.
+    pub fn set_param(&mut self, name: String, value: String) {
+        if self.params.get(&name) != Some(&value) {
+            self.params.insert(name, value);
+            self.params_version += 1;
         }
     }
 
@@ -338,6 +354,29 @@ impl Server {
     /// parameters that differ and unreported ones the client set at startup,
     /// and resets what an earlier client left. One round trip, or none.
     pub async fn sync_params(
+        &mut self,
+        reported: &Arc<BTreeMap<String, String>>,
+        other: &BTreeMap<String, String>,
+    ) -> Result<(), ServerError> {
+        // Fast path: the server was last synced to this very map (clients
+        // with default settings share one) and has reported nothing since.
+        if other.is_empty() && self.applied.is_empty() {
+            if let Some((map, version)) = &self.synced {
+                if Arc::ptr_eq(map, reported) && *version == self.params_version {
+                    return Ok(());
+                }
+            }
+        }
+        let result = self.sync_params_slow(reported, other).await;
+        if result.is_ok() {
+            self.synced = Some((reported.clone(), self.params_version));
+        } else {
+            self.synced = None;
+        }
+        result
+    }
+
+    async fn sync_params_slow(
         &mut self,
         reported: &BTreeMap<String, String>,
         other: &BTreeMap<String, String>,

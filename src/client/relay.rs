@@ -504,7 +504,7 @@ impl Session {
                         }
                         b'S' => {
                             if let Some((k, v)) = backend::parse_parameter_status(body) {
-                                pooled.server.params.insert(k.clone(), v.clone());
+                                pooled.server.set_param(k.clone(), v.clone());
                                 if self.reported.get(&k) != Some(&v) {
                                     Arc::make_mut(&mut self.reported).insert(k, v);
                                 }
