@@ -186,3 +186,36 @@ async fn listen_does_not_take_a_pool_server() {
     holder.batch_execute("COMMIT").await.unwrap();
     holder2.batch_execute("COMMIT").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_listener_connection_is_restored_with_a_marker() {
+    let text = format!(
+        "{}\n[listen]\noverflow_payload = \"rescan\"\n",
+        config_text_for_user("transaction", 2, "", "relisten")
+    );
+    let proxy = start_proxy_with(&text).await;
+    let (c, mut rx) = listening_client(&dsn_as(&proxy, "relisten", "relisten")).await;
+    c.batch_execute("LISTEN phoenix").await.unwrap();
+    let direct = connect_direct().await;
+    direct
+        .batch_execute("select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'pgharbor-listener' and usename = 'relisten'")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("marker after reconnect")
+        .unwrap();
+    assert_eq!((n.channel(), n.payload(), n.process_id()), ("phoenix", "rescan", 0));
+    // Subscriptions are back: later notifications arrive.
+    let mut ok = false;
+    for _ in 0..30 {
+        direct.batch_execute("NOTIFY phoenix, 'again'").await.unwrap();
+        if let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            if n.payload() == "again" {
+                ok = true;
+                break;
+            }
+        }
+    }
+    assert!(ok, "notifications flow again after the listener reconnected");
+}
