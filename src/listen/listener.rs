@@ -266,6 +266,8 @@ async fn session(
         reg.dirty.extend(all);
     }
     reconcile(l, hub, &mut actual, &mut inflight, &mut wbuf);
+    // An empty query: its ReadyForQuery marks the end of the first batch.
+    let _ = frontend::query("", &mut wbuf);
     inflight.push_back(InFlight {
         op: Op::Barrier { markers },
         error: None,
@@ -275,6 +277,9 @@ async fn session(
     let (mut rd, mut wr) = server.stream.split();
     let outcome = loop {
         let idle = inflight.is_empty() && actual.is_empty() && !l.wanted();
+        if rbuf.capacity() - rbuf.len() < 4096 {
+            rbuf.reserve(32 * 1024);
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break Outcome::Shutdown,
             c = rx.recv() => match c {
@@ -470,7 +475,9 @@ fn fan_out(l: &Listener, hub: &HubShared, addr: std::net::SocketAddr, msg: Bytes
             m.put_slice(&msg[9..]);
             m.freeze()
         }
-        _ => msg.freeze(),
+        // Copied once (not per subscriber), so a queued notification pins
+        // only its own bytes, not the whole read buffer it arrived in.
+        _ => Bytes::copy_from_slice(&msg),
     };
     for q in queues.iter() {
         let pushed = q.push(&channel, shared.clone());

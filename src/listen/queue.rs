@@ -35,6 +35,9 @@ struct Inner {
     /// Channels that lost notifications and still owe a marker, in the order
     /// they overflowed (a channel at most once).
     owed: Vec<String>,
+    /// Channels whose marker is queued and not yet drained: a later loss on
+    /// them is covered by that marker (the client reads it after the loss).
+    marked: Vec<String>,
     /// The disconnect policy fired.
     fatal: bool,
     fatal_taken: bool,
@@ -82,7 +85,9 @@ impl Queue {
     fn place_markers(inner: &mut Inner, capacity: usize) {
         let room = capacity.saturating_sub(inner.entries.len());
         let n = room.min(inner.owed.len());
-        for ch in inner.owed.drain(..n) {
+        let placed: Vec<String> = inner.owed.drain(..n).collect();
+        for ch in placed {
+            inner.marked.push(ch.clone());
             inner.entries.push_back(Entry::Marker(ch));
         }
     }
@@ -104,11 +109,14 @@ impl Queue {
                         inner.fatal = true;
                         inner.entries = VecDeque::new();
                         inner.owed = Vec::new();
+                        inner.marked = Vec::new();
                         Pushed::Fatal
                     }
                     OverflowPolicy::Marker => {
                         let new_overflow = inner.owed.is_empty();
-                        if !inner.owed.iter().any(|c| c == channel) {
+                        if !inner.owed.iter().any(|c| c == channel)
+                            && !inner.marked.iter().any(|c| c == channel)
+                        {
                             inner.owed.push(channel.to_owned());
                         }
                         Pushed::Dropped { new_overflow }
@@ -131,7 +139,7 @@ impl Queue {
                 return;
             }
             for ch in channels {
-                if !inner.owed.iter().any(|c| c == ch) {
+                if !inner.owed.iter().any(|c| c == ch) && !inner.marked.iter().any(|c| c == ch) {
                     inner.owed.push(ch.to_owned());
                 }
             }
@@ -155,6 +163,7 @@ impl Queue {
                 return (0, 0);
             }
             let mut taken = std::mem::take(&mut inner.entries);
+            inner.marked.clear();
             // The queue is now empty: every owed marker fits after what was
             // queued, which is exactly where the gap was.
             taken.extend(inner.owed.drain(..).map(Entry::Marker));
