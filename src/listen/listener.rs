@@ -266,8 +266,7 @@ async fn session(
         reg.dirty.extend(all);
     }
     reconcile(l, hub, &mut actual, &mut inflight, &mut wbuf);
-    // The barrier is an empty query: its ReadyForQuery says every LISTEN of
-    // this (re)connection's first batch has been executed.
+    // An empty query: its ReadyForQuery marks the end of the first batch.
     let _ = frontend::query("", &mut wbuf);
     inflight.push_back(InFlight {
         op: Op::Barrier { markers },
