@@ -205,11 +205,17 @@ async fn a_killed_listener_connection_is_restored_with_a_marker() {
         .await
         .expect("marker after reconnect")
         .unwrap();
-    assert_eq!((n.channel(), n.payload(), n.process_id()), ("phoenix", "rescan", 0));
+    assert_eq!(
+        (n.channel(), n.payload(), n.process_id()),
+        ("phoenix", "rescan", 0)
+    );
     // Subscriptions are back: later notifications arrive.
     let mut ok = false;
     for _ in 0..30 {
-        direct.batch_execute("NOTIFY phoenix, 'again'").await.unwrap();
+        direct
+            .batch_execute("NOTIFY phoenix, 'again'")
+            .await
+            .unwrap();
         if let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
             if n.payload() == "again" {
                 ok = true;
@@ -217,5 +223,8 @@ async fn a_killed_listener_connection_is_restored_with_a_marker() {
             }
         }
     }
-    assert!(ok, "notifications flow again after the listener reconnected");
+    assert!(
+        ok,
+        "notifications flow again after the listener reconnected"
+    );
 }
