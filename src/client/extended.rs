@@ -8,11 +8,11 @@ use bytes::BytesMut;
 use super::expect::{Action, Reply, Undo};
 use super::prepared::{build_bind, build_target, parse_bind, parse_parse, parse_target, Statement};
 use super::session::Session;
-use bytes::BufMut;
 
-use super::session_state::{detect, refusal_query};
+use super::relay::synthesize;
+use super::session_state::{detect, refusal_parse, refusal_query};
 use crate::config::SessionState;
-use crate::protocol::backend::{self, finish_len, put_cstr};
+use crate::protocol::backend;
 use crate::protocol::frame::read_cstr;
 use crate::protocol::ProtocolError;
 
@@ -45,18 +45,7 @@ impl Session {
                     if let Some(text) = self.check_session_state(sql) {
                         // Refused: the error comes from the server in place of
                         // this Parse; the extended pipeline then skips to Sync.
-                        let mut parse = BytesMut::new();
-                        let q = format!(
-                            "DO $pgharbor$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END $pgharbor$",
-                            crate::server::quote_literal(&text)
-                        );
-                        parse.put_u8(b'P');
-                        parse.put_i32(0);
-                        put_cstr(&mut parse, "");
-                        put_cstr(&mut parse, &q);
-                        parse.put_i16(0);
-                        finish_len(&mut parse, 0);
-                        self.to_server.extend_from_slice(&parse);
+                        refusal_parse(&mut self.to_server, &text);
                         self.expect
                             .push(Reply::ParseComplete, Action::Forward, None);
                         return Ok(());
@@ -138,11 +127,7 @@ impl Session {
         }
         let mut synthesized = false;
         while let Some(reply) = self.expect.due_synthesized() {
-            match reply {
-                Reply::ParseComplete => backend::parse_complete(&mut self.to_client),
-                Reply::CloseComplete => backend::close_complete(&mut self.to_client),
-                _ => {}
-            }
+            synthesize(&mut self.to_client, reply);
             synthesized = true;
         }
         if synthesized {

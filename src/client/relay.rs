@@ -85,7 +85,7 @@ fn append(out: &mut BytesMut, chunk: BytesMut) {
 }
 
 /// A reply pgharbor gives in the server's place.
-fn synthesize(out: &mut BytesMut, reply: Reply) {
+pub(super) fn synthesize(out: &mut BytesMut, reply: Reply) {
     match reply {
         Reply::ParseComplete => backend::parse_complete(out),
         Reply::CloseComplete => backend::close_complete(out),
@@ -413,11 +413,7 @@ impl Session {
             return self.flush_server();
         }
         let chunk = self.cbuf.split_to(n);
-        if self.to_server.is_empty() {
-            self.to_server = chunk;
-        } else {
-            self.to_server.unsplit(chunk);
-        }
+        append(&mut self.to_server, chunk);
         if self.cbuf.is_empty() {
             self.cbuf = BytesMut::new();
         }

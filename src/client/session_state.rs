@@ -82,15 +82,30 @@ pub fn detect(sql: &str, is_reported: impl Fn(&str) -> bool) -> Option<String> {
 /// the server, so the refusal lands exactly where Postgres would put an
 /// error (and aborts an open transaction as an error would).
 pub fn refusal_query(out: &mut BytesMut, message: &str) {
-    let text = format!(
-        "DO $pgharbor$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END $pgharbor$",
-        crate::server::quote_literal(message)
-    );
     let start = out.len();
     out.put_u8(b'Q');
     out.put_i32(0);
-    put_cstr(out, &text);
+    put_cstr(out, &refusal_sql(message));
     finish_len(out, start);
+}
+
+/// The same refusal as an unnamed-statement Parse (no parameters), for the
+/// extended protocol: the error comes at Execute, in the Parse's place.
+pub fn refusal_parse(out: &mut BytesMut, message: &str) {
+    let start = out.len();
+    out.put_u8(b'P');
+    out.put_i32(0);
+    put_cstr(out, "");
+    put_cstr(out, &refusal_sql(message));
+    out.put_i16(0);
+    finish_len(out, start);
+}
+
+fn refusal_sql(message: &str) -> String {
+    format!(
+        "DO $pgharbor$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END $pgharbor$",
+        crate::server::quote_literal(message)
+    )
 }
 
 #[cfg(test)]
