@@ -6,35 +6,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use support::*;
-use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Notification};
-
-async fn listening_client(
-    dsn: &str,
-) -> (
-    tokio_postgres::Client,
-    mpsc::UnboundedReceiver<Notification>,
-) {
-    let (client, mut conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(n)) => {
-                    let _ = tx.send(n);
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    });
-    (client, rx)
-}
 
 fn config(extra_listen: &str) -> String {
     format!(

@@ -6,6 +6,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
+use crate::listen::ListenCommand;
+
 /// The kind of reply a message produces when it succeeds, by what ends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
@@ -29,6 +33,25 @@ pub enum Action {
     /// A client message pgharbor answered itself: no server reply comes; the
     /// reply is synthesized when everything before it has been answered.
     Synthesize,
+    /// A message pgharbor injected so that the server fails and skips to the
+    /// next Sync as Postgres would after the error pgharbor already gave the
+    /// client: its error is dropped.
+    Abort,
+}
+
+/// A reply pgharbor gives itself, already encoded, and the LISTEN/UNLISTEN
+/// that takes effect (at the end of the transaction) once it is sent.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub bytes: Bytes,
+    pub listen: Option<ListenCommand>,
+}
+
+/// A synthesized reply now due.
+#[derive(Debug)]
+pub struct Synthesized {
+    pub reply: Reply,
+    pub local: Option<Box<Local>>,
 }
 
 /// Undo information for a named statement whose Parse never took effect.
@@ -45,6 +68,9 @@ pub struct Expected {
     pub reply: Reply,
     pub action: Action,
     pub undo: Option<Undo>,
+    /// For `Synthesize`: the reply when it is not a plain ParseComplete or
+    /// CloseComplete.
+    pub local: Option<Box<Local>>,
 }
 
 /// How a server message relates to the queue.
@@ -67,6 +93,17 @@ impl Expectations {
             reply,
             action,
             undo,
+            local: None,
+        });
+    }
+
+    /// Queues a reply pgharbor gives itself, encoded in `local`.
+    pub fn push_local(&mut self, reply: Reply, local: Local) {
+        self.queue.push_back(Expected {
+            reply,
+            action: Action::Synthesize,
+            undo: None,
+            local: Some(Box::new(local)),
         });
     }
 
@@ -80,9 +117,14 @@ impl Expectations {
 
     /// Pops the synthesized replies now due (everything before them has
     /// been answered), in order.
-    pub fn due_synthesized(&mut self) -> Option<Reply> {
+    pub fn due_synthesized(&mut self) -> Option<Synthesized> {
         match self.queue.front() {
-            Some(e) if e.action == Action::Synthesize => self.queue.pop_front().map(|e| e.reply),
+            Some(e) if e.action == Action::Synthesize => {
+                self.queue.pop_front().map(|e| Synthesized {
+                    reply: e.reply,
+                    local: e.local,
+                })
+            }
             _ => None,
         }
     }
@@ -113,6 +155,7 @@ impl Expectations {
                 // the client (even for an injected Parse: it explains why the
                 // client's Bind could not run).
                 let mut failed = self.queue.pop_front();
+                let aborted = failed.as_ref().is_some_and(|e| e.action == Action::Abort);
                 while let Some(e) = failed {
                     if let Some(u) = e.undo {
                         undo.push(u);
@@ -122,7 +165,11 @@ impl Expectations {
                         _ => None,
                     };
                 }
-                return Outcome::Forward;
+                return if aborted {
+                    Outcome::Swallow
+                } else {
+                    Outcome::Forward
+                };
             }
             _ => false,
         };
@@ -138,7 +185,7 @@ impl Expectations {
             }
         }
         match done.action {
-            Action::Swallow => Outcome::Swallow,
+            Action::Swallow | Action::Abort => Outcome::Swallow,
             _ => Outcome::Forward,
         }
     }
@@ -157,7 +204,7 @@ mod tests {
         q.push(Reply::ParseComplete, Action::Swallow, None);
         q.push(Reply::BindComplete, Action::Forward, None);
         q.push(Reply::Ready, Action::Forward, None);
-        assert_eq!(q.due_synthesized(), None);
+        assert!(q.due_synthesized().is_none());
         assert!(matches!(
             q.on_server_message(b'D', &mut undo, &mut Vec::new()),
             Outcome::Forward
@@ -166,8 +213,11 @@ mod tests {
             q.on_server_message(b'C', &mut undo, &mut Vec::new()),
             Outcome::Forward
         ));
-        assert_eq!(q.due_synthesized(), Some(Reply::ParseComplete));
-        assert_eq!(q.due_synthesized(), None);
+        assert_eq!(
+            q.due_synthesized().map(|s| s.reply),
+            Some(Reply::ParseComplete)
+        );
+        assert!(q.due_synthesized().is_none());
         assert!(matches!(
             q.on_server_message(b'1', &mut undo, &mut Vec::new()),
             Outcome::Swallow

@@ -123,18 +123,33 @@ impl Session {
                         .push(Reply::CloseComplete, Action::Forward, None);
                 }
             }
+            // Execute and Sync come here whole only while LISTEN portals
+            // exist or the client's messages are being skipped.
+            b'E' => {
+                self.to_server.extend_from_slice(msg);
+                self.expect.push(Reply::Execute, Action::Forward, None);
+            }
+            b'S' => {
+                self.to_server.extend_from_slice(msg);
+                self.expect.push(Reply::Ready, Action::Forward, None);
+            }
             _ => self.to_server.extend_from_slice(msg),
         }
+        self.emit_due_synthesized();
+        Ok(())
+    }
+
+    /// Sends the synthesized replies whose turn has come.
+    pub(super) fn emit_due_synthesized(&mut self) {
         let mut synthesized = false;
         while let Some(reply) = self.expect.due_synthesized() {
-            synthesize(&mut self.to_client, reply);
+            synthesize(&mut self.to_client, &mut self.pending_listens, reply);
             synthesized = true;
         }
         if synthesized {
             // Errors surface on the next write; the relay loop handles them.
             let _ = self.flush_client();
         }
-        Ok(())
     }
 
     /// Between transactions, a burst of Parse messages for statements some

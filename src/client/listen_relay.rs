@@ -96,18 +96,19 @@ impl Session {
 
     /// The transaction ended: LISTENs held inside it take effect on COMMIT
     /// and are dropped otherwise.
-    pub(super) async fn end_of_listen_transaction(&mut self, committed: bool) {
+    pub(super) async fn end_of_listen_transaction(
+        &mut self,
+        committed: bool,
+    ) -> Result<(), crate::listen::ListenError> {
         if self.pending_listens.is_empty() {
-            return;
+            return Ok(());
         }
         if !committed {
             self.pending_listens.rollback();
-            return;
+            return Ok(());
         }
         let mut pending = std::mem::take(&mut self.pending_listens);
         let sub = self.subscriber();
-        if let Err(e) = pending.commit(sub).await {
-            tracing::warn!(error = %e, "LISTEN at COMMIT failed");
-        }
+        pending.commit(sub).await
     }
 }

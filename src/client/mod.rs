@@ -3,6 +3,7 @@
 
 mod expect;
 mod extended;
+mod listen_extended;
 mod listen_relay;
 pub mod prepared;
 mod relay;

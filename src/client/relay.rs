@@ -14,10 +14,12 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use super::expect::{Action, Outcome, Reply};
+use super::expect::{Action, Outcome, Reply, Synthesized};
+use super::listen_extended::LocalAction;
 use super::listen_relay::{may_be_listen, Intercept};
 use super::session::{Session, SessionError};
 use crate::config::PoolMode;
+use crate::listen::PendingListens;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::frame::Step;
 use crate::protocol::{backend, sqlstate, PgError};
@@ -84,12 +86,20 @@ fn append(out: &mut BytesMut, chunk: BytesMut) {
     }
 }
 
-/// A reply pgharbor gives in the server's place.
-pub(super) fn synthesize(out: &mut BytesMut, reply: Reply) {
-    match reply {
+/// A reply pgharbor gives in the server's place. A LISTEN/UNLISTEN answered
+/// this way joins the transaction's pending ones.
+pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Synthesized) {
+    if let Some(local) = s.local {
+        out.extend_from_slice(&local.bytes);
+        if let Some(cmd) = local.listen {
+            pending.push(cmd);
+        }
+        return;
+    }
+    match s.reply {
         Reply::ParseComplete => backend::parse_complete(out),
         Reply::CloseComplete => backend::close_complete(out),
-        // Only Parse and Close are ever answered by pgharbor itself.
+        // Other replies are synthesized only with their bytes (`local`).
         Reply::BindComplete | Reply::Describe | Reply::Execute | Reply::Ready => {}
     }
 }
@@ -293,8 +303,21 @@ impl Session {
         let mut ready = 0usize;
         let tx = self.mode == PoolMode::Transaction;
         loop {
-            let inspect =
-                |t: u8| t == b'X' || (tx && matches!(t, b'P' | b'B' | b'D' | b'C' | b'Q'));
+            let no_server = self.server.is_none();
+            let (skipping, local_portals) = match self.local.as_deref() {
+                Some(l) => (l.skip_to_sync, l.has_portals()),
+                None => (false, false),
+            };
+            // Sync and Flush are answered here when no server is held, and
+            // Execute when it may name a LISTEN portal.
+            let inspect = |t: u8| {
+                t == b'X'
+                    || (tx
+                        && (matches!(t, b'P' | b'B' | b'D' | b'C' | b'Q')
+                            || (t == b'S' && (no_server || skipping))
+                            || (t == b'H' && no_server)
+                            || (t == b'E' && local_portals)))
+            };
             let step = self
                 .cscan
                 .step(&self.cbuf[ready..], self.max_message, inspect);
@@ -305,6 +328,24 @@ impl Session {
                     return Ok(Some(self.send_fatal(e).await));
                 }
             };
+            if skipping {
+                // After an error pgharbor gave itself: as Postgres, ignore
+                // everything up to Sync. Nothing is waiting in `ready`.
+                match step {
+                    Step::Incomplete => break,
+                    Step::Whole {
+                        tag: b'S' | b'X', ..
+                    } => {
+                        if let Some(l) = self.local.as_deref_mut() {
+                            l.skip_to_sync = false;
+                        }
+                    }
+                    Step::Whole { len, .. } | Step::Pass { len, .. } => {
+                        let _ = self.cbuf.split_to(len);
+                        continue;
+                    }
+                }
+            }
             if let Step::Whole { tag: b'Q', len } = step {
                 let candidate =
                     crate::protocol::frame::read_cstr(&self.cbuf[ready + 5..ready + len])
@@ -334,14 +375,35 @@ impl Session {
                     // and is cleaned up by `finish`.
                     return Ok(Some(Ok(())));
                 }
+                // With no server held nothing waits in `ready`: every message
+                // passed on unread takes a server first.
+                Step::Whole { tag: b'S', len } if no_server => {
+                    let _ = self.cbuf.split_to(len);
+                    self.answer_sync_locally().await;
+                }
+                Step::Whole { tag: b'H', len } if no_server => {
+                    let _ = self.cbuf.split_to(len);
+                    self.flush_client()?;
+                }
                 Step::Whole { tag, len } => {
                     // A message transaction mode rewrites (named statements).
-                    if self.server.is_none()
-                        && tag == b'P'
-                        && ready == 0
-                        && self.answer_prepare_locally()
-                    {
+                    if no_server && tag == b'P' && ready == 0 && self.answer_prepare_locally() {
                         continue;
+                    }
+                    if tx && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C') {
+                        let body = &self.cbuf[ready + 5..ready + len];
+                        let action = self.classify_local(tag, body);
+                        if let LocalAction::NotLocal = action {
+                            if let Some(l) = self.local.as_deref_mut() {
+                                l.forget_shadowed(tag, &self.cbuf[ready + 5..ready + len]);
+                            }
+                        } else {
+                            self.forward_ready(ready)?;
+                            ready = 0;
+                            let _ = self.cbuf.split_to(len);
+                            self.answer_local(action);
+                            continue;
+                        }
                     }
                     if let Some(end) = self.ensure_server().await {
                         return Ok(Some(end));
@@ -489,8 +551,20 @@ impl Session {
                             self.txn.pending = self.txn.pending.saturating_sub(1);
                             release = false;
                             if status == b'I' && !self.pending_listens.is_empty() {
-                                listen_txn_end =
-                                    Some(self.last_command_tag.as_deref() == Some("COMMIT"));
+                                // An explicit transaction ends with COMMIT or
+                                // ROLLBACK (also the tag of a failed COMMIT);
+                                // an implicit one commits unless it failed.
+                                listen_txn_end = Some(match self.last_command_tag.as_deref() {
+                                    Some("COMMIT") => true,
+                                    Some("ROLLBACK") => false,
+                                    _ => !self.txn.failed,
+                                });
+                            }
+                            self.txn.failed = false;
+                            if status == b'I' {
+                                if let Some(l) = self.local.as_deref_mut() {
+                                    l.end_of_transaction();
+                                }
                             }
                             if self.txn.pending == 0 && !self.txn.unsynced && status == b'I' {
                                 txn_done = true;
@@ -506,8 +580,11 @@ impl Session {
                                 }
                             }
                         }
-                        b'E' if ServerErrorFields::parse(body).is_fatal() => {
-                            self.server_fatal_sent = true;
+                        b'E' => {
+                            self.txn.failed = true;
+                            if ServerErrorFields::parse(body).is_fatal() {
+                                self.server_fatal_sent = true;
+                            }
                         }
                         b'G' => self.txn.copy_in = true,
                         b'C' if !self.pending_listens.is_empty() => {
@@ -536,7 +613,7 @@ impl Session {
                             let before = pooled.server.rbuf.split_to(ready);
                             append(&mut self.to_client, before);
                             ready = 0;
-                            synthesize(&mut self.to_client, reply);
+                            synthesize(&mut self.to_client, &mut self.pending_listens, reply);
                         }
                     }
                 }
@@ -561,7 +638,9 @@ impl Session {
         if let Some(committed) = listen_txn_end {
             // Before the ReadyForQuery reaches the client: a NOTIFY it sends
             // next must find the LISTEN in place, as on Postgres.
-            self.end_of_listen_transaction(committed).await;
+            if let Err(e) = self.end_of_listen_transaction(committed).await {
+                tracing::warn!(error = %e, "LISTEN at COMMIT failed");
+            }
             self.last_command_tag = None;
         }
         if let Err(e) = self.flush_client() {

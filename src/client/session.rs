@@ -156,6 +156,7 @@ async fn run(
         pinned: None,
         listen: None,
         pending_listens: Default::default(),
+        local: None,
         last_command_tag: None,
         noted_sender: None,
     };
@@ -193,6 +194,8 @@ pub(super) struct TxnState {
     pub status: u8,
     /// When the current unit of work began (for the duration histogram).
     pub started: Option<Instant>,
+    /// The server sent an ErrorResponse since its last ReadyForQuery.
+    pub failed: bool,
 }
 
 impl TxnState {
@@ -243,6 +246,9 @@ pub(super) struct Session {
     pub listen: Option<crate::listen::Subscriber>,
     /// LISTEN/UNLISTEN issued inside the open transaction.
     pub pending_listens: crate::listen::PendingListens,
+    /// Transaction mode: LISTEN statements sent with the extended protocol
+    /// (created at the first one).
+    pub local: Option<Box<super::listen_extended::LocalStatements>>,
     /// Tag of the last CommandComplete, while LISTENs wait for COMMIT.
     pub last_command_tag: Option<String>,
     /// The server this client holds was announced to the LISTEN hub.

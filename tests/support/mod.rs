@@ -272,6 +272,32 @@ pub async fn backend_state(direct: &tokio_postgres::Client, pid: i32) -> Option<
         .map(|r| r.get(0))
 }
 
+/// A client whose notifications arrive on the returned channel.
+pub async fn listening_client(
+    dsn: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    let (client, mut conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = futures_util::StreamExt::next(&mut messages).await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    (client, rx)
+}
+
 /// A minimal protocol client over a raw socket, for what drivers will not
 /// send: Flush without Sync, malformed frames, half-finished transactions.
 pub mod raw {
@@ -348,6 +374,39 @@ pub mod raw {
         b.extend(0i16.to_be_bytes());
         b.extend(0i16.to_be_bytes());
         msg(b'B', &b)
+    }
+
+    /// Parse of statement `name` with the given parameter type OIDs.
+    pub fn parse_named(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
+        let mut b = cstr(name);
+        b.extend(cstr(sql));
+        b.extend((types.len() as i16).to_be_bytes());
+        for t in types {
+            b.extend(t.to_be_bytes());
+        }
+        msg(b'P', &b)
+    }
+
+    /// Bind of statement `statement` to the unnamed portal with `params`
+    /// text values.
+    pub fn bind_named(statement: &str, params: &[&str]) -> Vec<u8> {
+        let mut b = cstr("");
+        b.extend(cstr(statement));
+        b.extend(0i16.to_be_bytes());
+        b.extend((params.len() as i16).to_be_bytes());
+        for p in params {
+            b.extend((p.len() as i32).to_be_bytes());
+            b.extend(p.as_bytes());
+        }
+        b.extend(0i16.to_be_bytes());
+        msg(b'B', &b)
+    }
+
+    /// Describe (`D`) or Close (`C`) of statement `name`.
+    pub fn statement_target(tag: u8, name: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        b.extend(cstr(name));
+        msg(tag, &b)
     }
 
     /// Describe of the unnamed portal.
