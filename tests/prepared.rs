@@ -230,3 +230,93 @@ async fn session_state_error_mode_refuses_with_a_clear_message() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_result_type_is_prepared_again_outside_a_transaction() {
+    // One server, so the statement is always bound where it went stale.
+    let proxy = start_proxy("transaction", 1).await;
+    // The table belongs to the application's role; its DDL comes from a
+    // second client of the same pool.
+    let ddl = connect(&proxy, "app").await;
+    ddl.batch_execute(
+        "DROP TABLE IF EXISTS reshaped; CREATE TABLE reshaped (name varchar(10)); INSERT INTO reshaped VALUES ('one')",
+    )
+    .await
+    .unwrap();
+    let c = connect(&proxy, "app").await;
+    let stmt = c.prepare("select * from reshaped").await.unwrap();
+    let name = |row: tokio_postgres::Row| row.get::<_, String>(0);
+    assert_eq!(name(c.query_one(&stmt, &[]).await.unwrap()), "one");
+    let retries = || proxy.state().metrics.statement_retries.get();
+    assert_eq!(retries(), 0);
+
+    // Widening the column changes the statement's result type (its typmod):
+    // Postgres refuses the cached plan until the statement is prepared again.
+    ddl.batch_execute("ALTER TABLE reshaped ALTER COLUMN name TYPE varchar(20)")
+        .await
+        .unwrap();
+    let row = c
+        .query_one(&stmt, &[])
+        .await
+        .expect("retried transparently");
+    assert_eq!(name(row), "one");
+    assert_eq!(retries(), 1);
+    // The server now has the new shape: no more retries.
+    c.query_one(&stmt, &[]).await.unwrap();
+    assert_eq!(retries(), 1);
+
+    // Inside a transaction the error goes to the client: the transaction is
+    // aborted and only the client may decide to run it again.
+    ddl.batch_execute("ALTER TABLE reshaped ALTER COLUMN name TYPE varchar(30)")
+        .await
+        .unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    let err = c.query_one(&stmt, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(retries(), 1);
+    // Outside again, it works.
+    assert_eq!(name(c.query_one(&stmt, &[]).await.unwrap()), "one");
+    assert_eq!(retries(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_column_reaches_the_client_after_the_retry() {
+    use support::raw::{self, RawClient};
+    let proxy = start_proxy("transaction", 1).await;
+    let ddl = connect(&proxy, "app").await;
+    ddl.batch_execute(
+        "DROP TABLE IF EXISTS widened; CREATE TABLE widened (a int); INSERT INTO widened VALUES (1)",
+    )
+    .await
+    .unwrap();
+    let mut c = RawClient::login(proxy.addr(), USER, PASSWORD, "app").await;
+    c.send(
+        &[
+            raw::parse_named("w", "select * from widened", &[]),
+            raw::sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    c.until_ready().await;
+    let run = [raw::bind_named("w", &[]), raw::execute(), raw::sync()].concat();
+    let fields = |msgs: &[raw::Msg]| -> Vec<i16> {
+        msgs.iter()
+            .filter(|m| m.tag == b'D')
+            .map(|m| i16::from_be_bytes([m.body[0], m.body[1]]))
+            .collect()
+    };
+    c.send(&run).await;
+    assert_eq!(fields(&c.until_ready().await), [1]);
+    ddl.batch_execute("ALTER TABLE widened ADD COLUMN b text DEFAULT 'x'")
+        .await
+        .unwrap();
+    c.send(&run).await;
+    let msgs = c.until_ready().await;
+    assert!(msgs.iter().all(|m| m.tag != b'E'), "{msgs:?}");
+    // Exactly the replies of one execution, with the new row shape.
+    let tags: Vec<u8> = msgs.iter().map(|m| m.tag).collect();
+    assert_eq!(tags, b"2DCZ");
+    assert_eq!(fields(&msgs), [2]);
+}

@@ -171,6 +171,8 @@ impl Session {
     /// sent before it has been passed on.
     pub(super) fn answer_local(&mut self, action: LocalAction) {
         self.txn.unsynced = true;
+        // A group with messages answered here is not retried.
+        self.replay = None;
         let mut out = BytesMut::new();
         let mut listen = None;
         let reply = match action {

@@ -7,6 +7,7 @@ mod listen_extended;
 mod listen_relay;
 pub mod prepared;
 mod relay;
+mod replay;
 mod session;
 mod session_state;
 pub mod startup;

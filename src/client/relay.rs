@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use super::expect::{Action, Outcome, Reply, Synthesized};
 use super::listen_extended::LocalAction;
 use super::listen_relay::{may_be_listen, Intercept};
+use super::replay::keep_for_replay;
 use super::session::{Session, SessionError};
 use crate::config::PoolMode;
 use crate::listen::PendingListens;
@@ -164,13 +165,14 @@ impl Session {
         let idle_in_txn = self.pool.settings.idle_transaction_timeout;
         self.flush_client()?;
         loop {
-            if !self.cbuf.is_empty() && self.to_server.len() < HIGH_WATER {
+            let replay_armed = self.replay.as_ref().is_some_and(|r| r.armed);
+            if !self.cbuf.is_empty() && self.to_server.len() < HIGH_WATER && !replay_armed {
                 if let Some(end) = self.process_client_input().await? {
                     return end;
                 }
             }
             let server = self.server.as_ref().map(|p| &p.server.stream);
-            let want_client_read = self.to_server.len() < HIGH_WATER;
+            let want_client_read = self.to_server.len() < HIGH_WATER && !replay_armed;
             let want_server_read = self.to_client.len() < HIGH_WATER;
             let safe = self.at_safe_point();
             let idle_deadline = if self.server.is_none() && !client_idle.is_zero() {
@@ -410,8 +412,12 @@ impl Session {
                     }
                     self.forward_ready(ready)?;
                     ready = 0;
-                    self.note_client_message(tag);
                     let msg = self.cbuf.split_to(len);
+                    if tx {
+                        let idle = self.txn.is_idle();
+                        keep_for_replay(&mut self.replay, idle, &self.statements, Some(tag), &msg);
+                    }
+                    self.note_client_message(tag);
                     if tag == b'Q' {
                         self.expect.push(Reply::Ready, Action::Forward, None);
                     }
@@ -421,7 +427,13 @@ impl Session {
                         return Ok(Some(self.send_fatal(e).await));
                     }
                 }
-                Step::Pass { tag: None, len } => ready += len,
+                Step::Pass { tag: None, len } => {
+                    if tx && self.replay.is_some() {
+                        let bytes = &self.cbuf[ready..ready + len];
+                        keep_for_replay(&mut self.replay, false, &self.statements, None, bytes);
+                    }
+                    ready += len
+                }
                 Step::Pass {
                     tag: Some(tag),
                     len,
@@ -439,6 +451,11 @@ impl Session {
                         if let Some(end) = self.ensure_server().await {
                             return Ok(Some(end));
                         }
+                    }
+                    if tx {
+                        let idle = self.txn.is_idle();
+                        let bytes = &self.cbuf[ready..ready + len];
+                        keep_for_replay(&mut self.replay, idle, &self.statements, Some(tag), bytes);
                     }
                     self.note_client_message(tag);
                     if tx {
@@ -524,6 +541,8 @@ impl Session {
         let mut undo = Vec::new();
         let mut parsed = Vec::new();
         let mut listen_txn_end = None;
+        let mut drop_error = false;
+        let mut replay_now = false;
         let pooled = self.server.as_mut()?;
         let inspects = if tx {
             server_inspects_tx
@@ -540,7 +559,12 @@ impl Session {
             };
             match step {
                 Step::Incomplete => break,
-                Step::Pass { len, .. } => ready += len,
+                Step::Pass { tag, len } => {
+                    if let (Some(r), Some(tag)) = (self.replay.as_deref_mut(), tag) {
+                        r.note_forwarded(tag);
+                    }
+                    ready += len
+                }
                 Step::Whole { tag, len } => {
                     let body = &rbuf[ready + 5..ready + len];
                     match tag {
@@ -571,6 +595,15 @@ impl Session {
                                 release =
                                     self.mode == PoolMode::Transaction && self.pinned.is_none();
                             }
+                            if self.replay.as_ref().is_some_and(|r| r.armed) {
+                                // The group runs again: this ReadyForQuery is
+                                // not the client's, and the server stays.
+                                drop_error = true;
+                                replay_now = true;
+                                release = false;
+                                txn_done = false;
+                                listen_txn_end = None;
+                            }
                         }
                         b'S' => {
                             if let Some((k, v)) = backend::parse_parameter_status(body) {
@@ -582,6 +615,12 @@ impl Session {
                         }
                         b'E' => {
                             self.txn.failed = true;
+                            let alone = self.txn.pending == 1
+                                && !self.txn.unsynced
+                                && self.cscan.at_boundary();
+                            if let Some(r) = self.replay.as_deref_mut() {
+                                drop_error = r.arm(body, alone);
+                            }
                             if ServerErrorFields::parse(body).is_fatal() {
                                 self.server_fatal_sent = true;
                             }
@@ -594,11 +633,19 @@ impl Session {
                         }
                         _ => {}
                     }
-                    let outcome = if tx {
+                    let mut outcome = if tx {
                         self.expect.on_server_message(tag, &mut undo, &mut parsed)
                     } else {
                         Outcome::Forward
                     };
+                    if std::mem::take(&mut drop_error) {
+                        outcome = Outcome::Swallow;
+                    }
+                    if let Some(r) = self.replay.as_deref_mut() {
+                        if matches!(outcome, Outcome::Forward) {
+                            r.note_forwarded(tag);
+                        }
+                    }
                     if matches!(outcome, Outcome::Swallow) {
                         // Send what came before, then drop this reply.
                         let before = pooled.server.rbuf.split_to(ready);
@@ -634,6 +681,9 @@ impl Session {
         }
         if txn_done {
             self.end_of_transaction();
+        }
+        if replay_now {
+            self.start_replay();
         }
         if let Some(committed) = listen_txn_end {
             // Before the ReadyForQuery reaches the client: a NOTIFY it sends

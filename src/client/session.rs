@@ -157,6 +157,7 @@ async fn run(
         listen: None,
         pending_listens: Default::default(),
         local: None,
+        replay: None,
         last_command_tag: None,
         noted_sender: None,
     };
@@ -249,6 +250,9 @@ pub(super) struct Session {
     /// Transaction mode: LISTEN statements sent with the extended protocol
     /// (created at the first one).
     pub local: Option<Box<super::listen_extended::LocalStatements>>,
+    /// Transaction mode: the current Sync group, kept for a retry after its
+    /// statement's result type changed.
+    pub replay: Option<Box<super::replay::Replay>>,
     /// Tag of the last CommandComplete, while LISTENs wait for COMMIT.
     pub last_command_tag: Option<String>,
     /// The server this client holds was announced to the LISTEN hub.

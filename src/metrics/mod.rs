@@ -39,6 +39,9 @@ pub struct Metrics {
     pub listen_overflows: IntCounter,
     /// Transaction-mode clients pinned to their server by session state.
     pub session_pins: IntCounter,
+    /// Prepared statements prepared again and retried after their result
+    /// type changed.
+    pub statement_retries: IntCounter,
 }
 
 /// Handles for one pool's series (labels `database`, `user`).
@@ -208,6 +211,11 @@ impl Metrics {
                 &r,
                 "pgharbor_session_pins_total",
                 "Transaction-mode clients pinned to one server because they created session state",
+            ),
+            statement_retries: counter(
+                &r,
+                "pgharbor_prepared_retries_total",
+                "Executions retried after re-preparing a statement whose result type changed",
             ),
             registry: r,
         }

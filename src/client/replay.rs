@@ -1,0 +1,156 @@
+//! The transparent retry after `cached plan must not change result type`.
+//!
+//! A server keeps a prepared statement's result type from when it was
+//! prepared; after DDL changes it, the next Bind fails with 0A000 until the
+//! statement is prepared again. Clients of a pooler cannot do that themselves
+//! (the statement lives under pgharbor's name on a server they do not see),
+//! so pgharbor does it: when a Sync group that starts outside a transaction
+//! with a Bind of a named statement fails that way before any reply of the
+//! group reached the client, the error and its ReadyForQuery are dropped, the
+//! statement is closed on the server, and the client's messages of the group
+//! are processed again, which prepares the statement afresh and re-runs it.
+//! Once per group: a second failure goes to the client. Inside an explicit
+//! transaction the error always goes to the client, since the transaction is
+//! aborted and only the client may decide what to do.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::expect::{Action, Reply};
+use super::prepared::{build_target, parse_bind, Statement};
+use super::session::Session;
+use crate::protocol::error::ServerErrorFields;
+
+/// The message Postgres gives (src/backend/utils/cache/plancache.c).
+const CHANGED_RESULT_TYPE: &str = "cached plan must not change result type";
+/// Groups larger than this are not kept for a retry.
+const MAX_REPLAY_BYTES: usize = 64 * 1024;
+
+/// The client's messages of the current Sync group, kept for a retry.
+#[derive(Debug)]
+pub(super) struct Replay {
+    bytes: BytesMut,
+    /// The bound statement's name on the server.
+    statement: Arc<str>,
+    /// The group's Sync was kept: the group is whole.
+    complete: bool,
+    /// A reply of the group reached the client: too late to retry.
+    replied: bool,
+    /// The error was dropped; the retry starts at the ReadyForQuery.
+    pub armed: bool,
+    /// This group was retried already.
+    retried: bool,
+}
+
+impl Replay {
+    fn keep(&mut self, bytes: &[u8]) -> bool {
+        if self.bytes.len() + bytes.len() > MAX_REPLAY_BYTES {
+            return false;
+        }
+        self.bytes.extend_from_slice(bytes);
+        true
+    }
+
+    /// The server sent the ErrorResponse `body`: true when it is the changed
+    /// result type of the group's statement and the group can run again, so
+    /// the error is dropped. `alone`: nothing of a later group has reached
+    /// the server (the retry must run before it).
+    pub fn arm(&mut self, body: &[u8], alone: bool) -> bool {
+        if self.armed || self.retried || self.replied || !self.complete || !alone {
+            return false;
+        }
+        let fields = ServerErrorFields::parse(body);
+        if fields.code != "0A000" || fields.message != CHANGED_RESULT_TYPE {
+            return false;
+        }
+        self.armed = true;
+        true
+    }
+
+    /// A server message with `tag` goes to the client.
+    pub fn note_forwarded(&mut self, tag: u8) {
+        // ParameterStatus, notices and notifications are not replies.
+        if !matches!(tag, b'S' | b'N' | b'A' | b'E' | b'Z') {
+            self.replied = true;
+        }
+    }
+}
+
+/// Keeps a whole client message (or the start or rest of a passed one,
+/// `tag` None for a continuation) of the current Sync group for a retry.
+/// Called in transaction mode before the message is accounted for; `idle`:
+/// the client has nothing in flight and no transaction open.
+pub(super) fn keep_for_replay(
+    replay: &mut Option<Box<Replay>>,
+    idle: bool,
+    statements: &HashMap<String, Arc<Statement>>,
+    tag: Option<u8>,
+    bytes: &[u8],
+) {
+    if let Some(r) = replay.as_deref_mut() {
+        if !r.complete {
+            if !r.keep(bytes) {
+                *replay = None;
+            } else if tag == Some(b'S') {
+                r.complete = true;
+            }
+            return;
+        }
+    }
+    // A new group: kept only when it starts outside a transaction with a
+    // Bind of one of the client's named statements.
+    *replay = None;
+    if tag != Some(b'B') || !idle {
+        return;
+    }
+    let Ok(bind) = parse_bind(&bytes[5..]) else {
+        return;
+    };
+    if bind.statement.is_empty() {
+        return;
+    }
+    let Some(st) = statements.get(bind.statement) else {
+        return;
+    };
+    let mut r = Replay {
+        bytes: BytesMut::new(),
+        statement: st.name.clone(),
+        complete: false,
+        replied: false,
+        armed: false,
+        retried: false,
+    };
+    if r.keep(bytes) {
+        *replay = Some(Box::new(r));
+    }
+}
+
+impl Session {
+    /// At the group's ReadyForQuery after an armed error: closes the stale
+    /// statement on the server and puts the client's messages back in front
+    /// of whatever it sent since, to be processed again.
+    pub(super) fn start_replay(&mut self) {
+        let Some(r) = self.replay.as_deref_mut() else {
+            return;
+        };
+        r.armed = false;
+        r.retried = true;
+        r.complete = false;
+        r.replied = false;
+        let bytes = std::mem::take(&mut r.bytes);
+        let statement = r.statement.clone();
+        tracing::info!(statement = %statement, "result type changed: preparing the statement again and retrying");
+        self.state.metrics.statement_retries.inc();
+        if let Some(p) = self.server.as_mut() {
+            p.server.prepared.remove(&statement);
+        }
+        build_target(&mut self.to_server, b'C', b'S', &statement);
+        self.expect
+            .push(Reply::CloseComplete, Action::Swallow, None);
+        let mut cbuf = bytes;
+        cbuf.extend_from_slice(&self.cbuf);
+        self.cbuf = cbuf;
+    }
+}
