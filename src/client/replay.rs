@@ -101,29 +101,44 @@ pub(super) fn keep_for_replay(
     }
     // A new group: kept only when it starts outside a transaction with a
     // Bind of one of the client's named statements.
-    *replay = None;
-    if tag != Some(b'B') || !idle {
-        return;
-    }
-    let Ok(bind) = parse_bind(&bytes[5..]) else {
+    let statement = match tag {
+        Some(b'B') if idle => parse_bind(&bytes[5..])
+            .ok()
+            .filter(|b| !b.statement.is_empty())
+            .and_then(|b| statements.get(b.statement)),
+        _ => None,
+    };
+    let Some(st) = statement else {
+        *replay = None;
         return;
     };
-    if bind.statement.is_empty() {
-        return;
-    }
-    let Some(st) = statements.get(bind.statement) else {
-        return;
+    // The allocation is reused from group to group (prepared statements
+    // run over and over).
+    let r = match replay {
+        Some(r) => {
+            if r.bytes.capacity() > 4096 {
+                // Not kept at the size of one large group while idle.
+                r.bytes = BytesMut::new();
+            }
+            r.bytes.clear();
+            r.statement = st.name.clone();
+            r.complete = false;
+            r.replied = false;
+            r.armed = false;
+            r.retried = false;
+            r
+        }
+        None => replay.insert(Box::new(Replay {
+            bytes: BytesMut::new(),
+            statement: st.name.clone(),
+            complete: false,
+            replied: false,
+            armed: false,
+            retried: false,
+        })),
     };
-    let mut r = Replay {
-        bytes: BytesMut::new(),
-        statement: st.name.clone(),
-        complete: false,
-        replied: false,
-        armed: false,
-        retried: false,
-    };
-    if r.keep(bytes) {
-        *replay = Some(Box::new(r));
+    if !r.keep(bytes) {
+        *replay = None;
     }
 }
 
