@@ -281,15 +281,6 @@ async fn a_wrong_secret_cancels_nothing() {
     assert_eq!(cancel_count(&proxy, "forwarded"), 1);
 }
 
-/// A port free right now on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn peer_config(port: u16, id: u8, peer_id: u8, peer_port: u16) -> String {
     let text = config_text("transaction", 2, "").replace(
         "listen_addr = \"127.0.0.1:0\"",

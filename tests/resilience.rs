@@ -3,8 +3,7 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -270,39 +269,10 @@ async fn oversized_messages_get_a_clear_error() {
     assert!(bystander.await.expect("the bystander never failed") > 0);
 }
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_transactions_then_exits() {
-    let port = free_port();
-    let text = config_text("transaction", 2, "")
-        .replace(
-            "listen_addr = \"127.0.0.1:0\"",
-            &format!("listen_addr = \"127.0.0.1:{port}\""),
-        )
-        .replace("shutdown_timeout = \"10s\"", "shutdown_timeout = \"6s\"");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pgharbor.toml");
-    std::fs::write(&path, text).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgharbor"))
-        .arg("-c")
-        .arg(&path)
-        .env("PGHARBOR_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pgharbor");
-    let dsn = format!(
-        "host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname=app connect_timeout=5"
-    );
+    let mut proxy = ProxyProcess::start("6s").await;
+    let dsn = proxy.dsn.clone();
     let direct = connect_direct().await;
     direct
         .batch_execute(
@@ -310,13 +280,6 @@ async fn sigterm_drains_open_transactions_then_exits() {
         )
         .await
         .unwrap();
-    let up = eventually(Duration::from_secs(10), || async {
-        tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-            .await
-            .is_ok()
-    })
-    .await;
-    assert!(up, "pgharbor did not start");
 
     let c = connect_dsn(&dsn).await;
     c.simple_query("begin; insert into drained values ('before')")
@@ -326,11 +289,7 @@ async fn sigterm_drains_open_transactions_then_exits() {
     simple_value(&idle, "select 1").await;
 
     let t0 = Instant::now();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    proxy.sigterm();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // New connections are refused.
@@ -358,69 +317,19 @@ async fn sigterm_drains_open_transactions_then_exits() {
     assert_eq!(n, 2, "the drained transaction was not committed");
 
     // Then the process exits, well within shutdown_timeout.
-    let exited = AtomicUsize::new(0);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(6 + 3) {
-            let _ = child.kill();
-            panic!("pgharbor still running {:?} after SIGTERM", t0.elapsed());
-        }
-        exited.fetch_add(1, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = proxy.wait_exit(Duration::from_secs(6 + 3).saturating_sub(t0.elapsed()));
     assert!(status.success(), "exit status {status}");
     let _ = c.simple_query("select 1").await.unwrap_err();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_gives_up_on_transactions_after_shutdown_timeout() {
-    let port = free_port();
-    let text = config_text("transaction", 2, "")
-        .replace(
-            "listen_addr = \"127.0.0.1:0\"",
-            &format!("listen_addr = \"127.0.0.1:{port}\""),
-        )
-        .replace("shutdown_timeout = \"10s\"", "shutdown_timeout = \"2s\"");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pgharbor.toml");
-    std::fs::write(&path, text).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgharbor"))
-        .arg("-c")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pgharbor");
-    let dsn = format!(
-        "host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname=app connect_timeout=5"
-    );
-    let up = eventually(Duration::from_secs(10), || async {
-        tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-            .await
-            .is_ok()
-    })
-    .await;
-    assert!(up, "pgharbor did not start");
-    let c = connect_dsn(&dsn).await;
+    let mut proxy = ProxyProcess::start("2s").await;
+    let c = connect_dsn(&proxy.dsn).await;
     c.simple_query("begin").await.unwrap();
     let t0 = Instant::now();
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(8) {
-            let _ = child.kill();
-            panic!("pgharbor ignored shutdown_timeout");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    proxy.sigterm();
+    let status = proxy.wait_exit(Duration::from_secs(8));
     assert!(t0.elapsed() >= Duration::from_millis(1500), "did not wait");
     assert!(status.success(), "exit status {status}");
 }

@@ -272,6 +272,95 @@ pub async fn backend_state(direct: &tokio_postgres::Client, pid: i32) -> Option<
         .map(|r| r.get(0))
 }
 
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// pgharbor run as its own process (the real binary, signals and all) in
+/// transaction mode with a pool of 2, on a port of its own.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub dsn: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// Starts it with `shutdown_timeout` and waits until it accepts clients.
+    pub async fn start(shutdown_timeout: &str) -> ProxyProcess {
+        let port = free_port();
+        let text = config_text("transaction", 2, "")
+            .replace(
+                "listen_addr = \"127.0.0.1:0\"",
+                &format!("listen_addr = \"127.0.0.1:{port}\""),
+            )
+            .replace(
+                "shutdown_timeout = \"10s\"",
+                &format!("shutdown_timeout = \"{shutdown_timeout}\""),
+            );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgharbor.toml");
+        std::fs::write(&path, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgharbor"))
+            .arg("-c")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start pgharbor");
+        let dsn = format!(
+            "host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname=app connect_timeout=5"
+        );
+        let up = eventually(Duration::from_secs(10), || async {
+            tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(up, "pgharbor did not start");
+        ProxyProcess {
+            child,
+            dsn,
+            _dir: dir,
+        }
+    }
+
+    pub fn sigterm(&self) {
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
+
+    /// Waits for the process to exit; kills it and panics after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if t0.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("pgharbor still running {limit:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A client whose notifications arrive on the returned channel.
 pub async fn listening_client(
     dsn: &str,
