@@ -219,6 +219,47 @@ fn server_ptr(id: u64) -> String {
     format!("s{id}")
 }
 
+/// One row of SHOW CLIENTS / SHOW SERVERS (same columns, `CONNECTIONS`).
+struct ConnectionRow<'a> {
+    kind: &'static str,
+    user: &'a str,
+    database: &'a str,
+    state: &'a str,
+    addr: Option<SocketAddr>,
+    local_addr: Option<SocketAddr>,
+    connect_time: SystemTime,
+    ptr: String,
+    link: String,
+    remote_pid: String,
+    application_name: &'a str,
+}
+
+fn connection_row(r: ConnectionRow<'_>) -> Vec<String> {
+    let (addr, port) = host_port(r.addr);
+    let (laddr, lport) = host_port(r.local_addr);
+    let t = timestamp(r.connect_time);
+    vec![
+        r.kind.into(),
+        r.user.into(),
+        r.database.into(),
+        r.state.into(),
+        addr,
+        port,
+        laddr,
+        lport,
+        t.clone(),
+        t,
+        "0".into(),
+        "0".into(),
+        "0".into(),
+        r.ptr,
+        r.link,
+        r.remote_pid,
+        String::new(),
+        r.application_name.into(),
+    ]
+}
+
 /// A client is `active` while it holds a server (the server is its `link`),
 /// `idle` otherwise. `request_time` is not tracked (the connect time is
 /// shown, as PgBouncer does before a client's first request).
@@ -237,29 +278,19 @@ fn clients(state: &State) -> Rows {
                 .and_then(|k| servers.get(&(k.addr, k.pid)))
                 .map(|&id| server_ptr(id))
                 .unwrap_or_default();
-            let (addr, port) = host_port(Some(c.addr));
-            let (laddr, lport) = host_port(c.local_addr);
-            let t = timestamp(c.connect_time);
-            vec![
-                "C".into(),
-                c.user.clone(),
-                c.database.clone(),
-                if target.is_some() { "active" } else { "idle" }.into(),
-                addr,
-                port,
-                laddr,
-                lport,
-                t.clone(),
-                t,
-                "0".into(),
-                "0".into(),
-                "0".into(),
-                client_ptr(c.id),
+            connection_row(ConnectionRow {
+                kind: "C",
+                user: &c.user,
+                database: &c.database,
+                state: if target.is_some() { "active" } else { "idle" },
+                addr: Some(c.addr),
+                local_addr: c.local_addr,
+                connect_time: c.connect_time,
+                ptr: client_ptr(c.id),
                 link,
-                "0".into(),
-                String::new(),
-                c.application_name.clone(),
-            ]
+                remote_pid: "0".into(),
+                application_name: &c.application_name,
+            })
         })
         .collect();
     (CONNECTIONS, rows)
@@ -281,29 +312,19 @@ fn servers(state: &State) -> Rows {
                 .get(&(info.addr, info.pid))
                 .map(|&id| client_ptr(id))
                 .unwrap_or_default();
-            let (addr, port) = host_port(Some(info.addr));
-            let (laddr, lport) = host_port(info.local_addr);
-            let t = timestamp(info.connect_time);
-            vec![
-                "S".into(),
-                pool.key.user.clone(),
-                pool.key.database.clone(),
-                st.as_str().into(),
-                addr,
-                port,
-                laddr,
-                lport,
-                t.clone(),
-                t,
-                "0".into(),
-                "0".into(),
-                "0".into(),
-                server_ptr(info.id),
+            connection_row(ConnectionRow {
+                kind: "S",
+                user: &pool.key.user,
+                database: &pool.key.database,
+                state: st.as_str(),
+                addr: Some(info.addr),
+                local_addr: info.local_addr,
+                connect_time: info.connect_time,
+                ptr: server_ptr(info.id),
                 link,
-                info.pid.to_string(),
-                String::new(),
-                String::new(),
-            ]
+                remote_pid: info.pid.to_string(),
+                application_name: "",
+            })
         })
         .collect();
     (CONNECTIONS, rows)
