@@ -652,3 +652,29 @@ password = "postgres"
     .await;
     assert!(ready, "/readyz is 200 again after Postgres restarted");
 }
+
+/// A PAUSE covers pools that open only while it lasts (a client of a user
+/// or database not connected before), as PgBouncer's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_pools_opened_after_it() {
+    let proxy = start_proxy_with(&with_metrics("transaction", 2)).await;
+    let console = admin(&proxy).await;
+    console.simple_query("PAUSE").await.expect("PAUSE");
+    // No pool for app_tx exists yet.
+    let dsn = dsn(&proxy, "app_tx");
+    let held = tokio::spawn(async move {
+        let c = connect_dsn(&dsn).await;
+        c.simple_query("SELECT 1").await.map(|_| c)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !held.is_finished(),
+        "a new pool ran a transaction while paused"
+    );
+    console.simple_query("RESUME").await.expect("RESUME");
+    tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("RESUME releases the held client")
+        .unwrap()
+        .expect("its query succeeds");
+}

@@ -282,17 +282,15 @@ impl Console {
                     Ok(p) => p,
                     Err(e) => return Ok(Err(e)),
                 };
-                for p in &pools {
-                    p.pause();
-                }
+                state.pools.pause(db.as_deref());
                 self.wait_released(&pools).await?;
                 "PAUSE"
             }
             Command::Resume(db) => {
-                match pools_of(&state, db.as_deref()) {
-                    Ok(pools) => pools.iter().for_each(|p| p.resume()),
-                    Err(e) => return Ok(Err(e)),
+                if let Err(e) = pools_of(&state, db.as_deref()) {
+                    return Ok(Err(e));
                 }
+                state.pools.resume(db.as_deref());
                 "RESUME"
             }
             Command::Reconnect(db) => {

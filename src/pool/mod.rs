@@ -324,10 +324,18 @@ impl PooledServer {
     }
 }
 
+/// What the admin console paused: pools created later start paused too.
+#[derive(Debug, Default)]
+struct Paused {
+    all: bool,
+    databases: std::collections::HashSet<String>,
+}
+
 /// Every pool of this instance.
 pub struct Pools {
     map: RwLock<HashMap<PoolKey, Arc<Pool>>>,
     metrics: Arc<Metrics>,
+    paused: RwLock<Paused>,
 }
 
 impl Pools {
@@ -335,7 +343,44 @@ impl Pools {
         Pools {
             map: RwLock::new(HashMap::new()),
             metrics,
+            paused: RwLock::default(),
         }
+    }
+
+    /// PAUSE of every pool (`None`) or of one database's pools, including
+    /// pools first opened while the pause lasts.
+    pub fn pause(&self, database: Option<&str>) {
+        {
+            let mut p = self.paused.write().unwrap_or_else(|e| e.into_inner());
+            match database {
+                None => p.all = true,
+                Some(db) => {
+                    p.databases.insert(db.to_string());
+                }
+            }
+        }
+        self.matching(database).iter().for_each(|p| p.pause());
+    }
+
+    /// RESUME of every pool (`None`: ends every pause) or of one database.
+    pub fn resume(&self, database: Option<&str>) {
+        {
+            let mut p = self.paused.write().unwrap_or_else(|e| e.into_inner());
+            match database {
+                None => *p = Paused::default(),
+                Some(db) => {
+                    p.databases.remove(db);
+                }
+            }
+        }
+        self.matching(database).iter().for_each(|p| p.resume());
+    }
+
+    fn matching(&self, database: Option<&str>) -> Vec<Arc<Pool>> {
+        self.all()
+            .into_iter()
+            .filter(|p| database.is_none_or(|db| p.key.database == db))
+            .collect()
     }
 
     /// The pool for (database, user), created on first use.
@@ -365,7 +410,15 @@ impl Pools {
                     connect_timeout: settings.server_connect_timeout,
                 };
                 let stats = self.metrics.pool_stats(&key.database, &key.user);
-                Pool::new(key, settings, target, stats)
+                let paused = {
+                    let p = self.paused.read().unwrap_or_else(|e| e.into_inner());
+                    p.all || p.databases.contains(&key.database)
+                };
+                let pool = Pool::new(key, settings, target, stats);
+                if paused {
+                    pool.pause();
+                }
+                pool
             })
             .clone()
     }
