@@ -6,9 +6,9 @@ mod janitor;
 
 pub use inspect::{ServerInfo, ServerState, ServerTicket};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -16,6 +16,10 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::config::{DatabaseConfig, PoolDefaults, UserConfig};
 use crate::metrics::{Metrics, PoolStats};
 use crate::server::{Server, ServerError, ServerTarget};
+
+/// Distinct client parameter maps a pool remembers for sharing; a bound,
+/// so a login compares with a few maps at most.
+const SHARED_PARAMS: usize = 8;
 
 /// Process-wide server ids, for logs and the admin console.
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
@@ -61,6 +65,9 @@ pub struct Pool {
     /// Server parameters as a fresh server reports them: what clients with
     /// default settings are told at login.
     template: Mutex<Option<Arc<BTreeMap<String, String>>>>,
+    /// Parameter maps of recently logged-in clients, one per distinct
+    /// content (see [`Pool::share_params`]).
+    shared_params: Mutex<VecDeque<Weak<BTreeMap<String, String>>>>,
     /// Servers opened before the current generation are closed on return
     /// (RECONNECT, DROP DATABASE retries).
     generation: AtomicU64,
@@ -96,6 +103,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             stats,
             template: Mutex::new(None),
+            shared_params: Mutex::default(),
             generation: AtomicU64::new(0),
             paused: watch::channel(false).0,
             closed: AtomicBool::new(false),
@@ -259,6 +267,20 @@ impl Pool {
         t.ok_or_else(|| CheckoutError::Closed(self.key.clone()))
     }
 
+    /// The map to keep for a client whose parameters are `params`: an equal
+    /// one another client already holds, if there is one among the last
+    /// [`SHARED_PARAMS`] distinct maps, else `params` itself. Clients with
+    /// the same settings (one application, one driver) then cost the memory
+    /// once, and checkout recognizes a server already synced to their map
+    /// by pointer instead of comparing every parameter.
+    pub fn share_params(
+        &self,
+        params: Arc<BTreeMap<String, String>>,
+    ) -> Arc<BTreeMap<String, String>> {
+        let mut recent = self.shared_params.lock().unwrap_or_else(|e| e.into_inner());
+        share(&mut recent, params)
+    }
+
     fn put_idle(&self, mut server: Server, generation: u64) {
         if self.closed.load(Ordering::Acquire)
             || generation != self.generation.load(Ordering::Acquire)
@@ -298,6 +320,22 @@ impl Pool {
         self.permits.close();
         self.reconnect();
     }
+}
+
+/// [`Pool::share_params`] on its list of recent maps.
+fn share<T: PartialEq>(recent: &mut VecDeque<Weak<T>>, value: Arc<T>) -> Arc<T> {
+    recent.retain(|w| w.strong_count() > 0);
+    if let Some(m) = recent
+        .iter()
+        .find_map(|w| w.upgrade().filter(|m| **m == *value))
+    {
+        return m;
+    }
+    if recent.len() == SHARED_PARAMS {
+        recent.pop_back();
+    }
+    recent.push_front(Arc::downgrade(&value));
+    value
 }
 
 impl PooledServer {
@@ -387,5 +425,32 @@ impl Pools {
         for p in self.all() {
             p.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(k: &str, v: &str) -> Arc<BTreeMap<String, String>> {
+        Arc::new(BTreeMap::from([(k.to_string(), v.to_string())]))
+    }
+
+    #[test]
+    fn equal_parameter_maps_are_shared_and_the_list_stays_bounded() {
+        let mut recent = VecDeque::new();
+        let a = share(&mut recent, map("a", "1"));
+        let b = share(&mut recent, map("a", "1"));
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = share(&mut recent, map("a", "2"));
+        assert!(!Arc::ptr_eq(&a, &c));
+        let kept: Vec<_> = (0..20)
+            .map(|i| share(&mut recent, map("n", &i.to_string())))
+            .collect();
+        assert_eq!(recent.len(), SHARED_PARAMS);
+        drop((a, b, c, kept));
+        // Maps nobody holds any more are forgotten at the next login.
+        share(&mut recent, map("z", ""));
+        assert_eq!(recent.len(), 1);
     }
 }
