@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::expect::{Action, Outcome, Reply};
@@ -113,11 +114,27 @@ fn try_fill(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
     if buf.capacity() - buf.len() < READ_CHUNK / 2 {
         buf.reserve(READ_CHUNK);
     }
-    match stream.try_read_buf(buf) {
-        Ok(0) => Ok(false),
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
-        Err(e) => Err(e),
+    let spare = buf.capacity() - buf.len();
+    let mut got = None;
+    // A short read drained the socket, but tokio still counts it readable,
+    // which would cost the next loop turn a read that only says WouldBlock.
+    // Reporting WouldBlock from inside `try_io` clears the readiness as it
+    // was *before* the read: data that arrives meanwhile bumps readiness
+    // anew, so no wakeup is lost.
+    let r = stream.try_io(Interest::READABLE, || {
+        let n = stream.try_read_buf(buf)?;
+        got = Some(n);
+        if n > 0 && n < spare {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match (got, r) {
+        (Some(0), _) => Ok(false),
+        (Some(_), _) => Ok(true),
+        (None, Err(e)) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+        (None, _) => Ok(true),
     }
 }
 
@@ -149,7 +166,11 @@ impl Session {
 
     /// Runs until the client leaves, breaks the protocol, or shutdown.
     pub async fn relay(&mut self) -> Result<(), SessionError> {
-        let shutdown = self.state.shutdown.clone();
+        // One future for the whole session: building (and dropping) a
+        // cancellation future on every turn of the loop takes the token's
+        // lock each time.
+        let shutdown = self.state.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         let client_idle = self.pool.settings.client_idle_timeout;
         let idle_in_txn = self.pool.settings.idle_transaction_timeout;
         self.flush_client()?;
@@ -176,7 +197,7 @@ impl Session {
             };
             let ev = tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if safe => Event::Shutdown,
+                _ = &mut shutdown, if safe => Event::Shutdown,
                 r = self.client.writable(), if !self.to_client.is_empty() => {
                     r.map_err(SessionError::ClientIo)?; Event::ClientWritable
                 }
