@@ -95,16 +95,22 @@ pub(super) fn synthesize(out: &mut BytesMut, reply: Reply) {
     }
 }
 
+// Readiness is awaited through `poll_read_ready` / `poll_write_ready`
+// rather than `readable()` / `writable()`: those build a waiter that is
+// linked into the socket's list under its lock and unlinked on drop, at
+// every turn of the loop; the poll functions keep one waker slot per
+// direction instead. Only this session's task waits on its sockets, so the
+// single slot is enough.
 async fn readable(s: Option<&TcpStream>) -> io::Result<()> {
     match s {
-        Some(s) => s.readable().await,
+        Some(s) => std::future::poll_fn(|cx| s.poll_read_ready(cx)).await,
         None => std::future::pending().await,
     }
 }
 
 async fn writable(s: Option<&TcpStream>) -> io::Result<()> {
     match s {
-        Some(s) => s.writable().await,
+        Some(s) => std::future::poll_fn(|cx| s.poll_write_ready(cx)).await,
         None => std::future::pending().await,
     }
 }
@@ -198,7 +204,7 @@ impl Session {
             let ev = tokio::select! {
                 biased;
                 _ = &mut shutdown, if safe => Event::Shutdown,
-                r = self.client.writable(), if !self.to_client.is_empty() => {
+                r = writable(Some(&self.client)), if !self.to_client.is_empty() => {
                     r.map_err(SessionError::ClientIo)?; Event::ClientWritable
                 }
                 r = readable(server), if server.is_some() && want_server_read => {
@@ -207,7 +213,7 @@ impl Session {
                 r = writable(server), if server.is_some() && !self.to_server.is_empty() => {
                     r.map_err(|e| SessionError::ServerLost(e.into()))?; Event::ServerWritable
                 }
-                r = self.client.readable(), if want_client_read => {
+                r = readable(Some(&self.client)), if want_client_read => {
                     r.map_err(SessionError::ClientIo)?; Event::ClientReadable
                 }
                 _ = async { match self.listen.as_ref() {
