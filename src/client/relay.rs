@@ -203,7 +203,10 @@ impl Session {
             };
             let ev = tokio::select! {
                 biased;
-                _ = &mut shutdown, if safe => Event::Shutdown,
+                // A plain load first; the future itself (which takes the
+                // token's lock when polled) comes after the sockets, so it
+                // is polled only when the task is about to sleep.
+                _ = std::future::ready(()), if safe && self.state.shutdown.is_cancelled() => Event::Shutdown,
                 r = writable(Some(&self.client)), if !self.to_client.is_empty() => {
                     r.map_err(SessionError::ClientIo)?; Event::ClientWritable
                 }
@@ -216,6 +219,7 @@ impl Session {
                 r = readable(Some(&self.client)), if want_client_read => {
                     r.map_err(SessionError::ClientIo)?; Event::ClientReadable
                 }
+                _ = &mut shutdown, if safe => Event::Shutdown,
                 _ = async { match self.listen.as_ref() {
                         Some(sub) => sub.ready().await,
                         None => std::future::pending().await,
