@@ -129,23 +129,33 @@ impl Pool {
 
     /// Borrows a server, waiting in line up to `query_wait_timeout`.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer, CheckoutError> {
-        let started = Instant::now();
-        self.stats.clients_waiting.inc();
-        let permit = self.acquire_permit().await;
-        self.stats.clients_waiting.dec();
-        self.stats
-            .wait_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let permit = permit?;
+        let permit = match self.permit_now() {
+            // The common case: no wait, so no clock, timer or subscription.
+            Some(p) => {
+                self.stats.wait_seconds.observe(0.0);
+                p
+            }
+            None => {
+                let started = Instant::now();
+                self.stats.clients_waiting.inc();
+                let permit = self.acquire_permit().await;
+                self.stats.clients_waiting.dec();
+                self.stats
+                    .wait_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                permit?
+            }
+        };
         let generation = self.generation.load(Ordering::Acquire);
+        let now = Instant::now();
         loop {
             let candidate = self.idle_list().pop();
             let Some(mut server) = candidate else { break };
             self.stats.servers_idle.dec();
-            if !self.reusable(&server, generation) {
+            if !self.reusable(&server, generation, now) {
                 continue;
             }
-            if server.last_used.elapsed() >= self.settings.server_check_delay {
+            if now.saturating_duration_since(server.last_used) >= self.settings.server_check_delay {
                 self.stats.servers_testing.inc();
                 let ok = self.health_check(&mut server).await;
                 self.stats.servers_testing.dec();
@@ -169,6 +179,16 @@ impl Pool {
             generation,
             _permit: permit,
         })
+    }
+
+    /// A permit at once, if one is free and the pool is not paused. Never
+    /// jumps the queue: tokio's semaphore hands a returned permit to the
+    /// first waiter before it counts as free.
+    fn permit_now(&self) -> Option<OwnedSemaphorePermit> {
+        if self.is_paused() {
+            return None;
+        }
+        self.permits.clone().try_acquire_owned().ok()
     }
 
     async fn acquire_permit(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
@@ -219,8 +239,8 @@ impl Pool {
         }
     }
 
-    fn reusable(&self, server: &Server, generation: u64) -> bool {
-        server.created.elapsed() < self.settings.server_lifetime
+    fn reusable(&self, server: &Server, generation: u64, now: Instant) -> bool {
+        now.saturating_duration_since(server.created) < self.settings.server_lifetime
             && server.status == b'I'
             && self.server_generation_ok(server, generation)
             && server.is_alive()
