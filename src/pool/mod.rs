@@ -57,7 +57,10 @@ pub struct Pool {
     pub settings: PoolDefaults,
     pub target: ServerTarget,
     /// Idle servers, most recently used last (reused first: warm caches).
-    idle: Mutex<Vec<Server>>,
+    /// Boxed on purpose: servers move in and out of this list once per
+    /// transaction (see [`PooledServer::server`]).
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<Server>>>,
     /// One permit per server a client may hold; tokio's semaphore queues
     /// waiters in FIFO order, which is the wait queue.
     permits: Arc<Semaphore>,
@@ -81,7 +84,10 @@ pub struct Pool {
 /// A server lent to a client, with the permit that bounds the pool. Dropping
 /// it without [`PooledServer::release`] closes the server.
 pub struct PooledServer {
-    pub server: Server,
+    /// Boxed: a server changes hands (idle list, checkout, session, back)
+    /// several times per transaction, and moving a pointer is cheaper than
+    /// moving the whole struct each time.
+    pub server: Box<Server>,
     pool: Arc<Pool>,
     generation: u64,
     _permit: OwnedSemaphorePermit,
@@ -113,7 +119,8 @@ impl Pool {
         pool
     }
 
-    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<Server>> {
+    #[allow(clippy::vec_box)]
+    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<Box<Server>>> {
         // A panic while holding this lock cannot leave the Vec inconsistent.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -213,7 +220,7 @@ impl Pool {
     }
 
     /// Opens a new server connection (the caller holds a permit for it).
-    async fn open_server(&self) -> Result<Server, CheckoutError> {
+    async fn open_server(&self) -> Result<Box<Server>, CheckoutError> {
         self.stats.servers_login.inc();
         let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
         let result = Server::connect(&self.target, id).await;
@@ -226,7 +233,7 @@ impl Pool {
                     *t = Some(Arc::new(server.params.clone()));
                 }
                 tracing::debug!(pool = %self.key, server_id = id, pid = server.key.pid, "server connection opened");
-                Ok(server)
+                Ok(Box::new(server))
             }
             Err(source) => {
                 self.stats.server_connect_errors.inc();
@@ -301,7 +308,7 @@ impl Pool {
         share(&mut recent, params)
     }
 
-    fn put_idle(&self, mut server: Server, generation: u64) {
+    fn put_idle(&self, mut server: Box<Server>, generation: u64) {
         if self.closed.load(Ordering::Acquire)
             || generation != self.generation.load(Ordering::Acquire)
             || server.created.elapsed() >= self.settings.server_lifetime
@@ -318,7 +325,7 @@ impl Pool {
     /// Closes idle servers now and makes servers in use close when returned.
     pub fn reconnect(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let drained: Vec<Server> = std::mem::take(&mut *self.idle_list());
+        let drained: Vec<Box<Server>> = std::mem::take(&mut *self.idle_list());
         self.stats.servers_idle.sub(drained.len() as i64);
     }
 
