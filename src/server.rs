@@ -305,6 +305,10 @@ impl Server {
 
     /// A cheap, non-blocking look at the socket: a server that Postgres or a
     /// middlebox closed (or that sent an unsolicited FATAL) is not alive.
+    /// The read goes through tokio's readiness, which the relay clears when
+    /// it drains the socket: it costs a syscall only when the runtime has
+    /// seen the socket become readable since (data or a close), so checking
+    /// out a healthy server costs none.
     pub fn is_alive(&self) -> bool {
         if !self.rbuf.is_empty() {
             return false;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::expect::{Action, Outcome, Reply, Synthesized};
@@ -105,16 +106,22 @@ pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Sy
     }
 }
 
+// Readiness is awaited through `poll_read_ready` / `poll_write_ready`
+// rather than `readable()` / `writable()`: those build a waiter that is
+// linked into the socket's list under its lock and unlinked on drop, at
+// every turn of the loop; the poll functions keep one waker slot per
+// direction instead. Only this session's task waits on its sockets, so the
+// single slot is enough.
 async fn readable(s: Option<&TcpStream>) -> io::Result<()> {
     match s {
-        Some(s) => s.readable().await,
+        Some(s) => std::future::poll_fn(|cx| s.poll_read_ready(cx)).await,
         None => std::future::pending().await,
     }
 }
 
 async fn writable(s: Option<&TcpStream>) -> io::Result<()> {
     match s {
-        Some(s) => s.writable().await,
+        Some(s) => std::future::poll_fn(|cx| s.poll_write_ready(cx)).await,
         None => std::future::pending().await,
     }
 }
@@ -124,11 +131,27 @@ fn try_fill(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
     if buf.capacity() - buf.len() < READ_CHUNK / 2 {
         buf.reserve(READ_CHUNK);
     }
-    match stream.try_read_buf(buf) {
-        Ok(0) => Ok(false),
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
-        Err(e) => Err(e),
+    let spare = buf.capacity() - buf.len();
+    let mut got = None;
+    // A short read drained the socket, but tokio still counts it readable,
+    // which would cost the next loop turn a read that only says WouldBlock.
+    // Reporting WouldBlock from inside `try_io` clears the readiness as it
+    // was *before* the read: data that arrives meanwhile bumps readiness
+    // anew, so no wakeup is lost.
+    let r = stream.try_io(Interest::READABLE, || {
+        let n = stream.try_read_buf(buf)?;
+        got = Some(n);
+        if n > 0 && n < spare {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match (got, r) {
+        (Some(0), _) => Ok(false),
+        (Some(_), _) => Ok(true),
+        (None, Err(e)) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+        (None, _) => Ok(true),
     }
 }
 
@@ -160,7 +183,11 @@ impl Session {
 
     /// Runs until the client leaves, breaks the protocol, or shutdown.
     pub async fn relay(&mut self) -> Result<(), SessionError> {
-        let shutdown = self.state.shutdown.clone();
+        // One future for the whole session: building (and dropping) a
+        // cancellation future on every turn of the loop takes the token's
+        // lock each time.
+        let shutdown = self.state.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         let client_idle = self.pool.settings.client_idle_timeout;
         let idle_in_txn = self.pool.settings.idle_transaction_timeout;
         self.flush_client()?;
@@ -188,8 +215,11 @@ impl Session {
             };
             let ev = tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if safe => Event::Shutdown,
-                r = self.client.writable(), if !self.to_client.is_empty() => {
+                // A plain load first; the future itself (which takes the
+                // token's lock when polled) comes after the sockets, so it
+                // is polled only when the task is about to sleep.
+                _ = std::future::ready(()), if safe && self.state.shutdown.is_cancelled() => Event::Shutdown,
+                r = writable(Some(&self.client)), if !self.to_client.is_empty() => {
                     r.map_err(SessionError::ClientIo)?; Event::ClientWritable
                 }
                 r = readable(server), if server.is_some() && want_server_read => {
@@ -198,9 +228,10 @@ impl Session {
                 r = writable(server), if server.is_some() && !self.to_server.is_empty() => {
                     r.map_err(|e| SessionError::ServerLost(e.into()))?; Event::ServerWritable
                 }
-                r = self.client.readable(), if want_client_read => {
+                r = readable(Some(&self.client)), if want_client_read => {
                     r.map_err(SessionError::ClientIo)?; Event::ClientReadable
                 }
+                _ = &mut shutdown, if safe => Event::Shutdown,
                 _ = async { match self.listen.as_ref() {
                         Some(sub) => sub.ready().await,
                         None => std::future::pending().await,

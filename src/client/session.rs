@@ -317,6 +317,7 @@ impl Session {
                 self.release_server().await;
             }
         }
+        self.reported = self.pool.share_params(std::mem::take(&mut self.reported));
         let out = &mut self.to_client;
         for (k, v) in self.reported.iter() {
             backend::parameter_status(out, k, v);

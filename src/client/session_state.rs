@@ -18,7 +18,7 @@ const MAX_INSPECTED: usize = 64 * 1024;
 
 /// What a statement does that only its own server remembers, for messages.
 pub fn detect(sql: &str, is_reported: impl Fn(&str) -> bool) -> Option<String> {
-    if sql.len() > MAX_INSPECTED {
+    if sql.len() > MAX_INSPECTED || !may_hold_session_state(sql) {
         return None;
     }
     let lower = sql.to_ascii_lowercase();
@@ -78,6 +78,55 @@ pub fn detect(sql: &str, is_reported: impl Fn(&str) -> bool) -> Option<String> {
     None
 }
 
+/// Leading words of the statements [`detect`] looks at further.
+const LEADING_WORDS: [&str; 6] = ["create", "declare", "prepare", "load", "set", "reset"];
+
+/// A look that allocates nothing, run on every query: false when no
+/// statement begins with one of [`LEADING_WORDS`] and no advisory lock
+/// function is called, so [`detect`] cannot find anything. Ordinary traffic
+/// (SELECT, INSERT, BEGIN, …) then skips the lower-cased copy and the word
+/// lists, which cost a sixth of the proxy's instructions per transaction.
+/// It may say true where `detect` finds nothing: it compares prefixes, and
+/// a statement that begins with a non-ASCII character (Unicode white space
+/// that `detect` would skip) always counts.
+fn may_hold_session_state(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    // Nothing but white space seen yet in the current statement.
+    let mut at_start = true;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b';' => at_start = true,
+            // Every lock function `detect` knows ends in one of these,
+            // followed by the parenthesis.
+            b'(' if ends_with_ignore_ascii_case(&b[..i], b"advisory_lock")
+                || ends_with_ignore_ascii_case(&b[..i], b"advisory_lock_shared") =>
+            {
+                return true
+            }
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => {}
+            _ if at_start => {
+                at_start = false;
+                if !c.is_ascii() {
+                    return true;
+                }
+                let rest = &b[i..];
+                if LEADING_WORDS.iter().any(|k| {
+                    rest.get(..k.len())
+                        .is_some_and(|p| p.eq_ignore_ascii_case(k.as_bytes()))
+                }) {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+fn ends_with_ignore_ascii_case(hay: &[u8], tail: &[u8]) -> bool {
+    hay.len() >= tail.len() && hay[hay.len() - tail.len()..].eq_ignore_ascii_case(tail)
+}
+
 /// A simple Query whose execution raises `message` with SQLSTATE 0A000 on
 /// the server, so the refusal lands exactly where Postgres would put an
 /// error (and aborts an open transaction as an error would).
@@ -130,6 +179,29 @@ mod tests {
             "RESET ALL",
         ] {
             assert!(detect(sql, reported).is_some(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn quick_look_agrees_with_the_full_one() {
+        for sql in [
+            "  CrEaTe TEMP table t (a int)",
+            "select 1;\n\tSET statement_timeout = 0",
+            "select PG_TRY_ADVISORY_LOCK_SHARED(1)",
+            "reset all",
+            "Load 'x'",
+            "\u{a0}set search_path = a",
+        ] {
+            assert!(may_hold_session_state(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT abalance FROM t WHERE aid = 1;",
+            "begin",
+            "END;",
+            ";;",
+            "",
+        ] {
+            assert!(!may_hold_session_state(sql), "{sql}");
         }
     }
 

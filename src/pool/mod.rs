@@ -6,9 +6,9 @@ mod janitor;
 
 pub use inspect::{ServerInfo, ServerState, ServerTicket};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -16,6 +16,10 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::config::{DatabaseConfig, PoolDefaults, UserConfig};
 use crate::metrics::{Metrics, PoolStats};
 use crate::server::{Server, ServerError, ServerTarget};
+
+/// Distinct client parameter maps a pool remembers for sharing; a bound,
+/// so a login compares with a few maps at most.
+const SHARED_PARAMS: usize = 8;
 
 /// Process-wide server ids, for logs and the admin console.
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
@@ -53,7 +57,10 @@ pub struct Pool {
     pub settings: PoolDefaults,
     pub target: ServerTarget,
     /// Idle servers, most recently used last (reused first: warm caches).
-    idle: Mutex<Vec<Server>>,
+    /// Boxed on purpose: servers move in and out of this list once per
+    /// transaction (see [`PooledServer::server`]).
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<Server>>>,
     /// One permit per server a client may hold; tokio's semaphore queues
     /// waiters in FIFO order, which is the wait queue.
     permits: Arc<Semaphore>,
@@ -61,6 +68,9 @@ pub struct Pool {
     /// Server parameters as a fresh server reports them: what clients with
     /// default settings are told at login.
     template: Mutex<Option<Arc<BTreeMap<String, String>>>>,
+    /// Parameter maps of recently logged-in clients, one per distinct
+    /// content (see [`Pool::share_params`]).
+    shared_params: Mutex<VecDeque<Weak<BTreeMap<String, String>>>>,
     /// Servers opened before the current generation are closed on return
     /// (RECONNECT, DROP DATABASE retries).
     generation: AtomicU64,
@@ -74,7 +84,10 @@ pub struct Pool {
 /// A server lent to a client, with the permit that bounds the pool. Dropping
 /// it without [`PooledServer::release`] closes the server.
 pub struct PooledServer {
-    pub server: Server,
+    /// Boxed: a server changes hands (idle list, checkout, session, back)
+    /// several times per transaction, and moving a pointer is cheaper than
+    /// moving the whole struct each time.
+    pub server: Box<Server>,
     pool: Arc<Pool>,
     generation: u64,
     _permit: OwnedSemaphorePermit,
@@ -96,6 +109,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             stats,
             template: Mutex::new(None),
+            shared_params: Mutex::default(),
             generation: AtomicU64::new(0),
             paused: watch::channel(false).0,
             closed: AtomicBool::new(false),
@@ -105,7 +119,8 @@ impl Pool {
         pool
     }
 
-    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<Server>> {
+    #[allow(clippy::vec_box)]
+    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<Box<Server>>> {
         // A panic while holding this lock cannot leave the Vec inconsistent.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -121,23 +136,33 @@ impl Pool {
 
     /// Borrows a server, waiting in line up to `query_wait_timeout`.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer, CheckoutError> {
-        let started = Instant::now();
-        self.stats.clients_waiting.inc();
-        let permit = self.acquire_permit().await;
-        self.stats.clients_waiting.dec();
-        self.stats
-            .wait_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let permit = permit?;
+        let permit = match self.permit_now() {
+            // The common case: no wait, so no clock, timer or subscription.
+            Some(p) => {
+                self.stats.wait_seconds.observe(0.0);
+                p
+            }
+            None => {
+                let started = Instant::now();
+                self.stats.clients_waiting.inc();
+                let permit = self.acquire_permit().await;
+                self.stats.clients_waiting.dec();
+                self.stats
+                    .wait_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                permit?
+            }
+        };
         let generation = self.generation.load(Ordering::Acquire);
+        let now = Instant::now();
         loop {
             let candidate = self.idle_list().pop();
             let Some(mut server) = candidate else { break };
             self.stats.servers_idle.dec();
-            if !self.reusable(&server, generation) {
+            if !self.reusable(&server, generation, now) {
                 continue;
             }
-            if server.last_used.elapsed() >= self.settings.server_check_delay {
+            if now.saturating_duration_since(server.last_used) >= self.settings.server_check_delay {
                 self.stats.servers_testing.inc();
                 let ok = self.health_check(&mut server).await;
                 self.stats.servers_testing.dec();
@@ -163,6 +188,16 @@ impl Pool {
         })
     }
 
+    /// A permit at once, if one is free and the pool is not paused. Never
+    /// jumps the queue: tokio's semaphore hands a returned permit to the
+    /// first waiter before it counts as free.
+    fn permit_now(&self) -> Option<OwnedSemaphorePermit> {
+        if self.is_paused() {
+            return None;
+        }
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
     async fn acquire_permit(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
         let timeout = self.settings.query_wait_timeout;
         let wait = async {
@@ -185,7 +220,7 @@ impl Pool {
     }
 
     /// Opens a new server connection (the caller holds a permit for it).
-    async fn open_server(&self) -> Result<Server, CheckoutError> {
+    async fn open_server(&self) -> Result<Box<Server>, CheckoutError> {
         self.stats.servers_login.inc();
         let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
         let result = Server::connect(&self.target, id).await;
@@ -198,7 +233,7 @@ impl Pool {
                     *t = Some(Arc::new(server.params.clone()));
                 }
                 tracing::debug!(pool = %self.key, server_id = id, pid = server.key.pid, "server connection opened");
-                Ok(server)
+                Ok(Box::new(server))
             }
             Err(source) => {
                 self.stats.server_connect_errors.inc();
@@ -211,8 +246,8 @@ impl Pool {
         }
     }
 
-    fn reusable(&self, server: &Server, generation: u64) -> bool {
-        server.created.elapsed() < self.settings.server_lifetime
+    fn reusable(&self, server: &Server, generation: u64, now: Instant) -> bool {
+        now.saturating_duration_since(server.created) < self.settings.server_lifetime
             && server.status == b'I'
             && self.server_generation_ok(server, generation)
             && server.is_alive()
@@ -259,7 +294,21 @@ impl Pool {
         t.ok_or_else(|| CheckoutError::Closed(self.key.clone()))
     }
 
-    fn put_idle(&self, mut server: Server, generation: u64) {
+    /// The map to keep for a client whose parameters are `params`: an equal
+    /// one another client already holds, if there is one among the last
+    /// [`SHARED_PARAMS`] distinct maps, else `params` itself. Clients with
+    /// the same settings (one application, one driver) then cost the memory
+    /// once, and checkout recognizes a server already synced to their map
+    /// by pointer instead of comparing every parameter.
+    pub fn share_params(
+        &self,
+        params: Arc<BTreeMap<String, String>>,
+    ) -> Arc<BTreeMap<String, String>> {
+        let mut recent = self.shared_params.lock().unwrap_or_else(|e| e.into_inner());
+        share(&mut recent, params)
+    }
+
+    fn put_idle(&self, mut server: Box<Server>, generation: u64) {
         if self.closed.load(Ordering::Acquire)
             || generation != self.generation.load(Ordering::Acquire)
             || server.created.elapsed() >= self.settings.server_lifetime
@@ -276,7 +325,7 @@ impl Pool {
     /// Closes idle servers now and makes servers in use close when returned.
     pub fn reconnect(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let drained: Vec<Server> = std::mem::take(&mut *self.idle_list());
+        let drained: Vec<Box<Server>> = std::mem::take(&mut *self.idle_list());
         self.stats.servers_idle.sub(drained.len() as i64);
     }
 
@@ -298,6 +347,22 @@ impl Pool {
         self.permits.close();
         self.reconnect();
     }
+}
+
+/// [`Pool::share_params`] on its list of recent maps.
+fn share<T: PartialEq>(recent: &mut VecDeque<Weak<T>>, value: Arc<T>) -> Arc<T> {
+    recent.retain(|w| w.strong_count() > 0);
+    if let Some(m) = recent
+        .iter()
+        .find_map(|w| w.upgrade().filter(|m| **m == *value))
+    {
+        return m;
+    }
+    if recent.len() == SHARED_PARAMS {
+        recent.pop_back();
+    }
+    recent.push_front(Arc::downgrade(&value));
+    value
 }
 
 impl PooledServer {
@@ -440,5 +505,32 @@ impl Pools {
         for p in self.all() {
             p.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(k: &str, v: &str) -> Arc<BTreeMap<String, String>> {
+        Arc::new(BTreeMap::from([(k.to_string(), v.to_string())]))
+    }
+
+    #[test]
+    fn equal_parameter_maps_are_shared_and_the_list_stays_bounded() {
+        let mut recent = VecDeque::new();
+        let a = share(&mut recent, map("a", "1"));
+        let b = share(&mut recent, map("a", "1"));
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = share(&mut recent, map("a", "2"));
+        assert!(!Arc::ptr_eq(&a, &c));
+        let kept: Vec<_> = (0..20)
+            .map(|i| share(&mut recent, map("n", &i.to_string())))
+            .collect();
+        assert_eq!(recent.len(), SHARED_PARAMS);
+        drop((a, b, c, kept));
+        // Maps nobody holds any more are forgotten at the next login.
+        share(&mut recent, map("z", ""));
+        assert_eq!(recent.len(), 1);
     }
 }
