@@ -371,7 +371,9 @@ impl Server {
                 }
             }
         }
-        let result = self.sync_params_slow(reported, other).await;
+        // Boxed: a rare round trip whose future would otherwise be part of
+        // every client task (see `Pool::checkout`).
+        let result = Box::pin(self.sync_params_slow(reported, other)).await;
         if result.is_ok() {
             self.synced = Some((reported.clone(), self.params_version));
         } else {

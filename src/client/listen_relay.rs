@@ -31,7 +31,7 @@ impl Session {
         let target = &self.pool.target;
         let pid = self.cancel.slot.pid;
         self.listen
-            .get_or_insert_with(|| hub.subscriber(target, pid))
+            .get_or_insert_with(|| Box::new(hub.subscriber(target, pid)))
     }
 
     /// Answers a simple Query made only of LISTEN / UNLISTEN statements with

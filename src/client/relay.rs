@@ -7,7 +7,9 @@
 //! against a server that is busy sending results. Buffers are allocated only
 //! while there is traffic, so an idle client costs a socket and a task.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +33,12 @@ use crate::server::ServerError;
 const HIGH_WATER: usize = 256 * 1024;
 /// Read size.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How a session ends when it ends early (a FATAL sent, the server lost).
+/// Boxed: these rare paths await writes and a cancel's clean-up, and as
+/// plain async fns their state would be part of every client's task, idle
+/// or not (a task is as large as its largest state).
+type Ending<'a> = Pin<Box<dyn Future<Output = Result<(), SessionError>> + Send + 'a>>;
 
 enum Event {
     ClientReadable,
@@ -319,12 +327,14 @@ impl Session {
     }
 
     /// Sends a FATAL error and ends the session.
-    async fn send_fatal(&mut self, e: PgError) -> Result<(), SessionError> {
-        use tokio::io::AsyncWriteExt;
-        e.encode(&mut self.to_client);
-        let _ = self.client.write_all(&self.to_client).await;
-        self.to_client.clear();
-        Err(SessionError::Refused(e))
+    fn send_fatal(&mut self, e: PgError) -> Ending<'_> {
+        Box::pin(async move {
+            use tokio::io::AsyncWriteExt;
+            e.encode(&mut self.to_client);
+            let _ = self.client.write_all(&self.to_client).await;
+            self.to_client.clear();
+            Err(SessionError::Refused(e))
+        })
     }
 
     /// Decides on every complete client message in `cbuf`. Returns
@@ -390,7 +400,7 @@ impl Session {
                         // Answer only after what came before is answered.
                         break;
                     }
-                    match self.intercept_listen(&sql).await {
+                    match Box::pin(self.intercept_listen(&sql)).await {
                         Intercept::Handled => {
                             let _ = self.cbuf.split_to(len);
                             continue;
@@ -412,7 +422,7 @@ impl Session {
                 // passed on unread takes a server first.
                 Step::Whole { tag: b'S', len } if no_server => {
                     let _ = self.cbuf.split_to(len);
-                    self.answer_sync_locally().await;
+                    Box::pin(self.answer_sync_locally()).await;
                 }
                 Step::Whole { tag: b'H', len } if no_server => {
                     let _ = self.cbuf.split_to(len);
@@ -719,7 +729,8 @@ impl Session {
         if let Some(committed) = listen_txn_end {
             // Before the ReadyForQuery reaches the client: a NOTIFY it sends
             // next must find the LISTEN in place, as on Postgres.
-            if let Err(e) = self.end_of_listen_transaction(committed).await {
+            // Boxed: a rare path kept out of the relay future's size.
+            if let Err(e) = Box::pin(self.end_of_listen_transaction(committed)).await {
                 tracing::warn!(error = %e, "LISTEN at COMMIT failed");
             }
             self.last_command_tag = None;
@@ -751,26 +762,28 @@ impl Session {
 
     /// The server died under the client: tell the client at once (unless
     /// the server's own FATAL already did), drop the server, end the session.
-    async fn server_lost(&mut self, cause: ServerError) -> Result<(), SessionError> {
-        if let Some(p) = self.server.take() {
-            self.forget_sender();
-            // The server is discarded whatever cancels are still on their way.
-            let _ = self.cancel.slot.clear_target().await;
-            self.pool.stats.clients_active.dec();
-            self.pool.stats.clients_idle.inc();
-            tracing::warn!(server_id = p.server.id, error = %cause, "server connection lost");
-            p.discard();
-        }
-        if !self.server_fatal_sent {
-            let e = PgError::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                format!("pgharbor: server connection lost ({cause}); any open transaction was rolled back by the server"),
-            )
-            .with_hint("reconnect and retry the transaction");
-            return self.send_fatal(e).await;
-        }
-        use tokio::io::AsyncWriteExt;
-        let _ = self.client.write_all(&self.to_client).await;
-        Err(SessionError::ServerLost(cause))
+    fn server_lost(&mut self, cause: ServerError) -> Ending<'_> {
+        Box::pin(async move {
+            if let Some(p) = self.server.take() {
+                self.forget_sender();
+                // The server is discarded whatever cancels are still on their way.
+                let _ = self.cancel.slot.clear_target().await;
+                self.pool.stats.clients_active.dec();
+                self.pool.stats.clients_idle.inc();
+                tracing::warn!(server_id = p.server.id, error = %cause, "server connection lost");
+                p.discard();
+            }
+            if !self.server_fatal_sent {
+                let e = PgError::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("pgharbor: server connection lost ({cause}); any open transaction was rolled back by the server"),
+                )
+                .with_hint("reconnect and retry the transaction");
+                return self.send_fatal(e).await;
+            }
+            use tokio::io::AsyncWriteExt;
+            let _ = self.client.write_all(&self.to_client).await;
+            Err(SessionError::ServerLost(cause))
+        })
     }
 }

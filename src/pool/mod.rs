@@ -135,6 +135,11 @@ impl Pool {
     }
 
     /// Borrows a server, waiting in line up to `query_wait_timeout`.
+    ///
+    /// The rare steps (waiting for a permit, a health check, opening a
+    /// server with its login) are boxed: their futures are large (opening a
+    /// server is ~800 bytes) and would otherwise be part of every client
+    /// task, idle or not, since a task is as large as its largest state.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer, CheckoutError> {
         let permit = match self.permit_now() {
             // The common case: no wait, so no clock, timer or subscription.
@@ -145,7 +150,7 @@ impl Pool {
             None => {
                 let started = Instant::now();
                 self.stats.clients_waiting.inc();
-                let permit = self.acquire_permit().await;
+                let permit = Box::pin(self.acquire_permit()).await;
                 self.stats.clients_waiting.dec();
                 self.stats
                     .wait_seconds
@@ -164,7 +169,7 @@ impl Pool {
             }
             if now.saturating_duration_since(server.last_used) >= self.settings.server_check_delay {
                 self.stats.servers_testing.inc();
-                let ok = self.health_check(&mut server).await;
+                let ok = Box::pin(self.health_check(&mut server)).await;
                 self.stats.servers_testing.dec();
                 if !ok {
                     continue;
@@ -178,7 +183,7 @@ impl Pool {
                 _permit: permit,
             });
         }
-        let server = self.open_server().await?;
+        let server = Box::pin(self.open_server()).await?;
         self.stats.servers_active.inc();
         Ok(PooledServer {
             server,
