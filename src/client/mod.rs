@@ -8,6 +8,7 @@ mod listen_relay;
 pub mod prepared;
 mod relay;
 mod replay;
+mod server_replies;
 mod session;
 mod session_state;
 pub mod startup;

@@ -1,0 +1,254 @@
+//! The server side of the relay: each read from the server is scanned,
+//! ReadyForQuery / ParameterStatus / errors update the client's state, the
+//! replies pgharbor injected are swallowed and the ones it answered itself
+//! are put in their place, and the server goes back to the pool when the
+//! transaction ends.
+
+use std::sync::Arc;
+
+use super::expect::Outcome;
+use super::relay::{append, synthesize, try_fill, Ending};
+use super::session::{Session, SessionError};
+use crate::config::PoolMode;
+use crate::protocol::error::ServerErrorFields;
+use crate::protocol::frame::Step;
+use crate::protocol::{backend, sqlstate, PgError};
+use crate::server::ServerError;
+
+/// Server messages the relay must see whole.
+fn server_inspects(tag: u8) -> bool {
+    matches!(tag, b'Z' | b'S' | b'E' | b'G' | b'W')
+}
+
+/// In transaction mode also every reply that ends an extended-protocol
+/// step, so replies can be swallowed or synthesized between whole messages.
+fn server_inspects_tx(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Z' | b'S' | b'E' | b'G' | b'W' | b'1' | b'2' | b'3' | b'n' | b'T' | b'C' | b'I' | b's'
+    )
+}
+
+impl Session {
+    /// Reads from the server and forwards; releases the server at the end of
+    /// a transaction in transaction mode.
+    pub(super) async fn on_server_readable(&mut self) -> Option<Result<(), SessionError>> {
+        let pooled = self.server.as_mut()?;
+        let open = try_fill(&pooled.server.stream, &mut pooled.server.rbuf);
+        let lost = match open {
+            Ok(true) => None,
+            Ok(false) => Some(ServerError::Closed),
+            Err(e) => Some(ServerError::Io(e)),
+        };
+        let mut release = false;
+        let mut txn_done = false;
+        let mut ready = 0usize;
+        let tx = self.mode == PoolMode::Transaction;
+        let mut undo = Vec::new();
+        let mut parsed = Vec::new();
+        let mut listen_txn_end = None;
+        let mut drop_error = false;
+        let mut replay_now = false;
+        let pooled = self.server.as_mut()?;
+        let inspects = if tx {
+            server_inspects_tx
+        } else {
+            server_inspects
+        };
+        loop {
+            let rbuf = &pooled.server.rbuf;
+            let step = match self.sscan.step(&rbuf[ready..], 1 << 30, inspects) {
+                Ok(s) => s,
+                Err(e) => {
+                    return Some(self.server_lost(ServerError::Protocol(e)).await);
+                }
+            };
+            match step {
+                Step::Incomplete => break,
+                Step::Pass { tag, len } => {
+                    if let (Some(r), Some(tag)) = (self.replay.as_deref_mut(), tag) {
+                        r.note_forwarded(tag);
+                    }
+                    ready += len
+                }
+                Step::Whole { tag, len } => {
+                    let body = &rbuf[ready + 5..ready + len];
+                    match tag {
+                        b'Z' => {
+                            let status = body.first().copied().unwrap_or(b'I');
+                            pooled.server.status = status;
+                            self.txn.status = status;
+                            self.txn.pending = self.txn.pending.saturating_sub(1);
+                            release = false;
+                            if status == b'I' && !self.pending_listens.is_empty() {
+                                // An explicit transaction ends with COMMIT or
+                                // ROLLBACK (also the tag of a failed COMMIT);
+                                // an implicit one commits unless it failed.
+                                listen_txn_end = Some(match self.last_command_tag.as_deref() {
+                                    Some("COMMIT") => true,
+                                    Some("ROLLBACK") => false,
+                                    _ => !self.txn.failed,
+                                });
+                            }
+                            self.txn.failed = false;
+                            if status == b'I' {
+                                if let Some(l) = self.local.as_deref_mut() {
+                                    l.end_of_transaction();
+                                }
+                            }
+                            if self.txn.pending == 0 && !self.txn.unsynced && status == b'I' {
+                                txn_done = true;
+                                release =
+                                    self.mode == PoolMode::Transaction && self.pinned.is_none();
+                            }
+                            if self.replay.as_ref().is_some_and(|r| r.armed) {
+                                // The group runs again: this ReadyForQuery is
+                                // not the client's, and the server stays.
+                                drop_error = true;
+                                replay_now = true;
+                                release = false;
+                                txn_done = false;
+                                listen_txn_end = None;
+                            }
+                        }
+                        b'S' => {
+                            if let Some((k, v)) = backend::parse_parameter_status(body) {
+                                pooled.server.set_param(k.clone(), v.clone());
+                                if self.reported.get(&k) != Some(&v) {
+                                    Arc::make_mut(&mut self.reported).insert(k, v);
+                                }
+                            }
+                        }
+                        b'E' => {
+                            self.txn.failed = true;
+                            let alone = self.txn.pending == 1
+                                && !self.txn.unsynced
+                                && self.cscan.at_boundary();
+                            if let Some(r) = self.replay.as_deref_mut() {
+                                drop_error = r.arm(body, alone);
+                            }
+                            if ServerErrorFields::parse(body).is_fatal() {
+                                self.server_fatal_sent = true;
+                            }
+                        }
+                        b'G' => self.txn.copy_in = true,
+                        b'C' if !self.pending_listens.is_empty() => {
+                            self.last_command_tag = crate::protocol::frame::read_cstr(body)
+                                .ok()
+                                .map(|(t, _)| t.to_owned());
+                        }
+                        _ => {}
+                    }
+                    let mut outcome = if tx {
+                        self.expect.on_server_message(tag, &mut undo, &mut parsed)
+                    } else {
+                        Outcome::Forward
+                    };
+                    if std::mem::take(&mut drop_error) {
+                        outcome = Outcome::Swallow;
+                    }
+                    if let Some(r) = self.replay.as_deref_mut() {
+                        if matches!(outcome, Outcome::Forward) {
+                            r.note_forwarded(tag);
+                        }
+                    }
+                    if matches!(outcome, Outcome::Swallow) {
+                        // Send what came before, then drop this reply.
+                        let before = pooled.server.rbuf.split_to(ready);
+                        append(&mut self.to_client, before);
+                        let _ = pooled.server.rbuf.split_to(len);
+                        ready = 0;
+                    } else {
+                        ready += len;
+                    }
+                    if tx {
+                        while let Some(reply) = self.expect.due_synthesized() {
+                            let before = pooled.server.rbuf.split_to(ready);
+                            append(&mut self.to_client, before);
+                            ready = 0;
+                            synthesize(&mut self.to_client, &mut self.pending_listens, reply);
+                        }
+                    }
+                }
+            }
+        }
+        let chunk = pooled.server.rbuf.split_to(ready);
+        append(&mut self.to_client, chunk);
+        for name in parsed {
+            self.state.known_statements.insert(name);
+        }
+        for u in undo {
+            if let Some(n) = &u.server_name {
+                pooled.server.prepared.remove(n);
+            }
+            if let Some(n) = &u.client_name {
+                self.statements.remove(n);
+            }
+        }
+        if txn_done {
+            self.end_of_transaction();
+        }
+        if replay_now {
+            self.start_replay();
+        }
+        if let Some(committed) = listen_txn_end {
+            // Before the ReadyForQuery reaches the client: a NOTIFY it sends
+            // next must find the LISTEN in place, as on Postgres.
+            // Boxed: a rare path kept out of the relay future's size.
+            if let Err(e) = Box::pin(self.end_of_listen_transaction(committed)).await {
+                tracing::warn!(error = %e, "LISTEN at COMMIT failed");
+            }
+            self.last_command_tag = None;
+        }
+        if let Err(e) = self.flush_client() {
+            return Some(Err(e));
+        }
+        if let Some(e) = lost {
+            return Some(self.server_lost(e).await);
+        }
+        if release && self.txn.is_idle() {
+            if !self.expect.is_empty() {
+                tracing::warn!("replies still expected at the end of a transaction; dropping them");
+            }
+            self.release_server().await;
+        }
+        None
+    }
+
+    fn end_of_transaction(&mut self) {
+        self.pool.stats.transactions.inc();
+        if let Some(t) = self.txn.started.take() {
+            self.pool
+                .stats
+                .transaction_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The server died under the client: tell the client at once (unless
+    /// the server's own FATAL already did), drop the server, end the session.
+    pub(super) fn server_lost(&mut self, cause: ServerError) -> Ending<'_> {
+        Box::pin(async move {
+            if let Some(p) = self.server.take() {
+                self.forget_sender();
+                // The server is discarded whatever cancels are still on their way.
+                let _ = self.cancel.slot.clear_target().await;
+                self.pool.stats.clients_active.dec();
+                self.pool.stats.clients_idle.inc();
+                tracing::warn!(server_id = p.server.id, error = %cause, "server connection lost");
+                p.discard();
+            }
+            if !self.server_fatal_sent {
+                let e = PgError::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("pgharbor: server connection lost ({cause}); any open transaction was rolled back by the server"),
+                )
+                .with_hint("reconnect and retry the transaction");
+                return self.send_fatal(e).await;
+            }
+            use tokio::io::AsyncWriteExt;
+            let _ = self.client.write_all(&self.to_client).await;
+            Err(SessionError::ServerLost(cause))
+        })
+    }
+}
