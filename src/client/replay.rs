@@ -45,6 +45,18 @@ pub(super) struct Replay {
 }
 
 impl Replay {
+    /// A group about to be kept, in `bytes` (empty, reused).
+    fn new(statement: Arc<str>, bytes: BytesMut) -> Replay {
+        Replay {
+            bytes,
+            statement,
+            complete: false,
+            replied: false,
+            armed: false,
+            retried: false,
+        }
+    }
+
     fn keep(&mut self, bytes: &[u8]) -> bool {
         if self.bytes.len() + bytes.len() > MAX_REPLAY_BYTES {
             return false;
@@ -116,26 +128,16 @@ pub(super) fn keep_for_replay(
     // run over and over).
     let r = match replay {
         Some(r) => {
-            if r.bytes.capacity() > 4096 {
+            let mut buf = std::mem::take(&mut r.bytes);
+            if buf.capacity() > 4096 {
                 // Not kept at the size of one large group while idle.
-                r.bytes = BytesMut::new();
+                buf = BytesMut::new();
             }
-            r.bytes.clear();
-            r.statement = st.name.clone();
-            r.complete = false;
-            r.replied = false;
-            r.armed = false;
-            r.retried = false;
+            buf.clear();
+            **r = Replay::new(st.name.clone(), buf);
             r
         }
-        None => replay.insert(Box::new(Replay {
-            bytes: BytesMut::new(),
-            statement: st.name.clone(),
-            complete: false,
-            replied: false,
-            armed: false,
-            retried: false,
-        })),
+        None => replay.insert(Box::new(Replay::new(st.name.clone(), BytesMut::new()))),
     };
     if !r.keep(bytes) {
         *replay = None;
