@@ -1,10 +1,14 @@
 //! The command line: `check-config`, `demo`, and the example config file
 //! staying in step with `src/config.rs`.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::assert_succeeded;
 
 fn pgharbor() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pgharbor"));
@@ -33,11 +37,7 @@ fn check_config_accepts_the_example_file() {
         .args(["check-config", "config/pgharbor.toml"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 }
 
 #[test]
@@ -245,11 +245,7 @@ fn demo_answers_psql_and_cleans_up_on_ctrl_c() {
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .expect("run psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
 
     // Ctrl-C: both stop, the temporary directory goes away.
@@ -286,11 +282,7 @@ fn deploy_example_config_is_valid_and_the_grace_period_covers_the_drain() {
         .args(["check-config", "deploy/kubernetes/pgharbor.toml"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let config =
         pgharbor::config::Config::load(&root.join("deploy/kubernetes/pgharbor.toml")).unwrap();
     let yaml = std::fs::read_to_string(root.join("deploy/kubernetes/sidecar.yaml")).unwrap();

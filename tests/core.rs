@@ -10,11 +10,7 @@ use support::*;
 async fn psql_select_works_and_bad_logins_are_refused() {
     let proxy = start_proxy("transaction", 2).await;
     let out = psql(&proxy, USER, PASSWORD, "app", "select 1");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 
     let out = psql(&proxy, USER, "wrong", "app", "select 1");
@@ -46,11 +42,7 @@ async fn psql_select_works_and_bad_logins_are_refused() {
 async fn md5_users_log_in() {
     let proxy = start_proxy("transaction", 2).await;
     let out = psql(&proxy, MD5_USER, MD5_PASSWORD, "app", "select current_user");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "legacy");
     let out = psql(&proxy, MD5_USER, "nope", "app", "select 1");
     assert!(!out.status.success());

@@ -487,11 +487,7 @@ async fn console_refuses_non_admins_and_survives_odd_input() {
 
     // psql, through the `pgbouncer` alias.
     let out = psql(&proxy, ADMIN, ADMIN_PASSWORD, "pgbouncer", "show lists;");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("databases|3"));
 
     let console = admin(&proxy).await;

@@ -105,11 +105,7 @@ async fn pgbench_prepared_mode_has_no_failures() {
             .expect("run pgbench")
     };
     let init = common(&["-i", "-s", "1", "-q", "--foreign-keys"]);
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    assert_succeeded(&init);
     let run = common(&["-M", "prepared", "-c", "50", "-j", "2", "-T", "5"]);
     let out = String::from_utf8_lossy(&run.stdout);
     assert!(

@@ -388,11 +388,7 @@ async fn copy_in_and_out_of_10_mb_is_byte_identical() {
         .env("PGPASSWORD", PASSWORD)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert!(
         std::fs::read(&dst).unwrap() == data,
         "psql \\copy round trip differs"

@@ -272,6 +272,16 @@ pub async fn backend_state(direct: &tokio_postgres::Client, pid: i32) -> Option<
         .map(|r| r.get(0))
 }
 
+/// Asserts that a child process exited successfully, showing its stderr if not.
+#[track_caller]
+pub fn assert_succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
