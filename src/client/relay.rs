@@ -375,16 +375,20 @@ impl Session {
                 }
             }
             if let Step::Whole { tag: b'Q', len } = step {
+                // A LISTEN in a text that is not UTF-8 goes to the server.
                 let candidate =
-                    crate::protocol::frame::read_cstr(&self.cbuf[ready + 5..ready + len])
+                    crate::protocol::frame::read_cstr_bytes(&self.cbuf[ready + 5..ready + len])
                         .ok()
                         .filter(|(sql, _)| may_be_listen(sql))
-                        .map(|(sql, _)| sql.to_owned());
+                        .and_then(|(sql, _)| std::str::from_utf8(sql).ok())
+                        .map(str::to_owned);
                 if let Some(sql) = candidate {
                     if ready > 0 {
                         // Answer only after what came before is answered.
                         break;
                     }
+                    // What went before must reach the server before waiting.
+                    self.flush_server()?;
                     match Box::pin(self.intercept_listen(&sql)).await {
                         Intercept::Handled => {
                             let _ = self.cbuf.split_to(len);
@@ -398,7 +402,8 @@ impl Session {
             match step {
                 Step::Incomplete => break,
                 Step::Whole { tag: b'X', .. } => {
-                    self.forward_ready(ready)?;
+                    self.forward_ready(ready);
+                    self.flush_server()?;
                     // Terminate: the client is done. The server stays ours
                     // and is cleaned up by `finish`.
                     return Ok(Some(Ok(())));
@@ -426,7 +431,7 @@ impl Session {
                                 l.forget_shadowed(tag, &self.cbuf[ready + 5..ready + len]);
                             }
                         } else {
-                            self.forward_ready(ready)?;
+                            self.forward_ready(ready);
                             ready = 0;
                             let _ = self.cbuf.split_to(len);
                             self.answer_local(action);
@@ -436,7 +441,7 @@ impl Session {
                     if let Some(end) = self.ensure_server().await {
                         return Ok(Some(end));
                     }
-                    self.forward_ready(ready)?;
+                    self.forward_ready(ready);
                     ready = 0;
                     let msg = self.cbuf.split_to(len);
                     if tx {
@@ -472,7 +477,7 @@ impl Session {
                         return Ok(Some(self.send_fatal(e).await));
                     }
                     if self.server.is_none() {
-                        self.forward_ready(ready)?;
+                        self.forward_ready(ready);
                         ready = 0;
                         if let Some(end) = self.ensure_server().await {
                             return Ok(Some(end));
@@ -497,7 +502,8 @@ impl Session {
                 }
             }
         }
-        self.forward_ready(ready)?;
+        self.forward_ready(ready);
+        self.flush_server()?;
         Ok(None)
     }
 
@@ -512,17 +518,19 @@ impl Session {
         }
     }
 
-    /// Moves `n` decided bytes from `cbuf` to the server's queue and writes.
-    fn forward_ready(&mut self, n: usize) -> Result<(), SessionError> {
+    /// Moves `n` decided bytes from `cbuf` to the server's queue. Writing
+    /// is left to the end of the read burst: a Parse/Bind/Execute/Sync
+    /// batch leaves in one `send`, as the client sent it, not one per
+    /// message pgharbor had to look at.
+    fn forward_ready(&mut self, n: usize) {
         if n == 0 {
-            return self.flush_server();
+            return;
         }
         let chunk = self.cbuf.split_to(n);
         append(&mut self.to_server, chunk);
         if self.cbuf.is_empty() {
             self.cbuf = BytesMut::new();
         }
-        self.flush_server()
     }
 
     /// Pinning bookkeeping for a client message about to be forwarded.
