@@ -13,7 +13,7 @@ use super::relay::synthesize;
 use super::session_state::{detect, refusal_parse, refusal_query};
 use crate::config::SessionState;
 use crate::protocol::backend;
-use crate::protocol::frame::read_cstr;
+use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::ProtocolError;
 
 fn session_state_message(what: &str) -> String {
@@ -33,7 +33,7 @@ impl Session {
         let body = &msg[5..];
         match tag {
             b'Q' => {
-                let (sql, _) = read_cstr(body)?;
+                let (sql, _) = read_cstr_bytes(body)?;
                 match self.check_session_state(sql) {
                     Some(refusal) => refusal_query(&mut self.to_server, &refusal),
                     None => self.to_server.extend_from_slice(msg),
@@ -41,7 +41,7 @@ impl Session {
             }
             b'P' => {
                 let p = parse_parse(body)?;
-                if let Ok((sql, _)) = read_cstr(p.rest) {
+                if let Ok((sql, _)) = read_cstr_bytes(p.rest) {
                     if let Some(text) = self.check_session_state(sql) {
                         // Refused: the error comes from the server in place of
                         // this Parse; the extended pipeline then skips to Sync.
@@ -208,7 +208,7 @@ impl Session {
 
     /// Pins the client (`session_state = "pin"`) or returns the refusal to
     /// send instead (`"error"`) when `sql` creates session-only state.
-    fn check_session_state(&mut self, sql: &str) -> Option<String> {
+    fn check_session_state(&mut self, sql: &[u8]) -> Option<String> {
         if self.pinned.is_some() {
             return None;
         }

@@ -23,7 +23,7 @@ use super::prepared::{parse_bind, parse_parse, parse_target};
 use super::session::Session;
 use crate::listen::ListenCommand;
 use crate::protocol::backend::{self, finish_len};
-use crate::protocol::frame::read_cstr;
+use crate::protocol::frame::{read_cstr, read_cstr_bytes};
 use crate::protocol::{sqlstate, PgError};
 
 /// A Parse that always fails with a syntax error and stores nothing, so the
@@ -133,7 +133,7 @@ impl Session {
                 let Ok(p) = parse_parse(body) else {
                     return LocalAction::NotLocal;
                 };
-                let Ok((sql, types)) = read_cstr(p.rest) else {
+                let Ok((sql, types)) = read_cstr_bytes(p.rest) else {
                     return LocalAction::NotLocal;
                 };
                 let taken =
@@ -147,6 +147,9 @@ impl Session {
                 if !may_be_listen(sql) || self.statements.contains_key(p.name) {
                     return LocalAction::NotLocal;
                 }
+                let Ok(sql) = std::str::from_utf8(sql) else {
+                    return LocalAction::NotLocal;
+                };
                 // Anything but exactly one valid LISTEN/UNLISTEN goes to the
                 // server, which gives Postgres's own error for it.
                 match (crate::listen::parse(sql), parameter_types(types)) {

@@ -16,13 +16,14 @@ pub(super) enum Intercept {
     Wait,
 }
 
-/// Cheap test before parsing: does the text mention LISTEN at all?
-pub(super) fn may_be_listen(sql: &str) -> bool {
+/// Cheap test before parsing: does the text mention LISTEN at all? Runs on
+/// every query, so it only looks closer at the `l`s (found with `memchr`).
+pub(super) fn may_be_listen(sql: &[u8]) -> bool {
     sql.len() <= 64 * 1024
-        && sql
-            .as_bytes()
-            .windows(6)
-            .any(|w| w.eq_ignore_ascii_case(b"listen"))
+        && memchr::memchr2_iter(b'l', b'L', sql).any(|i| {
+            sql.get(i + 1..i + 6)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"isten"))
+        })
 }
 
 impl Session {
@@ -38,7 +39,7 @@ impl Session {
     /// the CommandComplete(s) and ReadyForQuery Postgres would send. Inside a
     /// transaction they are held until COMMIT (dropped on ROLLBACK).
     pub(super) async fn intercept_listen(&mut self, sql: &str) -> Intercept {
-        if !may_be_listen(sql) {
+        if !may_be_listen(sql.as_bytes()) {
             return Intercept::Forward;
         }
         let cmds = match crate::listen::parse_many(sql) {
@@ -110,5 +111,25 @@ impl Session {
         let mut pending = std::mem::take(&mut self.pending_listens);
         let sub = self.subscriber();
         pending.commit(sub).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_be_listen;
+
+    #[test]
+    fn cheap_listen_test_finds_every_spelling() {
+        for sql in [
+            "LISTEN a",
+            "  unlisten *",
+            "/* x */ Listen \"b\"",
+            "select 1; lIsTeN c",
+        ] {
+            assert!(may_be_listen(sql.as_bytes()), "{sql}");
+        }
+        for sql in ["select 1", "list", "l", "", "select 'liste'"] {
+            assert!(!may_be_listen(sql.as_bytes()), "{sql}");
+        }
     }
 }

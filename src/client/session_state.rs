@@ -17,11 +17,14 @@ use crate::protocol::backend::{finish_len, put_cstr};
 const MAX_INSPECTED: usize = 64 * 1024;
 
 /// What a statement does that only its own server remembers, for messages.
-pub fn detect(sql: &str, is_reported: impl Fn(&str) -> bool) -> Option<String> {
+///
+/// `sql` is in the client's encoding; only ASCII keywords are looked for, so
+/// anything that is not UTF-8 is read lossily.
+pub fn detect(sql: &[u8], is_reported: impl Fn(&str) -> bool) -> Option<String> {
     if sql.len() > MAX_INSPECTED || !may_hold_session_state(sql) {
         return None;
     }
-    let lower = sql.to_ascii_lowercase();
+    let lower = String::from_utf8_lossy(sql).to_ascii_lowercase();
     for lock in [
         "pg_advisory_lock(",
         "pg_advisory_lock_shared(",
@@ -89,38 +92,43 @@ const LEADING_WORDS: [&str; 6] = ["create", "declare", "prepare", "load", "set",
 /// It may say true where `detect` finds nothing: it compares prefixes, and
 /// a statement that begins with a non-ASCII character (Unicode white space
 /// that `detect` would skip) always counts.
-fn may_hold_session_state(sql: &str) -> bool {
-    let b = sql.as_bytes();
-    // Nothing but white space seen yet in the current statement.
-    let mut at_start = true;
-    for (i, &c) in b.iter().enumerate() {
-        match c {
-            b';' => at_start = true,
+fn may_hold_session_state(b: &[u8]) -> bool {
+    // Only statement starts and opening parentheses matter: jump between
+    // them with `memchr` instead of looking at every byte.
+    if statement_may_hold(b) {
+        return true;
+    }
+    for i in memchr::memchr2_iter(b';', b'(', b) {
+        let hit = if b[i] == b';' {
+            statement_may_hold(&b[i + 1..])
+        } else {
             // Every lock function `detect` knows ends in one of these,
             // followed by the parenthesis.
-            b'(' if ends_with_ignore_ascii_case(&b[..i], b"advisory_lock")
-                || ends_with_ignore_ascii_case(&b[..i], b"advisory_lock_shared") =>
-            {
-                return true
-            }
-            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => {}
-            _ if at_start => {
-                at_start = false;
-                if !c.is_ascii() {
-                    return true;
-                }
-                let rest = &b[i..];
-                if LEADING_WORDS.iter().any(|k| {
-                    rest.get(..k.len())
-                        .is_some_and(|p| p.eq_ignore_ascii_case(k.as_bytes()))
-                }) {
-                    return true;
-                }
-            }
-            _ => {}
+            ends_with_ignore_ascii_case(&b[..i], b"advisory_lock")
+                || ends_with_ignore_ascii_case(&b[..i], b"advisory_lock_shared")
+        };
+        if hit {
+            return true;
         }
     }
     false
+}
+
+/// Whether the statement starting at `b` (after its white space) begins
+/// with one of [`LEADING_WORDS`] or a non-ASCII character.
+fn statement_may_hold(b: &[u8]) -> bool {
+    let Some(first) = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c'))
+    else {
+        return false;
+    };
+    let rest = &b[first..];
+    !rest[0].is_ascii()
+        || LEADING_WORDS.iter().any(|k| {
+            rest.get(..k.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(k.as_bytes()))
+        })
 }
 
 fn ends_with_ignore_ascii_case(hay: &[u8], tail: &[u8]) -> bool {
@@ -178,7 +186,7 @@ mod tests {
             "set session search_path to a",
             "RESET ALL",
         ] {
-            assert!(detect(sql, reported).is_some(), "{sql}");
+            assert!(detect(sql.as_bytes(), reported).is_some(), "{sql}");
         }
     }
 
@@ -192,7 +200,7 @@ mod tests {
             "Load 'x'",
             "\u{a0}set search_path = a",
         ] {
-            assert!(may_hold_session_state(sql), "{sql}");
+            assert!(may_hold_session_state(sql.as_bytes()), "{sql}");
         }
         for sql in [
             "SELECT abalance FROM t WHERE aid = 1;",
@@ -201,7 +209,7 @@ mod tests {
             ";;",
             "",
         ] {
-            assert!(!may_hold_session_state(sql), "{sql}");
+            assert!(!may_hold_session_state(sql.as_bytes()), "{sql}");
         }
     }
 
@@ -218,7 +226,15 @@ mod tests {
             "insert into t values (1)",
             "",
         ] {
-            assert!(detect(sql, reported).is_none(), "{sql}");
+            assert!(detect(sql.as_bytes(), reported).is_none(), "{sql}");
         }
+    }
+
+    #[test]
+    fn reads_texts_in_other_encodings() {
+        // LATIN1 'é' (0xE9) is not UTF-8: still inspected, never rejected.
+        let set = b"SET search_path = 'caf\xe9'";
+        assert_eq!(detect(set, reported).as_deref(), Some("SET search_path"));
+        assert!(detect(b"select 'caf\xe9'", reported).is_none());
     }
 }

@@ -153,6 +153,13 @@ impl FrameScanner {
 }
 
 /// Reads a NUL-terminated string at the front of `buf`, returning it and the rest.
+/// A NUL-terminated string as bytes, and what follows it. Query texts are
+/// read this way: they are in the client's encoding, not necessarily UTF-8.
+pub fn read_cstr_bytes(buf: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
+    let end = memchr::memchr(0, buf).ok_or(ProtocolError::Malformed("string"))?;
+    Ok((&buf[..end], &buf[end + 1..]))
+}
+
 pub fn read_cstr(buf: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
     let end = buf
         .iter()
