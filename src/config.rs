@@ -86,6 +86,9 @@ pub struct ProxyConfig {
     pub peer_id: u8,
     /// Largest message a client may send, in bytes.
     pub max_message_size: usize,
+    /// Threads serving clients: 1 = a single-threaded runtime (least CPU
+    /// per transaction), 0 = one per core, N = N.
+    pub worker_threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -97,6 +100,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             peer_id: 1,
             max_message_size: 256 * 1024 * 1024,
+            worker_threads: 1,
         }
     }
 }
@@ -387,6 +391,9 @@ impl Config {
         }
         if self.proxy.peer_id > 127 {
             return Err(invalid("proxy.peer_id", "must be between 0 and 127"));
+        }
+        if self.proxy.worker_threads > 1024 {
+            return Err(invalid("proxy.worker_threads", "must be at most 1024"));
         }
         if self.proxy.max_message_size < 1024 {
             return Err(invalid("proxy.max_message_size", "must be at least 1024"));

@@ -68,33 +68,41 @@ fn main() -> ExitCode {
         };
     }
     init_tracing(cli.log_format);
-    // Multi-thread with one worker per core (tokio's default), chosen by
-    // measurement (2 cores, pgbench -S, 16 clients, 5 interleaved runs,
-    // medians): a current-thread runtime used ~4 % less CPU per
-    // transaction (21.7 vs 22.7 µs) but served ~13 % fewer transactions
-    // per second, one worker used more CPU and served fewer still, and at
-    // one client none of the three differed in latency beyond the noise.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let (config, path) = match &cli.command {
+        Some(Command::Demo { .. }) => (None, None),
+        _ => {
+            let path = cli
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("config/pgharbor.toml"));
+            match pgharbor::config::Config::load(&path) {
+                Ok(c) => (Some(c), Some(path)),
+                Err(e) => {
+                    eprintln!("pgharbor: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let workers = config.as_ref().map_or(1, |c| c.proxy.worker_threads);
+    let runtime = match build_runtime(workers) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgharbor: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Some(Command::Demo {
-            listen,
-            metrics_listen,
-        }) => runtime.block_on(pgharbor::demo::run(&listen, &metrics_listen)),
-        _ => {
-            let path = cli
-                .config
-                .unwrap_or_else(|| PathBuf::from("config/pgharbor.toml"));
-            runtime.block_on(pgharbor::run_with_signals(path))
-        }
+    let result = match (cli.command, config, path) {
+        (
+            Some(Command::Demo {
+                listen,
+                metrics_listen,
+            }),
+            _,
+            _,
+        ) => runtime.block_on(pgharbor::demo::run(&listen, &metrics_listen)),
+        (_, Some(config), Some(path)) => runtime.block_on(pgharbor::run_with_signals(path, config)),
+        _ => unreachable!("the configuration is loaded for every command but demo"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,4 +111,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `proxy.worker_threads`: 1 runs every client on one thread, as PgBouncer
+/// does. Measured on 2 cores (pgbench -S, 16 clients, 3 interleaved runs):
+/// one thread used 19.5 µs of CPU per transaction and served 21,900 TPS
+/// where the multi-thread runtime with a worker per core used 21.9 µs and
+/// served 20,200 (PgBouncer 19.3 µs, 20,000). Work stealing, its wakeups of
+/// the other worker and the shared counters bouncing between cores cost more
+/// than a second core gains while Postgres needs the cores too. More threads
+/// pay off when pgharbor's one thread is saturated.
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 1 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
 }

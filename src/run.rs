@@ -19,10 +19,9 @@ pub enum RunError {
     Demo(String),
 }
 
-/// Loads `path`, runs until SIGTERM or SIGINT (then drains for up to
-/// `shutdown_timeout`), and reloads on SIGHUP.
-pub async fn run_with_signals(path: PathBuf) -> Result<(), RunError> {
-    let config = Config::load(&path)?;
+/// Runs `config` (loaded from `path`) until SIGTERM or SIGINT (then drains
+/// for up to `shutdown_timeout`), and reloads from `path` on SIGHUP.
+pub async fn run_with_signals(path: PathBuf, config: Config) -> Result<(), RunError> {
     let proxy = Proxy::start(config).await?;
     let _ = proxy.state().config_path.set(path.clone());
     serve_until_signal(&proxy, Some(&path)).await

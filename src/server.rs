@@ -237,13 +237,20 @@ impl Server {
                     scram = Some(s);
                 }
                 11 => {
-                    let s = scram
-                        .as_mut()
+                    let mut s = scram
+                        .take()
                         .ok_or(ProtocolError::Malformed("SASL continue without start"))?;
-                    s.update(body).map_err(|e| {
-                        ServerError::UnsupportedAuth(format!("SCRAM exchange failed: {e}"))
-                    })?;
+                    // The salted password takes thousands of HMAC rounds
+                    // (milliseconds): off the threads that serve clients.
+                    let body = body.to_vec();
+                    let s = tokio::task::spawn_blocking(move || s.update(&body).map(|()| s))
+                        .await
+                        .map_err(|e| ServerError::UnsupportedAuth(format!("SCRAM task: {e}")))?
+                        .map_err(|e| {
+                            ServerError::UnsupportedAuth(format!("SCRAM exchange failed: {e}"))
+                        })?;
                     frontend::sasl_response(s.message(), &mut out)?;
+                    scram = Some(s);
                 }
                 12 => {
                     let s = scram

@@ -403,6 +403,7 @@ fn config_entries(c: &Config) -> Vec<(&'static str, String, bool)> {
             p.max_message_size.to_string(),
             true,
         ),
+        ("proxy.worker_threads", p.worker_threads.to_string(), false),
         ("metrics.listen_addr", c.metrics.listen_addr.clone(), false),
         (
             "client_tls.mode",
