@@ -302,3 +302,42 @@ fn deploy_example_config_is_valid_and_the_grace_period_covers_the_drain() {
         assert!(yaml.contains(probe), "{probe} probe missing");
     }
 }
+
+/// Threads of a running process, from /proc.
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// `proxy.worker_threads`: 1 (the default) serves every client from the
+/// main thread; N starts N worker threads. Both serve concurrent clients.
+#[tokio::test]
+async fn worker_threads_sets_how_many_threads_serve_clients() {
+    for (workers, threads) in [(1, 1), (3, 4)] {
+        let proxy =
+            support::ProxyProcess::start_listening("2s", &format!("worker_threads = {workers}"))
+                .await;
+        // Counted before any login: a server login later derives its SCRAM
+        // key on a blocking-pool thread.
+        assert_eq!(
+            thread_count(proxy.child.id()),
+            threads,
+            "worker_threads = {workers}"
+        );
+        let mut clients = Vec::new();
+        for i in 0..8 {
+            let dsn = proxy.dsn.clone();
+            clients.push(tokio::spawn(async move {
+                let c = support::connect_dsn(&dsn).await;
+                for _ in 0..20 {
+                    let row = c.query_one("select $1::int + 1", &[&i]).await.unwrap();
+                    assert_eq!(row.get::<_, i32>(0), i + 1);
+                }
+            }));
+        }
+        for c in clients {
+            c.await.unwrap();
+        }
+    }
+}

@@ -296,17 +296,44 @@ pub fn free_port() -> u16 {
 pub struct ProxyProcess {
     pub child: Child,
     pub dsn: String,
+    pub addr: String,
     _dir: tempfile::TempDir,
 }
 
 impl ProxyProcess {
     /// Starts it with `shutdown_timeout` and waits until it accepts clients.
     pub async fn start(shutdown_timeout: &str) -> ProxyProcess {
+        let proxy = Self::spawn(shutdown_timeout, "");
+        let up = eventually(Duration::from_secs(10), || async {
+            tokio_postgres::connect(&proxy.dsn, tokio_postgres::NoTls)
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(up, "pgharbor did not start");
+        proxy
+    }
+
+    /// Starts it with more `[proxy]` keys and returns once its port accepts
+    /// TCP connections: no client has logged in yet.
+    pub async fn start_listening(shutdown_timeout: &str, proxy_keys: &str) -> ProxyProcess {
+        let proxy = Self::spawn(shutdown_timeout, proxy_keys);
+        let addr = proxy.addr.clone();
+        let up = eventually(Duration::from_secs(10), || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+        })
+        .await;
+        assert!(up, "pgharbor did not start");
+        proxy
+    }
+
+    fn spawn(shutdown_timeout: &str, proxy_keys: &str) -> ProxyProcess {
         let port = free_port();
         let text = config_text("transaction", 2, "")
             .replace(
                 "listen_addr = \"127.0.0.1:0\"",
-                &format!("listen_addr = \"127.0.0.1:{port}\""),
+                &format!("listen_addr = \"127.0.0.1:{port}\"\n{proxy_keys}"),
             )
             .replace(
                 "shutdown_timeout = \"10s\"",
@@ -326,16 +353,10 @@ impl ProxyProcess {
         let dsn = format!(
             "host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname=app connect_timeout=5"
         );
-        let up = eventually(Duration::from_secs(10), || async {
-            tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                .await
-                .is_ok()
-        })
-        .await;
-        assert!(up, "pgharbor did not start");
         ProxyProcess {
             child,
             dsn,
+            addr: format!("127.0.0.1:{port}"),
             _dir: dir,
         }
     }
