@@ -143,21 +143,37 @@ impl CancelSlot {
     /// cannot reach the next borrower's query. Waits at most about
     /// [`FORWARD_TIMEOUT`] (the forwards' own bound).
     pub async fn clear_target(&self) -> AfterCancels {
-        loop {
-            let notified = self.forwards_done.notified();
-            {
-                let mut s = self.lock();
-                s.target = None;
-                if s.in_flight == 0 {
-                    return if std::mem::take(&mut s.unconfirmed) {
-                        AfterCancels::Close
-                    } else {
-                        AfterCancels::Reusable
-                    };
-                }
-            }
-            notified.await;
+        if let Some(after) = self.try_clear_target() {
+            return after;
         }
+        // Boxed: cancels in flight at the end of a transaction are rare,
+        // and this future is part of every client task's.
+        Box::pin(async {
+            loop {
+                // Registered before the count is read again, so the last
+                // forward's notification cannot slip in between.
+                let notified = self.forwards_done.notified();
+                if let Some(after) = self.try_clear_target() {
+                    return after;
+                }
+                notified.await;
+            }
+        })
+        .await
+    }
+
+    /// Clears the target; `Some` unless cancels are still in flight.
+    fn try_clear_target(&self) -> Option<AfterCancels> {
+        let mut s = self.lock();
+        s.target = None;
+        if s.in_flight > 0 {
+            return None;
+        }
+        Some(if std::mem::take(&mut s.unconfirmed) {
+            AfterCancels::Close
+        } else {
+            AfterCancels::Reusable
+        })
     }
 
     /// The target if a cancel may be sent now; the guard counts the cancel

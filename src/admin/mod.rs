@@ -59,13 +59,21 @@ pub async fn serve(
         let mut out = BytesMut::new();
         e.encode(&mut out);
         let _ = stream.write_all(&out).await;
-        return Err(SessionError::Refused(e));
+        return Err(SessionError::Refused(Box::new(e)));
     }
     let cancel = state.cancel.register();
+    let names = crate::pool::PoolKey {
+        database: login.database.clone(),
+        user: login.user.clone(),
+    };
     let peer = stream.peer_addr().map_err(SessionError::ClientIo)?;
-    let _listed = state
-        .clients
-        .register(login, peer, stream.local_addr().ok(), &cancel.slot);
+    let _listed = state.clients.register(
+        login,
+        Arc::new(names),
+        peer,
+        stream.local_addr().ok(),
+        &cancel.slot,
+    );
     let mut console = Console {
         stream,
         buf,
@@ -184,7 +192,7 @@ impl Console {
         e.encode(&mut self.out);
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
-        Err(SessionError::Refused(e))
+        Err(SessionError::Refused(Box::new(e)))
     }
 
     async fn message(&mut self, msg: &[u8]) -> Result<Next, SessionError> {

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 use crate::cancel::CancelSlot;
 use crate::client::startup::LoginRequest;
+use crate::pool::PoolKey;
 
 const SHARDS: usize = 16;
 
@@ -23,8 +24,8 @@ pub struct ClientInfo {
     pub addr: SocketAddr,
     /// Our end of the connection.
     pub local_addr: Option<SocketAddr>,
-    pub user: String,
-    pub database: String,
+    /// Database and user, shared with the client's pool.
+    pub names: Arc<PoolKey>,
     pub application_name: String,
     pub connect_time: SystemTime,
     /// The client's cancel key; its target is the server it holds now.
@@ -69,6 +70,7 @@ impl ClientRegistry {
     pub fn register(
         self: &Arc<Self>,
         login: &LoginRequest,
+        names: Arc<PoolKey>,
         addr: SocketAddr,
         local_addr: Option<SocketAddr>,
         slot: &Arc<CancelSlot>,
@@ -84,8 +86,7 @@ impl ClientRegistry {
             id,
             addr,
             local_addr,
-            user: login.user.clone(),
-            database: login.database.clone(),
+            names,
             application_name,
             connect_time: SystemTime::now(),
             slot: slot.clone(),

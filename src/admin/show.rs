@@ -280,8 +280,8 @@ fn clients(state: &State) -> Rows {
                 .unwrap_or_default();
             connection_row(ConnectionRow {
                 kind: "C",
-                user: &c.user,
-                database: &c.database,
+                user: &c.names.user,
+                database: &c.names.database,
                 state: if target.is_some() { "active" } else { "idle" },
                 addr: Some(c.addr),
                 local_addr: c.local_addr,

@@ -9,7 +9,7 @@ use super::expect::{Action, Reply, Undo};
 use super::prepared::{build_bind, build_target, parse_bind, parse_parse, parse_target, Statement};
 use super::session::Session;
 
-use super::relay::synthesize;
+use super::relay::{append, synthesize};
 use super::session_state::{detect, refusal_parse, refusal_query};
 use crate::config::SessionState;
 use crate::protocol::backend;
@@ -29,14 +29,14 @@ impl Session {
     /// Handles one whole Parse/Bind/Describe/Close from the client: writes
     /// what the server must see into `to_server` and records the replies to
     /// expect. The client holds a server.
-    pub(super) fn rewrite_extended(&mut self, tag: u8, msg: &[u8]) -> Result<(), ProtocolError> {
+    pub(super) fn rewrite_extended(&mut self, tag: u8, msg: BytesMut) -> Result<(), ProtocolError> {
         let body = &msg[5..];
         match tag {
             b'Q' => {
                 let (sql, _) = read_cstr_bytes(body)?;
                 match self.check_session_state(sql) {
                     Some(refusal) => refusal_query(&mut self.to_server, &refusal),
-                    None => self.to_server.extend_from_slice(msg),
+                    None => append(&mut self.to_server, msg),
                 }
             }
             b'P' => {
@@ -52,7 +52,7 @@ impl Session {
                     }
                 }
                 if p.name.is_empty() {
-                    self.to_server.extend_from_slice(msg);
+                    append(&mut self.to_server, msg);
                     self.expect
                         .push(Reply::ParseComplete, Action::Forward, None);
                 } else if let Some(existing) = self.statements.get(p.name).cloned() {
@@ -94,7 +94,7 @@ impl Session {
                     }
                     // Unnamed, or a name the client never prepared: the
                     // server answers exactly as Postgres would (26000).
-                    _ => self.to_server.extend_from_slice(msg),
+                    _ => append(&mut self.to_server, msg),
                 }
                 self.expect.push(Reply::BindComplete, Action::Forward, None);
             }
@@ -105,7 +105,7 @@ impl Session {
                         self.ensure_prepared(&st);
                         build_target(&mut self.to_server, b'D', b'S', &st.name);
                     }
-                    _ => self.to_server.extend_from_slice(msg),
+                    _ => append(&mut self.to_server, msg),
                 }
                 self.expect.push(Reply::Describe, Action::Forward, None);
             }
@@ -118,7 +118,7 @@ impl Session {
                     self.expect
                         .push(Reply::CloseComplete, Action::Synthesize, None);
                 } else {
-                    self.to_server.extend_from_slice(msg);
+                    append(&mut self.to_server, msg);
                     self.expect
                         .push(Reply::CloseComplete, Action::Forward, None);
                 }
@@ -126,14 +126,14 @@ impl Session {
             // Execute and Sync come here whole only while LISTEN portals
             // exist or the client's messages are being skipped.
             b'E' => {
-                self.to_server.extend_from_slice(msg);
+                append(&mut self.to_server, msg);
                 self.expect.push(Reply::Execute, Action::Forward, None);
             }
             b'S' => {
-                self.to_server.extend_from_slice(msg);
+                append(&mut self.to_server, msg);
                 self.expect.push(Reply::Ready, Action::Forward, None);
             }
-            _ => self.to_server.extend_from_slice(msg),
+            _ => append(&mut self.to_server, msg),
         }
         self.emit_due_synthesized();
         Ok(())

@@ -99,6 +99,14 @@ pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Sy
     }
 }
 
+/// What `process_client_input` stopped at.
+enum Input {
+    /// Everything complete was decided on.
+    Done,
+    /// The session ends.
+    End(Result<(), SessionError>),
+}
+
 // Readiness is awaited through `poll_read_ready` / `poll_write_ready`
 // rather than `readable()` / `writable()`: those build a waiter that is
 // linked into the socket's list under its lock and unlinked on drop, at
@@ -184,10 +192,13 @@ impl Session {
         let client_idle = self.pool.settings.client_idle_timeout;
         let idle_in_txn = self.pool.settings.idle_transaction_timeout;
         self.flush_client()?;
+        // One timer for the session's idle timeouts, made when first needed
+        // and moved at each turn, rather than one per turn.
+        let mut idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             let replay_armed = self.replay.as_ref().is_some_and(|r| r.armed);
             if !self.cbuf.is_empty() && self.to_server.len() < HIGH_WATER && !replay_armed {
-                if let Some(end) = self.process_client_input().await? {
+                if let Input::End(end) = self.process_client_input().await? {
                     return end;
                 }
             }
@@ -206,6 +217,13 @@ impl Session {
             } else {
                 None
             };
+            if let Some(d) = idle_deadline {
+                let at = tokio::time::Instant::now() + d;
+                match idle_timer.as_mut() {
+                    Some(t) => t.as_mut().reset(at),
+                    None => idle_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+            }
             let ev = tokio::select! {
                 biased;
                 // A plain load first; the future itself (which takes the
@@ -216,23 +234,25 @@ impl Session {
                     r.map_err(SessionError::ClientIo)?; Event::ClientWritable
                 }
                 r = readable(server), if server.is_some() && want_server_read => {
-                    r.map_err(|e| SessionError::ServerLost(e.into()))?; Event::ServerReadable
+                    r.map_err(|e| SessionError::ServerLost(Box::new(e.into())))?; Event::ServerReadable
                 }
                 r = writable(server), if server.is_some() && !self.to_server.is_empty() => {
-                    r.map_err(|e| SessionError::ServerLost(e.into()))?; Event::ServerWritable
+                    r.map_err(|e| SessionError::ServerLost(Box::new(e.into())))?; Event::ServerWritable
                 }
                 r = readable(Some(&self.client)), if want_client_read => {
                     r.map_err(SessionError::ClientIo)?; Event::ClientReadable
                 }
                 _ = &mut shutdown, if safe => Event::Shutdown,
+                // Boxed when polled: only listening clients pay for the
+                // waiter, not every task's future.
                 _ = async { match self.listen.as_ref() {
-                        Some(sub) => sub.ready().await,
+                        Some(sub) => Box::pin(sub.ready()).await,
                         None => std::future::pending().await,
                     } }, if self.listen.is_some() && self.sscan.at_boundary() && self.to_client.len() < HIGH_WATER => Event::Notify,
-                _ = async { match idle_deadline {
-                        Some(d) => tokio::time::sleep(d).await,
+                _ = async { match idle_timer.as_mut() {
+                        Some(t) => t.as_mut().await,
                         None => std::future::pending().await,
-                    } } => Event::IdleTimeout,
+                    } }, if idle_deadline.is_some() => Event::IdleTimeout,
             };
             match ev {
                 Event::Shutdown => {
@@ -295,7 +315,7 @@ impl Session {
     fn flush_server(&mut self) -> Result<(), SessionError> {
         if let Some(p) = self.server.as_ref() {
             if let Err(e) = try_flush(&p.server.stream, &mut self.to_server) {
-                return Err(SessionError::ServerLost(e.into()));
+                return Err(SessionError::ServerLost(Box::new(e.into())));
             }
         }
         Ok(())
@@ -318,15 +338,13 @@ impl Session {
             e.encode(&mut self.to_client);
             let _ = self.client.write_all(&self.to_client).await;
             self.to_client.clear();
-            Err(SessionError::Refused(e))
+            Err(SessionError::Refused(Box::new(e)))
         })
     }
 
     /// Decides on every complete client message in `cbuf`. Returns
     /// `Some(result)` when the session must end.
-    async fn process_client_input(
-        &mut self,
-    ) -> Result<Option<Result<(), SessionError>>, SessionError> {
+    async fn process_client_input(&mut self) -> Result<Input, SessionError> {
         // Bytes at the front of cbuf already decided on, to be forwarded.
         let mut ready = 0usize;
         let tx = self.mode == PoolMode::Transaction;
@@ -353,7 +371,7 @@ impl Session {
                 Ok(s) => s,
                 Err(e) => {
                     let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
-                    return Ok(Some(self.send_fatal(e).await));
+                    return Ok(Input::End(self.send_fatal(e).await));
                 }
             };
             if skipping {
@@ -406,7 +424,7 @@ impl Session {
                     self.flush_server()?;
                     // Terminate: the client is done. The server stays ours
                     // and is cleaned up by `finish`.
-                    return Ok(Some(Ok(())));
+                    return Ok(Input::End(Ok(())));
                 }
                 // With no server held nothing waits in `ready`: every message
                 // passed on unread takes a server first.
@@ -439,7 +457,7 @@ impl Session {
                         }
                     }
                     if let Some(end) = self.ensure_server().await {
-                        return Ok(Some(end));
+                        return Ok(Input::End(end));
                     }
                     self.forward_ready(ready);
                     ready = 0;
@@ -452,10 +470,10 @@ impl Session {
                     if tag == b'Q' {
                         self.expect.push(Reply::Ready, Action::Forward, None);
                     }
-                    if let Err(e) = self.rewrite_extended(tag, &msg) {
+                    if let Err(e) = self.rewrite_extended(tag, msg) {
                         let e =
                             PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
-                        return Ok(Some(self.send_fatal(e).await));
+                        return Ok(Input::End(self.send_fatal(e).await));
                     }
                 }
                 Step::Pass { tag: None, len } => {
@@ -474,13 +492,13 @@ impl Session {
                             sqlstate::PROTOCOL_VIOLATION,
                             format!("invalid frontend message type {}", tag),
                         );
-                        return Ok(Some(self.send_fatal(e).await));
+                        return Ok(Input::End(self.send_fatal(e).await));
                     }
                     if self.server.is_none() {
                         self.forward_ready(ready);
                         ready = 0;
                         if let Some(end) = self.ensure_server().await {
-                            return Ok(Some(end));
+                            return Ok(Input::End(end));
                         }
                     }
                     if tx {
@@ -504,7 +522,7 @@ impl Session {
         }
         self.forward_ready(ready);
         self.flush_server()?;
-        Ok(None)
+        Ok(Input::Done)
     }
 
     /// Borrows a server if the client has none; `Some` ends the session.
@@ -512,10 +530,13 @@ impl Session {
         if self.server.is_some() {
             return None;
         }
-        match self.acquire_server().await {
-            Ok(()) => None,
-            Err(e) => Some(self.send_fatal(e).await),
-        }
+        // The refusal is turned into its (boxed) ending before awaiting it,
+        // so the error itself is not kept in this future.
+        let refused = match self.acquire_server().await {
+            Ok(()) => return None,
+            Err(e) => self.send_fatal(e),
+        };
+        Some(refused.await)
     }
 
     /// Moves `n` decided bytes from `cbuf` to the server's queue. Writing

@@ -35,10 +35,12 @@ impl Session {
     pub(super) async fn on_server_readable(&mut self) -> Option<Result<(), SessionError>> {
         let pooled = self.server.as_mut()?;
         let open = try_fill(&pooled.server.stream, &mut pooled.server.rbuf);
+        // Boxed: kept across this function's awaits, so its size would be
+        // every client task's.
         let lost = match open {
             Ok(true) => None,
-            Ok(false) => Some(ServerError::Closed),
-            Err(e) => Some(ServerError::Io(e)),
+            Ok(false) => Some(Box::new(ServerError::Closed)),
+            Err(e) => Some(Box::new(ServerError::Io(e))),
         };
         let mut release = false;
         let mut txn_done = false;
@@ -204,7 +206,7 @@ impl Session {
             return Some(Err(e));
         }
         if let Some(e) = lost {
-            return Some(self.server_lost(e).await);
+            return Some(self.server_lost(*e).await);
         }
         if release && self.txn.is_idle() {
             if !self.expect.is_empty() {
@@ -248,7 +250,7 @@ impl Session {
             }
             use tokio::io::AsyncWriteExt;
             let _ = self.client.write_all(&self.to_client).await;
-            Err(SessionError::ServerLost(cause))
+            Err(SessionError::ServerLost(Box::new(cause)))
         })
     }
 }

@@ -122,18 +122,27 @@ async fn refuse(stream: &mut TcpStream, addr: SocketAddr, e: StartupError) {
     }
 }
 
+/// Why a session ended. The large variants are boxed: the relay's result
+/// is part of every client task's future, and idle clients should not pay
+/// for the rare case.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("{0}")]
-    Startup(#[from] StartupError),
+    Startup(Box<StartupError>),
     #[error("{0}")]
-    Refused(PgError),
+    Refused(Box<PgError>),
     #[error("client i/o error: {0}")]
     ClientIo(std::io::Error),
     #[error("client protocol error: {0}")]
     ClientProtocol(#[from] crate::protocol::ProtocolError),
     #[error("server connection lost: {0}")]
-    ServerLost(ServerError),
+    ServerLost(Box<ServerError>),
+}
+
+impl From<StartupError> for SessionError {
+    fn from(e: StartupError) -> Self {
+        SessionError::Startup(Box::new(e))
+    }
 }
 
 async fn run(
@@ -151,10 +160,10 @@ async fn run(
         Ok(Err(e)) => {
             let msg = e.to_string();
             refuse(&mut stream, addr, e).await;
-            return Err(SessionError::Refused(PgError::fatal(
+            return Err(SessionError::Refused(Box::new(PgError::fatal(
                 sqlstate::INVALID_PASSWORD,
                 msg,
-            )));
+            ))));
         }
         Err(_) => return Ok(None),
     }
@@ -174,11 +183,17 @@ async fn run(
         )
         .with_hint("pgharbor serves only the databases listed in its [[databases]] config");
         refuse(&mut stream, addr, StartupError::Refuse(e.clone())).await;
-        return Err(SessionError::Refused(e));
+        return Err(SessionError::Refused(Box::new(e)));
     };
     let pool = state.pools.get_or_create(db, &user.config, &config.pool);
     let cancel = state.cancel.register();
-    let listed = (state.clients).register(&login, addr, stream.local_addr().ok(), &cancel.slot);
+    let listed = (state.clients).register(
+        &login,
+        pool.key.clone(),
+        addr,
+        stream.local_addr().ok(),
+        &cancel.slot,
+    );
     let mut session = Session {
         client: stream,
         mode: pool.settings.pool_mode,
@@ -217,7 +232,7 @@ async fn run(
         session.to_client.clear();
         e.encode(&mut session.to_client);
         let _ = session.client.write_all(&session.to_client).await;
-        return Err(SessionError::Refused(e));
+        return Err(SessionError::Refused(Box::new(e)));
     }
     Ok(Some(LoggedIn {
         session,

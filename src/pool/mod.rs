@@ -53,7 +53,8 @@ pub enum CheckoutError {
 
 /// One pool. Shared by every client of its (database, user) through an `Arc`.
 pub struct Pool {
-    pub key: PoolKey,
+    /// Shared with the SHOW CLIENTS entries of the pool's clients.
+    pub key: Arc<PoolKey>,
     pub settings: PoolDefaults,
     pub target: ServerTarget,
     /// Idle servers, most recently used last (reused first: warm caches).
@@ -102,7 +103,7 @@ impl Pool {
     ) -> Arc<Pool> {
         stats.pool_size.set(settings.pool_size as i64);
         let pool = Arc::new(Pool {
-            key,
+            key: Arc::new(key),
             permits: Arc::new(Semaphore::new(settings.pool_size)),
             settings,
             target,
@@ -141,16 +142,51 @@ impl Pool {
     /// server is ~800 bytes) and would otherwise be part of every client
     /// task, idle or not, since a task is as large as its largest state.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer, CheckoutError> {
-        let permit = match self.permit_now() {
-            // The common case: no wait, so no clock, timer or subscription.
-            Some(p) => {
-                self.stats.wait_seconds.observe(0.0);
-                p
+        match self.checkout_now() {
+            Ok(pooled) => Ok(pooled),
+            // Boxed: waiting, health checks and connecting are rare, and
+            // this future is part of every client task's.
+            Err(permit) => Box::pin(self.checkout_slow(permit)).await,
+        }
+    }
+
+    /// The common case without awaiting: a free permit and an idle server
+    /// that needs no check. Otherwise gives back the permit, if it got
+    /// one, for [`Pool::checkout_slow`].
+    fn checkout_now(self: &Arc<Self>) -> Result<PooledServer, Option<OwnedSemaphorePermit>> {
+        // No wait, so no clock, timer or subscription.
+        let permit = self.permit_now().ok_or(None)?;
+        self.stats.wait_seconds.observe(0.0);
+        let generation = self.generation.load(Ordering::Acquire);
+        let now = Instant::now();
+        loop {
+            let Some(server) = self.idle_list().pop() else {
+                return Err(Some(permit));
+            };
+            self.stats.servers_idle.dec();
+            if !self.reusable(&server, generation, now) {
+                continue;
             }
+            if now.saturating_duration_since(server.last_used) >= self.settings.server_check_delay {
+                // Due for a check: the slow path takes it from the top.
+                self.stats.servers_idle.inc();
+                self.idle_list().push(server);
+                return Err(Some(permit));
+            }
+            return Ok(self.lend(server, generation, permit));
+        }
+    }
+
+    async fn checkout_slow(
+        self: &Arc<Self>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<PooledServer, CheckoutError> {
+        let permit = match permit {
+            Some(p) => p,
             None => {
                 let started = Instant::now();
                 self.stats.clients_waiting.inc();
-                let permit = Box::pin(self.acquire_permit()).await;
+                let permit = self.acquire_permit().await;
                 self.stats.clients_waiting.dec();
                 self.stats
                     .wait_seconds
@@ -169,28 +205,31 @@ impl Pool {
             }
             if now.saturating_duration_since(server.last_used) >= self.settings.server_check_delay {
                 self.stats.servers_testing.inc();
-                let ok = Box::pin(self.health_check(&mut server)).await;
+                let ok = self.health_check(&mut server).await;
                 self.stats.servers_testing.dec();
                 if !ok {
                     continue;
                 }
             }
-            self.stats.servers_active.inc();
-            return Ok(PooledServer {
-                server,
-                pool: self.clone(),
-                generation,
-                _permit: permit,
-            });
+            return Ok(self.lend(server, generation, permit));
         }
-        let server = Box::pin(self.open_server()).await?;
+        let server = self.open_server().await?;
+        Ok(self.lend(server, generation, permit))
+    }
+
+    fn lend(
+        self: &Arc<Self>,
+        server: Box<Server>,
+        generation: u64,
+        permit: OwnedSemaphorePermit,
+    ) -> PooledServer {
         self.stats.servers_active.inc();
-        Ok(PooledServer {
+        PooledServer {
             server,
             pool: self.clone(),
             generation,
             _permit: permit,
-        })
+        }
     }
 
     /// A permit at once, if one is free and the pool is not paused. Never
@@ -214,9 +253,9 @@ impl Pool {
         };
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) => Err(CheckoutError::Closed(self.key.clone())),
+            Ok(Err(_)) => Err(CheckoutError::Closed(PoolKey::clone(&self.key))),
             Err(_) => Err(CheckoutError::Timeout {
-                key: self.key.clone(),
+                key: PoolKey::clone(&self.key),
                 timeout,
                 in_use: self.in_use(),
                 size: self.settings.pool_size,
@@ -244,7 +283,7 @@ impl Pool {
                 self.stats.server_connect_errors.inc();
                 tracing::warn!(pool = %self.key, error = %source, "cannot open server connection");
                 Err(CheckoutError::Connect {
-                    key: self.key.clone(),
+                    key: PoolKey::clone(&self.key),
                     source,
                 })
             }
@@ -296,7 +335,7 @@ impl Pool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        t.ok_or_else(|| CheckoutError::Closed(self.key.clone()))
+        t.ok_or_else(|| CheckoutError::Closed(PoolKey::clone(&self.key)))
     }
 
     /// The map to keep for a client whose parameters are `params`: an equal

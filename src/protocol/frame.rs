@@ -152,7 +152,6 @@ impl FrameScanner {
     }
 }
 
-/// Reads a NUL-terminated string at the front of `buf`, returning it and the rest.
 /// A NUL-terminated string as bytes, and what follows it. Query texts are
 /// read this way: they are in the client's encoding, not necessarily UTF-8.
 pub fn read_cstr_bytes(buf: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
@@ -160,6 +159,7 @@ pub fn read_cstr_bytes(buf: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
     Ok((&buf[..end], &buf[end + 1..]))
 }
 
+/// Reads a NUL-terminated string at the front of `buf`, returning it and the rest.
 pub fn read_cstr(buf: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
     let end = buf
         .iter()
