@@ -67,7 +67,9 @@ pub struct Undo {
 pub struct Expected {
     pub reply: Reply,
     pub action: Action,
-    pub undo: Option<Undo>,
+    /// Boxed: rare (named Parses), and the queue's first allocation, which
+    /// a client keeps while idle, is four of these.
+    pub undo: Option<Box<Undo>>,
     /// For `Synthesize`: the reply when it is not a plain ParseComplete or
     /// CloseComplete.
     pub local: Option<Box<Local>>,
@@ -92,7 +94,7 @@ impl Expectations {
         self.queue.push_back(Expected {
             reply,
             action,
-            undo,
+            undo: undo.map(Box::new),
             local: None,
         });
     }
@@ -158,7 +160,7 @@ impl Expectations {
                 let aborted = failed.as_ref().is_some_and(|e| e.action == Action::Abort);
                 while let Some(e) = failed {
                     if let Some(u) = e.undo {
-                        undo.push(u);
+                        undo.push(*u);
                     }
                     failed = match self.queue.front() {
                         Some(n) if n.reply != Reply::Ready => self.queue.pop_front(),

@@ -1,6 +1,7 @@
 //! One client connection: startup and authentication, login to a pool, and
 //! the relay loop with its pinning rules.
 
+mod buffers;
 mod expect;
 mod extended;
 mod listen_extended;

@@ -18,6 +18,7 @@ use bytes::BytesMut;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::buffers::{self, READ_CHUNK};
 use super::expect::{Action, Reply, Synthesized};
 use super::listen_extended::LocalAction;
 use super::listen_relay::{may_be_listen, Intercept};
@@ -30,8 +31,6 @@ use crate::protocol::{backend, sqlstate, PgError};
 
 /// Stop reading from a side while this much waits to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
-/// Read size.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// How a session ends when it ends early (a FATAL sent, the server lost).
 /// Boxed: these rare paths await writes and a cancel's clean-up, and as
@@ -129,7 +128,9 @@ async fn writable(s: Option<&TcpStream>) -> io::Result<()> {
 
 /// Reads what is available without blocking. `Ok(false)`: end of stream.
 pub(super) fn try_fill(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+    if buf.capacity() == 0 {
+        *buf = buffers::take();
+    } else if buf.capacity() - buf.len() < READ_CHUNK / 2 {
         buf.reserve(READ_CHUNK);
     }
     let spare = buf.capacity() - buf.len();
@@ -169,7 +170,7 @@ fn try_flush(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<()> {
         }
     }
     // Give the memory back while the client is idle.
-    *buf = BytesMut::new();
+    buffers::give_back(buf);
     Ok(())
 }
 
@@ -522,6 +523,11 @@ impl Session {
         }
         self.forward_ready(ready);
         self.flush_server()?;
+        if self.cbuf.is_empty() {
+            // After the flush: what was forwarded from it is gone, so its
+            // memory can be kept for the next read.
+            buffers::give_back(&mut self.cbuf);
+        }
         Ok(Input::Done)
     }
 
@@ -549,9 +555,6 @@ impl Session {
         }
         let chunk = self.cbuf.split_to(n);
         append(&mut self.to_server, chunk);
-        if self.cbuf.is_empty() {
-            self.cbuf = BytesMut::new();
-        }
     }
 
     /// Pinning bookkeeping for a client message about to be forwarded.
