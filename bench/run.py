@@ -602,12 +602,29 @@ def cpu_per_txn(samples: list[tuple[float, int]], ends: list[float]) -> float | 
 # idle memory
 # --------------------------------------------------------------------------
 
+def fresh_pooler(env: Env, args, target: str) -> None:
+    """Restarts `target` and warms it up briefly (16 clients, 2 s), so the
+    idle-memory baseline is a process of the same age for every count and
+    both poolers: after the pgbench matrix a pooler's heap holds memory the
+    500-client cells freed, which idle clients would then reuse unseen."""
+    PROCS.stop(target)
+    (start_pgbouncer if target == "pgbouncer" else start_pgharbor)(env, args)
+    cmd = [os.path.join(env.pg_bin, "pgbench"), "-h", "127.0.0.1", "-p", str(env.ports[target]),
+           "-U", USER, "-n", "-S", "-c", "16", "-j", "2", "-T", "2", DBNAME]
+    subprocess.run(cmd, cwd=env.tmp, env={**_base_env(), "PGPASSWORD": PASSWORD},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+
 def idle_memory(env: Env, args, target: str, n: int) -> dict:
+    fresh_pooler(env, args, target)
     pid = env.pids[target]
     port = env.ports[target]
     time.sleep(1.0)
     before = rss_kib(pid)
-    cmd = [env.idle_bin, "127.0.0.1", str(port), USER, PASSWORD, DBNAME, str(n), str(args.idle_concurrency), "900"]
+    # Each client runs one query first: an application's pooled connection
+    # sits idle after use, and that is when the pooler must hold no buffers.
+    cmd = [env.idle_bin, "127.0.0.1", str(port), USER, PASSWORD, DBNAME, str(n), str(args.idle_concurrency), "900",
+           "select 1"]
     p = subprocess.Popen(cmd, cwd=env.tmp, env=_base_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=raise_nofile)
     CURRENT_CHILD.append(p)
@@ -851,7 +868,7 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
                              + (f"; {'; '.join(s['errors'])[:300]}" if s["errors"] else ""))
     L += fails or ["- none"]
     L.append("")
-    L.append("## Idle memory (RSS per idle authenticated client)")
+    L.append("## Idle memory (RSS per idle client, after login and one query)")
     L.append("")
     if not idle:
         L.append("- not measured (--idle '')")

@@ -1,7 +1,11 @@
 //! Opens N authenticated connections and holds them idle, for the
 //! benchmark's memory-per-idle-client figure.
 //!
-//! `idle_clients HOST PORT USER PASSWORD DBNAME N [CONCURRENCY] [HOLD_SECS]`
+//! `idle_clients HOST PORT USER PASSWORD DBNAME N [CONCURRENCY] [HOLD_SECS] [QUERY]`
+//!
+//! With QUERY, each connection runs it once (simple protocol) before it is
+//! held: an application's pooled connection is idle *after* use, which is
+//! when a proxy must have let go of its buffers.
 //!
 //! Connects (startup + authentication, e.g. SCRAM) with at most CONCURRENCY
 //! handshakes in flight, then prints one line
@@ -19,12 +23,15 @@ use tokio::sync::Semaphore;
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 6 {
-        eprintln!("usage: idle_clients HOST PORT USER PASSWORD DBNAME N [CONCURRENCY] [HOLD_SECS]");
+        eprintln!(
+            "usage: idle_clients HOST PORT USER PASSWORD DBNAME N [CONCURRENCY] [HOLD_SECS] [QUERY]"
+        );
         std::process::exit(2);
     }
     let n: usize = args[5].parse().expect("N must be a number");
     let concurrency: usize = args.get(6).map_or(32, |s| s.parse().expect("CONCURRENCY"));
     let hold_secs: u64 = args.get(7).map_or(600, |s| s.parse().expect("HOLD_SECS"));
+    let query: Option<Arc<str>> = args.get(8).map(|q| Arc::from(q.as_str()));
     let mut config = tokio_postgres::Config::new();
     config
         .host(&args[0])
@@ -39,20 +46,29 @@ async fn main() {
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
         let config = config.clone();
+        let query = query.clone();
         let permit = sem.clone().acquire_owned().await.expect("semaphore");
         tasks.push(tokio::spawn(async move {
             let r = config.connect(tokio_postgres::NoTls).await;
-            drop(permit);
-            match r {
+            let r = match r {
                 Ok((client, connection)) => {
                     // The connection future drives the socket; keep it alive.
                     let conn = tokio::spawn(async move {
                         let _ = connection.await;
                     });
-                    Ok((client, conn))
+                    match &query {
+                        Some(q) => client
+                            .simple_query(q)
+                            .await
+                            .map(|_| (client, conn))
+                            .map_err(|e| e.to_string()),
+                        None => Ok((client, conn)),
+                    }
                 }
                 Err(e) => Err(e.to_string()),
-            }
+            };
+            drop(permit);
+            r
         }));
     }
     let mut held = Vec::with_capacity(n);
