@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use bytes::{BufMut, BytesMut};
 
 use super::expect::{Action, Local, Reply};
-use super::listen_relay::may_be_listen;
+use super::listen_relay::may_start_with_listen;
 use super::prepared::{parse_bind, parse_parse, parse_target};
 use super::session::Session;
 use crate::listen::ListenCommand;
@@ -144,7 +144,7 @@ impl Session {
                         format!("prepared statement \"{}\" already exists", p.name),
                     ));
                 }
-                if !may_be_listen(sql) || self.statements.contains_key(p.name) {
+                if !may_start_with_listen(sql) || self.statements.contains_key(p.name) {
                     return LocalAction::NotLocal;
                 }
                 let Ok(sql) = std::str::from_utf8(sql) else {

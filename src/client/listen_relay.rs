@@ -26,6 +26,25 @@ pub(super) fn may_be_listen(sql: &[u8]) -> bool {
         })
 }
 
+/// The same test for a text that must be a single statement (a Parse):
+/// only its first word matters, unless it starts with a comment or a
+/// semicolon, when the whole text is searched as for a Query.
+pub(super) fn may_start_with_listen(sql: &[u8]) -> bool {
+    let start = sql
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(sql.len());
+    let rest = &sql[start..];
+    match rest.first() {
+        None => false,
+        Some(b'-' | b'/' | b';') => may_be_listen(sql),
+        Some(_) => [&b"listen"[..], b"unlisten"].iter().any(|k| {
+            rest.get(..k.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(k))
+        }),
+    }
+}
+
 impl Session {
     fn subscriber(&mut self) -> &mut Subscriber {
         let hub = &self.state.listen;
@@ -116,7 +135,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use super::may_be_listen;
+    use super::{may_be_listen, may_start_with_listen};
 
     #[test]
     fn cheap_listen_test_finds_every_spelling() {
@@ -130,6 +149,28 @@ mod tests {
         }
         for sql in ["select 1", "list", "l", "", "select 'liste'"] {
             assert!(!may_be_listen(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn single_statement_test_looks_at_the_first_word() {
+        for sql in [
+            "LISTEN a",
+            " \n unlisten *",
+            "/* x */ listen b",
+            "-- c\nLISTEN d",
+            "; listen e",
+        ] {
+            assert!(may_start_with_listen(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "select 1; listen a",
+            "SELECT abalance FROM t",
+            "",
+            "  ",
+            "lis",
+        ] {
+            assert!(!may_start_with_listen(sql.as_bytes()), "{sql}");
         }
     }
 }
