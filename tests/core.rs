@@ -160,3 +160,31 @@ async fn wait_timeout_gives_a_clear_error() {
     again.simple_query("select 1").await.unwrap();
     let _ = Duration::ZERO;
 }
+
+/// Query texts are in the client's encoding: a LATIN1 client's 'é' is the
+/// single byte 0xE9, which is not UTF-8. It reaches Postgres as sent (and
+/// comes back as sent), in a plain statement and in one pgharbor inspects
+/// for session state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latin1_client_sends_and_gets_latin1_text() {
+    use support::raw::{self, RawClient};
+    let proxy = start_proxy("transaction", 1).await;
+    let mut c = RawClient::login(proxy.addr(), USER, PASSWORD, "app").await;
+    c.send(&raw::query("SET client_encoding = 'LATIN1'")).await;
+    let msgs = c.until_ready().await;
+    assert!(msgs.iter().all(|m| m.tag != b'E'), "{msgs:?}");
+    for sql in [
+        &b"select 'caf\xe9'::text"[..],
+        b"set search_path = 'caf\xe9', public; select 'caf\xe9'::text",
+    ] {
+        let mut body = sql.to_vec();
+        body.push(0);
+        c.send(&raw::msg(b'Q', &body)).await;
+        let msgs = c.until_ready().await;
+        let errors: Vec<_> = msgs.iter().filter(|m| m.tag == b'E').collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
+        // DataRow: field count (2), length (4), then the value.
+        assert_eq!(&row.body[6..], b"caf\xe9");
+    }
+}
