@@ -94,6 +94,10 @@ pub struct PooledServer {
     _permit: OwnedSemaphorePermit,
 }
 
+/// What the fast checkout leaves to the slow one: the permit it got, and
+/// the idle server it found due for a health check.
+type SlowCheckout = (Option<OwnedSemaphorePermit>, Option<Box<Server>>);
+
 impl Pool {
     pub fn new(
         key: PoolKey,
@@ -146,40 +150,31 @@ impl Pool {
             Ok(pooled) => Ok(pooled),
             // Boxed: waiting, health checks and connecting are rare, and
             // this future is part of every client task's.
-            Err(permit) => Box::pin(self.checkout_slow(permit)).await,
+            Err((permit, due)) => Box::pin(self.checkout_slow(permit, due)).await,
         }
     }
 
     /// The common case without awaiting: a free permit and an idle server
-    /// that needs no check. Otherwise gives back the permit, if it got
-    /// one, for [`Pool::checkout_slow`].
-    fn checkout_now(self: &Arc<Self>) -> Result<PooledServer, Option<OwnedSemaphorePermit>> {
+    /// that needs no check. Otherwise hands [`Pool::checkout_slow`] the
+    /// permit, if it got one, and the server due for a check, if any.
+    fn checkout_now(self: &Arc<Self>) -> Result<PooledServer, SlowCheckout> {
         // No wait, so no clock, timer or subscription.
-        let permit = self.permit_now().ok_or(None)?;
+        let permit = self.permit_now().ok_or((None, None))?;
         self.stats.wait_seconds.observe(0.0);
         let generation = self.generation.load(Ordering::Acquire);
         let now = Instant::now();
-        loop {
-            let Some(server) = self.idle_list().pop() else {
-                return Err(Some(permit));
-            };
-            self.stats.servers_idle.dec();
-            if !self.reusable(&server, generation, now) {
-                continue;
+        match self.pop_reusable(generation, now) {
+            Some(server) if !self.due_for_check(&server, now) => {
+                Ok(self.lend(server, generation, permit))
             }
-            if now.saturating_duration_since(server.last_used) >= self.settings.server_check_delay {
-                // Due for a check: the slow path takes it from the top.
-                self.stats.servers_idle.inc();
-                self.idle_list().push(server);
-                return Err(Some(permit));
-            }
-            return Ok(self.lend(server, generation, permit));
+            server => Err((Some(permit), server)),
         }
     }
 
     async fn checkout_slow(
         self: &Arc<Self>,
         permit: Option<OwnedSemaphorePermit>,
+        mut due: Option<Box<Server>>,
     ) -> Result<PooledServer, CheckoutError> {
         let permit = match permit {
             Some(p) => p,
@@ -196,14 +191,8 @@ impl Pool {
         };
         let generation = self.generation.load(Ordering::Acquire);
         let now = Instant::now();
-        loop {
-            let candidate = self.idle_list().pop();
-            let Some(mut server) = candidate else { break };
-            self.stats.servers_idle.dec();
-            if !self.reusable(&server, generation, now) {
-                continue;
-            }
-            if now.saturating_duration_since(server.last_used) >= self.settings.server_check_delay {
+        while let Some(mut server) = due.take().or_else(|| self.pop_reusable(generation, now)) {
+            if self.due_for_check(&server, now) {
                 self.stats.servers_testing.inc();
                 let ok = self.health_check(&mut server).await;
                 self.stats.servers_testing.dec();
@@ -215,6 +204,22 @@ impl Pool {
         }
         let server = self.open_server().await?;
         Ok(self.lend(server, generation, permit))
+    }
+
+    /// The most recently used idle server fit to lend; the unfit ones met
+    /// on the way (older generation, past their lifetime) are dropped.
+    fn pop_reusable(&self, generation: u64, now: Instant) -> Option<Box<Server>> {
+        loop {
+            let server = self.idle_list().pop()?;
+            self.stats.servers_idle.dec();
+            if self.reusable(&server, generation, now) {
+                return Some(server);
+            }
+        }
+    }
+
+    fn due_for_check(&self, server: &Server, now: Instant) -> bool {
+        now.saturating_duration_since(server.last_used) >= self.settings.server_check_delay
     }
 
     fn lend(
