@@ -98,14 +98,6 @@ pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Sy
     }
 }
 
-/// What `process_client_input` stopped at.
-enum Input {
-    /// Everything complete was decided on.
-    Done,
-    /// The session ends.
-    End(Result<(), SessionError>),
-}
-
 // Readiness is awaited through `poll_read_ready` / `poll_write_ready`
 // rather than `readable()` / `writable()`: those build a waiter that is
 // linked into the socket's list under its lock and unlinked on drop, at
@@ -199,7 +191,7 @@ impl Session {
         loop {
             let replay_armed = self.replay.as_ref().is_some_and(|r| r.armed);
             if !self.cbuf.is_empty() && self.to_server.len() < HIGH_WATER && !replay_armed {
-                if let Input::End(end) = self.process_client_input().await? {
+                if let Some(end) = self.process_client_input().await? {
                     return end;
                 }
             }
@@ -345,7 +337,9 @@ impl Session {
 
     /// Decides on every complete client message in `cbuf`. Returns
     /// `Some(result)` when the session must end.
-    async fn process_client_input(&mut self) -> Result<Input, SessionError> {
+    async fn process_client_input(
+        &mut self,
+    ) -> Result<Option<Result<(), SessionError>>, SessionError> {
         // Bytes at the front of cbuf already decided on, to be forwarded.
         let mut ready = 0usize;
         let tx = self.mode == PoolMode::Transaction;
@@ -372,7 +366,7 @@ impl Session {
                 Ok(s) => s,
                 Err(e) => {
                     let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
-                    return Ok(Input::End(self.send_fatal(e).await));
+                    return Ok(Some(self.send_fatal(e).await));
                 }
             };
             if skipping {
@@ -425,7 +419,7 @@ impl Session {
                     self.flush_server()?;
                     // Terminate: the client is done. The server stays ours
                     // and is cleaned up by `finish`.
-                    return Ok(Input::End(Ok(())));
+                    return Ok(Some(Ok(())));
                 }
                 // With no server held nothing waits in `ready`: every message
                 // passed on unread takes a server first.
@@ -458,7 +452,7 @@ impl Session {
                         }
                     }
                     if let Some(end) = self.ensure_server().await {
-                        return Ok(Input::End(end));
+                        return Ok(Some(end));
                     }
                     self.forward_ready(ready);
                     ready = 0;
@@ -474,7 +468,7 @@ impl Session {
                     if let Err(e) = self.rewrite_extended(tag, msg) {
                         let e =
                             PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
-                        return Ok(Input::End(self.send_fatal(e).await));
+                        return Ok(Some(self.send_fatal(e).await));
                     }
                 }
                 Step::Pass { tag: None, len } => {
@@ -493,13 +487,13 @@ impl Session {
                             sqlstate::PROTOCOL_VIOLATION,
                             format!("invalid frontend message type {}", tag),
                         );
-                        return Ok(Input::End(self.send_fatal(e).await));
+                        return Ok(Some(self.send_fatal(e).await));
                     }
                     if self.server.is_none() {
                         self.forward_ready(ready);
                         ready = 0;
                         if let Some(end) = self.ensure_server().await {
-                            return Ok(Input::End(end));
+                            return Ok(Some(end));
                         }
                     }
                     if tx {
@@ -528,7 +522,7 @@ impl Session {
             // memory can be kept for the next read.
             buffers::give_back(&mut self.cbuf);
         }
-        Ok(Input::Done)
+        Ok(None)
     }
 
     /// Borrows a server if the client has none; `Some` ends the session.
