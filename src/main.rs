@@ -68,15 +68,16 @@ fn main() -> ExitCode {
         };
     }
     init_tracing(cli.log_format);
-    let (config, path) = match &cli.command {
-        Some(Command::Demo { .. }) => (None, None),
+    // Loaded before the runtime exists: it says which runtime to build.
+    let loaded = match &cli.command {
+        Some(Command::Demo { .. }) => None,
         _ => {
             let path = cli
                 .config
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("config/pgharbor.toml"));
             match pgharbor::config::Config::load(&path) {
-                Ok(c) => (Some(c), Some(path)),
+                Ok(c) => Some((c, path)),
                 Err(e) => {
                     eprintln!("pgharbor: {e}");
                     return ExitCode::FAILURE;
@@ -84,7 +85,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    let workers = config.as_ref().map_or(1, |c| c.proxy.worker_threads);
+    let workers = loaded.as_ref().map_or(1, |(c, _)| c.proxy.worker_threads);
     let runtime = match build_runtime(workers) {
         Ok(r) => r,
         Err(e) => {
@@ -92,17 +93,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match (cli.command, config, path) {
+    let result = match (cli.command, loaded) {
+        (_, Some((config, path))) => runtime.block_on(pgharbor::run_with_signals(path, config)),
         (
             Some(Command::Demo {
                 listen,
                 metrics_listen,
             }),
-            _,
-            _,
+            None,
         ) => runtime.block_on(pgharbor::demo::run(&listen, &metrics_listen)),
-        (_, Some(config), Some(path)) => runtime.block_on(pgharbor::run_with_signals(path, config)),
-        _ => unreachable!("the configuration is loaded for every command but demo"),
+        (_, None) => unreachable!("the configuration is loaded for every command but demo"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
