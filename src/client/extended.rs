@@ -26,19 +26,31 @@ fn session_state_message(what: &str) -> String {
 }
 
 impl Session {
+    /// Forwards a whole simple Query from the client, or in its place a
+    /// refusal when it holds session state. `may_hold_state`: the one look
+    /// at its text (see `query_scan`) found a statement worth a closer one.
+    pub(super) fn forward_query(&mut self, msg: BytesMut, may_hold_state: bool) {
+        let refusal = if may_hold_state {
+            // The relay checked the text ends in its NUL.
+            read_cstr_bytes(&msg[5..])
+                .ok()
+                .and_then(|(sql, _)| self.check_session_state(sql))
+        } else {
+            None
+        };
+        match refusal {
+            Some(refusal) => refusal_query(&mut self.to_server, &refusal),
+            None => append(&mut self.to_server, msg),
+        }
+        self.emit_due_synthesized();
+    }
+
     /// Handles one whole Parse/Bind/Describe/Close from the client: writes
     /// what the server must see into `to_server` and records the replies to
     /// expect. The client holds a server.
     pub(super) fn rewrite_extended(&mut self, tag: u8, msg: BytesMut) -> Result<(), ProtocolError> {
         let body = &msg[5..];
         match tag {
-            b'Q' => {
-                let (sql, _) = read_cstr_bytes(body)?;
-                match self.check_session_state(sql) {
-                    Some(refusal) => refusal_query(&mut self.to_server, &refusal),
-                    None => append(&mut self.to_server, msg),
-                }
-            }
             b'P' => {
                 let p = parse_parse(body)?;
                 if let Ok((sql, _)) = read_cstr_bytes(p.rest) {

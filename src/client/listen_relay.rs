@@ -30,18 +30,26 @@ pub(super) fn may_be_listen(sql: &[u8]) -> bool {
 /// only its first word matters, unless it starts with a comment or a
 /// semicolon, when the whole text is searched as for a Query.
 pub(super) fn may_start_with_listen(sql: &[u8]) -> bool {
+    first_word_is_listen(sql).unwrap_or_else(|| may_be_listen(sql))
+}
+
+/// Whether the statement starting at `sql` (before its white space, as the
+/// LISTEN lexer skips it) begins with LISTEN or UNLISTEN; `None` when it
+/// begins with what may be a comment or a semicolon, and only a search of
+/// the whole text can tell.
+pub(super) fn first_word_is_listen(sql: &[u8]) -> Option<bool> {
     let start = sql
         .iter()
         .position(|c| !c.is_ascii_whitespace())
         .unwrap_or(sql.len());
     let rest = &sql[start..];
     match rest.first() {
-        None => false,
-        Some(b'-' | b'/' | b';') => may_be_listen(sql),
-        Some(_) => [&b"listen"[..], b"unlisten"].iter().any(|k| {
+        None => Some(false),
+        Some(b'-' | b'/' | b';') => None,
+        Some(_) => Some([&b"listen"[..], b"unlisten"].iter().any(|k| {
             rest.get(..k.len())
                 .is_some_and(|p| p.eq_ignore_ascii_case(k))
-        }),
+        })),
     }
 }
 

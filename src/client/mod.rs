@@ -7,6 +7,7 @@ mod extended;
 mod listen_extended;
 mod listen_relay;
 pub mod prepared;
+mod query_scan;
 mod relay;
 mod replay;
 mod server_replies;

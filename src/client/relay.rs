@@ -12,21 +12,24 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::buffers::{self, READ_CHUNK};
 use super::expect::{Action, Reply, Synthesized};
 use super::listen_extended::LocalAction;
-use super::listen_relay::{may_be_listen, Intercept};
+use super::listen_relay::Intercept;
+use super::query_scan;
 use super::replay::keep_for_replay;
 use super::session::{Session, SessionError};
 use crate::config::PoolMode;
 use crate::listen::PendingListens;
-use crate::protocol::frame::Step;
+use crate::protocol::frame::{read_cstr_bytes, Step};
 use crate::protocol::{backend, sqlstate, PgError};
 
 /// Stop reading from a side while this much waits to be written to the other.
@@ -98,23 +101,107 @@ pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Sy
     }
 }
 
-// Readiness is awaited through `poll_read_ready` / `poll_write_ready`
-// rather than `readable()` / `writable()`: those build a waiter that is
-// linked into the socket's list under its lock and unlinked on drop, at
-// every turn of the loop; the poll functions keep one waker slot per
-// direction instead. Only this session's task waits on its sockets, so the
-// single slot is enough.
-async fn readable(s: Option<&TcpStream>) -> io::Result<()> {
-    match s {
-        Some(s) => std::future::poll_fn(|cx| s.poll_read_ready(cx)).await,
-        None => std::future::pending().await,
-    }
+/// What one turn of the relay waits for, decided before waiting.
+struct Wants {
+    client_write: bool,
+    server_read: bool,
+    server_write: bool,
+    client_read: bool,
+    /// Shutdown may end the session now (no transaction in flight).
+    shutdown: bool,
+    notify: bool,
+    idle_timeout: bool,
 }
 
-async fn writable(s: Option<&TcpStream>) -> io::Result<()> {
-    match s {
-        Some(s) => std::future::poll_fn(|cx| s.poll_write_ready(cx)).await,
-        None => std::future::pending().await,
+/// The wait of one relay turn, written out rather than built with
+/// `tokio::select!`: the relay waits twice per transaction, and the macro's
+/// branch bookkeeping was a tenth of pgharbor's own instructions. Sources
+/// are polled in priority order and the first ready one wins; every source
+/// polled registers this task's waker, so the task sleeps only after all
+/// of them were asked. Readiness is asked through `poll_read_ready` /
+/// `poll_write_ready` rather than `readable()` / `writable()`: those build
+/// a waiter linked into the socket's list under its lock at every turn,
+/// the poll functions keep one waker slot per direction, and only this
+/// task waits on its sockets.
+struct Wait<'a> {
+    wants: Wants,
+    client: &'a TcpStream,
+    server: Option<&'a TcpStream>,
+    listen: Option<&'a crate::listen::Subscriber>,
+    shutdown: Pin<&'a mut WaitForCancellationFutureOwned>,
+    /// The shutdown future was polled once: its registration lasts, and
+    /// it wakes this task (polled again it takes the token's lock each
+    /// time, twice per transaction).
+    shutdown_armed: &'a mut bool,
+    idle_timer: Option<Pin<&'a mut tokio::time::Sleep>>,
+    /// Made at the first poll that needs it: only listening clients pay
+    /// for the waiter.
+    listen_wait: Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>,
+    cancelled: &'a tokio_util::sync::CancellationToken,
+}
+
+impl Future for Wait<'_> {
+    type Output = Result<Event, SessionError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let w = self.get_mut();
+        let lost = |e: io::Error| SessionError::ServerLost(Box::new(e.into()));
+        // A plain load first; the token's future (which takes its lock when
+        // polled) comes after the sockets, so it is polled only when the
+        // task is about to sleep.
+        if w.wants.shutdown && w.cancelled.is_cancelled() {
+            return Poll::Ready(Ok(Event::Shutdown));
+        }
+        if w.wants.client_write {
+            if let Poll::Ready(r) = w.client.poll_write_ready(cx) {
+                return Poll::Ready(
+                    r.map(|()| Event::ClientWritable)
+                        .map_err(SessionError::ClientIo),
+                );
+            }
+        }
+        if let Some(server) = w.server {
+            if w.wants.server_read {
+                if let Poll::Ready(r) = server.poll_read_ready(cx) {
+                    return Poll::Ready(r.map(|()| Event::ServerReadable).map_err(lost));
+                }
+            }
+            if w.wants.server_write {
+                if let Poll::Ready(r) = server.poll_write_ready(cx) {
+                    return Poll::Ready(r.map(|()| Event::ServerWritable).map_err(lost));
+                }
+            }
+        }
+        if w.wants.client_read {
+            if let Poll::Ready(r) = w.client.poll_read_ready(cx) {
+                return Poll::Ready(
+                    r.map(|()| Event::ClientReadable)
+                        .map_err(SessionError::ClientIo),
+                );
+            }
+        }
+        if w.wants.shutdown && !*w.shutdown_armed {
+            if w.shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Shutdown));
+            }
+            *w.shutdown_armed = true;
+        }
+        if w.wants.notify {
+            if let Some(sub) = w.listen {
+                let wait = w.listen_wait.get_or_insert_with(|| Box::pin(sub.ready()));
+                if wait.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::Notify));
+                }
+            }
+        }
+        if w.wants.idle_timeout {
+            if let Some(t) = w.idle_timer.as_mut() {
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::IdleTimeout));
+                }
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -188,6 +275,7 @@ impl Session {
         // One timer for the session's idle timeouts, made when first needed
         // and moved at each turn, rather than one per turn.
         let mut idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut shutdown_armed = false;
         loop {
             let replay_armed = self.replay.as_ref().is_some_and(|r| r.armed);
             if !self.cbuf.is_empty() && self.to_server.len() < HIGH_WATER && !replay_armed {
@@ -217,36 +305,29 @@ impl Session {
                     None => idle_timer = Some(Box::pin(tokio::time::sleep_until(at))),
                 }
             }
-            let ev = tokio::select! {
-                biased;
-                // A plain load first; the future itself (which takes the
-                // token's lock when polled) comes after the sockets, so it
-                // is polled only when the task is about to sleep.
-                _ = std::future::ready(()), if safe && self.state.shutdown.is_cancelled() => Event::Shutdown,
-                r = writable(Some(&self.client)), if !self.to_client.is_empty() => {
-                    r.map_err(SessionError::ClientIo)?; Event::ClientWritable
-                }
-                r = readable(server), if server.is_some() && want_server_read => {
-                    r.map_err(|e| SessionError::ServerLost(Box::new(e.into())))?; Event::ServerReadable
-                }
-                r = writable(server), if server.is_some() && !self.to_server.is_empty() => {
-                    r.map_err(|e| SessionError::ServerLost(Box::new(e.into())))?; Event::ServerWritable
-                }
-                r = readable(Some(&self.client)), if want_client_read => {
-                    r.map_err(SessionError::ClientIo)?; Event::ClientReadable
-                }
-                _ = &mut shutdown, if safe => Event::Shutdown,
-                // Boxed when polled: only listening clients pay for the
-                // waiter, not every task's future.
-                _ = async { match self.listen.as_ref() {
-                        Some(sub) => Box::pin(sub.ready()).await,
-                        None => std::future::pending().await,
-                    } }, if self.listen.is_some() && self.sscan.at_boundary() && self.to_client.len() < HIGH_WATER => Event::Notify,
-                _ = async { match idle_timer.as_mut() {
-                        Some(t) => t.as_mut().await,
-                        None => std::future::pending().await,
-                    } }, if idle_deadline.is_some() => Event::IdleTimeout,
+            let wants = Wants {
+                client_write: !self.to_client.is_empty(),
+                server_read: want_server_read,
+                server_write: !self.to_server.is_empty(),
+                client_read: want_client_read,
+                shutdown: safe,
+                notify: self.listen.is_some()
+                    && self.sscan.at_boundary()
+                    && self.to_client.len() < HIGH_WATER,
+                idle_timeout: idle_deadline.is_some(),
             };
+            let ev = Wait {
+                wants,
+                client: &self.client,
+                server,
+                listen: self.listen.as_deref(),
+                shutdown: shutdown.as_mut(),
+                shutdown_armed: &mut shutdown_armed,
+                idle_timer: idle_timer.as_mut().map(|t| t.as_mut()),
+                listen_wait: None,
+                cancelled: &self.state.shutdown,
+            }
+            .await?;
             match ev {
                 Event::Shutdown => {
                     let e = PgError::fatal(
@@ -387,14 +468,26 @@ impl Session {
                     }
                 }
             }
+            // A Query's text is looked at once, for both LISTEN and session
+            // state; `true` until looked at.
+            let mut query_may_hold_state = true;
             if let Step::Whole { tag: b'Q', len } = step {
+                let body = &self.cbuf[ready + 5..ready + len];
+                let sql = match read_cstr_bytes(body) {
+                    Ok((sql, _)) => sql,
+                    Err(e) => {
+                        let e =
+                            PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
+                        return Ok(Some(self.send_fatal(e).await));
+                    }
+                };
+                let scan = query_scan::scan(sql, true);
+                query_may_hold_state = scan.session_state;
                 // A LISTEN in a text that is not UTF-8 goes to the server.
-                let candidate =
-                    crate::protocol::frame::read_cstr_bytes(&self.cbuf[ready + 5..ready + len])
-                        .ok()
-                        .filter(|(sql, _)| may_be_listen(sql))
-                        .and_then(|(sql, _)| std::str::from_utf8(sql).ok())
-                        .map(str::to_owned);
+                let candidate = scan
+                    .listen
+                    .then(|| std::str::from_utf8(sql).ok().map(str::to_owned))
+                    .flatten();
                 if let Some(sql) = candidate {
                     if ready > 0 {
                         // Answer only after what came before is answered.
@@ -465,7 +558,9 @@ impl Session {
                     if tag == b'Q' {
                         self.expect.push(Reply::Ready, Action::Forward, None);
                     }
-                    if let Err(e) = self.rewrite_extended(tag, msg) {
+                    if tag == b'Q' {
+                        self.forward_query(msg, query_may_hold_state);
+                    } else if let Err(e) = self.rewrite_extended(tag, msg) {
                         let e =
                             PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
                         return Ok(Some(self.send_fatal(e).await));

@@ -14,7 +14,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::protocol::backend::{finish_len, put_cstr};
 
-const MAX_INSPECTED: usize = 64 * 1024;
+pub(super) const MAX_INSPECTED: usize = 64 * 1024;
 
 /// What a statement does that only its own server remembers, for messages.
 ///
@@ -93,30 +93,19 @@ const LEADING_WORDS: [&str; 6] = ["create", "declare", "prepare", "load", "set",
 /// a statement that begins with a non-ASCII character (Unicode white space
 /// that `detect` would skip) always counts.
 fn may_hold_session_state(b: &[u8]) -> bool {
-    // Only statement starts and opening parentheses matter: jump between
-    // them with `memchr` instead of looking at every byte.
-    if statement_may_hold(b) {
-        return true;
-    }
-    for i in memchr::memchr2_iter(b';', b'(', b) {
-        let hit = if b[i] == b';' {
-            statement_may_hold(&b[i + 1..])
-        } else {
-            // Every lock function `detect` knows ends in one of these,
-            // followed by the parenthesis.
-            ends_with_ignore_ascii_case(&b[..i], b"advisory_lock")
-                || ends_with_ignore_ascii_case(&b[..i], b"advisory_lock_shared")
-        };
-        if hit {
-            return true;
-        }
-    }
-    false
+    super::query_scan::scan(b, false).session_state
+}
+
+/// Whether the text before an opening parenthesis ends with the name of a
+/// lock function [`detect`] knows (each ends in one of these).
+pub(super) fn advisory_lock_call(before_paren: &[u8]) -> bool {
+    ends_with_ignore_ascii_case(before_paren, b"advisory_lock")
+        || ends_with_ignore_ascii_case(before_paren, b"advisory_lock_shared")
 }
 
 /// Whether the statement starting at `b` (after its white space) begins
 /// with one of [`LEADING_WORDS`] or a non-ASCII character.
-fn statement_may_hold(b: &[u8]) -> bool {
+pub(super) fn statement_may_hold(b: &[u8]) -> bool {
     let Some(first) = b
         .iter()
         .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c'))

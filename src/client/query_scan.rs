@@ -1,0 +1,146 @@
+//! One look at a simple Query's text, on every query, for the two checks
+//! that may need a closer one: may a statement be LISTEN or UNLISTEN (the
+//! relay answers those itself), and may one hold session state (transaction
+//! mode pins or refuses those)?
+//!
+//! Both only care about statement starts (the text's, and after each `;`)
+//! and, for advisory locks, about opening parentheses, so one `memchr` pass
+//! serves both. The answers may be true where the closer look finds
+//! nothing, never false where it would find something.
+
+use super::listen_relay::{first_word_is_listen, may_be_listen};
+use super::session_state::{advisory_lock_call, statement_may_hold, MAX_INSPECTED};
+
+/// What the closer looks must examine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct QueryScan {
+    pub listen: bool,
+    pub session_state: bool,
+}
+
+/// Scans `sql`; with `listen` false only for session state. Texts over
+/// 64 KiB are not inspected (both answers false).
+pub(super) fn scan(sql: &[u8], listen: bool) -> QueryScan {
+    let mut found = QueryScan::default();
+    if sql.len() > MAX_INSPECTED {
+        return found;
+    }
+    let mut walk = Walk {
+        found: &mut found,
+        listen,
+        searched: false,
+    };
+    walk.statement(sql);
+    for i in memchr::memchr2_iter(b';', b'(', sql) {
+        if walk.done() {
+            break;
+        }
+        if sql[i] == b';' {
+            walk.statement(&sql[i + 1..]);
+        } else if !walk.found.session_state {
+            walk.found.session_state = advisory_lock_call(&sql[..i]);
+        }
+    }
+    found
+}
+
+struct Walk<'a> {
+    found: &'a mut QueryScan,
+    listen: bool,
+    /// The rest of the text was searched for LISTEN anywhere already (a
+    /// statement began with what may be a comment): later statements are
+    /// part of that rest, so it is never searched twice.
+    searched: bool,
+}
+
+impl Walk<'_> {
+    fn done(&self) -> bool {
+        self.found.session_state && (self.found.listen || !self.listen)
+    }
+
+    /// A statement starts at `rest` (before its white space).
+    fn statement(&mut self, rest: &[u8]) {
+        if !self.found.session_state {
+            self.found.session_state = statement_may_hold(rest);
+        }
+        if self.listen && !self.found.listen {
+            match first_word_is_listen(rest) {
+                Some(is) => self.found.listen = is,
+                None if !self.searched => {
+                    self.searched = true;
+                    self.found.listen = may_be_listen(rest);
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{scan, QueryScan};
+
+    fn listen(sql: &str) -> bool {
+        scan(sql.as_bytes(), true).listen
+    }
+
+    #[test]
+    fn finds_listen_at_every_statement_start() {
+        for sql in [
+            "LISTEN a",
+            "  unlisten *",
+            "/* x */ Listen \"b\"",
+            "select 1; lIsTeN c",
+            "select 1;\n-- note\nlisten d",
+            "begin; select 1; /* a */ /* b */ listen e; commit",
+            "select ';' ; listen f",
+        ] {
+            assert!(listen(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn passes_over_texts_without_a_listen_statement() {
+        for sql in [
+            "select 1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+            "select 'listen'",
+            "select listen from t",
+            "",
+            ";;",
+        ] {
+            assert!(!listen(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn finds_listen_after_thousands_of_commented_statements() {
+        // Every statement starts with what may be a comment; the text is
+        // searched for LISTEN once, not once per statement.
+        let sql = "select 1; -- x\n".repeat(4000) + "listen z";
+        assert!(listen(&sql));
+        let sql = "select 1; -- x\n".repeat(4000);
+        assert!(!listen(&sql));
+    }
+
+    #[test]
+    fn finds_both_in_one_pass() {
+        let both = scan(b"set search_path = a; listen b", true);
+        assert_eq!(
+            both,
+            QueryScan {
+                listen: true,
+                session_state: true
+            }
+        );
+        let lock = scan(b"select pg_advisory_lock(1); select 2", false);
+        assert!(lock.session_state && !lock.listen);
+        assert_eq!(scan(b"select 1; select 2", true), QueryScan::default());
+    }
+
+    #[test]
+    fn leaves_texts_over_the_limit_alone() {
+        let sql = format!("listen a; set x = 1; select '{}'", "y".repeat(70 * 1024));
+        assert_eq!(scan(sql.as_bytes(), true), QueryScan::default());
+    }
+}
