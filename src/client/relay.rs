@@ -627,8 +627,13 @@ impl Session {
         }
         // The refusal is turned into its (boxed) ending before awaiting it,
         // so the error itself is not kept in this future.
-        let refused = match self.acquire_server().await {
-            Ok(()) => return None,
+        // One clock reading for the checkout and the transaction's start.
+        let now = Instant::now();
+        let refused = match self.acquire_server_at(now).await {
+            Ok(()) => {
+                self.txn.started.get_or_insert(now);
+                return None;
+            }
             Err(e) => self.send_fatal(e),
         };
         Some(refused.await)

@@ -5,6 +5,7 @@
 //! transaction ends.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::expect::Outcome;
 use super::relay::{append, synthesize, try_fill, Ending};
@@ -187,9 +188,7 @@ impl Session {
                 self.statements.remove(n);
             }
         }
-        if txn_done {
-            self.end_of_transaction();
-        }
+        let ended = txn_done.then(|| self.end_of_transaction());
         if replay_now {
             self.start_replay();
         }
@@ -212,19 +211,22 @@ impl Session {
             if !self.expect.is_empty() {
                 tracing::warn!("replies still expected at the end of a transaction; dropping them");
             }
-            self.release_server().await;
+            self.release_server(ended).await;
         }
         None
     }
 
-    fn end_of_transaction(&mut self) {
+    /// Counts the transaction; returns the clock reading at its end.
+    fn end_of_transaction(&mut self) -> Instant {
+        let now = Instant::now();
         self.pool.stats.transactions.inc();
         if let Some(t) = self.txn.started.take() {
             self.pool
                 .stats
                 .transaction_seconds
-                .observe(t.elapsed().as_secs_f64());
+                .observe(now.saturating_duration_since(t).as_secs_f64());
         }
+        now
     }
 
     /// The server died under the client: tell the client at once (unless

@@ -376,7 +376,7 @@ impl Session {
                 }
             }
             if self.mode == PoolMode::Transaction {
-                self.release_server().await;
+                self.release_server(None).await;
             }
         }
         self.reported = self.pool.share_params(std::mem::take(&mut self.reported));
@@ -400,11 +400,16 @@ impl Session {
 
     /// Borrows a server for this client and brings its settings in line.
     pub async fn acquire_server(&mut self) -> Result<(), PgError> {
+        self.acquire_server_at(Instant::now()).await
+    }
+
+    /// [`Session::acquire_server`] with the clock read by the caller.
+    pub async fn acquire_server_at(&mut self, now: Instant) -> Result<(), PgError> {
         let stats = &self.pool.stats;
         // While it waits the client counts as `waiting` only (checkout
         // counts that), so the client states add up to the clients.
         stats.clients_idle.dec();
-        let mut pooled = match self.pool.checkout().await {
+        let mut pooled = match self.pool.checkout_at(now).await {
             Ok(p) => {
                 stats.clients_active.inc();
                 p
@@ -454,7 +459,8 @@ impl Session {
         }
     }
 
-    pub async fn release_server(&mut self) {
+    /// `now`: the clock read at the end of the transaction, if it was.
+    pub async fn release_server(&mut self, now: Option<Instant>) {
         let Some(pooled) = self.server.take() else {
             return;
         };
@@ -467,7 +473,7 @@ impl Session {
             && pooled.server.rbuf.is_empty()
             && self.sscan.at_boundary()
         {
-            pooled.release();
+            pooled.release(now.unwrap_or_else(Instant::now));
         } else {
             pooled.discard();
         }
@@ -520,7 +526,7 @@ impl Session {
             }
         };
         if reusable {
-            pooled.release();
+            pooled.release(Instant::now());
         } else {
             pooled.discard();
         }

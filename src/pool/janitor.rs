@@ -72,6 +72,6 @@ async fn top_up(pool: &Arc<Pool>) {
         };
         let generation = pool.generation.load(std::sync::atomic::Ordering::Acquire);
         drop(permit);
-        pool.put_idle(server, generation);
+        pool.put_idle(server, generation, std::time::Instant::now());
     }
 }

@@ -146,7 +146,16 @@ impl Pool {
     /// server is ~800 bytes) and would otherwise be part of every client
     /// task, idle or not, since a task is as large as its largest state.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer, CheckoutError> {
-        match self.checkout_now() {
+        self.checkout_at(Instant::now()).await
+    }
+
+    /// [`Pool::checkout`] for a caller that read the clock already (`now`),
+    /// so a transaction reads it once at its start.
+    pub async fn checkout_at(
+        self: &Arc<Self>,
+        now: Instant,
+    ) -> Result<PooledServer, CheckoutError> {
+        match self.checkout_now(now) {
             Ok(pooled) => Ok(pooled),
             // Boxed: waiting, health checks and connecting are rare, and
             // this future is part of every client task's.
@@ -157,12 +166,11 @@ impl Pool {
     /// The common case without awaiting: a free permit and an idle server
     /// that needs no check. Otherwise hands [`Pool::checkout_slow`] the
     /// permit, if it got one, and the server due for a check, if any.
-    fn checkout_now(self: &Arc<Self>) -> Result<PooledServer, SlowCheckout> {
-        // No wait, so no clock, timer or subscription.
+    fn checkout_now(self: &Arc<Self>, now: Instant) -> Result<PooledServer, SlowCheckout> {
+        // No wait, so no timer or subscription.
         let permit = self.permit_now().ok_or((None, None))?;
         self.stats.wait_seconds.observe(0.0);
         let generation = self.generation.load(Ordering::Acquire);
-        let now = Instant::now();
         match self.pop_reusable(generation, now) {
             Some(server) if !self.due_for_check(&server, now) => {
                 Ok(self.lend(server, generation, permit))
@@ -334,7 +342,7 @@ impl Pool {
             return Ok(t);
         }
         let server = self.checkout().await?;
-        server.release();
+        server.release(Instant::now());
         let t = self
             .template
             .lock()
@@ -357,16 +365,17 @@ impl Pool {
         share(&mut recent, params)
     }
 
-    fn put_idle(&self, mut server: Box<Server>, generation: u64) {
+    /// Keeps `server` for reuse, last used at `now`, unless it is unfit.
+    fn put_idle(&self, mut server: Box<Server>, generation: u64, now: Instant) {
         if self.closed.load(Ordering::Acquire)
             || generation != self.generation.load(Ordering::Acquire)
-            || server.created.elapsed() >= self.settings.server_lifetime
+            || now.saturating_duration_since(server.created) >= self.settings.server_lifetime
             || server.status != b'I'
             || !server.rbuf.is_empty()
         {
             return;
         }
-        server.last_used = Instant::now();
+        server.last_used = now;
         self.stats.servers_idle.inc();
         self.idle_list().push(server);
     }
@@ -416,7 +425,9 @@ fn share<T: PartialEq>(recent: &mut VecDeque<Weak<T>>, value: Arc<T>) -> Arc<T> 
 
 impl PooledServer {
     /// Returns a clean server (status `I`, nothing unread) to the pool.
-    pub fn release(self) {
+    /// Returns the server to the pool, last used at `now` (the caller's
+    /// clock reading at the end of the transaction).
+    pub fn release(self, now: Instant) {
         let PooledServer {
             server,
             pool,
@@ -424,7 +435,7 @@ impl PooledServer {
             _permit,
         } = self;
         pool.stats.servers_active.dec();
-        pool.put_idle(server, generation);
+        pool.put_idle(server, generation, now);
     }
 
     /// Closes the server instead of returning it.
