@@ -25,30 +25,109 @@ fn session_state_message(what: &str) -> String {
     )
 }
 
+/// What became of a whole client message the relay looked at.
+pub(super) enum Forwarded {
+    /// It goes to the server as the client sent it: it stays in `cbuf`
+    /// with the bytes decided before it, and the burst leaves in one write
+    /// without being cut apart and joined again.
+    AsSent,
+    /// It was taken out of `cbuf` (rewritten, answered here, or refused),
+    /// after the bytes decided before it were queued for the server.
+    Rewritten,
+}
+
 impl Session {
-    /// Forwards a whole simple Query from the client, or in its place a
-    /// refusal when it holds session state. `may_hold_state`: the one look
-    /// at its text (see `query_scan`) found a statement worth a closer one.
-    pub(super) fn forward_query(&mut self, msg: BytesMut, may_hold_state: bool) {
-        let refusal = if may_hold_state {
+    /// A whole simple Query at `cbuf[at..at + len]`: forwarded as sent, or
+    /// replaced by a refusal when it holds session state. `may_hold_state`:
+    /// the one look at its text (see `query_scan`) found a statement worth
+    /// a closer one.
+    pub(super) fn forward_query(
+        &mut self,
+        at: usize,
+        len: usize,
+        may_hold_state: bool,
+    ) -> Forwarded {
+        let found = if may_hold_state {
             // The relay checked the text ends in its NUL.
-            read_cstr_bytes(&msg[5..])
+            read_cstr_bytes(&self.cbuf[at + 5..at + len])
                 .ok()
-                .and_then(|(sql, _)| self.check_session_state(sql))
+                .and_then(|(sql, _)| self.session_state_in(sql))
         } else {
             None
         };
-        match refusal {
-            Some(refusal) => refusal_query(&mut self.to_server, &refusal),
-            None => append(&mut self.to_server, msg),
-        }
+        let forwarded = match found.and_then(|what| self.on_session_state(what)) {
+            Some(refusal) => {
+                self.forward_ready(at);
+                let _ = self.cbuf.split_to(len);
+                refusal_query(&mut self.to_server, &refusal);
+                Forwarded::Rewritten
+            }
+            None => Forwarded::AsSent,
+        };
         self.emit_due_synthesized();
+        forwarded
     }
 
-    /// Handles one whole Parse/Bind/Describe/Close from the client: writes
-    /// what the server must see into `to_server` and records the replies to
-    /// expect. The client holds a server.
-    pub(super) fn rewrite_extended(&mut self, tag: u8, msg: BytesMut) -> Result<(), ProtocolError> {
+    /// A whole Parse/Bind/Describe/Close (or Execute/Sync) at
+    /// `cbuf[at..at + len]`: records the reply to expect and passes it as
+    /// sent, or rewrites it (named statements, refusals). The client holds
+    /// a server.
+    pub(super) fn rewrite_extended(
+        &mut self,
+        tag: u8,
+        at: usize,
+        len: usize,
+    ) -> Result<Forwarded, ProtocolError> {
+        let forwarded = match self.reply_as_sent(tag, &self.cbuf[at + 5..at + len])? {
+            Some(reply) => {
+                self.expect.push(reply, Action::Forward, None);
+                Forwarded::AsSent
+            }
+            None => {
+                self.forward_ready(at);
+                let msg = self.cbuf.split_to(len);
+                self.rewrite(tag, msg)?;
+                Forwarded::Rewritten
+            }
+        };
+        self.emit_due_synthesized();
+        Ok(forwarded)
+    }
+
+    /// The reply a message produces when it can pass as sent: it names
+    /// the unnamed statement, or a statement the client never prepared
+    /// (the server then answers as Postgres would), and holds no session
+    /// state. `None`: it must be rewritten.
+    fn reply_as_sent(&self, tag: u8, body: &[u8]) -> Result<Option<Reply>, ProtocolError> {
+        let named = |name: &str| !name.is_empty() && self.statements.contains_key(name);
+        Ok(match tag {
+            b'P' => {
+                let p = parse_parse(body)?;
+                let holds_state = || {
+                    read_cstr_bytes(p.rest)
+                        .ok()
+                        .is_some_and(|(sql, _)| self.session_state_in(sql).is_some())
+                };
+                (p.name.is_empty() && !holds_state()).then_some(Reply::ParseComplete)
+            }
+            b'B' => (!named(parse_bind(body)?.statement)).then_some(Reply::BindComplete),
+            b'D' => {
+                let (kind, name) = parse_target(body)?;
+                (kind != b'S' || !named(name)).then_some(Reply::Describe)
+            }
+            b'C' => {
+                let (kind, name) = parse_target(body)?;
+                (kind != b'S' || name.is_empty()).then_some(Reply::CloseComplete)
+            }
+            b'E' => Some(Reply::Execute),
+            b'S' => Some(Reply::Ready),
+            _ => None,
+        })
+    }
+
+    /// Writes what the server must see in place of `msg` into `to_server`
+    /// and records the replies to expect.
+    fn rewrite(&mut self, tag: u8, msg: BytesMut) -> Result<(), ProtocolError> {
         let body = &msg[5..];
         match tag {
             b'P' => {
@@ -147,7 +226,6 @@ impl Session {
             }
             _ => append(&mut self.to_server, msg),
         }
-        self.emit_due_synthesized();
         Ok(())
     }
 
@@ -221,13 +299,24 @@ impl Session {
     /// Pins the client (`session_state = "pin"`) or returns the refusal to
     /// send instead (`"error"`) when `sql` creates session-only state.
     fn check_session_state(&mut self, sql: &[u8]) -> Option<String> {
+        let what = self.session_state_in(sql)?;
+        self.on_session_state(what)
+    }
+
+    /// What in `sql` creates session-only state, unless the client is
+    /// pinned already.
+    fn session_state_in(&self, sql: &[u8]) -> Option<String> {
         if self.pinned.is_some() {
             return None;
         }
         let reported = &self.reported;
-        let what = detect(sql, |name| {
+        detect(sql, |name| {
             reported.keys().any(|k| k.eq_ignore_ascii_case(name))
-        })?;
+        })
+    }
+
+    /// Pins the client for `what`, or returns the refusal to send.
+    fn on_session_state(&mut self, what: String) -> Option<String> {
         match self.pool.settings.session_state {
             SessionState::Pin => {
                 tracing::info!(statement = %what, "client pinned to its server (session_state = \"pin\")");

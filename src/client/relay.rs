@@ -22,6 +22,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::buffers::{self, READ_CHUNK};
 use super::expect::{Action, Reply, Synthesized};
+use super::extended::Forwarded;
 use super::listen_extended::LocalAction;
 use super::listen_relay::Intercept;
 use super::query_scan;
@@ -547,23 +548,28 @@ impl Session {
                     if let Some(end) = self.ensure_server().await {
                         return Ok(Some(end));
                     }
-                    self.forward_ready(ready);
-                    ready = 0;
-                    let msg = self.cbuf.split_to(len);
                     if tx {
                         let idle = self.txn.is_idle();
-                        keep_for_replay(&mut self.replay, idle, &self.statements, Some(tag), &msg);
+                        let msg = &self.cbuf[ready..ready + len];
+                        keep_for_replay(&mut self.replay, idle, &self.statements, Some(tag), msg);
                     }
                     self.note_client_message(tag);
-                    if tag == b'Q' {
+                    let forwarded = if tag == b'Q' {
                         self.expect.push(Reply::Ready, Action::Forward, None);
-                    }
-                    if tag == b'Q' {
-                        self.forward_query(msg, query_may_hold_state);
-                    } else if let Err(e) = self.rewrite_extended(tag, msg) {
-                        let e =
-                            PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
-                        return Ok(Some(self.send_fatal(e).await));
+                        Ok(self.forward_query(ready, len, query_may_hold_state))
+                    } else {
+                        self.rewrite_extended(tag, ready, len)
+                    };
+                    match forwarded {
+                        Ok(Forwarded::AsSent) => ready += len,
+                        Ok(Forwarded::Rewritten) => ready = 0,
+                        Err(e) => {
+                            let e = PgError::fatal(
+                                sqlstate::PROTOCOL_VIOLATION,
+                                format!("pgharbor: {e}"),
+                            );
+                            return Ok(Some(self.send_fatal(e).await));
+                        }
                     }
                 }
                 Step::Pass { tag: None, len } => {
@@ -643,7 +649,7 @@ impl Session {
     /// is left to the end of the read burst: a Parse/Bind/Execute/Sync
     /// batch leaves in one `send`, as the client sent it, not one per
     /// message pgharbor had to look at.
-    fn forward_ready(&mut self, n: usize) {
+    pub(super) fn forward_ready(&mut self, n: usize) {
         if n == 0 {
             return;
         }
