@@ -361,6 +361,21 @@ impl Server {
         }
     }
 
+    /// The fast path of [`Server::sync_params`]: the server was last synced
+    /// to this very map (clients with default settings share one), has
+    /// reported nothing since, and the client set nothing unreported.
+    pub fn params_in_sync(
+        &self,
+        reported: &Arc<BTreeMap<String, String>>,
+        other: &BTreeMap<String, String>,
+    ) -> bool {
+        other.is_empty()
+            && self.applied.is_empty()
+            && self.synced.as_ref().is_some_and(|(map, version)| {
+                Arc::ptr_eq(map, reported) && *version == self.params_version
+            })
+    }
+
     /// Brings the server's settings to what a client expects: reported
     /// parameters that differ and unreported ones the client set at startup,
     /// and resets what an earlier client left. One round trip, or none.
@@ -369,14 +384,8 @@ impl Server {
         reported: &Arc<BTreeMap<String, String>>,
         other: &BTreeMap<String, String>,
     ) -> Result<(), ServerError> {
-        // Fast path: the server was last synced to this very map (clients
-        // with default settings share one) and has reported nothing since.
-        if other.is_empty() && self.applied.is_empty() {
-            if let Some((map, version)) = &self.synced {
-                if Arc::ptr_eq(map, reported) && *version == self.params_version {
-                    return Ok(());
-                }
-            }
+        if self.params_in_sync(reported, other) {
+            return Ok(());
         }
         // Boxed: a rare round trip whose future would otherwise be part of
         // every client task (see `Pool::checkout`).

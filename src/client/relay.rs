@@ -631,18 +631,31 @@ impl Session {
         if self.server.is_some() {
             return None;
         }
-        // The refusal is turned into its (boxed) ending before awaiting it,
-        // so the error itself is not kept in this future.
         // One clock reading for the checkout and the transaction's start.
         let now = Instant::now();
-        let refused = match self.acquire_server_at(now).await {
+        match self.acquire_server_now(now) {
             Ok(()) => {
                 self.txn.started.get_or_insert(now);
-                return None;
+                None
             }
-            Err(e) => self.send_fatal(e),
-        };
-        Some(refused.await)
+            // Boxed: waiting, connecting and refusing are rare, and their
+            // state would otherwise be part of every client task.
+            Err(attempt) => Box::pin(self.ensure_server_slow(now, attempt)).await,
+        }
+    }
+
+    async fn ensure_server_slow(
+        &mut self,
+        now: Instant,
+        attempt: Result<crate::pool::PooledServer, crate::pool::SlowCheckout>,
+    ) -> Option<Result<(), SessionError>> {
+        match self.acquire_server_slow(attempt).await {
+            Ok(()) => {
+                self.txn.started.get_or_insert(now);
+                None
+            }
+            Err(e) => Some(self.send_fatal(e).await),
+        }
     }
 
     /// Moves `n` decided bytes from `cbuf` to the server's queue. Writing

@@ -30,14 +30,67 @@ fn server_inspects_tx(tag: u8) -> bool {
     )
 }
 
+/// What a read from the server leaves to do, for the part that may await.
+enum ServerRead {
+    /// The server broke the protocol: the session ends.
+    Broken(Box<ServerError>),
+    Done {
+        /// The server closed or failed after what was read.
+        lost: Option<Box<ServerError>>,
+        /// The transaction ended and the server may go back to the pool.
+        release: bool,
+        /// The clock at the end of the transaction, if one ended.
+        ended: Option<Instant>,
+        /// LISTENs of the transaction take effect (`true`) or are dropped.
+        listen_txn_end: Option<bool>,
+    },
+}
+
 impl Session {
     /// Reads from the server and forwards; releases the server at the end of
     /// a transaction in transaction mode.
     pub(super) async fn on_server_readable(&mut self) -> Option<Result<(), SessionError>> {
+        // The reading and scanning is a plain function, so its locals are
+        // not part of this future's state (and of every client task's).
+        let (lost, release, ended, listen_txn_end) = match self.read_server()? {
+            ServerRead::Broken(e) => return Some(self.server_lost(*e).await),
+            ServerRead::Done {
+                lost,
+                release,
+                ended,
+                listen_txn_end,
+            } => (lost, release, ended, listen_txn_end),
+        };
+        if let Some(committed) = listen_txn_end {
+            // Before the ReadyForQuery reaches the client: a NOTIFY it sends
+            // next must find the LISTEN in place, as on Postgres.
+            // Boxed: a rare path kept out of the relay future's size.
+            if let Err(e) = Box::pin(self.end_of_listen_transaction(committed)).await {
+                tracing::warn!(error = %e, "LISTEN at COMMIT failed");
+            }
+            self.last_command_tag = None;
+        }
+        if let Err(e) = self.flush_client() {
+            return Some(Err(e));
+        }
+        if let Some(e) = lost {
+            return Some(self.server_lost(*e).await);
+        }
+        if release && self.txn.is_idle() {
+            if !self.expect.is_empty() {
+                tracing::warn!("replies still expected at the end of a transaction; dropping them");
+            }
+            self.release_server(ended).await;
+        }
+        None
+    }
+
+    /// Reads what the server sent, scans it, and queues it for the client.
+    fn read_server(&mut self) -> Option<ServerRead> {
         let pooled = self.server.as_mut()?;
         let open = try_fill(&pooled.server.stream, &mut pooled.server.rbuf);
-        // Boxed: kept across this function's awaits, so its size would be
-        // every client task's.
+        // Boxed: kept across `on_server_readable`'s awaits, so its size
+        // would be every client task's.
         let lost = match open {
             Ok(true) => None,
             Ok(false) => Some(Box::new(ServerError::Closed)),
@@ -62,9 +115,7 @@ impl Session {
             let rbuf = &pooled.server.rbuf;
             let step = match self.sscan.step(&rbuf[ready..], 1 << 30, inspects) {
                 Ok(s) => s,
-                Err(e) => {
-                    return Some(self.server_lost(ServerError::Protocol(e)).await);
-                }
+                Err(e) => return Some(ServerRead::Broken(Box::new(ServerError::Protocol(e)))),
             };
             match step {
                 Step::Incomplete => break,
@@ -192,28 +243,12 @@ impl Session {
         if replay_now {
             self.start_replay();
         }
-        if let Some(committed) = listen_txn_end {
-            // Before the ReadyForQuery reaches the client: a NOTIFY it sends
-            // next must find the LISTEN in place, as on Postgres.
-            // Boxed: a rare path kept out of the relay future's size.
-            if let Err(e) = Box::pin(self.end_of_listen_transaction(committed)).await {
-                tracing::warn!(error = %e, "LISTEN at COMMIT failed");
-            }
-            self.last_command_tag = None;
-        }
-        if let Err(e) = self.flush_client() {
-            return Some(Err(e));
-        }
-        if let Some(e) = lost {
-            return Some(self.server_lost(*e).await);
-        }
-        if release && self.txn.is_idle() {
-            if !self.expect.is_empty() {
-                tracing::warn!("replies still expected at the end of a transaction; dropping them");
-            }
-            self.release_server(ended).await;
-        }
-        None
+        Some(ServerRead::Done {
+            lost,
+            release,
+            ended,
+            listen_txn_end,
+        })
     }
 
     /// Counts the transaction; returns the clock reading at its end.

@@ -19,7 +19,7 @@ use super::startup::{self, Handshake, LoginRequest, StartupError};
 use crate::admin::registry::ClientEntry;
 use crate::cancel::{AfterCancels, CancelHandle};
 use crate::config::PoolMode;
-use crate::pool::{CheckoutError, Pool, PooledServer};
+use crate::pool::{CheckoutError, Pool, PooledServer, SlowCheckout};
 use crate::protocol::startup::parse_options;
 use crate::protocol::{backend, sqlstate, FrameScanner, PgError};
 use crate::server::{is_read_only_param, ServerError};
@@ -104,10 +104,12 @@ impl LoggedIn {
         async move {
             let result = self.session.relay().await;
             self.session.pool.stats.clients_idle.dec();
+            // Logged before the clean-up, so the result is not kept across
+            // its await (which would add its size to every client task).
+            log_end(result);
             // Boxed, like the relay's rare paths (see `relay::Ending`).
             Box::pin(self.session.finish()).await;
             drop(self);
-            log_end(result);
         }
     }
 }
@@ -403,13 +405,50 @@ impl Session {
         self.acquire_server_at(Instant::now()).await
     }
 
-    /// [`Session::acquire_server`] with the clock read by the caller.
+    /// [`Session::acquire_server`] with the clock read by the caller. The
+    /// common case (an idle server at once, its settings already the
+    /// client's) runs without a nested future; waiting, connecting, health
+    /// checks and applying settings are boxed, so their state is not part
+    /// of every client task (a task is as large as its largest state).
     pub async fn acquire_server_at(&mut self, now: Instant) -> Result<(), PgError> {
-        let stats = &self.pool.stats;
+        match self.acquire_server_now(now) {
+            Ok(()) => Ok(()),
+            Err(attempt) => Box::pin(self.acquire_server_slow(attempt)).await,
+        }
+    }
+
+    /// The common case of [`Session::acquire_server_at`], without awaiting.
+    /// `Err` hands what the fast checkout got to
+    /// [`Session::acquire_server_slow`].
+    pub fn acquire_server_now(
+        &mut self,
+        now: Instant,
+    ) -> Result<(), Result<PooledServer, SlowCheckout>> {
         // While it waits the client counts as `waiting` only (checkout
         // counts that), so the client states add up to the clients.
-        stats.clients_idle.dec();
-        let mut pooled = match self.pool.checkout_at(now).await {
+        self.pool.stats.clients_idle.dec();
+        match self.pool.checkout_now(now) {
+            Ok(pooled) if pooled.server.params_in_sync(&self.reported, &self.other) => {
+                self.pool.stats.clients_active.inc();
+                self.take_server(pooled);
+                Ok(())
+            }
+            attempt => Err(attempt),
+        }
+    }
+
+    /// Waits for a server, connects, checks or syncs one, after
+    /// [`Session::acquire_server_now`] could not.
+    pub async fn acquire_server_slow(
+        &mut self,
+        attempt: Result<PooledServer, SlowCheckout>,
+    ) -> Result<(), PgError> {
+        let checkout = match attempt {
+            Ok(pooled) => Ok(pooled),
+            Err((permit, due)) => self.pool.checkout_slow(permit, due).await,
+        };
+        let stats = &self.pool.stats;
+        let mut pooled = match checkout {
             Ok(p) => {
                 stats.clients_active.inc();
                 p
@@ -437,6 +476,12 @@ impl Session {
                 ),
             });
         }
+        self.take_server(pooled);
+        Ok(())
+    }
+
+    /// The client holds `pooled` from now on.
+    fn take_server(&mut self, pooled: PooledServer) {
         self.cancel.slot.set_target(pooled.server.key);
         if self.state.metrics.listen_subscriptions.get() > 0 {
             // Someone listens: remember who holds this server, so a NOTIFY
@@ -448,7 +493,6 @@ impl Session {
         }
         self.txn.status = pooled.server.status;
         self.server = Some(pooled);
-        Ok(())
     }
 
     /// Gives the server back: to the pool if it is clean, closed otherwise.
@@ -461,11 +505,16 @@ impl Session {
 
     /// `now`: the clock read at the end of the transaction, if it was.
     pub async fn release_server(&mut self, now: Option<Instant>) {
+        if self.server.is_none() {
+            return;
+        }
+        self.forget_sender();
+        // Awaited while the server is still in `self.server`: kept out of
+        // this future's state, which is part of every client task's.
+        let cancels = self.cancel.slot.clear_target().await;
         let Some(pooled) = self.server.take() else {
             return;
         };
-        self.forget_sender();
-        let cancels = self.cancel.slot.clear_target().await;
         self.pool.stats.clients_active.dec();
         self.pool.stats.clients_idle.inc();
         if cancels == AfterCancels::Reusable

@@ -96,7 +96,7 @@ pub struct PooledServer {
 
 /// What the fast checkout leaves to the slow one: the permit it got, and
 /// the idle server it found due for a health check.
-type SlowCheckout = (Option<OwnedSemaphorePermit>, Option<Box<Server>>);
+pub(crate) type SlowCheckout = (Option<OwnedSemaphorePermit>, Option<Box<Server>>);
 
 impl Pool {
     pub fn new(
@@ -166,7 +166,10 @@ impl Pool {
     /// The common case without awaiting: a free permit and an idle server
     /// that needs no check. Otherwise hands [`Pool::checkout_slow`] the
     /// permit, if it got one, and the server due for a check, if any.
-    fn checkout_now(self: &Arc<Self>, now: Instant) -> Result<PooledServer, SlowCheckout> {
+    pub(crate) fn checkout_now(
+        self: &Arc<Self>,
+        now: Instant,
+    ) -> Result<PooledServer, SlowCheckout> {
         // No wait, so no timer or subscription.
         let permit = self.permit_now().ok_or((None, None))?;
         self.stats.wait_seconds.observe(0.0);
@@ -179,7 +182,7 @@ impl Pool {
         }
     }
 
-    async fn checkout_slow(
+    pub(crate) async fn checkout_slow(
         self: &Arc<Self>,
         permit: Option<OwnedSemaphorePermit>,
         mut due: Option<Box<Server>>,
