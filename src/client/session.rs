@@ -401,23 +401,19 @@ impl Session {
     }
 
     /// Borrows a server for this client and brings its settings in line.
-    pub async fn acquire_server(&mut self) -> Result<(), PgError> {
-        self.acquire_server_at(Instant::now()).await
-    }
-
-    /// [`Session::acquire_server`] with the clock read by the caller. The
-    /// common case (an idle server at once, its settings already the
+    /// The common case (an idle server at once, its settings already the
     /// client's) runs without a nested future; waiting, connecting, health
     /// checks and applying settings are boxed, so their state is not part
     /// of every client task (a task is as large as its largest state).
-    pub async fn acquire_server_at(&mut self, now: Instant) -> Result<(), PgError> {
-        match self.acquire_server_now(now) {
+    pub async fn acquire_server(&mut self) -> Result<(), PgError> {
+        match self.acquire_server_now(Instant::now()) {
             Ok(()) => Ok(()),
             Err(attempt) => Box::pin(self.acquire_server_slow(attempt)).await,
         }
     }
 
-    /// The common case of [`Session::acquire_server_at`], without awaiting.
+    /// The common case of [`Session::acquire_server`], without awaiting,
+    /// with the clock read by the caller.
     /// `Err` hands what the fast checkout got to
     /// [`Session::acquire_server_slow`].
     pub fn acquire_server_now(

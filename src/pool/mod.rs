@@ -146,16 +146,7 @@ impl Pool {
     /// server is ~800 bytes) and would otherwise be part of every client
     /// task, idle or not, since a task is as large as its largest state.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer, CheckoutError> {
-        self.checkout_at(Instant::now()).await
-    }
-
-    /// [`Pool::checkout`] for a caller that read the clock already (`now`),
-    /// so a transaction reads it once at its start.
-    pub async fn checkout_at(
-        self: &Arc<Self>,
-        now: Instant,
-    ) -> Result<PooledServer, CheckoutError> {
-        match self.checkout_now(now) {
+        match self.checkout_now(Instant::now()) {
             Ok(pooled) => Ok(pooled),
             // Boxed: waiting, health checks and connecting are rare, and
             // this future is part of every client task's.
@@ -427,9 +418,9 @@ fn share<T: PartialEq>(recent: &mut VecDeque<Weak<T>>, value: Arc<T>) -> Arc<T> 
 }
 
 impl PooledServer {
-    /// Returns a clean server (status `I`, nothing unread) to the pool.
-    /// Returns the server to the pool, last used at `now` (the caller's
-    /// clock reading at the end of the transaction).
+    /// Returns a clean server (status `I`, nothing unread) to the pool, last
+    /// used at `now` (the caller's clock reading at the end of the
+    /// transaction).
     pub fn release(self, now: Instant) {
         let PooledServer {
             server,
