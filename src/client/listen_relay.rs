@@ -65,10 +65,8 @@ impl Session {
     /// Answers a simple Query made only of LISTEN / UNLISTEN statements with
     /// the CommandComplete(s) and ReadyForQuery Postgres would send. Inside a
     /// transaction they are held until COMMIT (dropped on ROLLBACK).
+    /// Called for texts `query_scan` found may hold one.
     pub(super) async fn intercept_listen(&mut self, sql: &str) -> Intercept {
-        if !may_be_listen(sql.as_bytes()) {
-            return Intercept::Forward;
-        }
         let cmds = match crate::listen::parse_many(sql) {
             Ok(None) => return Intercept::Forward,
             Ok(Some(cmds)) => Ok(cmds),
