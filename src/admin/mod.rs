@@ -147,11 +147,7 @@ impl Console {
                 let msg = match split_message(&mut self.buf, MAX_MESSAGE) {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
-                    Err(e) => {
-                        let err =
-                            PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
-                        return self.fatal(err).await;
-                    }
+                    Err(e) => return self.fatal(PgError::protocol_violation(e)).await,
                 };
                 match self.message(&msg).await? {
                     Next::Continue => {}

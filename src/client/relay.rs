@@ -448,8 +448,7 @@ impl Session {
             let step = match step {
                 Ok(s) => s,
                 Err(e) => {
-                    let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
-                    return Ok(Some(self.send_fatal(e).await));
+                    return Ok(Some(self.send_fatal(PgError::protocol_violation(e)).await));
                 }
             };
             if skipping {
@@ -478,9 +477,7 @@ impl Session {
                 let sql = match read_cstr_bytes(body) {
                     Ok((sql, _)) => sql,
                     Err(e) => {
-                        let e =
-                            PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgharbor: {e}"));
-                        return Ok(Some(self.send_fatal(e).await));
+                        return Ok(Some(self.send_fatal(PgError::protocol_violation(e)).await))
                     }
                 };
                 let scan = query_scan::scan(sql, true);
@@ -565,11 +562,7 @@ impl Session {
                         Ok(Forwarded::AsSent) => ready += len,
                         Ok(Forwarded::Rewritten) => ready = 0,
                         Err(e) => {
-                            let e = PgError::fatal(
-                                sqlstate::PROTOCOL_VIOLATION,
-                                format!("pgharbor: {e}"),
-                            );
-                            return Ok(Some(self.send_fatal(e).await));
+                            return Ok(Some(self.send_fatal(PgError::protocol_violation(e)).await))
                         }
                     }
                 }

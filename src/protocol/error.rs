@@ -41,6 +41,15 @@ impl PgError {
         }
     }
 
+    /// The FATAL for a client that broke the protocol (`08P01`), saying
+    /// what was wrong.
+    pub fn protocol_violation(what: impl std::fmt::Display) -> PgError {
+        PgError::fatal(
+            super::sqlstate::PROTOCOL_VIOLATION,
+            format!("pgharbor: {what}"),
+        )
+    }
+
     pub fn error(code: &'static str, message: impl Into<String>) -> PgError {
         PgError {
             severity: Severity::Error,
