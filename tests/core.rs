@@ -188,3 +188,95 @@ async fn a_latin1_client_sends_and_gets_latin1_text() {
         assert_eq!(&row.body[6..], b"caf\xe9");
     }
 }
+
+/// A pgharbor config with one more database entry, `name`, in
+/// transaction mode.
+fn config_with_database(name: &str) -> String {
+    pg().create_database(name, USER).expect("create database");
+    let port = pg().port();
+    let mut text = config_text("transaction", 4, "");
+    text.push_str(&format!(
+        "\n[[databases]]\nname = \"{name}\"\nport = {port}\n"
+    ));
+    text
+}
+
+async fn sessions_on(direct: &tokio_postgres::Client, db: &str) -> i64 {
+    direct
+        .query_one(
+            "select count(*) from pg_stat_activity where datname = $1",
+            &[&db],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+async fn database_exists(direct: &tokio_postgres::Client, db: &str) -> bool {
+    direct
+        .query_one(
+            "select count(*) = 1 from pg_database where datname = $1",
+            &[&db],
+        )
+        .await
+        .expect("pg_database")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_database_succeeds_although_pgharbor_holds_idle_servers_to_it() {
+    let proxy = start_proxy_with(&config_with_database("drop_me")).await;
+    // A client of drop_me leaves an idle server to it in the pool.
+    let user_of_db = connect(&proxy, "drop_me").await;
+    assert_eq!(
+        simple_value(&user_of_db, "select 1").await.as_deref(),
+        Some("1")
+    );
+    let direct = connect_direct().await;
+    assert_eq!(sessions_on(&direct, "drop_me").await, 1, "one idle server");
+
+    // As a person would: psql through pgharbor, connected to another database.
+    // Postgres answers 55006 (after waiting 5 s for the session to leave);
+    // pgharbor closes its idle servers to drop_me and runs it once more.
+    let out = psql(&proxy, USER, PASSWORD, "app", "DROP DATABASE drop_me");
+    assert_succeeded(&out);
+    assert!(!database_exists(&direct, "drop_me").await);
+    assert_eq!(
+        psql(&proxy, USER, PASSWORD, "app", "select 2").stdout,
+        b"2\n",
+        "the dropping client's pool works on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_database_of_a_database_in_use_fails_and_leaves_its_transaction_alone() {
+    let proxy = start_proxy_with(&config_with_database("drop_me_busy")).await;
+    // A transaction is open on drop_me_busy: its server is in use, not idle.
+    let busy = connect(&proxy, "drop_me_busy").await;
+    busy.batch_execute("begin; create table t (x int); insert into t values (1)")
+        .await
+        .unwrap();
+
+    let dropper = connect(&proxy, "app").await;
+    let e = dropper
+        .simple_query("drop database drop_me_busy")
+        .await
+        .expect_err("a database with an open transaction is not dropped");
+    assert_eq!(sqlstate(&e).as_deref(), Some("55006"), "{e:?}");
+
+    // The open transaction was not touched: it goes on and commits.
+    assert_eq!(
+        simple_value(&busy, "select count(*) from t")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    busy.batch_execute("commit").await.unwrap();
+    let direct = connect_direct().await;
+    assert!(database_exists(&direct, "drop_me_busy").await);
+    // The dropping client's session is in order after the refusal.
+    assert_eq!(
+        simple_value(&dropper, "select 3").await.as_deref(),
+        Some("3")
+    );
+}

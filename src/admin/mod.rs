@@ -299,7 +299,9 @@ impl Console {
             }
             Command::Reconnect(db) => {
                 match pools_of(&state, db.as_deref()) {
-                    Ok(pools) => pools.iter().for_each(|p| p.reconnect()),
+                    Ok(pools) => pools.iter().for_each(|p| {
+                        p.reconnect();
+                    }),
                     Err(e) => return Ok(Err(e)),
                 }
                 "RECONNECT"

@@ -2,6 +2,7 @@
 //! the relay loop with its pinning rules.
 
 mod buffers;
+mod drop_database;
 mod expect;
 mod extended;
 mod listen_extended;

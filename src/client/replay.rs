@@ -12,28 +12,46 @@
 //! Once per group: a second failure goes to the client. Inside an explicit
 //! transaction the error always goes to the client, since the transaction is
 //! aborted and only the client may decide what to do.
+//!
+//! The same mechanism retries a lone `DROP DATABASE x` that failed with
+//! 55006 because sessions are connected to `x`: the idle servers of every
+//! pool to `x` are closed, then the Query runs once more (see
+//! `drop_database.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::drop_database;
 use super::expect::{Action, Reply};
 use super::prepared::{build_target, parse_bind, Statement};
 use super::session::Session;
 use crate::protocol::error::ServerErrorFields;
+use crate::protocol::sqlstate;
 
 /// The message Postgres gives (src/backend/utils/cache/plancache.c).
 const CHANGED_RESULT_TYPE: &str = "cached plan must not change result type";
 /// Groups larger than this are not kept for a retry.
 const MAX_REPLAY_BYTES: usize = 64 * 1024;
 
+/// What a kept group is retried after, and what is done before it runs
+/// again.
+#[derive(Debug, Clone)]
+enum Retry {
+    /// `cached plan must not change result type` for the bound statement
+    /// (its name on the server): it is closed and prepared again.
+    ChangedResultType(Arc<str>),
+    /// 55006 for `DROP DATABASE` of this database (its name on the
+    /// server): pgharbor's idle servers to it are closed.
+    DropDatabase(Box<str>),
+}
+
 /// The client's messages of the current Sync group, kept for a retry.
 #[derive(Debug)]
 pub(super) struct Replay {
     bytes: BytesMut,
-    /// The bound statement's name on the server.
-    statement: Arc<str>,
+    retry: Retry,
     /// The group's Sync was kept: the group is whole.
     complete: bool,
     /// A reply of the group reached the client: too late to retry.
@@ -46,10 +64,10 @@ pub(super) struct Replay {
 
 impl Replay {
     /// A group about to be kept, in `bytes` (empty, reused).
-    fn new(statement: Arc<str>, bytes: BytesMut) -> Replay {
+    fn new(retry: Retry, bytes: BytesMut) -> Replay {
         Replay {
             bytes,
-            statement,
+            retry,
             complete: false,
             replied: false,
             armed: false,
@@ -65,16 +83,23 @@ impl Replay {
         true
     }
 
-    /// The server sent the ErrorResponse `body`: true when it is the changed
-    /// result type of the group's statement and the group can run again, so
-    /// the error is dropped. `alone`: nothing of a later group has reached
-    /// the server (the retry must run before it).
+    /// The server sent the ErrorResponse `body`: true when it is the error
+    /// the group is kept for and the group can run again, so the error is
+    /// dropped. `alone`: nothing of a later group has reached the server
+    /// (the retry must run before it).
     pub fn arm(&mut self, body: &[u8], alone: bool) -> bool {
         if self.armed || self.retried || self.replied || !self.complete || !alone {
             return false;
         }
         let fields = ServerErrorFields::parse(body);
-        if fields.code != "0A000" || fields.message != CHANGED_RESULT_TYPE {
+        let expected = match self.retry {
+            Retry::ChangedResultType(_) => {
+                fields.code == "0A000" && fields.message == CHANGED_RESULT_TYPE
+            }
+            // The code alone: the message is translated with lc_messages.
+            Retry::DropDatabase(_) => fields.code == sqlstate::OBJECT_IN_USE,
+        };
+        if !expected {
             return false;
         }
         self.armed = true;
@@ -105,22 +130,29 @@ pub(super) fn keep_for_replay(
         if !r.complete {
             if !r.keep(bytes) {
                 *replay = None;
-            } else if tag == Some(b'S') {
+            } else if matches!(tag, Some(b'S' | b'Q')) {
                 r.complete = true;
             }
             return;
         }
     }
     // A new group: kept only when it starts outside a transaction with a
-    // Bind of one of the client's named statements.
-    let statement = match tag {
+    // Bind of one of the client's named statements, or is a simple Query
+    // that only drops a database.
+    let retry = match tag {
         Some(b'B') if idle => parse_bind(&bytes[5..])
             .ok()
             .filter(|b| !b.statement.is_empty())
-            .and_then(|b| statements.get(b.statement)),
+            .and_then(|b| statements.get(b.statement))
+            .map(|st| Retry::ChangedResultType(st.name.clone())),
+        // The relay checked that the text ends in its NUL.
+        Some(b'Q') if idle => bytes[5..]
+            .strip_suffix(b"\0")
+            .and_then(drop_database::target)
+            .map(|db| Retry::DropDatabase(db.into())),
         _ => None,
     };
-    let Some(st) = statement else {
+    let Some(retry) = retry else {
         *replay = None;
         return;
     };
@@ -134,20 +166,23 @@ pub(super) fn keep_for_replay(
                 buf = BytesMut::new();
             }
             buf.clear();
-            **r = Replay::new(st.name.clone(), buf);
+            **r = Replay::new(retry, buf);
             r
         }
-        None => replay.insert(Box::new(Replay::new(st.name.clone(), BytesMut::new()))),
+        None => replay.insert(Box::new(Replay::new(retry, BytesMut::new()))),
     };
     if !r.keep(bytes) {
         *replay = None;
+    } else if tag == Some(b'Q') {
+        r.complete = true;
     }
 }
 
 impl Session {
     /// At the group's ReadyForQuery after an armed error: closes the stale
-    /// statement on the server and puts the client's messages back in front
-    /// of whatever it sent since, to be processed again.
+    /// statement on the server (or pgharbor's idle servers to the database
+    /// being dropped) and puts the client's messages back in front of
+    /// whatever it sent since, to be processed again.
     pub(super) fn start_replay(&mut self) {
         let Some(r) = self.replay.as_deref_mut() else {
             return;
@@ -157,15 +192,23 @@ impl Session {
         r.complete = false;
         r.replied = false;
         let bytes = std::mem::take(&mut r.bytes);
-        let statement = r.statement.clone();
-        tracing::info!(statement = %statement, "result type changed: preparing the statement again and retrying");
-        self.state.metrics.statement_retries.inc();
-        if let Some(p) = self.server.as_mut() {
-            p.server.prepared.remove(&statement);
+        match r.retry.clone() {
+            Retry::ChangedResultType(statement) => {
+                tracing::info!(statement = %statement, "result type changed: preparing the statement again and retrying");
+                self.state.metrics.statement_retries.inc();
+                if let Some(p) = self.server.as_mut() {
+                    p.server.prepared.remove(&statement);
+                }
+                build_target(&mut self.to_server, b'C', b'S', &statement);
+                self.expect
+                    .push(Reply::CloseComplete, Action::Swallow, None);
+            }
+            Retry::DropDatabase(db) => {
+                let t = &self.pool.target;
+                let closed = self.state.pools.close_idle_to(&t.host, t.port, &db);
+                tracing::info!(database = %db, idle_servers_closed = closed, "DROP DATABASE: the database is in use; closed pgharbor's idle servers to it and retrying once");
+            }
         }
-        build_target(&mut self.to_server, b'C', b'S', &statement);
-        self.expect
-            .push(Reply::CloseComplete, Action::Swallow, None);
         let mut cbuf = bytes;
         cbuf.extend_from_slice(&self.cbuf);
         self.cbuf = cbuf;

@@ -374,11 +374,13 @@ impl Pool {
         self.idle_list().push(server);
     }
 
-    /// Closes idle servers now and makes servers in use close when returned.
-    pub fn reconnect(&self) {
+    /// Closes idle servers now and makes servers in use close when
+    /// returned. Returns how many idle servers were closed.
+    pub fn reconnect(&self) -> usize {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let drained: Vec<Box<Server>> = std::mem::take(&mut *self.idle_list());
         self.stats.servers_idle.sub(drained.len() as i64);
+        drained.len()
     }
 
     pub fn pause(&self) {
@@ -553,6 +555,18 @@ impl Pools {
             .collect();
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
+    }
+
+    /// Closes the idle servers of every pool whose servers are connected to
+    /// database `dbname` at `host`:`port` (as RECONNECT does), so that
+    /// `DROP DATABASE` does not find pgharbor's sessions in its way; servers
+    /// in use close when they are returned. Returns how many were closed.
+    pub fn close_idle_to(&self, host: &str, port: u16, dbname: &str) -> usize {
+        self.all()
+            .iter()
+            .filter(|p| p.target.port == port && p.target.host == host && p.target.dbname == dbname)
+            .map(|p| p.reconnect())
+            .sum()
     }
 
     pub fn close_all(&self) {

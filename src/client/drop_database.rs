@@ -1,0 +1,142 @@
+//! Recognizing a simple Query that is one `DROP DATABASE` statement.
+//!
+//! Postgres refuses to drop a database while any session is connected to
+//! it (55006, "being accessed by other users"), and pgharbor's idle server
+//! connections are such sessions. When a client's `DROP DATABASE x` fails
+//! that way, pgharbor closes its idle servers to `x` and runs the statement
+//! once more (see `replay.rs`); DROP DATABASE cannot run inside a
+//! transaction block, so running it again cannot repeat other work.
+//!
+//! Only the plain form is recognized: optional white space, `DROP DATABASE
+//! [IF EXISTS] name`, an optional `WITH (...)` clause, an optional `;`. A
+//! text with comments or several statements is forwarded as it is and gets
+//! no retry.
+
+/// The database a lone `DROP DATABASE` statement in `sql` drops, as
+/// Postgres names it (unquoted names folded to lower case).
+pub(super) fn target(sql: &[u8]) -> Option<String> {
+    let rest = keyword(sql, b"drop")?;
+    let rest = keyword(rest, b"database")?;
+    let rest = match keyword(rest, b"if").and_then(|r| keyword(r, b"exists")) {
+        Some(r) => r,
+        None => rest,
+    };
+    let (name, rest) = identifier(skip_space(rest))?;
+    let rest = trim_end(skip_space(rest));
+    let rest = trim_end(rest.strip_suffix(b";").unwrap_or(rest));
+    if rest.is_empty() {
+        return Some(name);
+    }
+    // `WITH (FORCE)` and the like; nothing after it may start a statement.
+    let options = keyword(rest, b"with")?;
+    (!options.contains(&b';')).then_some(name)
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
+}
+
+fn skip_space(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|&&b| is_space(b)).count();
+    &s[n..]
+}
+
+fn trim_end(s: &[u8]) -> &[u8] {
+    let n = s.iter().rev().take_while(|&&b| is_space(b)).count();
+    &s[..s.len() - n]
+}
+
+/// `s` after white space and the keyword `word` (which must end there).
+fn keyword<'a>(s: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
+    let s = skip_space(s);
+    let head = s.get(..word.len())?;
+    if !head.eq_ignore_ascii_case(word) {
+        return None;
+    }
+    let rest = &s[word.len()..];
+    match rest.first() {
+        None => Some(rest),
+        Some(&b) if is_space(b) || b == b'"' || b == b'(' || b == b';' => Some(rest),
+        Some(_) => None,
+    }
+}
+
+fn ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+fn ident_cont(b: u8) -> bool {
+    ident_start(b) || b.is_ascii_digit() || b == b'$'
+}
+
+/// A quoted or unquoted identifier at the start of `s`, and what follows.
+fn identifier(s: &[u8]) -> Option<(String, &[u8])> {
+    if let Some(quoted) = s.strip_prefix(b"\"") {
+        let mut name = Vec::new();
+        let mut i = 0;
+        loop {
+            match quoted.get(i)? {
+                b'"' if quoted.get(i + 1) == Some(&b'"') => {
+                    name.push(b'"');
+                    i += 2;
+                }
+                b'"' => break,
+                &b => {
+                    name.push(b);
+                    i += 1;
+                }
+            }
+        }
+        let name = String::from_utf8(name).ok().filter(|n| !n.is_empty())?;
+        return Some((name, &quoted[i + 1..]));
+    }
+    if !ident_start(*s.first()?) {
+        return None;
+    }
+    let n = s.iter().take_while(|&&b| ident_cont(b)).count();
+    let name = std::str::from_utf8(&s[..n]).ok()?.to_ascii_lowercase();
+    Some((name, &s[n..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target;
+
+    fn t(sql: &str) -> Option<String> {
+        target(sql.as_bytes())
+    }
+
+    #[test]
+    fn finds_the_database_of_a_lone_drop_database() {
+        assert_eq!(t("DROP DATABASE shop").as_deref(), Some("shop"));
+        assert_eq!(t("  drop database Shop_2;  ").as_deref(), Some("shop_2"));
+        assert_eq!(t("drop database if exists x").as_deref(), Some("x"));
+        assert_eq!(
+            t("DROP DATABASE \"My \"\"Db\"\"\"").as_deref(),
+            Some("My \"Db\"")
+        );
+        assert_eq!(t("drop database\n\"x\";").as_deref(), Some("x"));
+        assert_eq!(t("DROP DATABASE x WITH (FORCE)").as_deref(), Some("x"));
+        assert_eq!(t("drop database exists").as_deref(), Some("exists"));
+        assert_eq!(t("drop database if").as_deref(), Some("if"));
+    }
+
+    #[test]
+    fn leaves_everything_else_alone() {
+        for sql in [
+            "select 1",
+            "drop table x",
+            "drop databasex y",
+            "drop database",
+            "drop database x; drop database y",
+            "drop database x; select 1",
+            "drop database x with (force); select 1",
+            "drop database \"\"",
+            "drop database \"unterminated",
+            "-- comment\ndrop database x",
+            "drop database x y",
+        ] {
+            assert_eq!(t(sql), None, "{sql}");
+        }
+    }
+}
