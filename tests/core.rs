@@ -189,12 +189,13 @@ async fn a_latin1_client_sends_and_gets_latin1_text() {
     }
 }
 
-/// A pgharbor config with one more database entry, `name`, in
-/// transaction mode.
-fn config_with_database(name: &str) -> String {
-    pg().create_database(name, USER).expect("create database");
+/// A pgharbor config for the role `user` (its own, so other tests counting
+/// the shared role's servers are not disturbed) with one more database
+/// entry, `name`, owned by `user`, in transaction mode.
+fn config_with_database(user: &str, name: &str) -> String {
+    let mut text = config_text_for_user("transaction", 4, "", user);
+    pg().create_database(name, user).expect("create database");
     let port = pg().port();
-    let mut text = config_text("transaction", 4, "");
     text.push_str(&format!(
         "\n[[databases]]\nname = \"{name}\"\nport = {port}\n"
     ));
@@ -225,9 +226,10 @@ async fn database_exists(direct: &tokio_postgres::Client, db: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_database_succeeds_although_pgharbor_holds_idle_servers_to_it() {
-    let proxy = start_proxy_with(&config_with_database("drop_me")).await;
+    let user = "dropper";
+    let proxy = start_proxy_with(&config_with_database(user, "drop_me")).await;
     // A client of drop_me leaves an idle server to it in the pool.
-    let user_of_db = connect(&proxy, "drop_me").await;
+    let user_of_db = connect_dsn(&dsn_as(&proxy, user, "drop_me")).await;
     assert_eq!(
         simple_value(&user_of_db, "select 1").await.as_deref(),
         Some("1")
@@ -238,11 +240,11 @@ async fn drop_database_succeeds_although_pgharbor_holds_idle_servers_to_it() {
     // As a person would: psql through pgharbor, connected to another database.
     // Postgres answers 55006 (after waiting 5 s for the session to leave);
     // pgharbor closes its idle servers to drop_me and runs it once more.
-    let out = psql(&proxy, USER, PASSWORD, "app", "DROP DATABASE drop_me");
+    let out = psql(&proxy, user, PASSWORD, user, "DROP DATABASE drop_me");
     assert_succeeded(&out);
     assert!(!database_exists(&direct, "drop_me").await);
     assert_eq!(
-        psql(&proxy, USER, PASSWORD, "app", "select 2").stdout,
+        psql(&proxy, user, PASSWORD, user, "select 2").stdout,
         b"2\n",
         "the dropping client's pool works on"
     );
@@ -250,14 +252,15 @@ async fn drop_database_succeeds_although_pgharbor_holds_idle_servers_to_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_database_of_a_database_in_use_fails_and_leaves_its_transaction_alone() {
-    let proxy = start_proxy_with(&config_with_database("drop_me_busy")).await;
+    let user = "dropper_busy";
+    let proxy = start_proxy_with(&config_with_database(user, "drop_me_busy")).await;
     // A transaction is open on drop_me_busy: its server is in use, not idle.
-    let busy = connect(&proxy, "drop_me_busy").await;
+    let busy = connect_dsn(&dsn_as(&proxy, user, "drop_me_busy")).await;
     busy.batch_execute("begin; create table t (x int); insert into t values (1)")
         .await
         .unwrap();
 
-    let dropper = connect(&proxy, "app").await;
+    let dropper = connect_dsn(&dsn_as(&proxy, user, user)).await;
     let e = dropper
         .simple_query("drop database drop_me_busy")
         .await
