@@ -17,6 +17,7 @@ pub mod protocol;
 mod run;
 pub mod scratch_pg;
 pub mod server;
+pub mod shutdown;
 pub mod users;
 
 use std::collections::HashMap;
@@ -27,7 +28,6 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::registry::ClientRegistry;
@@ -47,7 +47,7 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub cancel: Arc<CancelRegistry>,
     /// Cancelled when the instance starts draining.
-    pub shutdown: CancellationToken,
+    pub shutdown: crate::shutdown::Shutdown,
     /// One permit per client connection (`max_client_conn`).
     pub client_permits: Arc<Semaphore>,
     /// Every client task, so shutdown can wait for them.
@@ -144,7 +144,7 @@ impl Proxy {
             )),
             pools: Pools::new(metrics.clone()),
             client_permits: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
-            shutdown: CancellationToken::new(),
+            shutdown: Default::default(),
             tracker: TaskTracker::new(),
             known_statements: Default::default(),
             listen: crate::listen::ListenHub::new(config.listen.clone(), metrics.clone()),

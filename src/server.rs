@@ -98,6 +98,10 @@ pub struct Server {
     /// Keeps this server listed in its pool's SHOW SERVERS until dropped.
     pub ticket: Option<crate::pool::ServerTicket>,
     pub created: Instant,
+    /// `created` + the pool's `server_lifetime`, set by the pool (`None`:
+    /// never): compared at every checkout and return, where a subtraction
+    /// of instants would cost more than a comparison.
+    pub retire_at: Option<Instant>,
     pub last_used: Instant,
     /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
     pub status: u8,
@@ -146,6 +150,7 @@ impl Server {
             id,
             ticket: None,
             created: Instant::now(),
+            retire_at: None,
             last_used: Instant::now(),
             status: b'I',
             prepared: Default::default(),

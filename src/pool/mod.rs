@@ -279,6 +279,7 @@ impl Pool {
         match result {
             Ok(mut server) => {
                 self.register_server(&mut server);
+                server.retire_at = server.created.checked_add(self.settings.server_lifetime);
                 let mut t = self.template.lock().unwrap_or_else(|e| e.into_inner());
                 if t.is_none() {
                     *t = Some(Arc::new(server.params.clone()));
@@ -298,7 +299,7 @@ impl Pool {
     }
 
     fn reusable(&self, server: &Server, generation: u64, now: Instant) -> bool {
-        now.saturating_duration_since(server.created) < self.settings.server_lifetime
+        !past_lifetime(server, now)
             && server.status == b'I'
             && self.server_generation_ok(server, generation)
             && server.is_alive()
@@ -363,7 +364,7 @@ impl Pool {
     fn put_idle(&self, mut server: Box<Server>, generation: u64, now: Instant) {
         if self.closed.load(Ordering::Acquire)
             || generation != self.generation.load(Ordering::Acquire)
-            || now.saturating_duration_since(server.created) >= self.settings.server_lifetime
+            || past_lifetime(&server, now)
             || server.status != b'I'
             || !server.rbuf.is_empty()
         {
@@ -401,6 +402,11 @@ impl Pool {
         self.permits.close();
         self.reconnect();
     }
+}
+
+/// `server_lifetime` is over for `server`.
+fn past_lifetime(server: &Server, now: Instant) -> bool {
+    server.retire_at.is_some_and(|t| now >= t)
 }
 
 /// [`Pool::share_params`] on its list of recent maps.
