@@ -130,7 +130,11 @@ pub(super) fn keep_for_replay(
         if !r.complete {
             if !r.keep(bytes) {
                 *replay = None;
-            } else if matches!(tag, Some(b'S' | b'Q')) {
+            } else if tag == Some(b'S')
+                || (tag == Some(b'Q') && matches!(r.retry, Retry::DropDatabase(_)))
+            {
+                // A DROP DATABASE group is its Query (kept again when the
+                // retry processes it anew).
                 r.complete = true;
             }
             return;
@@ -139,6 +143,10 @@ pub(super) fn keep_for_replay(
     // A new group: kept only when it starts outside a transaction with a
     // Bind of one of the client's named statements, or is a simple Query
     // that only drops a database.
+    if replay.is_none() && !matches!(tag, Some(b'B' | b'Q')) {
+        // Every other message of a driver's traffic, with nothing to drop.
+        return;
+    }
     let retry = match tag {
         Some(b'B') if idle => parse_bind(&bytes[5..])
             .ok()

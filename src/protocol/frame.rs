@@ -161,6 +161,11 @@ pub fn read_cstr_bytes(buf: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
 
 /// Reads a NUL-terminated string at the front of `buf`, returning it and the rest.
 pub fn read_cstr(buf: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
+    // The unnamed statement and portal: most names in a driver's extended
+    // protocol traffic, and read several times per transaction.
+    if let Some((0, rest)) = buf.split_first() {
+        return Ok(("", rest));
+    }
     let end = buf
         .iter()
         .position(|&b| b == 0)
