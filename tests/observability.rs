@@ -313,6 +313,7 @@ async fn console_agrees_with_metrics_and_pause_holds_transactions() {
         "{row:?}"
     );
     assert_eq!((num(&row, "sv_active"), num(&row, "sv_idle")), (1, 1));
+    assert_eq!((num(&row, "maxwait"), num(&row, "maxwait_us")), (0, 0));
     assert_eq!(row["pool_mode"], "transaction");
     let cols: Vec<&str> = vec![
         "database",
@@ -437,6 +438,13 @@ async fn console_agrees_with_metrics_and_pause_holds_transactions() {
         1,
         "the waiting client is not also active"
     );
+    // It has waited about the 500 ms slept above (less the moment its
+    // query took to arrive).
+    let waited_us = num(&row, "maxwait") * 1_000_000 + num(&row, "maxwait_us");
+    assert!(
+        (400_000..60_000_000).contains(&waited_us),
+        "maxwait {waited_us} µs: {row:?}"
+    );
     let text = scrape(&proxy).await;
     // The client states partition the clients: a idle, b waiting.
     for (state, n) in [("waiting", 1), ("active", 0), ("idle", 1)] {
@@ -462,6 +470,11 @@ async fn console_agrees_with_metrics_and_pause_holds_transactions() {
     b.simple_query("SELECT 3").await.unwrap();
     let row = app_pool(&show(&console, "SHOW POOLS").await);
     assert_eq!(num(&row, "cl_waiting"), 0);
+    assert_eq!(
+        (num(&row, "maxwait"), num(&row, "maxwait_us")),
+        (0, 0),
+        "nobody waits any more"
+    );
 
     // RECONNECT closes the idle servers.
     console.simple_query("RECONNECT app").await.unwrap();

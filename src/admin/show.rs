@@ -72,14 +72,18 @@ const POOLS: &[&str] = &[
 
 /// From the same gauges /metrics exports. `cl_active` counts logged-in
 /// clients not waiting for a server (PgBouncer's meaning: with a server, or
-/// idle between transactions). `maxwait` is not tracked (0).
+/// idle between transactions). `maxwait` is how long the client waiting
+/// longest has waited so far, in whole seconds, and `maxwait_us` the
+/// microseconds beyond them, as in PgBouncer.
 fn pools(state: &State) -> Rows {
+    let now = std::time::Instant::now();
     let rows = state
         .pools
         .all()
         .iter()
         .map(|p| {
             let s = &p.stats;
+            let maxwait = p.max_wait(now);
             vec![
                 p.key.database.clone(),
                 p.key.user.clone(),
@@ -91,8 +95,8 @@ fn pools(state: &State) -> Rows {
                 "0".into(),
                 s.servers_testing.get().to_string(),
                 s.servers_login.get().to_string(),
-                "0".into(),
-                "0".into(),
+                maxwait.as_secs().to_string(),
+                maxwait.subsec_micros().to_string(),
                 p.settings.pool_mode.as_str().into(),
             ]
         })

@@ -80,6 +80,26 @@ pub struct Pool {
     closed: AtomicBool,
     /// Every open server, for the admin console (see `inspect`).
     servers: Arc<inspect::ServerList>,
+    /// When each client now waiting for a server began to wait, by ticket
+    /// (SHOW POOLS maxwait). Touched only on the waiting path.
+    waiting_since: Mutex<Vec<(u64, Instant)>>,
+    next_wait_ticket: AtomicU64,
+}
+
+/// A client's place in [`Pool::waiting_since`], left when dropped (also
+/// when the waiting checkout is abandoned).
+struct WaitTicket<'a> {
+    pool: &'a Pool,
+    id: u64,
+}
+
+impl Drop for WaitTicket<'_> {
+    fn drop(&mut self) {
+        let mut w = self.pool.waiting_list();
+        if let Some(i) = w.iter().position(|(id, _)| *id == self.id) {
+            w.swap_remove(i);
+        }
+    }
 }
 
 /// A server lent to a client, with the permit that bounds the pool. Dropping
@@ -119,6 +139,8 @@ impl Pool {
             paused: watch::channel(false).0,
             closed: AtomicBool::new(false),
             servers: Arc::default(),
+            waiting_since: Mutex::default(),
+            next_wait_ticket: AtomicU64::new(0),
         });
         janitor::spawn(&pool);
         pool
@@ -128,6 +150,27 @@ impl Pool {
     fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<Box<Server>>> {
         // A panic while holding this lock cannot leave the Vec inconsistent.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn waiting_list(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Instant)>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent.
+        self.waiting_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait_ticket(&self, started: Instant) -> WaitTicket<'_> {
+        let id = self.next_wait_ticket.fetch_add(1, Ordering::Relaxed);
+        self.waiting_list().push((id, started));
+        WaitTicket { pool: self, id }
+    }
+
+    /// How long the client waiting longest for a server has waited so far
+    /// (zero when nobody waits).
+    pub fn max_wait(&self, now: Instant) -> Duration {
+        self.waiting_list()
+            .iter()
+            .map(|(_, since)| now.saturating_duration_since(*since))
+            .max()
+            .unwrap_or_default()
     }
 
     /// Servers currently lent to clients.
@@ -183,7 +226,9 @@ impl Pool {
             None => {
                 let started = Instant::now();
                 self.stats.clients_waiting.inc();
+                let ticket = self.wait_ticket(started);
                 let permit = self.acquire_permit().await;
+                drop(ticket);
                 self.stats.clients_waiting.dec();
                 self.stats
                     .wait_seconds
