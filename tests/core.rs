@@ -191,13 +191,13 @@ async fn a_latin1_client_sends_and_gets_latin1_text() {
 
 /// A pgharbor config for the role `user` (its own, so other tests counting
 /// the shared role's servers are not disturbed) with one more database
-/// entry, `name`, owned by `user`, in transaction mode.
-fn config_with_database(user: &str, name: &str) -> String {
-    let mut text = config_text_for_user("transaction", 4, "", user);
+/// entry, `name`, owned by `user`; both of the role's databases in `mode`.
+fn config_with_database(mode: &str, user: &str, name: &str) -> String {
+    let mut text = config_text_for_user(mode, 4, "", user);
     pg().create_database(name, user).expect("create database");
     let port = pg().port();
     text.push_str(&format!(
-        "\n[[databases]]\nname = \"{name}\"\nport = {port}\n"
+        "\n[[databases]]\nname = \"{name}\"\nport = {port}\npool_mode = \"{mode}\"\n"
     ));
     text
 }
@@ -224,25 +224,31 @@ async fn database_exists(direct: &tokio_postgres::Client, db: &str) -> bool {
         .get(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drop_database_succeeds_although_pgharbor_holds_idle_servers_to_it() {
-    let user = "dropper";
-    let proxy = start_proxy_with(&config_with_database(user, "drop_me")).await;
-    // A client of drop_me leaves an idle server to it in the pool.
-    let user_of_db = connect_dsn(&dsn_as(&proxy, user, "drop_me")).await;
+/// A client of `db` leaves an idle server to it; then, through pgharbor and
+/// connected to another database, psql drops `db`.
+async fn drop_database_with_an_idle_server(mode: &str, user: &str, db: &str) {
+    let proxy = start_proxy_with(&config_with_database(mode, user, db)).await;
+    let user_of_db = connect_dsn(&dsn_as(&proxy, user, db)).await;
     assert_eq!(
         simple_value(&user_of_db, "select 1").await.as_deref(),
         Some("1")
     );
+    // In session mode the server goes back to the pool when its client leaves.
+    drop(user_of_db);
     let direct = connect_direct().await;
-    assert_eq!(sessions_on(&direct, "drop_me").await, 1, "one idle server");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sessions_on(&direct, db).await == 1
+        })
+        .await,
+        "one idle server to {db}"
+    );
 
-    // As a person would: psql through pgharbor, connected to another database.
     // Postgres answers 55006 (after waiting 5 s for the session to leave);
-    // pgharbor closes its idle servers to drop_me and runs it once more.
-    let out = psql(&proxy, user, PASSWORD, user, "DROP DATABASE drop_me");
+    // pgharbor closes its idle servers to the database and runs it once more.
+    let out = psql(&proxy, user, PASSWORD, user, &format!("DROP DATABASE {db}"));
     assert_succeeded(&out);
-    assert!(!database_exists(&direct, "drop_me").await);
+    assert!(!database_exists(&direct, db).await);
     assert_eq!(
         psql(&proxy, user, PASSWORD, user, "select 2").stdout,
         b"2\n",
@@ -251,9 +257,19 @@ async fn drop_database_succeeds_although_pgharbor_holds_idle_servers_to_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_database_succeeds_although_pgharbor_holds_idle_servers_to_it() {
+    drop_database_with_an_idle_server("transaction", "dropper", "drop_me").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_database_from_a_session_mode_pool_succeeds_too() {
+    drop_database_with_an_idle_server("session", "dropper_session", "drop_me_session").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_database_of_a_database_in_use_fails_and_leaves_its_transaction_alone() {
     let user = "dropper_busy";
-    let proxy = start_proxy_with(&config_with_database(user, "drop_me_busy")).await;
+    let proxy = start_proxy_with(&config_with_database("transaction", user, "drop_me_busy")).await;
     // A transaction is open on drop_me_busy: its server is in use, not idle.
     let busy = connect_dsn(&dsn_as(&proxy, user, "drop_me_busy")).await;
     busy.batch_execute("begin; create table t (x int); insert into t values (1)")

@@ -434,8 +434,11 @@ impl Session {
             };
             // Sync and Flush are answered here when no server is held, and
             // Execute when it may name a LISTEN portal.
+            // In session mode a Query is read whole too, only for the
+            // DROP DATABASE retry (`replay.rs`).
             let inspect = |t: u8| {
                 t == b'X'
+                    || (!tx && t == b'Q')
                     || (tx
                         && (matches!(t, b'P' | b'B' | b'D' | b'C' | b'Q')
                             || (t == b'S' && (no_server || skipping))
@@ -472,7 +475,8 @@ impl Session {
             // A Query's text is looked at once, for both LISTEN and session
             // state; `true` until looked at.
             let mut query_may_hold_state = true;
-            if let Step::Whole { tag: b'Q', len } = step {
+            // LISTEN and session state matter in transaction mode only.
+            if let (true, Step::Whole { tag: b'Q', len }) = (tx, step) {
                 let body = &self.cbuf[ready + 5..ready + len];
                 let sql = match read_cstr_bytes(body) {
                     Ok((sql, _)) => sql,
@@ -546,13 +550,16 @@ impl Session {
                     if let Some(end) = self.ensure_server().await {
                         return Ok(Some(end));
                     }
-                    if tx {
+                    if tx || tag == b'Q' {
                         let idle = self.txn.is_idle();
                         let msg = &self.cbuf[ready..ready + len];
                         keep_for_replay(&mut self.replay, idle, &self.statements, Some(tag), msg);
                     }
                     self.note_client_message(tag);
-                    let forwarded = if tag == b'Q' {
+                    let forwarded = if !tx {
+                        // Session mode: the Query passes as sent.
+                        Ok(Forwarded::AsSent)
+                    } else if tag == b'Q' {
                         self.expect.push(Reply::Ready, Action::Forward, None);
                         Ok(self.forward_query(ready, len, query_may_hold_state))
                     } else {
