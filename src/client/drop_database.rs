@@ -12,6 +12,8 @@
 //! text with comments or several statements is forwarded as it is and gets
 //! no retry.
 
+use crate::listen::command::{ident_cont, ident_start, quoted};
+
 /// The database a lone `DROP DATABASE` statement in `sql` drops, as
 /// Postgres names it (unquoted names folded to lower case).
 pub(super) fn target(sql: &[u8]) -> Option<String> {
@@ -61,34 +63,17 @@ fn keyword<'a>(s: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
     }
 }
 
-fn ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
-}
-
-fn ident_cont(b: u8) -> bool {
-    ident_start(b) || b.is_ascii_digit() || b == b'$'
-}
-
 /// A quoted or unquoted identifier at the start of `s`, and what follows.
+/// Lexed as the LISTEN parser lexes channel names.
 fn identifier(s: &[u8]) -> Option<(String, &[u8])> {
-    if let Some(quoted) = s.strip_prefix(b"\"") {
-        let mut name = Vec::new();
-        let mut i = 0;
-        loop {
-            match quoted.get(i)? {
-                b'"' if quoted.get(i + 1) == Some(&b'"') => {
-                    name.push(b'"');
-                    i += 2;
-                }
-                b'"' => break,
-                &b => {
-                    name.push(b);
-                    i += 1;
-                }
-            }
-        }
-        let name = String::from_utf8(name).ok().filter(|n| !n.is_empty())?;
-        return Some((name, &quoted[i + 1..]));
+    if s.first() == Some(&b'"') {
+        // The name must be UTF-8; what follows it is looked at as bytes.
+        let text = match std::str::from_utf8(s) {
+            Ok(t) => t,
+            Err(e) => std::str::from_utf8(&s[..e.valid_up_to()]).ok()?,
+        };
+        let (name, end) = quoted(text, 0, b'"')?;
+        return (!name.is_empty()).then(|| (name, &s[end..]));
     }
     if !ident_start(*s.first()?) {
         return None;

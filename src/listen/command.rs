@@ -112,11 +112,13 @@ fn is_listen_start(s: &[Tok]) -> bool {
     matches!(s.first(), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("listen") || w.eq_ignore_ascii_case("unlisten"))
 }
 
-fn ident_start(b: u8) -> bool {
+/// A byte that may start an unquoted SQL identifier.
+pub(crate) fn ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
 }
 
-fn ident_cont(b: u8) -> bool {
+/// A byte that may continue an unquoted SQL identifier.
+pub(crate) fn ident_cont(b: u8) -> bool {
     ident_start(b) || b.is_ascii_digit() || b == b'$'
 }
 
@@ -242,7 +244,7 @@ fn lex(sql: &str) -> (Vec<Tok>, Option<String>) {
 
 /// The text of a `q`-quoted token starting at `start` (doubled quotes
 /// undone) and the index after it.
-fn quoted(sql: &str, start: usize, q: u8) -> Option<(String, usize)> {
+pub(crate) fn quoted(sql: &str, start: usize, q: u8) -> Option<(String, usize)> {
     let s = sql.as_bytes();
     let mut text = String::new();
     let mut i = start + 1;
