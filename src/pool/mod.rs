@@ -449,7 +449,8 @@ impl Pool {
     }
 }
 
-/// `server_lifetime` is over for `server`.
+/// `server_lifetime` is over for `server` (every pool server is opened by
+/// [`Pool::open_server`], which sets `retire_at`).
 fn past_lifetime(server: &Server, now: Instant) -> bool {
     server.retire_at.is_some_and(|t| now >= t)
 }
