@@ -126,19 +126,9 @@ pub(super) fn keep_for_replay(
     tag: Option<u8>,
     bytes: &[u8],
 ) {
-    if let Some(r) = replay.as_deref_mut() {
-        if !r.complete {
-            if !r.keep(bytes) {
-                *replay = None;
-            } else if tag == Some(b'S')
-                || (tag == Some(b'Q') && matches!(r.retry, Retry::DropDatabase(_)))
-            {
-                // A DROP DATABASE group is its Query (kept again when the
-                // retry processes it anew).
-                r.complete = true;
-            }
-            return;
-        }
+    if replay.as_ref().is_some_and(|r| !r.complete) {
+        keep_message(replay, tag, bytes);
+        return;
     }
     // A new group: kept only when it starts outside a transaction with a
     // Bind of one of the client's named statements, or is a simple Query
@@ -166,7 +156,7 @@ pub(super) fn keep_for_replay(
     };
     // The allocation is reused from group to group (prepared statements
     // run over and over).
-    let r = match replay {
+    match replay {
         Some(r) => {
             let mut buf = std::mem::take(&mut r.bytes);
             if buf.capacity() > 4096 {
@@ -175,13 +165,23 @@ pub(super) fn keep_for_replay(
             }
             buf.clear();
             **r = Replay::new(retry, buf);
-            r
         }
-        None => replay.insert(Box::new(Replay::new(retry, BytesMut::new()))),
+        None => *replay = Some(Box::new(Replay::new(retry, BytesMut::new()))),
+    }
+    keep_message(replay, tag, bytes);
+}
+
+/// Adds a message to the kept group (dropping the group when it grows too
+/// large) and notes whether it ends the group: a Sync, or the Query that a
+/// DROP DATABASE group is (kept again when the retry processes it anew).
+fn keep_message(replay: &mut Option<Box<Replay>>, tag: Option<u8>, bytes: &[u8]) {
+    let Some(r) = replay.as_deref_mut() else {
+        return;
     };
     if !r.keep(bytes) {
         *replay = None;
-    } else if tag == Some(b'Q') {
+    } else if tag == Some(b'S') || (tag == Some(b'Q') && matches!(r.retry, Retry::DropDatabase(_)))
+    {
         r.complete = true;
     }
 }
