@@ -316,3 +316,78 @@ async fn an_added_column_reaches_the_client_after_the_retry() {
     assert_eq!(tags, b"2DCZ");
     assert_eq!(fields(&msgs), [2]);
 }
+
+/// A client that has used only the unnamed statement sends its plain
+/// messages without pgharbor recording a reply for each. When it then
+/// prepares a named statement in the same group, and pgharbor answers that
+/// Parse itself (the server has the statement already), or closes a name
+/// pgharbor answers for, those replies must still come after the replies
+/// of everything sent before them, as Postgres would order them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_given_by_pgharbor_keep_their_place_after_unnamed_statements() {
+    use support::raw::{self, RawClient};
+    // One server: the second client's named Parse finds its statement there.
+    let proxy = start_proxy("transaction", 1).await;
+    let mut first = RawClient::login(proxy.addr(), USER, PASSWORD, "app").await;
+    first
+        .send(&[raw::parse_named("early", "select 42", &[]), raw::sync()].concat())
+        .await;
+    assert_eq!(tags(&first.until_ready().await), b"1Z");
+
+    let mut c = RawClient::login(proxy.addr(), USER, PASSWORD, "app").await;
+    c.send(
+        &[
+            raw::parse("select 1"),
+            raw::bind(),
+            raw::describe_portal(),
+            raw::execute(),
+            raw::parse_named("late", "select 42", &[]),
+            raw::bind_named("late", &[]),
+            raw::execute(),
+            raw::statement_target(b'C', "never_prepared"),
+            raw::sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let msgs = c.until_ready().await;
+    assert_eq!(tags(&msgs), b"12TDC12DC3Z", "{msgs:?}");
+    assert_eq!(
+        raw::first_column(&msgs),
+        [Some("1".to_string()), Some("42".to_string())]
+    );
+
+    // The same with the group's first message failing: Postgres skips to
+    // Sync, so nothing of the group is answered but the error.
+    c.send(
+        &[
+            raw::parse("select * from no_such_table_here"),
+            raw::bind(),
+            raw::execute(),
+            raw::parse_named("later", "select 42", &[]),
+            raw::statement_target(b'C', "never_prepared"),
+            raw::sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let msgs = c.until_ready().await;
+    assert_eq!(tags(&msgs), b"EZ", "{msgs:?}");
+    // "later" was never prepared, as on Postgres: binding it fails (26000),
+    // and the connection goes on working.
+    c.send(&[raw::bind_named("later", &[]), raw::execute(), raw::sync()].concat())
+        .await;
+    let msgs = c.until_ready().await;
+    assert_eq!(tags(&msgs), b"EZ", "{msgs:?}");
+    assert_eq!(msgs[0].sqlstate().as_deref(), Some("26000"));
+    c.send(&[raw::bind_named("late", &[]), raw::execute(), raw::sync()].concat())
+        .await;
+    assert_eq!(
+        raw::first_column(&c.until_ready().await),
+        [Some("42".to_string())]
+    );
+}
+
+fn tags(msgs: &[support::raw::Msg]) -> Vec<u8> {
+    msgs.iter().map(|m| m.tag).collect()
+}

@@ -22,6 +22,16 @@ pub enum Reply {
     Execute,
     /// Sync, Query, FunctionCall: end with ReadyForQuery.
     Ready,
+    /// This many forwarded messages of the kinds above but `Ready`, each
+    /// ended by one of their ending replies (whichever kind it is).
+    Replies(u32),
+}
+
+impl Reply {
+    /// Ends the reply to one Parse, Bind, Close, Describe or Execute.
+    fn ends_step(tag: u8) -> bool {
+        matches!(tag, b'1' | b'2' | b'3' | b'T' | b'n' | b'C' | b'I' | b's')
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,13 +94,36 @@ pub enum Outcome {
     Swallow,
 }
 
+/// The queue holds an entry only where one is needed: a message whose
+/// reply pgharbor swallows or gives itself, or whose failure undoes
+/// something, and every Sync / Query. The plain forwarded messages before
+/// such an entry are one `Replies(n)` entry; the ones after the last entry
+/// are only counted (`unqueued`), and a Sync's `Ready` entry takes them in.
+/// So a driver's plain Parse/Bind/Describe/Execute/Sync group is one entry,
+/// and while the front is `Ready`, the server's replies before its
+/// ReadyForQuery need no look at all (`needs_each_reply`).
 #[derive(Debug, Default)]
 pub struct Expectations {
     queue: VecDeque<Expected>,
+    /// Plain forwarded messages sent after the last queued entry whose
+    /// replies have not come yet.
+    unqueued: u32,
 }
 
 impl Expectations {
+    #[inline]
     pub fn push(&mut self, reply: Reply, action: Action, undo: Option<Undo>) {
+        if action == Action::Forward && undo.is_none() {
+            if reply != Reply::Ready {
+                self.unqueued += 1;
+                return;
+            }
+            // The replies counted come before this ReadyForQuery, and
+            // nothing waits on them in between.
+            self.unqueued = 0;
+        } else {
+            self.queue_unqueued();
+        }
         self.queue.push_back(Expected {
             reply,
             action,
@@ -101,6 +134,7 @@ impl Expectations {
 
     /// Queues a reply pgharbor gives itself, encoded in `local`.
     pub fn push_local(&mut self, reply: Reply, local: Local) {
+        self.queue_unqueued();
         self.queue.push_back(Expected {
             reply,
             action: Action::Synthesize,
@@ -109,12 +143,39 @@ impl Expectations {
         });
     }
 
+    /// An entry that must wait for the counted replies goes behind them.
+    fn queue_unqueued(&mut self) {
+        let n = std::mem::take(&mut self.unqueued);
+        if n > 0 {
+            self.queue.push_back(Expected {
+                reply: Reply::Replies(n),
+                action: Action::Forward,
+                undo: None,
+                local: None,
+            });
+        }
+    }
+
+    /// No reply is outstanding.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && self.unqueued == 0
     }
 
     pub fn clear(&mut self) {
         self.queue.clear();
+        self.unqueued = 0;
+    }
+
+    /// Whether the server's next message must be looked at whole to keep
+    /// the queue in step: not while the front waits only for a
+    /// ReadyForQuery (or nothing is expected), when only ReadyForQuery and
+    /// ErrorResponse matter, and the relay reads those anyway.
+    #[inline]
+    pub fn needs_each_reply(&self) -> bool {
+        match self.queue.front() {
+            Some(e) => e.reply != Reply::Ready,
+            None => self.unqueued > 0,
+        }
     }
 
     /// Pops the synthesized replies now due (everything before them has
@@ -140,10 +201,21 @@ impl Expectations {
         undo: &mut Vec<Undo>,
         parsed: &mut Vec<Arc<str>>,
     ) -> Outcome {
-        let Some(front) = self.queue.front() else {
+        let Some(front) = self.queue.front_mut() else {
+            if tag == b'E' {
+                // The group failed: what it has not answered, it never will.
+                self.unqueued = 0;
+            } else if Reply::ends_step(tag) {
+                self.unqueued = self.unqueued.saturating_sub(1);
+            }
             return Outcome::Forward;
         };
         let completes = match (front.reply, tag) {
+            (Reply::Replies(n), t) if n > 1 && Reply::ends_step(t) => {
+                front.reply = Reply::Replies(n - 1);
+                return Outcome::Forward;
+            }
+            (Reply::Replies(_), t) if Reply::ends_step(t) => true,
             (Reply::ParseComplete, b'1')
             | (Reply::BindComplete, b'2')
             | (Reply::CloseComplete, b'3')
@@ -166,6 +238,11 @@ impl Expectations {
                         Some(n) if n.reply != Reply::Ready => self.queue.pop_front(),
                         _ => None,
                     };
+                }
+                if self.queue.is_empty() {
+                    // No Sync followed: the counted messages are in the
+                    // failed group, skipped.
+                    self.unqueued = 0;
                 }
                 return if aborted {
                     Outcome::Swallow
@@ -261,6 +338,74 @@ mod tests {
             q.on_server_message(b'1', &mut undo, &mut Vec::new()),
             Outcome::Forward
         ));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_plain_group_is_one_entry_and_its_replies_need_no_look() {
+        let mut q = Expectations::default();
+        let mut undo = Vec::new();
+        for r in [
+            Reply::ParseComplete,
+            Reply::BindComplete,
+            Reply::Describe,
+            Reply::Execute,
+        ] {
+            q.push(r, Action::Forward, None);
+        }
+        assert!(!q.is_empty());
+        q.push(Reply::Ready, Action::Forward, None);
+        assert!(!q.needs_each_reply());
+        // An error inside the group does not end it: its Sync does.
+        for tag in [b'1', b'2', b'T', b'C', b'E'] {
+            assert!(matches!(
+                q.on_server_message(tag, &mut undo, &mut Vec::new()),
+                Outcome::Forward
+            ));
+            assert!(!q.is_empty());
+        }
+        q.on_server_message(b'Z', &mut undo, &mut Vec::new());
+        assert!(q.is_empty());
+        assert!(!q.needs_each_reply());
+    }
+
+    #[test]
+    fn a_synthesized_reply_waits_for_the_plain_messages_sent_before_it() {
+        let mut q = Expectations::default();
+        let mut undo = Vec::new();
+        q.push(Reply::BindComplete, Action::Forward, None);
+        q.push(Reply::Execute, Action::Forward, None);
+        q.push(Reply::CloseComplete, Action::Synthesize, None);
+        q.push(Reply::BindComplete, Action::Forward, None);
+        assert!(q.needs_each_reply());
+        q.on_server_message(b'2', &mut undo, &mut Vec::new());
+        assert!(q.due_synthesized().is_none());
+        q.on_server_message(b'D', &mut undo, &mut Vec::new());
+        assert!(q.due_synthesized().is_none());
+        q.on_server_message(b'C', &mut undo, &mut Vec::new());
+        assert_eq!(
+            q.due_synthesized().map(|s| s.reply),
+            Some(Reply::CloseComplete)
+        );
+        // The Bind sent after it is counted until its reply comes.
+        assert!(!q.is_empty());
+        assert!(q.needs_each_reply());
+        q.on_server_message(b'2', &mut undo, &mut Vec::new());
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn an_error_before_any_sync_drops_the_count_of_the_skipped_messages() {
+        let mut q = Expectations::default();
+        let mut undo = Vec::new();
+        q.push(Reply::BindComplete, Action::Forward, None);
+        q.push(Reply::Execute, Action::Forward, None);
+        q.on_server_message(b'E', &mut undo, &mut Vec::new());
+        assert!(q.is_empty());
+        assert!(!q.needs_each_reply());
+        // The group's Sync is then the only reply to wait for.
+        q.push(Reply::Ready, Action::Forward, None);
+        q.on_server_message(b'Z', &mut undo, &mut Vec::new());
         assert!(q.is_empty());
     }
 }

@@ -77,8 +77,10 @@ impl Session {
         tag: u8,
         at: usize,
         len: usize,
+        may_hold_state: bool,
     ) -> Result<Forwarded, ProtocolError> {
-        let forwarded = match self.reply_as_sent(tag, &self.cbuf[at + 5..at + len])? {
+        let body = &self.cbuf[at + 5..at + len];
+        let forwarded = match self.reply_as_sent(tag, body, may_hold_state)? {
             Some(reply) => {
                 self.expect.push(reply, Action::Forward, None);
                 Forwarded::AsSent
@@ -97,16 +99,23 @@ impl Session {
     /// The reply a message produces when it can pass as sent: it names
     /// the unnamed statement, or a statement the client never prepared
     /// (the server then answers as Postgres would), and holds no session
-    /// state. `None`: it must be rewritten.
-    fn reply_as_sent(&self, tag: u8, body: &[u8]) -> Result<Option<Reply>, ProtocolError> {
+    /// state (`may_hold_state`: the one look at a Parse's text found a
+    /// statement worth a closer one). `None`: it must be rewritten.
+    fn reply_as_sent(
+        &self,
+        tag: u8,
+        body: &[u8],
+        may_hold_state: bool,
+    ) -> Result<Option<Reply>, ProtocolError> {
         let named = |name: &str| !name.is_empty() && self.statements.contains_key(name);
         Ok(match tag {
             b'P' => {
                 let p = parse_parse(body)?;
                 let holds_state = || {
-                    read_cstr_bytes(p.rest)
-                        .ok()
-                        .is_some_and(|(sql, _)| self.session_state_in(sql).is_some())
+                    may_hold_state
+                        && read_cstr_bytes(p.rest)
+                            .ok()
+                            .is_some_and(|(sql, _)| self.session_state_in(sql).is_some())
                 };
                 (p.name.is_empty() && !holds_state()).then_some(Reply::ParseComplete)
             }

@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use bytes::{BufMut, BytesMut};
 
 use super::expect::{Action, Local, Reply};
-use super::listen_relay::may_start_with_listen;
 use super::prepared::{parse_bind, parse_parse, parse_target};
 use super::session::Session;
 use crate::listen::ListenCommand;
@@ -126,7 +125,7 @@ fn bind_params(rest: &[u8]) -> Option<usize> {
 
 impl Session {
     /// Decides whether the whole message `tag`/`body` is answered here.
-    pub(super) fn classify_local(&self, tag: u8, body: &[u8]) -> LocalAction {
+    pub(super) fn classify_local(&self, tag: u8, body: &[u8], may_listen: bool) -> LocalAction {
         let local = self.local.as_deref();
         match tag {
             b'P' => {
@@ -144,7 +143,7 @@ impl Session {
                         format!("prepared statement \"{}\" already exists", p.name),
                     ));
                 }
-                if !may_start_with_listen(sql) || self.statements.contains_key(p.name) {
+                if !may_listen || self.statements.contains_key(p.name) {
                     return LocalAction::NotLocal;
                 }
                 let Ok(sql) = std::str::from_utf8(sql) else {

@@ -26,13 +26,6 @@ pub(super) fn may_be_listen(sql: &[u8]) -> bool {
         })
 }
 
-/// The same test for a text that must be a single statement (a Parse):
-/// only its first word matters, unless it starts with a comment or a
-/// semicolon, when the whole text is searched as for a Query.
-pub(super) fn may_start_with_listen(sql: &[u8]) -> bool {
-    first_word_is_listen(sql).unwrap_or_else(|| may_be_listen(sql))
-}
-
 /// Whether the statement starting at `sql` (before its white space, as the
 /// LISTEN lexer skips it) begins with LISTEN or UNLISTEN; `None` when it
 /// begins with what may be a comment or a semicolon, and only a search of
@@ -141,7 +134,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use super::{may_be_listen, may_start_with_listen};
+    use super::may_be_listen;
 
     #[test]
     fn cheap_listen_test_finds_every_spelling() {
@@ -158,8 +151,11 @@ mod tests {
         }
     }
 
+    /// A Parse's text gets the Query's one look (`query_scan`), which
+    /// must find a LISTEN wherever it may start.
     #[test]
-    fn single_statement_test_looks_at_the_first_word() {
+    fn a_parse_text_is_looked_at_for_listen_once() {
+        let listen = |sql: &str| super::super::query_scan::scan(sql.as_bytes(), true).listen;
         for sql in [
             "LISTEN a",
             " \n unlisten *",
@@ -167,16 +163,10 @@ mod tests {
             "-- c\nLISTEN d",
             "; listen e",
         ] {
-            assert!(may_start_with_listen(sql.as_bytes()), "{sql}");
+            assert!(listen(sql), "{sql}");
         }
-        for sql in [
-            "select 1; listen a",
-            "SELECT abalance FROM t",
-            "",
-            "  ",
-            "lis",
-        ] {
-            assert!(!may_start_with_listen(sql.as_bytes()), "{sql}");
+        for sql in ["SELECT abalance FROM t", "", "  ", "lis"] {
+            assert!(!listen(sql), "{sql}");
         }
     }
 }

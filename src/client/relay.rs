@@ -72,6 +72,12 @@ fn is_frontend_tag(tag: u8) -> bool {
     )
 }
 
+/// The SQL text of a Parse message's `body`, if it is well formed.
+fn parse_text(body: &[u8]) -> Option<&[u8]> {
+    let p = super::prepared::parse_parse(body).ok()?;
+    read_cstr_bytes(p.rest).ok().map(|(sql, _)| sql)
+}
+
 /// Appends `chunk` to `out` without copying when `out` is empty.
 pub(super) fn append(out: &mut BytesMut, chunk: BytesMut) {
     if chunk.is_empty() {
@@ -98,7 +104,11 @@ pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Sy
         Reply::ParseComplete => backend::parse_complete(out),
         Reply::CloseComplete => backend::close_complete(out),
         // Other replies are synthesized only with their bytes (`local`).
-        Reply::BindComplete | Reply::Describe | Reply::Execute | Reply::Ready => {}
+        Reply::BindComplete
+        | Reply::Describe
+        | Reply::Execute
+        | Reply::Ready
+        | Reply::Replies(_) => {}
     }
 }
 
@@ -432,6 +442,12 @@ impl Session {
                 Some(l) => (l.skip_to_sync, l.has_portals()),
                 None => (false, false),
             };
+            // A Bind or Describe needs a look only to find a name it must
+            // rewrite or answer here: with no named statement and no
+            // LISTEN statement, it passes as sent (drivers that use only
+            // the unnamed statement: pgbench -M extended, libpq's
+            // PQexecParams).
+            let names = !self.statements.is_empty() || self.local.is_some();
             // Sync and Flush are answered here when no server is held, and
             // Execute when it may name a LISTEN portal.
             // In session mode a Query is read whole too, only for the
@@ -440,7 +456,8 @@ impl Session {
                 t == b'X'
                     || (!tx && t == b'Q')
                     || (tx
-                        && (matches!(t, b'P' | b'B' | b'D' | b'C' | b'Q')
+                        && (matches!(t, b'P' | b'C' | b'Q')
+                            || (names && matches!(t, b'B' | b'D'))
                             || (t == b'S' && (no_server || skipping))
                             || (t == b'H' && no_server)
                             || (t == b'E' && local_portals)))
@@ -472,9 +489,9 @@ impl Session {
                     }
                 }
             }
-            // A Query's text is looked at once, for both LISTEN and session
-            // state; `true` until looked at.
-            let mut query_may_hold_state = true;
+            // A Query's or Parse's text is looked at once, for both LISTEN
+            // and session state; `true` until looked at.
+            let mut text_may_hold_state = true;
             // LISTEN and session state matter in transaction mode only.
             if let (true, Step::Whole { tag: b'Q', len }) = (tx, step) {
                 let body = &self.cbuf[ready + 5..ready + len];
@@ -485,7 +502,7 @@ impl Session {
                     }
                 };
                 let scan = query_scan::scan(sql, true);
-                query_may_hold_state = scan.session_state;
+                text_may_hold_state = scan.session_state;
                 // A LISTEN in a text that is not UTF-8 goes to the server.
                 let candidate = scan
                     .listen
@@ -534,7 +551,15 @@ impl Session {
                     }
                     if tx && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C') {
                         let body = &self.cbuf[ready + 5..ready + len];
-                        let action = self.classify_local(tag, body);
+                        let mut may_listen = true;
+                        if tag == b'P' {
+                            if let Some(sql) = parse_text(body) {
+                                let scan = query_scan::scan(sql, true);
+                                may_listen = scan.listen;
+                                text_may_hold_state = scan.session_state;
+                            }
+                        }
+                        let action = self.classify_local(tag, body, may_listen);
                         if let LocalAction::NotLocal = action {
                             if let Some(l) = self.local.as_deref_mut() {
                                 l.forget_shadowed(tag, &self.cbuf[ready + 5..ready + len]);
@@ -561,9 +586,9 @@ impl Session {
                         Ok(Forwarded::AsSent)
                     } else if tag == b'Q' {
                         self.expect.push(Reply::Ready, Action::Forward, None);
-                        Ok(self.forward_query(ready, len, query_may_hold_state))
+                        Ok(self.forward_query(ready, len, text_may_hold_state))
                     } else {
-                        self.rewrite_extended(tag, ready, len)
+                        self.rewrite_extended(tag, ready, len, text_may_hold_state)
                     };
                     match forwarded {
                         Ok(Forwarded::AsSent) => ready += len,
@@ -606,6 +631,8 @@ impl Session {
                     self.note_client_message(tag);
                     if tx {
                         match tag {
+                            b'B' => self.expect.push(Reply::BindComplete, Action::Forward, None),
+                            b'D' => self.expect.push(Reply::Describe, Action::Forward, None),
                             b'E' => self.expect.push(Reply::Execute, Action::Forward, None),
                             b'S' | b'Q' | b'F' => {
                                 self.expect.push(Reply::Ready, Action::Forward, None)

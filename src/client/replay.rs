@@ -119,7 +119,24 @@ impl Replay {
 /// `tag` None for a continuation) of the current Sync group for a retry.
 /// Called in transaction mode before the message is accounted for; `idle`:
 /// the client has nothing in flight and no transaction open.
+#[inline]
 pub(super) fn keep_for_replay(
+    replay: &mut Option<Box<Replay>>,
+    idle: bool,
+    statements: &HashMap<String, Arc<Statement>>,
+    tag: Option<u8>,
+    bytes: &[u8],
+) {
+    // A new group is kept only when it starts outside a transaction with a
+    // Bind of one of the client's named statements, or is a simple Query
+    // that only drops a database: every other message of a driver's
+    // traffic, with no group kept, has nothing to do here.
+    if replay.is_some() || matches!(tag, Some(b'B' | b'Q')) {
+        keep_or_start(replay, idle, statements, tag, bytes);
+    }
+}
+
+fn keep_or_start(
     replay: &mut Option<Box<Replay>>,
     idle: bool,
     statements: &HashMap<String, Arc<Statement>>,
@@ -130,15 +147,8 @@ pub(super) fn keep_for_replay(
         keep_message(replay, tag, bytes);
         return;
     }
-    // A new group: kept only when it starts outside a transaction with a
-    // Bind of one of the client's named statements, or is a simple Query
-    // that only drops a database.
-    if replay.is_none() && !matches!(tag, Some(b'B' | b'Q')) {
-        // Every other message of a driver's traffic, with nothing to drop.
-        return;
-    }
     let retry = match tag {
-        Some(b'B') if idle => parse_bind(&bytes[5..])
+        Some(b'B') if idle && !statements.is_empty() => parse_bind(&bytes[5..])
             .ok()
             .filter(|b| !b.statement.is_empty())
             .and_then(|b| statements.get(b.statement))

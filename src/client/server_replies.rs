@@ -22,12 +22,19 @@ fn server_inspects(tag: u8) -> bool {
 }
 
 /// In transaction mode also every reply that ends an extended-protocol
-/// step, so replies can be swallowed or synthesized between whole messages.
+/// step while the expectation queue must count them, so replies can be
+/// swallowed or synthesized between whole messages.
 fn server_inspects_tx(tag: u8) -> bool {
     matches!(
         tag,
         b'Z' | b'S' | b'E' | b'G' | b'W' | b'1' | b'2' | b'3' | b'n' | b'T' | b'C' | b'I' | b's'
     )
+}
+
+/// In transaction mode with a LISTEN waiting for its transaction's end:
+/// CommandComplete says whether it was COMMIT or ROLLBACK.
+fn server_inspects_listen(tag: u8) -> bool {
+    matches!(tag, b'Z' | b'S' | b'E' | b'G' | b'W' | b'C')
 }
 
 /// What a read from the server leaves to do, for the part that may await.
@@ -106,12 +113,16 @@ impl Session {
         let mut drop_error = false;
         let mut replay_now = false;
         let pooled = self.server.as_mut()?;
-        let inspects = if tx {
-            server_inspects_tx
-        } else {
-            server_inspects
-        };
         loop {
+            let inspects = if !tx {
+                server_inspects
+            } else if self.expect.needs_each_reply() {
+                server_inspects_tx
+            } else if !self.pending_listens.is_empty() {
+                server_inspects_listen
+            } else {
+                server_inspects
+            };
             let rbuf = &pooled.server.rbuf;
             let step = match self.sscan.step(&rbuf[ready..], 1 << 30, inspects) {
                 Ok(s) => s,
