@@ -22,16 +22,11 @@ pub enum Reply {
     Execute,
     /// Sync, Query, FunctionCall: end with ReadyForQuery.
     Ready,
-    /// This many forwarded messages of the kinds above but `Ready`, each
-    /// ended by one of their ending replies (whichever kind it is).
-    Replies(u32),
 }
 
-impl Reply {
-    /// Ends the reply to one Parse, Bind, Close, Describe or Execute.
-    fn ends_step(tag: u8) -> bool {
-        matches!(tag, b'1' | b'2' | b'3' | b'T' | b'n' | b'C' | b'I' | b's')
-    }
+/// Ends the reply to one Parse, Bind, Close, Describe or Execute.
+fn ends_step(tag: u8) -> bool {
+    matches!(tag, b'1' | b'2' | b'3' | b'T' | b'n' | b'C' | b'I' | b's')
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,16 +68,23 @@ pub struct Undo {
     pub client_name: Option<String>,
 }
 
+/// A message whose reply needs its own place in the order: swallowed,
+/// given by pgharbor, or undoing something when it fails. The plain
+/// messages sent before it since the previous such entry are counted in
+/// it: first `readies` Sync/Query/FunctionCall messages, then `replies`
+/// other messages (a Sync's count takes in the plain messages before it,
+/// so they always come in this shape).
 #[derive(Debug)]
 pub struct Expected {
     pub reply: Reply,
     pub action: Action,
-    /// Boxed: rare (named Parses), and the queue's first allocation, which
-    /// a client keeps while idle, is four of these.
+    /// Boxed: rare (named Parses).
     pub undo: Option<Box<Undo>>,
     /// For `Synthesize`: the reply when it is not a plain ParseComplete or
     /// CloseComplete.
     pub local: Option<Box<Local>>,
+    readies: u32,
+    replies: u32,
 }
 
 /// How a server message relates to the queue.
@@ -94,95 +96,122 @@ pub enum Outcome {
     Swallow,
 }
 
-/// The queue holds an entry only where one is needed: a message whose
-/// reply pgharbor swallows or gives itself, or whose failure undoes
-/// something, and every Sync / Query. The plain forwarded messages before
-/// such an entry are one `Replies(n)` entry; the ones after the last entry
-/// are only counted (`unqueued`), and a Sync's `Ready` entry takes them in.
-/// So a driver's plain Parse/Bind/Describe/Execute/Sync group is one entry,
-/// and while the front is `Ready`, the server's replies before its
-/// ReadyForQuery need no look at all (`needs_each_reply`).
+/// What the server's next reply answers.
+enum Front {
+    /// Nothing is expected.
+    Nothing,
+    /// A plain Sync, Query or FunctionCall: only its ReadyForQuery ends it.
+    Ready,
+    /// Plain messages, each ended by one of `ends_step`'s replies.
+    Replies,
+    /// The first queued entry itself.
+    Entry,
+}
+
+/// The replies the client's messages will get, in order. Only entries that
+/// need their own place are queued (see [`Expected`]); everything else is
+/// counted. So a driver's plain Parse/Bind/Describe/Execute/Sync group
+/// costs no allocation and no queue operation, and while a plain Sync is
+/// next, the server's replies before its ReadyForQuery need no look at all
+/// (`needs_each_reply`).
 #[derive(Debug, Default)]
 pub struct Expectations {
     queue: VecDeque<Expected>,
-    /// Plain forwarded messages sent after the last queued entry whose
-    /// replies have not come yet.
-    unqueued: u32,
+    /// Plain Sync/Query/FunctionCall messages after the last queued entry.
+    tail_readies: u32,
+    /// Plain other messages after those, whose replies have not come.
+    tail_replies: u32,
 }
 
 impl Expectations {
     #[inline]
     pub fn push(&mut self, reply: Reply, action: Action, undo: Option<Undo>) {
         if action == Action::Forward && undo.is_none() {
-            if reply != Reply::Ready {
-                self.unqueued += 1;
-                return;
+            if reply == Reply::Ready {
+                // The replies counted come before this ReadyForQuery, and
+                // nothing waits on them in between.
+                self.tail_readies += 1;
+                self.tail_replies = 0;
+            } else {
+                self.tail_replies += 1;
             }
-            // The replies counted come before this ReadyForQuery, and
-            // nothing waits on them in between.
-            self.unqueued = 0;
-        } else {
-            self.queue_unqueued();
+            return;
         }
-        self.queue.push_back(Expected {
-            reply,
-            action,
-            undo: undo.map(Box::new),
-            local: None,
-        });
+        self.queue_entry(reply, action, undo.map(Box::new), None);
     }
 
     /// Queues a reply pgharbor gives itself, encoded in `local`.
     pub fn push_local(&mut self, reply: Reply, local: Local) {
-        self.queue_unqueued();
-        self.queue.push_back(Expected {
-            reply,
-            action: Action::Synthesize,
-            undo: None,
-            local: Some(Box::new(local)),
-        });
+        self.queue_entry(reply, Action::Synthesize, None, Some(Box::new(local)));
     }
 
-    /// An entry that must wait for the counted replies goes behind them.
-    fn queue_unqueued(&mut self) {
-        let n = std::mem::take(&mut self.unqueued);
-        if n > 0 {
-            self.queue.push_back(Expected {
-                reply: Reply::Replies(n),
-                action: Action::Forward,
-                undo: None,
-                local: None,
-            });
-        }
+    fn queue_entry(
+        &mut self,
+        reply: Reply,
+        action: Action,
+        undo: Option<Box<Undo>>,
+        local: Option<Box<Local>>,
+    ) {
+        self.queue.push_back(Expected {
+            reply,
+            action,
+            undo,
+            local,
+            readies: std::mem::take(&mut self.tail_readies),
+            replies: std::mem::take(&mut self.tail_replies),
+        });
     }
 
     /// No reply is outstanding.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty() && self.unqueued == 0
+        self.queue.is_empty() && self.tail_readies == 0 && self.tail_replies == 0
     }
 
     pub fn clear(&mut self) {
         self.queue.clear();
-        self.unqueued = 0;
+        self.tail_readies = 0;
+        self.tail_replies = 0;
+    }
+
+    #[inline]
+    fn front(&self) -> Front {
+        let (readies, replies) = match self.queue.front() {
+            Some(e) => (e.readies, e.replies),
+            None => (self.tail_readies, self.tail_replies),
+        };
+        if readies > 0 {
+            Front::Ready
+        } else if replies > 0 {
+            Front::Replies
+        } else if self.queue.is_empty() {
+            Front::Nothing
+        } else {
+            Front::Entry
+        }
+    }
+
+    /// The counts the next reply is taken from.
+    fn front_counts(&mut self) -> (&mut u32, &mut u32) {
+        match self.queue.front_mut() {
+            Some(e) => (&mut e.readies, &mut e.replies),
+            None => (&mut self.tail_readies, &mut self.tail_replies),
+        }
     }
 
     /// Whether the server's next message must be looked at whole to keep
-    /// the queue in step: not while the front waits only for a
-    /// ReadyForQuery (or nothing is expected), when only ReadyForQuery and
-    /// ErrorResponse matter, and the relay reads those anyway.
+    /// the queue in step: not while a plain Sync is next (or nothing is
+    /// expected), when only ReadyForQuery and ErrorResponse matter, and the
+    /// relay reads those anyway.
     #[inline]
     pub fn needs_each_reply(&self) -> bool {
-        match self.queue.front() {
-            Some(e) => e.reply != Reply::Ready,
-            None => self.unqueued > 0,
-        }
+        matches!(self.front(), Front::Replies | Front::Entry)
     }
 
     /// Pops the synthesized replies now due (everything before them has
     /// been answered), in order.
     pub fn due_synthesized(&mut self) -> Option<Synthesized> {
         match self.queue.front() {
-            Some(e) if e.action == Action::Synthesize => {
+            Some(e) if e.readies == 0 && e.replies == 0 && e.action == Action::Synthesize => {
                 self.queue.pop_front().map(|e| Synthesized {
                     reply: e.reply,
                     local: e.local,
@@ -201,21 +230,37 @@ impl Expectations {
         undo: &mut Vec<Undo>,
         parsed: &mut Vec<Arc<str>>,
     ) -> Outcome {
-        let Some(front) = self.queue.front_mut() else {
-            if tag == b'E' {
-                // The group failed: what it has not answered, it never will.
-                self.unqueued = 0;
-            } else if Reply::ends_step(tag) {
-                self.unqueued = self.unqueued.saturating_sub(1);
+        match self.front() {
+            Front::Nothing => Outcome::Forward,
+            Front::Ready => {
+                if tag == b'Z' {
+                    *self.front_counts().0 -= 1;
+                }
+                Outcome::Forward
             }
+            Front::Replies => {
+                if tag == b'E' {
+                    self.skip_to_sync(undo);
+                } else if ends_step(tag) {
+                    *self.front_counts().1 -= 1;
+                }
+                Outcome::Forward
+            }
+            Front::Entry => self.on_entry_reply(tag, undo, parsed),
+        }
+    }
+
+    /// A reply for the first queued entry itself.
+    fn on_entry_reply(
+        &mut self,
+        tag: u8,
+        undo: &mut Vec<Undo>,
+        parsed: &mut Vec<Arc<str>>,
+    ) -> Outcome {
+        let Some(front) = self.queue.front() else {
             return Outcome::Forward;
         };
         let completes = match (front.reply, tag) {
-            (Reply::Replies(n), t) if n > 1 && Reply::ends_step(t) => {
-                front.reply = Reply::Replies(n - 1);
-                return Outcome::Forward;
-            }
-            (Reply::Replies(_), t) if Reply::ends_step(t) => true,
             (Reply::ParseComplete, b'1')
             | (Reply::BindComplete, b'2')
             | (Reply::CloseComplete, b'3')
@@ -224,26 +269,11 @@ impl Expectations {
             | (Reply::Ready, b'Z') => true,
             (Reply::Ready, _) => false,
             (_, b'E') => {
-                // An extended-protocol message failed: Postgres skips every
-                // message up to the next Sync. The failed one's error goes to
-                // the client (even for an injected Parse: it explains why the
-                // client's Bind could not run).
-                let mut failed = self.queue.pop_front();
-                let aborted = failed.as_ref().is_some_and(|e| e.action == Action::Abort);
-                while let Some(e) = failed {
-                    if let Some(u) = e.undo {
-                        undo.push(*u);
-                    }
-                    failed = match self.queue.front() {
-                        Some(n) if n.reply != Reply::Ready => self.queue.pop_front(),
-                        _ => None,
-                    };
-                }
-                if self.queue.is_empty() {
-                    // No Sync followed: the counted messages are in the
-                    // failed group, skipped.
-                    self.unqueued = 0;
-                }
+                // The failed one's error goes to the client (even for an
+                // injected Parse: it explains why the client's Bind could
+                // not run), unless pgharbor gave the client its own.
+                let aborted = front.action == Action::Abort;
+                self.skip_to_sync(undo);
                 return if aborted {
                     Outcome::Swallow
                 } else {
@@ -266,6 +296,32 @@ impl Expectations {
         match done.action {
             Action::Swallow | Action::Abort => Outcome::Swallow,
             _ => Outcome::Forward,
+        }
+    }
+
+    /// An extended-protocol message failed: Postgres skips every message
+    /// up to the next Sync, so what is expected of them is dropped (their
+    /// undo collected) up to the next Sync's count.
+    fn skip_to_sync(&mut self, undo: &mut Vec<Undo>) {
+        loop {
+            match self.queue.front() {
+                // The next Sync comes before this entry: the rest is of
+                // later groups.
+                Some(e) if e.readies > 0 => return,
+                Some(_) => {
+                    if let Some(u) = self.queue.pop_front().and_then(|e| e.undo) {
+                        undo.push(*u);
+                    }
+                }
+                None => {
+                    // With no Sync counted, the counted messages are in
+                    // the failed group.
+                    if self.tail_readies == 0 {
+                        self.tail_replies = 0;
+                    }
+                    return;
+                }
+            }
         }
     }
 }
@@ -342,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_group_is_one_entry_and_its_replies_need_no_look() {
+    fn a_plain_group_allocates_nothing_and_its_replies_need_no_look() {
         let mut q = Expectations::default();
         let mut undo = Vec::new();
         for r in [
@@ -356,6 +412,7 @@ mod tests {
         assert!(!q.is_empty());
         q.push(Reply::Ready, Action::Forward, None);
         assert!(!q.needs_each_reply());
+        assert_eq!(q.queue.capacity(), 0, "an idle client keeps no queue");
         // An error inside the group does not end it: its Sync does.
         for tag in [b'1', b'2', b'T', b'C', b'E'] {
             assert!(matches!(
@@ -405,6 +462,36 @@ mod tests {
         assert!(!q.needs_each_reply());
         // The group's Sync is then the only reply to wait for.
         q.push(Reply::Ready, Action::Forward, None);
+        q.on_server_message(b'Z', &mut undo, &mut Vec::new());
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn an_error_skips_only_its_own_group() {
+        let mut q = Expectations::default();
+        let mut undo = Vec::new();
+        let u = Undo {
+            server_name: Some("a".into()),
+            client_name: Some("a".into()),
+        };
+        q.push(Reply::ParseComplete, Action::Forward, Some(u));
+        q.push(Reply::Ready, Action::Forward, None);
+        // The next group: plain messages, then a reply given here.
+        q.push(Reply::BindComplete, Action::Forward, None);
+        q.push(Reply::Execute, Action::Forward, None);
+        q.push(Reply::CloseComplete, Action::Synthesize, None);
+        q.push(Reply::Ready, Action::Forward, None);
+        q.on_server_message(b'E', &mut undo, &mut Vec::new());
+        assert_eq!(undo.len(), 1);
+        q.on_server_message(b'Z', &mut undo, &mut Vec::new());
+        assert!(q.needs_each_reply(), "the second group's replies count");
+        q.on_server_message(b'2', &mut undo, &mut Vec::new());
+        assert!(q.due_synthesized().is_none());
+        q.on_server_message(b'C', &mut undo, &mut Vec::new());
+        assert_eq!(
+            q.due_synthesized().map(|s| s.reply),
+            Some(Reply::CloseComplete)
+        );
         q.on_server_message(b'Z', &mut undo, &mut Vec::new());
         assert!(q.is_empty());
     }

@@ -104,11 +104,7 @@ pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Sy
         Reply::ParseComplete => backend::parse_complete(out),
         Reply::CloseComplete => backend::close_complete(out),
         // Other replies are synthesized only with their bytes (`local`).
-        Reply::BindComplete
-        | Reply::Describe
-        | Reply::Execute
-        | Reply::Ready
-        | Reply::Replies(_) => {}
+        Reply::BindComplete | Reply::Describe | Reply::Execute | Reply::Ready => {}
     }
 }
 
