@@ -59,8 +59,8 @@ impl Session {
     /// the CommandComplete(s) and ReadyForQuery Postgres would send. Inside a
     /// transaction they are held until COMMIT (dropped on ROLLBACK).
     /// Called for texts `query_scan` found may hold one.
-    pub(super) async fn intercept_listen(&mut self, sql: &str) -> Intercept {
-        let cmds = match crate::listen::parse_many(sql) {
+    pub(super) async fn intercept_listen(&mut self, sql: String) -> Intercept {
+        let cmds = match crate::listen::parse_many(&sql) {
             Ok(None) => return Intercept::Forward,
             Ok(Some(cmds)) => Ok(cmds),
             Err(e) => Err(e.to_pg_error()),

@@ -42,6 +42,10 @@ const HIGH_WATER: usize = 256 * 1024;
 /// or not (a task is as large as its largest state).
 pub(super) type Ending<'a> = Pin<Box<dyn Future<Output = Result<(), SessionError>> + Send + 'a>>;
 
+/// A checkout that must wait, connect or be refused; `Some` ends the
+/// session.
+type SlowCheckout<'a> = Pin<Box<dyn Future<Output = Option<Result<(), SessionError>>> + Send + 'a>>;
+
 enum Event {
     ClientReadable,
     ServerReadable,
@@ -277,12 +281,10 @@ impl Session {
         // lock each time.
         let shutdown = self.state.shutdown.cancelled_owned();
         tokio::pin!(shutdown);
-        let client_idle = self.pool.settings.client_idle_timeout;
-        let idle_in_txn = self.pool.settings.idle_transaction_timeout;
         self.flush_client()?;
         // One timer for the session's idle timeouts, made when first needed
         // and moved at each turn, rather than one per turn.
-        let mut idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut shutdown_armed = false;
         loop {
             let replay_armed = self.replay.as_ref().is_some_and(|r| r.armed);
@@ -295,24 +297,7 @@ impl Session {
             let want_client_read = self.to_server.len() < HIGH_WATER && !replay_armed;
             let want_server_read = self.to_client.len() < HIGH_WATER;
             let safe = self.at_safe_point();
-            let idle_deadline = if self.server.is_none() && !client_idle.is_zero() {
-                Some(client_idle)
-            } else if self.server.is_some()
-                && self.txn.pending == 0
-                && (self.txn.status == b'T' || self.txn.status == b'E')
-                && !idle_in_txn.is_zero()
-            {
-                Some(idle_in_txn)
-            } else {
-                None
-            };
-            if let Some(d) = idle_deadline {
-                let at = tokio::time::Instant::now() + d;
-                match idle_timer.as_mut() {
-                    Some(t) => t.as_mut().reset(at),
-                    None => idle_timer = Some(Box::pin(tokio::time::sleep_until(at))),
-                }
-            }
+            let idle_timeout = self.arm_idle_timer(&mut idle_timer);
             let wants = Wants {
                 client_write: !self.to_client.is_empty(),
                 server_read: want_server_read,
@@ -322,7 +307,7 @@ impl Session {
                 notify: self.listen.is_some()
                     && self.sscan.at_boundary()
                     && self.to_client.len() < HIGH_WATER,
-                idle_timeout: idle_deadline.is_some(),
+                idle_timeout,
             };
             let ev = Wait {
                 wants,
@@ -392,6 +377,31 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Sets the idle timer for this turn's wait, if a timeout applies
+    /// (`client_idle_timeout` with no server held, `idle_transaction_timeout`
+    /// inside a transaction with nothing in flight). Read from the pool's
+    /// settings at each turn rather than kept: what the relay keeps across
+    /// its wait is part of every idle client's task.
+    fn arm_idle_timer(&self, timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) -> bool {
+        let settings = &self.pool.settings;
+        let timeout = if self.server.is_none() {
+            settings.client_idle_timeout
+        } else if self.txn.pending == 0 && (self.txn.status == b'T' || self.txn.status == b'E') {
+            settings.idle_transaction_timeout
+        } else {
+            return false;
+        };
+        if timeout.is_zero() {
+            return false;
+        }
+        let at = tokio::time::Instant::now() + timeout;
+        match timer.as_mut() {
+            Some(t) => t.as_mut().reset(at),
+            None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        true
     }
 
     fn flush_server(&mut self) -> Result<(), SessionError> {
@@ -500,18 +510,18 @@ impl Session {
                 let scan = query_scan::scan(sql, true);
                 text_may_hold_state = scan.session_state;
                 // A LISTEN in a text that is not UTF-8 goes to the server.
-                let candidate = scan
+                if let Some(sql) = scan
                     .listen
                     .then(|| std::str::from_utf8(sql).ok().map(str::to_owned))
-                    .flatten();
-                if let Some(sql) = candidate {
+                    .flatten()
+                {
                     if ready > 0 {
                         // Answer only after what came before is answered.
                         break;
                     }
                     // What went before must reach the server before waiting.
                     self.flush_server()?;
-                    match Box::pin(self.intercept_listen(&sql)).await {
+                    match Box::pin(self.intercept_listen(sql)).await {
                         Intercept::Handled => {
                             let _ = self.cbuf.split_to(len);
                             continue;
@@ -568,8 +578,10 @@ impl Session {
                             continue;
                         }
                     }
-                    if let Some(end) = self.ensure_server().await {
-                        return Ok(Some(end));
+                    if let Some(slow) = self.ensure_server() {
+                        if let Some(end) = slow.await {
+                            return Ok(Some(end));
+                        }
                     }
                     if tx || tag == b'Q' {
                         let idle = self.txn.is_idle();
@@ -615,8 +627,10 @@ impl Session {
                     if self.server.is_none() {
                         self.forward_ready(ready);
                         ready = 0;
-                        if let Some(end) = self.ensure_server().await {
-                            return Ok(Some(end));
+                        if let Some(slow) = self.ensure_server() {
+                            if let Some(end) = slow.await {
+                                return Ok(Some(end));
+                            }
                         }
                     }
                     if tx {
@@ -650,8 +664,12 @@ impl Session {
         Ok(None)
     }
 
-    /// Borrows a server if the client has none; `Some` ends the session.
-    async fn ensure_server(&mut self) -> Option<Result<(), SessionError>> {
+    /// Borrows a server if the client has none and one is free now;
+    /// otherwise the wait (or connect, or refusal) to await, whose `Some`
+    /// ends the session. A plain function with the slow part boxed: the
+    /// awaiting caller's future, part of every client task, then holds a
+    /// pointer rather than the checkout's state.
+    fn ensure_server(&mut self) -> Option<SlowCheckout<'_>> {
         if self.server.is_some() {
             return None;
         }
@@ -662,9 +680,7 @@ impl Session {
                 self.txn.started.get_or_insert(now);
                 None
             }
-            // Boxed: waiting, connecting and refusing are rare, and their
-            // state would otherwise be part of every client task.
-            Err(attempt) => Box::pin(self.ensure_server_slow(now, attempt)).await,
+            Err(attempt) => Some(Box::pin(self.ensure_server_slow(now, attempt))),
         }
     }
 
