@@ -137,6 +137,12 @@ impl Session {
     /// Writes what the server must see in place of `msg` into `to_server`
     /// and records the replies to expect.
     fn rewrite(&mut self, tag: u8, msg: BytesMut) -> Result<(), ProtocolError> {
+        if self.to_server.is_empty() && self.to_server.capacity() < 1024 {
+            // The rest of the burst is copied in behind what is written
+            // here: room for it from the start, not grown message by
+            // message.
+            self.to_server = super::buffers::take();
+        }
         let body = &msg[5..];
         match tag {
             b'P' => {

@@ -18,14 +18,13 @@
 //! pool to `x` are closed, then the Query runs once more (see
 //! `drop_database.rs`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
 use super::drop_database;
 use super::expect::{Action, Reply};
-use super::prepared::{build_target, parse_bind, Statement};
+use super::prepared::{build_target, parse_bind, Statements};
 use super::session::Session;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::sqlstate;
@@ -123,7 +122,7 @@ impl Replay {
 pub(super) fn keep_for_replay(
     replay: &mut Option<Box<Replay>>,
     idle: bool,
-    statements: &HashMap<String, Arc<Statement>>,
+    statements: &Statements,
     tag: Option<u8>,
     bytes: &[u8],
 ) {
@@ -139,7 +138,7 @@ pub(super) fn keep_for_replay(
 fn keep_or_start(
     replay: &mut Option<Box<Replay>>,
     idle: bool,
-    statements: &HashMap<String, Arc<Statement>>,
+    statements: &Statements,
     tag: Option<u8>,
     bytes: &[u8],
 ) {

@@ -2,7 +2,7 @@
 //! pool, the relay, and the clean-up that guarantees no half-done transaction
 //! is ever left on a server that goes back to the pool.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::expect::Expectations;
-use super::prepared::Statement;
+use super::prepared::Statements;
 use super::startup::{self, Handshake, LoginRequest, StartupError};
 use crate::admin::registry::ClientEntry;
 use crate::cancel::{AfterCancels, CancelHandle};
@@ -213,7 +213,7 @@ async fn run(
         sscan: FrameScanner::default(),
         max_message: config.proxy.max_message_size,
         server_fatal_sent: false,
-        statements: HashMap::new(),
+        statements: Statements::default(),
         expect: Expectations::default(),
         pinned: None,
         listen: None,
@@ -299,7 +299,7 @@ pub(super) struct Session {
     /// A FATAL from the server was forwarded; no second one is added.
     pub server_fatal_sent: bool,
     /// Transaction mode: the client's named statements.
-    pub statements: HashMap<String, Arc<Statement>>,
+    pub statements: Statements,
     /// Transaction mode: replies to swallow or synthesize, in order.
     pub expect: Expectations,
     /// Transaction mode with `session_state = "pin"`: why this client keeps
