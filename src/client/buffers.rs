@@ -28,6 +28,12 @@ pub(super) fn take() -> BytesMut {
         .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
 }
 
+/// A buffer from the stock, if it has one: for writes that want room
+/// but would not pay for a fresh [`READ_CHUNK`] allocation.
+pub(super) fn take_spare() -> Option<BytesMut> {
+    SPARE.with(|s| s.borrow_mut().pop())
+}
+
 /// Leaves `buf` (empty) unallocated, keeping its memory for [`take`] when
 /// nothing else still refers to it; otherwise the memory goes when the
 /// last part of it is dropped, as usual.

@@ -137,12 +137,17 @@ impl Session {
     /// Writes what the server must see in place of `msg` into `to_server`
     /// and records the replies to expect.
     fn rewrite(&mut self, tag: u8, msg: BytesMut) -> Result<(), ProtocolError> {
-        if self.to_server.is_empty() && self.to_server.capacity() < 1024 {
-            // The rest of the burst is copied in behind what is written
-            // here: room for it from the start, not grown message by
-            // message.
-            self.to_server = super::buffers::take();
+        // Room for what is written in place of `msg` and for the Execute
+        // and Sync copied in behind it, at once rather than grown part by
+        // part: a buffer from the stock when it has one; otherwise a small
+        // reservation, not a fresh 16 KiB buffer (with hundreds of clients
+        // waiting for a server the stock is empty).
+        if self.to_server.is_empty() && self.to_server.capacity() == 0 {
+            if let Some(spare) = super::buffers::take_spare() {
+                self.to_server = spare;
+            }
         }
+        self.to_server.reserve(msg.len() + 256);
         let body = &msg[5..];
         match tag {
             b'P' => {
