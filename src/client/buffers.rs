@@ -23,9 +23,7 @@ thread_local! {
 
 /// An empty buffer with room for [`READ_CHUNK`] bytes.
 pub(super) fn take() -> BytesMut {
-    SPARE
-        .with(|s| s.borrow_mut().pop())
-        .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
+    take_spare().unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
 }
 
 /// A buffer from the stock, if it has one: for writes that want room

@@ -25,7 +25,7 @@ pub enum Reply {
 }
 
 /// Ends the reply to one Parse, Bind, Close, Describe or Execute.
-fn ends_step(tag: u8) -> bool {
+pub(super) fn ends_step(tag: u8) -> bool {
     matches!(tag, b'1' | b'2' | b'3' | b'T' | b'n' | b'C' | b'I' | b's')
 }
 

@@ -142,7 +142,7 @@ impl Session {
         // part: a buffer from the stock when it has one; otherwise a small
         // reservation, not a fresh 16 KiB buffer (with hundreds of clients
         // waiting for a server the stock is empty).
-        if self.to_server.is_empty() && self.to_server.capacity() == 0 {
+        if self.to_server.capacity() == 0 {
             if let Some(spare) = super::buffers::take_spare() {
                 self.to_server = spare;
             }

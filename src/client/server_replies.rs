@@ -25,16 +25,13 @@ fn server_inspects(tag: u8) -> bool {
 /// step while the expectation queue must count them, so replies can be
 /// swallowed or synthesized between whole messages.
 fn server_inspects_tx(tag: u8) -> bool {
-    matches!(
-        tag,
-        b'Z' | b'S' | b'E' | b'G' | b'W' | b'1' | b'2' | b'3' | b'n' | b'T' | b'C' | b'I' | b's'
-    )
+    server_inspects(tag) || super::expect::ends_step(tag)
 }
 
 /// In transaction mode with a LISTEN waiting for its transaction's end:
 /// CommandComplete says whether it was COMMIT or ROLLBACK.
 fn server_inspects_listen(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'S' | b'E' | b'G' | b'W' | b'C')
+    server_inspects(tag) || tag == b'C'
 }
 
 /// What a read from the server leaves to do, for the part that may await.
