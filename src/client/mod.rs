@@ -15,5 +15,6 @@ mod server_replies;
 mod session;
 mod session_state;
 pub mod startup;
+mod wait;
 
 pub use session::{serve, SessionError};

@@ -12,13 +12,11 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::buffers::{self, READ_CHUNK};
 use super::expect::{Action, Reply, Synthesized};
@@ -28,6 +26,7 @@ use super::listen_relay::Intercept;
 use super::query_scan;
 use super::replay::keep_for_replay;
 use super::session::{Session, SessionError};
+use super::wait::{Event, Wait, Wants};
 use crate::config::PoolMode;
 use crate::listen::PendingListens;
 use crate::protocol::frame::{read_cstr_bytes, Step};
@@ -45,16 +44,6 @@ pub(super) type Ending<'a> = Pin<Box<dyn Future<Output = Result<(), SessionError
 /// A checkout that must wait, connect or be refused; `Some` ends the
 /// session.
 type SlowCheckout<'a> = Pin<Box<dyn Future<Output = Option<Result<(), SessionError>>> + Send + 'a>>;
-
-enum Event {
-    ClientReadable,
-    ServerReadable,
-    ServerWritable,
-    ClientWritable,
-    Notify,
-    Shutdown,
-    IdleTimeout,
-}
 
 /// Message types a client may send after login.
 fn is_frontend_tag(tag: u8) -> bool {
@@ -109,111 +98,6 @@ pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Sy
         Reply::CloseComplete => backend::close_complete(out),
         // Other replies are synthesized only with their bytes (`local`).
         Reply::BindComplete | Reply::Describe | Reply::Execute | Reply::Ready => {}
-    }
-}
-
-/// What one turn of the relay waits for, decided before waiting.
-struct Wants {
-    client_write: bool,
-    server_read: bool,
-    server_write: bool,
-    client_read: bool,
-    /// Shutdown may end the session now (no transaction in flight).
-    shutdown: bool,
-    notify: bool,
-    idle_timeout: bool,
-}
-
-/// The wait of one relay turn, written out rather than built with
-/// `tokio::select!`: the relay waits twice per transaction, and the macro
-/// builds and walks its branch state at every wait (about 7 % of
-/// pgharbor's instructions per select transaction, half that now). Sources
-/// are polled in priority order and the first ready one wins; every source
-/// polled registers this task's waker, so the task sleeps only after all
-/// of them were asked. Readiness is asked through `poll_read_ready` /
-/// `poll_write_ready` rather than `readable()` / `writable()`: those build
-/// a waiter linked into the socket's list under its lock at every turn,
-/// the poll functions keep one waker slot per direction, and only this
-/// task waits on its sockets.
-struct Wait<'a> {
-    wants: Wants,
-    client: &'a TcpStream,
-    server: Option<&'a TcpStream>,
-    listen: Option<&'a crate::listen::Subscriber>,
-    shutdown: Pin<&'a mut WaitForCancellationFutureOwned>,
-    /// The shutdown future was polled once: its registration lasts, and
-    /// it wakes this task (polled again it takes the token's lock each
-    /// time, twice per transaction).
-    shutdown_armed: &'a mut bool,
-    idle_timer: Option<Pin<&'a mut tokio::time::Sleep>>,
-    /// Made at the first poll that needs it: only listening clients pay
-    /// for the waiter.
-    listen_wait: Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>,
-    cancelled: &'a crate::shutdown::Shutdown,
-}
-
-impl Future for Wait<'_> {
-    type Output = Result<Event, SessionError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let w = self.get_mut();
-        let lost = |e: io::Error| SessionError::ServerLost(Box::new(e.into()));
-        // A plain load first; the token's future (which takes its lock when
-        // polled) comes after the sockets, so it is polled only when the
-        // task is about to sleep.
-        if w.wants.shutdown && w.cancelled.is_cancelled() {
-            return Poll::Ready(Ok(Event::Shutdown));
-        }
-        if w.wants.client_write {
-            if let Poll::Ready(r) = w.client.poll_write_ready(cx) {
-                return Poll::Ready(
-                    r.map(|()| Event::ClientWritable)
-                        .map_err(SessionError::ClientIo),
-                );
-            }
-        }
-        if let Some(server) = w.server {
-            if w.wants.server_read {
-                if let Poll::Ready(r) = server.poll_read_ready(cx) {
-                    return Poll::Ready(r.map(|()| Event::ServerReadable).map_err(lost));
-                }
-            }
-            if w.wants.server_write {
-                if let Poll::Ready(r) = server.poll_write_ready(cx) {
-                    return Poll::Ready(r.map(|()| Event::ServerWritable).map_err(lost));
-                }
-            }
-        }
-        if w.wants.client_read {
-            if let Poll::Ready(r) = w.client.poll_read_ready(cx) {
-                return Poll::Ready(
-                    r.map(|()| Event::ClientReadable)
-                        .map_err(SessionError::ClientIo),
-                );
-            }
-        }
-        if w.wants.shutdown && !*w.shutdown_armed {
-            if w.shutdown.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Event::Shutdown));
-            }
-            *w.shutdown_armed = true;
-        }
-        if w.wants.notify {
-            if let Some(sub) = w.listen {
-                let wait = w.listen_wait.get_or_insert_with(|| Box::pin(sub.ready()));
-                if wait.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(Event::Notify));
-                }
-            }
-        }
-        if w.wants.idle_timeout {
-            if let Some(t) = w.idle_timer.as_mut() {
-                if t.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(Event::IdleTimeout));
-                }
-            }
-        }
-        Poll::Pending
     }
 }
 
