@@ -3,6 +3,7 @@
 
 mod inspect;
 mod janitor;
+mod waiting;
 
 pub use inspect::{ServerInfo, ServerState, ServerTicket};
 
@@ -16,6 +17,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::config::{DatabaseConfig, PoolDefaults, UserConfig};
 use crate::metrics::{Metrics, PoolStats};
 use crate::server::{Server, ServerError, ServerTarget};
+use waiting::WaitingList;
 
 /// Distinct client parameter maps a pool remembers for sharing; a bound,
 /// so a login compares with a few maps at most.
@@ -80,10 +82,9 @@ pub struct Pool {
     closed: AtomicBool,
     /// Every open server, for the admin console (see `inspect`).
     servers: Arc<inspect::ServerList>,
-    /// When each client now waiting for a server began to wait, by ticket
-    /// (SHOW POOLS maxwait). Touched only on the waiting path.
-    waiting_since: Mutex<Vec<(u64, Instant)>>,
-    next_wait_ticket: AtomicU64,
+    /// The clients now waiting for a server, in the order they began to
+    /// wait (SHOW POOLS maxwait). Touched only on the waiting path.
+    waiting_since: Mutex<WaitingList>,
 }
 
 /// A client's place in [`Pool::waiting_since`], left when dropped (also
@@ -95,10 +96,7 @@ struct WaitTicket<'a> {
 
 impl Drop for WaitTicket<'_> {
     fn drop(&mut self) {
-        let mut w = self.pool.waiting_list();
-        if let Some(i) = w.iter().position(|(id, _)| *id == self.id) {
-            w.swap_remove(i);
-        }
+        self.pool.waiting_list().leave(self.id);
     }
 }
 
@@ -140,7 +138,6 @@ impl Pool {
             closed: AtomicBool::new(false),
             servers: Arc::default(),
             waiting_since: Mutex::default(),
-            next_wait_ticket: AtomicU64::new(0),
         });
         janitor::spawn(&pool);
         pool
@@ -152,14 +149,13 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn waiting_list(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Instant)>> {
+    fn waiting_list(&self) -> std::sync::MutexGuard<'_, WaitingList> {
         // A panic while holding this lock cannot leave the Vec inconsistent.
         self.waiting_since.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn wait_ticket(&self, started: Instant) -> WaitTicket<'_> {
-        let id = self.next_wait_ticket.fetch_add(1, Ordering::Relaxed);
-        self.waiting_list().push((id, started));
+        let id = self.waiting_list().join(started);
         WaitTicket { pool: self, id }
     }
 
@@ -167,6 +163,7 @@ impl Pool {
     /// (zero when nobody waits).
     pub fn max_wait(&self, now: Instant) -> Duration {
         self.waiting_list()
+            .waiting
             .iter()
             .map(|(_, since)| now.saturating_duration_since(*since))
             .max()
@@ -219,10 +216,10 @@ impl Pool {
     pub(crate) async fn checkout_slow(
         self: &Arc<Self>,
         permit: Option<OwnedSemaphorePermit>,
-        mut due: Option<Box<Server>>,
+        due: Option<Box<Server>>,
     ) -> Result<PooledServer, CheckoutError> {
-        let permit = match permit {
-            Some(p) => p,
+        let (permit, now) = match permit {
+            Some(p) => (p, Instant::now()),
             None => {
                 let started = Instant::now();
                 self.stats.clients_waiting.inc();
@@ -230,15 +227,42 @@ impl Pool {
                 let permit = self.acquire_permit().await;
                 drop(ticket);
                 self.stats.clients_waiting.dec();
+                let now = Instant::now();
                 self.stats
                     .wait_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                permit?
+                    .observe(now.saturating_duration_since(started).as_secs_f64());
+                (permit?, now)
             }
         };
         let generation = self.generation.load(Ordering::Acquire);
-        let now = Instant::now();
-        while let Some(mut server) = due.take().or_else(|| self.pop_reusable(generation, now)) {
+        // After a wait, the server just given back is usually idle and fit:
+        // lend it without the health check's and the login's states, which
+        // are boxed below so that a waiting client's future stays small
+        // (it is boxed and moved once per wait; 1,424 bytes before).
+        let due = match due {
+            Some(server) => server,
+            None => match self.pop_reusable(generation, now) {
+                Some(server) if !self.due_for_check(&server, now) => {
+                    return Ok(self.lend(server, generation, permit));
+                }
+                Some(server) => server,
+                None => return Box::pin(self.open_and_lend(generation, permit)).await,
+            },
+        };
+        Box::pin(self.check_and_lend(due, generation, now, permit)).await
+    }
+
+    /// Health-checks `server` (and, if it fails, the next idle ones) and
+    /// lends the first that passes, or opens a new server.
+    async fn check_and_lend(
+        self: &Arc<Self>,
+        server: Box<Server>,
+        generation: u64,
+        now: Instant,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<PooledServer, CheckoutError> {
+        let mut next = Some(server);
+        while let Some(mut server) = next.take().or_else(|| self.pop_reusable(generation, now)) {
             if self.due_for_check(&server, now) {
                 self.stats.servers_testing.inc();
                 let ok = self.health_check(&mut server).await;
@@ -249,6 +273,14 @@ impl Pool {
             }
             return Ok(self.lend(server, generation, permit));
         }
+        self.open_and_lend(generation, permit).await
+    }
+
+    async fn open_and_lend(
+        self: &Arc<Self>,
+        generation: u64,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<PooledServer, CheckoutError> {
         let server = self.open_server().await?;
         Ok(self.lend(server, generation, permit))
     }
@@ -297,10 +329,14 @@ impl Pool {
     async fn acquire_permit(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
         let timeout = self.settings.query_wait_timeout;
         let wait = async {
-            let mut paused = self.paused.subscribe();
             // PAUSE holds new checkouts until RESUME; the wait counts
-            // toward query_wait_timeout like any other.
-            let _ = paused.wait_for(|p| !*p).await;
+            // toward query_wait_timeout like any other. (Not subscribed
+            // when not paused: a PAUSE after this check is the same race
+            // as a PAUSE after the wait for RESUME ends.)
+            if self.is_paused() {
+                let mut paused = self.paused.subscribe();
+                let _ = paused.wait_for(|p| !*p).await;
+            }
             self.permits.clone().acquire_owned().await
         };
         match tokio::time::timeout(timeout, wait).await {
