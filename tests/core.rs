@@ -146,7 +146,12 @@ async fn wait_timeout_gives_a_clear_error() {
     let holder = connect(&proxy, "app").await;
     holder.batch_execute("BEGIN").await.unwrap();
     let waiter = connect(&proxy, "app").await;
+    let asked = std::time::Instant::now();
     let err = waiter.simple_query("select 1").await.unwrap_err();
+    let waited = asked.elapsed();
+    // Not before its timeout, and not left waiting long after it.
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "53300");
     assert!(
@@ -158,7 +163,46 @@ async fn wait_timeout_gives_a_clear_error() {
     holder.batch_execute("COMMIT").await.unwrap();
     let again = connect(&proxy, "app").await;
     again.simple_query("select 1").await.unwrap();
-    let _ = Duration::ZERO;
+}
+
+/// Each waiting client has its own deadline: the first times out at its
+/// own, while one that began to wait later is still served when a server
+/// comes free before its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_waiting_client_times_out_at_its_own_deadline() {
+    let text = config_text("transaction", 1, "").replace(
+        "query_wait_timeout = \"60s\"",
+        "query_wait_timeout = \"1s\"",
+    );
+    let proxy = start_proxy_with(&text).await;
+    let holder = connect(&proxy, "app").await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let first = connect(&proxy, "app").await;
+    let second = connect(&proxy, "app").await;
+    let t0 = std::time::Instant::now();
+    let first_wait = tokio::spawn(async move { first.simple_query("select 1").await });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let second_wait = tokio::spawn(async move {
+        second
+            .simple_query("select 2")
+            .await
+            .map(|_| std::time::Instant::now())
+    });
+    let err = first_wait.await.unwrap().unwrap_err();
+    assert_eq!(
+        err.as_db_error().expect("an ErrorResponse").code().code(),
+        "53300"
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
+    // Past the first deadline, before the second's (1.6 s): free the server.
+    let free_at = t0 + Duration::from_millis(1300);
+    tokio::time::sleep_until(free_at.into()).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let served_at = second_wait
+        .await
+        .unwrap()
+        .expect("the second client is served before its deadline");
+    assert!(served_at >= free_at, "served while the server was held");
 }
 
 /// Query texts are in the client's encoding: a LATIN1 client's 'é' is the

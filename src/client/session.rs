@@ -439,21 +439,18 @@ impl Session {
         &mut self,
         attempt: Result<PooledServer, SlowCheckout>,
     ) -> Result<(), PgError> {
-        let checkout = match attempt {
-            Ok(pooled) => Ok(pooled),
-            Err((permit, due)) => self.pool.checkout_slow(permit, due).await,
-        };
         let stats = &self.pool.stats;
-        let mut pooled = match checkout {
-            Ok(p) => {
-                stats.clients_active.inc();
-                p
-            }
-            Err(e) => {
-                stats.clients_idle.inc();
-                return Err(checkout_error(e));
-            }
+        let mut pooled = match attempt {
+            Ok(pooled) => pooled,
+            Err((permit, due)) => match self.pool.checkout_slow(permit, due).await {
+                Ok(pooled) => pooled,
+                Err(e) => {
+                    self.pool.stats.clients_idle.inc();
+                    return Err(checkout_error(e));
+                }
+            },
         };
+        stats.clients_active.inc();
         if let Err(e) = pooled.server.sync_params(&self.reported, &self.other).await {
             pooled.discard();
             self.pool.stats.clients_active.dec();

@@ -8,11 +8,13 @@ mod waiting;
 pub use inspect::{ServerInfo, ServerState, ServerTicket};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{DatabaseConfig, PoolDefaults, UserConfig};
 use crate::metrics::{Metrics, PoolStats};
@@ -85,6 +87,9 @@ pub struct Pool {
     /// The clients now waiting for a server, in the order they began to
     /// wait (SHOW POOLS maxwait). Touched only on the waiting path.
     waiting_since: Mutex<WaitingList>,
+    /// Tells the wait timer (see `waiting`) that a client began to wait
+    /// while nobody else did.
+    wait_timer: Arc<Notify>,
 }
 
 /// A client's place in [`Pool::waiting_since`], left when dropped (also
@@ -138,8 +143,10 @@ impl Pool {
             closed: AtomicBool::new(false),
             servers: Arc::default(),
             waiting_since: Mutex::default(),
+            wait_timer: Arc::default(),
         });
         janitor::spawn(&pool);
+        waiting::spawn_timer(&pool);
         pool
     }
 
@@ -155,19 +162,17 @@ impl Pool {
     }
 
     fn wait_ticket(&self, started: Instant) -> WaitTicket<'_> {
-        let id = self.waiting_list().join(started);
+        let (id, first) = self.waiting_list().join(started);
+        if first {
+            self.wait_timer.notify_one();
+        }
         WaitTicket { pool: self, id }
     }
 
     /// How long the client waiting longest for a server has waited so far
     /// (zero when nobody waits).
     pub fn max_wait(&self, now: Instant) -> Duration {
-        self.waiting_list()
-            .waiting
-            .iter()
-            .map(|(_, since)| now.saturating_duration_since(*since))
-            .max()
-            .unwrap_or_default()
+        self.waiting_list().longest(now)
     }
 
     /// Servers currently lent to clients.
@@ -224,7 +229,7 @@ impl Pool {
                 let started = Instant::now();
                 self.stats.clients_waiting.inc();
                 let ticket = self.wait_ticket(started);
-                let permit = self.acquire_permit().await;
+                let permit = self.acquire_permit(ticket.id).await;
                 drop(ticket);
                 self.stats.clients_waiting.dec();
                 let now = Instant::now();
@@ -326,28 +331,55 @@ impl Pool {
         self.permits.clone().try_acquire_owned().ok()
     }
 
-    async fn acquire_permit(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
-        let timeout = self.settings.query_wait_timeout;
-        let wait = async {
-            // PAUSE holds new checkouts until RESUME; the wait counts
-            // toward query_wait_timeout like any other. (Not subscribed
-            // when not paused: a PAUSE after this check is the same race
-            // as a PAUSE after the wait for RESUME ends.)
-            if self.is_paused() {
-                let mut paused = self.paused.subscribe();
-                let _ = paused.wait_for(|p| !*p).await;
+    /// Waits in line for a permit. `query_wait_timeout` is kept by the
+    /// pool's wait timer, which wakes this wait through the waiting list.
+    async fn acquire_permit(&self, ticket: u64) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        if self.is_paused() {
+            return Box::pin(self.acquire_permit_paused()).await;
+        }
+        let mut acquire = std::pin::pin!(self.permits.clone().acquire_owned());
+        let outcome = std::future::poll_fn(|cx| {
+            // The permit first: one handed over as the wait expires is kept.
+            if let Poll::Ready(r) = acquire.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
             }
+            if self.waiting_list().park(ticket, cx.waker()) {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        match outcome {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(_)) => Err(CheckoutError::Closed(PoolKey::clone(&self.key))),
+            None => Err(self.wait_timed_out()),
+        }
+    }
+
+    /// [`Pool::acquire_permit`] while PAUSEd: waits for RESUME, then in
+    /// line, both within `query_wait_timeout`. (The wait for RESUME is not
+    /// entered when not paused: a PAUSE after that check is the same race
+    /// as a PAUSE after the wait for RESUME ends.)
+    async fn acquire_permit_paused(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        let wait = async {
+            let mut paused = self.paused.subscribe();
+            let _ = paused.wait_for(|p| !*p).await;
             self.permits.clone().acquire_owned().await
         };
-        match tokio::time::timeout(timeout, wait).await {
+        match tokio::time::timeout(self.settings.query_wait_timeout, wait).await {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(_)) => Err(CheckoutError::Closed(PoolKey::clone(&self.key))),
-            Err(_) => Err(CheckoutError::Timeout {
-                key: PoolKey::clone(&self.key),
-                timeout,
-                in_use: self.in_use(),
-                size: self.settings.pool_size,
-            }),
+            Err(_) => Err(self.wait_timed_out()),
+        }
+    }
+
+    fn wait_timed_out(&self) -> CheckoutError {
+        CheckoutError::Timeout {
+            key: PoolKey::clone(&self.key),
+            timeout: self.settings.query_wait_timeout,
+            in_use: self.in_use(),
+            size: self.settings.pool_size,
         }
     }
 
