@@ -341,3 +341,74 @@ async fn worker_threads_sets_how_many_threads_serve_clients() {
         }
     }
 }
+
+/// What pgharbor prints to stdout between starting with `PGHARBOR_LOG` set
+/// to `spec` and being stopped with SIGTERM after one query (its server
+/// connection is logged at debug).
+async fn log_output(spec: &str) -> String {
+    let port = support::free_port();
+    let text = support::config_text("transaction", 1, "").replace(
+        "listen_addr = \"127.0.0.1:0\"",
+        &format!("listen_addr = \"127.0.0.1:{port}\""),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgharbor.toml");
+    std::fs::write(&path, text).unwrap();
+    let child = pgharbor()
+        .arg("-c")
+        .arg(&path)
+        .env("PGHARBOR_LOG", spec)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgharbor");
+    let addr = format!("127.0.0.1:{port}");
+    let up = support::eventually(Duration::from_secs(10), || {
+        let addr = addr.clone();
+        async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+    })
+    .await;
+    if up {
+        let dsn = format!(
+            "host=127.0.0.1 port={port} user={} password={} dbname=app connect_timeout=10",
+            support::USER,
+            support::PASSWORD
+        );
+        support::connect_dsn(&dsn)
+            .await
+            .simple_query("select 1")
+            .await
+            .unwrap();
+    }
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let out = child.wait_with_output().expect("pgharbor exits");
+    assert!(up, "pgharbor did not start with PGHARBOR_LOG={spec:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `PGHARBOR_LOG` takes a level or a list of `target=level` (read as a
+/// static filter) and defaults to info.
+#[tokio::test]
+async fn pgharbor_log_sets_the_level_per_target() {
+    for (spec, shows_info, shows_debug) in [
+        ("", true, false),
+        ("warn", false, false),
+        ("pgharbor=debug", true, true),
+        ("tokio=info", false, false),
+        ("warn,pgharbor=info", true, false),
+    ] {
+        let out = log_output(spec).await;
+        assert_eq!(
+            out.contains("pgharbor listening"),
+            shows_info,
+            "PGHARBOR_LOG={spec:?}: {out}"
+        );
+        assert_eq!(
+            out.contains("server connection opened"),
+            shows_debug,
+            "PGHARBOR_LOG={spec:?}: {out}"
+        );
+    }
+}
