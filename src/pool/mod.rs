@@ -157,7 +157,7 @@ impl Pool {
     }
 
     fn waiting_list(&self) -> std::sync::MutexGuard<'_, WaitingList> {
-        // A panic while holding this lock cannot leave the Vec inconsistent.
+        // A panic while holding this lock cannot leave the list inconsistent.
         self.waiting_since.lock().unwrap_or_else(|e| e.into_inner())
     }
 
