@@ -2,7 +2,7 @@
 //! `server_idle_timeout` or `server_lifetime`, drops dead ones, and keeps
 //! `min_pool_size` servers open.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Pool;
@@ -16,12 +16,9 @@ pub(super) fn spawn(pool: &Arc<Pool>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(pool) = Weak::upgrade(&weak) else {
+            let Some(pool) = Pool::live(&weak) else {
                 return;
             };
-            if pool.closed.load(std::sync::atomic::Ordering::Acquire) {
-                return;
-            }
             sweep(&pool);
             top_up(&pool).await;
         }

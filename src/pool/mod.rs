@@ -8,10 +8,8 @@ mod waiting;
 pub use inspect::{ServerInfo, ServerState, ServerTicket};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -86,23 +84,10 @@ pub struct Pool {
     servers: Arc<inspect::ServerList>,
     /// The clients now waiting for a server, in the order they began to
     /// wait (SHOW POOLS maxwait). Touched only on the waiting path.
-    waiting_since: Mutex<WaitingList>,
+    waiting: Mutex<WaitingList>,
     /// Tells the wait timer (see `waiting`) that a client began to wait
     /// while nobody else did.
     wait_timer: Arc<Notify>,
-}
-
-/// A client's place in [`Pool::waiting_since`], left when dropped (also
-/// when the waiting checkout is abandoned).
-struct WaitTicket<'a> {
-    pool: &'a Pool,
-    id: u64,
-}
-
-impl Drop for WaitTicket<'_> {
-    fn drop(&mut self) {
-        self.pool.waiting_list().leave(self.id);
-    }
 }
 
 /// A server lent to a client, with the permit that bounds the pool. Dropping
@@ -142,7 +127,7 @@ impl Pool {
             paused: watch::channel(false).0,
             closed: AtomicBool::new(false),
             servers: Arc::default(),
-            waiting_since: Mutex::default(),
+            waiting: Mutex::default(),
             wait_timer: Arc::default(),
         });
         janitor::spawn(&pool);
@@ -156,23 +141,11 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn waiting_list(&self) -> std::sync::MutexGuard<'_, WaitingList> {
-        // A panic while holding this lock cannot leave the list inconsistent.
-        self.waiting_since.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wait_ticket(&self, started: Instant) -> WaitTicket<'_> {
-        let (id, first) = self.waiting_list().join(started);
-        if first {
-            self.wait_timer.notify_one();
-        }
-        WaitTicket { pool: self, id }
-    }
-
-    /// How long the client waiting longest for a server has waited so far
-    /// (zero when nobody waits).
-    pub fn max_wait(&self, now: Instant) -> Duration {
-        self.waiting_list().longest(now)
+    /// The pool behind `weak`, while it exists and is not closed: what the
+    /// pool's background tasks check before each round.
+    fn live(weak: &Weak<Pool>) -> Option<Arc<Pool>> {
+        let pool = weak.upgrade()?;
+        (!pool.closed.load(Ordering::Acquire)).then_some(pool)
     }
 
     /// Servers currently lent to clients.
@@ -228,9 +201,7 @@ impl Pool {
             None => {
                 let started = Instant::now();
                 self.stats.clients_waiting.inc();
-                let ticket = self.wait_ticket(started);
-                let permit = self.acquire_permit(ticket.id).await;
-                drop(ticket);
+                let permit = self.acquire_permit(started).await;
                 self.stats.clients_waiting.dec();
                 let now = Instant::now();
                 self.stats
@@ -329,58 +300,6 @@ impl Pool {
             return None;
         }
         self.permits.clone().try_acquire_owned().ok()
-    }
-
-    /// Waits in line for a permit. `query_wait_timeout` is kept by the
-    /// pool's wait timer, which wakes this wait through the waiting list.
-    async fn acquire_permit(&self, ticket: u64) -> Result<OwnedSemaphorePermit, CheckoutError> {
-        if self.is_paused() {
-            return Box::pin(self.acquire_permit_paused()).await;
-        }
-        let mut acquire = std::pin::pin!(self.permits.clone().acquire_owned());
-        let outcome = std::future::poll_fn(|cx| {
-            // The permit first: one handed over as the wait expires is kept.
-            if let Poll::Ready(r) = acquire.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            if self.waiting_list().park(ticket, cx.waker()) {
-                Poll::Ready(None)
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
-        match outcome {
-            Some(Ok(p)) => Ok(p),
-            Some(Err(_)) => Err(CheckoutError::Closed(PoolKey::clone(&self.key))),
-            None => Err(self.wait_timed_out()),
-        }
-    }
-
-    /// [`Pool::acquire_permit`] while PAUSEd: waits for RESUME, then in
-    /// line, both within `query_wait_timeout`. (The wait for RESUME is not
-    /// entered when not paused: a PAUSE after that check is the same race
-    /// as a PAUSE after the wait for RESUME ends.)
-    async fn acquire_permit_paused(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
-        let wait = async {
-            let mut paused = self.paused.subscribe();
-            let _ = paused.wait_for(|p| !*p).await;
-            self.permits.clone().acquire_owned().await
-        };
-        match tokio::time::timeout(self.settings.query_wait_timeout, wait).await {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) => Err(CheckoutError::Closed(PoolKey::clone(&self.key))),
-            Err(_) => Err(self.wait_timed_out()),
-        }
-    }
-
-    fn wait_timed_out(&self) -> CheckoutError {
-        CheckoutError::Timeout {
-            key: PoolKey::clone(&self.key),
-            timeout: self.settings.query_wait_timeout,
-            in_use: self.in_use(),
-            size: self.settings.pool_size,
-        }
     }
 
     /// Opens a new server connection (the caller holds a permit for it).

@@ -11,11 +11,14 @@
 //! 20.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Weak};
-use std::task::Waker;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::Pool;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{CheckoutError, Pool, PoolKey};
 
 /// Longest sleep of the timer task, so it notices a closed or dropped pool.
 const PERIOD: Duration = Duration::from_secs(1);
@@ -118,6 +121,97 @@ impl WaitingList {
     }
 }
 
+/// A client's place in [`Pool::waiting`], left when dropped (also
+/// when the waiting checkout is abandoned).
+struct WaitTicket<'a> {
+    pool: &'a Pool,
+    id: u64,
+}
+
+impl Drop for WaitTicket<'_> {
+    fn drop(&mut self) {
+        self.pool.waiting_list().leave(self.id);
+    }
+}
+
+impl Pool {
+    fn waiting_list(&self) -> std::sync::MutexGuard<'_, WaitingList> {
+        // A panic while holding this lock cannot leave the list inconsistent.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait_ticket(&self, started: Instant) -> WaitTicket<'_> {
+        let (id, first) = self.waiting_list().join(started);
+        if first {
+            self.wait_timer.notify_one();
+        }
+        WaitTicket { pool: self, id }
+    }
+
+    /// How long the client waiting longest for a server has waited so far
+    /// (zero when nobody waits).
+    pub fn max_wait(&self, now: Instant) -> Duration {
+        self.waiting_list().longest(now)
+    }
+
+    /// Waits in line for a permit, listed as waiting since `started`.
+    /// `query_wait_timeout` is kept by the pool's wait timer, which wakes
+    /// this wait through the waiting list.
+    pub(super) async fn acquire_permit(
+        &self,
+        started: Instant,
+    ) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        let ticket = self.wait_ticket(started);
+        if self.is_paused() {
+            return Box::pin(self.acquire_permit_paused()).await;
+        }
+        let mut acquire = std::pin::pin!(self.permits.clone().acquire_owned());
+        let outcome = std::future::poll_fn(|cx| {
+            // The permit first: one handed over as the wait expires is kept.
+            if let Poll::Ready(r) = acquire.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            if self.waiting_list().park(ticket.id, cx.waker()) {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        match outcome {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(_)) => Err(CheckoutError::Closed(PoolKey::clone(&self.key))),
+            None => Err(self.wait_timed_out()),
+        }
+    }
+
+    /// [`Pool::acquire_permit`] while PAUSEd: waits for RESUME, then in
+    /// line, both within `query_wait_timeout`. (The wait for RESUME is not
+    /// entered when not paused: a PAUSE after that check is the same race
+    /// as a PAUSE after the wait for RESUME ends.)
+    async fn acquire_permit_paused(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        let wait = async {
+            let mut paused = self.paused.subscribe();
+            let _ = paused.wait_for(|p| !*p).await;
+            self.permits.clone().acquire_owned().await
+        };
+        match tokio::time::timeout(self.settings.query_wait_timeout, wait).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(CheckoutError::Closed(PoolKey::clone(&self.key))),
+            Err(_) => Err(self.wait_timed_out()),
+        }
+    }
+
+    fn wait_timed_out(&self) -> CheckoutError {
+        CheckoutError::Timeout {
+            key: PoolKey::clone(&self.key),
+            timeout: self.settings.query_wait_timeout,
+            in_use: self.in_use(),
+            size: self.settings.pool_size,
+        }
+    }
+}
+
 /// Starts the pool's `query_wait_timeout` timer (see the module comment).
 pub(super) fn spawn_timer(pool: &Arc<Pool>) {
     let weak: Weak<Pool> = Arc::downgrade(pool);
@@ -126,12 +220,9 @@ pub(super) fn spawn_timer(pool: &Arc<Pool>) {
         loop {
             let now = Instant::now();
             let next = {
-                let Some(pool) = weak.upgrade() else {
+                let Some(pool) = Pool::live(&weak) else {
                     return;
                 };
-                if pool.closed.load(std::sync::atomic::Ordering::Acquire) {
-                    return;
-                }
                 let next = pool
                     .waiting_list()
                     .expire(now, pool.settings.query_wait_timeout);
