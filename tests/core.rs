@@ -76,8 +76,11 @@ async fn pipelined_queries_return_to_the_right_caller() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_clients_share_a_pool_of_ten() {
-    let proxy = start_proxy("transaction", 10).await;
-    let dsn = dsn(&proxy, "app");
+    // Its own role, so the count of server connections below is this
+    // pool's alone, not also those of tests running beside it.
+    let user = "thousand";
+    let proxy = start_proxy_with(&config_text_for_user("transaction", 10, "", user)).await;
+    let dsn = dsn_as(&proxy, user, user);
     let mut tasks = Vec::new();
     for i in 0..1000i32 {
         let dsn = dsn.clone();
@@ -98,7 +101,7 @@ async fn thousand_clients_share_a_pool_of_ten() {
     }
     assert_eq!(clients.len(), 1000);
     let direct = connect_direct().await;
-    assert!(backends_of_user(&direct, USER).await <= 10);
+    assert!(backends_of_user(&direct, user).await <= 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,15 +139,22 @@ async fn session_settings_never_leak_to_the_next_client() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wait_timeout_gives_a_clear_error() {
+/// A proxy with a pool of one server and `query_wait_timeout` of
+/// `wait_timeout`, and the client holding that server in a transaction.
+async fn pool_of_one_held(wait_timeout: &str) -> (pgharbor::Proxy, tokio_postgres::Client) {
     let text = config_text("transaction", 1, "").replace(
         "query_wait_timeout = \"60s\"",
-        "query_wait_timeout = \"300ms\"",
+        &format!("query_wait_timeout = \"{wait_timeout}\""),
     );
     let proxy = start_proxy_with(&text).await;
     let holder = connect(&proxy, "app").await;
     holder.batch_execute("BEGIN").await.unwrap();
+    (proxy, holder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_timeout_gives_a_clear_error() {
+    let (proxy, holder) = pool_of_one_held("300ms").await;
     let waiter = connect(&proxy, "app").await;
     let asked = std::time::Instant::now();
     let err = waiter.simple_query("select 1").await.unwrap_err();
@@ -170,13 +180,7 @@ async fn wait_timeout_gives_a_clear_error() {
 /// comes free before its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_waiting_client_times_out_at_its_own_deadline() {
-    let text = config_text("transaction", 1, "").replace(
-        "query_wait_timeout = \"60s\"",
-        "query_wait_timeout = \"1s\"",
-    );
-    let proxy = start_proxy_with(&text).await;
-    let holder = connect(&proxy, "app").await;
-    holder.batch_execute("BEGIN").await.unwrap();
+    let (proxy, holder) = pool_of_one_held("1s").await;
     let first = connect(&proxy, "app").await;
     let second = connect(&proxy, "app").await;
     let t0 = std::time::Instant::now();
