@@ -128,6 +128,17 @@ pub enum ClientTlsMode {
     Require,
 }
 
+impl ClientTlsMode {
+    /// As written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientTlsMode::Disable => "disable",
+            ClientTlsMode::Allow => "allow",
+            ClientTlsMode::Require => "require",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientTlsConfig {
@@ -145,6 +156,19 @@ pub enum ServerTlsMode {
     Require,
     VerifyCa,
     VerifyFull,
+}
+
+impl ServerTlsMode {
+    /// As written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerTlsMode::Disable => "disable",
+            ServerTlsMode::Prefer => "prefer",
+            ServerTlsMode::Require => "require",
+            ServerTlsMode::VerifyCa => "verify-ca",
+            ServerTlsMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -477,6 +501,9 @@ impl Config {
                 ));
             }
         }
+        // Reads the certificate, key and CA files: a bad path or PEM is
+        // reported by check-config and at reload, not at the first client.
+        crate::tls::TlsSettings::from_config(self)?;
         Ok(())
     }
 

@@ -12,12 +12,14 @@ pub mod demo;
 pub mod listen;
 mod listener;
 pub mod metrics;
+pub mod net;
 pub mod pool;
 pub mod protocol;
 mod run;
 pub mod scratch_pg;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
 pub mod users;
 
 use std::collections::HashMap;
@@ -35,6 +37,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::pool::Pools;
+use crate::tls::TlsSettings;
 use crate::users::Users;
 
 pub use crate::run::{run_with_signals, serve_until_signal, RunError};
@@ -43,6 +46,8 @@ pub use crate::run::{run_with_signals, serve_until_signal, RunError};
 pub struct State {
     config: ArcSwap<Config>,
     users: ArcSwap<Users>,
+    /// `[client_tls]` and `[server_tls]`, rebuilt at each reload.
+    tls: ArcSwap<TlsSettings>,
     pub pools: Pools,
     pub metrics: Arc<Metrics>,
     pub cancel: Arc<CancelRegistry>,
@@ -75,12 +80,19 @@ impl State {
         self.users.load()
     }
 
+    /// The TLS acceptor and connector of the current configuration.
+    pub fn tls(&self) -> arc_swap::Guard<Arc<TlsSettings>> {
+        self.tls.load()
+    }
+
     /// Applies a new configuration: users and databases take effect for new
     /// logins; pools already open keep their settings until RECONNECT.
     pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
         config.validate()?;
         let users = Users::from_config(&config)?;
+        let tls = TlsSettings::from_config(&config)?;
         self.users.store(Arc::new(users));
+        self.tls.store(Arc::new(tls));
         self.config.store(Arc::new(config));
         tracing::info!("configuration reloaded");
         Ok(())
@@ -121,6 +133,7 @@ impl Proxy {
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         config.validate()?;
         let users = Users::from_config(&config)?;
+        let tls = TlsSettings::from_config(&config)?;
         let metrics = Arc::new(Metrics::new());
         let peers: HashMap<u8, String> = config
             .peers
@@ -152,6 +165,7 @@ impl Proxy {
             config_path: OnceLock::new(),
             started: Instant::now(),
             users: ArcSwap::from_pointee(users),
+            tls: ArcSwap::from_pointee(tls),
             metrics,
             config: ArcSwap::from_pointee(config),
         });

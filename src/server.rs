@@ -14,6 +14,9 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::net::Stream;
+use crate::tls::ServerTls;
+
 use crate::protocol::backend::parse_parameter_status;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::frame::{split_message, ProtocolError};
@@ -33,6 +36,8 @@ pub struct ServerTarget {
     /// user is configured without one.
     pub password: Option<String>,
     pub connect_timeout: Duration,
+    /// `[server_tls]` as it was when the pool was made.
+    pub tls: Arc<ServerTls>,
 }
 
 /// The real server's cancel key and address, for forwarding CancelRequests.
@@ -61,6 +66,10 @@ pub enum ServerError {
     Protocol(#[from] ProtocolError),
     #[error("server closed the connection")]
     Closed,
+    #[error("server {addr} does not accept TLS, and server_tls.mode = {mode} requires it; enable ssl in postgresql.conf or set server_tls.mode = \"prefer\"")]
+    TlsRefused { addr: String, mode: &'static str },
+    #[error("TLS handshake with server {addr} failed: {source}; check server_tls.mode and server_tls.ca_file")]
+    Tls { addr: String, source: io::Error },
     #[error("server i/o error: {0}")]
     Io(#[from] io::Error),
 }
@@ -83,7 +92,7 @@ pub fn is_read_only_param(name: &str) -> bool {
 /// idle list, or the client session that borrowed it.
 #[derive(Debug)]
 pub struct Server {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes read from the server and not yet handled. Lives with the server
     /// (not the client) so idle clients hold no buffers.
     pub rbuf: BytesMut,
@@ -137,6 +146,7 @@ impl Server {
             })?;
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
+        let stream = negotiate_tls(stream, target, &addr_text).await?;
         let mut server = Server {
             stream,
             rbuf: BytesMut::with_capacity(8192),
@@ -165,7 +175,7 @@ impl Server {
             ],
             &mut out,
         )?;
-        server.stream.write_all(&out).await?;
+        server.send(&out).await?;
         server.authenticate(target).await?;
         // ParameterStatus, BackendKeyData, then ReadyForQuery.
         loop {
@@ -274,8 +284,15 @@ impl Server {
                     )))
                 }
             }
-            self.stream.write_all(&out).await?;
+            self.send(&out).await?;
         }
+    }
+
+    /// Writes `bytes` and pushes them out (TLS holds written bytes until
+    /// flushed).
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     fn password<'t>(&self, target: &'t ServerTarget) -> Result<&'t str, ServerError> {
@@ -321,12 +338,8 @@ impl Server {
     /// it drains the socket: it costs a syscall only when the runtime has
     /// seen the socket become readable since (data or a close), so checking
     /// out a healthy server costs none.
-    pub fn is_alive(&self) -> bool {
-        if !self.rbuf.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    pub fn is_alive(&mut self) -> bool {
+        self.rbuf.is_empty() && self.stream.is_quiet()
     }
 
     /// Runs `sql` as a simple query and reads up to ReadyForQuery, keeping
@@ -334,7 +347,7 @@ impl Server {
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
         frontend::query(sql, &mut out)?;
-        self.stream.write_all(&out).await?;
+        self.send(&out).await?;
         self.read_until_ready().await
     }
 
@@ -465,6 +478,57 @@ impl Server {
         self.applied.clear();
         self.prepared.clear();
     }
+}
+
+/// The SSLRequest exchange and the TLS handshake, as `target.tls` asks.
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    target: &ServerTarget,
+    addr: &str,
+) -> Result<Stream, ServerError> {
+    let tls = &target.tls;
+    let Some(connector) = tls.connector.as_ref() else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await?;
+    let mut answer = [0u8; 1];
+    if tcp.read(&mut answer).await? == 0 {
+        return Err(ServerError::Closed);
+    }
+    match answer[0] {
+        b'S' => {}
+        b'N' if !tls.requires_tls() => return Ok(Stream::Plain(tcp)),
+        b'N' => {
+            return Err(ServerError::TlsRefused {
+                addr: addr.into(),
+                mode: tls.mode.as_str(),
+            })
+        }
+        // An ErrorResponse: a server too old to know SSLRequest.
+        other => {
+            return Err(ProtocolError::Unexpected {
+                tag: other,
+                context: "in answer to SSLRequest",
+            }
+            .into())
+        }
+    }
+    let name = rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|e| {
+        ServerError::Tls {
+            addr: addr.into(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        }
+    })?;
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|source| ServerError::Tls {
+            addr: addr.into(),
+            source,
+        })?;
+    Ok(Stream::Tls(Box::new(stream.into())))
 }
 
 /// `E'…'` literal, correct whatever standard_conforming_strings is.

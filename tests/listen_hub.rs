@@ -26,6 +26,7 @@ fn role(name: &str) -> ServerTarget {
         user: name.into(),
         password: Some("pw".into()),
         connect_timeout: Duration::from_secs(5),
+        tls: Default::default(),
     }
 }
 

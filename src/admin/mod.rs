@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::client::startup::LoginRequest;
 use crate::client::SessionError;
+use crate::net::Stream;
 use crate::pool::Pool;
 use crate::protocol::frame::{read_cstr, split_message};
 use crate::protocol::{backend, sqlstate, PgError};
@@ -36,7 +36,7 @@ const PAUSE_POLL: Duration = Duration::from_millis(20);
 /// Serves one console client, after it authenticated (AuthenticationOk has
 /// been sent). Non-admin users are refused with 42501.
 pub async fn serve(
-    mut stream: TcpStream,
+    mut stream: Stream,
     buf: BytesMut,
     login: &LoginRequest,
     state: Arc<State>,
@@ -58,7 +58,7 @@ pub async fn serve(
         .with_hint("add the user to proxy.admin_users, or connect to an application database");
         let mut out = BytesMut::new();
         e.encode(&mut out);
-        let _ = stream.write_all(&out).await;
+        let _ = crate::client::startup::send(&mut stream, &out).await;
         return Err(SessionError::Refused(Box::new(e)));
     }
     let cancel = state.cancel.register();
@@ -72,6 +72,7 @@ pub async fn serve(
         Arc::new(names),
         peer,
         stream.local_addr().ok(),
+        stream.tls_description(),
         &cancel.slot,
     );
     let mut console = Console {
@@ -122,7 +123,7 @@ fn greet(out: &mut BytesMut, login: &LoginRequest, pid: i32, secret: i32) {
 
 /// One console session.
 struct Console {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read from the client, not yet handled.
     buf: BytesMut,
     /// Replies not yet written.
@@ -175,8 +176,7 @@ impl Console {
 
     async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.out.is_empty() {
-            self.stream
-                .write_all(&self.out)
+            crate::client::startup::send(&mut self.stream, &self.out)
                 .await
                 .map_err(SessionError::ClientIo)?;
             self.out.clear();

@@ -28,6 +28,8 @@ pub struct ClientInfo {
     pub names: Arc<PoolKey>,
     pub application_name: String,
     pub connect_time: SystemTime,
+    /// TLS version and cipher suite; empty for plaintext.
+    pub tls: String,
     /// The client's cancel key; its target is the server it holds now.
     pub slot: Arc<CancelSlot>,
 }
@@ -73,6 +75,7 @@ impl ClientRegistry {
         names: Arc<PoolKey>,
         addr: SocketAddr,
         local_addr: Option<SocketAddr>,
+        tls: String,
         slot: &Arc<CancelSlot>,
     ) -> ClientEntry {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -89,6 +92,7 @@ impl ClientRegistry {
             names,
             application_name,
             connect_time: SystemTime::now(),
+            tls,
             slot: slot.clone(),
         });
         self.shard(id).insert(id, info);

@@ -235,6 +235,7 @@ struct ConnectionRow<'a> {
     ptr: String,
     link: String,
     remote_pid: String,
+    tls: &'a str,
     application_name: &'a str,
 }
 
@@ -259,7 +260,7 @@ fn connection_row(r: ConnectionRow<'_>) -> Vec<String> {
         r.ptr,
         r.link,
         r.remote_pid,
-        String::new(),
+        r.tls.into(),
         r.application_name.into(),
     ]
 }
@@ -293,6 +294,7 @@ fn clients(state: &State) -> Rows {
                 ptr: client_ptr(c.id),
                 link,
                 remote_pid: "0".into(),
+                tls: &c.tls,
                 application_name: &c.application_name,
             })
         })
@@ -327,6 +329,7 @@ fn servers(state: &State) -> Rows {
                 ptr: server_ptr(info.id),
                 link,
                 remote_pid: info.pid.to_string(),
+                tls: &info.tls,
                 application_name: "",
             })
         })
@@ -409,16 +412,13 @@ fn config_entries(c: &Config) -> Vec<(&'static str, String, bool)> {
         ),
         ("proxy.worker_threads", p.worker_threads.to_string(), false),
         ("metrics.listen_addr", c.metrics.listen_addr.clone(), false),
-        (
-            "client_tls.mode",
-            format!("{:?}", c.client_tls.mode).to_lowercase(),
-            false,
-        ),
-        (
-            "server_tls.mode",
-            format!("{:?}", c.server_tls.mode).to_lowercase(),
-            false,
-        ),
+        // TLS is read again at each reload: new clients get the new
+        // certificate, new pools the new server settings.
+        ("client_tls.mode", c.client_tls.mode.as_str().into(), true),
+        ("client_tls.cert_file", c.client_tls.cert_file.clone(), true),
+        ("client_tls.key_file", c.client_tls.key_file.clone(), true),
+        ("server_tls.mode", c.server_tls.mode.as_str().into(), true),
+        ("server_tls.ca_file", c.server_tls.ca_file.clone(), true),
         // Pool settings apply to pools created after a reload; pools
         // already open keep theirs.
         ("pool.pool_mode", d.pool_mode.as_str().into(), false),
@@ -552,5 +552,22 @@ mod tests {
             .any(|(k, v, _)| *k == "pool.pool_size" && v == "20"));
         let keys: std::collections::HashSet<_> = rows.iter().map(|r| r.0).collect();
         assert_eq!(keys.len(), rows.len(), "keys are unique");
+    }
+
+    #[test]
+    fn tls_modes_are_shown_as_the_config_spells_them() {
+        let mut c = Config::default();
+        c.server_tls.mode = crate::config::ServerTlsMode::VerifyFull;
+        let rows = config_entries(&c);
+        let mode = rows
+            .iter()
+            .find(|r| r.0 == "server_tls.mode")
+            .map(|r| r.1.as_str());
+        assert_eq!(mode, Some("verify-full"));
+        let mode = rows
+            .iter()
+            .find(|r| r.0 == "client_tls.mode")
+            .map(|r| r.1.as_str());
+        assert_eq!(mode, Some("disable"));
     }
 }

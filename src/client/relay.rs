@@ -15,8 +15,6 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tokio::io::Interest;
-use tokio::net::TcpStream;
 
 use super::buffers::{self, READ_CHUNK};
 use super::expect::{Action, Reply, Synthesized};
@@ -29,6 +27,7 @@ use super::session::{Session, SessionError};
 use super::wait::{Event, Wait, Wants};
 use crate::config::PoolMode;
 use crate::listen::PendingListens;
+use crate::net::Stream;
 use crate::protocol::frame::{read_cstr_bytes, Step};
 use crate::protocol::{backend, sqlstate, PgError};
 
@@ -102,50 +101,22 @@ pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Sy
 }
 
 /// Reads what is available without blocking. `Ok(false)`: end of stream.
-pub(super) fn try_fill(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+pub(super) fn try_fill(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<bool> {
     if buf.capacity() == 0 {
         *buf = buffers::take();
     } else if buf.capacity() - buf.len() < READ_CHUNK / 2 {
         buf.reserve(READ_CHUNK);
     }
-    let spare = buf.capacity() - buf.len();
-    let mut got = None;
-    // A short read drained the socket, but tokio still counts it readable,
-    // which would cost the next loop turn a read that only says WouldBlock.
-    // Reporting WouldBlock from inside `try_io` clears the readiness as it
-    // was *before* the read: data that arrives meanwhile bumps readiness
-    // anew, so no wakeup is lost.
-    let r = stream.try_io(Interest::READABLE, || {
-        let n = stream.try_read_buf(buf)?;
-        got = Some(n);
-        if n > 0 && n < spare {
-            Err(io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(())
-        }
-    });
-    match (got, r) {
-        (Some(0), _) => Ok(false),
-        (Some(_), _) => Ok(true),
-        (None, Err(e)) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
-        (None, _) => Ok(true),
-    }
+    stream.try_read_available(buf)
 }
 
-/// Writes as much as the socket takes now.
-fn try_flush(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<()> {
-    while !buf.is_empty() {
-        match stream.try_write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            // Not `split_to`: the sent bytes are not wanted, and moving the
-            // start costs nothing where splitting takes a reference.
-            Ok(n) => bytes::Buf::advance(buf, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
-        }
+/// Writes as much as the connection takes now.
+fn try_flush(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<()> {
+    stream.try_write_available(buf)?;
+    if buf.is_empty() {
+        // Give the memory back while the client is idle.
+        buffers::give_back(buf);
     }
-    // Give the memory back while the client is idle.
-    buffers::give_back(buf);
     Ok(())
 }
 
@@ -178,14 +149,15 @@ impl Session {
                 }
             }
             let server = self.server.as_ref().map(|p| &p.server.stream);
+            let server_unsent = server.is_some_and(Stream::has_unsent);
             let want_client_read = self.to_server.len() < HIGH_WATER && !replay_armed;
             let want_server_read = self.to_client.len() < HIGH_WATER;
             let safe = self.at_safe_point();
             let idle_timeout = self.arm_idle_timer(&mut idle_timer);
             let wants = Wants {
-                client_write: !self.to_client.is_empty(),
+                client_write: !self.to_client.is_empty() || self.client.has_unsent(),
                 server_read: want_server_read,
-                server_write: !self.to_server.is_empty(),
+                server_write: !self.to_server.is_empty() || server_unsent,
                 client_read: want_client_read,
                 shutdown: safe,
                 notify: self.listen.is_some()
@@ -244,8 +216,8 @@ impl Session {
                 Event::ServerWritable => self.flush_server()?,
                 Event::ClientReadable => {
                     let n_before = self.cbuf.len();
-                    let open =
-                        try_fill(&self.client, &mut self.cbuf).map_err(SessionError::ClientIo)?;
+                    let open = try_fill(&mut self.client, &mut self.cbuf)
+                        .map_err(SessionError::ClientIo)?;
                     if !open {
                         return Ok(());
                     }
@@ -289,8 +261,8 @@ impl Session {
     }
 
     fn flush_server(&mut self) -> Result<(), SessionError> {
-        if let Some(p) = self.server.as_ref() {
-            if let Err(e) = try_flush(&p.server.stream, &mut self.to_server) {
+        if let Some(p) = self.server.as_mut() {
+            if let Err(e) = try_flush(&mut p.server.stream, &mut self.to_server) {
                 return Err(SessionError::ServerLost(Box::new(e.into())));
             }
         }
@@ -299,7 +271,7 @@ impl Session {
 
     pub(super) fn flush_client(&mut self) -> Result<(), SessionError> {
         let before = self.to_client.len();
-        let r = try_flush(&self.client, &mut self.to_client).map_err(SessionError::ClientIo);
+        let r = try_flush(&mut self.client, &mut self.to_client).map_err(SessionError::ClientIo);
         let sent = before - self.to_client.len();
         if sent > 0 {
             self.pool.stats.bytes_sent.inc_by(sent as u64);
@@ -310,9 +282,8 @@ impl Session {
     /// Sends a FATAL error and ends the session.
     pub(super) fn send_fatal(&mut self, e: PgError) -> Ending<'_> {
         Box::pin(async move {
-            use tokio::io::AsyncWriteExt;
             e.encode(&mut self.to_client);
-            let _ = self.client.write_all(&self.to_client).await;
+            let _ = super::startup::send(&mut self.client, &self.to_client).await;
             self.to_client.clear();
             Err(SessionError::Refused(Box::new(e)))
         })

@@ -92,7 +92,7 @@ impl Session {
     /// Reads what the server sent, scans it, and queues it for the client.
     fn read_server(&mut self) -> Option<ServerRead> {
         let pooled = self.server.as_mut()?;
-        let open = try_fill(&pooled.server.stream, &mut pooled.server.rbuf);
+        let open = try_fill(&mut pooled.server.stream, &mut pooled.server.rbuf);
         // Boxed: kept across `on_server_readable`'s awaits, so its size
         // would be every client task's.
         let lost = match open {
@@ -293,8 +293,7 @@ impl Session {
                 .with_hint("reconnect and retry the transaction");
                 return self.send_fatal(e).await;
             }
-            use tokio::io::AsyncWriteExt;
-            let _ = self.client.write_all(&self.to_client).await;
+            let _ = super::startup::send(&mut self.client, &self.to_client).await;
             Err(SessionError::ServerLost(Box::new(cause)))
         })
     }

@@ -19,6 +19,7 @@ use super::startup::{self, Handshake, LoginRequest, StartupError};
 use crate::admin::registry::ClientEntry;
 use crate::cancel::{AfterCancels, CancelHandle};
 use crate::config::PoolMode;
+use crate::net::Stream;
 use crate::pool::{CheckoutError, Pool, PooledServer, SlowCheckout};
 use crate::protocol::startup::parse_options;
 use crate::protocol::{backend, sqlstate, FrameScanner, PgError};
@@ -29,21 +30,29 @@ use crate::State;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one accepted connection to its end.
-pub async fn serve(mut stream: TcpStream, addr: SocketAddr, state: Arc<State>) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(tcp: TcpStream, addr: SocketAddr, state: Arc<State>) {
+    let _ = tcp.set_nodelay(true);
     let mut buf = BytesMut::new();
-    let hs = tokio::time::timeout(STARTUP_TIMEOUT, startup::handshake(&mut stream, &mut buf)).await;
-    let login = match hs {
-        Ok(Ok(Handshake::Cancel { pid, secret })) => {
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    // A snapshot: a reload during the handshake applies to the next client.
+    let tls = state.tls().client.clone();
+    let (mut stream, login) = match startup::handshake(tcp, &mut buf, &tls, deadline).await {
+        Ok((_, Handshake::Cancel { pid, secret })) => {
             let outcome = state.cancel.handle(pid, &secret).await;
             tracing::info!(client = %addr, pid, outcome = outcome.label(), "cancel request");
             return;
         }
-        Ok(Ok(Handshake::Login(login))) => login,
-        Ok(Err(e)) => return refuse(&mut stream, addr, e).await,
-        Err(_) => {
-            let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "pgharbor: startup timed out");
-            return refuse(&mut stream, addr, StartupError::Refuse(e)).await;
+        Ok((stream, Handshake::Login(login))) => (stream, login),
+        Err(startup::Refused {
+            stream: Some(mut stream),
+            error,
+        }) => return refuse(&mut stream, addr, error).await,
+        Err(startup::Refused {
+            stream: None,
+            error,
+        }) => {
+            tracing::info!(client = %addr, error = %error, "client refused");
+            return;
         }
     };
     // Cancel connections never get here, so they do not count against
@@ -114,12 +123,19 @@ impl LoggedIn {
     }
 }
 
-async fn refuse(stream: &mut TcpStream, addr: SocketAddr, e: StartupError) {
+async fn refuse(stream: &mut Stream, addr: SocketAddr, e: StartupError) {
+    let e = match e {
+        StartupError::TimedOut => StartupError::Refuse(PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "pgharbor: startup timed out",
+        )),
+        e => e,
+    };
     if let StartupError::Refuse(err) = e {
         tracing::info!(client = %addr, error = %err, "client refused");
         let mut out = BytesMut::new();
         err.encode(&mut out);
-        let _ = stream.write_all(&out).await;
+        let _ = startup::send(stream, &out).await;
         let _ = stream.shutdown().await;
     }
 }
@@ -148,7 +164,7 @@ impl From<StartupError> for SessionError {
 }
 
 async fn run(
-    mut stream: TcpStream,
+    mut stream: Stream,
     mut buf: BytesMut,
     addr: SocketAddr,
     login: LoginRequest,
@@ -187,13 +203,16 @@ async fn run(
         refuse(&mut stream, addr, StartupError::Refuse(e.clone())).await;
         return Err(SessionError::Refused(Box::new(e)));
     };
-    let pool = state.pools.get_or_create(db, &user.config, &config.pool);
+    let pool = state
+        .pools
+        .get_or_create(db, &user.config, &config.pool, &state.tls().server);
     let cancel = state.cancel.register();
     let listed = (state.clients).register(
         &login,
         pool.key.clone(),
         addr,
         stream.local_addr().ok(),
+        stream.tls_description(),
         &cancel.slot,
     );
     let mut session = Session {
@@ -233,7 +252,7 @@ async fn run(
         session.pool.stats.clients_idle.dec();
         session.to_client.clear();
         e.encode(&mut session.to_client);
-        let _ = session.client.write_all(&session.to_client).await;
+        let _ = startup::send(&mut session.client, &session.to_client).await;
         return Err(SessionError::Refused(Box::new(e)));
     }
     Ok(Some(LoggedIn {
@@ -274,7 +293,7 @@ impl TxnState {
 }
 
 pub(super) struct Session {
-    pub client: TcpStream,
+    pub client: Stream,
     pub mode: PoolMode,
     pub pool: Arc<Pool>,
     pub state: Arc<State>,

@@ -3,16 +3,19 @@
 //! negotiation, and password authentication.
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::auth::scram::ScramServer;
 use crate::config::AuthType;
+use crate::net::Stream;
 use crate::protocol::backend;
 use crate::protocol::frame::{read_cstr, split_message, ProtocolError};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{split_startup, StartupPacket};
 use crate::protocol::PgError;
+use crate::tls::ClientTls;
 use crate::users::UserEntry;
 
 /// Password messages are small; anything bigger is an attack or a bug.
@@ -42,6 +45,11 @@ pub enum StartupError {
     Closed,
     #[error("i/o error during startup: {0}")]
     Io(#[from] std::io::Error),
+    #[error("startup timed out")]
+    TimedOut,
+    /// The TLS handshake failed; nothing can be said in the clear.
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
 }
 
 impl From<ProtocolError> for StartupError {
@@ -50,7 +58,10 @@ impl From<ProtocolError> for StartupError {
     }
 }
 
-async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), StartupError> {
+async fn fill<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<(), StartupError> {
     buf.reserve(512);
     if stream.read_buf(buf).await? == 0 {
         return Err(StartupError::Closed);
@@ -58,12 +69,112 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), StartupE
     Ok(())
 }
 
-/// Reads the first packet, answering SSLRequest and GSSENCRequest with `N`
-/// (no encryption on this listener), and negotiating the protocol version.
+/// A startup refused: the error, and the connection to send it on when
+/// there is one that can still carry it.
+pub struct Refused {
+    pub stream: Option<Stream>,
+    pub error: StartupError,
+}
+
+impl Refused {
+    fn on(stream: Stream, error: StartupError) -> Refused {
+        Refused {
+            stream: Some(stream),
+            error,
+        }
+    }
+}
+
+/// What the first packet asked for, before any encryption.
+enum FirstPacket {
+    /// SSLRequest, answered with `S`: the TLS handshake comes next, with
+    /// this acceptor.
+    Tls(tokio_rustls::TlsAcceptor),
+    Plain(Request),
+}
+
+/// A StartupMessage or CancelRequest, in plaintext or through TLS.
+enum Request {
+    Cancel {
+        pid: i32,
+        secret: Vec<u8>,
+    },
+    Startup {
+        version: u32,
+        params: Vec<(String, String)>,
+    },
+}
+
+/// Reads the first packets up to a StartupMessage or CancelRequest, with
+/// TLS set up in between when the client asks and `tls` offers it. Returns
+/// the connection the session goes on with.
 pub async fn handshake(
+    tcp: TcpStream,
+    buf: &mut BytesMut,
+    tls: &ClientTls,
+    deadline: Instant,
+) -> Result<(Stream, Handshake), Refused> {
+    let mut tcp = tcp;
+    let first = match tokio::time::timeout_at(deadline, first_packet(&mut tcp, buf, tls)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return Err(Refused::on(Stream::Plain(tcp), e)),
+        Err(_) => return Err(Refused::on(Stream::Plain(tcp), StartupError::TimedOut)),
+    };
+    let (mut stream, packet) = match first {
+        FirstPacket::Tls(acceptor) => {
+            let tls_stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return Err(Refused {
+                        stream: None,
+                        error: StartupError::Tls(e),
+                    })
+                }
+                Err(_) => {
+                    return Err(Refused {
+                        stream: None,
+                        error: StartupError::TimedOut,
+                    })
+                }
+            };
+            let mut stream = Stream::Tls(Box::new(tls_stream.into()));
+            match tokio::time::timeout_at(deadline, packet_after_tls(&mut stream, buf)).await {
+                Ok(Ok(p)) => (stream, p),
+                Ok(Err(e)) => return Err(Refused::on(stream, e)),
+                Err(_) => return Err(Refused::on(stream, StartupError::TimedOut)),
+            }
+        }
+        FirstPacket::Plain(request) => (Stream::Plain(tcp), request),
+    };
+    match packet {
+        Request::Cancel { pid, secret } => Ok((stream, Handshake::Cancel { pid, secret })),
+        Request::Startup { version, params } => {
+            if tls.requires_tls() && !stream.is_tls() {
+                let e = PgError::fatal(
+                    sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                    "pgharbor accepts only TLS connections (client_tls.mode = require)",
+                )
+                .with_hint("connect with sslmode=require (or verify-ca / verify-full)");
+                return Err(Refused::on(stream, StartupError::Refuse(e)));
+            }
+            let login =
+                tokio::time::timeout_at(deadline, login_request(&mut stream, version, params));
+            match login.await {
+                Ok(Ok(l)) => Ok((stream, Handshake::Login(l))),
+                Ok(Err(e)) => Err(Refused::on(stream, e)),
+                Err(_) => Err(Refused::on(stream, StartupError::TimedOut)),
+            }
+        }
+    }
+}
+
+/// Reads the first packet, answering GSSENCRequest with `N` (no GSSAPI
+/// here), and SSLRequest with `S` when TLS is offered, else `N`.
+async fn first_packet(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-) -> Result<Handshake, StartupError> {
+    tls: &ClientTls,
+) -> Result<FirstPacket, StartupError> {
     let mut refused_encryption = 0;
     loop {
         let Some(packet) = split_startup(buf)? else {
@@ -72,29 +183,65 @@ pub async fn handshake(
         };
         match packet {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                // Bytes already sent after the request would arrive in the
+                // clear before our answer (and, with TLS, be taken as if
+                // they came through it): Postgres refuses that too.
+                if !buf.is_empty() {
+                    return Err(ProtocolError::Malformed("SSLRequest").into());
+                }
+                if let (StartupPacket::SslRequest, Some(acceptor)) = (&packet, &tls.acceptor) {
+                    stream.write_all(b"S").await?;
+                    return Ok(FirstPacket::Tls(acceptor.clone()));
+                }
                 refused_encryption += 1;
                 if refused_encryption > 2 {
                     return Err(ProtocolError::Malformed("startup packet").into());
                 }
-                // Bytes already sent after the request would arrive in the
-                // clear before our answer: Postgres refuses that too.
-                if !buf.is_empty() {
-                    return Err(ProtocolError::Malformed("SSLRequest").into());
-                }
                 stream.write_all(b"N").await?;
             }
-            StartupPacket::Cancel { pid, secret } => return Ok(Handshake::Cancel { pid, secret }),
+            StartupPacket::Cancel { pid, secret } => {
+                return Ok(FirstPacket::Plain(Request::Cancel { pid, secret }))
+            }
             StartupPacket::Startup { version, params } => {
-                return login_request(stream, version, params)
-                    .await
-                    .map(Handshake::Login)
+                return Ok(FirstPacket::Plain(Request::Startup { version, params }))
             }
         }
     }
 }
 
+/// The packet that follows the TLS handshake: a StartupMessage or a
+/// CancelRequest; asking for encryption again breaks the protocol.
+async fn packet_after_tls(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<Request, StartupError> {
+    loop {
+        let Some(packet) = split_startup(buf)? else {
+            fill(stream, buf).await?;
+            continue;
+        };
+        return match packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                Err(ProtocolError::Malformed("encryption requested inside TLS").into())
+            }
+            StartupPacket::Cancel { pid, secret } => Ok(Request::Cancel { pid, secret }),
+            StartupPacket::Startup { version, params } => Ok(Request::Startup { version, params }),
+        };
+    }
+}
+
+/// Writes `bytes` and pushes them out (TLS keeps written bytes until
+/// flushed).
+pub(crate) async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
 async fn login_request(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     version: u32,
     params: Vec<(String, String)>,
 ) -> Result<LoginRequest, StartupError> {
@@ -135,7 +282,7 @@ async fn login_request(
         let mut out = BytesMut::new();
         let names: Vec<&str> = unrecognized.iter().map(String::as_str).collect();
         backend::negotiate_protocol_version(&mut out, 0, &names);
-        stream.write_all(&out).await?;
+        send(stream, &out).await?;
     }
     let user = match user {
         Some(u) if !u.is_empty() => u,
@@ -165,7 +312,7 @@ fn auth_failed(user: &str) -> StartupError {
 
 /// Reads the next client message, which must be a password-type message.
 async fn read_password_message(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> Result<BytesMut, StartupError> {
     loop {
@@ -187,7 +334,7 @@ async fn read_password_message(
 /// with the same message as a wrong password, as Postgres does). Sends
 /// AuthenticationOk on success.
 pub async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     name: &str,
     user: Option<&UserEntry>,
@@ -202,7 +349,7 @@ pub async fn authenticate(
             let stored = user.md5.as_deref().ok_or_else(|| auth_failed(name))?;
             let salt: [u8; 4] = rand::random();
             backend::authentication_md5(&mut out, salt);
-            stream.write_all(&out).await?;
+            send(stream, &out).await?;
             out.clear();
             let msg = read_password_message(stream, buf).await?;
             let body = &msg[5..];
@@ -215,7 +362,7 @@ pub async fn authenticate(
             let secret = user.scram.clone().ok_or_else(|| auth_failed(name))?;
             let mut scram = ScramServer::new(secret);
             backend::authentication_sasl(&mut out, &["SCRAM-SHA-256"]);
-            stream.write_all(&out).await?;
+            send(stream, &out).await?;
             out.clear();
             // SASLInitialResponse: mechanism, length of data, data.
             let msg = read_password_message(stream, buf).await?;
@@ -236,7 +383,7 @@ pub async fn authenticate(
                 .handle_client_first(data)
                 .map_err(|_| auth_failed(name))?;
             backend::authentication_sasl_continue(&mut out, &first);
-            stream.write_all(&out).await?;
+            send(stream, &out).await?;
             out.clear();
             let msg = read_password_message(stream, buf).await?;
             let last = scram
@@ -246,6 +393,6 @@ pub async fn authenticate(
         }
     }
     backend::authentication_ok(&mut out);
-    stream.write_all(&out).await?;
+    send(stream, &out).await?;
     Ok(())
 }

@@ -7,10 +7,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::session::SessionError;
+use crate::net::Stream;
 
 /// What ended a turn's wait.
 pub(super) enum Event {
@@ -48,8 +48,8 @@ pub(super) struct Wants {
 /// task waits on its sockets.
 pub(super) struct Wait<'a> {
     pub(super) wants: Wants,
-    pub(super) client: &'a TcpStream,
-    pub(super) server: Option<&'a TcpStream>,
+    pub(super) client: &'a Stream,
+    pub(super) server: Option<&'a Stream>,
     pub(super) listen: Option<&'a crate::listen::Subscriber>,
     pub(super) shutdown: Pin<&'a mut WaitForCancellationFutureOwned>,
     /// The shutdown future was polled once: its registration lasts, and

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -274,7 +274,9 @@ async fn session(
         waiters,
     });
     let mut rbuf = std::mem::take(&mut server.rbuf);
-    let (mut rd, mut wr) = server.stream.split();
+    let (mut rd, mut wr) = tokio::io::split(&mut server.stream);
+    // Written bytes not yet pushed out (TLS holds them until flushed).
+    let mut unflushed = false;
     let outcome = loop {
         let idle = inflight.is_empty() && actual.is_empty() && !l.wanted();
         if rbuf.capacity() - rbuf.len() < 4096 {
@@ -305,21 +307,38 @@ async fn session(
                     }
                 }
             },
-            r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
-                if let Err(e) = r {
-                    break lost(l, hub, &mut actual, inflight, e.to_string());
-                }
-            }
+            r = write_or_flush(&mut wr, &mut wbuf), if !wbuf.is_empty() || unflushed => match r {
+                Err(e) => break lost(l, hub, &mut actual, inflight, e.to_string()),
+                Ok(flushed) => unflushed = !flushed,
+            },
             _ = tokio::time::sleep(LINGER), if idle => break Outcome::Idle,
         }
     };
     if matches!(outcome, Outcome::Idle | Outcome::Shutdown) {
         let mut bye = BytesMut::new();
         frontend::terminate(&mut bye);
-        let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&bye)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            wr.write_all(&bye).await?;
+            wr.flush().await
+        })
+        .await;
         hub.metrics.listen_channels.sub(actual.len() as i64);
     }
     outcome
+}
+
+/// Writes some of `wbuf`, or, once it is all written, flushes. `Ok(true)`:
+/// flushed. Cancel-safe, as a `select!` branch must be.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    wbuf: &mut BytesMut,
+) -> std::io::Result<bool> {
+    if wbuf.is_empty() {
+        wr.flush().await?;
+        return Ok(true);
+    }
+    wr.write_buf(wbuf).await?;
+    Ok(false)
 }
 
 /// Connection gone: nothing is listened any more; in-flight waiters wait

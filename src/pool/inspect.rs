@@ -24,6 +24,8 @@ pub struct ServerInfo {
     /// Our end of the connection.
     pub local_addr: Option<SocketAddr>,
     pub connect_time: SystemTime,
+    /// TLS version and cipher suite; empty for plaintext.
+    pub tls: String,
 }
 
 /// A server's state as the console reports it.
@@ -88,6 +90,7 @@ impl Pool {
             addr: server.key.addr,
             local_addr: server.stream.local_addr().ok(),
             connect_time: SystemTime::now(),
+            tls: server.stream.tls_description(),
         };
         self.servers.lock().insert(server.id, info);
         server.ticket = Some(ServerTicket {

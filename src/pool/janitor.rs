@@ -38,7 +38,7 @@ fn sweep(pool: &Pool) {
         idle.sort_by_key(|s| std::cmp::Reverse(s.last_used.elapsed()));
         let mut kept = Vec::with_capacity(idle.len());
         let now = std::time::Instant::now();
-        for server in idle.drain(..) {
+        for mut server in idle.drain(..) {
             let expired = super::past_lifetime(&server, now);
             let idle_too_long = server.last_used.elapsed() >= pool.settings.server_idle_timeout
                 && may_close_idle > 0;

@@ -265,9 +265,9 @@ impl Pool {
     /// on the way (older generation, past their lifetime) are dropped.
     fn pop_reusable(&self, generation: u64, now: Instant) -> Option<Box<Server>> {
         loop {
-            let server = self.idle_list().pop()?;
+            let mut server = self.idle_list().pop()?;
             self.stats.servers_idle.dec();
-            if self.reusable(&server, generation, now) {
+            if self.reusable(&mut server, generation, now) {
                 return Some(server);
             }
         }
@@ -330,7 +330,7 @@ impl Pool {
         }
     }
 
-    fn reusable(&self, server: &Server, generation: u64, now: Instant) -> bool {
+    fn reusable(&self, server: &mut Server, generation: u64, now: Instant) -> bool {
         !past_lifetime(server, now)
             && server.status == b'I'
             && self.server_generation_ok(server, generation)
@@ -549,6 +549,7 @@ impl Pools {
         db: &DatabaseConfig,
         user: &UserConfig,
         defaults: &PoolDefaults,
+        tls: &Arc<crate::tls::ServerTls>,
     ) -> Arc<Pool> {
         let key = PoolKey {
             database: db.name.clone(),
@@ -568,6 +569,7 @@ impl Pools {
                     user: user.name.clone(),
                     password: (!user.password.is_empty()).then(|| user.password.clone()),
                     connect_timeout: settings.server_connect_timeout,
+                    tls: tls.clone(),
                 };
                 let stats = self.metrics.pool_stats(&key.database, &key.user);
                 let paused = {

@@ -35,6 +35,7 @@ use tempfile::TempDir;
 
 mod error;
 mod helpers;
+mod ssl;
 
 pub use error::ScratchPgError;
 use helpers::*;
