@@ -94,6 +94,16 @@ impl Stream {
         self.tcp().peer_addr()
     }
 
+    /// The `tls-server-end-point` hash of the peer's certificate, for
+    /// SCRAM-SHA-256-PLUS toward a server (see [`crate::tls::end_point_hash`]).
+    pub fn peer_end_point(&self) -> Option<Vec<u8>> {
+        let Stream::Tls(s) = self else {
+            return None;
+        };
+        let certs = s.get_ref().1.peer_certificates()?;
+        crate::tls::end_point_hash(certs.first()?)
+    }
+
     /// Encrypted bytes rustls holds that the socket has not taken yet.
     pub fn has_unsent(&self) -> bool {
         match self {

@@ -240,15 +240,32 @@ impl Server {
                 }
                 10 => {
                     let mechs = String::from_utf8_lossy(body);
-                    if !mechs.split('\0').any(|m| m == "SCRAM-SHA-256") {
-                        return Err(ServerError::UnsupportedAuth(format!(
-                            "SASL mechanisms {}",
-                            mechs.trim_end_matches('\0').replace('\0', ", ")
-                        )));
-                    }
+                    let offered = |name: &str| mechs.split('\0').any(|m| m == name);
+                    // Over TLS, bind the login to the certificate the
+                    // server showed (SCRAM-SHA-256-PLUS): a man in the
+                    // middle, even one whose certificate passed
+                    // `server_tls.mode`, cannot relay it.
+                    let end_point = offered("SCRAM-SHA-256-PLUS")
+                        .then(|| self.stream.peer_end_point())
+                        .flatten();
+                    let (mechanism, binding) = match end_point {
+                        Some(hash) => (
+                            "SCRAM-SHA-256-PLUS",
+                            ChannelBinding::tls_server_end_point(hash),
+                        ),
+                        None if offered("SCRAM-SHA-256") => {
+                            ("SCRAM-SHA-256", ChannelBinding::unsupported())
+                        }
+                        None => {
+                            return Err(ServerError::UnsupportedAuth(format!(
+                                "SASL mechanisms {}",
+                                mechs.trim_end_matches('\0').replace('\0', ", ")
+                            )))
+                        }
+                    };
                     let pw = self.password(target)?;
-                    let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
+                    let s = ScramSha256::new(pw.as_bytes(), binding);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut out)?;
                     scram = Some(s);
                 }
                 11 => {

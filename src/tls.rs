@@ -16,6 +16,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::Digest as _;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::{ClientTlsMode, Config, ConfigError, ServerTlsMode};
@@ -40,6 +41,11 @@ pub struct ClientTls {
     pub mode: ClientTlsMode,
     /// `None` when `mode = "disable"`.
     pub acceptor: Option<TlsAcceptor>,
+    /// The `tls-server-end-point` hash of the certificate this acceptor
+    /// serves, for SCRAM-SHA-256-PLUS; `None` without TLS, or when the
+    /// certificate's signature names no single hash (then PLUS is not
+    /// offered, as in Postgres).
+    pub end_point: Option<Arc<[u8]>>,
 }
 
 impl ClientTls {
@@ -98,15 +104,7 @@ impl TlsSettings {
     /// the key at fault, as every config error does.
     pub fn from_config(config: &Config) -> Result<TlsSettings, ConfigError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let client = ClientTls {
-            mode: config.client_tls.mode,
-            acceptor: match config.client_tls.mode {
-                ClientTlsMode::Disable => None,
-                ClientTlsMode::Allow | ClientTlsMode::Require => {
-                    Some(acceptor(config, provider.clone())?)
-                }
-            },
-        };
+        let client = client_tls(config, provider.clone())?;
         let server = ServerTls {
             mode: config.server_tls.mode,
             connector: match config.server_tls.mode {
@@ -128,9 +126,18 @@ fn invalid(key: &str, e: impl fmt::Display) -> ConfigError {
     }
 }
 
-fn acceptor(config: &Config, provider: Arc<CryptoProvider>) -> Result<TlsAcceptor, ConfigError> {
+/// The acceptor, and the channel binding hash of the certificate it serves.
+fn client_tls(config: &Config, provider: Arc<CryptoProvider>) -> Result<ClientTls, ConfigError> {
     let c = &config.client_tls;
+    if c.mode == ClientTlsMode::Disable {
+        return Ok(ClientTls {
+            mode: c.mode,
+            acceptor: None,
+            end_point: None,
+        });
+    }
     let certs = load_certs(&c.cert_file).map_err(|e| invalid("client_tls.cert_file", e))?;
+    let end_point = end_point_hash(&certs[0]).map(Arc::from);
     let key = load_key(&c.key_file).map_err(|e| invalid("client_tls.key_file", e))?;
     let server_config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -138,7 +145,35 @@ fn acceptor(config: &Config, provider: Arc<CryptoProvider>) -> Result<TlsAccepto
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| invalid("client_tls.key_file", TlsError::from(e)))?;
-    Ok(TlsAcceptor::from(Arc::new(server_config)))
+    Ok(ClientTls {
+        mode: c.mode,
+        acceptor: Some(TlsAcceptor::from(Arc::new(server_config))),
+        end_point,
+    })
+}
+
+/// The `tls-server-end-point` channel binding data of a certificate (RFC
+/// 5929 §4.1): the certificate hashed with the hash of its signature
+/// algorithm, SHA-256 in place of MD5 and SHA-1. `None` when the algorithm
+/// names no single hash (RSA-PSS, Ed25519) or the certificate does not
+/// parse: SCRAM-SHA-256-PLUS is then not used, as Postgres does.
+pub fn end_point_hash(cert: &[u8]) -> Option<Vec<u8>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let algorithm = parsed.signature_algorithm.algorithm.to_id_string();
+    let hash = match algorithm.as_str() {
+        // {md5, sha1, sha256}WithRSAEncryption, ecdsa-with-{SHA1, SHA256}
+        "1.2.840.113549.1.1.4"
+        | "1.2.840.113549.1.1.5"
+        | "1.2.840.113549.1.1.11"
+        | "1.2.840.10045.4.1"
+        | "1.2.840.10045.4.3.2" => sha2::Sha256::digest(cert).to_vec(),
+        // sha384WithRSAEncryption, ecdsa-with-SHA384
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => sha2::Sha384::digest(cert).to_vec(),
+        // sha512WithRSAEncryption, ecdsa-with-SHA512
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => sha2::Sha512::digest(cert).to_vec(),
+        _ => return None,
+    };
+    Some(hash)
 }
 
 fn connector(

@@ -194,6 +194,12 @@ async fn require_serves_tls_clients_with_the_configured_certificate_and_refuses_
     assert!(text.contains("SSL connection"), "{text}");
     assert!(text.ends_with("42"), "{text}");
 
+    // SCRAM-SHA-256-PLUS: libpq hashes the certificate it was shown and
+    // pgharbor the one it serves; the login succeeds only if they agree.
+    let bound = psql_tls(&format!("{tls} channel_binding=require"), "select 'bound'");
+    assert_succeeded(&bound);
+    assert_eq!(stdout(&bound), "bound");
+
     // The console lists the client with its TLS version and cipher.
     let admin = conninfo(&proxy, "admin", "pgharbor", &verify_full(&files.ca()));
     let out = psql_args(&admin, "admin-pw", &["-c", "SHOW CLIENTS"])
@@ -252,6 +258,19 @@ async fn allow_serves_tls_and_plaintext_clients_alike() {
         assert!(text.ends_with("served"), "{ssl}: {text}");
         assert_eq!(text.contains("SSL connection"), encrypted, "{ssl}: {text}");
     }
+    // Channel binding needs TLS: without it SCRAM-SHA-256-PLUS is not
+    // offered, and a client that insists gives up.
+    let out = psql_tls(
+        &conninfo(
+            &proxy,
+            USER,
+            "app",
+            "sslmode=disable channel_binding=require",
+        ),
+        "select 1",
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("channel binding"), "{}", stderr(&out));
 }
 
 /// Whether the server connection the proxy lends is encrypted, as Postgres
@@ -570,4 +589,33 @@ password = "x"
         let e = Config::from_toml_str(&text).expect_err(key);
         assert!(e.to_string().contains(&format!("`{key}`")), "{key}: {e}");
     }
+}
+
+#[test]
+fn channel_binding_hashes_the_certificate_with_its_signature_hash() {
+    // rcgen signs with ECDSA P-256 / SHA-256 by default.
+    let pki = issue("pgharbor test client CA", &["localhost"]);
+    let der = pem_to_der(&pki.cert_pem);
+    let expected: Vec<u8> = sha256(&der);
+    assert_eq!(pgharbor::tls::end_point_hash(&der), Some(expected));
+    // Ed25519 names no separate hash: no tls-server-end-point, as in
+    // Postgres, so SCRAM-SHA-256-PLUS is not offered with such a certificate.
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed");
+    assert_eq!(pgharbor::tls::end_point_hash(cert.der()), None);
+}
+
+fn pem_to_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("PEM certificate")
+        .to_vec()
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
 }

@@ -1,8 +1,10 @@
 //! Server side of SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL speaks it.
 //!
-//! Only the plain `SCRAM-SHA-256` mechanism is offered, never `-PLUS`, so
-//! there is no channel binding: the GS2 header must be `n,,` or `y,,`.
-//! As in PostgreSQL, the user name inside the client-first-message is
+//! Over TLS, `SCRAM-SHA-256-PLUS` is offered too, with the
+//! `tls-server-end-point` channel binding (RFC 5929): the client proves it
+//! saw the very certificate pgharbor serves, so a man in the middle holding
+//! another certificate cannot relay the login. See [`ChannelBinding`] for
+//! which GS2 headers each case accepts. As in PostgreSQL, the user name inside the client-first-message is
 //! ignored (the startup packet already named the user).
 //!
 //! Peers' bytes are parsed without panicking; every error is a
@@ -12,6 +14,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use rand::Rng as _;
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use ScramError::Malformed;
@@ -37,9 +41,15 @@ pub enum ScramError {
     /// The client's proof is wrong: it does not know the password.
     #[error("SCRAM client proof is invalid")]
     InvalidProof,
-    /// The client asked for channel binding (`p=`), which we never offer.
+    /// The client asked for a channel binding type other than
+    /// `tls-server-end-point`, or for binding where none was offered.
     #[error("SCRAM channel binding is not supported")]
     UnsupportedChannelBinding,
+    /// The GS2 header contradicts the mechanism or the offer: a `y` flag
+    /// when SCRAM-SHA-256-PLUS was offered (the offer was tampered with),
+    /// or no binding after choosing SCRAM-SHA-256-PLUS.
+    #[error("SCRAM channel binding negotiation error: {0}")]
+    ChannelBindingNegotiation(&'static str),
     /// A stored verifier string could not be parsed.
     #[error("invalid SCRAM verifier: {0}")]
     InvalidVerifier(&'static str),
@@ -175,13 +185,30 @@ fn xor(mut a: [u8; 32], b: &[u8; 32]) -> [u8; 32] {
     a
 }
 
+/// What channel binding one exchange works with (RFC 5802 §6).
+#[derive(Clone, Debug)]
+pub enum ChannelBinding {
+    /// Only SCRAM-SHA-256 was offered (plaintext, or a certificate whose
+    /// signature names no single hash): `n` and `y` are both fine.
+    NotOffered,
+    /// SCRAM-SHA-256-PLUS was offered and the client chose SCRAM-SHA-256.
+    /// A `y` flag ("I could bind, but you cannot") then means someone
+    /// removed PLUS from the offer on the way: refused, as Postgres does.
+    Declined,
+    /// The client chose SCRAM-SHA-256-PLUS: the header must be
+    /// `p=tls-server-end-point`, and `c=` must carry this hash of our
+    /// certificate.
+    TlsServerEndPoint(Arc<[u8]>),
+}
+
 enum State {
     /// Waiting for client-first-message.
     Initial,
     /// Server-first-message sent; what client-final-message is checked against.
     SentFirst {
-        /// The GS2 header the client sent, which `c=` must repeat.
-        gs2_header: String,
+        /// The GS2 header the client sent and, with binding, the binding
+        /// data: what `c=` must carry (base64-decoded).
+        expected_cbind: Vec<u8>,
         /// Client nonce followed by ours, which `r=` must repeat.
         nonce: String,
         /// `client-first-message-bare "," server-first-message ","`: the
@@ -197,6 +224,7 @@ enum State {
 /// can neither be replayed nor resumed after an error.
 pub struct ScramServer {
     secret: ScramSecret,
+    binding: ChannelBinding,
     server_nonce: String,
     state: State,
 }
@@ -208,14 +236,20 @@ impl std::fmt::Debug for ScramServer {
 }
 
 impl ScramServer {
-    /// Start an exchange; generates our 18-byte random nonce part (base64).
+    /// Start an exchange without channel binding offered.
     pub fn new(secret: ScramSecret) -> ScramServer {
+        ScramServer::with_channel_binding(secret, ChannelBinding::NotOffered)
+    }
+
+    /// Start an exchange; generates our 18-byte random nonce part (base64).
+    pub fn with_channel_binding(secret: ScramSecret, binding: ChannelBinding) -> ScramServer {
         let mut raw = [0u8; SERVER_NONCE_LEN];
         rand::rng().fill_bytes(&mut raw);
         let server_nonce = B64.encode(raw);
         let state = State::Initial;
         ScramServer {
             secret,
+            binding,
             server_nonce,
             state,
         }
@@ -232,6 +266,7 @@ impl ScramServer {
         }
         let msg = std::str::from_utf8(msg).map_err(|_| Malformed("not UTF-8"))?;
         let (gs2_header, bare) = split_gs2(msg)?;
+        let expected_cbind = self.check_binding(gs2_header)?;
         let mut attrs = bare.split(',');
         match attrs.next() {
             Some(a) if a.starts_with("m=") => return Err(Malformed("mandatory extension")),
@@ -250,7 +285,7 @@ impl ScramServer {
         let salt = B64.encode(&self.secret.salt);
         let server_first = format!("r={nonce},s={salt},i={}", self.secret.iterations);
         self.state = State::SentFirst {
-            gs2_header: gs2_header.to_owned(),
+            expected_cbind,
             nonce,
             auth_prefix: format!("{bare},{server_first},"),
         };
@@ -263,7 +298,7 @@ impl ScramServer {
     pub fn handle_client_final(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
         let state = std::mem::replace(&mut self.state, State::Done);
         let State::SentFirst {
-            gs2_header,
+            expected_cbind,
             nonce,
             auth_prefix,
         } = state
@@ -275,7 +310,7 @@ impl ScramServer {
         let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(Malformed("missing p="))?;
         let mut attrs = without_proof.split(',');
         let cbind = B64.decode(attr(attrs.next(), "c=")?);
-        if cbind.ok().as_deref() != Some(gs2_header.as_bytes()) {
+        if cbind.ok().as_deref() != Some(expected_cbind.as_slice()) {
             return Err(Malformed("channel binding data does not match GS2 header"));
         }
         if attr(attrs.next(), "r=")? != nonce {
@@ -299,6 +334,36 @@ impl ScramServer {
     }
 }
 
+impl ScramServer {
+    /// Checks the GS2 header against the mechanism and the offer; returns
+    /// what `c=` must carry in client-final-message.
+    fn check_binding(&self, gs2_header: &str) -> Result<Vec<u8>, ScramError> {
+        let flag = gs2_header.as_bytes()[0];
+        match (&self.binding, flag) {
+            (ChannelBinding::NotOffered, b'n' | b'y') | (ChannelBinding::Declined, b'n') => {
+                Ok(gs2_header.as_bytes().to_vec())
+            }
+            (ChannelBinding::Declined, b'y') => Err(ScramError::ChannelBindingNegotiation(
+                "the client supports channel binding but thinks the server does not, and it does",
+            )),
+            (ChannelBinding::TlsServerEndPoint(data), b'p') => {
+                if gs2_header != "p=tls-server-end-point,," {
+                    return Err(ScramError::UnsupportedChannelBinding);
+                }
+                let mut expected = gs2_header.as_bytes().to_vec();
+                expected.extend_from_slice(data);
+                Ok(expected)
+            }
+            (ChannelBinding::TlsServerEndPoint(_), _) => {
+                Err(ScramError::ChannelBindingNegotiation(
+                    "SCRAM-SHA-256-PLUS chosen without channel binding data",
+                ))
+            }
+            _ => Err(ScramError::UnsupportedChannelBinding),
+        }
+    }
+}
+
 /// The value of a `k=value` attribute that must come next.
 fn attr<'a>(field: Option<&'a str>, prefix: &'static str) -> Result<&'a str, ScramError> {
     field
@@ -306,13 +371,13 @@ fn attr<'a>(field: Option<&'a str>, prefix: &'static str) -> Result<&'a str, Scr
         .ok_or(Malformed("attribute missing or out of order"))
 }
 
-/// Split client-first-message into its GS2 header (`n,,` or `y,,`) and the
-/// client-first-message-bare that follows it.
+/// Split client-first-message into its GS2 header (`n,,`, `y,,` or
+/// `p=type,,`) and the client-first-message-bare that follows it.
 fn split_gs2(msg: &str) -> Result<(&str, &str), ScramError> {
     let (flag, rest) = msg.split_once(',').ok_or(Malformed("missing GS2 header"))?;
     match flag {
         "n" | "y" => {}
-        f if f.starts_with("p=") => return Err(ScramError::UnsupportedChannelBinding),
+        f if f.len() > 2 && f.starts_with("p=") => {}
         _ => return Err(Malformed("bad channel binding flag")),
     }
     let (authzid, bare) = rest
@@ -346,8 +411,18 @@ mod tests {
 
     /// Drive a full exchange with postgres-protocol's client.
     fn exchange(secret: ScramSecret, password: &str, cb: ChannelBinding) -> Result<(), ScramError> {
+        exchange_offering(secret, super::ChannelBinding::NotOffered, password, cb)
+    }
+
+    /// The same, with the server's side of channel binding given.
+    fn exchange_offering(
+        secret: ScramSecret,
+        offer: super::ChannelBinding,
+        password: &str,
+        cb: ChannelBinding,
+    ) -> Result<(), ScramError> {
         let mut client = ScramSha256::new(password.as_bytes(), cb);
-        let mut server = ScramServer::new(secret);
+        let mut server = ScramServer::with_channel_binding(secret, offer);
         let first = server.handle_client_first(client.message())?;
         client.update(&first).expect("client accepts server-first");
         let final_msg = client.message().to_vec();
@@ -380,6 +455,42 @@ mod tests {
         exchange(secret.clone(), pw, ChannelBinding::unrequested()).expect("y,,");
         let wrong = exchange(secret, "wrong", ChannelBinding::unsupported());
         assert_eq!(kind(wrong), "InvalidProof");
+    }
+
+    #[test]
+    fn channel_binding_follows_the_offer_and_the_certificate() {
+        use super::ChannelBinding as Offer;
+        let secret = ScramSecret::from_password("pw");
+        let hash: Arc<[u8]> = Sha256::digest(b"our certificate").to_vec().into();
+        let bound = Offer::TlsServerEndPoint(hash.clone());
+        let client_bound = || ChannelBinding::tls_server_end_point(hash.to_vec());
+        exchange_offering(secret.clone(), bound.clone(), "pw", client_bound()).expect("PLUS");
+        // A client that saw another certificate (a man in the middle).
+        let other = ChannelBinding::tls_server_end_point(Sha256::digest(b"theirs").to_vec());
+        let e = exchange_offering(secret.clone(), bound.clone(), "pw", other);
+        assert_eq!(kind(e), "Malformed");
+        // PLUS chosen, but no binding in the header.
+        let e = exchange_offering(secret.clone(), bound, "pw", ChannelBinding::unsupported());
+        assert_eq!(kind(e), "ChannelBindingNegotiation");
+        // PLUS offered, plain chosen: `n` is fine, `y` means the offer was
+        // tampered with.
+        exchange_offering(
+            secret.clone(),
+            Offer::Declined,
+            "pw",
+            ChannelBinding::unsupported(),
+        )
+        .expect("n,,");
+        let e = exchange_offering(
+            secret.clone(),
+            Offer::Declined,
+            "pw",
+            ChannelBinding::unrequested(),
+        );
+        assert_eq!(kind(e), "ChannelBindingNegotiation");
+        // Binding the client asks for when none was offered.
+        let e = exchange_offering(secret, Offer::NotOffered, "pw", client_bound());
+        assert_eq!(kind(e), "UnsupportedChannelBinding");
     }
 
     #[test]

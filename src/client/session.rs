@@ -70,7 +70,8 @@ pub async fn serve(tcp: TcpStream, addr: SocketAddr, state: Arc<State>) {
     let span = tracing::info_span!("client", client = %addr, user = %login.user, database = %login.database);
     async move {
         tracing::info!("client connected");
-        match run(stream, buf, addr, login, state.clone(), permit).await {
+        let end_point = tls.end_point.clone();
+        match run(stream, buf, addr, login, state.clone(), permit, end_point).await {
             // The rest of the client's life runs in a task of its own, so
             // an idle client holds only what the relay needs: this task's
             // future is sized by the startup's (authentication, timeouts,
@@ -170,9 +171,16 @@ async fn run(
     login: LoginRequest,
     state: Arc<State>,
     permit: OwnedSemaphorePermit,
+    end_point: Option<Arc<[u8]>>,
 ) -> Result<Option<LoggedIn>, SessionError> {
     let user = state.users().get(&login.user);
-    let auth = startup::authenticate(&mut stream, &mut buf, &login.user, user.as_deref());
+    let auth = startup::authenticate(
+        &mut stream,
+        &mut buf,
+        &login.user,
+        user.as_deref(),
+        end_point.as_ref(),
+    );
     match tokio::time::timeout(STARTUP_TIMEOUT, auth).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::auth::scram::ScramServer;
+use crate::auth::scram::{ChannelBinding, ScramServer};
 use crate::config::AuthType;
 use crate::net::Stream;
 use crate::protocol::backend;
@@ -331,13 +331,15 @@ async fn read_password_message(
 }
 
 /// Authenticates the client as `user` (None: unknown user, always refused
-/// with the same message as a wrong password, as Postgres does). Sends
-/// AuthenticationOk on success.
+/// with the same message as a wrong password, as Postgres does). Over TLS,
+/// `end_point` is the hash of the certificate the client was served, and
+/// SCRAM-SHA-256-PLUS is offered first. Sends AuthenticationOk on success.
 pub async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     name: &str,
     user: Option<&UserEntry>,
+    end_point: Option<&std::sync::Arc<[u8]>>,
 ) -> Result<(), StartupError> {
     let Some(user) = user else {
         return Err(auth_failed(name));
@@ -360,21 +362,33 @@ pub async fn authenticate(
         }
         AuthType::ScramSha256 => {
             let secret = user.scram.clone().ok_or_else(|| auth_failed(name))?;
-            let mut scram = ScramServer::new(secret);
-            backend::authentication_sasl(&mut out, &["SCRAM-SHA-256"]);
+            let end_point = end_point.filter(|_| stream.is_tls());
+            if end_point.is_some() {
+                backend::authentication_sasl(&mut out, &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]);
+            } else {
+                backend::authentication_sasl(&mut out, &["SCRAM-SHA-256"]);
+            }
             send(stream, &out).await?;
             out.clear();
             // SASLInitialResponse: mechanism, length of data, data.
             let msg = read_password_message(stream, buf).await?;
             let (mechanism, rest) = read_cstr(&msg[5..])?;
-            if mechanism != "SCRAM-SHA-256" {
-                return Err(StartupError::Refuse(PgError::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    format!(
+            let binding = match (mechanism, end_point) {
+                ("SCRAM-SHA-256", None) => ChannelBinding::NotOffered,
+                ("SCRAM-SHA-256", Some(_)) => ChannelBinding::Declined,
+                ("SCRAM-SHA-256-PLUS", Some(hash)) => {
+                    ChannelBinding::TlsServerEndPoint(hash.clone())
+                }
+                _ => {
+                    return Err(StartupError::Refuse(PgError::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!(
                         "client selected an invalid SASL authentication mechanism \"{mechanism}\""
                     ),
-                )));
-            }
+                    )))
+                }
+            };
+            let mut scram = ScramServer::with_channel_binding(secret, binding);
             if rest.len() < 4 {
                 return Err(ProtocolError::Malformed("SASLInitialResponse").into());
             }
