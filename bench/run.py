@@ -226,6 +226,8 @@ class Env:
     idle_bin: str = ""
     pgbouncer_version: str = ""
     pg_version: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 def find_pg_bin() -> str:
@@ -319,6 +321,10 @@ def start_postgres(env: Env, args) -> None:
         "logging_collector=off", "log_min_messages=warning", "checkpoint_timeout=30min",
         "max_wal_size=4GB",
     ]
+    if args.tls:
+        # direct and relay clients then talk TLS to Postgres itself.
+        make_tls_files(env)
+        conf += ["ssl=on", f"ssl_cert_file={env.tls_cert}", f"ssl_key_file={env.tls_key}"]
     cmd = [os.path.join(env.pg_bin, "postgres"), "-D", data]
     for c in conf:
         cmd += ["-c", c]
@@ -366,6 +372,25 @@ def write_pg_owned(env: Env, path: str, text: str) -> None:
         os.chmod(path, 0o600)
 
 
+def make_tls_files(env: Env) -> None:
+    """A self-signed certificate for `localhost` (P-256) that Postgres,
+    PgBouncer and pgharbor all serve with --tls; owned by postgres, as
+    Postgres and PgBouncer run as that user and Postgres insists on a key
+    only its owner can read."""
+    d = os.path.join(env.tmp, "tls")
+    os.makedirs(d, exist_ok=True)
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    run_checked(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                 "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+                env, "openssl req", as_pg=False)
+    for f in (cert, key):
+        write_pg_owned(env, f, open(f).read())
+    if env.as_postgres:
+        pw = pwd.getpwnam("postgres")
+        os.chown(d, pw.pw_uid, pw.pw_gid)
+    env.tls_cert, env.tls_key = cert, key
+
+
 def start_pgbouncer(env: Env, args) -> None:
     exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not os.path.exists(exe):
@@ -388,6 +413,12 @@ def start_pgbouncer(env: Env, args) -> None:
     write_pg_owned(env, os.path.join(d, "userlist.txt"), f'"{USER}" "{secret}"\n')
     port = free_port()
     env.ports["pgbouncer"] = port
+    # Both poolers reach Postgres in plaintext (pgharbor's config says
+    # server_tls disable; PgBouncer's default would be prefer).
+    tls_lines = "server_tls_sslmode = disable"
+    if args.tls:
+        tls_lines += (f"\nclient_tls_sslmode = require\nclient_tls_cert_file = {env.tls_cert}"
+                      f"\nclient_tls_key_file = {env.tls_key}")
     ini = f"""[databases]
 {DBNAME} = host=127.0.0.1 port={env.pg_port} dbname={DBNAME}
 
@@ -402,6 +433,7 @@ default_pool_size = 20
 max_client_conn = 11000
 max_db_connections = 0
 logfile = {d}/pgbouncer.log
+{tls_lines}
 pidfile =
 log_connections = 0
 log_disconnections = 0
@@ -426,6 +458,9 @@ def start_pgharbor(env: Env, args) -> None:
         secret = psql(env, f"SELECT rolpassword FROM pg_authid WHERE rolname = '{USER}'").strip()
     else:
         secret = PASSWORD
+    client_tls = ""
+    if args.tls:
+        client_tls = f'\n[client_tls]\nmode = "require"\ncert_file = "{env.tls_cert}"\nkey_file = "{env.tls_key}"\n'
     cfg = f"""[proxy]
 listen_addr = "127.0.0.1:{port}"
 max_client_conn = 11000
@@ -434,7 +469,7 @@ shutdown_timeout = "2s"
 
 [server_tls]
 mode = "disable"
-
+{client_tls}
 [pool]
 pool_mode = "transaction"
 pool_size = 20
@@ -532,6 +567,8 @@ def run_pgbench(env: Env, args, workload: str, clients: int, target: str, rnd: i
            "--log", f"--log-prefix={logdir}/tx", "-P", "1"] + WORKLOADS[workload] + [DBNAME]
     pid = env.pids.get(target) if target in POOLERS else None
     e = {**_base_env(), "PGPASSWORD": PASSWORD}
+    if args.tls:
+        e["PGSSLMODE"] = "require"
     timeout = args.duration + 120 + clients * 0.2
     out = ""
     sampler = CpuSampler(pid) if pid else None
@@ -812,6 +849,7 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
              f"{args.duration} s per run, {args.rounds} interleaved round(s) after "
              f"{f'a {args.warmup} s warm-up per target' if args.warmup else 'no warm-up'}, medians shown; "
              f"pool size 20, transaction mode, SCRAM-SHA-256 ({args.secret} secret in the poolers); "
+             f"{'clients connect with TLS (sslmode=require; poolers to Postgres in plaintext); ' if args.tls else ''}"
              f"took {elapsed / 60:.1f} min.")
     L.append("")
     L += headline(S, pr, cells, targets, idle)
@@ -925,6 +963,10 @@ def parse_args():
     ap.add_argument("--max-connections", type=int, default=600)
     ap.add_argument("--connect-rate", type=int, default=40,
                     help="above 64 clients, add clients/RATE seconds to -T for the initial connections (default 40)")
+    ap.add_argument("--tls", action="store_true",
+                    help="clients connect with TLS (sslmode=require) to every target: Postgres (direct and "
+                         "through the relay), PgBouncer and pgharbor share one self-signed certificate; the "
+                         "poolers reach Postgres in plaintext. Skips the idle-memory test")
     ap.add_argument("--no-build", action="store_true", help="reuse the last release build")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     ap.add_argument("--keep-tmp", action="store_true")
@@ -940,6 +982,8 @@ def parse_args():
         a.warmup = 0 if a.quick else 5
     if a.idle is None:
         a.idle = "1000" if a.quick else "1000,10000"
+    if a.tls:
+        a.idle = ""
     return a
 
 
