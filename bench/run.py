@@ -678,7 +678,8 @@ def idle_memory(env: Env, args, target: str, n: int) -> dict:
     # sits idle after use, and that is when the pooler must hold no buffers.
     cmd = [env.idle_bin, "127.0.0.1", str(port), USER, PASSWORD, DBNAME, str(n), str(args.idle_concurrency), "900",
            "select 1"]
-    p = subprocess.Popen(cmd, cwd=env.tmp, env=_base_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    e = {**_base_env(), **({"IDLE_CLIENTS_TLS": "1"} if args.tls else {})}
+    p = subprocess.Popen(cmd, cwd=env.tmp, env=e, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=raise_nofile)
     CURRENT_CHILD.append(p)
     res = {"target": target, "clients": n, "rss_before_kib": before}
@@ -966,7 +967,7 @@ def parse_args():
     ap.add_argument("--tls", action="store_true",
                     help="clients connect with TLS (sslmode=require) to every target: Postgres (direct and "
                          "through the relay), PgBouncer and pgharbor share one self-signed certificate; the "
-                         "poolers reach Postgres in plaintext. Skips the idle-memory test")
+                         "poolers reach Postgres in plaintext; idle clients hold TLS connections too")
     ap.add_argument("--no-build", action="store_true", help="reuse the last release build")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     ap.add_argument("--keep-tmp", action="store_true")
@@ -982,8 +983,6 @@ def parse_args():
         a.warmup = 0 if a.quick else 5
     if a.idle is None:
         a.idle = "1000" if a.quick else "1000,10000"
-    if a.tls:
-        a.idle = ""
     return a
 
 

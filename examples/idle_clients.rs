@@ -12,6 +12,10 @@
 //! `READY ok=<n> failed=<n>` and holds every connection open until standard
 //! input is closed or HOLD_SECS (default 600) pass, whichever comes first.
 //! Progress and errors go to standard error.
+//!
+//! With `IDLE_CLIENTS_TLS=1` in the environment every connection uses TLS
+//! (the certificate is not checked: the benchmark's is self-signed) and,
+//! where the server offers it, SCRAM-SHA-256-PLUS, as libpq does.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -40,6 +44,11 @@ async fn main() {
         .password(&args[3])
         .dbname(&args[4])
         .connect_timeout(Duration::from_secs(30));
+    if std::env::var_os("IDLE_CLIENTS_TLS").is_some_and(|v| v == "1") {
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
+    let tls = (config.get_ssl_mode() == tokio_postgres::config::SslMode::Require)
+        .then(tls::Tls::unverified);
     let config = Arc::new(config);
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let started = Instant::now();
@@ -48,23 +57,29 @@ async fn main() {
         let config = config.clone();
         let query = query.clone();
         let permit = sem.clone().acquire_owned().await.expect("semaphore");
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
-            let r = config.connect(tokio_postgres::NoTls).await;
+            let r = match tls {
+                Some(tls) => config
+                    .connect(tls)
+                    .await
+                    .map(|(client, connection)| (client, tokio::spawn(connection))),
+                None => config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map(|(client, connection)| (client, tokio::spawn(connection))),
+            };
             let r = match r {
-                Ok((client, connection)) => {
-                    // The connection future drives the socket; keep it alive.
-                    let conn = tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                    match &query {
-                        Some(q) => client
-                            .simple_query(q)
-                            .await
-                            .map(|_| (client, conn))
-                            .map_err(|e| e.to_string()),
-                        None => Ok((client, conn)),
-                    }
-                }
+                // The connection future drives the socket; its task keeps
+                // it alive.
+                Ok((client, conn)) => match &query {
+                    Some(q) => client
+                        .simple_query(q)
+                        .await
+                        .map(|_| (client, conn))
+                        .map_err(|e| e.to_string()),
+                    None => Ok((client, conn)),
+                },
                 Err(e) => Err(e.to_string()),
             };
             drop(permit);
@@ -108,4 +123,102 @@ async fn main() {
     });
     let _ = tokio::time::timeout(Duration::from_secs(hold_secs), wait_stdin).await;
     drop(held);
+}
+
+/// TLS for tokio-postgres with rustls: pgharbor's own connector for
+/// `server_tls.mode = "require"` (encrypted, certificate not checked).
+mod tls {
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+    #[derive(Clone)]
+    pub struct Tls(tokio_rustls::TlsConnector);
+
+    impl Tls {
+        pub fn unverified() -> Tls {
+            let mut config = pgharbor::config::Config::default();
+            config.server_tls.mode = pgharbor::config::ServerTlsMode::Require;
+            let settings = pgharbor::tls::TlsSettings::from_config(&config).expect("TLS connector");
+            Tls(settings
+                .server
+                .connector
+                .clone()
+                .expect("require mode has a connector"))
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> MakeTlsConnect<S> for Tls {
+        type Stream = Stream<S>;
+        type TlsConnect = Tls;
+        type Error = io::Error;
+
+        fn make_tls_connect(&mut self, _domain: &str) -> io::Result<Tls> {
+            Ok(self.clone())
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<S> for Tls {
+        type Stream = Stream<S>;
+        type Error = io::Error;
+        type Future = Pin<Box<dyn Future<Output = io::Result<Stream<S>>> + Send>>;
+
+        fn connect(self, stream: S) -> Self::Future {
+            Box::pin(async move {
+                let name = rustls::pki_types::ServerName::try_from("localhost")
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                Ok(Stream(self.0.connect(name, stream).await?))
+            })
+        }
+    }
+
+    pub struct Stream<S>(tokio_rustls::client::TlsStream<S>);
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for Stream<S> {
+        fn channel_binding(&self) -> ChannelBinding {
+            let hash = self
+                .0
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|cert| pgharbor::tls::end_point_hash(cert));
+            match hash {
+                Some(h) => ChannelBinding::tls_server_end_point(h),
+                None => ChannelBinding::none(),
+            }
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        }
+    }
 }

@@ -91,6 +91,9 @@ impl State {
         config.validate()?;
         let users = Users::from_config(&config)?;
         let tls = TlsSettings::from_config(&config)?;
+        self.metrics
+            .client_tls_cert_expiry
+            .set(tls.client.not_after.unwrap_or(0));
         self.users.store(Arc::new(users));
         self.tls.store(Arc::new(tls));
         self.config.store(Arc::new(config));
@@ -135,6 +138,9 @@ impl Proxy {
         let users = Users::from_config(&config)?;
         let tls = TlsSettings::from_config(&config)?;
         let metrics = Arc::new(Metrics::new());
+        metrics
+            .client_tls_cert_expiry
+            .set(tls.client.not_after.unwrap_or(0));
         let peers: HashMap<u8, String> = config
             .peers
             .iter()

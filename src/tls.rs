@@ -46,6 +46,8 @@ pub struct ClientTls {
     /// certificate's signature names no single hash (then PLUS is not
     /// offered, as in Postgres).
     pub end_point: Option<Arc<[u8]>>,
+    /// When the served certificate expires (Unix seconds).
+    pub not_after: Option<i64>,
 }
 
 impl ClientTls {
@@ -134,10 +136,14 @@ fn client_tls(config: &Config, provider: Arc<CryptoProvider>) -> Result<ClientTl
             mode: c.mode,
             acceptor: None,
             end_point: None,
+            not_after: None,
         });
     }
     let certs = load_certs(&c.cert_file).map_err(|e| invalid("client_tls.cert_file", e))?;
     let end_point = end_point_hash(&certs[0]).map(Arc::from);
+    let not_after = x509_parser::parse_x509_certificate(&certs[0])
+        .ok()
+        .map(|(_, cert)| cert.validity().not_after.timestamp());
     let key = load_key(&c.key_file).map_err(|e| invalid("client_tls.key_file", e))?;
     let server_config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -149,6 +155,7 @@ fn client_tls(config: &Config, provider: Arc<CryptoProvider>) -> Result<ClientTl
         mode: c.mode,
         acceptor: Some(TlsAcceptor::from(Arc::new(server_config))),
         end_point,
+        not_after,
     })
 }
 

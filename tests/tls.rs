@@ -34,6 +34,7 @@ fn issue(ca_name: &str, names: &[&str]) -> Pki {
     let mut leaf = CertificateParams::new(names).expect("leaf params");
     leaf.distinguished_name
         .push(DnType::CommonName, "pgharbor test");
+    leaf.not_after = rcgen::date_time_ymd(2031, 6, 1);
     let key = KeyPair::generate().expect("leaf key");
     let cert = leaf.signed_by(&key, &ca).expect("sign leaf");
     Pki {
@@ -124,6 +125,9 @@ auth_type = "scram-sha-256"
 name = "admin"
 password = "admin-pw"
 auth_type = "scram-sha-256"
+
+[metrics]
+listen_addr = "127.0.0.1:0"
 
 {tls_sections}
 "#
@@ -235,6 +239,41 @@ async fn require_serves_tls_clients_with_the_configured_certificate_and_refuses_
         "{}",
         stderr(&wrong_ca)
     );
+
+    // For operators: the handshake the client gave up shows in /metrics,
+    // and so does when the certificate expires (2031-06-01, as issued).
+    let metrics = scrape(&proxy).await;
+    assert!(
+        metric(&metrics, "pgharbor_client_tls_handshake_errors_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "pgharbor_client_tls_cert_expiry_timestamp_seconds"
+        ),
+        1_938_038_400.0
+    );
+}
+
+/// `GET /metrics` of `proxy` (started with a `[metrics]` section).
+async fn scrape(proxy: &Proxy) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = proxy.metrics_addr().expect("metrics enabled");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("response");
+    body
+}
+
+/// The value of an unlabelled sample.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,9 @@ pub async fn serve(tcp: TcpStream, addr: SocketAddr, state: Arc<State>) {
             stream: None,
             error,
         }) => {
+            if matches!(error, StartupError::Tls(_)) {
+                state.metrics.client_tls_handshake_errors.inc();
+            }
             tracing::info!(client = %addr, error = %error, "client refused");
             return;
         }

@@ -42,6 +42,12 @@ pub struct Metrics {
     /// Prepared statements prepared again and retried after their result
     /// type changed.
     pub statement_retries: IntCounter,
+    /// TLS handshakes with clients that failed (an expired or unknown
+    /// certificate on the client's side shows here first).
+    pub client_tls_handshake_errors: IntCounter,
+    /// When the certificate served to clients expires (Unix seconds; 0
+    /// without TLS), for an alert before it does.
+    pub client_tls_cert_expiry: IntGauge,
 }
 
 /// Handles for one pool's series (labels `database`, `user`).
@@ -216,6 +222,16 @@ impl Metrics {
                 &r,
                 "pgharbor_prepared_retries_total",
                 "Executions retried after re-preparing a statement whose result type changed",
+            ),
+            client_tls_handshake_errors: counter(
+                &r,
+                "pgharbor_client_tls_handshake_errors_total",
+                "TLS handshakes with clients that failed",
+            ),
+            client_tls_cert_expiry: gauge(
+                &r,
+                "pgharbor_client_tls_cert_expiry_timestamp_seconds",
+                "When the certificate served to clients expires (Unix time; 0 without TLS)",
             ),
             registry: r,
         }
