@@ -239,6 +239,11 @@ fn try_read_tls(stream: &mut TlsStream<TcpStream>, buf: &mut BytesMut) -> io::Re
             }
             // Hand out what was read; the error comes back at the next read.
             Poll::Ready(Err(_)) if read_any => return Ok(true),
+            // The peer closed the socket without a close_notify, as most
+            // drivers do after Terminate. The protocol frames its own
+            // messages, so a cut-off stream cannot pass for a whole one:
+            // this is the end of the stream, as in plaintext.
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
             Poll::Ready(Err(e)) => return Err(e),
             Poll::Pending => return Ok(true),
         };

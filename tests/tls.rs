@@ -658,3 +658,72 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).to_vec()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_vanishes_mid_transaction_leaves_nothing_behind() {
+    let files = PkiFiles::write(&issue("pgharbor test client CA", &["localhost"]));
+    let proxy = start_proxy_with(&config("127.0.0.1", &client_tls("require", &files))).await;
+    let tls = conninfo(&proxy, USER, "app", &verify_full(&files.ca()));
+    assert_succeeded(&psql_tls(
+        &tls,
+        "create table if not exists tls_vanish (n int)",
+    ));
+    assert_succeeded(&psql_tls(&tls, "truncate tls_vanish"));
+    // Killed with SIGKILL, psql sends no close_notify: the TLS stream just
+    // ends, inside the transaction, while its query runs.
+    let mut child = psql_args(
+        &tls,
+        PASSWORD,
+        &[
+            "-c",
+            "begin; insert into tls_vanish values (1); select pg_sleep(60)",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("psql");
+    let direct = connect_direct().await;
+    let running = eventually(Duration::from_secs(20), || async {
+        let n: i64 = direct
+            .query_one(
+                "select count(*) from pg_stat_activity where query like 'begin; insert into tls_vanish%' and state = 'active'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        n == 1
+    })
+    .await;
+    assert!(running, "the transaction never started");
+    child.kill().expect("kill psql");
+    let _ = child.wait();
+    // The query is cancelled and the transaction rolled back: the server
+    // is idle again (or gone), and the row was never committed.
+    let settled = eventually(Duration::from_secs(20), || async {
+        let n: i64 = direct
+            .query_one(
+                "select count(*) from pg_stat_activity where query like 'begin; insert into tls_vanish%' and state <> 'idle'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        n == 0
+    })
+    .await;
+    assert!(
+        settled,
+        "the server was left inside the client's transaction"
+    );
+    let rows: i64 = direct
+        .query_one("select count(*) from tls_vanish", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        rows, 0,
+        "nothing of the vanished client's transaction is committed"
+    );
+}
