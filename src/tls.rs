@@ -145,12 +145,14 @@ fn client_tls(config: &Config, provider: Arc<CryptoProvider>) -> Result<ClientTl
         .ok()
         .map(|(_, cert)| cert.validity().not_after.timestamp());
     let key = load_key(&c.key_file).map_err(|e| invalid("client_tls.key_file", e))?;
-    let server_config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid("client_tls", e))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| invalid("client_tls.key_file", TlsError::from(e)))?;
+    // A client that offers ALPN (libpq 17 does) must offer Postgres's.
+    server_config.alpn_protocols = vec![crate::client::startup::POSTGRES_ALPN.to_vec()];
     Ok(ClientTls {
         mode: c.mode,
         acceptor: Some(TlsAcceptor::from(Arc::new(server_config))),

@@ -18,6 +18,14 @@ use crate::protocol::PgError;
 use crate::tls::ClientTls;
 use crate::users::UserEntry;
 
+/// The first byte of a TLS handshake record. No startup packet begins with
+/// it: their length field would say 369 MB.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The ALPN protocol name Postgres registered, which a direct TLS
+/// connection must negotiate.
+pub(crate) const POSTGRES_ALPN: &[u8] = b"postgresql";
+
 /// Password messages are small; anything bigger is an attack or a bug.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;
 
@@ -87,9 +95,14 @@ impl Refused {
 
 /// What the first packet asked for, before any encryption.
 enum FirstPacket {
-    /// SSLRequest, answered with `S`: the TLS handshake comes next, with
-    /// this acceptor.
-    Tls(tokio_rustls::TlsAcceptor),
+    /// The TLS handshake comes next, with this acceptor: after an
+    /// SSLRequest answered with `S`, or at once (`direct`: the client's
+    /// first byte began a TLS record, as with Postgres 17's
+    /// `sslnegotiation=direct`).
+    Tls {
+        acceptor: tokio_rustls::TlsAcceptor,
+        direct: bool,
+    },
     Plain(Request),
 }
 
@@ -121,7 +134,7 @@ pub async fn handshake(
         Err(_) => return Err(Refused::on(Stream::Plain(tcp), StartupError::TimedOut)),
     };
     let (mut stream, packet) = match first {
-        FirstPacket::Tls(acceptor) => {
+        FirstPacket::Tls { acceptor, direct } => {
             let tls_stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -137,7 +150,18 @@ pub async fn handshake(
                     })
                 }
             };
+            let alpn_ok = tls_stream.get_ref().1.alpn_protocol() == Some(POSTGRES_ALPN);
             let mut stream = Stream::Tls(Box::new(tls_stream.into()));
+            if direct && !alpn_ok {
+                // Without the ALPN check a TLS connection meant for another
+                // protocol could be replayed here; Postgres refuses it too.
+                let e = PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "direct TLS connection established without ALPN protocol \"postgresql\"",
+                )
+                .with_hint("use a client that negotiates ALPN, or sslnegotiation=postgres");
+                return Err(Refused::on(stream, StartupError::Refuse(e)));
+            }
             match tokio::time::timeout_at(deadline, packet_after_tls(&mut stream, buf)).await {
                 Ok(Ok(p)) => (stream, p),
                 Ok(Err(e)) => return Err(Refused::on(stream, e)),
@@ -177,6 +201,20 @@ async fn first_packet(
 ) -> Result<FirstPacket, StartupError> {
     let mut refused_encryption = 0;
     loop {
+        if let (true, Some(acceptor)) = (buf.is_empty(), &tls.acceptor) {
+            // A peek, so that a TLS handshake's bytes stay in the socket
+            // for rustls to read.
+            let mut first = [0u8; 1];
+            if stream.peek(&mut first).await? == 0 {
+                return Err(StartupError::Closed);
+            }
+            if first[0] == TLS_HANDSHAKE_RECORD {
+                return Ok(FirstPacket::Tls {
+                    acceptor: acceptor.clone(),
+                    direct: true,
+                });
+            }
+        }
         let Some(packet) = split_startup(buf)? else {
             fill(stream, buf).await?;
             continue;
@@ -191,7 +229,10 @@ async fn first_packet(
                 }
                 if let (StartupPacket::SslRequest, Some(acceptor)) = (&packet, &tls.acceptor) {
                     stream.write_all(b"S").await?;
-                    return Ok(FirstPacket::Tls(acceptor.clone()));
+                    return Ok(FirstPacket::Tls {
+                        acceptor: acceptor.clone(),
+                        direct: false,
+                    });
                 }
                 refused_encryption += 1;
                 if refused_encryption > 2 {

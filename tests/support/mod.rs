@@ -13,6 +13,8 @@ use pgharbor::config::Config;
 use pgharbor::scratch_pg::ScratchPostgres;
 use pgharbor::Proxy;
 
+pub mod tls;
+
 pub const USER: &str = "app";
 pub const PASSWORD: &str = "secret";
 pub const MD5_USER: &str = "legacy";

@@ -1,0 +1,208 @@
+//! TLS toward Postgres (`[server_tls]`), checked from Postgres's own
+//! `pg_stat_ssl`, and TLS on both sides at once under large transfers and
+//! pipelines. The scratch Postgres of this test binary runs with
+//! `ssl = on`, its certificate issued for `localhost` only. Fixtures in
+//! `support/tls.rs`.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use support::tls::*;
+use support::*;
+
+/// Whether the server connection the proxy lends is encrypted, as Postgres
+/// sees it; or the error the client got.
+async fn server_side_ssl(text: &str) -> Result<bool, tokio_postgres::Error> {
+    let proxy = start_proxy_with(text).await;
+    let (client, conn) =
+        tokio_postgres::connect(&dsn(&proxy, "app"), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_tls_modes_decide_how_server_connections_are_encrypted() {
+    let files = PkiFiles::write(&Pki {
+        ca_pem: server_ca().to_string(),
+        cert_pem: String::new(),
+        key_pem: String::new(),
+    });
+    let ca = files.ca();
+    for (mode, host, expected) in [
+        ("disable", "127.0.0.1", false),
+        ("prefer", "127.0.0.1", true),
+        ("require", "127.0.0.1", true),
+        // The certificate names `localhost`, not the address: verify-ca
+        // checks the chain only.
+        ("verify-ca", "127.0.0.1", true),
+        ("verify-full", "localhost", true),
+    ] {
+        let text = config(host, &server_tls(mode, Some(&ca)));
+        let ssl = server_side_ssl(&text)
+            .await
+            .unwrap_or_else(|e| panic!("{mode} via {host}: {e}"));
+        assert_eq!(ssl, expected, "{mode} via {host}");
+    }
+
+    // verify-full compares the host name: the address is not in the
+    // certificate.
+    let e = server_side_ssl(&config("127.0.0.1", &server_tls("verify-full", Some(&ca))))
+        .await
+        .expect_err("verify-full must refuse a certificate for another name");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert!(db.code().code().starts_with("08"), "{db:?}");
+    assert!(
+        db.message().contains("certificate not valid for name"),
+        "{}",
+        db.message()
+    );
+    assert!(db.message().contains("server_tls"), "{}", db.message());
+
+    // A CA that did not issue the server's certificate.
+    let stranger = PkiFiles::write(&issue("some other CA", &["localhost"]));
+    let e = server_side_ssl(&config(
+        "localhost",
+        &server_tls("verify-ca", Some(&stranger.ca())),
+    ))
+    .await
+    .expect_err("verify-ca must refuse an unknown issuer");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert!(db.message().contains("UnknownIssuer"), "{}", db.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_tls_require_refuses_a_server_without_tls() {
+    server_ca();
+    let plain_pg = tokio::task::spawn_blocking(|| {
+        let pg = pgharbor::scratch_pg::ScratchPostgres::start().expect("second Postgres");
+        pg.create_user(USER, PASSWORD, "scram-sha-256")
+            .expect("user");
+        pg
+    })
+    .await
+    .expect("start");
+    let text = config("127.0.0.1", &server_tls("require", None)).replace(
+        &format!("port = {}", pg().port()),
+        &format!("port = {}\ndbname = \"postgres\"", plain_pg.port()),
+    );
+    let e = server_side_ssl(&text)
+        .await
+        .expect_err("require must refuse a plaintext server");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert!(db.code().code().starts_with("08"), "{db:?}");
+    assert!(
+        db.message()
+            .contains("does not accept TLS, and server_tls.mode = require requires it"),
+        "{}",
+        db.message()
+    );
+    // prefer falls back to plaintext with the same server.
+    let text = text.replace("mode = \"require\"", "mode = \"prefer\"");
+    assert!(!server_side_ssl(&text).await.expect("prefer connects"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_both_sides_carries_large_results_copies_and_pipelines() {
+    let files = PkiFiles::write(&issue("pgharbor test client CA", &["localhost"]));
+    let server_files = PkiFiles::write(&Pki {
+        ca_pem: server_ca().to_string(),
+        cert_pem: String::new(),
+        key_pem: String::new(),
+    });
+    let text = config(
+        "localhost",
+        &format!(
+            "{}{}",
+            client_tls("require", &files),
+            server_tls("verify-full", Some(&server_files.ca()))
+        ),
+    );
+    let proxy = start_proxy_with(&text).await;
+    let tls = conninfo(&proxy, USER, "app", &verify_full(&files.ca()));
+
+    // About 20 MB from the server, through two TLS connections.
+    let out = tokio::task::spawn_blocking({
+        let tls = tls.clone();
+        move || {
+            psql_tls(
+                &tls,
+                "select repeat('x', 1000) from generate_series(1, 20000)",
+            )
+        }
+    })
+    .await
+    .expect("psql");
+    assert_succeeded(&out);
+    assert_eq!(out.stdout.len(), 20000 * 1001);
+    assert!(out.stdout.iter().all(|&b| b == b'x' || b == b'\n'));
+
+    // About 10 MB toward the server with COPY FROM STDIN.
+    psql_tls(&tls, "create table if not exists tls_copy (line text)");
+    psql_tls(&tls, "truncate tls_copy");
+    let line = "y".repeat(999);
+    let out = tokio::task::spawn_blocking({
+        let tls = tls.clone();
+        move || {
+            use std::io::Write;
+            let mut child = psql_args(&tls, PASSWORD, &["-c", "\\copy tls_copy from stdin"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("psql");
+            let mut stdin = child.stdin.take().expect("stdin");
+            for _ in 0..10_000 {
+                writeln!(stdin, "{line}").expect("write to psql");
+            }
+            drop(stdin);
+            child.wait_with_output().expect("psql")
+        }
+    })
+    .await
+    .expect("copy");
+    assert_succeeded(&out);
+    let out = psql_tls(&tls, "select count(*), sum(length(line)) from tls_copy");
+    assert_succeeded(&out);
+    assert_eq!(stdout(&out), "10000|9990000");
+
+    // pgbench pipelines extended-protocol batches through both TLS links.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("pipeline.sql");
+    std::fs::write(
+        &script,
+        "\\startpipeline\nselect 1;\nselect repeat('z', 5000);\nselect 3;\n\\endpipeline\n",
+    )
+    .expect("script");
+    let out = tokio::task::spawn_blocking({
+        let tls = tls.clone();
+        move || {
+            Command::new(bin("pgbench"))
+                .args(["-n", "-M", "extended", "-c", "4", "-j", "2", "-t", "300"])
+                .arg("-f")
+                .arg(&script)
+                .arg(&tls)
+                .env("PGPASSWORD", PASSWORD)
+                .output()
+                .expect("pgbench")
+        }
+    })
+    .await
+    .expect("pgbench");
+    assert_succeeded(&out);
+    let report = stdout(&out);
+    assert!(
+        report.contains("number of transactions actually processed: 1200/1200"),
+        "{report}"
+    );
+    assert!(
+        report.contains("number of failed transactions: 0"),
+        "{report}"
+    );
+}
