@@ -173,15 +173,7 @@ async fn a_plaintext_cancel_stops_a_tls_clients_query() {
     let pid = child.id();
     let direct = connect_direct().await;
     let started = eventually(Duration::from_secs(20), || async {
-        let n: i64 = direct
-            .query_one(
-                "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'",
-                &[],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
-        n == 1
+        backends(&direct, "select pg_sleep(60)", "= 'active'").await == 1
     })
     .await;
     assert!(started, "the query never started");
@@ -226,16 +218,9 @@ async fn a_tls_client_that_vanishes_mid_transaction_leaves_nothing_behind() {
     .spawn()
     .expect("psql");
     let direct = connect_direct().await;
+    let query = "begin; insert into tls_vanish%";
     let running = eventually(Duration::from_secs(20), || async {
-        let n: i64 = direct
-            .query_one(
-                "select count(*) from pg_stat_activity where query like 'begin; insert into tls_vanish%' and state = 'active'",
-                &[],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
-        n == 1
+        backends(&direct, query, "= 'active'").await == 1
     })
     .await;
     assert!(running, "the transaction never started");
@@ -244,15 +229,7 @@ async fn a_tls_client_that_vanishes_mid_transaction_leaves_nothing_behind() {
     // The query is cancelled and the transaction rolled back: the server
     // is idle again (or gone), and the row was never committed.
     let settled = eventually(Duration::from_secs(20), || async {
-        let n: i64 = direct
-            .query_one(
-                "select count(*) from pg_stat_activity where query like 'begin; insert into tls_vanish%' and state <> 'idle'",
-                &[],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
-        n == 0
+        backends(&direct, query, "<> 'idle'").await == 0
     })
     .await;
     assert!(
@@ -397,4 +374,16 @@ fn pem_to_der(pem: &str) -> Vec<u8> {
 fn sha256(bytes: &[u8]) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).to_vec()
+}
+
+/// Backends whose query text is like `query` and whose state matches
+/// `state` (an SQL comparison such as `= 'active'`).
+async fn backends(direct: &tokio_postgres::Client, query: &str, state: &str) -> i64 {
+    let sql =
+        format!("select count(*) from pg_stat_activity where query like $1 and state {state}");
+    direct
+        .query_one(&sql, &[&query])
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
 }
