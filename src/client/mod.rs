@@ -1,6 +1,7 @@
 //! One client connection: startup and authentication, login to a pool, and
 //! the relay loop with its pinning rules.
 
+mod accept;
 mod buffers;
 mod drop_database;
 mod expect;
@@ -17,4 +18,5 @@ mod session_state;
 pub mod startup;
 mod wait;
 
-pub use session::{serve, SessionError};
+pub use accept::serve;
+pub use session::SessionError;
