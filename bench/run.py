@@ -36,9 +36,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER = "bench"
 PASSWORD = "bench"
 DBNAME = "bench"
-TARGETS = ["direct", "relay", "pgbouncer", "pgharbor"]
-LABEL = {"direct": "direct", "relay": "relay", "pgbouncer": "PgBouncer", "pgharbor": "pgharbor"}
-POOLERS = ["relay", "pgbouncer", "pgharbor"]  # processes whose CPU we measure
+TARGETS = ["direct", "relay", "pgbouncer", "pgharbor", "base"]
+LABEL = {"direct": "direct", "relay": "relay", "pgbouncer": "PgBouncer", "pgharbor": "pgharbor",
+         "base": "pgharbor base"}
+POOLERS = ["relay", "pgbouncer", "pgharbor", "base"]  # processes whose CPU we measure
 
 # workload name -> pgbench arguments
 WORKLOADS = {
@@ -451,9 +452,12 @@ admin_users = {USER}
     log(f"{env.pgbouncer_version} on 127.0.0.1:{port} (pid {p.pid})")
 
 
-def start_pgharbor(env: Env, args) -> None:
+def start_pgharbor(env: Env, args, name: str = "pgharbor") -> None:
+    """Starts pgharbor as target `name`: "pgharbor" (the build under test)
+    or "base" (the binary given with --base-bin)."""
+    binary = args.base_bin if name == "base" else env.pgharbor_bin
     port = free_port()
-    env.ports["pgharbor"] = port
+    env.ports[name] = port
     if args.secret == "verifier":
         secret = psql(env, f"SELECT rolpassword FROM pg_authid WHERE rolname = '{USER}'").strip()
     else:
@@ -484,19 +488,19 @@ name = "{USER}"
 password = "{secret}"
 auth_type = "scram-sha-256"
 """
-    path = os.path.join(env.tmp, "pgharbor.toml")
+    path = os.path.join(env.tmp, f"{name}.toml")
     with open(path, "w") as f:
         f.write(cfg)
-    out = open(os.path.join(env.tmp, "pgharbor.log"), "w")
+    out = open(os.path.join(env.tmp, f"{name}.log"), "w")
     e = {**_base_env(), "PGHARBOR_LOG": os.environ.get("PGHARBOR_LOG", "warn")}
     import shlex
     wrapper = shlex.split(args.pgharbor_wrapper) if args.pgharbor_wrapper else []
-    p = subprocess.Popen(wrapper + [env.pgharbor_bin, "--config", path], cwd=env.tmp, env=e, stdout=out,
+    p = subprocess.Popen(wrapper + [binary, "--config", path], cwd=env.tmp, env=e, stdout=out,
                          stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=raise_nofile)
-    PROCS.add("pgharbor", p, signal.SIGTERM)
-    env.pids["pgharbor"] = p.pid
-    wait_port(port, p, "pgharbor", timeout=120 if wrapper else 30)
-    log(f"pgharbor on 127.0.0.1:{port} (pid {p.pid})")
+    PROCS.add(name, p, signal.SIGTERM)
+    env.pids[name] = p.pid
+    wait_port(port, p, name, timeout=120 if wrapper else 30)
+    log(f"{LABEL[name]} ({binary}) on 127.0.0.1:{port} (pid {p.pid})")
 
 
 def start_relay(env: Env) -> None:
@@ -891,6 +895,18 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
             row.append(fmt(pr(w, c, "pgharbor", "relay", "cpu_us_per_txn"), 2))
         L.append("| " + " | ".join(row) + " |")
     L.append("")
+    if "pgharbor" in targets and "base" in targets:
+        L.append("## This build against the base build")
+        L.append("")
+        L.append(f"Base: `{args.base_bin}`. Ratios: median over rounds of the ratio within each round.")
+        L.append("")
+        L.append("| workload | clients | TPS pgharbor / base | CPU µs/txn pgharbor vs base | CPU pgharbor / base |")
+        L.append("|---|---|---|---|---|")
+        for (w, c) in cells:
+            L.append(f"| {w} | {c} | {fmt(pr(w, c, 'pgharbor', 'base', 'tps'), 2)} | "
+                     f"{fmt(g(w, c, 'pgharbor', 'cpu_us'), 1)} vs {fmt(g(w, c, 'base', 'cpu_us'), 1)} | "
+                     f"{fmt(pr(w, c, 'pgharbor', 'base', 'cpu_us_per_txn'), 2)} |")
+        L.append("")
     L.append("## Latency (ms): average / p99")
     L.append("")
     hdr = ["workload", "clients"] + [LABEL[t] for t in targets]
@@ -968,6 +984,9 @@ def parse_args():
                     help="clients connect with TLS (sslmode=require) to every target: Postgres (direct and "
                          "through the relay), PgBouncer and pgharbor share one self-signed certificate; the "
                          "poolers reach Postgres in plaintext; idle clients hold TLS connections too")
+    ap.add_argument("--base-bin", metavar="BIN",
+                    help="a second pgharbor binary (say, an earlier commit's release build) run as target "
+                         "'base' beside the build under test, interleaved, with a table of their ratios")
     ap.add_argument("--no-build", action="store_true", help="reuse the last release build")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     ap.add_argument("--keep-tmp", action="store_true")
@@ -1007,7 +1026,8 @@ def make_cells(a) -> list[tuple[str, int]]:
 def render_only(args) -> int:
     with open(args.render_only) as f:
         d = json.load(f)
-    a = argparse.Namespace(**{"connect_rate": 40, "pgharbor_wrapper": None, "warmup": 0, **d["args"]})
+    a = argparse.Namespace(**{"connect_rate": 40, "pgharbor_wrapper": None, "warmup": 0, "tls": False,
+                               "base_bin": None, **d["args"]})
     runs = [Run(**r) for r in d["runs"]]
     targets = d.get("targets") or a.targets.split(",")
     cells = [tuple(c) for c in d.get("cells") or []]
@@ -1032,6 +1052,10 @@ def main() -> int:
     if args.render_only:
         return render_only(args)
     targets = [t for t in args.targets.split(",") if t]
+    if args.base_bin and "base" not in targets:
+        targets.append("base")
+    if "base" in targets and not args.base_bin:
+        raise BenchError("target base needs --base-bin")
     for t in targets:
         if t not in TARGETS:
             raise BenchError(f"unknown target {t!r}")
@@ -1068,6 +1092,8 @@ def main() -> int:
             start_pgbouncer(env, args)
         if "pgharbor" in targets:
             start_pgharbor(env, args)
+        if "base" in targets:
+            start_pgharbor(env, args, "base")
         total = args.rounds * len(cells) * len(targets)
         n = 0
         log(f"{len(cells)} cells × {len(targets)} targets × {args.rounds} rounds × {args.duration} s "
