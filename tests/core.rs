@@ -209,6 +209,37 @@ async fn each_waiting_client_times_out_at_its_own_deadline() {
     assert!(served_at >= free_at, "served while the server was held");
 }
 
+/// Clients waiting for a busy pool get its server in the order they began
+/// to wait: a server given back goes to the first in line, not to whoever
+/// asks next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_clients_are_served_in_the_order_they_came() {
+    let (proxy, holder) = pool_of_one_held("30s").await;
+    let mut waits = Vec::new();
+    for n in 0..5i32 {
+        let client = connect(&proxy, "app").await;
+        // One round trip (a simple query): with the extended protocol a
+        // client's prepare and its execution would wait in line apart.
+        waits.push(tokio::spawn(async move {
+            client
+                .batch_execute(&format!("select {n}, pg_sleep(0.05)"))
+                .await
+                .expect("served once the server is free");
+            (n, std::time::Instant::now())
+        }));
+        // Each is in line before the next asks.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    let mut done = Vec::new();
+    for w in waits {
+        done.push(w.await.unwrap());
+    }
+    done.sort_by_key(|(_, at)| *at);
+    let order: Vec<i32> = done.iter().map(|(n, _)| *n).collect();
+    assert_eq!(order, [0, 1, 2, 3, 4]);
+}
+
 /// Query texts are in the client's encoding: a LATIN1 client's 'é' is the
 /// single byte 0xE9, which is not UTF-8. It reaches Postgres as sent (and
 /// comes back as sent), in a plain statement and in one pgharbor inspects

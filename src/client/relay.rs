@@ -28,6 +28,7 @@ use super::wait::{Event, Wait, Wants};
 use crate::config::PoolMode;
 use crate::listen::PendingListens;
 use crate::net::Stream;
+use crate::pool::{PooledServer, SlowCheckout as PoolCheckout};
 use crate::protocol::frame::{read_cstr_bytes, Step};
 use crate::protocol::{backend, sqlstate, PgError};
 
@@ -40,9 +41,9 @@ const HIGH_WATER: usize = 256 * 1024;
 /// or not (a task is as large as its largest state).
 pub(super) type Ending<'a> = Pin<Box<dyn Future<Output = Result<(), SessionError>> + Send + 'a>>;
 
-/// A checkout that must wait, connect or be refused; `Some` ends the
-/// session.
-type SlowCheckout<'a> = Pin<Box<dyn Future<Output = Option<Result<(), SessionError>>> + Send + 'a>>;
+/// A checkout that could not finish at once: the clock at its start, and
+/// the server or the wait it got.
+type Unfinished = (Instant, Result<PooledServer, PoolCheckout>);
 
 /// Message types a client may send after login.
 fn is_frontend_tag(tag: u8) -> bool {
@@ -433,8 +434,8 @@ impl Session {
                             continue;
                         }
                     }
-                    if let Some(slow) = self.ensure_server() {
-                        if let Some(end) = slow.await {
+                    if let Some(unfinished) = self.ensure_server() {
+                        if let Some(end) = self.finish_checkout(unfinished).await {
                             return Ok(Some(end));
                         }
                     }
@@ -482,8 +483,8 @@ impl Session {
                     if self.server.is_none() {
                         self.forward_ready(ready);
                         ready = 0;
-                        if let Some(slow) = self.ensure_server() {
-                            if let Some(end) = slow.await {
+                        if let Some(unfinished) = self.ensure_server() {
+                            if let Some(end) = self.finish_checkout(unfinished).await {
                                 return Ok(Some(end));
                             }
                         }
@@ -520,11 +521,9 @@ impl Session {
     }
 
     /// Borrows a server if the client has none and one is free now;
-    /// otherwise the wait (or connect, or refusal) to await, whose `Some`
-    /// ends the session. A plain function with the slow part boxed: the
-    /// awaiting caller's future, part of every client task, then holds a
-    /// pointer rather than the checkout's state.
-    fn ensure_server(&mut self) -> Option<SlowCheckout<'_>> {
+    /// otherwise returns the checkout for [`Session::finish_checkout`]. A
+    /// plain function: the common case builds no future.
+    fn ensure_server(&mut self) -> Option<Unfinished> {
         if self.server.is_some() {
             return None;
         }
@@ -535,14 +534,48 @@ impl Session {
                 self.txn.started.get_or_insert(now);
                 None
             }
-            Err(attempt) => Some(Box::pin(self.ensure_server_slow(now, attempt))),
+            Err(attempt) => Some((now, attempt)),
         }
     }
 
-    async fn ensure_server_slow(
+    /// Finishes a checkout [`Session::ensure_server`] began; `Some` ends
+    /// the session. The wait in line, the common case once clients
+    /// outnumber servers, is awaited here without a box (its state is a
+    /// ticket), and the server it brings is taken at once when idle, fit
+    /// and in sync. Connecting, health checks, settings and refusals are
+    /// boxed: their state would otherwise be part of every client task (a
+    /// task is as large as its largest state).
+    async fn finish_checkout(
+        &mut self,
+        (now, attempt): Unfinished,
+    ) -> Option<Result<(), SessionError>> {
+        let attempt = match attempt {
+            Err(PoolCheckout::Wait(line)) => match self.pool.wait_in_line(line, now).await {
+                Ok((permit, then)) => self.pool.lend_now(permit, then),
+                Err(e) => {
+                    let e = self.checkout_failed(e);
+                    return Some(self.send_fatal(e).await);
+                }
+            },
+            other => other,
+        };
+        let attempt = match attempt {
+            Ok(pooled) => match self.take_if_in_sync(pooled) {
+                Ok(()) => {
+                    self.txn.started.get_or_insert(now);
+                    return None;
+                }
+                Err(pooled) => Ok(pooled),
+            },
+            other => other,
+        };
+        Box::pin(self.checkout_slow_path(now, attempt)).await
+    }
+
+    async fn checkout_slow_path(
         &mut self,
         now: Instant,
-        attempt: Result<crate::pool::PooledServer, crate::pool::SlowCheckout>,
+        attempt: Result<PooledServer, PoolCheckout>,
     ) -> Option<Result<(), SessionError>> {
         match self.acquire_server_slow(attempt).await {
             Ok(()) => {

@@ -225,13 +225,27 @@ impl Session {
         // counts that), so the client states add up to the clients.
         self.pool.stats.clients_idle.dec();
         match self.pool.checkout_now(now) {
-            Ok(pooled) if pooled.server.params_in_sync(&self.reported, &self.other) => {
-                self.pool.stats.clients_active.inc();
-                self.take_server(pooled);
-                Ok(())
-            }
-            attempt => Err(attempt),
+            Ok(pooled) => self.take_if_in_sync(pooled).map_err(Ok),
+            Err(slow) => Err(Err(slow)),
         }
+    }
+
+    /// Takes `pooled` if its settings are already the client's; gives it
+    /// back otherwise, to be synced by [`Session::acquire_server_slow`].
+    pub(super) fn take_if_in_sync(&mut self, pooled: PooledServer) -> Result<(), PooledServer> {
+        if !pooled.server.params_in_sync(&self.reported, &self.other) {
+            return Err(pooled);
+        }
+        self.pool.stats.clients_active.inc();
+        self.take_server(pooled);
+        Ok(())
+    }
+
+    /// The error a client gets for a checkout that failed; the client is
+    /// idle again.
+    pub(super) fn checkout_failed(&self, e: CheckoutError) -> PgError {
+        self.pool.stats.clients_idle.inc();
+        checkout_error(e)
     }
 
     /// Waits for a server, connects, checks or syncs one, after
@@ -243,12 +257,9 @@ impl Session {
         let stats = &self.pool.stats;
         let mut pooled = match attempt {
             Ok(pooled) => pooled,
-            Err((permit, due)) => match self.pool.checkout_slow(permit, due).await {
+            Err(slow) => match self.pool.checkout_slow(slow).await {
                 Ok(pooled) => pooled,
-                Err(e) => {
-                    self.pool.stats.clients_idle.inc();
-                    return Err(checkout_error(e));
-                }
+                Err(e) => return Err(self.checkout_failed(e)),
             },
         };
         stats.clients_active.inc();

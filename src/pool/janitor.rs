@@ -62,14 +62,15 @@ fn sweep(pool: &Pool) {
 async fn top_up(pool: &Arc<Pool>) {
     let min = pool.settings.min_pool_size;
     while pool.in_use() + pool.idle_count() < min {
-        let Ok(permit) = pool.permits.clone().try_acquire_owned() else {
+        let Some(permit) = pool.try_permit() else {
             return;
         };
         let Ok(server) = pool.open_server().await else {
             return;
         };
         let generation = pool.generation.load(std::sync::atomic::Ordering::Acquire);
-        drop(permit);
+        // Idle before the permit goes back, for a client it may wake.
         pool.put_idle(server, generation, std::time::Instant::now());
+        drop(permit);
     }
 }

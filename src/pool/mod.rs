@@ -3,6 +3,7 @@
 
 mod inspect;
 mod janitor;
+mod slots;
 mod waiting;
 
 pub use inspect::{ServerInfo, ServerState, ServerTicket};
@@ -12,12 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use crate::config::{DatabaseConfig, PoolDefaults, UserConfig};
 use crate::metrics::{Metrics, PoolStats};
 use crate::server::{Server, ServerError, ServerTarget};
-use waiting::WaitingList;
+use slots::Slots;
+pub(crate) use waiting::{InLine, Permit};
 
 /// Distinct client parameter maps a pool remembers for sharing; a bound,
 /// so a login compares with a few maps at most.
@@ -64,9 +66,9 @@ pub struct Pool {
     /// transaction (see [`PooledServer::server`]).
     #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<Server>>>,
-    /// One permit per server a client may hold; tokio's semaphore queues
-    /// waiters in FIFO order, which is the wait queue.
-    permits: Arc<Semaphore>,
+    /// One permit per server a client may hold, and the clients waiting
+    /// for one, in order (see `slots.rs`).
+    slots: Mutex<Slots>,
     pub stats: PoolStats,
     /// Server parameters as a fresh server reports them: what clients with
     /// default settings are told at login.
@@ -77,14 +79,9 @@ pub struct Pool {
     /// Servers opened before the current generation are closed on return
     /// (RECONNECT, DROP DATABASE retries).
     generation: AtomicU64,
-    /// PAUSE: checkouts wait while true.
-    paused: watch::Sender<bool>,
     closed: AtomicBool,
     /// Every open server, for the admin console (see `inspect`).
     servers: Arc<inspect::ServerList>,
-    /// The clients now waiting for a server, in the order they began to
-    /// wait (SHOW POOLS maxwait). Touched only on the waiting path.
-    waiting: Mutex<WaitingList>,
     /// Tells the wait timer (see `waiting`) that a client began to wait
     /// while nobody else did.
     wait_timer: Arc<Notify>,
@@ -97,14 +94,19 @@ pub struct PooledServer {
     /// several times per transaction, and moving a pointer is cheaper than
     /// moving the whole struct each time.
     pub server: Box<Server>,
-    pool: Arc<Pool>,
     generation: u64,
-    _permit: OwnedSemaphorePermit,
+    /// Also the way to the pool.
+    permit: Permit,
 }
 
-/// What the fast checkout leaves to the slow one: the permit it got, and
-/// the idle server it found due for a health check.
-pub(crate) type SlowCheckout = (Option<OwnedSemaphorePermit>, Option<Box<Server>>);
+/// What the fast checkout leaves to the slow one.
+pub(crate) enum SlowCheckout {
+    /// No permit was free: the client's place in line.
+    Wait(InLine),
+    /// A permit, and the idle server found due for a health check, if
+    /// any (none: a server is to be opened, unless one is idle by then).
+    Permit(Permit, Option<Box<Server>>),
+}
 
 impl Pool {
     pub fn new(
@@ -116,7 +118,7 @@ impl Pool {
         stats.pool_size.set(settings.pool_size as i64);
         let pool = Arc::new(Pool {
             key: Arc::new(key),
-            permits: Arc::new(Semaphore::new(settings.pool_size)),
+            slots: Mutex::new(Slots::new(settings.pool_size)),
             settings,
             target,
             idle: Mutex::new(Vec::new()),
@@ -124,10 +126,8 @@ impl Pool {
             template: Mutex::new(None),
             shared_params: Mutex::default(),
             generation: AtomicU64::new(0),
-            paused: watch::channel(false).0,
             closed: AtomicBool::new(false),
             servers: Arc::default(),
-            waiting: Mutex::default(),
             wait_timer: Arc::default(),
         });
         janitor::spawn(&pool);
@@ -150,7 +150,7 @@ impl Pool {
 
     /// Servers currently lent to clients.
     pub fn in_use(&self) -> usize {
-        self.settings.pool_size - self.permits.available_permits()
+        self.slots().in_use(self.settings.pool_size)
     }
 
     pub fn idle_count(&self) -> usize {
@@ -168,53 +168,70 @@ impl Pool {
             Ok(pooled) => Ok(pooled),
             // Boxed: waiting, health checks and connecting are rare, and
             // this future is part of every client task's.
-            Err((permit, due)) => Box::pin(self.checkout_slow(permit, due)).await,
+            Err(slow) => Box::pin(self.checkout_slow(slow)).await,
         }
     }
 
     /// The common case without awaiting: a free permit and an idle server
-    /// that needs no check. Otherwise hands [`Pool::checkout_slow`] the
-    /// permit, if it got one, and the server due for a check, if any.
+    /// that needs no check. Otherwise the client's place in line (listed as
+    /// waiting since `now`), or the permit and the idle server due for a
+    /// check, for [`Pool::checkout_slow`].
     pub(crate) fn checkout_now(
         self: &Arc<Self>,
         now: Instant,
     ) -> Result<PooledServer, SlowCheckout> {
-        // No wait, so no timer or subscription.
-        let permit = self.permit_now().ok_or((None, None))?;
+        let permit = self.permit_or_line(now).map_err(SlowCheckout::Wait)?;
         self.stats.wait_seconds.observe(0.0);
+        self.lend_now(permit, now)
+    }
+
+    /// With a permit: the most recently used idle server, if it needs no
+    /// health check.
+    pub(crate) fn lend_now(
+        self: &Arc<Self>,
+        permit: Permit,
+        now: Instant,
+    ) -> Result<PooledServer, SlowCheckout> {
         let generation = self.generation.load(Ordering::Acquire);
         match self.pop_reusable(generation, now) {
             Some(server) if !self.due_for_check(&server, now) => {
                 Ok(self.lend(server, generation, permit))
             }
-            server => Err((Some(permit), server)),
+            server => Err(SlowCheckout::Permit(permit, server)),
         }
+    }
+
+    /// Waits out `line` (entered at `since`), counting the wait in
+    /// `pgharbor_pool_wait_seconds`; the permit and the clock at its end.
+    pub(crate) async fn wait_in_line(
+        &self,
+        line: InLine,
+        since: Instant,
+    ) -> Result<(Permit, Instant), CheckoutError> {
+        let permit = line.await;
+        let now = Instant::now();
+        self.stats
+            .wait_seconds
+            .observe(now.saturating_duration_since(since).as_secs_f64());
+        Ok((permit?, now))
     }
 
     pub(crate) async fn checkout_slow(
         self: &Arc<Self>,
-        permit: Option<OwnedSemaphorePermit>,
-        due: Option<Box<Server>>,
+        slow: SlowCheckout,
     ) -> Result<PooledServer, CheckoutError> {
-        let (permit, now) = match permit {
-            Some(p) => (p, Instant::now()),
-            None => {
-                let started = Instant::now();
-                self.stats.clients_waiting.inc();
-                let permit = self.acquire_permit(started).await;
-                self.stats.clients_waiting.dec();
-                let now = Instant::now();
-                self.stats
-                    .wait_seconds
-                    .observe(now.saturating_duration_since(started).as_secs_f64());
-                (permit?, now)
+        let (permit, due, now) = match slow {
+            SlowCheckout::Permit(p, due) => (p, due, Instant::now()),
+            SlowCheckout::Wait(line) => {
+                let since = line.since();
+                let (permit, now) = self.wait_in_line(line, since).await?;
+                (permit, None, now)
             }
         };
         let generation = self.generation.load(Ordering::Acquire);
         // After a wait, the server just given back is usually idle and fit:
         // lend it without the health check's and the login's states, which
-        // are boxed below so that a waiting client's future stays small
-        // (it is boxed and moved once per wait; 1,424 bytes before).
+        // are boxed below.
         let due = match due {
             Some(server) => server,
             None => match self.pop_reusable(generation, now) {
@@ -235,7 +252,7 @@ impl Pool {
         server: Box<Server>,
         generation: u64,
         now: Instant,
-        permit: OwnedSemaphorePermit,
+        permit: Permit,
     ) -> Result<PooledServer, CheckoutError> {
         let mut next = Some(server);
         while let Some(mut server) = next.take().or_else(|| self.pop_reusable(generation, now)) {
@@ -255,7 +272,7 @@ impl Pool {
     async fn open_and_lend(
         self: &Arc<Self>,
         generation: u64,
-        permit: OwnedSemaphorePermit,
+        permit: Permit,
     ) -> Result<PooledServer, CheckoutError> {
         let server = self.open_server().await?;
         Ok(self.lend(server, generation, permit))
@@ -281,25 +298,14 @@ impl Pool {
         self: &Arc<Self>,
         server: Box<Server>,
         generation: u64,
-        permit: OwnedSemaphorePermit,
+        permit: Permit,
     ) -> PooledServer {
         self.stats.servers_active.inc();
         PooledServer {
             server,
-            pool: self.clone(),
             generation,
-            _permit: permit,
+            permit,
         }
-    }
-
-    /// A permit at once, if one is free and the pool is not paused. Never
-    /// jumps the queue: tokio's semaphore hands a returned permit to the
-    /// first waiter before it counts as free.
-    fn permit_now(&self) -> Option<OwnedSemaphorePermit> {
-        if self.is_paused() {
-            return None;
-        }
-        self.permits.clone().try_acquire_owned().ok()
     }
 
     /// Opens a new server connection (the caller holds a permit for it).
@@ -416,22 +422,10 @@ impl Pool {
         drained.len()
     }
 
-    pub fn pause(&self) {
-        self.paused.send_replace(true);
-    }
-
-    pub fn resume(&self) {
-        self.paused.send_replace(false);
-    }
-
-    pub fn is_paused(&self) -> bool {
-        *self.paused.borrow()
-    }
-
     /// Stops lending and drops idle servers (shutdown).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.permits.close();
+        self.close_slots();
         self.reconnect();
     }
 }
@@ -465,22 +459,26 @@ impl PooledServer {
     pub fn release(self, now: Instant) {
         let PooledServer {
             server,
-            pool,
             generation,
-            _permit,
+            permit,
         } = self;
+        let pool = &permit.pool;
         pool.stats.servers_active.dec();
+        // Idle before the permit goes back: a client woken by it finds
+        // this server.
         pool.put_idle(server, generation, now);
+        drop(permit);
     }
 
     /// Closes the server instead of returning it.
     pub fn discard(self) {
-        self.pool.stats.servers_active.dec();
-        tracing::debug!(pool = %self.pool.key, server_id = self.server.id, "server connection closed");
+        let pool = &self.permit.pool;
+        pool.stats.servers_active.dec();
+        tracing::debug!(pool = %pool.key, server_id = self.server.id, "server connection closed");
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
+        &self.permit.pool
     }
 }
 
