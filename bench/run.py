@@ -987,6 +987,9 @@ def parse_args():
     ap.add_argument("--base-bin", metavar="BIN",
                     help="a second pgharbor binary (say, an earlier commit's release build) run as target "
                          "'base' beside the build under test, interleaved, with a table of their ratios")
+    ap.add_argument("--bin", metavar="BIN",
+                    help="the pgharbor binary to run as target 'pgharbor' (say, bench/pgo.sh's) instead of "
+                         "the release build; the helper examples still come from the release build")
     ap.add_argument("--no-build", action="store_true", help="reuse the last release build")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     ap.add_argument("--keep-tmp", action="store_true")
@@ -1085,6 +1088,8 @@ def main() -> int:
             env.idle_bin = os.path.join(tdir, "release", "examples", "idle_clients")
         else:
             env.pgharbor_bin, env.relay_bin, env.idle_bin = build(args)
+        if args.bin:
+            env.pgharbor_bin = os.path.abspath(args.bin)
         start_postgres(env, args)
         if "relay" in targets:
             start_relay(env)

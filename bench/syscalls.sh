@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# System calls and context switches per transaction of pgharbor and
+# PgBouncer, counted by the kernel's tracepoints (`perf stat`), which do not
+# drift with the machine's load the way CPU time does.
+#
+#   bench/syscalls.sh [-c CLIENTS] [-t TXNS] [-M simple|extended|prepared] [--rounds N] [--bin BIN]
+#
+# One scratch Postgres (scale 1), PgBouncer (transaction mode, pool 20,
+# SCRAM with the plain secret) and pgharbor (the same), both on loopback.
+# For each round and pooler: a warm-up pgbench run, then `perf stat` attached
+# to the pooler's process around `pgbench -n -S -M MODE -c CLIENTS -j 2 -t
+# TXNS`; counts are divided by the transactions (logins included, CLIENTS
+# of them). `task-clock` (ms per transaction) is CPU time, shown for
+# reference: tracing makes it larger than untraced.
+set -euo pipefail
+
+clients=16
+txns=3000
+mode=simple
+rounds=2
+bin=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -c) clients="$2"; shift 2 ;;
+        -t) txns="$2"; shift 2 ;;
+        -M) mode="$2"; shift 2 ;;
+        --rounds) rounds="$2"; shift 2 ;;
+        --bin) bin="$(realpath "$2")"; shift 2 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+root="$(cd "$(dirname "$0")/.." && pwd)"
+if [[ -z "$bin" ]]; then
+    (cd "$root" && cargo build --release --bin pgharbor 2>&1 | tail -n 1)
+    bin="$root/target/release/pgharbor"
+fi
+command -v perf >/dev/null || apt-get install -y linux-perf >/dev/null
+command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || apt-get install -y pgbouncer >/dev/null
+pgbouncer_bin="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+pg_bin="$(dirname "$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n1)")"
+
+tmp="$(mktemp -d /tmp/pgharbor-syscalls-XXXXXX)"
+chmod 755 "$tmp"
+as_pg=()
+if [[ "$(id -u)" == 0 ]]; then
+    chown postgres: "$tmp"
+    as_pg=(runuser -u postgres --)
+fi
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    [[ -f "$tmp/pgbouncer.pid" ]] && kill "$(cat "$tmp/pgbouncer.pid")" 2>/dev/null || true
+    "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    exit 1
+}
+
+pg_port="$(free_port)"
+harbor_port="$(free_port)"
+bouncer_port="$(free_port)"
+echo postgres > "$tmp/pw"
+"${as_pg[@]}" "$pg_bin/initdb" -D "$tmp/data" -U postgres --pwfile="$tmp/pw" \
+    --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null
+"${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/data" -w -l "$tmp/pg.log" \
+    -o "-p $pg_port -k $tmp -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100" start >/dev/null
+"$pg_bin/psql" -X -q -h "$tmp" -p "$pg_port" -U postgres \
+    -c "create role app login password 'secret'" -c "create database app owner app"
+PGPASSWORD=secret "$pg_bin/pgbench" -i -q -s 1 -h 127.0.0.1 -p "$pg_port" -U app app >/dev/null 2>&1
+
+cat > "$tmp/pgharbor.toml" <<EOF
+[proxy]
+listen_addr = "127.0.0.1:$harbor_port"
+max_client_conn = 10000
+[server_tls]
+mode = "disable"
+[pool]
+pool_size = 20
+[[databases]]
+name = "app"
+port = $pg_port
+[[users]]
+name = "app"
+password = "secret"
+auth_type = "scram-sha-256"
+EOF
+cat > "$tmp/pgbouncer.ini" <<EOF
+[databases]
+app = host=127.0.0.1 port=$pg_port dbname=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $tmp/users.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 10000
+log_connections = 0
+log_disconnections = 0
+logfile = $tmp/pgbouncer.log
+pidfile = $tmp/pgbouncer.pid
+EOF
+echo '"app" "secret"' > "$tmp/users.txt"
+[[ ${#as_pg[@]} -gt 0 ]] && chown postgres: "$tmp/pgbouncer.ini" "$tmp/users.txt"
+
+PGHARBOR_LOG=warn "$bin" -c "$tmp/pgharbor.toml" >"$tmp/pgharbor.log" 2>&1 &
+harbor_pid=$!
+pids+=("$harbor_pid")
+"${as_pg[@]}" "$pgbouncer_bin" -d "$tmp/pgbouncer.ini" >/dev/null
+wait_port "$harbor_port"
+wait_port "$bouncer_port"
+bouncer_pid="$(cat "$tmp/pgbouncer.pid")"
+
+events=raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom
+events+=,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_ctl,context-switches,task-clock
+pgbench() {
+    PGPASSWORD=secret "$pg_bin/pgbench" -n -S -M "$mode" -c "$clients" -j 2 -h 127.0.0.1 -U app "$@" app
+}
+echo "select-only -M $mode, $clients clients x $txns transactions; counts per transaction"
+printf '%-10s %5s %8s %8s %8s %8s %10s %8s %10s %8s\n' pooler round syscalls sendto recvfrom \
+    epoll_wait epoll_ctl switches task-ms tps
+for round in $(seq 1 "$rounds"); do
+    for target in "pgharbor $harbor_port $harbor_pid" "pgbouncer $bouncer_port $bouncer_pid"; do
+        read -r name port pid <<<"$target"
+        pgbench -p "$port" -t 200 >/dev/null 2>&1
+        perf stat -x, -e "$events" -p "$pid" -o "$tmp/perf.$name" &
+        perf_pid=$!
+        sleep 0.3
+        tps="$(pgbench -p "$port" -t "$txns" 2>&1 | awk '/^tps/ { printf "%.0f", $3 }')"
+        kill -INT "$perf_pid"
+        wait "$perf_pid" 2>/dev/null || true
+        awk -F, -v n=$((clients * txns)) -v name="$name" -v round="$round" -v tps="$tps" '
+            $1 ~ /^[0-9.]+$/ { v[$3] = $1 / n }
+            END {
+                printf "%-10s %5d %8.3f %8.3f %8.3f %8.3f %10.3f %8.3f %10.4f %8s\n", name, round,
+                    v["raw_syscalls:sys_enter"], v["syscalls:sys_enter_sendto"],
+                    v["syscalls:sys_enter_recvfrom"], v["syscalls:sys_enter_epoll_wait"],
+                    v["syscalls:sys_enter_epoll_ctl"], v["context-switches"], v["task-clock"], tps
+            }' "$tmp/perf.$name"
+    done
+done
