@@ -970,7 +970,8 @@ def parse_args():
     ap.add_argument("--clients", help="comma-separated client counts (default 1,16,64,500)")
     ap.add_argument("--workloads", help="comma-separated workloads: " + ",".join(WORKLOADS))
     ap.add_argument("--churn-clients", type=int, default=16, help="clients for the -C churn cell (default 16)")
-    ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
+    ap.add_argument("--targets", default=",".join(t for t in TARGETS if t != "base"),
+                    help="comma-separated subset of " + ",".join(TARGETS) + " (base: with --base-bin, which adds it)")
     ap.add_argument("--idle", help="comma-separated idle client counts (default 1000,10000; quick 1000; '' to skip)")
     ap.add_argument("--idle-concurrency", type=int, default=32, help="handshakes in flight when opening idle clients")
     ap.add_argument("--idle-timeout", type=int, default=600, help="seconds allowed to open the idle clients")
