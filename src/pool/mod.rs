@@ -209,11 +209,17 @@ impl Pool {
         since: Instant,
     ) -> Result<(Permit, Instant), CheckoutError> {
         let permit = line.await;
+        let now = self.waited_since(since);
+        Ok((permit?, now))
+    }
+
+    /// Counts a wait that began at `since` and ended now; the clock now.
+    pub(crate) fn waited_since(&self, since: Instant) -> Instant {
         let now = Instant::now();
         self.stats
             .wait_seconds
             .observe(now.saturating_duration_since(since).as_secs_f64());
-        Ok((permit?, now))
+        now
     }
 
     pub(crate) async fn checkout_slow(
