@@ -550,7 +550,7 @@ impl Session {
     /// outnumber servers, is awaited here (its state is a ticket), and the
     /// server it brings is taken at once when idle, fit and in sync.
     /// Connecting, health checks, settings and refusals are boxed apart,
-    /// so that this future, boxed once per wait, stays small.
+    /// so that their state is not part of this future, boxed once per wait.
     async fn finish_checkout(
         &mut self,
         (now, attempt): Unfinished,
