@@ -3,20 +3,22 @@
 
 mod inspect;
 mod janitor;
+mod registry;
 mod slots;
 mod waiting;
 
 pub use inspect::{ServerInfo, ServerState, ServerTicket};
+pub use registry::Pools;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::config::{DatabaseConfig, PoolDefaults, UserConfig};
-use crate::metrics::{Metrics, PoolStats};
+use crate::config::PoolDefaults;
+use crate::metrics::PoolStats;
 use crate::server::{Server, ServerError, ServerTarget};
 use slots::Slots;
 pub(crate) use waiting::{InLine, Permit};
@@ -485,139 +487,6 @@ impl PooledServer {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.permit.pool
-    }
-}
-
-/// What the admin console paused: pools created later start paused too.
-#[derive(Debug, Default)]
-struct Paused {
-    all: bool,
-    databases: std::collections::HashSet<String>,
-}
-
-/// Every pool of this instance.
-pub struct Pools {
-    map: RwLock<HashMap<PoolKey, Arc<Pool>>>,
-    metrics: Arc<Metrics>,
-    paused: RwLock<Paused>,
-}
-
-impl Pools {
-    pub fn new(metrics: Arc<Metrics>) -> Pools {
-        Pools {
-            map: RwLock::new(HashMap::new()),
-            metrics,
-            paused: RwLock::default(),
-        }
-    }
-
-    /// PAUSE of every pool (`None`) or of one database's pools, including
-    /// pools first opened while the pause lasts.
-    pub fn pause(&self, database: Option<&str>) {
-        {
-            let mut p = self.paused.write().unwrap_or_else(|e| e.into_inner());
-            match database {
-                None => p.all = true,
-                Some(db) => {
-                    p.databases.insert(db.to_string());
-                }
-            }
-        }
-        self.matching(database).iter().for_each(|p| p.pause());
-    }
-
-    /// RESUME of every pool (`None`: ends every pause) or of one database.
-    pub fn resume(&self, database: Option<&str>) {
-        {
-            let mut p = self.paused.write().unwrap_or_else(|e| e.into_inner());
-            match database {
-                None => *p = Paused::default(),
-                Some(db) => {
-                    p.databases.remove(db);
-                }
-            }
-        }
-        self.matching(database).iter().for_each(|p| p.resume());
-    }
-
-    fn matching(&self, database: Option<&str>) -> Vec<Arc<Pool>> {
-        self.all()
-            .into_iter()
-            .filter(|p| database.is_none_or(|db| p.key.database == db))
-            .collect()
-    }
-
-    /// The pool for (database, user), created on first use.
-    pub fn get_or_create(
-        &self,
-        db: &DatabaseConfig,
-        user: &UserConfig,
-        defaults: &PoolDefaults,
-        tls: &Arc<crate::tls::ServerTls>,
-    ) -> Arc<Pool> {
-        let key = PoolKey {
-            database: db.name.clone(),
-            user: user.name.clone(),
-        };
-        if let Some(p) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return p.clone();
-        }
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(key.clone())
-            .or_insert_with(|| {
-                let settings = db.pool_settings(defaults);
-                let target = ServerTarget {
-                    host: db.host.clone(),
-                    port: db.port,
-                    dbname: db.server_dbname().to_string(),
-                    user: user.name.clone(),
-                    password: (!user.password.is_empty()).then(|| user.password.clone()),
-                    connect_timeout: settings.server_connect_timeout,
-                    tls: tls.clone(),
-                };
-                let stats = self.metrics.pool_stats(&key.database, &key.user);
-                let paused = {
-                    let p = self.paused.read().unwrap_or_else(|e| e.into_inner());
-                    p.all || p.databases.contains(&key.database)
-                };
-                let pool = Pool::new(key, settings, target, stats);
-                if paused {
-                    pool.pause();
-                }
-                pool
-            })
-            .clone()
-    }
-
-    /// A snapshot of all pools, sorted by key.
-    pub fn all(&self) -> Vec<Arc<Pool>> {
-        let mut v: Vec<_> = self
-            .map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| a.key.cmp(&b.key));
-        v
-    }
-
-    /// Closes the idle servers of every pool whose servers are connected to
-    /// database `dbname` at `host`:`port` (as RECONNECT does), so that
-    /// `DROP DATABASE` does not find pgharbor's sessions in its way; servers
-    /// in use close when they are returned. Returns how many were closed.
-    pub fn close_idle_to(&self, host: &str, port: u16, dbname: &str) -> usize {
-        self.all()
-            .iter()
-            .filter(|p| p.target.port == port && p.target.host == host && p.target.dbname == dbname)
-            .map(|p| p.reconnect())
-            .sum()
-    }
-
-    pub fn close_all(&self) {
-        for p in self.all() {
-            p.close();
-        }
     }
 }
 
