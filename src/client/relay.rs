@@ -41,10 +41,6 @@ const HIGH_WATER: usize = 256 * 1024;
 /// or not (a task is as large as its largest state).
 pub(super) type Ending<'a> = Pin<Box<dyn Future<Output = Result<(), SessionError>> + Send + 'a>>;
 
-/// A checkout that could not finish at once: the clock at its start, and
-/// the server or the wait it got.
-type Unfinished = (Instant, Result<PooledServer, PoolCheckout>);
-
 /// [`Session::finish_checkout`], boxed; `Some` ends the session.
 type SlowCheckout<'a> = Pin<Box<dyn Future<Output = Option<Result<(), SessionError>>> + Send + 'a>>;
 
@@ -541,37 +537,29 @@ impl Session {
                 self.txn.started.get_or_insert(now);
                 None
             }
-            Err(attempt) => Some(Box::pin(self.finish_checkout((now, attempt)))),
+            Err(attempt) => Some(Box::pin(self.finish_checkout(now, attempt))),
         }
     }
 
-    /// Finishes a checkout [`Session::ensure_server`] began; `Some` ends
-    /// the session. The wait in line, the common case once clients
-    /// outnumber servers, is awaited here (its state is a ticket), and the
-    /// server it brings is taken at once when idle, fit and in sync.
-    /// Connecting, health checks, settings and refusals are boxed apart,
-    /// so that their state is not part of this future, boxed once per wait.
+    /// Finishes a checkout [`Session::ensure_server`] began at `now`;
+    /// `Some` ends the session. The wait in line, the common case once
+    /// clients outnumber servers, is awaited here, and the server it brings
+    /// is taken at once when idle, fit and in sync. Connecting, health
+    /// checks and settings are boxed apart, so that their state is not
+    /// part of this future, boxed once per wait.
     async fn finish_checkout(
         &mut self,
-        (now, attempt): Unfinished,
+        now: Instant,
+        attempt: Result<PooledServer, PoolCheckout>,
     ) -> Option<Result<(), SessionError>> {
         let attempt = match attempt {
-            Err(PoolCheckout::Wait(mut line)) => {
-                // Awaited by reference: the wait's state is the ticket
-                // itself, not a future built around it.
-                let waited = (&mut line).await;
-                drop(line);
-                match waited {
-                    Ok(permit) => {
-                        let then = self.pool.waited_since(now);
-                        self.pool.lend_now(permit, then)
-                    }
-                    Err(e) => {
-                        let e = self.checkout_failed(e);
-                        return Some(self.send_fatal(e).await);
-                    }
+            Err(PoolCheckout::Wait(line)) => match line.await {
+                Ok((permit, then)) => self.pool.lend_now(permit, then),
+                Err(e) => {
+                    let e = self.checkout_failed(e);
+                    return Some(self.send_fatal(e).await);
                 }
-            }
+            },
             other => other,
         };
         let attempt = match attempt {
@@ -584,11 +572,7 @@ impl Session {
             },
             other => other,
         };
-        // Boxed in a statement of its own: a temporary of the awaiting
-        // statement would be kept in this future's state, unboxed (about
-        // 700 bytes more in every client task).
-        let slow = Box::pin(self.checkout_slow_path(now, attempt));
-        slow.await
+        Box::pin(self.checkout_slow_path(now, attempt)).await
     }
 
     async fn checkout_slow_path(

@@ -203,27 +203,6 @@ impl Pool {
         }
     }
 
-    /// Waits out `line` (entered at `since`), counting the wait in
-    /// `pgharbor_pool_wait_seconds`; the permit and the clock at its end.
-    pub(crate) async fn wait_in_line(
-        &self,
-        line: InLine,
-        since: Instant,
-    ) -> Result<(Permit, Instant), CheckoutError> {
-        let permit = line.await;
-        let now = self.waited_since(since);
-        Ok((permit?, now))
-    }
-
-    /// Counts a wait that began at `since` and ended now; the clock now.
-    pub(crate) fn waited_since(&self, since: Instant) -> Instant {
-        let now = Instant::now();
-        self.stats
-            .wait_seconds
-            .observe(now.saturating_duration_since(since).as_secs_f64());
-        now
-    }
-
     pub(crate) async fn checkout_slow(
         self: &Arc<Self>,
         slow: SlowCheckout,
@@ -231,8 +210,7 @@ impl Pool {
         let (permit, due, now) = match slow {
             SlowCheckout::Permit(p, due) => (p, due, Instant::now()),
             SlowCheckout::Wait(line) => {
-                let since = line.since();
-                let (permit, now) = self.wait_in_line(line, since).await?;
+                let (permit, now) = line.await?;
                 (permit, None, now)
             }
         };

@@ -9,7 +9,7 @@
 //! waiting clients for SHOW POOLS: one lock per checkout and per return
 //! instead of two, and a wait whose state is a ticket number
 //! (`bench/marginal.sh -c 64`, select-only: 7,430 instructions per
-//! transaction before, 6,818 after).
+//! transaction before, 6,748 after).
 
 use std::collections::VecDeque;
 use std::task::Waker;

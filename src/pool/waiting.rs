@@ -31,10 +31,9 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        // Woken once the lock is released.
         let woken = self.pool.slots().give_back();
-        if let Some(w) = woken {
-            w.wake();
-        }
+        wake_all(woken);
     }
 }
 
@@ -46,61 +45,56 @@ impl std::fmt::Debug for Permit {
     }
 }
 
-/// A client's place in line. Dropped before its wait ends (the client
-/// left), it leaves the line, passing on a permit granted meanwhile.
-/// Counted in `pgharbor_pool_clients_waiting` while it exists.
-pub(crate) struct Ticket {
+/// A client's place in line, and its wait: a permit and the clock as the
+/// wait ended (the wait counted in `pgharbor_pool_wait_seconds`), or the
+/// reason there is none. Dropped before its wait ends (the client left), it leaves the
+/// line, passing on a permit granted meanwhile. Counted in
+/// `pgharbor_pool_clients_waiting` while it exists.
+pub(crate) struct InLine {
     pool: Arc<Pool>,
     id: u64,
+    /// When the wait began.
     since: Instant,
+    /// The ticket left the line (it does as its wait ends).
     done: bool,
 }
 
-impl Drop for Ticket {
+impl Drop for InLine {
     fn drop(&mut self) {
         self.pool.stats.clients_waiting.dec();
         if !self.done {
             let woken = self.pool.slots().leave(self.id);
-            if let Some(w) = woken {
-                w.wake();
-            }
+            wake_all(woken);
         }
-    }
-}
-
-/// The wait of a [`Ticket`]: a permit, or the reason there is none.
-/// Small (a pointer and a number), so a client's task can await it
-/// without boxing.
-pub(crate) struct InLine {
-    ticket: Ticket,
-}
-
-impl InLine {
-    /// When the wait began.
-    pub(crate) fn since(&self) -> Instant {
-        self.ticket.since
     }
 }
 
 impl Future for InLine {
-    type Output = Result<Permit, CheckoutError>;
+    type Output = Result<(Permit, Instant), CheckoutError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let t = &mut self.get_mut().ticket;
-        let (polled, woken) = t.pool.slots().poll(t.id, cx.waker());
-        if let Some(w) = woken {
-            w.wake();
-        }
+        let line = self.get_mut();
+        let (polled, woken) = line.pool.slots().poll(line.id, cx.waker());
+        wake_all(woken);
         let out = match polled {
             Polled::Pending => return Poll::Pending,
-            Polled::Granted => Ok(Permit {
-                pool: t.pool.clone(),
-            }),
-            Polled::Expired => Err(t.pool.wait_timed_out()),
-            Polled::Closed => Err(CheckoutError::Closed(PoolKey::clone(&t.pool.key))),
+            Polled::Granted => {
+                let now = Instant::now();
+                line.pool
+                    .stats
+                    .wait_seconds
+                    .observe(now.saturating_duration_since(line.since).as_secs_f64());
+                Ok((
+                    Permit {
+                        pool: line.pool.clone(),
+                    },
+                    now,
+                ))
+            }
+            Polled::Expired => Err(line.pool.wait_timed_out()),
+            Polled::Closed => Err(CheckoutError::Closed(PoolKey::clone(&line.pool.key))),
         };
-        // The ticket left the line as it was looked at.
-        t.done = true;
+        line.done = true;
         Poll::Ready(out)
     }
 }
@@ -135,12 +129,10 @@ impl Pool {
         }
         self.stats.clients_waiting.inc();
         Err(InLine {
-            ticket: Ticket {
-                pool: self.clone(),
-                id,
-                since,
-                done: false,
-            },
+            pool: self.clone(),
+            id,
+            since,
+            done: false,
         })
     }
 
@@ -160,7 +152,8 @@ impl Pool {
     }
 }
 
-fn wake_all(wakers: Vec<Waker>) {
+/// Wakes what a change to the slots returned, once their lock is released.
+fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
     wakers.into_iter().for_each(Waker::wake);
 }
 
