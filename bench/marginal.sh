@@ -35,30 +35,9 @@ done
 t1="${runs%,*}"
 t2="${runs#*,}"
 command -v valgrind >/dev/null || { echo "valgrind is required (apt-get install valgrind)" >&2; exit 1; }
-pg_bin="$(dirname "$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n1)")"
-
-tmp="$(mktemp -d /tmp/pgharbor-marginal-XXXXXX)"
-chmod 755 "$tmp"
-as_pg=()
-if [[ "$(id -u)" == 0 ]]; then
-    chown postgres: "$tmp"
-    as_pg=(runuser -u postgres --)
-fi
-pg_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-cleanup() {
-    "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-echo postgres > "$tmp/pw"
-"${as_pg[@]}" "$pg_bin/initdb" -D "$tmp/data" -U postgres --pwfile="$tmp/pw" \
-    --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null
-"${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/data" -w -l "$tmp/pg.log" \
-    -o "-p $pg_port -k $tmp -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100" start >/dev/null
-psql_admin=("$pg_bin/psql" -X -q -h "$tmp" -p "$pg_port" -U postgres)
-"${psql_admin[@]}" -c "create role app login password 'secret'" -c "create database app owner app"
-PGPASSWORD=secret "$pg_bin/pgbench" -i -q -s 1 -h 127.0.0.1 -p "$pg_port" -U app app >/dev/null 2>&1
+# shellcheck source=bench/scratch.sh
+source "$(dirname "$0")/scratch.sh"
+scratch_start marginal
 
 client_tls=""
 ssl_env=()
@@ -73,31 +52,14 @@ fi
 count() {
     local bin="$1" per_client="$2"
     local port out
-    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    port="$(free_port)"
     out="$tmp/cg.$port.out"
-    cat > "$tmp/pgharbor.toml" <<EOF
-[proxy]
-listen_addr = "127.0.0.1:$port"
-[server_tls]
-mode = "disable"
-$client_tls
-[pool]
-pool_size = 20
-[[databases]]
-name = "app"
-port = $pg_port
-[[users]]
-name = "app"
-password = "secret"
-auth_type = "scram-sha-256"
-EOF
+    pgharbor_config "$tmp/pgharbor.toml" "$port" "$client_tls"
     PGHARBOR_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$bin" -c "$tmp/pgharbor.toml" >"$tmp/pgharbor.log" 2>&1 &
     local pid=$!
-    for _ in $(seq 1 600); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-        sleep 0.1
-    done
+    # Under valgrind the start takes a while.
+    wait_port "$port" 60 || { kill "$pid"; exit 1; }
     env PGPASSWORD=secret "${ssl_env[@]}" "$pg_bin/pgbench" -n -S -M "$mode" -c "$clients" -j 2 \
         -t "$per_client" -h 127.0.0.1 -p "$port" -U app app >"$tmp/pgbench.log" 2>&1 \
         || { cat "$tmp/pgbench.log" >&2; kill "$pid"; exit 1; }

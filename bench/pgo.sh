@@ -38,59 +38,20 @@ profdata="$sysroot/lib/rustlib/$host/bin/llvm-profdata"
 if [[ ! -x "$profdata" ]]; then
     rustup component add llvm-tools >/dev/null
 fi
-pg_bin="$(dirname "$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n1)")"
-
-tmp="$(mktemp -d /tmp/pgharbor-pgo-XXXXXX)"
-chmod 755 "$tmp"
-as_pg=()
-if [[ "$(id -u)" == 0 ]]; then
-    chown postgres: "$tmp"
-    as_pg=(runuser -u postgres --)
-fi
-cleanup() {
-    "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+# shellcheck source=bench/scratch.sh
+source "$root/bench/scratch.sh"
+scratch_start pgo
 
 echo "[pgo] instrumented build (target/pgo-gen)"
 mkdir -p "$tmp/profiles"
 RUSTFLAGS="-Cprofile-generate=$tmp/profiles" \
     cargo build --release --bin pgharbor --target-dir target/pgo-gen 2>&1 | tail -n 1
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-pg_port="$(free_port)"
-echo postgres > "$tmp/pw"
-"${as_pg[@]}" "$pg_bin/initdb" -D "$tmp/data" -U postgres --pwfile="$tmp/pw" \
-    --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null
-"${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/data" -w -l "$tmp/pg.log" \
-    -o "-p $pg_port -k $tmp -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100" start >/dev/null
-"$pg_bin/psql" -X -q -h "$tmp" -p "$pg_port" -U postgres \
-    -c "create role app login password 'secret'" -c "create database app owner app"
-PGPASSWORD=secret "$pg_bin/pgbench" -i -q -s 1 -h 127.0.0.1 -p "$pg_port" -U app app >/dev/null 2>&1
-
 port="$(free_port)"
-cat > "$tmp/pgharbor.toml" <<EOF
-[proxy]
-listen_addr = "127.0.0.1:$port"
-[server_tls]
-mode = "disable"
-[pool]
-pool_size = 20
-[[databases]]
-name = "app"
-port = $pg_port
-[[users]]
-name = "app"
-password = "secret"
-auth_type = "scram-sha-256"
-EOF
+pgharbor_config "$tmp/pgharbor.toml" "$port"
 PGHARBOR_LOG=warn target/pgo-gen/release/pgharbor -c "$tmp/pgharbor.toml" >"$tmp/pgharbor.log" 2>&1 &
 pid=$!
-for _ in $(seq 1 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-done
+wait_port "$port" || { kill "$pid"; exit 1; }
 bench() {
     echo "[pgo] training: pgbench $*"
     PGPASSWORD=secret "$pg_bin/pgbench" -n -j 2 -h 127.0.0.1 -p "$port" -U app "$@" app \

@@ -39,61 +39,13 @@ fi
 command -v perf >/dev/null || apt-get install -y linux-perf >/dev/null
 command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || apt-get install -y pgbouncer >/dev/null
 pgbouncer_bin="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
-pg_bin="$(dirname "$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n1)")"
-
-tmp="$(mktemp -d /tmp/pgharbor-syscalls-XXXXXX)"
-chmod 755 "$tmp"
-as_pg=()
-if [[ "$(id -u)" == 0 ]]; then
-    chown postgres: "$tmp"
-    as_pg=(runuser -u postgres --)
-fi
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    [[ -f "$tmp/pgbouncer.pid" ]] && kill "$(cat "$tmp/pgbouncer.pid")" 2>/dev/null || true
-    "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on port $1" >&2
-    exit 1
-}
-
-pg_port="$(free_port)"
+# shellcheck source=bench/scratch.sh
+source "$root/bench/scratch.sh"
+scratch_start syscalls
+scratch_on_exit '[[ -f "$tmp/pgbouncer.pid" ]] && kill "$(cat "$tmp/pgbouncer.pid")" 2>/dev/null'
 harbor_port="$(free_port)"
 bouncer_port="$(free_port)"
-echo postgres > "$tmp/pw"
-"${as_pg[@]}" "$pg_bin/initdb" -D "$tmp/data" -U postgres --pwfile="$tmp/pw" \
-    --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null
-"${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/data" -w -l "$tmp/pg.log" \
-    -o "-p $pg_port -k $tmp -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100" start >/dev/null
-"$pg_bin/psql" -X -q -h "$tmp" -p "$pg_port" -U postgres \
-    -c "create role app login password 'secret'" -c "create database app owner app"
-PGPASSWORD=secret "$pg_bin/pgbench" -i -q -s 1 -h 127.0.0.1 -p "$pg_port" -U app app >/dev/null 2>&1
-
-cat > "$tmp/pgharbor.toml" <<EOF
-[proxy]
-listen_addr = "127.0.0.1:$harbor_port"
-max_client_conn = 10000
-[server_tls]
-mode = "disable"
-[pool]
-pool_size = 20
-[[databases]]
-name = "app"
-port = $pg_port
-[[users]]
-name = "app"
-password = "secret"
-auth_type = "scram-sha-256"
-EOF
+pgharbor_config "$tmp/pgharbor.toml" "$harbor_port"
 cat > "$tmp/pgbouncer.ini" <<EOF
 [databases]
 app = host=127.0.0.1 port=$pg_port dbname=app
@@ -116,7 +68,7 @@ echo '"app" "secret"' > "$tmp/users.txt"
 
 PGHARBOR_LOG=warn "$bin" -c "$tmp/pgharbor.toml" >"$tmp/pgharbor.log" 2>&1 &
 harbor_pid=$!
-pids+=("$harbor_pid")
+scratch_on_exit "kill $harbor_pid 2>/dev/null"
 "${as_pg[@]}" "$pgbouncer_bin" -d "$tmp/pgbouncer.ini" >/dev/null
 wait_port "$harbor_port"
 wait_port "$bouncer_port"
