@@ -739,8 +739,8 @@ def ratio(a, b):
     return a / b
 
 
-def paired_ratio(runs: list[Run], w: str, c: int, a: str, b: str, key: str):
-    """Median over rounds of (a / b) within the same round.
+def paired_ratios(runs: list[Run], w: str, c: int, a: str, b: str, key: str) -> list[float]:
+    """(a / b) within each round where both ran.
 
     Rounds of different targets run next to each other, so a ratio taken inside
     a round cancels most of the machine's drift (other jobs, thermal) that a
@@ -751,7 +751,21 @@ def paired_ratio(runs: list[Run], w: str, c: int, a: str, b: str, key: str):
         if r.workload == w and r.clients == c and r.exit_code == 0 and r.tps is not None:
             by[(r.target, r.round)] = getattr(r, key)
     rs = [ratio(by.get((a, n)), by.get((b, n))) for n in sorted({n for (_, n) in by})]
-    return median(rs)
+    return [x for x in rs if x is not None]
+
+
+def paired_ratio(runs: list[Run], w: str, c: int, a: str, b: str, key: str):
+    """Median over rounds of (a / b) within the same round."""
+    return median(paired_ratios(runs, w, c, a, b, key))
+
+
+def ratio_range(runs: list[Run], w: str, c: int, a: str, b: str, key: str) -> str:
+    """The lowest and highest per-round ratio: how far one round's verdict can
+    be from another's, next to the median the verdict is taken from."""
+    rs = paired_ratios(runs, w, c, a, b, key)
+    if len(rs) < 2:
+        return "—"
+    return f"{min(rs):.2f}–{max(rs):.2f}"
 
 
 def summarize(runs: list[Run], cells: list[tuple[str, int]], targets: list[str]) -> dict:
@@ -775,17 +789,18 @@ def summarize(runs: list[Run], cells: list[tuple[str, int]], targets: list[str])
     return summary
 
 
-def headline(S, pr, cells, targets, idle) -> list[str]:
-    """The issue's targets, checked against this run's medians."""
+def headline(S, pr, rr, cells, targets, idle) -> list[str]:
+    """The issue's targets, checked against this run's medians, with the
+    range of the per-round ratios beside each ratio."""
     if not {"pgharbor", "pgbouncer"} <= set(targets):
         return []
     g = lambda w, c, t, k: (S.get((w, c, t)) or {}).get(k)
     rows = []
 
-    def check(what, value, goal, ok, nd=2):
+    def check(what, value, goal, ok, nd=2, spread="—"):
         v = fmt(value, nd) if isinstance(value, (int, float)) or value is None else value
         verdict = "—" if ok is None else ("met" if ok else "**not met**")
-        rows.append(f"| {what} | {v} | {goal} | {verdict} |")
+        rows.append(f"| {what} | {v} | {spread} | {goal} | {verdict} |")
 
     def cmp(a, b, le):
         if a is None or b is None:
@@ -795,21 +810,26 @@ def headline(S, pr, cells, targets, idle) -> list[str]:
     for (w, c) in cells:
         if w in ("select-simple", "select-extended", "tpcb-like") and c in (16, 500) or (w, c) == ("churn", 16):
             r = pr(w, c, "pgharbor", "pgbouncer", "tps")
-            check(f"{w} {c}: TPS pgharbor / PgBouncer", r, "≥ 1.0", cmp(r, 1.0, False))
+            check(f"{w} {c}: TPS pgharbor / PgBouncer", r, "≥ 1.0", cmp(r, 1.0, False),
+                  spread=rr(w, c, "pgharbor", "pgbouncer", "tps"))
             if "direct" in targets and (w, c) in (("select-simple", 16), ("select-extended", 16)):
                 r = pr(w, c, "pgharbor", "direct", "tps")
-                check(f"{w} {c}: TPS pgharbor / direct", r, "≥ 0.90", cmp(r, 0.90, False))
+                check(f"{w} {c}: TPS pgharbor / direct", r, "≥ 0.90", cmp(r, 0.90, False),
+                      spread=rr(w, c, "pgharbor", "direct", "tps"))
             if "direct" in targets and w == "tpcb-like" and c >= 256:
                 r = pr(w, c, "pgharbor", "direct", "tps")
-                check(f"{w} {c}: TPS pgharbor / direct", r, "≥ 1.0", cmp(r, 1.0, False))
+                check(f"{w} {c}: TPS pgharbor / direct", r, "≥ 1.0", cmp(r, 1.0, False),
+                      spread=rr(w, c, "pgharbor", "direct", "tps"))
             r = pr(w, c, "pgharbor", "pgbouncer", "cpu_us_per_txn")
             goal = 0.2 if w == "churn" else 1.0
             check(f"{w} {c}: CPU/txn pgharbor / PgBouncer "
                   f"({fmt(g(w, c, 'pgharbor', 'cpu_us'), 1)} vs {fmt(g(w, c, 'pgbouncer', 'cpu_us'), 1)} µs)",
-                  r, f"≤ {goal}", cmp(r, goal, True))
+                  r, f"≤ {goal}", cmp(r, goal, True),
+                  spread=rr(w, c, "pgharbor", "pgbouncer", "cpu_us_per_txn"))
             if "relay" in targets and w != "churn" and c == 16:
                 r = pr(w, c, "pgharbor", "relay", "cpu_us_per_txn")
-                check(f"{w} {c}: CPU/txn pgharbor / relay", r, "≤ 1.25", cmp(r, 1.25, True))
+                check(f"{w} {c}: CPU/txn pgharbor / relay", r, "≤ 1.25", cmp(r, 1.25, True),
+                      spread=rr(w, c, "pgharbor", "relay", "cpu_us_per_txn"))
     if "direct" in targets:
         for (w, c) in cells:
             if c == 1 and w == "select-simple":
@@ -828,7 +848,9 @@ def headline(S, pr, cells, targets, idle) -> list[str]:
             k = i.get("kib_per_client")
             check(f"idle memory at {i['clients']:,} clients, KiB/client", k, "≤ 2", cmp(k, 2.0, True))
     return ["## Targets from the performance issue (medians of this run)", "",
-            "| check | value | target | |", "|---|---|---|---|"] + rows + [""]
+            "Ratios are medians over rounds of the ratio within each round; *rounds* is the "
+            "lowest and highest of those per-round ratios.", "",
+            "| check | value | rounds | target | |", "|---|---|---|---|---|"] + rows + [""]
 
 
 def tps_cell(s) -> str:
@@ -845,6 +867,7 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
     S = summarize(runs, cells, targets)
     g = lambda w, c, t, k: (S.get((w, c, t)) or {}).get(k)
     pr = lambda w, c, a, b, k: paired_ratio(runs, w, c, a, b, k)
+    rr = lambda w, c, a, b, k: ratio_range(runs, w, c, a, b, k)
     L = []
     L.append(f"# pgharbor benchmark — {started}")
     L.append("")
@@ -857,7 +880,7 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
              f"{'clients connect with TLS (sslmode=require; poolers to Postgres in plaintext); ' if args.tls else ''}"
              f"took {elapsed / 60:.1f} min.")
     L.append("")
-    L += headline(S, pr, cells, targets, idle)
+    L += headline(S, pr, rr, cells, targets, idle)
     L.append("## Throughput (TPS) and pooler CPU per transaction")
     L.append("")
     L.append("TPS and CPU µs/txn: medians over rounds. Ratios: median over rounds of the ratio "
