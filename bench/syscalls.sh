@@ -12,7 +12,9 @@
 # TXNS`; counts are divided by the transactions (logins included, CLIENTS
 # of them). CPU time per transaction, user and system, comes from
 # /proc/PID/stat (10 ms ticks) around the same run: tracing adds to the
-# system time, not to the user time.
+# system time, not to the user time. `vol` and `invol` split the context
+# switches (from /proc/PID/status): the pooler slept in epoll_wait, or was
+# preempted while it had work.
 set -euo pipefail
 
 clients=16
@@ -78,13 +80,15 @@ events=raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvf
 events+=,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_ctl,context-switches
 # utime and stime of a process, in clock ticks.
 ticks() { awk '{ sub(/.*\) /, ""); print $12, $13 }' "/proc/$1/stat"; }
+# voluntary and involuntary context switches of a process so far.
+switches() { awk '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { n = $2 } END { print v, n }' "/proc/$1/status"; }
 hz="$(getconf CLK_TCK)"
 pgbench() {
     PGPASSWORD=secret "$pg_bin/pgbench" -n -S -M "$mode" -c "$clients" -j 2 -h 127.0.0.1 -U app "$@" app
 }
 echo "select-only -M $mode, $clients clients x $txns transactions; counts per transaction"
-printf '%-10s %5s %8s %8s %8s %10s %9s %8s %7s %7s %7s\n' pooler round syscalls sendto recvfrom \
-    epoll_wait epoll_ctl switches user-us sys-us tps
+printf '%-10s %5s %8s %8s %8s %10s %9s %8s %6s %6s %7s %7s %7s\n' pooler round syscalls sendto recvfrom \
+    epoll_wait epoll_ctl switches vol invol user-us sys-us tps
 for round in $(seq 1 "$rounds"); do
     for target in "pgharbor $harbor_port $harbor_pid" "pgbouncer $bouncer_port $bouncer_pid"; do
         read -r name port pid <<<"$target"
@@ -93,18 +97,22 @@ for round in $(seq 1 "$rounds"); do
         perf_pid=$!
         sleep 0.3
         read -r u0 s0 <<<"$(ticks "$pid")"
+        read -r v0 i0 <<<"$(switches "$pid")"
         tps="$(pgbench -p "$port" -t "$txns" 2>&1 | awk '/^tps/ { printf "%.0f", $3 }')"
         read -r u1 s1 <<<"$(ticks "$pid")"
+        read -r v1 i1 <<<"$(switches "$pid")"
         kill -INT "$perf_pid"
         wait "$perf_pid" 2>/dev/null || true
         awk -F, -v n=$((clients * txns)) -v name="$name" -v round="$round" -v tps="$tps" \
-            -v user=$(((u1 - u0) * 1000000 / hz)) -v sys=$(((s1 - s0) * 1000000 / hz)) '
+            -v user=$(((u1 - u0) * 1000000 / hz)) -v sys=$(((s1 - s0) * 1000000 / hz)) \
+            -v vol=$((v1 - v0)) -v invol=$((i1 - i0)) '
             $1 ~ /^[0-9.]+$/ { v[$3] = $1 / n }
             END {
-                printf "%-10s %5d %8.3f %8.3f %8.3f %10.3f %9.3f %8.3f %7.1f %7.1f %7s\n", name, round,
+                printf "%-10s %5d %8.3f %8.3f %8.3f %10.3f %9.3f %8.3f %6.3f %6.3f %7.1f %7.1f %7s\n", name, round,
                     v["raw_syscalls:sys_enter"], v["syscalls:sys_enter_sendto"],
                     v["syscalls:sys_enter_recvfrom"], v["syscalls:sys_enter_epoll_wait"],
-                    v["syscalls:sys_enter_epoll_ctl"], v["context-switches"], user / n, sys / n, tps
+                    v["syscalls:sys_enter_epoll_ctl"], v["context-switches"], vol / n, invol / n,
+                    user / n, sys / n, tps
             }' "$tmp/perf.$name"
     done
 done
