@@ -28,7 +28,7 @@ use super::wait::{Event, Wait, Wants};
 use crate::config::PoolMode;
 use crate::listen::PendingListens;
 use crate::net::Stream;
-use crate::pool::{PooledServer, SlowCheckout as PoolCheckout};
+use crate::pool::{PooledServer, SlowCheckout};
 use crate::protocol::frame::{read_cstr_bytes, Step};
 use crate::protocol::{backend, sqlstate, PgError};
 
@@ -42,7 +42,8 @@ const HIGH_WATER: usize = 256 * 1024;
 pub(super) type Ending<'a> = Pin<Box<dyn Future<Output = Result<(), SessionError>> + Send + 'a>>;
 
 /// [`Session::finish_checkout`], boxed; `Some` ends the session.
-type SlowCheckout<'a> = Pin<Box<dyn Future<Output = Option<Result<(), SessionError>>> + Send + 'a>>;
+type FinishingCheckout<'a> =
+    Pin<Box<dyn Future<Output = Option<Result<(), SessionError>>> + Send + 'a>>;
 
 /// Message types a client may send after login.
 fn is_frontend_tag(tag: u8) -> bool {
@@ -526,7 +527,7 @@ impl Session {
     /// rather than the checkout's state (awaited in place, at the two
     /// places that take a server, it made every client's task 384 bytes
     /// larger: 1,192 against 808).
-    fn ensure_server(&mut self) -> Option<SlowCheckout<'_>> {
+    fn ensure_server(&mut self) -> Option<FinishingCheckout<'_>> {
         if self.server.is_some() {
             return None;
         }
@@ -550,10 +551,10 @@ impl Session {
     async fn finish_checkout(
         &mut self,
         now: Instant,
-        attempt: Result<PooledServer, PoolCheckout>,
+        attempt: Result<PooledServer, SlowCheckout>,
     ) -> Option<Result<(), SessionError>> {
         let attempt = match attempt {
-            Err(PoolCheckout::Wait(line)) => match line.await {
+            Err(SlowCheckout::Wait(line)) => match line.await {
                 Ok((permit, then)) => self.pool.lend_now(permit, then),
                 Err(e) => {
                     let e = self.checkout_failed(e);
@@ -578,7 +579,7 @@ impl Session {
     async fn checkout_slow_path(
         &mut self,
         now: Instant,
-        attempt: Result<PooledServer, PoolCheckout>,
+        attempt: Result<PooledServer, SlowCheckout>,
     ) -> Option<Result<(), SessionError>> {
         match self.acquire_server_slow(attempt).await {
             Ok(()) => {
