@@ -47,8 +47,8 @@ impl std::fmt::Debug for Permit {
 
 /// A client's place in line, and its wait: a permit and the clock as the
 /// wait ended (the wait counted in `pgharbor_pool_wait_seconds`), or the
-/// reason there is none. Dropped before its wait ends (the client left), it leaves the
-/// line, passing on a permit granted meanwhile. Counted in
+/// reason there is none. Dropped before its wait ends (the client left),
+/// it leaves the line, passing on a permit granted meanwhile. Counted in
 /// `pgharbor_pool_clients_waiting` while it exists.
 pub(crate) struct InLine {
     pool: Arc<Pool>,
@@ -150,14 +150,7 @@ impl Pool {
             size: self.settings.pool_size,
         }
     }
-}
 
-/// Wakes what a change to the slots returned, once their lock is released.
-fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
-    wakers.into_iter().for_each(Waker::wake);
-}
-
-impl Pool {
     pub fn pause(&self) {
         let woken = self.slots().set_paused(true);
         wake_all(woken);
@@ -178,6 +171,11 @@ impl Pool {
         let woken = self.slots().close();
         wake_all(woken);
     }
+}
+
+/// Wakes what a change to the slots returned, once their lock is released.
+fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
+    wakers.into_iter().for_each(Waker::wake);
 }
 
 /// Starts the pool's `query_wait_timeout` timer (see the module comment).
