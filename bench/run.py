@@ -150,6 +150,29 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+# With --pin-poolers: the CPUs of the poolers and the relay, and those of
+# everything else (Postgres, pgbench, the idle-client holder). Empty: no pinning.
+POOLER_CPUS: set[int] = set()
+OTHER_CPUS: set[int] = set()
+
+
+def pin_cpus(cpus: set[int]):
+    """A preexec_fn: raise_nofile, then (when pinning) this CPU affinity."""
+    def preexec() -> None:
+        raise_nofile()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+    return preexec
+
+
+def as_pooler():
+    return pin_cpus(POOLER_CPUS)
+
+
+def as_other():
+    return pin_cpus(OTHER_CPUS)
+
+
 def cpu_ticks(pid: int) -> int:
     """utime + stime of the whole process (all threads), in clock ticks."""
     with open(f"/proc/{pid}/stat") as f:
@@ -157,6 +180,15 @@ def cpu_ticks(pid: int) -> int:
     rest = data[data.rindex(")") + 2:].split()
     # fields after "pid (comm)": state is rest[0] = field 3; utime = field 14, stime = field 15
     return int(rest[11]) + int(rest[12])
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs together, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice: inside user/nice]
+    total = sum(fields[:8])
+    return total - fields[3] - fields[4], total
 
 
 def rss_kib(pid: int) -> int:
@@ -168,22 +200,28 @@ def rss_kib(pid: int) -> int:
 
 
 class CpuSampler:
-    """Samples a process's CPU ticks every `interval` seconds with wall-clock times."""
+    """Samples a process's CPU ticks (0 without a pid) and the machine's busy
+    and total ticks every `interval` seconds, with wall-clock times."""
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
+    def __init__(self, pid: int | None, interval: float = 0.05) -> None:
         self.pid = pid
         self.interval = interval
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, int, int, int]] = []
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.samples.append((time.time(), cpu_ticks(self.pid)))
+                self.samples.append(self._sample())
             except OSError:
                 return
             self._stop.wait(self.interval)
+
+    def _sample(self) -> tuple[float, int, int, int]:
+        t = time.time()
+        proc = cpu_ticks(self.pid) if self.pid else 0
+        return (t, proc) + machine_ticks()
 
     def __enter__(self):
         self._t.start()
@@ -193,7 +231,7 @@ class CpuSampler:
         self._stop.set()
         self._t.join(timeout=2)
         try:
-            self.samples.append((time.time(), cpu_ticks(self.pid)))
+            self.samples.append(self._sample())
         except OSError:
             pass
 
@@ -333,7 +371,7 @@ def start_postgres(env: Env, args) -> None:
     e = kw.pop("env", None) or _base_env()
     logf = open(os.path.join(env.tmp, "postgres.log"), "w")
     p = subprocess.Popen(cmd, cwd=env.tmp, env=e, stdout=logf, stderr=subprocess.STDOUT,
-                         start_new_session=True, preexec_fn=raise_nofile, **kw)
+                         start_new_session=True, preexec_fn=as_other(), **kw)
     # SIGINT = fast shutdown
     PROCS.add("postgres", p, signal.SIGINT)
     env.pids["postgres"] = p.pid
@@ -445,7 +483,7 @@ admin_users = {USER}
     e = kw.pop("env", None) or _base_env()
     out = open(os.path.join(d, "stdout.log"), "w")
     p = subprocess.Popen([exe, os.path.join(d, "pgbouncer.ini")], cwd=d, env=e, stdout=out,
-                         stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=raise_nofile, **kw)
+                         stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=as_pooler(), **kw)
     PROCS.add("pgbouncer", p, signal.SIGTERM)
     env.pids["pgbouncer"] = p.pid
     wait_port(port, p, "pgbouncer")
@@ -496,7 +534,7 @@ auth_type = "scram-sha-256"
     import shlex
     wrapper = shlex.split(args.pgharbor_wrapper) if args.pgharbor_wrapper else []
     p = subprocess.Popen(wrapper + [binary, "--config", path], cwd=env.tmp, env=e, stdout=out,
-                         stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=raise_nofile)
+                         stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=as_pooler())
     PROCS.add(name, p, signal.SIGTERM)
     env.pids[name] = p.pid
     wait_port(port, p, name, timeout=120 if wrapper else 30)
@@ -509,7 +547,7 @@ def start_relay(env: Env) -> None:
     out = open(os.path.join(env.tmp, "relay.log"), "w")
     p = subprocess.Popen([env.relay_bin, f"127.0.0.1:{port}", f"127.0.0.1:{env.pg_port}"], cwd=env.tmp,
                          env=_base_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                         preexec_fn=raise_nofile)
+                         preexec_fn=as_pooler())
     PROCS.add("relay", p, signal.SIGTERM)
     env.pids["relay"] = p.pid
     wait_port(port, p, "relay")
@@ -533,6 +571,8 @@ class Run:
     lat_avg_ms: float | None = None
     lat_p99_ms: float | None = None
     cpu_us_per_txn: float | None = None
+    machine_us_per_txn: float | None = None  # all CPUs' busy time per transaction
+    machine_busy_pct: float | None = None  # of all CPUs, over the same window
     error: str = ""
 
 
@@ -575,12 +615,11 @@ def run_pgbench(env: Env, args, workload: str, clients: int, target: str, rnd: i
         e["PGSSLMODE"] = "require"
     timeout = args.duration + 120 + clients * 0.2
     out = ""
-    sampler = CpuSampler(pid) if pid else None
+    sampler = CpuSampler(pid)
     try:
-        if sampler:
-            sampler.__enter__()
+        sampler.__enter__()
         p = subprocess.Popen(cmd, cwd=env.tmp, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True, preexec_fn=raise_nofile)
+                             text=True, start_new_session=True, preexec_fn=as_other())
         CURRENT_CHILD.append(p)
         try:
             out, _ = p.communicate(timeout=timeout)
@@ -592,8 +631,7 @@ def run_pgbench(env: Env, args, workload: str, clients: int, target: str, rnd: i
             CURRENT_CHILD.remove(p)
         r.exit_code = p.returncode
     finally:
-        if sampler:
-            sampler.__exit__()
+        sampler.__exit__()
     m = re.search(r"^tps = ([\d.]+)", out, re.M)
     r.tps = float(m.group(1)) if m else None
     m = re.search(r"number of transactions actually processed: (\d+)", out)
@@ -627,8 +665,15 @@ def run_pgbench(env: Env, args, workload: str, clients: int, target: str, rnd: i
         r.lat_p99_ms = percentile(lats, 99) / 1000.0
         if r.lat_avg_ms is None:
             r.lat_avg_ms = sum(lats) / len(lats) / 1000.0
-    if sampler and ends and len(sampler.samples) >= 2:
-        r.cpu_us_per_txn = cpu_per_txn(sampler.samples, sorted(ends))
+    if ends and len(sampler.samples) >= 2:
+        w = cpu_window(sampler.samples, sorted(ends))
+        if w:
+            (a, b), n = w
+            if pid:
+                r.cpu_us_per_txn = (b[1] - a[1]) / CLK_TCK * 1e6 / n
+            busy, total = b[2] - a[2], b[3] - a[3]
+            r.machine_us_per_txn = busy / CLK_TCK * 1e6 / n
+            r.machine_busy_pct = 100.0 * busy / total if total else None
     if r.tps is not None:
         r.tps = round(r.tps, 1)
     if args.verbose:
@@ -636,8 +681,10 @@ def run_pgbench(env: Env, args, workload: str, clients: int, target: str, rnd: i
     return r
 
 
-def cpu_per_txn(samples: list[tuple[float, int]], ends: list[float]) -> float | None:
-    """CPU µs per transaction over the window in which transactions completed.
+def cpu_window(samples: list[tuple], ends: list[float]) -> tuple[tuple[tuple, tuple], int] | None:
+    """The first and last CPU samples inside the window in which transactions
+    completed, and how many completed between them; CPU per transaction is
+    the difference of the two samples divided by that count.
 
     Connection set-up before the first transaction (e.g. 500 SCRAM logins) and
     teardown after the last are left out; with -C every transaction includes its
@@ -648,11 +695,11 @@ def cpu_per_txn(samples: list[tuple[float, int]], ends: list[float]) -> float | 
     inside = [s for s in samples if t0 <= s[0] <= t1]
     if len(inside) < 2:
         return None
-    (a_t, a_c), (b_t, b_c) = inside[0], inside[-1]
-    n = bisect.bisect_right(ends, b_t) - bisect.bisect_left(ends, a_t)
-    if n <= 0 or b_t - a_t < 0.5:
+    a, b = inside[0], inside[-1]
+    n = bisect.bisect_right(ends, b[0]) - bisect.bisect_left(ends, a[0])
+    if n <= 0 or b[0] - a[0] < 0.5:
         return None
-    return (b_c - a_c) / CLK_TCK * 1e6 / n
+    return (a, b), n
 
 
 # --------------------------------------------------------------------------
@@ -684,7 +731,7 @@ def idle_memory(env: Env, args, target: str, n: int) -> dict:
            "select 1"]
     e = {**_base_env(), **({"IDLE_CLIENTS_TLS": "1"} if args.tls else {})}
     p = subprocess.Popen(cmd, cwd=env.tmp, env=e, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=raise_nofile)
+                         stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=as_other())
     CURRENT_CHILD.append(p)
     res = {"target": target, "clients": n, "rss_before_kib": before}
     try:
@@ -785,6 +832,8 @@ def summarize(runs: list[Run], cells: list[tuple[str, int]], targets: list[str])
                 "lat_avg_ms": median([r.lat_avg_ms for r in ok]),
                 "lat_p99_ms": median([r.lat_p99_ms for r in ok]),
                 "cpu_us": median([r.cpu_us_per_txn for r in ok]),
+                "machine_us": median([r.machine_us_per_txn for r in ok]),
+                "machine_busy_pct": median([r.machine_busy_pct for r in ok]),
             }
     return summary
 
@@ -878,6 +927,7 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
              f"{f'a {args.warmup} s warm-up per target' if args.warmup else 'no warm-up'}, medians shown; "
              f"pool size 20, transaction mode, SCRAM-SHA-256 ({args.secret} secret in the poolers); "
              f"{'clients connect with TLS (sslmode=require; poolers to Postgres in plaintext); ' if args.tls else ''}"
+             f"{f'poolers and relay pinned to CPU {args.pin_poolers}, Postgres and pgbench to the others; ' if getattr(args, 'pin_poolers', None) else ''}"
              f"took {elapsed / 60:.1f} min.")
     L.append("")
     L += headline(S, pr, rr, cells, targets, idle)
@@ -929,6 +979,22 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
             L.append(f"| {w} | {c} | {fmt(pr(w, c, 'pgharbor', 'base', 'tps'), 2)} | "
                      f"{fmt(g(w, c, 'pgharbor', 'cpu_us'), 1)} vs {fmt(g(w, c, 'base', 'cpu_us'), 1)} | "
                      f"{fmt(pr(w, c, 'pgharbor', 'base', 'cpu_us_per_txn'), 2)} |")
+        L.append("")
+    if any(r.machine_us_per_txn is not None for r in runs):  # not in reports before it was measured
+        L.append("## Machine CPU")
+        L.append("")
+        L.append("All CPUs' busy time (from /proc/stat: pgbench, Postgres, the pooler and anything else) per "
+                 "transaction, and how busy the CPUs were, over the window in which transactions completed; "
+                 "medians over rounds. A target that leaves CPU idle is bound by latency, not CPU.")
+        L.append("")
+        hdr = ["workload", "clients"] + [f"{LABEL[t]} µs/txn" for t in targets] + [f"{LABEL[t]} busy" for t in targets]
+        L.append("| " + " | ".join(hdr) + " |")
+        L.append("|" + "---|" * len(hdr))
+        for (w, c) in cells:
+            row = [w, str(c)] + [fmt(g(w, c, t, "machine_us"), 1) for t in targets]
+            row += ["—" if g(w, c, t, "machine_busy_pct") is None else f"{g(w, c, t, 'machine_busy_pct'):.0f} %"
+                    for t in targets]
+            L.append("| " + " | ".join(row) + " |")
         L.append("")
     L.append("## Latency (ms): average / p99")
     L.append("")
@@ -1014,6 +1080,9 @@ def parse_args():
     ap.add_argument("--bin", metavar="BIN",
                     help="the pgharbor binary to run as target 'pgharbor' (say, bench/pgo.sh's) instead of "
                          "the release build; the helper examples still come from the release build")
+    ap.add_argument("--pin-poolers", metavar="CPUS",
+                    help="comma-separated CPU numbers for the poolers and the relay; Postgres, pgbench and "
+                         "the idle clients get the others (to measure a proxy on cores of its own)")
     ap.add_argument("--no-build", action="store_true", help="reuse the last release build")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     ap.add_argument("--keep-tmp", action="store_true")
@@ -1087,6 +1156,13 @@ def main() -> int:
         if t not in TARGETS:
             raise BenchError(f"unknown target {t!r}")
     cells = make_cells(args)
+    if args.pin_poolers:
+        allowed = os.sched_getaffinity(0)
+        POOLER_CPUS.update(int(x) for x in args.pin_poolers.split(",") if x)
+        OTHER_CPUS.update(allowed - POOLER_CPUS)
+        if not POOLER_CPUS <= allowed or not OTHER_CPUS:
+            raise BenchError(f"--pin-poolers {args.pin_poolers}: need a subset of CPUs {sorted(allowed)} "
+                             "that leaves at least one CPU for Postgres and pgbench")
     if max(c for _, c in cells) + 45 > args.max_connections:
         raise BenchError(f"max_connections {args.max_connections} too small for {max(c for _, c in cells)} direct clients")
     signal.signal(signal.SIGINT, _on_signal)
