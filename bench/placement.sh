@@ -40,42 +40,10 @@ if [[ -z "$bin" ]]; then
     (cd "$root" && cargo build --release --bin pgharbor 2>&1 | tail -n 1)
     bin="$root/target/release/pgharbor"
 fi
-command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || apt-get install -y pgbouncer >/dev/null
-pgbouncer_bin="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
 # shellcheck source=bench/scratch.sh
 source "$root/bench/scratch.sh"
 scratch_start placement
-scratch_on_exit '[[ -f "$tmp/pgbouncer.pid" ]] && kill "$(cat "$tmp/pgbouncer.pid")" 2>/dev/null'
-harbor_port="$(free_port)"
-bouncer_port="$(free_port)"
-pgharbor_config "$tmp/pgharbor.toml" "$harbor_port"
-cat > "$tmp/pgbouncer.ini" <<EOF
-[databases]
-app = host=127.0.0.1 port=$pg_port dbname=app
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $bouncer_port
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $tmp/users.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = 10000
-log_connections = 0
-log_disconnections = 0
-logfile = $tmp/pgbouncer.log
-pidfile = $tmp/pgbouncer.pid
-EOF
-echo '"app" "secret"' > "$tmp/users.txt"
-[[ ${#as_pg[@]} -gt 0 ]] && chown postgres: "$tmp/pgbouncer.ini" "$tmp/users.txt"
-
-PGHARBOR_LOG=warn "$bin" -c "$tmp/pgharbor.toml" >"$tmp/pgharbor.log" 2>&1 &
-harbor_pid=$!
-scratch_on_exit "kill $harbor_pid 2>/dev/null"
-"${as_pg[@]}" "$pgbouncer_bin" -d "$tmp/pgbouncer.ini" >/dev/null
-wait_port "$harbor_port"
-wait_port "$bouncer_port"
-bouncer_pid="$(cat "$tmp/pgbouncer.pid")"
+start_both_poolers "$bin"
 
 echo "select-only -M $mode, $clients clients, pgbench -j 1, $secs s per run; seconds classed by pooler and pgbench on the same CPU"
 printf '%-10s %5s  %-26s %-26s %-26s %s\n' pooler round "together: s, tps, us/txn" "mixed: s, tps, us/txn" \

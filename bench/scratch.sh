@@ -1,6 +1,6 @@
-# Shared by bench/marginal.sh, bench/pgo.sh and bench/syscalls.sh (sourced,
-# not run): a scratch Postgres for one script's run, and a pgharbor
-# configuration in front of it.
+# Shared by bench/marginal.sh, bench/pgo.sh, bench/syscalls.sh and
+# bench/placement.sh (sourced, not run): a scratch Postgres for one script's
+# run, and pgharbor (and PgBouncer) in front of it.
 #
 #   scratch_start NAME   a temporary directory ($tmp, removed on exit with
 #                        the Postgres in it), $pg_bin, $as_pg, and a
@@ -14,6 +14,9 @@
 #                        a pgharbor configuration: transaction mode, pool 20,
 #                        SCRAM, server TLS off, listening on PORT; EXTRA is
 #                        appended (TOML sections)
+#   start_both_poolers BIN
+#                        pgharbor (BIN) and PgBouncer, both in front of
+#                        that Postgres (see the function)
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -77,4 +80,46 @@ name = "app"
 password = "secret"
 auth_type = "scram-sha-256"
 EOT
+}
+
+# start_both_poolers BIN: pgharbor (BIN, pgharbor_config) and PgBouncer (the
+# same: transaction mode, pool 20, SCRAM with the plain secret; installed
+# with apt-get when missing) in front of the scratch Postgres, each on a
+# free loopback port, stopped on exit; sets $harbor_port, $harbor_pid,
+# $bouncer_port and $bouncer_pid.
+start_both_poolers() {
+    local bin="$1" pgbouncer_bin
+    command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || apt-get install -y pgbouncer >/dev/null
+    pgbouncer_bin="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+    scratch_on_exit '[[ -f "$tmp/pgbouncer.pid" ]] && kill "$(cat "$tmp/pgbouncer.pid")" 2>/dev/null'
+    harbor_port="$(free_port)"
+    bouncer_port="$(free_port)"
+    pgharbor_config "$tmp/pgharbor.toml" "$harbor_port"
+    cat > "$tmp/pgbouncer.ini" <<EOF
+[databases]
+app = host=127.0.0.1 port=$pg_port dbname=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $tmp/users.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 10000
+log_connections = 0
+log_disconnections = 0
+logfile = $tmp/pgbouncer.log
+pidfile = $tmp/pgbouncer.pid
+EOF
+    echo '"app" "secret"' > "$tmp/users.txt"
+    [[ ${#as_pg[@]} -gt 0 ]] && chown postgres: "$tmp/pgbouncer.ini" "$tmp/users.txt"
+
+    PGHARBOR_LOG=warn "$bin" -c "$tmp/pgharbor.toml" >"$tmp/pgharbor.log" 2>&1 &
+    harbor_pid=$!
+    scratch_on_exit "kill $harbor_pid 2>/dev/null"
+    "${as_pg[@]}" "$pgbouncer_bin" -d "$tmp/pgbouncer.ini" >/dev/null
+    wait_port "$harbor_port"
+    wait_port "$bouncer_port"
+    bouncer_pid="$(cat "$tmp/pgbouncer.pid")"
 }
