@@ -157,8 +157,9 @@ async fn run(
         user.as_deref(),
         end_point.as_ref(),
     );
-    match tokio::time::timeout(STARTUP_TIMEOUT, auth).await {
-        Ok(Ok(())) => {}
+    // AuthenticationOk, sent with whatever follows it.
+    let auth_ok = match tokio::time::timeout(STARTUP_TIMEOUT, auth).await {
+        Ok(Ok(auth_ok)) => auth_ok,
         Ok(Err(e)) => {
             let msg = e.to_string();
             refuse(&mut stream, addr, e).await;
@@ -168,10 +169,13 @@ async fn run(
             ))));
         }
         Err(_) => return Ok(None),
-    }
+    };
     let Some(user) = user else { return Ok(None) };
     let config = state.config();
     if login.database == "pgharbor" || login.database == "pgbouncer" {
+        startup::send(&mut stream, &auth_ok)
+            .await
+            .map_err(SessionError::ClientIo)?;
         // Boxed: the console's future is large and would otherwise size
         // every client task.
         return Box::pin(crate::admin::serve(stream, buf, &login, state.clone()))
@@ -184,6 +188,7 @@ async fn run(
             format!("database \"{}\" does not exist", login.database),
         )
         .with_hint("pgharbor serves only the databases listed in its [[databases]] config");
+        let _ = startup::send(&mut stream, &auth_ok).await;
         refuse(&mut stream, addr, StartupError::Refuse(e.clone())).await;
         return Err(SessionError::Refused(Box::new(e)));
     };
@@ -209,7 +214,9 @@ async fn run(
         cancel,
         cbuf: buf,
         to_server: BytesMut::new(),
-        to_client: BytesMut::new(),
+        // The login's ParameterStatus, BackendKeyData and ReadyForQuery
+        // follow it, in one write when the relay starts.
+        to_client: auth_ok,
         server: None,
         txn: TxnState::default(),
         cscan: FrameScanner::with_limit(config.proxy.max_message_size),
@@ -232,9 +239,12 @@ async fn run(
         session.cbuf = BytesMut::new();
     }
     session.pool.stats.clients_idle.inc();
+    let auth_ok_len = session.to_client.len();
     if let Err(e) = session.login(&login).await {
         session.pool.stats.clients_idle.dec();
-        session.to_client.clear();
+        // AuthenticationOk stays: the client was authenticated, and learns
+        // next why it cannot go on, as from Postgres.
+        session.to_client.truncate(auth_ok_len);
         e.encode(&mut session.to_client);
         let _ = startup::send(&mut session.client, &session.to_client).await;
         return Err(SessionError::Refused(Box::new(e)));

@@ -374,14 +374,17 @@ async fn read_password_message(
 /// Authenticates the client as `user` (None: unknown user, always refused
 /// with the same message as a wrong password, as Postgres does). Over TLS,
 /// `end_point` is the hash of the certificate the client was served, and
-/// SCRAM-SHA-256-PLUS is offered first. Sends AuthenticationOk on success.
+/// SCRAM-SHA-256-PLUS is offered first. On success returns
+/// AuthenticationOk (after SCRAM's final message) unsent: the caller sends
+/// it with the parameters and ReadyForQuery that follow, so the client is
+/// woken once for its login rather than twice.
 pub async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     name: &str,
     user: Option<&UserEntry>,
     end_point: Option<&std::sync::Arc<[u8]>>,
-) -> Result<(), StartupError> {
+) -> Result<BytesMut, StartupError> {
     let Some(user) = user else {
         return Err(auth_failed(name));
     };
@@ -448,6 +451,5 @@ pub async fn authenticate(
         }
     }
     backend::authentication_ok(&mut out);
-    send(stream, &out).await?;
-    Ok(())
+    Ok(out)
 }
