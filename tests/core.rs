@@ -175,6 +175,50 @@ async fn wait_timeout_gives_a_clear_error() {
     again.simple_query("select 1").await.unwrap();
 }
 
+/// A client whose startup settings a server already applied for an
+/// earlier client of the pool (the application's previous connection)
+/// logs in without a server: it gets in while the pool's only server is
+/// held in a transaction, with its setting in force. A client with new
+/// settings still waits for a server at login, where a bad value would
+/// fail it as on Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_application_logs_in_while_every_server_is_busy() {
+    let proxy = start_proxy("transaction", 1).await;
+    let returning = format!("{} application_name=returning", dsn(&proxy, "app"));
+    let first = connect_dsn(&returning).await;
+    drop(first);
+    let holder = connect(&proxy, "app").await;
+    holder.batch_execute("BEGIN").await.unwrap();
+
+    let again = tokio::time::timeout(Duration::from_secs(5), connect_dsn(&returning))
+        .await
+        .expect("the returning application logs in while the server is held");
+    let newcomer = format!("{} application_name=newcomer", dsn(&proxy, "app"));
+    let waiting = tokio::spawn(async move { connect_dsn(&newcomer).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "new settings were taken without a server to apply them"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    let newcomer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the newcomer logs in once the server is free")
+        .unwrap();
+    assert_eq!(
+        simple_value(&again, "show application_name")
+            .await
+            .as_deref(),
+        Some("returning")
+    );
+    assert_eq!(
+        simple_value(&newcomer, "show application_name")
+            .await
+            .as_deref(),
+        Some("newcomer")
+    );
+}
+
 /// Each waiting client has its own deadline: the first times out at its
 /// own, while one that began to wait later is still served when a server
 /// comes free before its deadline.

@@ -145,6 +145,9 @@ impl Session {
                 wanted.push((k.clone(), v.clone()));
             }
         }
+        // Known, writable parameters the client sets, under the names the
+        // server reports them by, in the client's order.
+        let mut settings = Vec::new();
         let mut needs_server = false;
         for (k, v) in wanted {
             match template.keys().find(|t| t.eq_ignore_ascii_case(&k)) {
@@ -153,8 +156,7 @@ impl Session {
                     if template.get(name) != Some(&v) {
                         needs_server = true;
                     }
-                    let name = name.clone();
-                    self.set_reported(name, v);
+                    settings.push((name.clone(), v));
                 }
                 None => {
                     needs_server = true;
@@ -162,27 +164,46 @@ impl Session {
                 }
             }
         }
-        if needs_server || self.mode == PoolMode::Session {
-            // Apply the settings once now, so a bad one fails the login as it
-            // would on Postgres, and learn the server's normalized values
-            // (`UTF8` for `utf8`).
-            self.acquire_server().await?;
-            if let Some(s) = self.server.as_ref() {
-                let params: Vec<(String, String)> = s
-                    .server
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                for (k, v) in params {
-                    self.set_reported(k, v);
+        // Settings a server already applied for an earlier client of this
+        // pool (the application's previous connection) are known good, and
+        // what the server reported for them is known: this client is told
+        // the same without taking a server. Settings the template does not
+        // report are applied at every checkout and are not remembered.
+        let rememberable = needs_server && self.other.is_empty() && self.mode != PoolMode::Session;
+        let settled = if rememberable {
+            self.pool.settled_params(&settings)
+        } else {
+            None
+        };
+        if let Some(params) = settled {
+            self.reported = params;
+        } else {
+            for (name, v) in &settings {
+                self.set_reported(name.clone(), v.clone());
+            }
+            if needs_server || self.mode == PoolMode::Session {
+                // Apply the settings once now, so a bad one fails the login
+                // as it would on Postgres, and learn the server's normalized
+                // values (`UTF8` for `utf8`).
+                self.acquire_server().await?;
+                if let Some(s) = self.server.as_ref() {
+                    let mut reported = std::mem::take(&mut self.reported);
+                    for (k, v) in s.server.params.iter() {
+                        if reported.get(k) != Some(v) {
+                            Arc::make_mut(&mut reported).insert(k.clone(), v.clone());
+                        }
+                    }
+                    self.reported = reported;
+                }
+                if self.mode == PoolMode::Transaction {
+                    self.release_server(None).await;
                 }
             }
-            if self.mode == PoolMode::Transaction {
-                self.release_server(None).await;
+            self.reported = self.pool.share_params(std::mem::take(&mut self.reported));
+            if rememberable {
+                self.pool.remember_settled(settings, self.reported.clone());
             }
         }
-        self.reported = self.pool.share_params(std::mem::take(&mut self.reported));
         let out = &mut self.to_client;
         for (k, v) in self.reported.iter() {
             backend::parameter_status(out, k, v);

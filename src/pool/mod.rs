@@ -3,6 +3,7 @@
 
 mod inspect;
 mod janitor;
+mod params;
 mod registry;
 mod slots;
 mod waiting;
@@ -10,7 +11,7 @@ mod waiting;
 pub use inspect::{ServerInfo, ServerState, ServerTicket};
 pub use registry::Pools;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -25,8 +26,6 @@ pub(crate) use waiting::{InLine, Permit};
 
 /// Distinct client parameter maps a pool remembers for sharing; a bound,
 /// so a login compares with a few maps at most.
-const SHARED_PARAMS: usize = 8;
-
 /// Process-wide server ids, for logs and the admin console.
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -75,9 +74,9 @@ pub struct Pool {
     /// Server parameters as a fresh server reports them: what clients with
     /// default settings are told at login.
     template: Mutex<Option<Arc<BTreeMap<String, String>>>>,
-    /// Parameter maps of recently logged-in clients, one per distinct
-    /// content (see [`Pool::share_params`]).
-    shared_params: Mutex<VecDeque<Weak<BTreeMap<String, String>>>>,
+    /// Parameter maps of recently logged-in clients, and the startup
+    /// settings that produced them (see `params.rs`).
+    params: Mutex<params::ParamMaps>,
     /// Servers opened before the current generation are closed on return
     /// (RECONNECT, DROP DATABASE retries).
     generation: AtomicU64,
@@ -126,7 +125,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             stats,
             template: Mutex::new(None),
-            shared_params: Mutex::default(),
+            params: Mutex::default(),
             generation: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             servers: Arc::default(),
@@ -370,20 +369,6 @@ impl Pool {
         t.ok_or_else(|| CheckoutError::Closed(PoolKey::clone(&self.key)))
     }
 
-    /// The map to keep for a client whose parameters are `params`: an equal
-    /// one another client already holds, if there is one among the last
-    /// [`SHARED_PARAMS`] distinct maps, else `params` itself. Clients with
-    /// the same settings (one application, one driver) then cost the memory
-    /// once, and checkout recognizes a server already synced to their map
-    /// by pointer instead of comparing every parameter.
-    pub fn share_params(
-        &self,
-        params: Arc<BTreeMap<String, String>>,
-    ) -> Arc<BTreeMap<String, String>> {
-        let mut recent = self.shared_params.lock().unwrap_or_else(|e| e.into_inner());
-        share(&mut recent, params)
-    }
-
     /// Keeps `server` for reuse, last used at `now`, unless it is unfit.
     fn put_idle(&self, mut server: Box<Server>, generation: u64, now: Instant) {
         if self.closed.load(Ordering::Acquire)
@@ -403,6 +388,7 @@ impl Pool {
     /// returned. Returns how many idle servers were closed.
     pub fn reconnect(&self) -> usize {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.forget_settled();
         let drained: Vec<Box<Server>> = std::mem::take(&mut *self.idle_list());
         self.stats.servers_idle.sub(drained.len() as i64);
         drained.len()
@@ -420,22 +406,6 @@ impl Pool {
 /// [`Pool::open_server`], which sets `retire_at`).
 fn past_lifetime(server: &Server, now: Instant) -> bool {
     server.retire_at.is_some_and(|t| now >= t)
-}
-
-/// [`Pool::share_params`] on its list of recent maps.
-fn share<T: PartialEq>(recent: &mut VecDeque<Weak<T>>, value: Arc<T>) -> Arc<T> {
-    recent.retain(|w| w.strong_count() > 0);
-    if let Some(m) = recent
-        .iter()
-        .find_map(|w| w.upgrade().filter(|m| **m == *value))
-    {
-        return m;
-    }
-    if recent.len() == SHARED_PARAMS {
-        recent.pop_back();
-    }
-    recent.push_front(Arc::downgrade(&value));
-    value
 }
 
 impl PooledServer {
@@ -465,32 +435,5 @@ impl PooledServer {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.permit.pool
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn map(k: &str, v: &str) -> Arc<BTreeMap<String, String>> {
-        Arc::new(BTreeMap::from([(k.to_string(), v.to_string())]))
-    }
-
-    #[test]
-    fn equal_parameter_maps_are_shared_and_the_list_stays_bounded() {
-        let mut recent = VecDeque::new();
-        let a = share(&mut recent, map("a", "1"));
-        let b = share(&mut recent, map("a", "1"));
-        assert!(Arc::ptr_eq(&a, &b));
-        let c = share(&mut recent, map("a", "2"));
-        assert!(!Arc::ptr_eq(&a, &c));
-        let kept: Vec<_> = (0..20)
-            .map(|i| share(&mut recent, map("n", &i.to_string())))
-            .collect();
-        assert_eq!(recent.len(), SHARED_PARAMS);
-        drop((a, b, c, kept));
-        // Maps nobody holds any more are forgotten at the next login.
-        share(&mut recent, map("z", ""));
-        assert_eq!(recent.len(), 1);
     }
 }
