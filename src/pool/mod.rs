@@ -24,8 +24,6 @@ use crate::server::{Server, ServerError, ServerTarget};
 use slots::Slots;
 pub(crate) use waiting::{InLine, Permit};
 
-/// Distinct client parameter maps a pool remembers for sharing; a bound,
-/// so a login compares with a few maps at most.
 /// Process-wide server ids, for logs and the admin console.
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
