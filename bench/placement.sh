@@ -36,12 +36,9 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 root="$(cd "$(dirname "$0")/.." && pwd)"
-if [[ -z "$bin" ]]; then
-    (cd "$root" && cargo build --release --bin pgharbor 2>&1 | tail -n 1)
-    bin="$root/target/release/pgharbor"
-fi
 # shellcheck source=bench/scratch.sh
 source "$root/bench/scratch.sh"
+[[ -n "$bin" ]] || bin="$(release_pgharbor)"
 scratch_start placement
 start_both_poolers "$bin"
 

@@ -14,9 +14,18 @@
 #                        a pgharbor configuration: transaction mode, pool 20,
 #                        SCRAM, server TLS off, listening on PORT; EXTRA is
 #                        appended (TOML sections)
+#   release_pgharbor     builds pgharbor (cargo build --release) and prints
+#                        the binary's path
 #   start_both_poolers BIN
 #                        pgharbor (BIN) and PgBouncer, both in front of
 #                        that Postgres (see the function)
+
+release_pgharbor() {
+    local root
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    (cd "$root" && cargo build --release --bin pgharbor 2>&1 | tail -n 1) >&2
+    echo "$root/target/release/pgharbor"
+}
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

@@ -34,13 +34,10 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 root="$(cd "$(dirname "$0")/.." && pwd)"
-if [[ -z "$bin" ]]; then
-    (cd "$root" && cargo build --release --bin pgharbor 2>&1 | tail -n 1)
-    bin="$root/target/release/pgharbor"
-fi
-command -v perf >/dev/null || apt-get install -y linux-perf >/dev/null
 # shellcheck source=bench/scratch.sh
 source "$root/bench/scratch.sh"
+[[ -n "$bin" ]] || bin="$(release_pgharbor)"
+command -v perf >/dev/null || apt-get install -y linux-perf >/dev/null
 scratch_start syscalls
 start_both_poolers "$bin"
 
