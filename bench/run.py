@@ -934,13 +934,13 @@ def render(env: Env, args, runs: list[Run], cells, targets, idle: list[dict], st
              f"PostgreSQL {env.pg_version}; {env.pgbouncer_version}; pgbench scale {args.scale}; "
              f"{args.duration} s per run, {args.rounds} interleaved round(s) after "
              f"{f'a {args.warmup} s warm-up per target' if args.warmup else 'no warm-up'}, medians shown; "
-             f"pool size 20, transaction mode, {AUTH[getattr(args, 'auth', 'scram')][1]} "
+             f"pool size 20, transaction mode, {AUTH[args.auth][1]} "
              f"({args.secret} secret in the poolers); "
              f"{'clients connect with TLS (sslmode=require; poolers to Postgres in plaintext); ' if args.tls else ''}"
-             f"{f'poolers and relay pinned to CPU {args.pin_poolers}, Postgres and pgbench to the others; ' if getattr(args, 'pin_poolers', None) else ''}"
+             f"{f'poolers and relay pinned to CPU {args.pin_poolers}, Postgres and pgbench to the others; ' if args.pin_poolers else ''}"
              f"took {elapsed / 60:.1f} min.")
     L.append("")
-    L += headline(S, pr, rr, cells, targets, idle, getattr(args, "auth", "scram"))
+    L += headline(S, pr, rr, cells, targets, idle, args.auth)
     L.append("## Throughput (TPS) and pooler CPU per transaction")
     L.append("")
     L.append("TPS and CPU µs/txn: medians over rounds. Ratios: median over rounds of the ratio "
@@ -1140,7 +1140,7 @@ def render_only(args) -> int:
     with open(args.render_only) as f:
         d = json.load(f)
     a = argparse.Namespace(**{"connect_rate": 40, "pgharbor_wrapper": None, "warmup": 0, "tls": False,
-                               "base_bin": None, **d["args"]})
+                               "base_bin": None, "auth": "scram", "pin_poolers": None, **d["args"]})
     runs = [Run(**r) for r in d["runs"]]
     targets = d.get("targets") or a.targets.split(",")
     cells = [tuple(c) for c in d.get("cells") or []]
