@@ -112,6 +112,11 @@ impl LoggedIn {
     fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
         async move {
             let result = self.session.relay().await;
+            // What the client sent last (Terminate, or half a message) is
+            // no longer wanted; its read buffer goes back to the thread's
+            // stock for the next client instead of to the allocator.
+            self.session.cbuf.clear();
+            super::buffers::give_back(&mut self.session.cbuf);
             self.session.pool.stats.clients_idle.dec();
             // Logged before the clean-up, so the result is not kept across
             // its await (which would add its size to every client task).
