@@ -44,8 +44,9 @@ pub fn split_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, Protoc
     if buf.len() < len {
         return Ok(None);
     }
-    let mut packet = buf.split_to(len);
-    packet.advance(4);
+    // Parsed in place, then skipped: splitting it off would turn the
+    // buffer into a shared one (an allocation) for a packet read once.
+    let mut packet = &buf[4..len];
     let code = packet.get_u32();
     let parsed = match code {
         SSL_REQUEST => StartupPacket::SslRequest,
@@ -62,9 +63,10 @@ pub fn split_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, Protoc
         }
         version => StartupPacket::Startup {
             version,
-            params: parse_params(&packet)?,
+            params: parse_params(packet)?,
         },
     };
+    buf.advance(len);
     Ok(Some(parsed))
 }
 
