@@ -214,7 +214,7 @@ async fn run(
         mode: pool.settings.pool_mode,
         pool,
         state: state.clone(),
-        reported: Arc::default(),
+        reported: crate::pool::no_params(),
         other: BTreeMap::new(),
         cancel,
         cbuf: buf,

@@ -21,6 +21,10 @@ use crate::protocol::{backend, sqlstate, FrameScanner, PgError};
 use crate::server::{is_read_only_param, ServerError};
 use crate::State;
 
+/// What follows the ParameterStatus messages in a login's reply:
+/// BackendKeyData (13 bytes) and ReadyForQuery (6).
+const LOGIN_REPLY_TAIL: usize = 13 + 6;
+
 /// Why a session ended. The large variants are boxed: the relay's result
 /// is part of every client task's future, and idle clients should not pay
 /// for the rare case.
@@ -131,36 +135,40 @@ impl Session {
         let template = self.pool.template_params().await.map_err(checkout_error)?;
         // Clients with default settings share the pool's map (copy on write).
         self.reported = template.clone();
-        let mut wanted = Vec::new();
-        for (k, v) in &login.params {
-            if k == "options" {
-                let opts = parse_options(v).map_err(|e| {
-                    PgError::fatal(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        format!("invalid options: {e}"),
-                    )
-                })?;
-                wanted.extend(opts);
-            } else {
-                wanted.push((k.clone(), v.clone()));
-            }
+        // `options` (`-c name=value`) is parsed first so that its settings
+        // can be borrowed in the client's order below.
+        let mut options = Vec::new();
+        if let Some((_, v)) = login.params.iter().find(|(k, _)| k == "options") {
+            options = parse_options(v).map_err(|e| {
+                PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid options: {e}"),
+                )
+            })?;
         }
         // Known, writable parameters the client sets, under the names the
         // server reports them by, in the client's order.
-        let mut settings = Vec::new();
+        let mut settings: Vec<(&str, &str)> = Vec::new();
         let mut needs_server = false;
+        let wanted = login.params.iter().flat_map(|(k, v)| {
+            let opts: &[(String, String)] = if k == "options" { &options } else { &[] };
+            let plain = (k != "options").then_some((k.as_str(), v.as_str()));
+            plain
+                .into_iter()
+                .chain(opts.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        });
         for (k, v) in wanted {
-            match template.keys().find(|t| t.eq_ignore_ascii_case(&k)) {
+            match template.keys().find(|t| t.eq_ignore_ascii_case(k)) {
                 Some(name) if is_read_only_param(name) => {}
                 Some(name) => {
-                    if template.get(name) != Some(&v) {
+                    if template.get(name).map(String::as_str) != Some(v) {
                         needs_server = true;
                     }
-                    settings.push((name.clone(), v));
+                    settings.push((name.as_str(), v));
                 }
                 None => {
                     needs_server = true;
-                    self.other.insert(k.to_ascii_lowercase(), v);
+                    self.other.insert(k.to_ascii_lowercase(), v.to_string());
                 }
             }
         }
@@ -175,11 +183,12 @@ impl Session {
         } else {
             None
         };
+        let remembered = settled.is_some();
         if let Some(params) = settled {
             self.reported = params;
         } else {
             for (name, v) in &settings {
-                self.set_reported(name.clone(), v.clone());
+                self.set_reported(name, v);
             }
             if needs_server || self.mode == PoolMode::Session {
                 // Apply the settings once now, so a bad one fails the login
@@ -187,27 +196,27 @@ impl Session {
                 // values (`UTF8` for `utf8`).
                 self.acquire_server().await?;
                 if let Some(s) = self.server.as_ref() {
-                    let mut reported = std::mem::take(&mut self.reported);
                     for (k, v) in s.server.params.iter() {
-                        if reported.get(k) != Some(v) {
-                            Arc::make_mut(&mut reported).insert(k.clone(), v.clone());
+                        if self.reported.get(k) != Some(v) {
+                            Arc::make_mut(&mut self.reported).insert(k.clone(), v.clone());
                         }
                     }
-                    self.reported = reported;
                 }
                 if self.mode == PoolMode::Transaction {
                     self.release_server(None).await;
                 }
             }
-            self.reported = self.pool.share_params(std::mem::take(&mut self.reported));
-            if rememberable {
-                self.pool.remember_settled(settings, self.reported.clone());
-            }
+        }
+        let shared = self.pool.share_params(&self.reported);
+        self.reported = shared.map;
+        if rememberable && !remembered {
+            let owned = settings.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            self.pool
+                .remember_settled(owned.collect(), self.reported.clone());
         }
         let out = &mut self.to_client;
-        for (k, v) in self.reported.iter() {
-            backend::parameter_status(out, k, v);
-        }
+        out.reserve(shared.status.len() + LOGIN_REPLY_TAIL);
+        out.extend_from_slice(&shared.status);
         backend::backend_key_data(out, self.cancel.slot.pid, self.cancel.slot.secret());
         backend::ready_for_query(out, b'I');
         self.txn.status = b'I';
@@ -216,9 +225,9 @@ impl Session {
 
     /// Records a reported parameter value, copying the shared map only when
     /// the value actually changes.
-    pub fn set_reported(&mut self, name: String, value: String) {
-        if self.reported.get(&name) != Some(&value) {
-            Arc::make_mut(&mut self.reported).insert(name, value);
+    pub fn set_reported(&mut self, name: &str, value: &str) {
+        if self.reported.get(name).map(String::as_str) != Some(value) {
+            Arc::make_mut(&mut self.reported).insert(name.to_string(), value.to_string());
         }
     }
 

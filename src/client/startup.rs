@@ -77,6 +77,11 @@ async fn fill<S: AsyncRead + Unpin>(
     Ok(())
 }
 
+/// Room for a login's reply in one allocation: AuthenticationOk, then the
+/// ParameterStatus messages (about 400 bytes for Postgres 15's fourteen),
+/// BackendKeyData and ReadyForQuery.
+const LOGIN_REPLY_CAPACITY: usize = 512;
+
 /// A startup refused: the error, and the connection to send it on when
 /// there is one that can still carry it.
 pub struct Refused {
@@ -388,7 +393,7 @@ pub async fn authenticate(
     let Some(user) = user else {
         return Err(auth_failed(name));
     };
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::with_capacity(LOGIN_REPLY_CAPACITY);
     match user.config.auth_type {
         AuthType::Trust => {}
         AuthType::Md5 => {

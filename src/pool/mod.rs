@@ -9,6 +9,7 @@ mod slots;
 mod waiting;
 
 pub use inspect::{ServerInfo, ServerState, ServerTicket};
+pub use params::no_params;
 pub use registry::Pools;
 
 use std::collections::BTreeMap;
