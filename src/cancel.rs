@@ -55,6 +55,7 @@
 //! 3.2 means issuing longer secrets to clients that negotiate it and
 //! storing variable-length server secrets in [`ServerKey`].
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,6 +68,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+use crate::id_map::IdMap;
 use crate::metrics::Metrics;
 use crate::server::ServerKey;
 
@@ -249,7 +251,7 @@ pub struct CancelRegistry {
     peer_id: u8,
     /// Next process id (low 24 bits); starts at a random point.
     next: AtomicU32,
-    shards: Vec<Mutex<HashMap<i32, Arc<CancelSlot>>>>,
+    shards: Vec<Mutex<IdMap<i32, Arc<CancelSlot>>>>,
     /// Other replicas by peer id.
     peers: HashMap<u8, String>,
     /// Bounds the outgoing cancel connections ([`MAX_FORWARDS`]).
@@ -275,14 +277,14 @@ impl CancelRegistry {
         CancelRegistry {
             peer_id,
             next: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             peers,
             forwards: Semaphore::new(MAX_FORWARDS),
             metrics,
         }
     }
 
-    fn shard(&self, pid: i32) -> std::sync::MutexGuard<'_, HashMap<i32, Arc<CancelSlot>>> {
+    fn shard(&self, pid: i32) -> std::sync::MutexGuard<'_, IdMap<i32, Arc<CancelSlot>>> {
         self.shards[(pid as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -308,11 +310,10 @@ impl CancelRegistry {
                 state: Mutex::new(SlotState::default()),
                 forwards_done: Notify::new(),
             });
-            let mut shard = self.shard(pid);
-            if shard.contains_key(&pid) {
-                continue;
-            }
-            shard.insert(pid, slot.clone());
+            match self.shard(pid).entry(pid) {
+                Entry::Occupied(_) => continue,
+                Entry::Vacant(v) => v.insert(slot.clone()),
+            };
             return CancelHandle {
                 slot,
                 registry: self.clone(),

@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod client;
 pub mod config;
 pub mod demo;
+mod id_map;
 pub mod listen;
 mod listener;
 pub mod metrics;

@@ -5,7 +5,6 @@
 //! server a client holds is read at SHOW time from its cancel slot, which the
 //! session keeps current anyway.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +12,7 @@ use std::time::SystemTime;
 
 use crate::cancel::CancelSlot;
 use crate::client::startup::LoginRequest;
+use crate::id_map::IdMap;
 use crate::pool::PoolKey;
 
 const SHARDS: usize = 16;
@@ -37,7 +37,7 @@ pub struct ClientInfo {
 /// Every logged-in client, sharded so logins on many cores do not contend.
 pub struct ClientRegistry {
     next: AtomicU64,
-    shards: Vec<Mutex<HashMap<u64, Arc<ClientInfo>>>>,
+    shards: Vec<Mutex<IdMap<u64, Arc<ClientInfo>>>>,
 }
 
 /// Removes its client from the registry when dropped (session end).
@@ -57,11 +57,11 @@ impl ClientRegistry {
     pub fn new() -> ClientRegistry {
         ClientRegistry {
             next: AtomicU64::new(1),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 
-    fn shard(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ClientInfo>>> {
+    fn shard(&self, id: u64) -> std::sync::MutexGuard<'_, IdMap<u64, Arc<ClientInfo>>> {
         // Plain inserts and removes: a panic cannot leave a map half-done.
         self.shards[(id as usize) % SHARDS]
             .lock()
