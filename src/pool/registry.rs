@@ -18,7 +18,9 @@ struct Paused {
 
 /// Every pool of this instance.
 pub struct Pools {
-    map: RwLock<HashMap<PoolKey, Arc<Pool>>>,
+    /// Database name, then user name: looked up with the login's names as
+    /// they are, without building a key.
+    map: RwLock<HashMap<String, HashMap<String, Arc<Pool>>>>,
     metrics: Arc<Metrics>,
     paused: RwLock<Paused>,
 }
@@ -76,16 +78,24 @@ impl Pools {
         defaults: &PoolDefaults,
         tls: &Arc<crate::tls::ServerTls>,
     ) -> Arc<Pool> {
-        let key = PoolKey {
-            database: db.name.clone(),
-            user: user.name.clone(),
-        };
-        if let Some(p) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(p) = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&db.name)
+            .and_then(|users| users.get(&user.name))
+        {
             return p.clone();
         }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(key.clone())
+        map.entry(db.name.clone())
+            .or_default()
+            .entry(user.name.clone())
             .or_insert_with(|| {
+                let key = PoolKey {
+                    database: db.name.clone(),
+                    user: user.name.clone(),
+                };
                 let settings = db.pool_settings(defaults);
                 let target = ServerTarget {
                     host: db.host.clone(),
@@ -117,7 +127,7 @@ impl Pools {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .cloned()
+            .flat_map(|users| users.values().cloned())
             .collect();
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
