@@ -30,9 +30,12 @@ pub(crate) fn bind(addr: &str) -> std::io::Result<TcpListener> {
 
 pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     let mut backoff = Duration::from_millis(10);
+    // Made once: a new one per connection would register with the
+    // shutdown token and unregister again at every accept.
+    let mut stopped = std::pin::pin!(state.shutdown.cancelled_owned());
     loop {
         let accepted = tokio::select! {
-            _ = state.shutdown.cancelled() => {
+            _ = &mut stopped => {
                 tracing::info!("stopped accepting connections");
                 return;
             }
