@@ -32,14 +32,21 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     let mut backoff = Duration::from_millis(10);
     // Made once: a new one per connection would register with the
     // shutdown token and unregister again at every accept.
+    // Polled only when no connection is waiting (polled again, it takes
+    // the token's lock); the flag catches a shutdown during a burst.
     let mut stopped = std::pin::pin!(state.shutdown.cancelled_owned());
     loop {
+        if state.shutdown.is_cancelled() {
+            tracing::info!("stopped accepting connections");
+            return;
+        }
         let accepted = tokio::select! {
+            biased;
+            r = listener.accept() => r,
             _ = &mut stopped => {
                 tracing::info!("stopped accepting connections");
                 return;
             }
-            r = listener.accept() => r,
         };
         match accepted {
             Ok((stream, addr)) => {
