@@ -52,11 +52,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             Ok((stream, addr)) => {
                 backoff = Duration::from_millis(10);
                 let st = state.clone();
-                // Boxed: the handshake's future is large (2.7 KB), and a
-                // task's future is copied as it is spawned and as it ends.
-                state
-                    .tracker
-                    .spawn(Box::pin(crate::client::serve(stream, addr, st)));
+                state.tracker.spawn(crate::client::serve(stream, addr, st));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait, then retry,

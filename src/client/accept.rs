@@ -25,8 +25,25 @@ use crate::State;
 /// The whole startup (first packet to AuthenticationOk) must fit in this.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves one accepted connection to its end.
+/// Serves one accepted connection to its end, in one task.
 pub async fn serve(tcp: TcpStream, addr: SocketAddr, state: Arc<State>) {
+    // The startup's future is large (2.7 KB: TLS, authentication, the
+    // timeouts) and boxed: it is freed at login, so an idle client's task
+    // holds only what the relay needs. One task rather than a second one
+    // for the relay saves a spawn per connection.
+    let Some((client, span)) = Box::pin(start(tcp, addr, state)).await else {
+        return;
+    };
+    client.run().instrument(span).await;
+}
+
+/// The handshake, authentication and login: the client ready for its
+/// relay, or `None` once it was answered (a cancel, a refusal).
+async fn start(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    state: Arc<State>,
+) -> Option<(LoggedIn, tracing::Span)> {
     let _ = tcp.set_nodelay(true);
     let mut buf = BytesMut::new();
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
@@ -36,13 +53,16 @@ pub async fn serve(tcp: TcpStream, addr: SocketAddr, state: Arc<State>) {
         Ok((_, Handshake::Cancel { pid, secret })) => {
             let outcome = state.cancel.handle(pid, &secret).await;
             tracing::info!(client = %addr, pid, outcome = outcome.label(), "cancel request");
-            return;
+            return None;
         }
         Ok((stream, Handshake::Login(login))) => (stream, login),
         Err(startup::Refused {
             stream: Some(mut stream),
             error,
-        }) => return refuse(&mut stream, addr, error).await,
+        }) => {
+            refuse(&mut stream, addr, error).await;
+            return None;
+        }
         Err(startup::Refused {
             stream: None,
             error,
@@ -51,7 +71,7 @@ pub async fn serve(tcp: TcpStream, addr: SocketAddr, state: Arc<State>) {
                 state.metrics.client_tls_handshake_errors.inc();
             }
             tracing::info!(client = %addr, error = %error, "client refused");
-            return;
+            return None;
         }
     };
     // Cancel connections never get here, so they do not count against
@@ -63,28 +83,35 @@ pub async fn serve(tcp: TcpStream, addr: SocketAddr, state: Arc<State>) {
             format!("sorry, too many clients already (max_client_conn = {max})"),
         )
         .with_hint("raise proxy.max_client_conn or use fewer client connections");
-        return refuse(&mut stream, addr, StartupError::Refuse(e)).await;
+        refuse(&mut stream, addr, StartupError::Refuse(e)).await;
+        return None;
     };
     state.metrics.clients_total.inc();
     let span = tracing::info_span!("client", client = %addr, user = %login.user, database = %login.database);
-    async move {
+    let logged_in = async move {
         tracing::info!("client connected");
         let end_point = tls.end_point.clone();
-        match run(stream, buf, addr, login, state.clone(), permit, end_point).await {
-            // The rest of the client's life runs in a task of its own, so
-            // an idle client holds only what the relay needs: this task's
-            // future is sized by the startup's (authentication, timeouts,
-            // the login request), and it ends here.
-            Ok(Some(client)) => {
-                let span = tracing::Span::current();
-                state.tracker.spawn(client.run().instrument(span));
+        let greeted = Greeted {
+            stream,
+            buf,
+            addr,
+            login,
+        };
+        match run(greeted, state, permit, end_point, deadline).await {
+            Ok(Some(client)) => Some(client),
+            Ok(None) => {
+                log_end(Ok(()));
+                None
             }
-            Ok(None) => log_end(Ok(())),
-            Err(e) => log_end(Err(e)),
+            Err(e) => {
+                log_end(Err(e));
+                None
+            }
         }
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone())
+    .await?;
+    Some((logged_in, span))
 }
 
 fn log_end(result: Result<(), SessionError>) {
@@ -145,15 +172,28 @@ async fn refuse(stream: &mut Stream, addr: SocketAddr, e: StartupError) {
     }
 }
 
-async fn run(
-    mut stream: Stream,
-    mut buf: BytesMut,
+/// A client through its handshake, not yet authenticated.
+struct Greeted {
+    stream: Stream,
+    /// What it sent after its startup packet, if anything.
+    buf: BytesMut,
     addr: SocketAddr,
     login: LoginRequest,
+}
+
+async fn run(
+    greeted: Greeted,
     state: Arc<State>,
     permit: OwnedSemaphorePermit,
     end_point: Option<Arc<[u8]>>,
+    deadline: tokio::time::Instant,
 ) -> Result<Option<LoggedIn>, SessionError> {
+    let Greeted {
+        mut stream,
+        mut buf,
+        addr,
+        login,
+    } = greeted;
     let user = state.users().get(&login.user);
     let auth = startup::authenticate(
         &mut stream,
@@ -163,7 +203,7 @@ async fn run(
         end_point.as_ref(),
     );
     // AuthenticationOk, sent with whatever follows it.
-    let auth_ok = match tokio::time::timeout(STARTUP_TIMEOUT, auth).await {
+    let auth_ok = match tokio::time::timeout_at(deadline, auth).await {
         Ok(Ok(auth_ok)) => auth_ok,
         Ok(Err(e)) => {
             let msg = e.to_string();
