@@ -91,19 +91,25 @@ auth_type = "scram-sha-256"
 EOT
 }
 
-# start_both_poolers BIN: pgharbor (BIN, pgharbor_config) and PgBouncer (the
-# same: transaction mode, pool 20, SCRAM with the plain secret; installed
-# with apt-get when missing) in front of the scratch Postgres, each on a
-# free loopback port, stopped on exit; sets $harbor_port, $harbor_pid,
-# $bouncer_port and $bouncer_pid.
+# start_both_poolers BIN [AUTH]: pgharbor (BIN, pgharbor_config) and
+# PgBouncer (the same: transaction mode, pool 20, SCRAM with the plain
+# secret; installed with apt-get when missing) in front of the scratch
+# Postgres, each on a free loopback port, stopped on exit; sets
+# $harbor_port, $harbor_pid, $bouncer_port and $bouncer_pid. AUTH `trust`
+# makes Postgres and both poolers take clients without a password.
 start_both_poolers() {
-    local bin="$1" pgbouncer_bin
+    local bin="$1" auth="${2:-scram-sha-256}" pgbouncer_bin
+    if [[ "$auth" == trust ]]; then
+        sed -i 's/scram-sha-256$/trust/' "$tmp/data/pg_hba.conf"
+        "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/data" reload >/dev/null
+    fi
     command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || apt-get install -y pgbouncer >/dev/null
     pgbouncer_bin="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
     scratch_on_exit '[[ -f "$tmp/pgbouncer.pid" ]] && kill "$(cat "$tmp/pgbouncer.pid")" 2>/dev/null'
     harbor_port="$(free_port)"
     bouncer_port="$(free_port)"
     pgharbor_config "$tmp/pgharbor.toml" "$harbor_port"
+    sed -i "s/^auth_type = .*/auth_type = \"$auth\"/" "$tmp/pgharbor.toml"
     cat > "$tmp/pgbouncer.ini" <<EOF
 [databases]
 app = host=127.0.0.1 port=$pg_port dbname=app
@@ -111,7 +117,7 @@ app = host=127.0.0.1 port=$pg_port dbname=app
 listen_addr = 127.0.0.1
 listen_port = $bouncer_port
 unix_socket_dir =
-auth_type = scram-sha-256
+auth_type = $auth
 auth_file = $tmp/users.txt
 pool_mode = transaction
 default_pool_size = 20

@@ -3,7 +3,12 @@
 # PgBouncer, counted by the kernel's tracepoints (`perf stat`), which do not
 # drift with the machine's load the way CPU time does.
 #
-#   bench/syscalls.sh [-c CLIENTS] [-t TXNS] [-M simple|extended|prepared] [--rounds N] [--bin BIN]
+#   bench/syscalls.sh [-c CLIENTS] [-t TXNS] [-M simple|extended|prepared] [-C]
+#                     [--auth scram-sha-256|trust] [--rounds N] [--bin BIN]
+#
+# -C opens a new connection per transaction (pgbench -C): the counts are
+# then per connection. --auth trust takes the password out of the login,
+# as the issue's trust-churn target does.
 #
 # One scratch Postgres (scale 1), PgBouncer (transaction mode, pool 20,
 # SCRAM with the plain secret) and pgharbor (the same), both on loopback.
@@ -22,14 +27,18 @@ txns=3000
 mode=simple
 rounds=2
 bin=""
+connect=()
+auth=scram-sha-256
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -c) clients="$2"; shift 2 ;;
         -t) txns="$2"; shift 2 ;;
         -M) mode="$2"; shift 2 ;;
+        -C) connect=(-C); shift ;;
+        --auth) auth="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
         --bin) bin="$(realpath "$2")"; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -39,7 +48,7 @@ source "$root/bench/scratch.sh"
 [[ -n "$bin" ]] || bin="$(release_pgharbor)"
 command -v perf >/dev/null || apt-get install -y linux-perf >/dev/null
 scratch_start syscalls
-start_both_poolers "$bin"
+start_both_poolers "$bin" "$auth"
 
 events=raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom
 events+=,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_ctl,context-switches
@@ -49,9 +58,9 @@ ticks() { awk '{ sub(/.*\) /, ""); print $12, $13 }' "/proc/$1/stat"; }
 switches() { awk '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { n = $2 } END { print v, n }' "/proc/$1/status"; }
 hz="$(getconf CLK_TCK)"
 pgbench() {
-    PGPASSWORD=secret "$pg_bin/pgbench" -n -S -M "$mode" -c "$clients" -j 2 -h 127.0.0.1 -U app "$@" app
+    PGPASSWORD=secret "$pg_bin/pgbench" -n -S -M "$mode" "${connect[@]}" -c "$clients" -j 2 -h 127.0.0.1 -U app "$@" app
 }
-echo "select-only -M $mode, $clients clients x $txns transactions; counts per transaction"
+echo "select-only -M $mode ${connect[*]}, $auth, $clients clients x $txns transactions; counts per transaction"
 printf '%-10s %5s %8s %8s %8s %10s %9s %8s %6s %6s %7s %7s %7s\n' pooler round syscalls sendto recvfrom \
     epoll_wait epoll_ctl switches vol invol user-us sys-us tps
 for round in $(seq 1 "$rounds"); do
