@@ -25,6 +25,14 @@ use crate::State;
 /// BackendKeyData (13 bytes) and ReadyForQuery (6).
 const LOGIN_REPLY_TAIL: usize = 13 + 6;
 
+/// Records a reported parameter value, copying the shared map only when
+/// the value actually changes.
+fn set_param(map: &mut Arc<BTreeMap<String, String>>, name: &str, value: &str) {
+    if map.get(name).map(String::as_str) != Some(value) {
+        Arc::make_mut(map).insert(name.to_string(), value.to_string());
+    }
+}
+
 /// Why a session ended. The large variants are boxed: the relay's result
 /// is part of every client task's future, and idle clients should not pay
 /// for the rare case.
@@ -188,7 +196,7 @@ impl Session {
             self.reported = params;
         } else {
             for (name, v) in &settings {
-                self.set_reported(name, v);
+                set_param(&mut self.reported, name, v);
             }
             if needs_server || self.mode == PoolMode::Session {
                 // Apply the settings once now, so a bad one fails the login
@@ -197,9 +205,7 @@ impl Session {
                 self.acquire_server().await?;
                 if let Some(s) = self.server.as_ref() {
                     for (k, v) in s.server.params.iter() {
-                        if self.reported.get(k) != Some(v) {
-                            Arc::make_mut(&mut self.reported).insert(k.clone(), v.clone());
-                        }
+                        set_param(&mut self.reported, k, v);
                     }
                 }
                 if self.mode == PoolMode::Transaction {
@@ -210,9 +216,7 @@ impl Session {
         let shared = self.pool.share_params(&self.reported);
         self.reported = shared.map;
         if rememberable && !remembered {
-            let owned = settings.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-            self.pool
-                .remember_settled(owned.collect(), self.reported.clone());
+            self.pool.remember_settled(&settings, self.reported.clone());
         }
         let out = &mut self.to_client;
         out.reserve(shared.status.len() + LOGIN_REPLY_TAIL);
@@ -221,14 +225,6 @@ impl Session {
         backend::ready_for_query(out, b'I');
         self.txn.status = b'I';
         Ok(())
-    }
-
-    /// Records a reported parameter value, copying the shared map only when
-    /// the value actually changes.
-    pub fn set_reported(&mut self, name: &str, value: &str) {
-        if self.reported.get(name).map(String::as_str) != Some(value) {
-            Arc::make_mut(&mut self.reported).insert(name.to_string(), value.to_string());
-        }
     }
 
     /// Borrows a server for this client and brings its settings in line.

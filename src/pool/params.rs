@@ -73,28 +73,23 @@ impl Pool {
     /// `settings`, if one did recently.
     pub fn settled_params(&self, settings: &[(&str, &str)]) -> Option<Arc<Params>> {
         let maps = self.params.lock().unwrap_or_else(|e| e.into_inner());
-        let same = |s: &Settings| {
-            s.len() == settings.len()
-                && s.iter()
-                    .zip(settings)
-                    .all(|((k, v), (k2, v2))| k == k2 && v == v2)
-        };
         maps.settled
             .iter()
-            .find(|(s, _)| same(s))
+            .find(|(s, _)| same_settings(s, settings))
             .map(|(_, m)| m.clone())
     }
 
     /// Remembers the map a server produced for these startup `settings`.
-    pub fn remember_settled(&self, settings: Settings, params: Arc<Params>) {
+    pub fn remember_settled(&self, settings: &[(&str, &str)], params: Arc<Params>) {
         let mut maps = self.params.lock().unwrap_or_else(|e| e.into_inner());
-        if maps.settled.iter().any(|(s, _)| *s == settings) {
+        if maps.settled.iter().any(|(s, _)| same_settings(s, settings)) {
             return;
         }
         if maps.settled.len() == REMEMBERED {
             maps.settled.pop_back();
         }
-        maps.settled.push_front((settings, params));
+        let owned = settings.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        maps.settled.push_front((owned.collect(), params));
     }
 
     /// Forgets the settled maps (RECONNECT: the next logins ask a server
@@ -111,23 +106,17 @@ impl Pool {
 /// [`Pool::share_params`] on its list of recent maps.
 fn share(recent: &mut VecDeque<Recent>, value: &Arc<Params>) -> SharedParams {
     recent.retain(|r| r.map.strong_count() > 0);
-    // By pointer first: most logins bring a map that is already shared
-    // (the template's, or a remembered one).
-    let found = recent
-        .iter()
-        .find(|r| std::ptr::eq(r.map.as_ptr(), Arc::as_ptr(value)))
-        .or_else(|| {
-            recent
-                .iter()
-                .find(|r| r.map.upgrade().is_some_and(|m| *m == **value))
-        });
-    if let Some(r) = found {
-        if let Some(map) = r.map.upgrade() {
-            return SharedParams {
-                map,
-                status: r.status.clone(),
-            };
-        }
+    let found = recent.iter().find_map(|r| {
+        let map = r.map.upgrade()?;
+        // By pointer first: most logins bring a map that is already shared
+        // (the template's, or a remembered one).
+        (Arc::ptr_eq(&map, value) || *map == **value).then(|| SharedParams {
+            map,
+            status: r.status.clone(),
+        })
+    });
+    if let Some(shared) = found {
+        return shared;
     }
     if recent.len() == REMEMBERED {
         recent.pop_back();
@@ -141,6 +130,15 @@ fn share(recent: &mut VecDeque<Recent>, value: &Arc<Params>) -> SharedParams {
         map: value.clone(),
         status,
     }
+}
+
+/// Remembered settings against a login's, pair by pair in order.
+fn same_settings(remembered: &Settings, settings: &[(&str, &str)]) -> bool {
+    remembered.len() == settings.len()
+        && remembered
+            .iter()
+            .zip(settings)
+            .all(|((k, v), (k2, v2))| k == k2 && v == v2)
 }
 
 /// One ParameterStatus message per parameter, in the map's order.
