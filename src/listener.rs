@@ -31,22 +31,16 @@ pub(crate) fn bind(addr: &str) -> std::io::Result<TcpListener> {
 pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     let mut backoff = Duration::from_millis(10);
     // Made once: a new one per connection would register with the
-    // shutdown token and unregister again at every accept.
-    // Polled only when no connection is waiting (polled again, it takes
-    // the token's lock); the flag catches a shutdown during a burst.
+    // shutdown token and unregister again at every accept. It is polled
+    // only when no connection is waiting (polled again, it takes the
+    // token's lock); the flag, set before the token, ends the loop, also
+    // during a burst of connections.
     let mut stopped = std::pin::pin!(state.shutdown.cancelled_owned());
-    loop {
-        if state.shutdown.is_cancelled() {
-            tracing::info!("stopped accepting connections");
-            return;
-        }
+    while !state.shutdown.is_cancelled() {
         let accepted = tokio::select! {
             biased;
             r = listener.accept() => r,
-            _ = &mut stopped => {
-                tracing::info!("stopped accepting connections");
-                return;
-            }
+            _ = &mut stopped => continue,
         };
         match accepted {
             Ok((stream, addr)) => {
@@ -63,4 +57,5 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             }
         }
     }
+    tracing::info!("stopped accepting connections");
 }
