@@ -46,13 +46,13 @@ pub async fn serve(
         .proxy
         .admin_users
         .iter()
-        .any(|u| u == &login.user);
+        .any(|u| u == login.user());
     if !is_admin {
         let e = PgError::fatal(
             sqlstate::INSUFFICIENT_PRIVILEGE,
             format!(
                 "pgharbor: user \"{}\" may not use the admin console",
-                login.user
+                login.user()
             ),
         )
         .with_hint("add the user to proxy.admin_users, or connect to an application database");
@@ -63,8 +63,8 @@ pub async fn serve(
     }
     let cancel = state.cancel.register();
     let names = crate::pool::PoolKey {
-        database: login.database.clone(),
-        user: login.user.clone(),
+        database: login.database().to_owned(),
+        user: login.user().to_owned(),
     };
     let peer = stream.peer_addr().map_err(SessionError::ClientIo)?;
     let _listed = state.clients.register(
@@ -80,7 +80,7 @@ pub async fn serve(
         buf,
         out: BytesMut::new(),
         state,
-        user: login.user.clone(),
+        user: login.user().to_owned(),
         ext_failed: false,
     };
     greet(
@@ -95,12 +95,7 @@ pub async fn serve(
 /// ParameterStatus (fixed values, like PgBouncer's console), the cancel key
 /// and the first ReadyForQuery.
 fn greet(out: &mut BytesMut, login: &LoginRequest, pid: i32, secret: i32) {
-    let app = login
-        .params
-        .iter()
-        .find(|(k, _)| k == "application_name")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("");
+    let app = login.params.get("application_name").unwrap_or("");
     let version = format!("{}/pgharbor", env!("CARGO_PKG_VERSION"));
     for (k, v) in [
         ("server_version", version.as_str()),
@@ -112,7 +107,7 @@ fn greet(out: &mut BytesMut, login: &LoginRequest, pid: i32, secret: i32) {
         ("integer_datetimes", "on"),
         ("standard_conforming_strings", "on"),
         ("is_superuser", "off"),
-        ("session_authorization", login.user.as_str()),
+        ("session_authorization", login.user()),
         ("application_name", app),
     ] {
         backend::parameter_status(out, k, v);

@@ -81,9 +81,8 @@ impl ClientRegistry {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let application_name = login
             .params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.clone())
+            .get("application_name")
+            .map(str::to_owned)
             .unwrap_or_default();
         let info = Arc::new(ClientInfo {
             id,

@@ -87,7 +87,7 @@ async fn start(
         return None;
     };
     state.metrics.clients_total.inc();
-    let span = tracing::info_span!("client", client = %addr, user = %login.user, database = %login.database);
+    let span = tracing::info_span!("client", client = %addr, user = %login.user(), database = %login.database());
     let logged_in = async move {
         tracing::info!("client connected");
         let end_point = tls.end_point.clone();
@@ -194,11 +194,11 @@ async fn run(
         addr,
         login,
     } = greeted;
-    let user = state.users().get(&login.user);
+    let user = state.users().get(login.user());
     let auth = startup::authenticate(
         &mut stream,
         &mut buf,
-        &login.user,
+        login.user(),
         user.as_deref(),
         end_point.as_ref(),
     );
@@ -217,7 +217,7 @@ async fn run(
     };
     let Some(user) = user else { return Ok(None) };
     let config = state.config();
-    if login.database == "pgharbor" || login.database == "pgbouncer" {
+    if matches!(login.database(), "pgharbor" | "pgbouncer") {
         startup::send(&mut stream, &auth_ok)
             .await
             .map_err(SessionError::ClientIo)?;
@@ -227,10 +227,10 @@ async fn run(
             .await
             .map(|()| None);
     }
-    let Some(db) = config.database(&login.database) else {
+    let Some(db) = config.database(login.database()) else {
         let e = PgError::fatal(
             sqlstate::INVALID_CATALOG_NAME,
-            format!("database \"{}\" does not exist", login.database),
+            format!("database \"{}\" does not exist", login.database()),
         )
         .with_hint("pgharbor serves only the databases listed in its [[databases]] config");
         let _ = startup::send(&mut stream, &auth_ok).await;

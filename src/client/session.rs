@@ -146,7 +146,7 @@ impl Session {
         // `options` (`-c name=value`) is parsed first so that its settings
         // can be borrowed in the client's order below.
         let mut options = Vec::new();
-        if let Some((_, v)) = login.params.iter().find(|(k, _)| k == "options") {
+        if let Some(v) = login.params.get("options") {
             options = parse_options(v).map_err(|e| {
                 PgError::fatal(
                     sqlstate::PROTOCOL_VIOLATION,
@@ -160,7 +160,7 @@ impl Session {
         let mut needs_server = false;
         let wanted = login.params.iter().flat_map(|(k, v)| {
             let opts: &[(String, String)] = if k == "options" { &options } else { &[] };
-            let plain = (k != "options").then_some((k.as_str(), v.as_str()));
+            let plain = (k != "options").then_some((k, v));
             plain
                 .into_iter()
                 .chain(opts.iter().map(|(k, v)| (k.as_str(), v.as_str())))

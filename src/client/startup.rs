@@ -13,7 +13,7 @@ use crate::net::Stream;
 use crate::protocol::backend;
 use crate::protocol::frame::{read_cstr, split_message, ProtocolError};
 use crate::protocol::sqlstate;
-use crate::protocol::startup::{split_startup, StartupPacket};
+use crate::protocol::startup::{split_startup, Pair, StartupPacket, StartupParams};
 use crate::protocol::PgError;
 use crate::tls::ClientTls;
 use crate::users::UserEntry;
@@ -37,10 +37,22 @@ pub enum Handshake {
 
 #[derive(Debug, Clone)]
 pub struct LoginRequest {
-    pub user: String,
-    pub database: String,
-    /// Every other startup parameter, in the client's order.
-    pub params: Vec<(String, String)>,
+    /// Every startup parameter but `user`, `database`, `replication` and
+    /// the protocol options (`_pq_.*`), in the client's order.
+    pub params: StartupParams,
+    user: Pair,
+    /// `None`: the database is named like the user.
+    database: Option<Pair>,
+}
+
+impl LoginRequest {
+    pub fn user(&self) -> &str {
+        self.params.value(self.user)
+    }
+
+    pub fn database(&self) -> &str {
+        self.params.value(self.database.unwrap_or(self.user))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,14 +125,8 @@ enum FirstPacket {
 
 /// A StartupMessage or CancelRequest, in plaintext or through TLS.
 enum Request {
-    Cancel {
-        pid: i32,
-        secret: Vec<u8>,
-    },
-    Startup {
-        version: u32,
-        params: Vec<(String, String)>,
-    },
+    Cancel { pid: i32, secret: Vec<u8> },
+    Startup { version: u32, params: StartupParams },
 }
 
 /// Reads the first packets up to a StartupMessage or CancelRequest, with
@@ -289,7 +295,7 @@ pub(crate) async fn send<S: AsyncWrite + Unpin>(
 async fn login_request(
     stream: &mut Stream,
     version: u32,
-    params: Vec<(String, String)>,
+    mut params: StartupParams,
 ) -> Result<LoginRequest, StartupError> {
     let (major, minor) = (version >> 16, version & 0xffff);
     if major != 3 {
@@ -300,52 +306,46 @@ async fn login_request(
     }
     let mut user = None;
     let mut database = None;
-    let mut rest = Vec::new();
+    let mut replication = false;
     let mut unrecognized = Vec::new();
-    for (k, v) in params {
-        match k.as_str() {
-            "user" => user = Some(v),
-            "database" => database = Some(v),
-            "replication" => {
-                if !matches!(v.as_str(), "false" | "off" | "no" | "0") {
-                    return Err(StartupError::Refuse(
-                        PgError::fatal(
-                            sqlstate::FEATURE_NOT_SUPPORTED,
-                            "pgharbor does not support replication connections",
-                        )
-                        .with_hint("connect to PostgreSQL directly for replication"),
-                    ));
-                }
-            }
-            _ if k.starts_with("_pq_.") => unrecognized.push(k),
-            _ => rest.push((k, v)),
+    params.retain(|pair, k, v| {
+        match k {
+            "user" => user = Some(pair).filter(|_| !v.is_empty()),
+            "database" => database = Some(pair).filter(|_| !v.is_empty()),
+            "replication" => replication |= !matches!(v, "false" | "off" | "no" | "0"),
+            _ if k.starts_with("_pq_.") => unrecognized.push(pair),
+            _ => return true,
         }
+        false
+    });
+    if replication {
+        return Err(StartupError::Refuse(
+            PgError::fatal(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "pgharbor does not support replication connections",
+            )
+            .with_hint("connect to PostgreSQL directly for replication"),
+        ));
     }
     // We speak 3.0. A client asking for 3.2 (Postgres 18) is told so and
     // then expects a 3.0 BackendKeyData with a 4-byte secret, which is what
     // we issue (see the protocol 3.2 note in `crate::cancel`).
     if minor > 0 || !unrecognized.is_empty() {
         let mut out = BytesMut::new();
-        let names: Vec<&str> = unrecognized.iter().map(String::as_str).collect();
+        let names: Vec<&str> = unrecognized.iter().map(|&p| params.name(p)).collect();
         backend::negotiate_protocol_version(&mut out, 0, &names);
         send(stream, &out).await?;
     }
-    let user = match user {
-        Some(u) if !u.is_empty() => u,
-        _ => {
-            return Err(StartupError::Refuse(PgError::fatal(
-                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                "no PostgreSQL user name specified in startup packet",
-            )))
-        }
+    let Some(user) = user else {
+        return Err(StartupError::Refuse(PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "no PostgreSQL user name specified in startup packet",
+        )));
     };
-    let database = database
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| user.clone());
     Ok(LoginRequest {
+        params,
         user,
         database,
-        params: rest,
     })
 }
 

@@ -1,6 +1,8 @@
 //! The untagged first packet of a connection: StartupMessage, SSLRequest,
 //! GSSENCRequest or CancelRequest.
 
+use std::ops::Range;
+
 use bytes::{Buf, BytesMut};
 
 use super::frame::ProtocolError;
@@ -19,7 +21,7 @@ pub enum StartupPacket {
     /// version may be newer than 3.0 (we then negotiate down).
     Startup {
         version: u32,
-        params: Vec<(String, String)>,
+        params: StartupParams,
     },
     SslRequest,
     GssEncRequest,
@@ -63,36 +65,103 @@ pub fn split_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, Protoc
         }
         version => StartupPacket::Startup {
             version,
-            params: parse_params(packet)?,
+            params: StartupParams::parse(packet)?,
         },
     };
     buf.advance(len);
     Ok(Some(parsed))
 }
 
-fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError> {
-    let mut params = Vec::new();
-    loop {
-        let Some(end) = body.iter().position(|&b| b == 0) else {
-            return Err(ProtocolError::Malformed("startup packet"));
-        };
-        if end == 0 {
-            return Ok(params);
+/// A StartupMessage's parameters: its `name\0value\0` list checked once as
+/// UTF-8 and kept as one string, with where each pair sits in it. A login
+/// then allocates twice for its parameters, not twice per parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupParams {
+    text: Box<str>,
+    pairs: Vec<Pair>,
+}
+
+/// Where a name and its value sit in [`StartupParams::text`]; a startup
+/// packet is at most [`MAX_STARTUP_PACKET`] bytes, so `u16` offsets hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pair {
+    name: (u16, u16),
+    value: (u16, u16),
+}
+
+impl StartupParams {
+    fn parse(body: &[u8]) -> Result<Self, ProtocolError> {
+        const MALFORMED: ProtocolError = ProtocolError::Malformed("startup packet");
+        let mut pairs = Vec::new();
+        let mut at = 0;
+        // The list ends with an empty name: a NUL where a name would start.
+        loop {
+            let name_end = at + find_nul(&body[at..]).ok_or(MALFORMED)?;
+            if name_end == at {
+                break;
+            }
+            let value_end = name_end + 1 + find_nul(&body[name_end + 1..]).ok_or(MALFORMED)?;
+            pairs.push(Pair {
+                name: span(at..name_end),
+                value: span(name_end + 1..value_end),
+            });
+            at = value_end + 1;
         }
-        let name = std::str::from_utf8(&body[..end])
-            .map_err(|_| ProtocolError::Malformed("startup packet"))?
-            .to_owned();
-        body = &body[end + 1..];
-        let end = body
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(ProtocolError::Malformed("startup packet"))?;
-        let value = std::str::from_utf8(&body[..end])
-            .map_err(|_| ProtocolError::Malformed("startup packet"))?
-            .to_owned();
-        body = &body[end + 1..];
-        params.push((name, value));
+        // A NUL cannot be part of a multi-byte character, so checking the
+        // whole list checks each name and value.
+        let text = std::str::from_utf8(&body[..at]).map_err(|_| MALFORMED)?;
+        Ok(StartupParams {
+            text: text.into(),
+            pairs,
+        })
     }
+
+    /// Every parameter, in the client's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.pairs.iter().map(|p| self.pair(p))
+    }
+
+    /// The value of the first parameter called `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// Keeps the parameters `keep` says yes to, in their order. `keep`
+    /// also gets each pair's place, by which [`StartupParams::value`] still
+    /// reads the value of a pair it did not keep.
+    pub fn retain(&mut self, mut keep: impl FnMut(Pair, &str, &str) -> bool) {
+        let text = &self.text;
+        self.pairs
+            .retain(|&p| keep(p, slice(text, p.name), slice(text, p.value)));
+    }
+
+    /// The value of a pair these parameters came with.
+    pub fn value(&self, p: Pair) -> &str {
+        slice(&self.text, p.value)
+    }
+
+    /// The name of a pair these parameters came with.
+    pub fn name(&self, p: Pair) -> &str {
+        slice(&self.text, p.name)
+    }
+
+    fn pair(&self, p: &Pair) -> (&str, &str) {
+        (slice(&self.text, p.name), slice(&self.text, p.value))
+    }
+}
+
+fn slice(text: &str, (start, end): (u16, u16)) -> &str {
+    &text[start as usize..end as usize]
+}
+
+fn find_nul(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == 0)
+}
+
+fn span(r: Range<usize>) -> (u16, u16) {
+    // The packet's length was checked against MAX_STARTUP_PACKET.
+    const _: () = assert!(MAX_STARTUP_PACKET <= u16::MAX as usize);
+    (r.start as u16, r.end as u16)
 }
 
 /// Splits the `options` startup parameter (`-c name=value --name=value`, with
@@ -169,16 +238,16 @@ mod tests {
     fn parses_a_startup_message() {
         let mut buf = startup(&[("user", "app"), ("database", "db")]);
         let p = split_startup(&mut buf).unwrap().unwrap();
+        let StartupPacket::Startup { version, params } = p else {
+            panic!("not a StartupMessage: {p:?}");
+        };
+        assert_eq!(version, PROTOCOL_3_0);
         assert_eq!(
-            p,
-            StartupPacket::Startup {
-                version: PROTOCOL_3_0,
-                params: vec![
-                    ("user".into(), "app".into()),
-                    ("database".into(), "db".into())
-                ]
-            }
+            params.iter().collect::<Vec<_>>(),
+            [("user", "app"), ("database", "db")]
         );
+        assert_eq!(params.get("database"), Some("db"));
+        assert_eq!(params.get("options"), None);
         assert!(buf.is_empty());
     }
 
@@ -192,6 +261,43 @@ mod tests {
         buf.put_i32(13);
         buf.put_u32(PROTOCOL_3_0);
         buf.put_slice(b"user\0");
+        assert!(split_startup(&mut buf).is_err());
+    }
+
+    #[test]
+    fn keeps_the_pairs_asked_for_and_reads_the_others_by_place() {
+        let mut buf = startup(&[
+            ("user", "app"),
+            ("application_name", "bench"),
+            ("database", "db"),
+        ]);
+        let Some(StartupPacket::Startup { mut params, .. }) = split_startup(&mut buf).unwrap()
+        else {
+            panic!("not a StartupMessage");
+        };
+        let mut user = None;
+        params.retain(|pair, k, _| match k {
+            "user" => {
+                user = Some(pair);
+                false
+            }
+            k => k != "database",
+        });
+        assert_eq!(
+            params.iter().collect::<Vec<_>>(),
+            [("application_name", "bench")]
+        );
+        let user = user.expect("the user pair was seen");
+        assert_eq!((params.name(user), params.value(user)), ("user", "app"));
+    }
+
+    #[test]
+    fn refuses_a_parameter_that_is_not_utf8() {
+        let mut buf = BytesMut::new();
+        let body = b"user\0\xff\0\0";
+        buf.put_i32(8 + body.len() as i32);
+        buf.put_u32(PROTOCOL_3_0);
+        buf.put_slice(body);
         assert!(split_startup(&mut buf).is_err());
     }
 
