@@ -36,6 +36,13 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     // token's lock); the flag, set before the token, ends the loop, also
     // during a burst of connections.
     let mut stopped = std::pin::pin!(state.shutdown.cancelled_owned());
+    // A connection accepted on a listener bound to one address was made to
+    // that address: asking the kernel for it (getsockname) per connection,
+    // for SHOW CLIENTS, is needed only behind a wildcard address.
+    let local = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     while !state.shutdown.is_cancelled() {
         let accepted = tokio::select! {
             biased;
@@ -46,7 +53,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             Ok((stream, addr)) => {
                 backoff = Duration::from_millis(10);
                 let st = state.clone();
-                state.tracker.spawn(crate::client::serve(stream, addr, st));
+                state
+                    .tracker
+                    .spawn(crate::client::serve(stream, addr, local, st));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait, then retry,

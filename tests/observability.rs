@@ -371,6 +371,12 @@ async fn console_agrees_with_metrics_and_pause_holds_transactions() {
         "the console itself is listed: {clients:?}"
     );
     assert_eq!(clients.iter().filter(|c| c["database"] == "app").count(), 2);
+    // Each client shows the address it connected to: the listener's (bound
+    // to 127.0.0.1, so known without asking the socket).
+    for c in clients.iter().filter(|c| c["database"] == "app") {
+        assert_eq!(c["local_addr"], proxy.addr().ip().to_string(), "{c:?}");
+        assert_eq!(c["local_port"], proxy.addr().port().to_string(), "{c:?}");
+    }
 
     // The other SHOWs answer with PgBouncer's columns.
     let stats = show(&console, "SHOW STATS").await;

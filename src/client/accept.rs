@@ -26,7 +26,9 @@ use crate::State;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one accepted connection to its end, in one task.
-pub async fn serve(tcp: TcpStream, addr: SocketAddr, state: Arc<State>) {
+/// `local` is the address the client connected to when the listener knows
+/// it (bound to one address), else `None`, and the socket is asked.
+pub async fn serve(tcp: TcpStream, addr: SocketAddr, local: Option<SocketAddr>, state: Arc<State>) {
     // The startup's future is large (2.7 KB: TLS, authentication, the
     // timeouts) and boxed: it is freed at login, so an idle client's task
     // holds only what the relay needs. One task rather than a second one
@@ -35,7 +37,7 @@ pub async fn serve(tcp: TcpStream, addr: SocketAddr, state: Arc<State>) {
     // to it, and spawning the task, returning the client from the startup
     // and starting its relay each copy that pointer, not the client (a
     // trust login spent 1,400 of its 32,000 instructions on those copies).
-    let Some((client, span)) = Box::pin(start(tcp, addr, state)).await else {
+    let Some((client, span)) = Box::pin(start(tcp, addr, local, state)).await else {
         return;
     };
     client.run().instrument(span).await;
@@ -46,6 +48,7 @@ pub async fn serve(tcp: TcpStream, addr: SocketAddr, state: Arc<State>) {
 async fn start(
     tcp: TcpStream,
     addr: SocketAddr,
+    local: Option<SocketAddr>,
     state: Arc<State>,
 ) -> Option<(Box<LoggedIn>, tracing::Span)> {
     let _ = tcp.set_nodelay(true);
@@ -99,6 +102,7 @@ async fn start(
             stream,
             buf,
             addr,
+            local,
             login,
         };
         match run(greeted, state, permit, end_point, deadline).await {
@@ -176,6 +180,8 @@ struct Greeted {
     /// What it sent after its startup packet, if anything.
     buf: BytesMut,
     addr: SocketAddr,
+    /// The address it connected to, if the listener knew it.
+    local: Option<SocketAddr>,
     login: LoginRequest,
 }
 
@@ -190,6 +196,7 @@ async fn run(
         mut stream,
         mut buf,
         addr,
+        local,
         login,
     } = greeted;
     let user = state.users().get(login.user());
@@ -243,7 +250,7 @@ async fn run(
         &login,
         pool.key.clone(),
         addr,
-        stream.local_addr().ok(),
+        local.or_else(|| stream.local_addr().ok()),
         stream.tls_description(),
         &cancel.slot,
     );
