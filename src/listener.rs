@@ -28,6 +28,15 @@ pub(crate) fn bind(addr: &str) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// The local address of every connection accepted on a listener bound to
+/// `bound`, if they all share it. A connection accepted on a listener bound
+/// to one address was made to that address, so asking the kernel for it
+/// (getsockname) per connection, for SHOW CLIENTS, is needed only behind a
+/// wildcard address.
+fn fixed_local_addr(bound: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+    (!bound.ip().is_unspecified()).then_some(bound)
+}
+
 pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     let mut backoff = Duration::from_millis(10);
     // Made once: a new one per connection would register with the
@@ -36,13 +45,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     // token's lock); the flag, set before the token, ends the loop, also
     // during a burst of connections.
     let mut stopped = std::pin::pin!(state.shutdown.cancelled_owned());
-    // A connection accepted on a listener bound to one address was made to
-    // that address: asking the kernel for it (getsockname) per connection,
-    // for SHOW CLIENTS, is needed only behind a wildcard address.
-    let local = listener
-        .local_addr()
-        .ok()
-        .filter(|a| !a.ip().is_unspecified());
+    let local = listener.local_addr().ok().and_then(fixed_local_addr);
     while !state.shutdown.is_cancelled() {
         let accepted = tokio::select! {
             biased;
@@ -67,4 +70,20 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         }
     }
     tracing::info!("stopped accepting connections");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixed_local_addr;
+
+    #[test]
+    fn only_a_listener_on_one_address_knows_its_clients_local_address() {
+        for bound in ["127.0.0.1:6432", "[::1]:6432", "10.1.2.3:5432"] {
+            let bound = bound.parse().unwrap();
+            assert_eq!(fixed_local_addr(bound), Some(bound));
+        }
+        for wildcard in ["0.0.0.0:6432", "[::]:6432"] {
+            assert_eq!(fixed_local_addr(wildcard.parse().unwrap()), None);
+        }
+    }
 }
