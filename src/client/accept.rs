@@ -38,9 +38,9 @@ pub fn serve(
     // timeouts) and boxed: it is freed at login, so an idle client's task
     // holds only what the relay needs. It is made here, outside the task's
     // future, which then holds its 8-byte pointer where an async fn would
-    // keep its arguments (the socket and both addresses, about 100 bytes) for the
-    // client's whole life. One task rather than a second one for the relay
-    // saves a spawn per connection. The logged-in client (536 bytes) comes
+    // keep its arguments (the socket and both addresses, about 100 bytes)
+    // for the client's whole life. One task rather than a second one for
+    // the relay saves a spawn per connection. The logged-in client (536 bytes) comes
     // boxed too: spawning the task, returning the client from the startup
     // and starting its relay then copy a pointer, not the client (a trust
     // login spent 1,400 of its 32,000 instructions on those copies).

@@ -96,11 +96,12 @@ impl StartupParams {
         let mut at = 0;
         // The list ends with an empty name: a NUL where a name would start.
         loop {
-            let name_end = at + find_nul(&body[at..]).ok_or(MALFORMED)?;
+            let name_end = at + memchr::memchr(0, &body[at..]).ok_or(MALFORMED)?;
             if name_end == at {
                 break;
             }
-            let value_end = name_end + 1 + find_nul(&body[name_end + 1..]).ok_or(MALFORMED)?;
+            let value_end =
+                name_end + 1 + memchr::memchr(0, &body[name_end + 1..]).ok_or(MALFORMED)?;
             pairs.push(Pair {
                 name: span(at..name_end),
                 value: span(name_end + 1..value_end),
@@ -118,7 +119,7 @@ impl StartupParams {
 
     /// Every parameter, in the client's order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.pairs.iter().map(|p| self.pair(p))
+        self.pairs.iter().map(|&p| (self.name(p), self.value(p)))
     }
 
     /// The value of the first parameter called `name`.
@@ -144,18 +145,10 @@ impl StartupParams {
     pub fn name(&self, p: Pair) -> &str {
         slice(&self.text, p.name)
     }
-
-    fn pair(&self, p: &Pair) -> (&str, &str) {
-        (slice(&self.text, p.name), slice(&self.text, p.value))
-    }
 }
 
 fn slice(text: &str, (start, end): (u16, u16)) -> &str {
     &text[start as usize..end as usize]
-}
-
-fn find_nul(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == 0)
 }
 
 fn span(r: Range<usize>) -> (u16, u16) {
