@@ -1,7 +1,8 @@
 //! The TOML configuration: serde structs, defaults and validation.
 //!
-//! Every key named in `DESIGN.md` lives here. Errors name the key at fault so
-//! `pgharbor check-config` can tell a person exactly what to change.
+//! Every key of `config/pgharbor.toml` lives here. Errors name the key at
+//! fault so `pgharbor check-config` can tell a person exactly what to
+//! change.
 
 use std::collections::HashSet;
 use std::path::Path;

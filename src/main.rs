@@ -46,8 +46,8 @@ enum Command {
 /// `PGHARBOR_LOG` as a static filter (`Targets`) unless it has span or
 /// field directives (`[...]`), which need `EnvFilter`. Every poll of a
 /// client's task enters and leaves the client's span, and `EnvFilter` takes
-/// a lock at each of those to track span-scoped directives: about 600
-/// instructions per transaction at the default level, 10 % of pgharbor's.
+/// a lock at each of those to track span-scoped directives, a cost paid on
+/// every transaction (`bench/marginal.sh` shows it).
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -140,13 +140,12 @@ fn main() -> ExitCode {
 }
 
 /// `proxy.worker_threads`: 1 runs every client on one thread, as PgBouncer
-/// does. Measured on 2 cores (pgbench -S, 16 clients, 3 interleaved runs):
-/// one thread used 19.5 µs of CPU per transaction and served 21,900 TPS
-/// where the multi-thread runtime with a worker per core used 21.9 µs and
-/// served 20,200 (PgBouncer 19.3 µs, 20,000). Work stealing, its wakeups of
-/// the other worker and the shared counters bouncing between cores cost more
-/// than a second core gains while Postgres needs the cores too. More threads
-/// pay off when pgharbor's one thread is saturated.
+/// does. On the benchmark machine the multi-thread runtime used more CPU per
+/// transaction, even with one worker
+/// (bench/results/runtime-threads-2026-12-06.md): work stealing, its wakeups
+/// of the other worker and the shared counters bouncing between cores cost
+/// more than a second core gains while Postgres needs the cores too. More
+/// threads pay off when pgharbor's one thread is saturated.
 fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if workers == 1 {
         return tokio::runtime::Builder::new_current_thread()

@@ -14,10 +14,9 @@
 //! socket would block, tokio clears its readiness, and the relay's next wait
 //! registers the real waker on that same readiness, so no wakeup is lost.
 //! The plaintext path is the relay's own, unchanged; its calls are
-//! `#[inline(always)]` because left to the compiler some were not inlined
-//! and the dispatch cost about 140 instructions per select-only
-//! transaction (`bench/marginal.sh`: 5,861 → 5,999; with the attribute
-//! 5,853 → 5,907).
+//! `#[inline(always)]` because left to the compiler some were not inlined,
+//! and the dispatch then showed in the instructions per select-only
+//! transaction (`bench/marginal.sh`).
 
 use std::fmt;
 use std::io;

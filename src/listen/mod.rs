@@ -1,4 +1,4 @@
-//! LISTEN multiplexing for transaction pooling (DESIGN point 4).
+//! LISTEN multiplexing for transaction pooling.
 //!
 //! One [`ListenHub`] per instance. For each database target it keeps one
 //! dedicated listener connection holding the union of the clients' channels

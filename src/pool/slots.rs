@@ -7,9 +7,8 @@
 //! first; a client that finds a permit free takes it only when nobody
 //! waits. This replaces a tokio semaphore beside a separate list of
 //! waiting clients for SHOW POOLS: one lock per checkout and per return
-//! instead of two, and a wait whose state is a ticket number
-//! (`bench/marginal.sh -c 64`, select-only: 7,430 instructions per
-//! transaction before, 6,748 after).
+//! instead of two, and a wait whose state is a ticket number (measured
+//! with `bench/marginal.sh -c 64`, where most transactions wait).
 
 use std::collections::VecDeque;
 use std::task::Waker;

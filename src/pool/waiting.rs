@@ -5,8 +5,8 @@
 //! The timeout is kept by one timer task per pool instead of a timer per
 //! waiting client. All waiters of a pool share the same timeout, so the
 //! earliest deadline is the oldest waiter's; the task sleeps until it and
-//! wakes whoever is past theirs. A timer per wait cost ~800 instructions
-//! per transaction once clients outnumber servers (tokio's timer wheel
+//! wakes whoever is past theirs. A timer per wait was a large part of a
+//! transaction's cost once clients outnumber servers (tokio's timer wheel
 //! insert and remove under its lock, the clock reads, the larger boxed
 //! future), which is most transactions at 64 or 500 clients on a pool of
 //! 20.
