@@ -35,8 +35,11 @@
 //!
 //! # Peers
 //!
-//! The top 7 bits of every process id we issue are this replica's
-//! `peer_id`. A CancelRequest for another replica's key is passed to that
+//! With `[[peers]]`, the top 7 bits (below the sign bit) of every secret we
+//! issue are this replica's `peer_id`: the secret, not the process id, since
+//! a session-mode client is given its server's own process id. Process ids
+//! we issue carry the `peer_id` in their top bits as well, which keeps them
+//! apart from server pids (below 2^22 on Linux). A CancelRequest for another replica's key is passed to that
 //! peer with a marker appended to the secret ([`PEER_MARK`]); a request
 //! carrying the marker is always handled locally and never passed on, so a
 //! cancel makes at most one hop, whatever the peer tables say (two replicas
@@ -57,7 +60,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,7 +94,10 @@ const SECRET_LEN: usize = 4;
 /// One client's cancel slot. The session updates it when it borrows and
 /// returns a server; cancel forwarders read it.
 pub struct CancelSlot {
-    pub pid: i32,
+    /// The process id the client was given: one pgharbor issued, or in
+    /// session mode its server's own ([`CancelHandle::adopt_pid`]). Set
+    /// before the client learns it and not changed after.
+    pid: AtomicI32,
     secret: i32,
     state: Mutex<SlotState>,
     /// Woken when the last in-flight forward ends (`clear_target` waits).
@@ -120,6 +126,11 @@ pub enum AfterCancels {
 }
 
 impl CancelSlot {
+    /// The process id the client was given in BackendKeyData.
+    pub fn pid(&self) -> i32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
     pub fn secret(&self) -> i32 {
         self.secret
     }
@@ -220,9 +231,33 @@ pub struct CancelHandle {
     registry: Arc<CancelRegistry>,
 }
 
+impl CancelHandle {
+    /// Gives the client `pid` instead of the one issued, if no other live
+    /// client has it: in session mode a client's key carries its server's
+    /// real process id, so `pg_backend_pid()`, `pg_terminate_backend` and
+    /// the sender pid of a notification agree with BackendKeyData as they
+    /// do on Postgres. Call before the client is told its key. `false`
+    /// (the issued pid stays) when the pid is taken, e.g. by a session on
+    /// another host whose backend has the same pid.
+    pub fn adopt_pid(&self, pid: i32) -> bool {
+        let old = self.slot.pid();
+        if pid <= 0 || pid == old {
+            return pid == old;
+        }
+        match self.registry.shard(pid).entry(pid) {
+            Entry::Occupied(_) => return false,
+            Entry::Vacant(v) => v.insert(self.slot.clone()),
+        };
+        self.slot.pid.store(pid, Ordering::Relaxed);
+        self.registry.shard(old).remove(&old);
+        true
+    }
+}
+
 impl Drop for CancelHandle {
     fn drop(&mut self) {
-        self.registry.shard(self.slot.pid).remove(&self.slot.pid);
+        let pid = self.slot.pid();
+        self.registry.shard(pid).remove(&pid);
     }
 }
 
@@ -290,9 +325,13 @@ impl CancelRegistry {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Issues a new key: a positive process id whose top bits name this
-    /// replica, unique among live clients, and a random positive secret
-    /// (`rand::random` draws from a CSPRNG).
+    /// Issues a new key: a positive process id, unique among live clients,
+    /// whose top bits name this replica (so issued pids never equal a
+    /// server's, which stay below 2^22, unless `peer_id` is 0), and a random
+    /// positive secret (`rand::random` draws from a CSPRNG). With peers, the
+    /// secret's top bits name this replica too: a session-mode client's key
+    /// carries its server's pid ([`CancelHandle::adopt_pid`]), so only the
+    /// secret can say which replica owns the key.
     pub fn register(self: &Arc<Self>) -> CancelHandle {
         loop {
             let n = self.next.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
@@ -300,12 +339,12 @@ impl CancelRegistry {
                 continue;
             }
             let pid = (i32::from(self.peer_id) << 24) | n as i32;
-            let secret = (rand::random::<u32>() >> 1) as i32;
+            let secret = self.new_secret();
             if secret == 0 {
                 continue;
             }
             let slot = Arc::new(CancelSlot {
-                pid,
+                pid: AtomicI32::new(pid),
                 secret,
                 state: Mutex::new(SlotState::default()),
                 forwards_done: Notify::new(),
@@ -319,6 +358,26 @@ impl CancelRegistry {
                 registry: self.clone(),
             };
         }
+    }
+
+    /// A positive random secret; with peers, its top 7 bits (below the sign
+    /// bit) are this replica's `peer_id`.
+    fn new_secret(&self) -> i32 {
+        let random = (rand::random::<u32>() >> 1) as i32;
+        if self.peers.is_empty() {
+            random
+        } else {
+            (i32::from(self.peer_id) << 24) | (random & 0x00ff_ffff)
+        }
+    }
+
+    /// The replica that issued a secret, by its top bits; `None` without
+    /// peers (every key is this replica's).
+    fn owner(&self, secret: &[u8]) -> Option<u8> {
+        if self.peers.is_empty() {
+            return None;
+        }
+        secret.first().map(|b| b & 0x7f)
     }
 
     /// Handles a CancelRequest from any connection. Returns once the
@@ -335,14 +394,14 @@ impl CancelRegistry {
     }
 
     async fn route(&self, pid: i32, secret: &[u8]) -> CancelOutcome {
-        let owner = ((pid >> 24) & 0x7f) as u8;
         let (secret, from_peer) = match secret.strip_suffix(PEER_MARK) {
             Some(s) => (s, true),
             None => (secret, false),
         };
-        if owner == self.peer_id {
-            return self.cancel_local(pid, secret).await;
-        }
+        let owner = match self.owner(secret) {
+            Some(owner) if owner != self.peer_id => owner,
+            _ => return self.cancel_local(pid, secret).await,
+        };
         if from_peer {
             // A peer thinks we own this key, and we do not: the peer tables
             // disagree on ids. Passing it on could loop, so stop here.
@@ -489,10 +548,51 @@ mod tests {
         let handles: Vec<_> = (0..1000).map(|_| reg.register()).collect();
         let mut pids = std::collections::HashSet::new();
         for h in &handles {
-            assert!(h.slot.pid > 0 && h.slot.secret() > 0);
-            assert_eq!(h.slot.pid >> 24, 5);
-            assert!(pids.insert(h.slot.pid));
+            assert!(h.slot.pid() > 0 && h.slot.secret() > 0);
+            assert_eq!(h.slot.pid() >> 24, 5);
+            assert!(pids.insert(h.slot.pid()));
         }
+    }
+
+    #[tokio::test]
+    async fn with_peers_the_secret_names_the_replica() {
+        let reg = Arc::new(CancelRegistry::new(
+            9,
+            HashMap::from([(2, "127.0.0.1:9".to_string())]),
+            Arc::new(Metrics::new()),
+        ));
+        for _ in 0..1000 {
+            let h = reg.register();
+            assert!(h.slot.secret() > 0);
+            assert_eq!(h.slot.secret() >> 24, 9);
+            assert_eq!(reg.owner(&h.slot.secret().to_be_bytes()), Some(9));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_can_take_its_servers_pid_unless_another_has_it() {
+        let reg = Arc::new(CancelRegistry::new(
+            1,
+            HashMap::new(),
+            Arc::new(Metrics::new()),
+        ));
+        let a = reg.register();
+        let b = reg.register();
+        let issued = a.slot.pid();
+        let right = a.slot.secret().to_be_bytes();
+        assert!(a.adopt_pid(31_337));
+        assert_eq!(a.slot.pid(), 31_337);
+        // Found under the new pid only.
+        assert_eq!(reg.handle(31_337, &right).await, CancelOutcome::NoQuery);
+        assert_eq!(reg.handle(issued, &right).await, CancelOutcome::UnknownKey);
+        // Taken: the other client keeps its own.
+        let b_pid = b.slot.pid();
+        assert!(!b.adopt_pid(31_337));
+        assert_eq!(b.slot.pid(), b_pid);
+        assert!(!b.adopt_pid(0) && !b.adopt_pid(-5));
+        drop(a);
+        assert_eq!(reg.handle(31_337, &right).await, CancelOutcome::UnknownKey);
+        assert!(b.adopt_pid(31_337));
     }
 
     #[tokio::test]
@@ -505,16 +605,19 @@ mod tests {
         let h = reg.register();
         let wrong = (h.slot.secret() ^ 1).to_be_bytes();
         assert_eq!(
-            reg.handle(h.slot.pid, &wrong).await,
+            reg.handle(h.slot.pid(), &wrong).await,
             CancelOutcome::BadSecret
         );
         let right = h.slot.secret().to_be_bytes();
-        assert_eq!(reg.handle(h.slot.pid, &right).await, CancelOutcome::NoQuery);
         assert_eq!(
-            reg.handle(h.slot.pid + 1, &right).await,
+            reg.handle(h.slot.pid(), &right).await,
+            CancelOutcome::NoQuery
+        );
+        assert_eq!(
+            reg.handle(h.slot.pid() + 1, &right).await,
             CancelOutcome::UnknownKey
         );
-        let pid = h.slot.pid;
+        let pid = h.slot.pid();
         drop(h);
         assert_eq!(reg.handle(pid, &right).await, CancelOutcome::UnknownKey);
     }
@@ -546,15 +649,18 @@ mod tests {
             HashMap::from([(2, peer_addr.clone())]),
             Arc::new(Metrics::new()),
         ));
-        let pid = (2 << 24) | 99;
+        // Replica 2's key: its id in the secret's top bits; the pid may be
+        // anything (a session-mode client carries its server's).
+        let pid = 4242;
+        let secret = (2i32 << 24) | 7;
         let got = tokio::spawn(one_packet(peer));
         assert_eq!(
-            a.handle(pid, &7i32.to_be_bytes()).await,
+            a.handle(pid, &secret.to_be_bytes()).await,
             CancelOutcome::Forwarded
         );
         let packet = got.await.unwrap();
         assert_eq!(&packet[4..8], &pid.to_be_bytes());
-        assert_eq!(&packet[8..12], &7i32.to_be_bytes());
+        assert_eq!(&packet[8..12], &secret.to_be_bytes());
         assert_eq!(&packet[12..], PEER_MARK);
 
         // A replica that receives a marked request for a key it does not
@@ -564,7 +670,7 @@ mod tests {
             HashMap::from([(2, peer_addr)]),
             Arc::new(Metrics::new()),
         ));
-        let mut marked = 7i32.to_be_bytes().to_vec();
+        let mut marked = secret.to_be_bytes().to_vec();
         marked.extend_from_slice(PEER_MARK);
         let t = std::time::Instant::now();
         assert_eq!(b.handle(pid, &marked).await, CancelOutcome::UnknownKey);
@@ -616,7 +722,7 @@ mod tests {
         let got = tokio::spawn(one_packet(server));
         let right = h.slot.secret().to_be_bytes();
         assert_eq!(
-            reg.handle(h.slot.pid, &right).await,
+            reg.handle(h.slot.pid(), &right).await,
             CancelOutcome::Forwarded
         );
         let packet = got.await.unwrap();

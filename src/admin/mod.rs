@@ -86,7 +86,7 @@ pub async fn serve(
     greet(
         &mut console.out,
         login,
-        cancel.slot.pid,
+        cancel.slot.pid(),
         cancel.slot.secret(),
     );
     console.run().await

@@ -4,6 +4,7 @@
 
 use super::session::Session;
 use crate::listen::{ListenCommand, Subscriber};
+use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::{backend, PgError};
 
 /// What to do with a simple Query.
@@ -50,9 +51,42 @@ impl Session {
     fn subscriber(&mut self) -> &mut Subscriber {
         let hub = &self.state.listen;
         let target = &self.pool.target;
-        let pid = self.cancel.slot.pid;
+        let pid = self.cancel.slot.pid();
         self.listen
             .get_or_insert_with(|| Box::new(hub.subscriber(target, pid)))
+    }
+
+    /// Transaction mode, while any client listens: the channels the Query
+    /// or Parse at `cbuf[at..at + len]` notifies are noted with the server
+    /// that runs it, so its notifications carry this client's pid (see
+    /// `listen/senders.rs`). A text without the word `notify` costs one
+    /// `memchr` pass.
+    pub(super) fn note_notifies(&mut self, tag: u8, at: usize, len: usize) {
+        if self.state.metrics.listen_subscriptions.get() == 0 {
+            return;
+        }
+        let Some(key) = self.server.as_ref().map(|p| p.server.key) else {
+            return;
+        };
+        let body = &self.cbuf[at + 5..at + len];
+        let sql = match tag {
+            b'Q' => read_cstr_bytes(body).ok().map(|(sql, _)| sql),
+            _ => super::relay::parse_text(body),
+        };
+        let Some(sql) = sql.filter(|sql| crate::listen::may_notify(sql)) else {
+            return;
+        };
+        let targets = crate::listen::notify_targets(&String::from_utf8_lossy(sql));
+        if targets.is_empty() {
+            return;
+        }
+        let pid = self.cancel.slot.pid();
+        let hub = &self.state.listen;
+        if self.noted_sender.is_none() {
+            hub.note_server_pid(&key, pid);
+            self.noted_sender = Some(key);
+        }
+        hub.note_notify(&key, pid, targets);
     }
 
     /// Answers a simple Query made only of LISTEN / UNLISTEN statements with

@@ -66,7 +66,7 @@ fn is_frontend_tag(tag: u8) -> bool {
 }
 
 /// The SQL text of a Parse message's `body`, if it is well formed.
-fn parse_text(body: &[u8]) -> Option<&[u8]> {
+pub(super) fn parse_text(body: &[u8]) -> Option<&[u8]> {
     let p = super::prepared::parse_parse(body).ok()?;
     read_cstr_bytes(p.rest).ok().map(|(sql, _)| sql)
 }
@@ -443,6 +443,9 @@ impl Session {
                         let idle = self.txn.is_idle();
                         let msg = &self.cbuf[ready..ready + len];
                         keep_for_replay(&mut self.replay, idle, &self.statements, Some(tag), msg);
+                    }
+                    if tx && matches!(tag, b'Q' | b'P') {
+                        self.note_notifies(tag, ready, len);
                     }
                     self.note_client_message(tag);
                     let forwarded = if !tx {

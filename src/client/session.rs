@@ -207,6 +207,11 @@ impl Session {
                     for (k, v) in s.server.params.iter() {
                         set_param(&mut self.reported, k, v);
                     }
+                    if self.mode == PoolMode::Session {
+                        // The client keeps this server for life: its key
+                        // carries the server's pid, as Postgres's would.
+                        self.cancel.adopt_pid(s.server.key.pid);
+                    }
                 }
                 if self.mode == PoolMode::Transaction {
                     self.release_server(None).await;
@@ -221,7 +226,7 @@ impl Session {
         let out = &mut self.to_client;
         out.reserve(shared.status.len() + LOGIN_REPLY_TAIL);
         out.extend_from_slice(&shared.status);
-        backend::backend_key_data(out, self.cancel.slot.pid, self.cancel.slot.secret());
+        backend::backend_key_data(out, self.cancel.slot.pid(), self.cancel.slot.secret());
         backend::ready_for_query(out, b'I');
         self.txn.status = b'I';
         Ok(())
@@ -319,7 +324,7 @@ impl Session {
             // it sends can carry the sending client's pid.
             self.state
                 .listen
-                .note_server_pid(&pooled.server.key, self.cancel.slot.pid);
+                .note_server_pid(&pooled.server.key, self.cancel.slot.pid());
             self.noted_sender = Some(pooled.server.key);
         }
         self.txn.status = pooled.server.status;

@@ -97,7 +97,7 @@ pub fn parse_many(sql: &str) -> Result<Option<Vec<ListenCommand>>, ListenParseEr
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Tok {
+pub(crate) enum Tok {
     Word(String),
     Quoted(String),
     /// The raw text between the quotes of `U&"…"`, escapes not yet applied.
@@ -123,7 +123,7 @@ pub(crate) fn ident_cont(b: u8) -> bool {
 }
 
 /// Tokens up to the end, or up to the first lexical error (returned too).
-fn lex(sql: &str) -> (Vec<Tok>, Option<String>) {
+pub(crate) fn lex(sql: &str) -> (Vec<Tok>, Option<String>) {
     let s = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;

@@ -485,8 +485,7 @@ fn fan_out(l: &Listener, hub: &HubShared, addr: std::net::SocketAddr, msg: Bytes
     let Some(queues) = l.registry().fanout(channel) else {
         return;
     };
-    let channel = channel.to_owned();
-    let shared: Bytes = match hub.senders.sender(addr, pid) {
+    let shared: Bytes = match hub.senders.sender(addr, pid, channel) {
         Some(client_pid) if client_pid != pid => {
             let mut m = BytesMut::with_capacity(msg.len());
             m.put_slice(&msg[..5]);
@@ -499,7 +498,7 @@ fn fan_out(l: &Listener, hub: &HubShared, addr: std::net::SocketAddr, msg: Bytes
         _ => Bytes::copy_from_slice(&msg),
     };
     for q in queues.iter() {
-        let pushed = q.push(&channel, shared.clone());
+        let pushed = q.push(channel, shared.clone());
         Queue::count(&hub.metrics, pushed);
     }
 }

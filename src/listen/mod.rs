@@ -15,6 +15,7 @@
 
 pub mod command;
 mod listener;
+mod notify_scan;
 mod pending;
 mod queue;
 mod senders;
@@ -34,6 +35,7 @@ use crate::server::{ServerKey, ServerTarget};
 
 pub use command::{parse, parse_many, ListenCommand, ListenParseError};
 pub use listener::APPLICATION_NAME;
+pub use notify_scan::{may_notify, notify_targets, NotifyTargets};
 pub use pending::PendingListens;
 
 use listener::Listener;
@@ -106,6 +108,14 @@ impl ListenHub {
         self.shared
             .senders
             .note(server.addr, server.pid, client_pid);
+    }
+
+    /// The client with `client_pid`, holding `server`, sent it statements
+    /// that notify `targets` (see `senders.rs`).
+    pub fn note_notify(&self, server: &ServerKey, client_pid: i32, targets: NotifyTargets) {
+        self.shared
+            .senders
+            .note_notify(server.addr, server.pid, client_pid, targets);
     }
 
     /// The server went back to the pool or was closed (call at return).

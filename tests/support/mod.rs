@@ -563,6 +563,8 @@ pub mod raw {
     pub struct RawClient {
         pub stream: TcpStream,
         buf: BytesMut,
+        /// The process id and secret of the login's BackendKeyData.
+        pub backend_key: Option<(i32, i32)>,
     }
 
     impl RawClient {
@@ -572,6 +574,7 @@ pub mod raw {
             RawClient {
                 stream,
                 buf: BytesMut::new(),
+                backend_key: None,
             }
         }
 
@@ -625,6 +628,10 @@ pub mod raw {
                         }
                     }
                     b'E' => panic!("login refused: {:?}", m.field(b'M')),
+                    b'K' => {
+                        let mut body = m.body.clone();
+                        c.backend_key = Some((body.get_i32(), body.get_i32()));
+                    }
                     b'Z' => return c,
                     _ => {}
                 }

@@ -1,0 +1,169 @@
+//! The process id a client is given in BackendKeyData means what it means on
+//! Postgres: in session mode it is the client's server's own pid
+//! (`pg_backend_pid()`, `pg_terminate_backend`, a notification's sender), and
+//! in transaction mode a client's own notifications carry it, however busy
+//! the pool. Each check runs against Postgres directly first and through
+//! pgharbor after, and asserts the same of both.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Buf;
+use support::raw::{first_column, query, Msg, RawClient};
+use support::*;
+
+fn direct_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], pg().port()))
+}
+
+async fn login(addr: SocketAddr, db: &str) -> RawClient {
+    RawClient::login(addr, USER, PASSWORD, db).await
+}
+
+fn key_pid(c: &RawClient) -> i32 {
+    c.backend_key.expect("a BackendKeyData at login").0
+}
+
+async fn backend_pid(c: &mut RawClient) -> i32 {
+    c.send(&query("select pg_backend_pid()")).await;
+    let got = c.until_ready().await;
+    first_column(&got)[0]
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {got:?}"))
+}
+
+/// A NotificationResponse's process id and channel.
+fn notification(m: &Msg) -> (i32, String) {
+    let mut b = m.body.clone();
+    let pid = b.get_i32();
+    let end = b.iter().position(|&c| c == 0).expect("channel");
+    (pid, String::from_utf8_lossy(&b[..end]).into_owned())
+}
+
+#[tokio::test]
+async fn in_session_mode_the_key_carries_the_servers_pid_as_on_postgres() {
+    let proxy = start_proxy("session", 2).await;
+    for (what, addr, db) in [
+        ("postgres", direct_addr(), "app"),
+        ("pgharbor session mode", proxy.addr(), "app_session"),
+    ] {
+        let mut c = login(addr, db).await;
+        assert_eq!(
+            backend_pid(&mut c).await,
+            key_pid(&c),
+            "{what}: pg_backend_pid() is the BackendKeyData pid"
+        );
+    }
+}
+
+#[tokio::test]
+async fn terminating_the_session_mode_pid_ends_that_session_with_57p01_as_on_postgres() {
+    let proxy = start_proxy("session", 2).await;
+    let admin = connect_direct().await;
+    let mut seen = Vec::new();
+    for (addr, db) in [(direct_addr(), "app"), (proxy.addr(), "app_session")] {
+        let mut c = login(addr, db).await;
+        let pid = key_pid(&c);
+        let row = admin
+            .query_one("select pg_terminate_backend($1)", &[&pid])
+            .await
+            .expect("pg_terminate_backend");
+        let terminated: bool = row.get(0);
+        let got = c.until_closed(Duration::from_secs(10)).await;
+        let errors: Vec<_> = got
+            .iter()
+            .filter(|m| m.tag == b'E')
+            .map(|m| (m.field(b'S'), m.sqlstate()))
+            .collect();
+        seen.push((terminated, errors));
+    }
+    assert_eq!(
+        seen[0],
+        (true, vec![(Some("FATAL".into()), Some("57P01".into()))]),
+        "postgres"
+    );
+    assert_eq!(seen[1], seen[0], "pgharbor answers as postgres does");
+}
+
+#[tokio::test]
+async fn in_session_mode_a_notification_to_oneself_carries_the_key_pid_as_on_postgres() {
+    let proxy = start_proxy("session", 2).await;
+    for (what, addr, db) in [
+        ("postgres", direct_addr(), "app"),
+        ("pgharbor session mode", proxy.addr(), "app_session"),
+    ] {
+        let mut c = login(addr, db).await;
+        c.send(&query("LISTEN self_pid; NOTIFY self_pid, 'hi'"))
+            .await;
+        let got = c.until_ready().await;
+        let notes: Vec<_> = got
+            .iter()
+            .filter(|m| m.tag == b'A')
+            .map(notification)
+            .collect();
+        assert_eq!(
+            notes,
+            vec![(key_pid(&c), "self_pid".to_string())],
+            "{what}: {got:?}"
+        );
+    }
+}
+
+/// Each of `clients` listens on its own channel and notifies it `rounds`
+/// times, all at once; returns, per client, whether every notification it
+/// got carried its own key pid, and how many it got.
+async fn notify_own_channels(
+    addr: SocketAddr,
+    db: &str,
+    clients: usize,
+    rounds: usize,
+) -> Vec<(bool, usize)> {
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let db = db.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut c = login(addr, &db).await;
+            let me = key_pid(&c);
+            let channel = format!("own_pid_{i}");
+            c.send(&query(&format!("LISTEN {channel}"))).await;
+            let mut got = c.until_ready().await;
+            for n in 0..rounds {
+                c.send(&query(&format!("NOTIFY {channel}, '{n}'"))).await;
+                got.extend(c.until_ready().await);
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while got.iter().filter(|m| m.tag == b'A').count() < rounds {
+                match tokio::time::timeout_at(deadline, c.recv()).await {
+                    Ok(Some(m)) => got.push(m),
+                    _ => break,
+                }
+            }
+            let notes: Vec<_> = got
+                .iter()
+                .filter(|m| m.tag == b'A')
+                .map(notification)
+                .collect();
+            let all_mine = notes.iter().all(|(pid, ch)| *pid == me && *ch == channel);
+            (all_mine, notes.len())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("client task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_transaction_mode_each_clients_own_notifications_carry_its_pid_as_on_postgres() {
+    const CLIENTS: usize = 20;
+    const ROUNDS: usize = 5;
+    let proxy = start_proxy("transaction", 2).await;
+    let direct = notify_own_channels(direct_addr(), "app", CLIENTS, ROUNDS).await;
+    assert_eq!(direct, vec![(true, ROUNDS); CLIENTS], "postgres");
+    let pooled = notify_own_channels(proxy.addr(), "app_tx", CLIENTS, ROUNDS).await;
+    assert_eq!(pooled, direct, "pgharbor, {CLIENTS} clients over 2 servers");
+}
