@@ -327,6 +327,10 @@ const ASYNCPG_POOL_LISTEN: Scenario =
 /// real`: in a transaction each gets InvalidCachedStatementError once, then
 /// the new values; after a second change asyncpg re-prepares by itself.
 const ASYNCPG_ALTER: Scenario = python("asyncpg_alter", ASYNCPG, "alter_column_type");
+/// COPY in from records and from text, a COPY failing on bad data, COPY
+/// out, and a query cancelled by asyncpg's timeout (a CancelRequest), each
+/// followed by a query on the same connection.
+const ASYNCPG_COPY_CANCEL: Scenario = python("asyncpg_copy_cancel", ASYNCPG, "copy_and_cancel");
 /// psycopg 3 with prepare_threshold 0: 20 clients at once, 10 running
 /// prepared queries while the others put ROLLBACK (psycopg then sends
 /// DEALLOCATE ALL), ALTER TABLE, DROP, DISCARD ALL or DEALLOCATE ALL between
@@ -365,6 +369,12 @@ const NODE_QUERIES: Scenario = Scenario {
     ..python("node_queries", NODE_PG, "queries")
 };
 
+/// A node-postgres Pool of 10: 300 named prepared queries at once, then
+/// transactions checked out and released, some failing and rolled back.
+const NODE_POOL: Scenario = Scenario {
+    runtime: Runtime::Node,
+    ..python("node_pool", NODE_PG, "pool")
+};
 /// pgjdbc with server-side statements from the first execution: prepared
 /// queries across `ALTER COLUMN ... TYPE`, an error inside a transaction and
 /// its rollback, a batch insert, LISTEN and a NOTIFY to itself.
@@ -405,6 +415,16 @@ async fn asyncpg_sees_a_column_type_change_as_on_postgres_in_session_mode() {
 #[ignore = "issue 21: after ALTER COLUMN TYPE the re-prepared statement fails again with 0A000 where Postgres returns the new values"]
 async fn asyncpg_sees_a_column_type_change_as_on_postgres_in_transaction_mode() {
     check(ASYNCPG_ALTER, Target::Transaction).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_copy_and_cancel_as_on_postgres_in_session_mode() {
+    check(ASYNCPG_COPY_CANCEL, Target::Session).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_copy_and_cancel_as_on_postgres_in_transaction_mode() {
+    check(ASYNCPG_COPY_CANCEL, Target::Transaction).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,6 +491,16 @@ async fn node_postgres_queries_as_on_postgres_in_session_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_postgres_queries_as_on_postgres_in_transaction_mode() {
     check(NODE_QUERIES, Target::Transaction).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_pool_as_on_postgres_in_session_mode() {
+    check(NODE_POOL, Target::Session).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_pool_as_on_postgres_in_transaction_mode() {
+    check(NODE_POOL, Target::Transaction).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,8 @@ pids reduced to "equals the connection's own backend pid".
 import asyncio
 import collections
 import faulthandler
+import hashlib
+import io
 import sys
 
 import asyncpg
@@ -128,7 +130,39 @@ async def alter_column_type():
     return {"steps": steps}
 
 
+async def outcome(run):
+    """What an awaitable gave, or the error it raised."""
+    try:
+        return await run
+    except Exception as exc:
+        return {"error": error_key(exc)}
+
+
+async def copy_and_cancel():
+    """COPY in (records and text), COPY out, a COPY that fails on bad data,
+    and a query cancelled by asyncpg's timeout: each followed by a query
+    on the same connection."""
+    con = await asyncpg.connect()
+    await con.execute("DROP TABLE IF EXISTS drv_copy; CREATE TABLE drv_copy (a int, b text)")
+    steps = []
+    records = [(i, f"row {i}") for i in range(1000)]
+    steps.append(["copy records in", await outcome(con.copy_records_to_table("drv_copy", records=records))])
+    text = io.BytesIO(b"".join(f"{i}\ttext {i}\n".encode() for i in range(1000, 1100)))
+    steps.append(["copy text in", await outcome(con.copy_to_table("drv_copy", source=text))])
+    bad = io.BytesIO(b"1\tfine\nnot a number\tbad\n")
+    steps.append(["copy bad data in", await outcome(con.copy_to_table("drv_copy", source=bad))])
+    out = io.BytesIO()
+    steps.append(["copy out", await outcome(con.copy_from_query("SELECT * FROM drv_copy ORDER BY a", output=out))])
+    steps.append(["copied out bytes", [len(out.getvalue()), hashlib.sha256(out.getvalue()).hexdigest()]])
+    steps.append(["count", await outcome(con.fetchval("SELECT count(*) FROM drv_copy"))])
+    steps.append(["cancelled by timeout", await outcome(con.fetchval("SELECT pg_sleep(30)", timeout=0.5))])
+    steps.append(["after the cancel", await outcome(con.fetchval("SELECT 41 + 1"))])
+    await con.close()
+    return {"steps": steps}
+
+
 SCENARIOS = {
+    "copy_and_cancel": copy_and_cancel,
     "pool_cycles": pool_cycles,
     "pool_cycles_with_listener": pool_cycles_with_listener,
     "alter_column_type": alter_column_type,

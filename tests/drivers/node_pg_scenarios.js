@@ -6,7 +6,7 @@
 // list item) that the Rust test compares with the direct run's.
 'use strict';
 
-const { Client } = require('pg');
+const { Client, Pool } = require('pg');
 const pgVersion = require('pg/package.json').version;
 
 function errorKey(err) {
@@ -88,6 +88,37 @@ async function queries() {
   return { steps, notifications, error_events: errorEvents };
 }
 
+// A Pool of 10: 300 named prepared queries at once (each client prepares
+// 'double' once, on its own connection), then transactions checked out and
+// released, one of them failing and rolled back.
+async function pool() {
+  const pool = new Pool({ max: 10 });
+  const errorEvents = {};
+  pool.on('error', (err) => count(errorEvents, errorKey(err)));
+  const errors = {};
+  let sum = 0;
+  await Promise.all(Array.from({ length: 300 }, async (_, i) => {
+    try {
+      const r = await pool.query({ name: 'double', text: 'SELECT $1::int * 2 AS d', values: [i] });
+      sum += r.rows[0].d;
+    } catch (err) {
+      count(errors, errorKey(err));
+    }
+  }));
+  const steps = [];
+  for (let i = 0; i < 10; i++) {
+    const client = await pool.connect();
+    await step(steps, `begin ${i}`, async () => rowsOf(await client.query('BEGIN')));
+    const sql = i % 3 === 0 ? 'SELECT 1 / 0' : `SELECT ${i} AS i`;
+    await step(steps, `query ${i}`, async () => rowsOf(await client.query(sql)));
+    const end = i % 3 === 0 ? 'ROLLBACK' : 'COMMIT';
+    await step(steps, `${end.toLowerCase()} ${i}`, async () => rowsOf(await client.query(end)));
+    client.release();
+  }
+  await pool.end();
+  return { sum, errors, steps, error_events: errorEvents };
+}
+
 function dump(transcript) {
   for (const key of Object.keys(transcript).sort()) {
     const value = transcript[key];
@@ -100,7 +131,7 @@ function dump(transcript) {
   }
 }
 
-const SCENARIOS = { connect_end: connectEnd, queries };
+const SCENARIOS = { connect_end: connectEnd, queries, pool };
 
 async function main() {
   // A hung driver ends the run before the Rust test's own limit.
