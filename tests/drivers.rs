@@ -395,7 +395,6 @@ async fn asyncpg_pool_cycles_as_on_postgres_in_transaction_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: a self-NOTIFY carries another pid than the connection's BackendKeyData pid"]
 async fn asyncpg_pool_with_a_listener_as_on_postgres_in_session_mode() {
     check(ASYNCPG_POOL_LISTEN, Target::Session).await;
 }
@@ -483,7 +482,6 @@ async fn node_postgres_connect_then_end_as_on_postgres_in_transaction_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: a self-NOTIFY carries another pid than the client's BackendKeyData pid"]
 async fn node_postgres_queries_as_on_postgres_in_session_mode() {
     check(NODE_QUERIES, Target::Session).await;
 }
@@ -504,7 +502,6 @@ async fn node_postgres_pool_as_on_postgres_in_transaction_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: a self-NOTIFY carries another pid than the client's BackendKeyData pid"]
 async fn pgjdbc_basics_as_on_postgres_in_session_mode() {
     check(PGJDBC_BASICS, Target::Session).await;
 }
