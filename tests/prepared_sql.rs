@@ -247,3 +247,61 @@ async fn discard_all_forgets_the_clients_statements_and_settings_as_on_postgres(
     assert_eq!(through, direct);
     no_internal_names(&through);
 }
+
+/// One client's steps around a column's type change: prepare and
+/// describe, run, ALTER (by `ddl`), run (Postgres: 0A000), close and
+/// prepare again, run.
+async fn retype(c: &mut RawClient, ddl: &tokio_postgres::Client) -> Vec<Vec<String>> {
+    ddl.batch_execute(
+        "DROP TABLE IF EXISTS retyped; CREATE TABLE retyped (b int); INSERT INTO retyped VALUES (1073741824); GRANT SELECT ON retyped TO app",
+    )
+    .await
+    .unwrap();
+    // An expression, so the RowDescription names no table (whose oid
+    // differs from run to run).
+    let sql = "select b + 0 as b from retyped";
+    let describe = raw::statement_target(b'D', "s");
+    let mut out = run(
+        c,
+        &[
+            [
+                raw::parse_named("s", sql, &[]),
+                describe.clone(),
+                raw::sync(),
+            ]
+            .concat(),
+            run_named("s", &[]),
+        ],
+    )
+    .await;
+    ddl.batch_execute("ALTER TABLE retyped ALTER COLUMN b TYPE real")
+        .await
+        .unwrap();
+    let again = [
+        raw::statement_target(b'C', "s"),
+        raw::parse_named("s", sql, &[]),
+        describe,
+        raw::sync(),
+    ]
+    .concat();
+    out.extend(run(c, &[run_named("s", &[]), again, run_named("s", &[])]).await);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_result_type_reaches_the_client_and_its_new_prepare_reads_correct_values() {
+    // One server: the statement is bound where it went stale.
+    let proxy = start_proxy("transaction", 1).await;
+    let ddl = connect_direct().await;
+    let mut c = RawClient::login(proxy.addr(), USER, PASSWORD, "app").await;
+    let through = retype(&mut c, &ddl).await;
+    let mut d = RawClient::login(direct_addr(), USER, PASSWORD, "app").await;
+    let direct = retype(&mut d, &ddl).await;
+    assert_eq!(through, direct);
+    assert!(
+        through[2][0].starts_with("E 0A000"),
+        "the client is told, as by Postgres: {:?}",
+        through[2]
+    );
+    no_internal_names(&through);
+}

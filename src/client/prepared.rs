@@ -196,6 +196,10 @@ pub fn build_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
     finish_len(out, start);
 }
 
+/// The message of Postgres's 0A000 for a statement whose result type
+/// changed (src/backend/utils/cache/plancache.c).
+pub const CHANGED_RESULT_TYPE: &str = "cached plan must not change result type";
+
 /// The length of a proxy name: `ph_` and 32 hex digits.
 const SERVER_NAME_LEN: usize = 35;
 

@@ -465,7 +465,7 @@ impl Session {
                     if tx || tag == b'Q' {
                         let idle = self.txn.is_idle();
                         let msg = &self.cbuf[ready..ready + len];
-                        keep_for_replay(&mut self.replay, idle, &self.statements, Some(tag), msg);
+                        keep_for_replay(&mut self.replay, idle, Some(tag), msg);
                     }
                     self.note_client_message(tag);
                     let forwarded = if !tx {
@@ -493,7 +493,7 @@ impl Session {
                 Step::Pass { tag: None, len } => {
                     if tx && self.replay.is_some() {
                         let bytes = &self.cbuf[ready..ready + len];
-                        keep_for_replay(&mut self.replay, false, &self.statements, None, bytes);
+                        keep_for_replay(&mut self.replay, false, None, bytes);
                     }
                     ready += len
                 }
@@ -520,7 +520,7 @@ impl Session {
                     if tx {
                         let idle = self.txn.is_idle();
                         let bytes = &self.cbuf[ready..ready + len];
-                        keep_for_replay(&mut self.replay, idle, &self.statements, Some(tag), bytes);
+                        keep_for_replay(&mut self.replay, idle, Some(tag), bytes);
                     }
                     self.note_client_message(tag);
                     if tx {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::expect::Outcome;
-use super::prepared::client_names_in_error;
+use super::prepared::{client_names_in_error, CHANGED_RESULT_TYPE};
 use super::relay::{append, synthesize, try_fill, Ending};
 use super::session::{Session, SessionError};
 use crate::config::PoolMode;
@@ -198,6 +198,13 @@ impl Session {
                                 self.server_fatal_sent = true;
                             }
                             if tx {
+                                // [prepared statements] A statement gone
+                                // stale stays so on this server: none of its
+                                // statements is trusted, each is closed and
+                                // prepared again when next used.
+                                if fields.code == "0A000" && fields.message == CHANGED_RESULT_TYPE {
+                                    pooled.server.prepared.forget_all();
+                                }
                                 renamed = client_names_in_error(body, &self.statements);
                             }
                         }
