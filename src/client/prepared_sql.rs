@@ -28,22 +28,35 @@ use crate::protocol::frame::read_cstr_bytes;
 /// The leading words this module acts on.
 const WORDS: [&[u8]; 3] = [b"deallocate", b"discard", b"execute"];
 
-/// Whether the statement starting at `b` (before its white space) may be
-/// one of [`WORDS`]: a few byte comparisons, run on Query and unnamed
-/// Parse texts. True also when it starts with what may be a comment.
-fn statement_may_name(b: &[u8]) -> bool {
-    let Some(first) = b.iter().position(|c| !c.is_ascii_whitespace()) else {
-        return false;
-    };
-    let rest = &b[first..];
-    match rest[0] | 0x20 {
-        b'-' | b'/' => true,
-        b'd' | b'e' => WORDS.iter().any(|w| {
-            rest.get(..w.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(w))
-        }),
-        _ => false,
+/// Whether the statement starting at `b` (before its white space and
+/// comments) may be one of [`WORDS`]: a few byte comparisons, run on Query
+/// and unnamed Parse texts, so that a text is lexed only when it may be.
+fn statement_may_name(mut b: &[u8]) -> bool {
+    loop {
+        let Some(first) = b.iter().position(|c| !c.is_ascii_whitespace()) else {
+            return false;
+        };
+        b = &b[first..];
+        if b.starts_with(b"--") {
+            match memchr::memchr(b'\n', b) {
+                Some(end) => b = &b[end..],
+                None => return false,
+            }
+        } else if b.starts_with(b"/*") {
+            match memchr::memmem::find(&b[2..], b"*/") {
+                // A nested comment: the lexer decides.
+                Some(end) if memchr::memmem::find(&b[2..2 + end], b"/*").is_some() => return true,
+                Some(end) => b = &b[end + 4..],
+                None => return false,
+            }
+        } else {
+            break;
+        }
     }
+    matches!(b[0] | 0x20, b'd' | b'e')
+        && WORDS
+            .iter()
+            .any(|w| b.get(..w.len()).is_some_and(|p| p.eq_ignore_ascii_case(w)))
 }
 
 /// Cheap test before lexing: may a statement of `sql` be a DEALLOCATE,
@@ -434,11 +447,20 @@ mod tests {
             "  discard all",
             "select 1; execute p(1)",
             "/* c */ deallocate all",
+            "-- c\n /* d */ EXECUTE p",
+            "/* a /* nested */ */ select 1",
         ] {
             assert!(may_name_statements(sql.as_bytes(), true), "{sql}");
         }
         assert!(!may_name_statements(b"select 1; execute p", false));
-        for sql in ["select 'deallocate'", "delete from t", "", "  "] {
+        for sql in [
+            "select 'deallocate'",
+            "delete from t",
+            "",
+            "  ",
+            "/* app=x */ select 1",
+            "-- c\nselect 1",
+        ] {
             assert!(!may_name_statements(sql.as_bytes(), true), "{sql}");
         }
     }
