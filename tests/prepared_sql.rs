@@ -305,3 +305,43 @@ async fn a_changed_result_type_reaches_the_client_and_its_new_prepare_reads_corr
     );
     no_internal_names(&through);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_prepares_the_statement_on_a_server_that_lost_it() {
+    // Two statements per server: preparing a third evicts the first,
+    // which EXECUTE must then prepare again before running it.
+    let proxy = start_proxy_with(&config_text(
+        "transaction",
+        1,
+        "max_prepared_statements = 2",
+    ))
+    .await;
+    let steps = [
+        [
+            raw::parse_named("p1", "select $1::int + 1", &[23]),
+            raw::sync(),
+        ]
+        .concat(),
+        [
+            raw::parse_named("p2", "select $1::int * 2", &[23]),
+            raw::sync(),
+        ]
+        .concat(),
+        [
+            raw::parse_named("p3", "select $1::int - 3", &[23]),
+            raw::sync(),
+        ]
+        .concat(),
+        raw::query("EXECUTE p1(41)"),
+        raw::query("EXECUTE p2(21); EXECUTE p3(1)"),
+        raw::query("BEGIN"),
+        raw::query("EXECUTE p1(1)"),
+        raw::query("select 1/0"),
+        raw::query("EXECUTE p2(2)"),
+        raw::query("ROLLBACK"),
+        run_named("p1", &["5"]),
+    ];
+    let (through, direct) = through_and_direct(&proxy, &steps).await;
+    assert_eq!(through, direct);
+    no_internal_names(&through);
+}
