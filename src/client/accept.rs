@@ -270,6 +270,7 @@ async fn run(
         pool,
         state: state.clone(),
         reported: crate::pool::no_params(),
+        login_params: crate::pool::no_params(),
         other: BTreeMap::new(),
         cancel,
         cbuf: buf,

@@ -305,9 +305,9 @@ impl Expectations {
     fn skip_to_sync(&mut self, undo: &mut Vec<Undo>) {
         loop {
             match self.queue.front() {
-                // The next Sync comes before this entry: the rest is of
-                // later groups.
-                Some(e) if e.readies > 0 => return,
+                // The next Sync comes before this entry, or is this entry
+                // (one pgharbor injected): the rest is of later groups.
+                Some(e) if e.readies > 0 || e.reply == Reply::Ready => return,
                 Some(_) => {
                     if let Some(u) = self.queue.pop_front().and_then(|e| e.undo) {
                         undo.push(*u);

@@ -41,12 +41,23 @@ impl Session {
     /// replaced by a refusal when it holds session state. `may_hold_state`:
     /// the one look at its text (see `query_scan`) found a statement worth
     /// a closer one.
+    /// `names_statements`: the cheap test of `prepared_sql` found what may
+    /// be a DEALLOCATE, DISCARD ALL or EXECUTE. Records the ReadyForQuery
+    /// to expect.
     pub(super) fn forward_query(
         &mut self,
         at: usize,
         len: usize,
         may_hold_state: bool,
+        names_statements: bool,
     ) -> Forwarded {
+        // A text that may also hold session state is not rewritten: the
+        // rare pair passes as sent, to be pinned or refused.
+        if names_statements && !may_hold_state && self.rewrite_query_names(at, len) {
+            self.emit_due_synthesized();
+            return Forwarded::Rewritten;
+        }
+        self.expect.push(Reply::Ready, Action::Forward, None);
         let found = if may_hold_state {
             // The relay checked the text ends in its NUL.
             read_cstr_bytes(&self.cbuf[at + 5..at + len])
@@ -78,9 +89,10 @@ impl Session {
         at: usize,
         len: usize,
         may_hold_state: bool,
+        names_statements: bool,
     ) -> Result<Forwarded, ProtocolError> {
         let body = &self.cbuf[at + 5..at + len];
-        let forwarded = match self.reply_as_sent(tag, body, may_hold_state)? {
+        let forwarded = match self.reply_as_sent(tag, body, may_hold_state, names_statements)? {
             Some(reply) => {
                 self.expect.push(reply, Action::Forward, None);
                 Forwarded::AsSent
@@ -88,7 +100,7 @@ impl Session {
             None => {
                 self.forward_ready(at);
                 let msg = self.cbuf.split_to(len);
-                self.rewrite(tag, msg)?;
+                self.rewrite(tag, msg, names_statements)?;
                 Forwarded::Rewritten
             }
         };
@@ -106,6 +118,7 @@ impl Session {
         tag: u8,
         body: &[u8],
         may_hold_state: bool,
+        names_statements: bool,
     ) -> Result<Option<Reply>, ProtocolError> {
         let named = |name: &str| !name.is_empty() && self.statements.contains_key(name);
         Ok(match tag {
@@ -117,7 +130,8 @@ impl Session {
                             .ok()
                             .is_some_and(|(sql, _)| self.session_state_in(sql).is_some())
                 };
-                (p.name.is_empty() && !holds_state()).then_some(Reply::ParseComplete)
+                (p.name.is_empty() && !names_statements && !holds_state())
+                    .then_some(Reply::ParseComplete)
             }
             b'B' => (!named(parse_bind(body)?.statement)).then_some(Reply::BindComplete),
             b'D' => {
@@ -136,7 +150,12 @@ impl Session {
 
     /// Writes what the server must see in place of `msg` into `to_server`
     /// and records the replies to expect.
-    fn rewrite(&mut self, tag: u8, msg: BytesMut) -> Result<(), ProtocolError> {
+    fn rewrite(
+        &mut self,
+        tag: u8,
+        msg: BytesMut,
+        names_statements: bool,
+    ) -> Result<(), ProtocolError> {
         // Room for what is written in place of `msg` and for the Execute
         // and Sync copied in behind it, at once rather than grown part by
         // part: a buffer from the stock when it has one; otherwise a small
@@ -163,7 +182,9 @@ impl Session {
                     }
                 }
                 if p.name.is_empty() {
-                    append(&mut self.to_server, msg);
+                    if !(names_statements && self.rewrite_parse_names(&msg)) {
+                        append(&mut self.to_server, msg);
+                    }
                     self.expect
                         .push(Reply::ParseComplete, Action::Forward, None);
                 } else if let Some(existing) = self.statements.get(p.name).cloned() {
@@ -348,7 +369,7 @@ impl Session {
         }
     }
 
-    fn server_has(&mut self, st: &Statement) -> bool {
+    pub(super) fn server_has(&mut self, st: &Statement) -> bool {
         self.server
             .as_mut()
             .is_some_and(|p| p.server.prepared.touch(&st.name))
@@ -369,10 +390,16 @@ impl Session {
             self.expect
                 .push(Reply::CloseComplete, Action::Swallow, None);
         }
+        if p.server.prepared.is_unsure() {
+            // The server may still have it (see `PreparedSet::forget_all`).
+            build_target(&mut self.to_server, b'C', b'S', &st.name);
+            self.expect
+                .push(Reply::CloseComplete, Action::Swallow, None);
+        }
     }
 
     /// Injects a Parse for `st` if the server lacks it.
-    fn ensure_prepared(&mut self, st: &Statement) {
+    pub(super) fn ensure_prepared(&mut self, st: &Statement) {
         if self.server_has(st) {
             return;
         }

@@ -9,6 +9,7 @@ mod extended;
 mod listen_extended;
 mod listen_relay;
 pub mod prepared;
+mod prepared_sql;
 mod query_scan;
 mod relay;
 mod replay;

@@ -65,6 +65,11 @@ pub type Statements = HashMap<String, Arc<Statement>, FastHash>;
 pub struct PreparedSet {
     used: HashMap<Arc<str>, u64, FastHash>,
     tick: u64,
+    /// The server may hold statements missing from `used` (a client's
+    /// DEALLOCATE ALL or DISCARD ALL reached it, which may have failed):
+    /// each Parse pgharbor sends it under a proxy name is preceded by a
+    /// Close of that name, so that it cannot fail with 42P05.
+    unsure: bool,
 }
 
 impl PreparedSet {
@@ -101,8 +106,22 @@ impl PreparedSet {
         self.used.remove(name);
     }
 
+    /// The server's session was reset: it has no statements.
     pub fn clear(&mut self) {
         self.used.clear();
+        self.unsure = false;
+    }
+
+    /// Something that may drop the server's statements reached it: none is
+    /// assumed there, and a Parse under a proxy name is sent after a Close.
+    pub fn forget_all(&mut self) {
+        self.used.clear();
+        self.unsure = true;
+    }
+
+    /// See [`PreparedSet::forget_all`].
+    pub fn is_unsure(&self) -> bool {
+        self.unsure
     }
 
     pub fn len(&self) -> usize {
@@ -177,6 +196,54 @@ pub fn build_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
     finish_len(out, start);
 }
 
+/// The message of Postgres's 0A000 for a statement whose result type
+/// changed (src/backend/utils/cache/plancache.c).
+pub const CHANGED_RESULT_TYPE: &str = "cached plan must not change result type";
+
+/// The length of a proxy name: `ph_` and 32 hex digits.
+const SERVER_NAME_LEN: usize = 35;
+
+/// The backstop that keeps pgharbor's statement names from clients: an
+/// ErrorResponse `body` that names one of `statements` by its server name
+/// is rebuilt with the client's name in its place. `None` when no field
+/// holds a proxy name of the client's (the error passes as sent). Only
+/// error replies are looked at, never the data path.
+pub fn client_names_in_error(body: &[u8], statements: &Statements) -> Option<BytesMut> {
+    memchr::memmem::find(body, b"ph_")?;
+    let mut out = BytesMut::with_capacity(body.len() + 5);
+    out.put_u8(b'E');
+    out.put_i32(0);
+    let mut changed = false;
+    let mut rest = body;
+    while let Some((&code, after)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let (value, next) = read_cstr(after).ok()?;
+        out.put_u8(code);
+        let mut text = value.to_string();
+        while let Some(at) = text.find("ph_") {
+            let Some(server) = text.get(at..at + SERVER_NAME_LEN) else {
+                break;
+            };
+            let Some(client) = statements
+                .iter()
+                .find(|(_, st)| &*st.name == server)
+                .map(|(name, _)| name.clone())
+            else {
+                break;
+            };
+            text.replace_range(at..at + SERVER_NAME_LEN, &client);
+            changed = true;
+        }
+        put_cstr(&mut out, &text);
+        rest = next;
+    }
+    out.put_u8(0);
+    finish_len(&mut out, 0);
+    changed.then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +270,32 @@ mod tests {
         assert!(s.touch(&n("a")));
         assert_eq!(s.insert(n("c"), 2), Some(n("b")));
         assert!(s.touch(&n("a")) && s.touch(&n("c")) && !s.touch(&n("b")));
+    }
+
+    #[test]
+    fn an_error_names_the_clients_statement_not_the_servers() {
+        let st = Arc::new(Statement::new(b"select 1\0\0\0"));
+        let mut statements = Statements::default();
+        statements.insert("_pg3_0".to_string(), st.clone());
+        let mut body = BytesMut::new();
+        body.put_u8(b'C');
+        put_cstr(&mut body, "26000");
+        body.put_u8(b'M');
+        put_cstr(
+            &mut body,
+            &format!("prepared statement \"{}\" does not exist", st.name),
+        );
+        body.put_u8(0);
+        let out = client_names_in_error(&body, &statements).unwrap();
+        let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        assert_eq!(len + 1, out.len());
+        let text = String::from_utf8_lossy(&out[5..]);
+        assert!(
+            text.contains("prepared statement \"_pg3_0\" does not exist"),
+            "{text}"
+        );
+        assert!(!text.contains("ph_"));
+        assert!(client_names_in_error(b"Mplain\0\0", &statements).is_none());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::expect::{Action, Reply, Synthesized};
 use super::extended::Forwarded;
 use super::listen_extended::LocalAction;
 use super::listen_relay::Intercept;
+use super::prepared_sql;
 use super::query_scan;
 use super::replay::keep_for_replay;
 use super::session::{Session, SessionError};
@@ -354,6 +355,9 @@ impl Session {
             // A Query's or Parse's text is looked at once, for both LISTEN
             // and session state; `true` until looked at.
             let mut text_may_hold_state = true;
+            // The cheap test of `prepared_sql` on that text: it may hold a
+            // DEALLOCATE, DISCARD ALL or EXECUTE.
+            let mut names_statements = false;
             // LISTEN and session state matter in transaction mode only.
             if let (true, Step::Whole { tag: b'Q', len }) = (tx, step) {
                 let body = &self.cbuf[ready + 5..ready + len];
@@ -365,6 +369,7 @@ impl Session {
                 };
                 let scan = query_scan::scan(sql, true);
                 text_may_hold_state = scan.session_state;
+                names_statements = prepared_sql::may_name_statements(sql, true);
                 // A LISTEN in a text that is not UTF-8 goes to the server.
                 if let Some(sql) = scan
                     .listen
@@ -384,6 +389,23 @@ impl Session {
                         }
                         Intercept::Wait => break,
                         Intercept::Forward => {}
+                    }
+                }
+                // pgharbor's answer to a lone DEALLOCATE or DISCARD ALL.
+                if names_statements {
+                    let sql = &self.cbuf[ready + 5..ready + len - 1];
+                    if let Ok(sql) = std::str::from_utf8(sql).map(str::to_owned) {
+                        if ready > 0 {
+                            break;
+                        }
+                        match self.intercept_statement_sql(&sql) {
+                            Intercept::Handled => {
+                                let _ = self.cbuf.split_to(len);
+                                continue;
+                            }
+                            Intercept::Wait => break,
+                            Intercept::Forward => {}
+                        }
                     }
                 }
             }
@@ -419,6 +441,7 @@ impl Session {
                                 let scan = query_scan::scan(sql, true);
                                 may_listen = scan.listen;
                                 text_may_hold_state = scan.session_state;
+                                names_statements = prepared_sql::may_name_statements(sql, false);
                             }
                         }
                         let action = self.classify_local(tag, body, may_listen);
@@ -442,7 +465,7 @@ impl Session {
                     if tx || tag == b'Q' {
                         let idle = self.txn.is_idle();
                         let msg = &self.cbuf[ready..ready + len];
-                        keep_for_replay(&mut self.replay, idle, &self.statements, Some(tag), msg);
+                        keep_for_replay(&mut self.replay, idle, Some(tag), msg);
                     }
                     if tx && matches!(tag, b'Q' | b'P') {
                         self.note_notifies(tag, ready, len);
@@ -452,10 +475,15 @@ impl Session {
                         // Session mode: the Query passes as sent.
                         Ok(Forwarded::AsSent)
                     } else if tag == b'Q' {
-                        self.expect.push(Reply::Ready, Action::Forward, None);
-                        Ok(self.forward_query(ready, len, text_may_hold_state))
+                        Ok(self.forward_query(ready, len, text_may_hold_state, names_statements))
                     } else {
-                        self.rewrite_extended(tag, ready, len, text_may_hold_state)
+                        self.rewrite_extended(
+                            tag,
+                            ready,
+                            len,
+                            text_may_hold_state,
+                            names_statements,
+                        )
                     };
                     match forwarded {
                         Ok(Forwarded::AsSent) => ready += len,
@@ -468,7 +496,7 @@ impl Session {
                 Step::Pass { tag: None, len } => {
                     if tx && self.replay.is_some() {
                         let bytes = &self.cbuf[ready..ready + len];
-                        keep_for_replay(&mut self.replay, false, &self.statements, None, bytes);
+                        keep_for_replay(&mut self.replay, false, None, bytes);
                     }
                     ready += len
                 }
@@ -495,7 +523,7 @@ impl Session {
                     if tx {
                         let idle = self.txn.is_idle();
                         let bytes = &self.cbuf[ready..ready + len];
-                        keep_for_replay(&mut self.replay, idle, &self.statements, Some(tag), bytes);
+                        keep_for_replay(&mut self.replay, idle, Some(tag), bytes);
                     }
                     self.note_client_message(tag);
                     if tx {

@@ -1,36 +1,20 @@
-//! The transparent retry after `cached plan must not change result type`.
-//!
-//! A server keeps a prepared statement's result type from when it was
-//! prepared; after DDL changes it, the next Bind fails with 0A000 until the
-//! statement is prepared again. Clients of a pooler cannot do that themselves
-//! (the statement lives under pgharbor's name on a server they do not see),
-//! so pgharbor does it: when a Sync group that starts outside a transaction
-//! with a Bind of a named statement fails that way before any reply of the
-//! group reached the client, the error and its ReadyForQuery are dropped, the
-//! statement is closed on the server, and the client's messages of the group
-//! are processed again, which prepares the statement afresh and re-runs it.
-//! Once per group: a second failure goes to the client. Inside an explicit
-//! transaction the error always goes to the client, since the transaction is
-//! aborted and only the client may decide what to do.
-//!
-//! The same mechanism retries a lone `DROP DATABASE x` that failed with
+//! The transparent retry of a lone `DROP DATABASE x` that failed with
 //! 55006 because sessions are connected to `x`: the idle servers of every
 //! pool to `x` are closed, then the Query runs once more (see
-//! `drop_database.rs`).
-
-use std::sync::Arc;
+//! `drop_database.rs`). The client's messages of the group are kept until
+//! its reply, and processed again in place of the error.
+//!
+//! A prepared statement whose result type changed is not retried: the
+//! client gets Postgres's 0A000, as it would from Postgres, and its driver
+//! prepares the statement again (see `server_replies.rs`).
 
 use bytes::BytesMut;
 
 use super::drop_database;
-use super::expect::{Action, Reply};
-use super::prepared::{build_target, parse_bind, Statements};
 use super::session::Session;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::sqlstate;
 
-/// The message Postgres gives (src/backend/utils/cache/plancache.c).
-const CHANGED_RESULT_TYPE: &str = "cached plan must not change result type";
 /// Groups larger than this are not kept for a retry.
 const MAX_REPLAY_BYTES: usize = 64 * 1024;
 
@@ -38,9 +22,6 @@ const MAX_REPLAY_BYTES: usize = 64 * 1024;
 /// again.
 #[derive(Debug, Clone)]
 enum Retry {
-    /// `cached plan must not change result type` for the bound statement
-    /// (its name on the server): it is closed and prepared again.
-    ChangedResultType(Arc<str>),
     /// 55006 for `DROP DATABASE` of this database (its name on the
     /// server): pgharbor's idle servers to it are closed.
     DropDatabase(Box<str>),
@@ -92,9 +73,6 @@ impl Replay {
         }
         let fields = ServerErrorFields::parse(body);
         let expected = match self.retry {
-            Retry::ChangedResultType(_) => {
-                fields.code == "0A000" && fields.message == CHANGED_RESULT_TYPE
-            }
             // The code alone: the message is translated with lc_messages.
             Retry::DropDatabase(_) => fields.code == sqlstate::OBJECT_IN_USE,
         };
@@ -115,43 +93,30 @@ impl Replay {
 }
 
 /// Keeps a whole client message (or the start or rest of a passed one,
-/// `tag` None for a continuation) of the current Sync group for a retry.
-/// Called in transaction mode before the message is accounted for; `idle`:
-/// the client has nothing in flight and no transaction open.
+/// `tag` None for a continuation) of the current group for a retry.
+/// Called before the message is accounted for; `idle`: the client has
+/// nothing in flight and no transaction open.
 #[inline]
 pub(super) fn keep_for_replay(
     replay: &mut Option<Box<Replay>>,
     idle: bool,
-    statements: &Statements,
     tag: Option<u8>,
     bytes: &[u8],
 ) {
-    // A new group is kept only when it starts outside a transaction with a
-    // Bind of one of the client's named statements, or is a simple Query
-    // that only drops a database: every other message of a driver's
-    // traffic, with no group kept, has nothing to do here.
-    if replay.is_some() || matches!(tag, Some(b'B' | b'Q')) {
-        keep_or_start(replay, idle, statements, tag, bytes);
+    // A new group is kept only when it is a simple Query that only drops
+    // a database: every other message, with no group kept, has nothing
+    // to do here.
+    if replay.is_some() || tag == Some(b'Q') {
+        keep_or_start(replay, idle, tag, bytes);
     }
 }
 
-fn keep_or_start(
-    replay: &mut Option<Box<Replay>>,
-    idle: bool,
-    statements: &Statements,
-    tag: Option<u8>,
-    bytes: &[u8],
-) {
+fn keep_or_start(replay: &mut Option<Box<Replay>>, idle: bool, tag: Option<u8>, bytes: &[u8]) {
     if replay.as_ref().is_some_and(|r| !r.complete) {
         keep_message(replay, tag, bytes);
         return;
     }
     let retry = match tag {
-        Some(b'B') if idle && !statements.is_empty() => parse_bind(&bytes[5..])
-            .ok()
-            .filter(|b| !b.statement.is_empty())
-            .and_then(|b| statements.get(b.statement))
-            .map(|st| Retry::ChangedResultType(st.name.clone())),
         // The relay checked that the text ends in its NUL.
         Some(b'Q') if idle => bytes[5..]
             .strip_suffix(b"\0")
@@ -210,16 +175,6 @@ impl Session {
         r.replied = false;
         let bytes = std::mem::take(&mut r.bytes);
         match r.retry.clone() {
-            Retry::ChangedResultType(statement) => {
-                tracing::info!(statement = %statement, "result type changed: preparing the statement again and retrying");
-                self.state.metrics.statement_retries.inc();
-                if let Some(p) = self.server.as_mut() {
-                    p.server.prepared.remove(&statement);
-                }
-                build_target(&mut self.to_server, b'C', b'S', &statement);
-                self.expect
-                    .push(Reply::CloseComplete, Action::Swallow, None);
-            }
             Retry::DropDatabase(db) => {
                 let t = &self.pool.target;
                 let closed = self.state.pools.close_idle_to(&t.host, t.port, &db);

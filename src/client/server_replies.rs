@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::expect::Outcome;
+use super::prepared::{client_names_in_error, CHANGED_RESULT_TYPE};
 use super::relay::{append, synthesize, try_fill, Ending};
 use super::session::{Session, SessionError};
 use crate::config::PoolMode;
@@ -135,6 +136,9 @@ impl Session {
                 }
                 Step::Whole { tag, len } => {
                     let body = &rbuf[ready + 5..ready + len];
+                    // An error naming a statement by pgharbor's name, with
+                    // the client's in its place (transaction mode).
+                    let mut renamed = None;
                     match tag {
                         b'Z' => {
                             let status = body.first().copied().unwrap_or(b'I');
@@ -189,8 +193,19 @@ impl Session {
                             if let Some(r) = self.replay.as_deref_mut() {
                                 drop_error = r.arm(body, alone);
                             }
-                            if ServerErrorFields::parse(body).is_fatal() {
+                            let fields = ServerErrorFields::parse(body);
+                            if fields.is_fatal() {
                                 self.server_fatal_sent = true;
+                            }
+                            if tx {
+                                // [prepared statements] A statement gone
+                                // stale stays so on this server: none of its
+                                // statements is trusted, each is closed and
+                                // prepared again when next used.
+                                if fields.code == "0A000" && fields.message == CHANGED_RESULT_TYPE {
+                                    pooled.server.prepared.forget_all();
+                                }
+                                renamed = client_names_in_error(body, &self.statements);
                             }
                         }
                         b'G' => self.txn.copy_in = true,
@@ -214,11 +229,15 @@ impl Session {
                             r.note_forwarded(tag);
                         }
                     }
-                    if matches!(outcome, Outcome::Swallow) {
-                        // Send what came before, then drop this reply.
+                    if matches!(outcome, Outcome::Swallow) || renamed.is_some() {
+                        // Send what came before, then drop this reply (or
+                        // send it renamed).
                         let before = pooled.server.rbuf.split_to(ready);
                         append(&mut self.to_client, before);
                         let _ = pooled.server.rbuf.split_to(len);
+                        if let (Outcome::Forward, Some(msg)) = (&outcome, renamed) {
+                            self.to_client.extend_from_slice(&msg);
+                        }
                         ready = 0;
                     } else {
                         ready += len;

@@ -94,6 +94,9 @@ pub(super) struct Session {
     /// The client's view of reported parameters (what it was told with
     /// ParameterStatus), synced onto every server it lands on.
     pub reported: Arc<BTreeMap<String, String>>,
+    /// `reported` as it was at login: what a `DISCARD ALL` (or RESET)
+    /// returns to.
+    pub login_params: Arc<BTreeMap<String, String>>,
     /// Unreported settings from the startup packet (lower-case names).
     pub other: BTreeMap<String, String>,
     pub cancel: CancelHandle,
@@ -220,6 +223,7 @@ impl Session {
         }
         let shared = self.pool.share_params(&self.reported);
         self.reported = shared.map;
+        self.login_params = self.reported.clone();
         if rememberable && !remembered {
             self.pool.remember_settled(&settings, self.reported.clone());
         }

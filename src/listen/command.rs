@@ -124,15 +124,29 @@ pub(crate) fn ident_cont(b: u8) -> bool {
 
 /// Tokens up to the end, or up to the first lexical error (returned too).
 pub(crate) fn lex(sql: &str) -> (Vec<Tok>, Option<String>) {
+    let (tokens, _, error) = lex_spans(sql);
+    (tokens, error)
+}
+
+/// [`lex`], with the byte offset where each token starts (the prepared
+/// statement commands rewrite a name in place).
+pub(crate) fn lex_spans(sql: &str) -> (Vec<Tok>, Vec<usize>, Option<String>) {
     let s = sql.as_bytes();
     let mut out = Vec::new();
+    let mut starts = Vec::new();
     let mut i = 0;
+    // Each turn of the loop adds at most one token, starting at `at`.
+    let mut at = 0;
     macro_rules! fail {
         ($msg:expr) => {
-            return (out, Some($msg.to_string()))
+            return (out, starts, Some($msg.to_string()))
         };
     }
     while i < s.len() {
+        if starts.len() < out.len() {
+            starts.push(at);
+        }
+        at = i;
         let b = s[i];
         let next = s.get(i + 1).copied();
         if b.is_ascii_whitespace() {
@@ -239,7 +253,10 @@ pub(crate) fn lex(sql: &str) -> (Vec<Tok>, Option<String>) {
             i += 1;
         }
     }
-    (out, None)
+    if starts.len() < out.len() {
+        starts.push(at);
+    }
+    (out, starts, None)
 }
 
 /// The text of a `q`-quoted token starting at `start` (doubled quotes

@@ -1,0 +1,485 @@
+//! SQL-level commands on prepared statements in transaction mode:
+//! `DEALLOCATE [PREPARE] name | ALL`, `DISCARD ALL` and `EXECUTE name`.
+//!
+//! A client's protocol-level statements live on servers under pgharbor's
+//! names (`prepared.rs`), so these commands must act on the client's own
+//! names, never on the statements other clients share on the server: a
+//! lone `DEALLOCATE` or `DISCARD ALL` outside a transaction is answered
+//! here with Postgres's own replies; `EXECUTE name` and `DEALLOCATE name`
+//! elsewhere (in a transaction, in a multi-statement Query, in a Parse)
+//! go to the server with the name rewritten to the server's, after the
+//! statement is prepared there. What does reach a server and drops its
+//! statements (`DEALLOCATE ALL`, `DISCARD ALL`) makes pgharbor forget the
+//! server's list (see `PreparedSet::forget_all`).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::BufMut;
+
+use super::expect::{Action, Reply};
+use super::listen_relay::Intercept;
+use super::prepared::{parse_parse, Statement};
+use super::session::Session;
+use crate::listen::command::{lex_spans, quoted, Tok};
+use crate::protocol::backend::{self, finish_len};
+use crate::protocol::frame::read_cstr_bytes;
+
+/// The leading words this module acts on.
+const WORDS: [&[u8]; 3] = [b"deallocate", b"discard", b"execute"];
+
+/// Whether the statement starting at `b` (before its white space and
+/// comments) may be one of [`WORDS`]: a few byte comparisons, run on Query
+/// and unnamed Parse texts, so that a text is lexed only when it may be.
+fn statement_may_name(mut b: &[u8]) -> bool {
+    loop {
+        let Some(first) = b.iter().position(|c| !c.is_ascii_whitespace()) else {
+            return false;
+        };
+        b = &b[first..];
+        if b.starts_with(b"--") {
+            match memchr::memchr(b'\n', b) {
+                Some(end) => b = &b[end..],
+                None => return false,
+            }
+        } else if b.starts_with(b"/*") {
+            match memchr::memmem::find(&b[2..], b"*/") {
+                // A nested comment: the lexer decides.
+                Some(end) if memchr::memmem::find(&b[2..2 + end], b"/*").is_some() => return true,
+                Some(end) => b = &b[end + 4..],
+                None => return false,
+            }
+        } else {
+            break;
+        }
+    }
+    matches!(b[0] | 0x20, b'd' | b'e')
+        && WORDS
+            .iter()
+            .any(|w| b.get(..w.len()).is_some_and(|p| p.eq_ignore_ascii_case(w)))
+}
+
+/// Cheap test before lexing: may a statement of `sql` be a DEALLOCATE,
+/// DISCARD or EXECUTE? `multi`: look at every statement start (a Query),
+/// not only the first (a Parse holds one statement).
+pub(super) fn may_name_statements(sql: &[u8], multi: bool) -> bool {
+    if statement_may_name(sql) {
+        return true;
+    }
+    multi && memchr::memchr_iter(b';', sql).any(|i| statement_may_name(&sql[i + 1..]))
+}
+
+/// What one statement of a text does to prepared statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// `DEALLOCATE [PREPARE] ALL`.
+    DeallocateAll,
+    /// `DEALLOCATE [PREPARE] name`.
+    Deallocate(String),
+    /// `DISCARD ALL`.
+    DiscardAll,
+    /// `EXECUTE name [(args)]`.
+    Execute(String),
+}
+
+/// A statement [`commands`] found, with where its name is in the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Command {
+    pub kind: Kind,
+    /// Byte range of the statement name (empty for the `ALL` forms).
+    pub name_at: Range<usize>,
+}
+
+/// The commands of `sql`, one per statement, `None` for statements that
+/// are something else, and the number of statements. `None` when the text
+/// cannot be lexed (the server then says why).
+pub(super) fn commands(sql: &str) -> Option<(Vec<Command>, usize)> {
+    let (tokens, starts, error) = lex_spans(sql);
+    if error.is_some() {
+        return None;
+    }
+    let mut found = Vec::new();
+    let mut count = 0;
+    let mut i = 0;
+    while i < tokens.len() {
+        let end = tokens[i..]
+            .iter()
+            .position(|t| *t == Tok::Semi)
+            .map_or(tokens.len(), |n| i + n);
+        if end > i {
+            count += 1;
+            if let Some(c) = command(sql, &tokens[i..end], &starts[i..end]) {
+                found.push(c);
+            }
+        }
+        i = end + 1;
+    }
+    Some((found, count))
+}
+
+/// One statement's tokens, with their start offsets.
+fn command(sql: &str, toks: &[Tok], starts: &[usize]) -> Option<Command> {
+    let word =
+        |i: usize, w: &str| matches!(toks.get(i), Some(Tok::Word(x)) if x.eq_ignore_ascii_case(w));
+    let all = || Command {
+        kind: Kind::DeallocateAll,
+        name_at: 0..0,
+    };
+    if word(0, "discard") && word(1, "all") && toks.len() == 2 {
+        return Some(Command {
+            kind: Kind::DiscardAll,
+            name_at: 0..0,
+        });
+    }
+    if word(0, "deallocate") {
+        let at = if word(1, "prepare") && toks.len() == 3 {
+            2
+        } else {
+            1
+        };
+        if toks.len() != at + 1 {
+            return None;
+        }
+        if word(at, "all") {
+            return Some(all());
+        }
+        let (name, range) = name(sql, toks.get(at)?, *starts.get(at)?)?;
+        return Some(Command {
+            kind: Kind::Deallocate(name),
+            name_at: range,
+        });
+    }
+    if word(0, "execute") && toks.len() >= 2 {
+        let (name, range) = name(sql, &toks[1], *starts.get(1)?)?;
+        return Some(Command {
+            kind: Kind::Execute(name),
+            name_at: range,
+        });
+    }
+    None
+}
+
+/// A statement name token at `start`: its value (unquoted names folded to
+/// lower case, as Postgres does) and its byte range.
+fn name(sql: &str, tok: &Tok, start: usize) -> Option<(String, Range<usize>)> {
+    match tok {
+        Tok::Word(w) => Some((w.to_ascii_lowercase(), start..start + w.len())),
+        Tok::Quoted(q) => {
+            let (_, end) = quoted(sql, start, b'"')?;
+            Some((q.clone(), start..end))
+        }
+        _ => None,
+    }
+}
+
+/// A statement name in a text, to be replaced by the server's name.
+struct Edit {
+    at: Range<usize>,
+    statement: Arc<Statement>,
+    /// A DEALLOCATE of this client name: the server drops the statement.
+    deallocate: Option<String>,
+}
+
+/// `sql` with each edit's range replaced by its statement's server name
+/// (a plain lower-case identifier: no quoting needed).
+fn replaced(sql: &str, edits: &[Edit]) -> String {
+    let mut out = String::with_capacity(sql.len() + 40 * edits.len());
+    let mut from = 0;
+    for e in edits {
+        out.push_str(&sql[from..e.at.start]);
+        out.push_str(&e.statement.name);
+        from = e.at.end;
+    }
+    out.push_str(&sql[from..]);
+    out
+}
+
+/// A Sync message, ending an injected Parse's group before a Query.
+const SYNC: &[u8] = b"S\0\0\0\x04";
+
+impl Session {
+    /// A simple Query that may hold a DEALLOCATE or DISCARD ALL (the cheap
+    /// test said so): a lone `DEALLOCATE` of one of the client's statements
+    /// or `DEALLOCATE ALL`, and a lone `DISCARD ALL` outside a transaction,
+    /// are answered here as Postgres would answer them, without a server.
+    /// In a failed transaction, or for DISCARD ALL inside one, the server
+    /// gives Postgres's own error.
+    pub(super) fn intercept_statement_sql(&mut self, sql: &str) -> Intercept {
+        let Some((found, 1)) = commands(sql) else {
+            return Intercept::Forward;
+        };
+        let Some(kind) = found.into_iter().next().map(|c| c.kind) else {
+            return Intercept::Forward;
+        };
+        let here = match &kind {
+            Kind::Deallocate(name) => self.statements.contains_key(name.as_str()),
+            // A pinned client's server holds its SQL-level statements.
+            Kind::DeallocateAll | Kind::DiscardAll => self.pinned.is_none(),
+            Kind::Execute(_) => false,
+        };
+        if !here || self.txn.unsynced || self.txn.copy_in {
+            return Intercept::Forward;
+        }
+        if self.txn.pending > 0 || !self.expect.is_empty() || !self.sscan.at_boundary() {
+            return Intercept::Wait;
+        }
+        let status = if self.server.is_some() {
+            self.txn.status
+        } else {
+            b'I'
+        };
+        if status == b'E' || (status != b'I' && kind == Kind::DiscardAll) {
+            return Intercept::Forward;
+        }
+        match kind {
+            Kind::Deallocate(name) => {
+                self.statements.remove(name.as_str());
+                backend::command_complete(&mut self.to_client, "DEALLOCATE");
+            }
+            Kind::DeallocateAll => {
+                self.statements.clear();
+                backend::command_complete(&mut self.to_client, "DEALLOCATE ALL");
+            }
+            Kind::DiscardAll => self.discard_all_here(),
+            Kind::Execute(_) => return Intercept::Forward,
+        }
+        backend::ready_for_query(&mut self.to_client, status);
+        let _ = self.flush_client();
+        Intercept::Handled
+    }
+
+    /// `DISCARD ALL` outside a transaction, for this client alone: its
+    /// statements and LISTENs are dropped and its reported parameters go
+    /// back to their values at login, each change reported after the
+    /// CommandComplete, as Postgres does before its ReadyForQuery.
+    fn discard_all_here(&mut self) {
+        self.statements.clear();
+        if let Some(sub) = self.listen.as_deref_mut() {
+            sub.unlisten_all();
+        }
+        backend::command_complete(&mut self.to_client, "DISCARD ALL");
+        let login = self.login_params.clone();
+        let mut changed: Vec<(&String, &String)> = login
+            .iter()
+            .filter(|(k, v)| self.reported.get(*k) != Some(*v))
+            .collect();
+        // Postgres reports them in the order of its sorted parameter list,
+        // which ignores case.
+        changed.sort_by_key(|(k, _)| k.to_ascii_lowercase());
+        for (k, v) in changed {
+            backend::parameter_status(&mut self.to_client, k, v);
+        }
+        self.reported = login;
+    }
+
+    /// Whether the server would refuse whatever the client sends next
+    /// (a failed transaction): then nothing is rewritten or forgotten.
+    fn in_failed_transaction(&self) -> bool {
+        self.server.is_some() && self.txn.status == b'E'
+    }
+
+    /// Applies what the commands of a text about to reach the server do to
+    /// pgharbor's books, and returns the names to rewrite.
+    fn plan_statement_sql(&mut self, found: Vec<Command>, count: usize) -> Vec<Edit> {
+        let mut edits = Vec::new();
+        for c in found {
+            match c.kind {
+                Kind::DeallocateAll => self.server_statements_reset(),
+                // Alone, unpinned and outside a transaction it was answered
+                // here; in a transaction block or a multi-statement Query
+                // Postgres refuses it.
+                Kind::DiscardAll
+                    if self.pinned.is_some() && count == 1 && self.txn.status == b'I' =>
+                {
+                    self.server_statements_reset();
+                    if let Some(sub) = self.listen.as_deref_mut() {
+                        sub.unlisten_all();
+                    }
+                }
+                Kind::DiscardAll => {}
+                Kind::Deallocate(name) => self.plan_edit(&mut edits, name, c.name_at, true),
+                Kind::Execute(name) => self.plan_edit(&mut edits, name, c.name_at, false),
+            }
+        }
+        edits
+    }
+
+    /// Notes a name to rewrite, if it is one of the client's statements
+    /// (other names reach the server as sent: a pinned client's SQL-level
+    /// statements, or Postgres's own 26000).
+    fn plan_edit(&self, edits: &mut Vec<Edit>, name: String, at: Range<usize>, deallocate: bool) {
+        if let Some(st) = self.statements.get(name.as_str()) {
+            edits.push(Edit {
+                at,
+                statement: st.clone(),
+                deallocate: deallocate.then_some(name),
+            });
+        }
+    }
+
+    /// A DEALLOCATE ALL or DISCARD ALL reaches the server: the client's
+    /// statements are gone, as on Postgres, and so may be every statement
+    /// of the server.
+    fn server_statements_reset(&mut self) {
+        self.statements.clear();
+        if let Some(p) = self.server.as_mut() {
+            p.server.prepared.forget_all();
+        }
+    }
+
+    /// After the statements of `edits` are prepared on the server: the
+    /// deallocated ones leave the client's names and the server's list.
+    fn after_edits(&mut self, edits: &[Edit]) {
+        for e in edits {
+            if let Some(name) = &e.deallocate {
+                self.statements.remove(name.as_str());
+                if let Some(p) = self.server.as_mut() {
+                    p.server.prepared.remove(&e.statement.name);
+                }
+            }
+        }
+    }
+
+    /// Prepares the statements of `edits` on the server where it lacks
+    /// them; `query`: before a simple Query, which a failed Parse would
+    /// make the server skip, so a Sync (its reply swallowed) ends the
+    /// injected group.
+    fn prepare_edits(&mut self, edits: &[Edit], query: bool) {
+        let mut injected = false;
+        for e in edits {
+            if !self.server_has(&e.statement) {
+                self.ensure_prepared(&e.statement);
+                injected = true;
+            }
+        }
+        if injected && query {
+            self.to_server.extend_from_slice(SYNC);
+            self.txn.pending += 1;
+            self.expect.push(Reply::Ready, Action::Swallow, None);
+        }
+    }
+
+    /// A simple Query at `cbuf[at..at + len]` that may hold the commands:
+    /// when it names the client's statements, it goes to the server with
+    /// their server names (returns true, its ReadyForQuery expected);
+    /// DEALLOCATE ALL and DISCARD ALL that reach the server are accounted
+    /// for. False: the caller forwards it as sent.
+    pub(super) fn rewrite_query_names(&mut self, at: usize, len: usize) -> bool {
+        if self.in_failed_transaction() {
+            return false;
+        }
+        // The relay checked the text ends in its NUL.
+        let body = &self.cbuf[at + 5..at + len - 1];
+        let Some((sql, (found, count))) = std::str::from_utf8(body)
+            .ok()
+            .and_then(|sql| Some((sql, commands(sql)?)))
+        else {
+            return false;
+        };
+        let sql = sql.to_owned();
+        let edits = self.plan_statement_sql(found, count);
+        if edits.is_empty() {
+            return false;
+        }
+        let text = replaced(&sql, &edits);
+        self.forward_ready(at);
+        let _ = self.cbuf.split_to(len);
+        self.prepare_edits(&edits, true);
+        self.after_edits(&edits);
+        self.expect.push(Reply::Ready, Action::Forward, None);
+        let start = self.to_server.len();
+        self.to_server.put_u8(b'Q');
+        self.to_server.put_i32(0);
+        self.to_server.put_slice(text.as_bytes());
+        self.to_server.put_u8(0);
+        finish_len(&mut self.to_server, start);
+        true
+    }
+
+    /// An unnamed Parse (`msg`, whole) whose text may hold the commands:
+    /// written to the server with the client's statement names rewritten,
+    /// after their statements are prepared there. False: nothing written.
+    pub(super) fn rewrite_parse_names(&mut self, msg: &[u8]) -> bool {
+        if self.in_failed_transaction() {
+            return false;
+        }
+        let Ok(p) = parse_parse(&msg[5..]) else {
+            return false;
+        };
+        let Ok((sql, types)) = read_cstr_bytes(p.rest) else {
+            return false;
+        };
+        let Some((sql, (found, count))) = std::str::from_utf8(sql)
+            .ok()
+            .and_then(|sql| Some((sql, commands(sql)?)))
+        else {
+            return false;
+        };
+        let (sql, types) = (sql.to_owned(), types.to_vec());
+        let edits = self.plan_statement_sql(found, count);
+        if edits.is_empty() {
+            return false;
+        }
+        let text = replaced(&sql, &edits);
+        self.prepare_edits(&edits, false);
+        self.after_edits(&edits);
+        let out = &mut self.to_server;
+        let start = out.len();
+        out.put_u8(b'P');
+        out.put_i32(0);
+        out.put_u8(0);
+        out.put_slice(text.as_bytes());
+        out.put_u8(0);
+        out.put_slice(&types);
+        finish_len(out, start);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cheap_test_finds_every_statement_start() {
+        for sql in [
+            "DEALLOCATE x",
+            "  discard all",
+            "select 1; execute p(1)",
+            "/* c */ deallocate all",
+            "-- c\n /* d */ EXECUTE p",
+            "/* a /* nested */ */ select 1",
+        ] {
+            assert!(may_name_statements(sql.as_bytes(), true), "{sql}");
+        }
+        assert!(!may_name_statements(b"select 1; execute p", false));
+        for sql in [
+            "select 'deallocate'",
+            "delete from t",
+            "",
+            "  ",
+            "/* app=x */ select 1",
+            "-- c\nselect 1",
+        ] {
+            assert!(!may_name_statements(sql.as_bytes(), true), "{sql}");
+        }
+    }
+
+    #[test]
+    fn commands_are_read_with_their_name_in_place() {
+        let sql = r#"DEALLOCATE PREPARE "My ""x"""; execute _pg3_1 ('a;b'); select 'execute y'; DeAllocate All; discard all"#;
+        let (found, count) = commands(sql).unwrap();
+        assert_eq!(count, 5);
+        assert_eq!(found[0].kind, Kind::Deallocate("My \"x\"".into()));
+        assert_eq!(&sql[found[0].name_at.clone()], r#""My ""x""""#);
+        assert_eq!(found[1].kind, Kind::Execute("_pg3_1".into()));
+        assert_eq!(&sql[found[1].name_at.clone()], "_pg3_1");
+        assert_eq!(found[2].kind, Kind::DeallocateAll);
+        assert_eq!(found[3].kind, Kind::DiscardAll);
+        assert_eq!(found.len(), 4);
+        let (found, _) = commands("deallocate Foo").unwrap();
+        assert_eq!(found[0].kind, Kind::Deallocate("foo".into()));
+        assert!(commands("deallocate x y").unwrap().0.is_empty());
+        assert!(commands("execute 'x").is_none());
+    }
+}
