@@ -66,6 +66,30 @@ cases! {
         session: [],
         transaction: [#[ignore = "issue 21: Bind/Execute of s1 after ALTER COLUMN TYPE: Postgres 0A000 cached plan must not change result type, pgharbor BindComplete and rows of the new type"]]
     }
+    a_parse_of_a_statement_name_in_use_is_refused {
+        session: [],
+        transaction: [#[ignore = "generator finding: the second Parse of s0 in one pipeline: Postgres 42P05 prepared statement \"s0\" already exists, pgharbor the same error naming its ph_… statement"]]
+    }
+    a_parse_of_a_name_in_use_is_refused_when_another_client_has_the_text {
+        session: [],
+        transaction: [#[ignore = "generator finding: client 1 parses s0 twice while client 0 has the text on the shared server: Postgres 42P05 prepared statement \"s0\" already exists for the second, pgharbor ParseComplete"]]
+    }
+    a_bind_of_a_missing_unnamed_statement_is_refused {
+        session: [],
+        transaction: [#[ignore = "generator finding: client 1 binds an unnamed statement it never prepared: Postgres 26000 unnamed prepared statement does not exist, pgharbor BindComplete (client 0\'s statement, left on the shared server) and its rows"]]
+    }
+    errors_about_a_statement_name_the_clients_own_statement {
+        session: [],
+        transaction: [#[ignore = "generator finding: Bind with too few parameters: Postgres 08P01 names prepared statement \"s1\", pgharbor ph_…"]]
+    }
+    a_fresh_statement_is_planned_for_its_first_parameters {
+        session: [],
+        transaction: [#[ignore = "generator finding: client 1\'s fresh s0 bound with 0: Postgres 22012 division by zero at Bind (custom plan), pgharbor BindComplete (the shared server statement has a generic plan from client 0\'s executions; the error comes at Execute)"]]
+    }
+    a_parse_in_a_failed_transaction_is_refused {
+        session: [],
+        transaction: [#[ignore = "generator finding: Parse in a failed transaction: Postgres 25P02 current transaction is aborted, pgharbor ParseComplete (answered without the server)"]]
+    }
     two_clients_hold_a_statement_whose_result_type_changes {
         session: [],
         transaction: [#[ignore = "issue 21: Bind of s1 after the ALTER: Postgres 0A000 cached plan must not change result type, pgharbor BindComplete and rows of the new type"]]
@@ -541,4 +565,111 @@ pub fn two_clients_hold_a_statement_whose_result_type_changes() -> Conversation 
         .ready();
     let c = run(run(c).on(1));
     run(c.close_statement("s1").parse("s1", sql, &[]).sync().ready())
+}
+
+/// Found by the generator: a Parse of a statement name already in use.
+pub fn a_parse_of_a_statement_name_in_use_is_refused() -> Conversation {
+    Conversation::new("a_parse_of_a_statement_name_in_use_is_refused", 1)
+        .parse("s0", "SELECT $1::int + 1 AS next", &[])
+        .parse("s0", "SELECT $1::int + 1 AS next", &[])
+        .sync()
+        .ready()
+        .parse("s1", "SELECT 1", &[])
+        .sync()
+        .ready()
+        .parse("s1", "SELECT 2", &[])
+        .sync()
+        .ready()
+}
+
+/// Found by the generator: client 1 binds the unnamed statement it never
+/// prepared, while client 0's unnamed statement is on the shared server.
+pub fn a_bind_of_a_missing_unnamed_statement_is_refused() -> Conversation {
+    Conversation::new("a_bind_of_a_missing_unnamed_statement_is_refused", 2)
+        .on(0)
+        .parse("", "SELECT 'client zero' AS whose", &[])
+        .sync()
+        .ready()
+        .on(1)
+        .bind("", "", &[])
+        .execute("", 0)
+        .sync()
+        .ready()
+}
+
+/// Found by the generator: Postgres's errors about a statement name it.
+pub fn errors_about_a_statement_name_the_clients_own_statement() -> Conversation {
+    Conversation::new("errors_about_a_statement_name_the_clients_own_statement", 1)
+        .parse("s1", "SELECT $1::int AS x", &[])
+        .sync()
+        .ready()
+        .bind("", "s1", &[])
+        .execute("", 0)
+        .sync()
+        .ready()
+        .parse("s1", "SELECT 2", &[])
+        .sync()
+        .ready()
+}
+
+/// Found by the generator: a statement a client prepares afresh is planned
+/// for its first parameters (a custom plan), where an error from
+/// constant folding comes at Bind; a server statement planned generically
+/// for another client's earlier executions raises it at Execute.
+pub fn a_fresh_statement_is_planned_for_its_first_parameters() -> Conversation {
+    let sql = "SELECT 10 / $1::int AS q";
+    let mut c = Conversation::new("a_fresh_statement_is_planned_for_its_first_parameters", 2)
+        .on(0)
+        .parse("s0", sql, &[])
+        .sync()
+        .ready();
+    for _ in 0..6 {
+        c = c.bind("", "s0", &["1"]).execute("", 0).sync().ready();
+    }
+    c.on(1)
+        .parse("s0", sql, &[])
+        .bind("", "s0", &["0"])
+        .execute("", 0)
+        .sync()
+        .ready()
+}
+
+/// Found by the generator: a Parse inside a failed transaction.
+pub fn a_parse_in_a_failed_transaction_is_refused() -> Conversation {
+    Conversation::new("a_parse_in_a_failed_transaction_is_refused", 1)
+        .parse("s1", "SELECT 1 AS one", &[])
+        .sync()
+        .ready()
+        .close_statement("s1")
+        .sync()
+        .ready()
+        .simple("BEGIN")
+        .simple("SELECT 1/0")
+        .parse("s1", "SELECT 1 AS one", &[])
+        .sync()
+        .ready()
+        .simple("ROLLBACK")
+        .bind("", "s1", &[])
+        .execute("", 0)
+        .sync()
+        .ready()
+}
+
+/// Found by the generator: the same, when the text is already prepared on
+/// the server for another client.
+pub fn a_parse_of_a_name_in_use_is_refused_when_another_client_has_the_text() -> Conversation {
+    let sql = "SELECT $1::int + 1 AS next";
+    Conversation::new(
+        "a_parse_of_a_name_in_use_is_refused_when_another_client_has_the_text",
+        2,
+    )
+    .on(0)
+    .parse("s0", sql, &[])
+    .sync()
+    .ready()
+    .on(1)
+    .parse("s0", sql, &[])
+    .parse("s0", sql, &[])
+    .sync()
+    .ready()
 }
