@@ -146,10 +146,7 @@ pub fn an_extended_pipeline_of_named_and_unnamed_statements_and_portals() -> Con
     .close_statement("s_named")
     .close_portal("")
     .sync()
-    .bind("", "s_named", &["10", "ten"])
-    .execute("", 0)
-    .sync()
-    .ready()
+    .run("s_named", &["10", "ten"])
     .ready()
     .parse("s_typed", "SELECT $1 AS x", &[25])
     .describe_statement("s_typed")
@@ -167,23 +164,15 @@ pub fn an_error_in_mid_pipeline_skips_to_sync() -> Conversation {
         .parse("", "SELEC 2", &[])
         .bind("", "", &[])
         .execute("", 0)
-        .parse("s_after", "SELECT 3", &[])
-        .sync()
-        .ready()
-        .bind("", "s_after", &[])
-        .execute("", 0)
-        .sync()
-        .ready()
+        .prepare("s_after", "SELECT 3")
+        .run("s_after", &[])
         .parse("s_div", "SELECT 10 / $1::int AS q", &[])
         .bind("", "s_div", &["0"])
         .execute("", 0)
         .bind("", "s_div", &["5"])
         .execute("", 0)
         .sync()
-        .bind("", "s_div", &["2"])
-        .execute("", 0)
-        .sync()
-        .ready()
+        .run("s_div", &["2"])
         .ready()
         .describe_statement("no_such_statement")
         .sync()
@@ -212,10 +201,7 @@ pub fn flush_sends_the_replies_so_far_without_a_sync() -> Conversation {
         .execute("", 0)
         .flush()
         .quiet(300)
-        .bind("", "s_f", &[])
-        .execute("", 0)
-        .sync()
-        .ready()
+        .run("s_f", &[])
 }
 
 pub fn savepoints_roll_back_part_of_a_transaction() -> Conversation {
@@ -328,10 +314,7 @@ pub fn copy_out_in_simple_and_extended_protocol() -> Conversation {
     Conversation::new("copy_out_in_simple_and_extended_protocol", 1)
         .simple(sql)
         .parse("", sql, &[])
-        .bind("", "", &[])
-        .execute("", 0)
-        .sync()
-        .ready()
+        .run("", &[])
         .simple("COPY (SELECT 1/0) TO STDOUT")
         .simple("SELECT 'after'")
 }
@@ -377,10 +360,7 @@ pub fn listen_and_notify_to_oneself() -> Conversation {
         .simple("NOTIFY conf_ch_{m}, 'rolled back'")
         .simple("ROLLBACK")
         .parse("", "NOTIFY conf_ch_{m}, 'extended'", &[])
-        .bind("", "", &[])
-        .execute("", 0)
-        .sync()
-        .ready()
+        .run("", &[])
         .simple("SELECT 'last'")
 }
 
@@ -410,25 +390,12 @@ pub fn deallocate_all_after_a_protocol_prepare_then_prepare_again() -> Conversat
         "deallocate_all_after_a_protocol_prepare_then_prepare_again",
         1,
     )
-    .parse("s1", "SELECT 1 AS a", &[])
-    .sync()
-    .ready()
-    .bind("", "s1", &[])
-    .execute("", 0)
-    .sync()
-    .ready()
+    .prepare("s1", "SELECT 1 AS a")
+    .run("s1", &[])
     .simple("DEALLOCATE ALL")
-    .bind("", "s1", &[])
-    .execute("", 0)
-    .sync()
-    .ready()
-    .parse("s1", "SELECT 1 AS a", &[])
-    .sync()
-    .ready()
-    .bind("", "s1", &[])
-    .execute("", 0)
-    .sync()
-    .ready()
+    .run("s1", &[])
+    .prepare("s1", "SELECT 1 AS a")
+    .run("s1", &[])
 }
 
 /// Client 1 holds a transaction open while client 0 comes back to its
@@ -466,14 +433,9 @@ pub fn two_clients_interleaved_prepare_the_same_text() -> Conversation {
         .sync()
         .ready()
         .on(1)
-        .parse("s1", sql, &[])
-        .sync()
-        .ready()
+        .prepare("s1", sql)
         .on(0)
-        .bind("", "s1", &["1"])
-        .execute("", 0)
-        .sync()
-        .ready()
+        .run("s1", &["1"])
         .on(1)
         .bind("", "s1", &["10"])
         .execute("", 0)
@@ -481,20 +443,11 @@ pub fn two_clients_interleaved_prepare_the_same_text() -> Conversation {
         .sync()
         .ready()
         .on(0)
-        .bind("", "s1", &["2"])
-        .execute("", 0)
-        .sync()
-        .ready()
+        .run("s1", &["2"])
         .on(1)
-        .bind("", "s1", &["3"])
-        .execute("", 0)
-        .sync()
-        .ready()
+        .run("s1", &["3"])
         .parse("", sql, &[])
-        .bind("", "", &["5"])
-        .execute("", 0)
-        .sync()
-        .ready()
+        .run("", &["5"])
 }
 
 pub fn a_column_type_change_under_a_prepared_statement() -> Conversation {
@@ -507,10 +460,7 @@ pub fn a_column_type_change_under_a_prepared_statement() -> Conversation {
         .describe_statement("s1")
         .sync()
         .ready()
-        .bind("", "s1", &[])
-        .execute("", 0)
-        .sync()
-        .ready()
+        .run("s1", &[])
         .simple("ALTER TABLE conf_retype_{m} ALTER COLUMN b TYPE real")
         .bind_full("", "s1", &[], true)
         .execute("", 0)
@@ -564,22 +514,16 @@ pub fn two_clients_hold_a_statement_whose_result_type_changes() -> Conversation 
         .sync()
         .ready();
     let c = run(run(c).on(1));
-    run(c.close_statement("s1").parse("s1", sql, &[]).sync().ready())
+    run(c.close_statement("s1").prepare("s1", sql))
 }
 
 /// Found by the generator: a Parse of a statement name already in use.
 pub fn a_parse_of_a_statement_name_in_use_is_refused() -> Conversation {
     Conversation::new("a_parse_of_a_statement_name_in_use_is_refused", 1)
         .parse("s0", "SELECT $1::int + 1 AS next", &[])
-        .parse("s0", "SELECT $1::int + 1 AS next", &[])
-        .sync()
-        .ready()
-        .parse("s1", "SELECT 1", &[])
-        .sync()
-        .ready()
-        .parse("s1", "SELECT 2", &[])
-        .sync()
-        .ready()
+        .prepare("s0", "SELECT $1::int + 1 AS next")
+        .prepare("s1", "SELECT 1")
+        .prepare("s1", "SELECT 2")
 }
 
 /// Found by the generator: client 1 binds the unnamed statement it never
@@ -587,29 +531,17 @@ pub fn a_parse_of_a_statement_name_in_use_is_refused() -> Conversation {
 pub fn a_bind_of_a_missing_unnamed_statement_is_refused() -> Conversation {
     Conversation::new("a_bind_of_a_missing_unnamed_statement_is_refused", 2)
         .on(0)
-        .parse("", "SELECT 'client zero' AS whose", &[])
-        .sync()
-        .ready()
+        .prepare("", "SELECT 'client zero' AS whose")
         .on(1)
-        .bind("", "", &[])
-        .execute("", 0)
-        .sync()
-        .ready()
+        .run("", &[])
 }
 
 /// Found by the generator: Postgres's errors about a statement name it.
 pub fn errors_about_a_statement_name_the_clients_own_statement() -> Conversation {
     Conversation::new("errors_about_a_statement_name_the_clients_own_statement", 1)
-        .parse("s1", "SELECT $1::int AS x", &[])
-        .sync()
-        .ready()
-        .bind("", "s1", &[])
-        .execute("", 0)
-        .sync()
-        .ready()
-        .parse("s1", "SELECT 2", &[])
-        .sync()
-        .ready()
+        .prepare("s1", "SELECT $1::int AS x")
+        .run("s1", &[])
+        .prepare("s1", "SELECT 2")
 }
 
 /// Found by the generator: a statement a client prepares afresh is planned
@@ -620,39 +552,25 @@ pub fn a_fresh_statement_is_planned_for_its_first_parameters() -> Conversation {
     let sql = "SELECT 10 / $1::int AS q";
     let mut c = Conversation::new("a_fresh_statement_is_planned_for_its_first_parameters", 2)
         .on(0)
-        .parse("s0", sql, &[])
-        .sync()
-        .ready();
+        .prepare("s0", sql);
     for _ in 0..6 {
-        c = c.bind("", "s0", &["1"]).execute("", 0).sync().ready();
+        c = c.run("s0", &["1"]);
     }
-    c.on(1)
-        .parse("s0", sql, &[])
-        .bind("", "s0", &["0"])
-        .execute("", 0)
-        .sync()
-        .ready()
+    c.on(1).parse("s0", sql, &[]).run("s0", &["0"])
 }
 
 /// Found by the generator: a Parse inside a failed transaction.
 pub fn a_parse_in_a_failed_transaction_is_refused() -> Conversation {
     Conversation::new("a_parse_in_a_failed_transaction_is_refused", 1)
-        .parse("s1", "SELECT 1 AS one", &[])
-        .sync()
-        .ready()
+        .prepare("s1", "SELECT 1 AS one")
         .close_statement("s1")
         .sync()
         .ready()
         .simple("BEGIN")
         .simple("SELECT 1/0")
-        .parse("s1", "SELECT 1 AS one", &[])
-        .sync()
-        .ready()
+        .prepare("s1", "SELECT 1 AS one")
         .simple("ROLLBACK")
-        .bind("", "s1", &[])
-        .execute("", 0)
-        .sync()
-        .ready()
+        .run("s1", &[])
 }
 
 /// Found by the generator: the same, when the text is already prepared on
@@ -664,12 +582,8 @@ pub fn a_parse_of_a_name_in_use_is_refused_when_another_client_has_the_text() ->
         2,
     )
     .on(0)
-    .parse("s0", sql, &[])
-    .sync()
-    .ready()
+    .prepare("s0", sql)
     .on(1)
     .parse("s0", sql, &[])
-    .parse("s0", sql, &[])
-    .sync()
-    .ready()
+    .prepare("s0", sql)
 }

@@ -156,6 +156,20 @@ impl Conversation {
         })
     }
 
+    /// Parse of statement `name` (no declared types), Sync, and its replies.
+    pub fn prepare(self, name: &str, sql: &str) -> Self {
+        self.parse(name, sql, &[]).sync().ready()
+    }
+
+    /// Bind of `statement` with text `params` to the unnamed portal,
+    /// Execute, Sync, and the replies.
+    pub fn run(self, statement: &str, params: &[&str]) -> Self {
+        self.bind("", statement, params)
+            .execute("", 0)
+            .sync()
+            .ready()
+    }
+
     pub fn describe_statement(self, name: &str) -> Self {
         self.send(Front::Describe(b'S', name.into()))
     }
