@@ -74,6 +74,7 @@ cases! {
         session: [],
         transaction: [#[ignore = "generator finding: client 1 parses s0 twice while client 0 has the text on the shared server: Postgres 42P05 prepared statement \"s0\" already exists for the second, pgharbor ParseComplete"]]
     }
+    a_parse_of_a_failing_statement_reports_its_error { session: [], transaction: [] }
     a_bind_of_a_missing_unnamed_statement_is_refused {
         session: [],
         transaction: [#[ignore = "generator finding: client 1 binds an unnamed statement it never prepared: Postgres 26000 unnamed prepared statement does not exist, pgharbor BindComplete (client 0\'s statement, left on the shared server) and its rows"]]
@@ -586,4 +587,17 @@ pub fn a_parse_of_a_name_in_use_is_refused_when_another_client_has_the_text() ->
     .on(1)
     .parse("s0", sql, &[])
     .prepare("s0", sql)
+}
+
+/// Found by the generator: a named Parse whose text Postgres refuses, by
+/// two clients in turn.
+pub fn a_parse_of_a_failing_statement_reports_its_error() -> Conversation {
+    let sql = "SELECT * FROM conf_no_such_table";
+    Conversation::new("a_parse_of_a_failing_statement_reports_its_error", 2)
+        .on(0)
+        .prepare("s1", sql)
+        .prepare("s1", sql)
+        .on(1)
+        .prepare("s1", sql)
+        .run("s1", &[])
 }
