@@ -75,6 +75,7 @@ cases! {
         transaction: [#[ignore = "generator finding: client 1 parses s0 twice while client 0 has the text on the shared server: Postgres 42P05 prepared statement \"s0\" already exists for the second, pgharbor ParseComplete"]]
     }
     a_parse_of_a_failing_statement_reports_its_error { session: [], transaction: [] }
+    a_parse_skipped_after_an_error_is_not_taken_as_prepared { session: [], transaction: [] }
     a_bind_of_a_missing_unnamed_statement_is_refused {
         session: [],
         transaction: [#[ignore = "generator finding: client 1 binds an unnamed statement it never prepared: Postgres 26000 unnamed prepared statement does not exist, pgharbor BindComplete (client 0\'s statement, left on the shared server) and its rows"]]
@@ -600,4 +601,21 @@ pub fn a_parse_of_a_failing_statement_reports_its_error() -> Conversation {
         .on(1)
         .prepare("s1", sql)
         .run("s1", &[])
+}
+
+/// Found by the generator: a Parse that Postgres skipped (an earlier
+/// message of its pipeline failed) must not count as prepared.
+pub fn a_parse_skipped_after_an_error_is_not_taken_as_prepared() -> Conversation {
+    let sql = "SELECT * FROM conf_no_such_table";
+    Conversation::new("a_parse_skipped_after_an_error_is_not_taken_as_prepared", 2)
+        .on(0)
+        .parse("", "SELEC 1", &[])
+        .parse("s0", sql, &[])
+        .parse("s1", "SELECT 5 AS five", &[])
+        .sync()
+        .ready()
+        .on(1)
+        .prepare("s1", sql)
+        .prepare("s0", "SELECT 5 AS five")
+        .run("s0", &[])
 }
