@@ -368,12 +368,29 @@ impl Server {
         self.read_until_ready().await
     }
 
+    /// Runs `sql` as a simple query and returns the first column of its
+    /// first row (`None` for no row or NULL), as the server sent it.
+    pub async fn query_first_value(&mut self, sql: &str) -> Result<Option<Vec<u8>>, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.send(&out).await?;
+        let row = self.read_reply(true).await?;
+        Ok(row.and_then(|r| first_column(&r[5..])))
+    }
+
     /// Reads and discards messages up to ReadyForQuery.
     pub async fn read_until_ready(&mut self) -> Result<(), ServerError> {
+        self.read_reply(false).await.map(drop)
+    }
+
+    /// Reads up to ReadyForQuery; returns the first DataRow when `keep_row`.
+    async fn read_reply(&mut self, keep_row: bool) -> Result<Option<BytesMut>, ServerError> {
         let mut first_error = None;
+        let mut row = None;
         loop {
             let msg = self.read_message().await?;
             match msg[0] {
+                b'D' if keep_row && row.is_none() => row = Some(msg),
                 b'S' => self.note_parameter(&msg[5..]),
                 b'E' => {
                     let f = ServerErrorFields::parse(&msg[5..]);
@@ -386,7 +403,7 @@ impl Server {
                     self.status = msg.get(5).copied().unwrap_or(b'I');
                     return match first_error {
                         Some(f) => Err(ServerError::Query(f)),
-                        None => Ok(()),
+                        None => Ok(row),
                     };
                 }
                 // COPY started by a check or reset query cannot be served.
@@ -546,6 +563,15 @@ async fn negotiate_tls(
             source,
         })?;
     Ok(Stream::Tls(Box::new(stream.into())))
+}
+
+/// The first column of a DataRow's body; `None` for NULL or no column.
+fn first_column(mut row: &[u8]) -> Option<Vec<u8>> {
+    if row.len() < 6 || row.get_i16() < 1 {
+        return None;
+    }
+    let len = usize::try_from(row.get_i32()).ok()?;
+    row.get(..len).map(<[u8]>::to_vec)
 }
 
 /// `E'…'` literal, correct whatever standard_conforming_strings is.

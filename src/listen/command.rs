@@ -96,8 +96,10 @@ pub fn parse_many(sql: &str) -> Result<Option<Vec<ListenCommand>>, ListenParseEr
         .map(Some)
 }
 
+/// A token of Postgres's lexer, as far as pgharbor's readers of SQL text
+/// (this one and the session-state scanner) need to tell them apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Tok {
+pub(crate) enum Tok {
     Word(String),
     Quoted(String),
     /// The raw text between the quotes of `U&"…"`, escapes not yet applied.
@@ -105,6 +107,8 @@ enum Tok {
     Str(String),
     Star,
     Semi,
+    /// `.` between the parts of a qualified name.
+    Dot,
     Other,
 }
 
@@ -123,7 +127,7 @@ pub(crate) fn ident_cont(b: u8) -> bool {
 }
 
 /// Tokens up to the end, or up to the first lexical error (returned too).
-fn lex(sql: &str) -> (Vec<Tok>, Option<String>) {
+pub(crate) fn lex(sql: &str) -> (Vec<Tok>, Option<String>) {
     let s = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -234,6 +238,7 @@ fn lex(sql: &str) -> (Vec<Tok>, Option<String>) {
             out.push(match b {
                 b';' => Tok::Semi,
                 b'*' => Tok::Star,
+                b'.' => Tok::Dot,
                 _ => Tok::Other,
             });
             i += 1;
