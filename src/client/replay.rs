@@ -13,10 +13,10 @@
 //! transaction the error always goes to the client, since the transaction is
 //! aborted and only the client may decide what to do.
 //!
-//! The same mechanism retries a lone `DROP DATABASE x` that failed with
-//! 55006 because sessions are connected to `x`: the idle servers of every
-//! pool to `x` are closed, then the Query runs once more (see
-//! `drop_database.rs`).
+//! The same mechanism retries a lone `DROP DATABASE x`, or `CREATE
+//! DATABASE y TEMPLATE x`, that failed with 55006 because sessions are
+//! connected to `x`: the idle servers of every pool to `x` are closed, then
+//! the Query runs once more (see `drop_database.rs`).
 
 use std::sync::Arc;
 
@@ -41,8 +41,9 @@ enum Retry {
     /// `cached plan must not change result type` for the bound statement
     /// (its name on the server): it is closed and prepared again.
     ChangedResultType(Arc<str>),
-    /// 55006 for `DROP DATABASE` of this database (its name on the
-    /// server): pgharbor's idle servers to it are closed.
+    /// 55006 for `DROP DATABASE` of this database, or `CREATE DATABASE`
+    /// from it as template (its name on the server): pgharbor's idle
+    /// servers to it are closed.
     DropDatabase(Box<str>),
 }
 
@@ -155,7 +156,7 @@ fn keep_or_start(
         // The relay checked that the text ends in its NUL.
         Some(b'Q') if idle => bytes[5..]
             .strip_suffix(b"\0")
-            .and_then(drop_database::target)
+            .and_then(|sql| drop_database::target(sql).or_else(|| drop_database::template(sql)))
             .map(|db| Retry::DropDatabase(db.into())),
         _ => None,
     };
@@ -223,7 +224,7 @@ impl Session {
             Retry::DropDatabase(db) => {
                 let t = &self.pool.target;
                 let closed = self.state.pools.close_idle_to(&t.host, t.port, &db);
-                tracing::info!(database = %db, idle_servers_closed = closed, "DROP DATABASE: the database is in use; closed pgharbor's idle servers to it and retrying once");
+                tracing::info!(database = %db, idle_servers_closed = closed, "the database is in use (DROP DATABASE, or CREATE DATABASE from it as template); closed pgharbor's idle servers to it and retrying once");
             }
         }
         let mut cbuf = bytes;

@@ -207,9 +207,14 @@ impl Session {
                 // as it would on Postgres, and learn the server's normalized
                 // values (`UTF8` for `utf8`).
                 self.acquire_server().await?;
-                if let Some(s) = self.server.as_ref() {
+                if let Some(s) = self.server.as_mut() {
                     for (k, v) in s.server.params.iter() {
                         set_param(&mut self.reported, k, v);
+                    }
+                    // After AuthenticationOk, before ParameterStatus: where
+                    // Postgres puts the notices of the startup's settings.
+                    for notice in s.server.sync_notices.drain(..) {
+                        self.to_client.extend_from_slice(&notice);
                     }
                 }
                 if self.mode == PoolMode::Transaction {
