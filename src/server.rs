@@ -119,6 +119,10 @@ pub struct Server {
     /// The client parameter map this server was last synced to, and
     /// `params_version` then: lets checkout skip the comparison.
     pub synced: Option<(Arc<BTreeMap<String, String>>, u64)>,
+    /// The NoticeResponses of the last query that applied a client's
+    /// settings: a client's login forwards them, as Postgres sends them
+    /// at login.
+    pub sync_notices: Vec<BytesMut>,
     /// Proxy-named statements prepared on this server (transaction mode).
     pub prepared: crate::client::prepared::PreparedSet,
 }
@@ -166,6 +170,7 @@ impl Server {
             prepared: Default::default(),
             params_version: 0,
             synced: None,
+            sync_notices: Vec::new(),
         };
         let mut out = BytesMut::new();
         frontend::startup_message(
@@ -368,12 +373,39 @@ impl Server {
         self.read_until_ready().await
     }
 
+    /// Runs `sql` as a simple query and returns the first column of its
+    /// first row (`None` for no row or NULL), as the server sent it.
+    pub async fn query_first_value(&mut self, sql: &str) -> Result<Option<Vec<u8>>, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.send(&out).await?;
+        let row = self.read_reply(true, None).await?;
+        Ok(row.and_then(|r| first_column(&r[5..])))
+    }
+
     /// Reads and discards messages up to ReadyForQuery.
     pub async fn read_until_ready(&mut self) -> Result<(), ServerError> {
+        self.read_reply(false, None).await.map(drop)
+    }
+
+    /// Reads up to ReadyForQuery; returns the first DataRow when `keep_row`
+    /// and keeps NoticeResponses in `notices` when given.
+    async fn read_reply(
+        &mut self,
+        keep_row: bool,
+        mut notices: Option<&mut Vec<BytesMut>>,
+    ) -> Result<Option<BytesMut>, ServerError> {
         let mut first_error = None;
+        let mut row = None;
         loop {
             let msg = self.read_message().await?;
             match msg[0] {
+                b'D' if keep_row && row.is_none() => row = Some(msg),
+                b'N' => {
+                    if let Some(n) = notices.as_deref_mut() {
+                        n.push(msg);
+                    }
+                }
                 b'S' => self.note_parameter(&msg[5..]),
                 b'E' => {
                     let f = ServerErrorFields::parse(&msg[5..]);
@@ -386,7 +418,7 @@ impl Server {
                     self.status = msg.get(5).copied().unwrap_or(b'I');
                     return match first_error {
                         Some(f) => Err(ServerError::Query(f)),
-                        None => Ok(()),
+                        None => Ok(row),
                     };
                 }
                 // COPY started by a check or reset query cannot be served.
@@ -480,7 +512,15 @@ impl Server {
                 sql.push_str(",false)");
             }
         }
-        let result = self.simple_query(&sql).await;
+        // Its notices (`application_name` truncated, …) are what a client
+        // logging in with these settings gets from Postgres.
+        let mut notices = std::mem::take(&mut self.sync_notices);
+        notices.clear();
+        let mut out = BytesMut::new();
+        frontend::query(&sql, &mut out)?;
+        self.send(&out).await?;
+        let result = self.read_reply(false, Some(&mut notices)).await.map(drop);
+        self.sync_notices = notices;
         match &result {
             Ok(()) => self.applied = other.clone(),
             // We no longer know exactly what is set: the caller drops us.
@@ -546,6 +586,15 @@ async fn negotiate_tls(
             source,
         })?;
     Ok(Stream::Tls(Box::new(stream.into())))
+}
+
+/// The first column of a DataRow's body; `None` for NULL or no column.
+fn first_column(mut row: &[u8]) -> Option<Vec<u8>> {
+    if row.len() < 6 || row.get_i16() < 1 {
+        return None;
+    }
+    let len = usize::try_from(row.get_i32()).ok()?;
+    row.get(..len).map(<[u8]>::to_vec)
 }
 
 /// `E'…'` literal, correct whatever standard_conforming_strings is.

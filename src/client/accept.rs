@@ -175,6 +175,9 @@ async fn refuse(stream: &mut Stream, addr: SocketAddr, e: StartupError) {
         )),
         e => e,
     };
+    if let StartupError::EarlyTerminate = e {
+        tracing::debug!(client = %addr, "Terminate before the startup packet; closed");
+    }
     if let StartupError::Refuse(err) = e {
         tracing::info!(client = %addr, error = %err, "client refused");
         let mut out = BytesMut::new();

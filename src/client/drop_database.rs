@@ -12,7 +12,7 @@
 //! text with comments or several statements is forwarded as it is and gets
 //! no retry.
 
-use crate::listen::command::{ident_cont, ident_start, quoted};
+use crate::listen::command::{ident_cont, ident_start, lex, quoted, Tok};
 
 /// The database a lone `DROP DATABASE` statement in `sql` drops, as
 /// Postgres names it (unquoted names folded to lower case).
@@ -83,9 +83,66 @@ fn identifier(s: &[u8]) -> Option<(String, &[u8])> {
     Some((name, &s[n..]))
 }
 
+/// The template of a lone `CREATE DATABASE x … TEMPLATE [=] t` statement
+/// in `sql`, as Postgres names it: copying a database also fails with 55006
+/// while sessions are connected to the template, and is retried the same
+/// way (CREATE DATABASE cannot run inside a transaction block either).
+pub(super) fn template(sql: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(sql).ok()?;
+    let (tokens, error) = lex(text);
+    if error.is_some() {
+        return None;
+    }
+    let mut statements = tokens.split(|t| *t == Tok::Semi).filter(|s| !s.is_empty());
+    let stmt = statements.next()?;
+    if statements.next().is_some() {
+        return None;
+    }
+    let word =
+        |i: usize, k: &str| matches!(stmt.get(i), Some(Tok::Word(w)) if w.eq_ignore_ascii_case(k));
+    if !word(0, "create") || !word(1, "database") {
+        return None;
+    }
+    let at = (3..stmt.len()).find(|&i| word(i, "template"))?;
+    let value = match stmt.get(at + 1) {
+        Some(Tok::Other) => at + 2,
+        _ => at + 1,
+    };
+    match stmt.get(value)? {
+        Tok::Word(w) if !w.eq_ignore_ascii_case("default") => Some(w.to_ascii_lowercase()),
+        Tok::Quoted(q) => Some(q.clone()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::target;
+    use super::{target, template};
+
+    #[test]
+    fn finds_the_template_of_a_lone_create_database() {
+        let t = |sql: &str| template(sql.as_bytes());
+        assert_eq!(t("CREATE DATABASE x TEMPLATE t").as_deref(), Some("t"));
+        assert_eq!(
+            t("create database x with template = Tpl;").as_deref(),
+            Some("tpl")
+        );
+        assert_eq!(
+            t("/* c */ create database \"X\" owner app template \"My T\" encoding 'UTF8'")
+                .as_deref(),
+            Some("My T")
+        );
+        for sql in [
+            "create database x",
+            "create database x template default",
+            "create database x template t; select 1",
+            "select 1; create database x template t",
+            "create table template (a int)",
+            "create database x template 'unterminated",
+        ] {
+            assert_eq!(t(sql), None, "{sql}");
+        }
+    }
 
     fn t(sql: &str) -> Option<String> {
         target(sql.as_bytes())

@@ -17,6 +17,8 @@ mod server_replies;
 mod session;
 mod session_state;
 pub mod startup;
+mod temp_backstop;
+mod temp_objects;
 mod wait;
 
 pub use accept::serve;

@@ -5,11 +5,12 @@
 //!
 //! Both only care about statement starts (the text's, and after each `;`)
 //! and, for advisory locks, about opening parentheses, so one `memchr` pass
-//! serves both. The answers may be true where the closer look finds
+//! serves both; a `SELECT … INTO TEMP` or `INTO pg_temp.t` is found by a
+//! second pass, for the word `temp`, only when the first found nothing. The answers may be true where the closer look finds
 //! nothing, never false where it would find something.
 
 use super::listen_relay::{first_word_is_listen, may_be_listen};
-use super::session_state::{advisory_lock_call, statement_may_hold, MAX_INSPECTED};
+use super::session_state::{advisory_lock_call, mentions_temp, statement_may_hold, MAX_INSPECTED};
 
 /// What the closer looks must examine.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,6 +41,9 @@ pub(super) fn scan(sql: &[u8], listen: bool) -> QueryScan {
         } else if !walk.found.session_state {
             walk.found.session_state = advisory_lock_call(&sql[..i]);
         }
+    }
+    if !found.session_state {
+        found.session_state = mentions_temp(sql);
     }
     found
 }
@@ -136,6 +140,40 @@ mod tests {
         let lock = scan(b"select pg_advisory_lock(1); select 2", false);
         assert!(lock.session_state && !lock.listen);
         assert_eq!(scan(b"select 1; select 2", true), QueryScan::default());
+    }
+
+    #[test]
+    fn pgbench_texts_need_no_closer_look() {
+        // select-only and tpcb-like, as pgbench sends them with -M simple
+        // (values in the text) and -M extended / prepared ($n).
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
+            "BEGIN;",
+            "UPDATE pgbench_accounts SET abalance = abalance + -2127 WHERE aid = 48213;",
+            "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;",
+            "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2;",
+            "UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = $2;",
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+             VALUES (3, 1, 48213, -2127, CURRENT_TIMESTAMP);",
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+             VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP);",
+            "END;",
+        ] {
+            assert_eq!(scan(sql.as_bytes(), true), QueryScan::default(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_select_into_a_temporary_table_gets_a_closer_look() {
+        for sql in [
+            "select 1 as a into temp t",
+            "SELECT 1 AS a INTO TEMPORARY t",
+            "select 1 as a into pg_temp.t",
+            "with x as (select 1) select * into \"pg_temp\".t from x",
+        ] {
+            assert!(scan(sql.as_bytes(), false).session_state, "{sql}");
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The transparent retry of a lone `DROP DATABASE x` that failed with
-//! 55006 because sessions are connected to `x`: the idle servers of every
-//! pool to `x` are closed, then the Query runs once more (see
-//! `drop_database.rs`). The client's messages of the group are kept until
-//! its reply, and processed again in place of the error.
+//! The transparent retry of a lone `DROP DATABASE x`, or `CREATE DATABASE
+//! y TEMPLATE x`, that failed with 55006 because sessions are connected to
+//! `x`: the idle servers of every pool to `x` are closed, then the Query
+//! runs once more (see `drop_database.rs`). The client's messages of the
+//! group are kept until its reply, and processed again in place of the
+//! error.
 //!
 //! A prepared statement whose result type changed is not retried: the
 //! client gets Postgres's 0A000, as it would from Postgres, and its driver
@@ -22,8 +23,9 @@ const MAX_REPLAY_BYTES: usize = 64 * 1024;
 /// again.
 #[derive(Debug, Clone)]
 enum Retry {
-    /// 55006 for `DROP DATABASE` of this database (its name on the
-    /// server): pgharbor's idle servers to it are closed.
+    /// 55006 for `DROP DATABASE` of this database, or `CREATE DATABASE`
+    /// from it as template (its name on the server): pgharbor's idle
+    /// servers to it are closed.
     DropDatabase(Box<str>),
 }
 
@@ -120,7 +122,7 @@ fn keep_or_start(replay: &mut Option<Box<Replay>>, idle: bool, tag: Option<u8>, 
         // The relay checked that the text ends in its NUL.
         Some(b'Q') if idle => bytes[5..]
             .strip_suffix(b"\0")
-            .and_then(drop_database::target)
+            .and_then(|sql| drop_database::target(sql).or_else(|| drop_database::template(sql)))
             .map(|db| Retry::DropDatabase(db.into())),
         _ => None,
     };
@@ -178,7 +180,7 @@ impl Session {
             Retry::DropDatabase(db) => {
                 let t = &self.pool.target;
                 let closed = self.state.pools.close_idle_to(&t.host, t.port, &db);
-                tracing::info!(database = %db, idle_servers_closed = closed, "DROP DATABASE: the database is in use; closed pgharbor's idle servers to it and retrying once");
+                tracing::info!(database = %db, idle_servers_closed = closed, "the database is in use (DROP DATABASE, or CREATE DATABASE from it as template); closed pgharbor's idle servers to it and retrying once");
             }
         }
         let mut cbuf = bytes;

@@ -11,6 +11,7 @@ use super::expect::Outcome;
 use super::prepared::{client_names_in_error, CHANGED_RESULT_TYPE};
 use super::relay::{append, synthesize, try_fill, Ending};
 use super::session::{Session, SessionError};
+use super::temp_backstop::{tag_may_create_temp, TempCheck};
 use crate::config::PoolMode;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::frame::Step;
@@ -29,8 +30,10 @@ fn server_inspects_tx(tag: u8) -> bool {
     server_inspects(tag) || super::expect::ends_step(tag)
 }
 
-/// In transaction mode with a LISTEN waiting for its transaction's end:
-/// CommandComplete says whether it was COMMIT or ROLLBACK.
+/// In transaction mode also CommandComplete: with a LISTEN waiting for its
+/// transaction's end it says whether that was COMMIT or ROLLBACK, and a
+/// tag saying CREATE, DO or CALL has the server's temporary schema checked
+/// before it goes back to the pool (`temp_backstop.rs`).
 fn server_inspects_listen(tag: u8) -> bool {
     server_inspects(tag) || tag == b'C'
 }
@@ -85,7 +88,16 @@ impl Session {
             if !self.expect.is_empty() {
                 tracing::warn!("replies still expected at the end of a transaction; dropping them");
             }
-            self.release_server(ended).await;
+            let reusable = if std::mem::take(&mut self.txn.temp_check) {
+                match Box::pin(self.check_temp_schema()).await {
+                    TempCheck::Pinned => return None,
+                    TempCheck::Clean => true,
+                    TempCheck::Close => false,
+                }
+            } else {
+                true
+            };
+            self.hand_back_server(ended, reusable).await;
         }
         None
     }
@@ -116,7 +128,7 @@ impl Session {
                 server_inspects
             } else if self.expect.needs_each_reply() {
                 server_inspects_tx
-            } else if !self.pending_listens.is_empty() {
+            } else if !self.pending_listens.is_empty() || self.pinned.is_none() {
                 server_inspects_listen
             } else {
                 server_inspects
@@ -209,10 +221,15 @@ impl Session {
                             }
                         }
                         b'G' => self.txn.copy_in = true,
-                        b'C' if !self.pending_listens.is_empty() => {
-                            self.last_command_tag = crate::protocol::frame::read_cstr(body)
-                                .ok()
-                                .map(|(t, _)| t.to_owned());
+                        b'C' => {
+                            if tx && self.pinned.is_none() && tag_may_create_temp(body) {
+                                self.txn.temp_check = true;
+                            }
+                            if !self.pending_listens.is_empty() {
+                                self.last_command_tag = crate::protocol::frame::read_cstr(body)
+                                    .ok()
+                                    .map(|(t, _)| t.to_owned());
+                            }
                         }
                         _ => {}
                     }

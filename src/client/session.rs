@@ -73,6 +73,10 @@ pub(super) struct TxnState {
     pub started: Option<Instant>,
     /// The server sent an ErrorResponse since its last ReadyForQuery.
     pub failed: bool,
+    /// A reply said CREATE, DO or CALL since the server was last checked:
+    /// its temporary schema is looked at before it goes back to the pool
+    /// (see `temp_backstop.rs`).
+    pub temp_check: bool,
 }
 
 impl TxnState {
@@ -206,7 +210,7 @@ impl Session {
                 // as it would on Postgres, and learn the server's normalized
                 // values (`UTF8` for `utf8`).
                 self.acquire_server().await?;
-                if let Some(s) = self.server.as_ref() {
+                if let Some(s) = self.server.as_mut() {
                     for (k, v) in s.server.params.iter() {
                         set_param(&mut self.reported, k, v);
                     }
@@ -214,6 +218,11 @@ impl Session {
                         // The client keeps this server for life: its key
                         // carries the server's pid, as Postgres's would.
                         self.cancel.adopt_pid(s.server.key.pid);
+                    }
+                    // After AuthenticationOk, before ParameterStatus: where
+                    // Postgres puts the notices of the startup's settings.
+                    for notice in s.server.sync_notices.drain(..) {
+                        self.to_client.extend_from_slice(&notice);
                     }
                 }
                 if self.mode == PoolMode::Transaction {
@@ -345,6 +354,12 @@ impl Session {
 
     /// `now`: the clock read at the end of the transaction, if it was.
     pub async fn release_server(&mut self, now: Option<Instant>) {
+        self.hand_back_server(now, true).await;
+    }
+
+    /// Gives the server back to the pool, or closes it when `reusable` is
+    /// false or it is not at rest.
+    pub async fn hand_back_server(&mut self, now: Option<Instant>, reusable: bool) {
         if self.server.is_none() {
             return;
         }
@@ -357,7 +372,8 @@ impl Session {
         };
         self.pool.stats.clients_active.dec();
         self.pool.stats.clients_idle.inc();
-        if cancels == AfterCancels::Reusable
+        if reusable
+            && cancels == AfterCancels::Reusable
             && self.txn.is_idle()
             && pooled.server.rbuf.is_empty()
             && self.sscan.at_boundary()
@@ -406,12 +422,20 @@ impl Session {
         };
         let reusable = reusable && {
             let reset = &self.pool.settings.server_reset_query;
-            if (self.mode == PoolMode::Session || self.pinned.is_some()) && !reset.is_empty() {
+            // A client pinned or not yet checked may leave session state
+            // (temporary objects) behind: reset, or closed without a reset.
+            // A server whose temporary schema was used is closed: after a
+            // reset its `pg_temp` still exists, which a new session's
+            // errors about `pg_temp.x` would show.
+            let dirty = self.pinned.is_some() || self.txn.temp_check;
+            if dirty && super::temp_backstop::temp_schema_used(&mut pooled.server, timeout).await {
+                false
+            } else if (self.mode == PoolMode::Session || dirty) && !reset.is_empty() {
                 let r = tokio::time::timeout(timeout, pooled.server.simple_query(reset)).await;
                 pooled.server.forget_applied();
                 matches!(r, Ok(Ok(()))) && pooled.server.status == b'I'
             } else {
-                true
+                !dirty
             }
         };
         if reusable {

@@ -3,15 +3,19 @@
 //! advisory locks, cursors WITH HOLD, SQL-level PREPARE, LOAD, and SET/RESET
 //! of parameters Postgres does not report with ParameterStatus).
 //!
-//! Detection is by statement inspection of simple Query and Parse texts: each
-//! `;`-separated statement is lower-cased and its leading words compared;
-//! advisory locks are found as function names anywhere in the text. Texts
+//! Detection is by statement inspection of simple Query and Parse texts:
+//! temporary objects by reading the text's tokens (`temp_objects.rs`; what
+//! a function or DO block creates is caught on the server by
+//! `temp_backstop.rs`); the rest by lower-casing each `;`-separated
+//! statement and comparing its leading words; advisory locks are found as
+//! function names anywhere in the text. Texts
 //! over 64 KiB are not inspected. SET of a reported parameter (TimeZone,
 //! DateStyle, application_name, …) is not session state: pgharbor learns it
 //! from ParameterStatus and applies it on every server the client lands on.
 
 use bytes::{BufMut, BytesMut};
 
+use super::temp_objects::temp_object;
 use crate::protocol::backend::{finish_len, put_cstr};
 
 pub(super) const MAX_INSPECTED: usize = 64 * 1024;
@@ -24,7 +28,11 @@ pub fn detect(sql: &[u8], is_reported: impl Fn(&str) -> bool) -> Option<String> 
     if sql.len() > MAX_INSPECTED || !may_hold_session_state(sql) {
         return None;
     }
-    let lower = String::from_utf8_lossy(sql).to_ascii_lowercase();
+    let text = String::from_utf8_lossy(sql);
+    if let Some(what) = temp_object(&text) {
+        return Some(what.to_string());
+    }
+    let lower = text.to_ascii_lowercase();
     for lock in [
         "pg_advisory_lock(",
         "pg_advisory_lock_shared(",
@@ -42,14 +50,6 @@ pub fn detect(sql: &[u8], is_reported: impl Fn(&str) -> bool) -> Option<String> 
         let words: Vec<&str> = stmt.split_whitespace().take(6).collect();
         let w = |i: usize| words.get(i).copied().unwrap_or("");
         let found = match w(0) {
-            "create" => {
-                let t = if matches!(w(1), "local" | "global") {
-                    w(2)
-                } else {
-                    w(1)
-                };
-                matches!(t, "temp" | "temporary").then(|| "CREATE TEMPORARY TABLE".to_string())
-            }
             "declare" if stmt.contains("with hold") => Some("DECLARE … WITH HOLD".into()),
             "prepare" if w(1) != "transaction" => Some("PREPARE (SQL-level)".into()),
             "load" => Some("LOAD".into()),
@@ -101,6 +101,14 @@ fn may_hold_session_state(b: &[u8]) -> bool {
 pub(super) fn advisory_lock_call(before_paren: &[u8]) -> bool {
     ends_with_ignore_ascii_case(before_paren, b"advisory_lock")
         || ends_with_ignore_ascii_case(before_paren, b"advisory_lock_shared")
+}
+
+/// Whether `temp` (any case) is in the text: a `SELECT … INTO` may create
+/// a temporary table (`INTO TEMP t`, `INTO pg_temp.t`), and SELECT is too
+/// common a first word to look closer at every one. One `memchr` pass for
+/// `p`; pgbench's texts and most others have none after `tem`.
+pub(super) fn mentions_temp(b: &[u8]) -> bool {
+    memchr::memchr2_iter(b'p', b'P', b).any(|i| i >= 3 && b[i - 3..i].eq_ignore_ascii_case(b"tem"))
 }
 
 /// Whether the statement starting at `b` (after its white space) begins

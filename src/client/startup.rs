@@ -63,6 +63,12 @@ pub enum StartupError {
     /// The client went away or broke framing; nothing useful to send.
     #[error("client closed the connection during startup")]
     Closed,
+    /// A Terminate sent before any startup packet, as node-postgres's
+    /// `connect(); end()` does: its bytes read as an impossible length, for
+    /// which Postgres closes without a word, and so do we. (Other impossible
+    /// lengths still get a FATAL 08P01, which tells a person what is wrong.)
+    #[error("Terminate before the startup packet")]
+    EarlyTerminate,
     #[error("i/o error during startup: {0}")]
     Io(#[from] std::io::Error),
     #[error("startup timed out")]
@@ -72,9 +78,16 @@ pub enum StartupError {
     Tls(std::io::Error),
 }
 
+/// The length a startup packet would have that begins with a Terminate
+/// (`X`, then the 4-byte length 4): `X\0\0\0` read as a big-endian i32.
+const EARLY_TERMINATE_LENGTH: i64 = 0x5800_0000;
+
 impl From<ProtocolError> for StartupError {
     fn from(e: ProtocolError) -> Self {
-        StartupError::Refuse(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))
+        match e {
+            ProtocolError::BadStartupLength(EARLY_TERMINATE_LENGTH) => StartupError::EarlyTerminate,
+            e => StartupError::Refuse(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+        }
     }
 }
 

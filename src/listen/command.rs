@@ -96,6 +96,8 @@ pub fn parse_many(sql: &str) -> Result<Option<Vec<ListenCommand>>, ListenParseEr
         .map(Some)
 }
 
+/// A token of Postgres's lexer, as far as pgharbor's readers of SQL text
+/// (this one and the session-state scanner) need to tell them apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Tok {
     Word(String),
@@ -105,6 +107,8 @@ pub(crate) enum Tok {
     Str(String),
     Star,
     Semi,
+    /// `.` between the parts of a qualified name.
+    Dot,
     Other,
 }
 
@@ -248,6 +252,7 @@ pub(crate) fn lex_spans(sql: &str) -> (Vec<Tok>, Vec<usize>, Option<String>) {
             out.push(match b {
                 b';' => Tok::Semi,
                 b'*' => Tok::Star,
+                b'.' => Tok::Dot,
                 _ => Tok::Other,
             });
             i += 1;

@@ -419,6 +419,9 @@ impl PooledServer {
         } = self;
         let pool = &permit.pool;
         pool.stats.servers_active.dec();
+        let mut server = server;
+        // A login's notices are for that login only.
+        server.sync_notices.clear();
         // Idle before the permit goes back: a client woken by it finds
         // this server.
         pool.put_idle(server, generation, now);

@@ -6,6 +6,8 @@ use super::backend::put_cstr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// Sent as a NoticeResponse: nothing failed.
+    Warning,
     Error,
     Fatal,
 }
@@ -13,6 +15,7 @@ pub enum Severity {
 impl Severity {
     pub fn as_str(self) -> &'static str {
         match self {
+            Severity::Warning => "WARNING",
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
         }
@@ -60,6 +63,14 @@ impl PgError {
         }
     }
 
+    /// A WARNING, sent as a NoticeResponse (`code` is usually 01000).
+    pub fn warning(code: &'static str, message: impl Into<String>) -> PgError {
+        PgError {
+            severity: Severity::Warning,
+            ..PgError::error(code, message)
+        }
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> PgError {
         self.hint = Some(hint.into());
         self
@@ -74,11 +85,16 @@ impl PgError {
         self.severity == Severity::Fatal
     }
 
-    /// Appends the ErrorResponse: severity in both `S` and `V` (drivers read
-    /// either), the code, the message, then optional detail and hint.
+    /// Appends the ErrorResponse (a NoticeResponse for a warning): severity
+    /// in both `S` and `V` (drivers read either), the code, the message,
+    /// then optional detail and hint.
     pub fn encode(&self, buf: &mut BytesMut) {
         let start = buf.len();
-        buf.put_u8(b'E');
+        buf.put_u8(if self.severity == Severity::Warning {
+            b'N'
+        } else {
+            b'E'
+        });
         buf.put_i32(0);
         let sev = self.severity.as_str();
         buf.put_u8(b'S');

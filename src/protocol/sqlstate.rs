@@ -1,6 +1,7 @@
 //! The SQLSTATE codes pgharbor sends itself, by name (PostgreSQL appendix A).
 
 pub const SUCCESSFUL_COMPLETION: &str = "00000";
+pub const WARNING: &str = "01000";
 pub const CONNECTION_FAILURE: &str = "08006";
 pub const CONNECTION_EXCEPTION: &str = "08000";
 pub const SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION: &str = "08001";

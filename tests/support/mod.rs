@@ -581,14 +581,30 @@ pub mod raw {
         /// Connects and logs in (trust or SCRAM-SHA-256), up to the first
         /// ReadyForQuery.
         pub async fn login(addr: SocketAddr, user: &str, password: &str, db: &str) -> RawClient {
+            Self::login_with(addr, password, &[("user", user), ("database", db)])
+                .await
+                .0
+        }
+
+        /// Logs in with these startup parameters; returns the client and
+        /// every message after the authentication exchange, up to and
+        /// including ReadyForQuery (AuthenticationOk first).
+        pub async fn login_with(
+            addr: SocketAddr,
+            password: &str,
+            params: &[(&str, &str)],
+        ) -> (RawClient, Vec<Msg>) {
             let mut c = RawClient::open(addr).await;
             let mut out = BytesMut::new();
-            frontend::startup_message([("user", user), ("database", db)], &mut out)
-                .expect("startup message");
+            frontend::startup_message(params.iter().copied(), &mut out).expect("startup message");
             c.send(&out).await;
             let mut scram: Option<ScramSha256> = None;
+            let mut after_auth = Vec::new();
             loop {
                 let m = c.recv().await.expect("login answer");
+                if m.tag != b'R' || m.body.starts_with(&[0, 0, 0, 0]) {
+                    after_auth.push(m.clone());
+                }
                 match m.tag {
                     b'R' => {
                         let mut body = m.body.clone();
@@ -632,7 +648,7 @@ pub mod raw {
                         let mut body = m.body.clone();
                         c.backend_key = Some((body.get_i32(), body.get_i32()));
                     }
-                    b'Z' => return c,
+                    b'Z' => return (c, after_auth),
                     _ => {}
                 }
             }
