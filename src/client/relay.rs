@@ -494,8 +494,8 @@ impl Session {
                         let bytes = &self.cbuf[ready..ready + len];
                         keep_for_replay(&mut self.replay, idle, &self.statements, Some(tag), bytes);
                     }
-                    self.note_client_message(tag);
-                    if tx {
+                    let owed = self.note_client_message(tag);
+                    if tx && owed {
                         match tag {
                             b'B' => self.expect.push(Reply::BindComplete, Action::Forward, None),
                             b'D' => self.expect.push(Reply::Describe, Action::Forward, None),
@@ -603,27 +603,27 @@ impl Session {
     }
 
     /// Pinning bookkeeping for a client message about to be forwarded.
-    fn note_client_message(&mut self, tag: u8) {
+    /// `false`: a Sync or Flush the server will read as COPY data and
+    /// ignore, which is owed no reply (see `copy.rs`).
+    fn note_client_message(&mut self, tag: u8) -> bool {
         if self.txn.started.is_none() {
             self.txn.started = Some(Instant::now());
         }
         match tag {
+            b'S' | b'H' if self.txn.copy_ignores() => return false,
             b'Q' => {
-                self.txn.pending += 1;
-                self.txn.unsynced = false;
+                self.txn.ready_sent(true);
                 self.pool.stats.queries.inc();
             }
-            b'S' | b'F' => {
-                self.txn.pending += 1;
-                self.txn.unsynced = false;
-            }
+            b'S' | b'F' => self.txn.ready_sent(false),
             b'E' => {
                 self.txn.unsynced = true;
                 self.pool.stats.queries.inc();
             }
             b'P' | b'B' | b'D' | b'C' | b'H' => self.txn.unsynced = true,
-            b'c' | b'f' => self.txn.copy_in = false,
+            b'c' | b'f' => self.txn.copy_end_sent(),
             _ => {}
         }
+        true
     }
 }

@@ -111,10 +111,12 @@ impl Session {
         let mut replay_now = false;
         let pooled = self.server.as_mut()?;
         loop {
-            let inspects = if !tx {
-                server_inspects
-            } else if self.expect.needs_each_reply() {
+            // While the server reads COPY data, the CommandComplete that
+            // ends the COPY is looked at too.
+            let inspects = if self.txn.server_copy_in || (tx && self.expect.needs_each_reply()) {
                 server_inspects_tx
+            } else if !tx {
+                server_inspects
             } else if !self.pending_listens.is_empty() {
                 server_inspects_listen
             } else {
@@ -135,12 +137,15 @@ impl Session {
                 }
                 Step::Whole { tag, len } => {
                     let body = &rbuf[ready + 5..ready + len];
+                    if self.txn.server_copy_in && matches!(tag, b'C' | b'E') {
+                        self.txn.copy_in_ended(tag == b'C');
+                    }
                     match tag {
                         b'Z' => {
                             let status = body.first().copied().unwrap_or(b'I');
                             pooled.server.status = status;
                             self.txn.status = status;
-                            self.txn.pending = self.txn.pending.saturating_sub(1);
+                            self.txn.ready_answered();
                             release = false;
                             if status == b'I' && !self.pending_listens.is_empty() {
                                 // An explicit transaction ends with COMMIT or
@@ -193,7 +198,12 @@ impl Session {
                                 self.server_fatal_sent = true;
                             }
                         }
-                        b'G' => self.txn.copy_in = true,
+                        b'G' => {
+                            let ignored = self.txn.copy_in_started();
+                            if tx {
+                                self.expect.drop_ignored_syncs(ignored);
+                            }
+                        }
                         b'C' if !self.pending_listens.is_empty() => {
                             self.last_command_tag = crate::protocol::frame::read_cstr(body)
                                 .ok()
