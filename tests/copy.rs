@@ -36,17 +36,6 @@ async fn fresh_table(name: &str) {
         .unwrap();
 }
 
-fn direct_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], pg().port()))
-}
-
-fn direct_dsn() -> String {
-    format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=app connect_timeout=10",
-        pg().port()
-    )
-}
-
 fn outcome<T: std::fmt::Debug>(r: Result<T, tokio_postgres::Error>) -> String {
     match r {
         Ok(v) => format!("ok {v:?}"),

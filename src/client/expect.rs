@@ -22,6 +22,9 @@ pub enum Reply {
     Execute,
     /// Sync, Query, FunctionCall: end with ReadyForQuery.
     Ready,
+    /// One statement of a simple Query: ends with CommandComplete (rows,
+    /// COPY data and notices come before it).
+    Statement,
 }
 
 /// Ends the reply to one Parse, Bind, Close, Describe or Execute.
@@ -42,6 +45,11 @@ pub enum Action {
     /// next Sync as Postgres would after the error pgharbor already gave the
     /// client: its error is dropped.
     Abort,
+    /// A statement pgharbor put in place of one it answers itself (a
+    /// LISTEN inside a longer Query runs as `SELECT`): its row and its
+    /// CommandComplete are dropped, and the local reply is given in its
+    /// place; its error goes to the client, as the replaced statement's.
+    Replace,
 }
 
 /// A reply pgharbor gives itself, already encoded, and the LISTEN/UNLISTEN
@@ -138,6 +146,18 @@ impl Expectations {
             return;
         }
         self.queue_entry(reply, action, undo.map(Box::new), None);
+    }
+
+    /// Queues one statement of a simple Query: forwarded, or replaced by
+    /// `local` (see [`Action::Replace`]). The Query's ReadyForQuery is
+    /// pushed after its statements.
+    pub fn push_statement(&mut self, local: Option<Local>) {
+        let action = if local.is_some() {
+            Action::Replace
+        } else {
+            Action::Forward
+        };
+        self.queue_entry(Reply::Statement, action, None, local.map(Box::new));
     }
 
     /// Queues a reply pgharbor gives itself, encoded in `local`.
@@ -238,6 +258,16 @@ impl Expectations {
         matches!(self.front(), Front::Replies | Front::Entry)
     }
 
+    /// Whether the server's next messages answer a replaced statement, all
+    /// of which must be looked at to be dropped.
+    pub fn replaces_next(&self) -> bool {
+        matches!(self.front(), Front::Entry)
+            && self
+                .queue
+                .front()
+                .is_some_and(|e| e.action == Action::Replace)
+    }
+
     /// Pops the synthesized replies now due (everything before them has
     /// been answered), in order.
     pub fn due_synthesized(&mut self) -> Option<Synthesized> {
@@ -297,6 +327,7 @@ impl Expectations {
             | (Reply::CloseComplete, b'3')
             | (Reply::Describe, b'T' | b'n')
             | (Reply::Execute, b'C' | b'I' | b's')
+            | (Reply::Statement, b'C')
             | (Reply::Ready, b'Z') => true,
             (Reply::Ready, _) => false,
             (_, b'E') => {
@@ -314,11 +345,20 @@ impl Expectations {
             _ => false,
         };
         if !completes {
-            return Outcome::Forward;
+            return match (front.action, tag) {
+                (Action::Replace, b'T' | b'D') => Outcome::Swallow,
+                _ => Outcome::Forward,
+            };
         }
-        let Some(done) = self.queue.pop_front() else {
+        let Some(mut done) = self.queue.pop_front() else {
             return Outcome::Forward;
         };
+        if done.action == Action::Replace {
+            // Its reply is due now, in the place of the dropped one.
+            done.action = Action::Synthesize;
+            self.queue.push_front(done);
+            return Outcome::Swallow;
+        }
         if tag == b'1' {
             if let Some(name) = done.undo.and_then(|u| u.server_name) {
                 parsed.push(name);

@@ -97,7 +97,11 @@ pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Sy
         Reply::ParseComplete => backend::parse_complete(out),
         Reply::CloseComplete => backend::close_complete(out),
         // Other replies are synthesized only with their bytes (`local`).
-        Reply::BindComplete | Reply::Describe | Reply::Execute | Reply::Ready => {}
+        Reply::BindComplete
+        | Reply::Describe
+        | Reply::Execute
+        | Reply::Ready
+        | Reply::Statement => {}
     }
 }
 
@@ -163,6 +167,7 @@ impl Session {
                 shutdown: safe,
                 notify: self.listen.is_some()
                     && self.sscan.at_boundary()
+                    && !self.pending_listens.holds_delivery()
                     && self.to_client.len() < HIGH_WATER,
                 idle_timeout,
             };
@@ -327,7 +332,7 @@ impl Session {
             let step = self
                 .cscan
                 .step(&self.cbuf[ready..], self.max_message, inspect);
-            let step = match step {
+            let mut step = match step {
                 Ok(s) => s,
                 Err(e) => {
                     return Ok(Some(self.send_fatal(PgError::protocol_violation(e)).await));
@@ -354,6 +359,9 @@ impl Session {
             // A Query's or Parse's text is looked at once, for both LISTEN
             // and session state; `true` until looked at.
             let mut text_may_hold_state = true;
+            // A Query mixing LISTEN/UNLISTEN with other statements, as the
+            // server runs it.
+            let mut mixed = None;
             // LISTEN and session state matter in transaction mode only.
             if let (true, Step::Whole { tag: b'Q', len }) = (tx, step) {
                 let body = &self.cbuf[ready + 5..ready + len];
@@ -384,6 +392,21 @@ impl Session {
                         }
                         Intercept::Wait => break,
                         Intercept::Forward => {}
+                        Intercept::Rewrite(m) => {
+                            let cmds: Vec<_> = m.commands().cloned().collect();
+                            Box::pin(self.hear_before_commit(&m.text, &cmds)).await;
+                            let len = self.rewrite_mixed_query(len, &m);
+                            step = Step::Whole { tag: b'Q', len };
+                            mixed = Some(m);
+                        }
+                    }
+                } else if !self.pending_listens.is_empty() {
+                    // LISTENs wait for their COMMIT, which this may be.
+                    if let Ok(sql) = std::str::from_utf8(sql).map(str::to_owned) {
+                        self.forward_ready(ready);
+                        ready = 0;
+                        self.flush_server()?;
+                        Box::pin(self.hear_before_commit(&sql, &[])).await;
                     }
                 }
             }
@@ -449,6 +472,9 @@ impl Session {
                         // Session mode: the Query passes as sent.
                         Ok(Forwarded::AsSent)
                     } else if tag == b'Q' {
+                        if let Some(m) = mixed.take() {
+                            self.expect_statements(*m);
+                        }
                         self.expect.push(Reply::Ready, Action::Forward, None);
                         Ok(self.forward_query(ready, len, text_may_hold_state))
                     } else {

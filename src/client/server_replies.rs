@@ -34,6 +34,11 @@ fn server_inspects_listen(tag: u8) -> bool {
     server_inspects(tag) || tag == b'C'
 }
 
+/// While the server answers a statement pgharbor replaced: its row too.
+fn inspect_all(_: u8) -> bool {
+    true
+}
+
 /// What a read from the server leaves to do, for the part that may await.
 enum ServerRead {
     /// The server broke the protocol: the session ends.
@@ -113,7 +118,10 @@ impl Session {
         loop {
             // While the server reads COPY data, the CommandComplete that
             // ends the COPY is looked at too.
-            let inspects = if self.txn.server_copy_in || (tx && self.expect.needs_each_reply()) {
+            let each = tx && self.expect.needs_each_reply();
+            let inspects = if each && self.expect.replaces_next() {
+                inspect_all
+            } else if each || self.txn.server_copy_in {
                 server_inspects_tx
             } else if !tx {
                 server_inspects
