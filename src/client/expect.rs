@@ -22,6 +22,9 @@ pub enum Reply {
     Execute,
     /// Sync, Query, FunctionCall: end with ReadyForQuery.
     Ready,
+    /// One statement of a simple Query: ends with CommandComplete (rows,
+    /// COPY data and notices come before it).
+    Statement,
 }
 
 /// Ends the reply to one Parse, Bind, Close, Describe or Execute.
@@ -42,6 +45,11 @@ pub enum Action {
     /// next Sync as Postgres would after the error pgharbor already gave the
     /// client: its error is dropped.
     Abort,
+    /// A statement pgharbor put in place of one it answers itself (a
+    /// LISTEN inside a longer Query runs as `SELECT`): its row and its
+    /// CommandComplete are dropped, and the local reply is given in its
+    /// place; its error goes to the client, as the replaced statement's.
+    Replace,
 }
 
 /// A reply pgharbor gives itself, already encoded, and the LISTEN/UNLISTEN
@@ -140,6 +148,18 @@ impl Expectations {
         self.queue_entry(reply, action, undo.map(Box::new), None);
     }
 
+    /// Queues one statement of a simple Query: forwarded, or replaced by
+    /// `local` (see [`Action::Replace`]). The Query's ReadyForQuery is
+    /// pushed after its statements.
+    pub fn push_statement(&mut self, local: Option<Local>) {
+        let action = if local.is_some() {
+            Action::Replace
+        } else {
+            Action::Forward
+        };
+        self.queue_entry(Reply::Statement, action, None, local.map(Box::new));
+    }
+
     /// Queues a reply pgharbor gives itself, encoded in `local`.
     pub fn push_local(&mut self, reply: Reply, local: Local) {
         self.queue_entry(reply, Action::Synthesize, None, Some(Box::new(local)));
@@ -198,6 +218,37 @@ impl Expectations {
         }
     }
 
+    /// The server began COPY FROM STDIN for the message it is answering and
+    /// reads the next `n` counted Syncs as COPY data, ignoring them (see
+    /// `copy.rs`): they are owed no ReadyForQuery. Every reply before that
+    /// message came, so it is in the first run of counted messages: absorbed
+    /// by the run's first Sync when it has one (or counted as its Query). If
+    /// none of the run's Syncs is left, the message's own reply (the COPY's
+    /// CommandComplete or ErrorResponse) is counted in their place.
+    pub fn drop_ignored_syncs(&mut self, mut n: u32) {
+        let Expectations {
+            queue,
+            tail_readies,
+            tail_replies,
+        } = self;
+        let runs = queue
+            .iter_mut()
+            .map(|e| (&mut e.readies, &mut e.replies))
+            .chain(std::iter::once((tail_readies, tail_replies)));
+        for (i, (readies, replies)) in runs.enumerate() {
+            if n == 0 {
+                return;
+            }
+            let absorbed = i == 0 && *readies > 0;
+            let taken = n.min(*readies);
+            *readies -= taken;
+            n -= taken;
+            if absorbed && *readies == 0 {
+                *replies += 1;
+            }
+        }
+    }
+
     /// Whether the server's next message must be looked at whole to keep
     /// the queue in step: not while a plain Sync is next (or nothing is
     /// expected), when only ReadyForQuery and ErrorResponse matter, and the
@@ -205,6 +256,16 @@ impl Expectations {
     #[inline]
     pub fn needs_each_reply(&self) -> bool {
         matches!(self.front(), Front::Replies | Front::Entry)
+    }
+
+    /// Whether the server's next messages answer a replaced statement, all
+    /// of which must be looked at to be dropped.
+    pub fn replaces_next(&self) -> bool {
+        matches!(self.front(), Front::Entry)
+            && self
+                .queue
+                .front()
+                .is_some_and(|e| e.action == Action::Replace)
     }
 
     /// Pops the synthesized replies now due (everything before them has
@@ -266,6 +327,7 @@ impl Expectations {
             | (Reply::CloseComplete, b'3')
             | (Reply::Describe, b'T' | b'n')
             | (Reply::Execute, b'C' | b'I' | b's')
+            | (Reply::Statement, b'C')
             | (Reply::Ready, b'Z') => true,
             (Reply::Ready, _) => false,
             (_, b'E') => {
@@ -283,11 +345,20 @@ impl Expectations {
             _ => false,
         };
         if !completes {
-            return Outcome::Forward;
+            return match (front.action, tag) {
+                (Action::Replace, b'T' | b'D') => Outcome::Swallow,
+                _ => Outcome::Forward,
+            };
         }
-        let Some(done) = self.queue.pop_front() else {
+        let Some(mut done) = self.queue.pop_front() else {
             return Outcome::Forward;
         };
+        if done.action == Action::Replace {
+            // Its reply is due now, in the place of the dropped one.
+            done.action = Action::Synthesize;
+            self.queue.push_front(done);
+            return Outcome::Swallow;
+        }
         if tag == b'1' {
             if let Some(name) = done.undo.and_then(|u| u.server_name) {
                 parsed.push(name);
@@ -463,6 +534,90 @@ mod tests {
         // The group's Sync is then the only reply to wait for.
         q.push(Reply::Ready, Action::Forward, None);
         q.on_server_message(b'Z', &mut undo, &mut Vec::new());
+        assert!(q.is_empty());
+    }
+
+    /// The server's next message, when no Parse's undo matters.
+    fn answer(q: &mut Expectations, tag: u8) -> Outcome {
+        q.on_server_message(tag, &mut Vec::new(), &mut Vec::new())
+    }
+
+    /// tokio-postgres's `copy_in`: Bind/Execute/Sync, then, after the
+    /// CopyInResponse, CopyData, CopyDone, Sync, and Close/Sync when the
+    /// statement is dropped. Postgres ignores the first Sync.
+    #[test]
+    fn a_sync_read_as_copy_data_is_owed_nothing() {
+        let mut q = Expectations::default();
+        q.push(Reply::BindComplete, Action::Forward, None);
+        q.push(Reply::Execute, Action::Forward, None);
+        q.push(Reply::Ready, Action::Forward, None);
+        answer(&mut q, b'2');
+        q.drop_ignored_syncs(1);
+        answer(&mut q, b'G');
+        assert!(!q.is_empty(), "the COPY's CommandComplete is still owed");
+        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::CloseComplete, Action::Synthesize, None);
+        q.push(Reply::Ready, Action::Forward, None);
+        answer(&mut q, b'C');
+        assert!(
+            q.due_synthesized().is_none(),
+            "the ReadyForQuery comes first"
+        );
+        answer(&mut q, b'Z');
+        assert_eq!(
+            q.due_synthesized().map(|s| s.reply),
+            Some(Reply::CloseComplete)
+        );
+        answer(&mut q, b'Z');
+        assert!(q.is_empty());
+    }
+
+    /// The same sequence in one write, answered after it was all counted.
+    #[test]
+    fn a_pipelined_copy_keeps_its_reply_before_what_follows() {
+        let mut q = Expectations::default();
+        q.push(Reply::Execute, Action::Forward, None);
+        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::CloseComplete, Action::Synthesize, None);
+        q.push(Reply::Ready, Action::Forward, None);
+        q.drop_ignored_syncs(1);
+        assert!(q.due_synthesized().is_none());
+        assert!(q.needs_each_reply());
+        answer(&mut q, b'C');
+        assert_eq!(
+            q.due_synthesized().map(|s| s.reply),
+            Some(Reply::CloseComplete)
+        );
+        answer(&mut q, b'Z');
+        assert!(q.is_empty());
+    }
+
+    /// A COPY that fails on a bad row: its error, then the ReadyForQuery of
+    /// the Sync sent after CopyDone (or CopyFail).
+    #[test]
+    fn an_error_during_copy_skips_to_the_sync_after_it() {
+        let mut q = Expectations::default();
+        q.push(Reply::Execute, Action::Forward, None);
+        q.push(Reply::Ready, Action::Forward, None);
+        q.drop_ignored_syncs(1);
+        answer(&mut q, b'E');
+        assert!(q.is_empty());
+        q.push(Reply::Ready, Action::Forward, None);
+        answer(&mut q, b'Z');
+        assert!(q.is_empty());
+    }
+
+    /// A simple-Query COPY keeps its own ReadyForQuery; a Sync sent during
+    /// it (read as data) does not add one.
+    #[test]
+    fn a_query_copy_keeps_its_ready_for_query() {
+        let mut q = Expectations::default();
+        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::Ready, Action::Forward, None);
+        q.drop_ignored_syncs(1);
+        assert!(!q.needs_each_reply());
+        answer(&mut q, b'C');
+        answer(&mut q, b'Z');
         assert!(q.is_empty());
     }
 

@@ -2,8 +2,11 @@
 //! subscriptions live on the instance's listener connection (see
 //! `crate::listen`), never on a pool server.
 
+use bytes::{BufMut, BytesMut};
+
+use super::expect::Local;
 use super::session::Session;
-use crate::listen::{ListenCommand, Subscriber};
+use crate::listen::{ListenCommand, MixedQuery, QueryListens, Subscriber};
 use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::{backend, PgError};
 
@@ -15,6 +18,9 @@ pub(super) enum Intercept {
     Handled,
     /// Replies to earlier messages are still due: try again once they came.
     Wait,
+    /// LISTEN/UNLISTEN with other statements: the server runs the text
+    /// given, pgharbor answers the LISTEN/UNLISTENs in their places.
+    Rewrite(Box<MixedQuery>),
 }
 
 /// Cheap test before parsing: does the text mention LISTEN at all? Runs on
@@ -92,11 +98,17 @@ impl Session {
     /// Answers a simple Query made only of LISTEN / UNLISTEN statements with
     /// the CommandComplete(s) and ReadyForQuery Postgres would send. Inside a
     /// transaction they are held until COMMIT (dropped on ROLLBACK).
-    /// Called for texts `query_scan` found may hold one.
+    /// Mixed with other statements, they are answered in their places in
+    /// the server's replies (`Rewrite`). Called for texts `query_scan`
+    /// found may hold one.
     pub(super) async fn intercept_listen(&mut self, sql: String) -> Intercept {
-        let cmds = match crate::listen::parse_many(&sql) {
-            Ok(None) => return Intercept::Forward,
-            Ok(Some(cmds)) => Ok(cmds),
+        let cmds = match crate::listen::plan(&sql) {
+            // A text that does not lex: the server refuses all of it.
+            Ok(QueryListens::None | QueryListens::Unreadable) => return Intercept::Forward,
+            // In a COPY the server takes the Query for bad COPY data.
+            Ok(QueryListens::Mixed(_)) if self.txn.copy_in => return Intercept::Forward,
+            Ok(QueryListens::Mixed(m)) => return Intercept::Rewrite(Box::new(m)),
+            Ok(QueryListens::Only(cmds)) => Ok(cmds),
             Err(e) => Err(e.to_pg_error()),
         };
         if self.txn.unsynced || self.txn.copy_in {
@@ -148,7 +160,8 @@ impl Session {
     }
 
     /// The transaction ended: LISTENs held inside it take effect on COMMIT
-    /// and are dropped otherwise.
+    /// and are dropped otherwise, with the subscriptions made for them
+    /// ahead of the COMMIT and what those queued.
     pub(super) async fn end_of_listen_transaction(
         &mut self,
         committed: bool,
@@ -156,13 +169,85 @@ impl Session {
         if self.pending_listens.is_empty() {
             return Ok(());
         }
-        if !committed {
-            self.pending_listens.rollback();
-            return Ok(());
-        }
         let mut pending = std::mem::take(&mut self.pending_listens);
-        let sub = self.subscriber();
-        pending.commit(sub).await
+        let mut early = pending.take_early();
+        early.retain(|ch| !committed || !pending.leaves_listening(ch));
+        let result = if committed {
+            pending.commit(self.subscriber()).await
+        } else {
+            pending.rollback();
+            Ok(())
+        };
+        if let Some(sub) = self.listen.as_deref_mut() {
+            for ch in early {
+                sub.unlisten(&ch);
+                sub.drop_queued(&ch);
+            }
+        }
+        result
+    }
+
+    /// Before a Query that may commit the transaction (`sql`) goes to the
+    /// server: the LISTENs that would take effect then (those pending, and
+    /// `more` of the Query itself) are subscribed to already, so that a
+    /// NOTIFY committed with them (`LISTEN x; NOTIFY x`) reaches the client
+    /// as on Postgres. Their notifications wait for the end of the
+    /// transaction (see `PendingListens::holds_delivery`).
+    pub(super) async fn hear_before_commit(&mut self, sql: &str, more: &[ListenCommand]) {
+        let in_block = self.server.is_some() && matches!(self.txn.status, b'T' | b'E');
+        if !crate::listen::may_commit(sql, in_block) {
+            return;
+        }
+        let channels: Vec<String> = (self.pending_listens.commands().iter())
+            .chain(more)
+            .filter_map(|c| match c {
+                ListenCommand::Listen(ch) => Some(ch.clone()),
+                _ => None,
+            })
+            .collect();
+        for ch in channels {
+            let sub = self.subscriber();
+            if sub.listens_to(&ch) {
+                continue;
+            }
+            match sub.listen(&ch).await {
+                Ok(()) => self.pending_listens.heard_early(ch),
+                // The LISTEN at the end of the transaction tries again.
+                Err(e) => tracing::debug!(error = %e, "LISTEN ahead of COMMIT failed"),
+            }
+        }
+    }
+
+    /// Puts a Query with `m`'s text in place of the one at the front of
+    /// `cbuf` (`len` bytes long); returns the new Query's length.
+    pub(super) fn rewrite_mixed_query(&mut self, len: usize, m: &MixedQuery) -> usize {
+        let rest = self.cbuf.len() - len;
+        let mut msg = BytesMut::with_capacity(6 + m.text.len() + rest);
+        msg.put_u8(b'Q');
+        msg.put_i32((4 + m.text.len() + 1) as i32);
+        msg.put_slice(m.text.as_bytes());
+        msg.put_u8(0);
+        let new_len = msg.len();
+        msg.put_slice(&self.cbuf[len..]);
+        self.cbuf = msg;
+        new_len
+    }
+
+    /// The places of a rewritten Query's statements in the server's
+    /// replies, each LISTEN/UNLISTEN with the CommandComplete Postgres
+    /// sends for it (see `Expectations::push_statement`).
+    pub(super) fn expect_statements(&mut self, m: MixedQuery) {
+        for cmd in m.statements {
+            let local = cmd.map(|cmd| {
+                let mut bytes = BytesMut::new();
+                backend::command_complete(&mut bytes, cmd.tag());
+                Local {
+                    bytes: bytes.freeze(),
+                    listen: Some(cmd),
+                }
+            });
+            self.expect.push_statement(local);
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod accept;
 mod buffers;
+mod copy;
 mod drop_database;
 mod expect;
 mod extended;

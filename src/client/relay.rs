@@ -98,7 +98,11 @@ pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Sy
         Reply::ParseComplete => backend::parse_complete(out),
         Reply::CloseComplete => backend::close_complete(out),
         // Other replies are synthesized only with their bytes (`local`).
-        Reply::BindComplete | Reply::Describe | Reply::Execute | Reply::Ready => {}
+        Reply::BindComplete
+        | Reply::Describe
+        | Reply::Execute
+        | Reply::Ready
+        | Reply::Statement => {}
     }
 }
 
@@ -164,6 +168,7 @@ impl Session {
                 shutdown: safe,
                 notify: self.listen.is_some()
                     && self.sscan.at_boundary()
+                    && !self.pending_listens.holds_delivery()
                     && self.to_client.len() < HIGH_WATER,
                 idle_timeout,
             };
@@ -328,7 +333,7 @@ impl Session {
             let step = self
                 .cscan
                 .step(&self.cbuf[ready..], self.max_message, inspect);
-            let step = match step {
+            let mut step = match step {
                 Ok(s) => s,
                 Err(e) => {
                     return Ok(Some(self.send_fatal(PgError::protocol_violation(e)).await));
@@ -358,6 +363,9 @@ impl Session {
             // The cheap test of `prepared_sql` on that text: it may hold a
             // DEALLOCATE, DISCARD ALL or EXECUTE.
             let mut names_statements = false;
+            // A Query mixing LISTEN/UNLISTEN with other statements, as the
+            // server runs it.
+            let mut mixed = None;
             // LISTEN and session state matter in transaction mode only.
             if let (true, Step::Whole { tag: b'Q', len }) = (tx, step) {
                 let body = &self.cbuf[ready + 5..ready + len];
@@ -389,10 +397,25 @@ impl Session {
                         }
                         Intercept::Wait => break,
                         Intercept::Forward => {}
+                        Intercept::Rewrite(m) => {
+                            let cmds: Vec<_> = m.commands().cloned().collect();
+                            Box::pin(self.hear_before_commit(&m.text, &cmds)).await;
+                            let len = self.rewrite_mixed_query(len, &m);
+                            step = Step::Whole { tag: b'Q', len };
+                            mixed = Some(m);
+                        }
+                    }
+                } else if !self.pending_listens.is_empty() {
+                    // LISTENs wait for their COMMIT, which this may be.
+                    if let Ok(sql) = std::str::from_utf8(sql).map(str::to_owned) {
+                        self.forward_ready(ready);
+                        ready = 0;
+                        self.flush_server()?;
+                        Box::pin(self.hear_before_commit(&sql, &[])).await;
                     }
                 }
                 // pgharbor's answer to a lone DEALLOCATE or DISCARD ALL.
-                if names_statements {
+                if names_statements && mixed.is_none() {
                     let sql = &self.cbuf[ready + 5..ready + len - 1];
                     if let Ok(sql) = std::str::from_utf8(sql).map(str::to_owned) {
                         if ready > 0 {
@@ -404,7 +427,8 @@ impl Session {
                                 continue;
                             }
                             Intercept::Wait => break,
-                            Intercept::Forward => {}
+                            // Only LISTEN texts are rewritten.
+                            Intercept::Forward | Intercept::Rewrite(_) => {}
                         }
                     }
                 }
@@ -475,7 +499,15 @@ impl Session {
                         // Session mode: the Query passes as sent.
                         Ok(Forwarded::AsSent)
                     } else if tag == b'Q' {
-                        Ok(self.forward_query(ready, len, text_may_hold_state, names_statements))
+                        // A Query mixing LISTEN with other statements is
+                        // not also rewritten for statement names (a rare
+                        // pair): the replies its LISTENs get are queued
+                        // before its ReadyForQuery.
+                        let names = names_statements && mixed.is_none();
+                        if let Some(m) = mixed.take() {
+                            self.expect_statements(*m);
+                        }
+                        Ok(self.forward_query(ready, len, text_may_hold_state, names))
                     } else {
                         self.rewrite_extended(
                             tag,
@@ -525,8 +557,8 @@ impl Session {
                         let bytes = &self.cbuf[ready..ready + len];
                         keep_for_replay(&mut self.replay, idle, Some(tag), bytes);
                     }
-                    self.note_client_message(tag);
-                    if tx {
+                    let owed = self.note_client_message(tag);
+                    if tx && owed {
                         match tag {
                             b'B' => self.expect.push(Reply::BindComplete, Action::Forward, None),
                             b'D' => self.expect.push(Reply::Describe, Action::Forward, None),
@@ -634,27 +666,27 @@ impl Session {
     }
 
     /// Pinning bookkeeping for a client message about to be forwarded.
-    fn note_client_message(&mut self, tag: u8) {
+    /// `false`: a Sync or Flush the server will read as COPY data and
+    /// ignore, which is owed no reply (see `copy.rs`).
+    fn note_client_message(&mut self, tag: u8) -> bool {
         if self.txn.started.is_none() {
             self.txn.started = Some(Instant::now());
         }
         match tag {
+            b'S' | b'H' if self.txn.copy_ignores() => return false,
             b'Q' => {
-                self.txn.pending += 1;
-                self.txn.unsynced = false;
+                self.txn.ready_sent(true);
                 self.pool.stats.queries.inc();
             }
-            b'S' | b'F' => {
-                self.txn.pending += 1;
-                self.txn.unsynced = false;
-            }
+            b'S' | b'F' => self.txn.ready_sent(false),
             b'E' => {
                 self.txn.unsynced = true;
                 self.pool.stats.queries.inc();
             }
             b'P' | b'B' | b'D' | b'C' | b'H' => self.txn.unsynced = true,
-            b'c' | b'f' => self.txn.copy_in = false,
+            b'c' | b'f' => self.txn.copy_end_sent(),
             _ => {}
         }
+        true
     }
 }

@@ -38,6 +38,11 @@ fn server_inspects_listen(tag: u8) -> bool {
     server_inspects(tag) || tag == b'C'
 }
 
+/// While the server answers a statement pgharbor replaced: its row too.
+fn inspect_all(_: u8) -> bool {
+    true
+}
+
 /// What a read from the server leaves to do, for the part that may await.
 enum ServerRead {
     /// The server broke the protocol: the session ends.
@@ -124,10 +129,15 @@ impl Session {
         let mut replay_now = false;
         let pooled = self.server.as_mut()?;
         loop {
-            let inspects = if !tx {
-                server_inspects
-            } else if self.expect.needs_each_reply() {
+            // While the server reads COPY data, the CommandComplete that
+            // ends the COPY is looked at too.
+            let each = tx && self.expect.needs_each_reply();
+            let inspects = if each && self.expect.replaces_next() {
+                inspect_all
+            } else if each || self.txn.server_copy_in {
                 server_inspects_tx
+            } else if !tx {
+                server_inspects
             } else if !self.pending_listens.is_empty() || self.pinned.is_none() {
                 server_inspects_listen
             } else {
@@ -151,12 +161,15 @@ impl Session {
                     // An error naming a statement by pgharbor's name, with
                     // the client's in its place (transaction mode).
                     let mut renamed = None;
+                    if self.txn.server_copy_in && matches!(tag, b'C' | b'E') {
+                        self.txn.copy_in_ended(tag == b'C');
+                    }
                     match tag {
                         b'Z' => {
                             let status = body.first().copied().unwrap_or(b'I');
                             pooled.server.status = status;
                             self.txn.status = status;
-                            self.txn.pending = self.txn.pending.saturating_sub(1);
+                            self.txn.ready_answered();
                             release = false;
                             if status == b'I' && !self.pending_listens.is_empty() {
                                 // An explicit transaction ends with COMMIT or
@@ -220,7 +233,12 @@ impl Session {
                                 renamed = client_names_in_error(body, &self.statements);
                             }
                         }
-                        b'G' => self.txn.copy_in = true,
+                        b'G' => {
+                            let ignored = self.txn.copy_in_started();
+                            if tx {
+                                self.expect.drop_ignored_syncs(ignored);
+                            }
+                        }
                         b'C' => {
                             if tx && self.pinned.is_none() && tag_may_create_temp(body) {
                                 self.txn.temp_check = true;

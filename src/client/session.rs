@@ -65,8 +65,20 @@ pub(super) struct TxnState {
     /// Extended-protocol messages sent since the last Sync: the server may
     /// hold an open implicit transaction, so it must stay with this client.
     pub unsynced: bool,
-    /// The server is in COPY FROM STDIN and waits for the client's data.
+    /// The client is in COPY FROM STDIN: the server asked for its data and
+    /// its CopyDone or CopyFail has not been sent yet (see `copy.rs`).
     pub copy_in: bool,
+    /// The server reads COPY FROM STDIN data: from its CopyInResponse to
+    /// the CommandComplete or ErrorResponse that ends the COPY.
+    pub server_copy_in: bool,
+    /// Bit `i`: the `i`-th of the `pending` messages is a Query (the others
+    /// are Syncs and FunctionCalls), so a CopyInResponse tells whether the
+    /// COPY's message is itself owed a ReadyForQuery.
+    pub ready_queries: u32,
+    /// CopyDone/CopyFail messages sent while no COPY was known to run: for
+    /// each, how many of the `pending` messages were sent before it. Boxed:
+    /// only clients that pipeline a COPY's data ever have one.
+    pub copy_ends: Option<Box<super::copy::CopyEnds>>,
     /// Transaction status from the last ReadyForQuery.
     pub status: u8,
     /// When the current unit of work began (for the duration histogram).

@@ -66,34 +66,119 @@ pub fn parse(sql: &str) -> Result<Option<ListenCommand>, ListenParseError> {
 /// (`LISTEN a; LISTEN b;`) yields them all, in order; the relay then sends one
 /// CommandComplete per statement and one ReadyForQuery.
 pub fn parse_many(sql: &str) -> Result<Option<Vec<ListenCommand>>, ListenParseError> {
-    let (tokens, lex_error) = lex(sql);
-    let mut statements: Vec<&[Tok]> = tokens
-        .split(|t| *t == Tok::Semi)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if let Some(e) = lex_error {
-        // An unterminated quote or comment: the server reports it, unless the
-        // statement we cannot read is one of ours.
-        let ours = statements.iter().any(|s| is_listen_start(s));
-        let last_is_ours = statements.last().is_some_and(|s| is_listen_start(s));
-        return match (ours, last_is_ours, statements.len()) {
-            (false, _, _) => Ok(None),
-            (true, true, 1) => Err(ListenParseError::Syntax(e)),
-            _ => Err(ListenParseError::Mixed),
-        };
+    match plan(sql)? {
+        QueryListens::None => Ok(None),
+        QueryListens::Only(cmds) => Ok(Some(cmds)),
+        QueryListens::Mixed(_) | QueryListens::Unreadable => Err(ListenParseError::Mixed),
     }
+}
+
+/// What a simple Query's text holds of LISTEN/UNLISTEN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryListens {
+    /// No LISTEN/UNLISTEN statement.
+    None,
+    /// Nothing else: pgharbor answers the whole Query.
+    Only(Vec<ListenCommand>),
+    /// With other statements, which a server runs.
+    Mixed(MixedQuery),
+    /// With other statements, in a text that does not lex (an unterminated
+    /// quote or comment): Postgres refuses all of it with a syntax error.
+    Unreadable,
+}
+
+/// A Query mixing LISTEN/UNLISTEN with other statements, as the server
+/// runs it: each LISTEN/UNLISTEN replaced by `SELECT` (one empty row, then
+/// one CommandComplete: the relay swallows the row and puts the
+/// LISTEN/UNLISTEN's CommandComplete in its place). The replacement is
+/// padded to as many characters as the statement had, so the positions in
+/// the server's errors are those of the client's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MixedQuery {
+    pub text: String,
+    /// The statements up to the last LISTEN/UNLISTEN, in order: the
+    /// command of each LISTEN/UNLISTEN, `None` for the others.
+    pub statements: Vec<Option<ListenCommand>>,
+}
+
+impl MixedQuery {
+    /// The LISTEN/UNLISTEN commands, in order.
+    pub fn commands(&self) -> impl Iterator<Item = &ListenCommand> {
+        self.statements.iter().flatten()
+    }
+}
+
+/// Reads `sql` for [`QueryListens`]. A LISTEN/UNLISTEN that is not valid is
+/// a syntax error (Postgres refuses the whole text for it).
+pub fn plan(sql: &str) -> Result<QueryListens, ListenParseError> {
+    let (tokens, lex_error) = lex_spanned(sql);
+    let statements = split_statements(&tokens);
     let listens = statements.iter().filter(|s| is_listen_start(s)).count();
     if listens == 0 {
-        return Ok(None);
+        return Ok(QueryListens::None);
     }
-    if listens < statements.len() {
-        return Err(ListenParseError::Mixed);
+    if let Some(e) = lex_error {
+        // The server reports it, unless the statement we cannot read is
+        // the only one, and ours.
+        return match statements.as_slice() {
+            [only] if is_listen_start(only) => Err(ListenParseError::Syntax(e)),
+            _ => Ok(QueryListens::Unreadable),
+        };
     }
-    statements
-        .drain(..)
-        .map(parse_statement)
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+    let commands = statements
+        .iter()
+        .map(|s| is_listen_start(s).then(|| parse_statement(s)).transpose())
+        .collect::<Result<Vec<_>, _>>()?;
+    if listens == statements.len() {
+        return Ok(QueryListens::Only(commands.into_iter().flatten().collect()));
+    }
+    let mut text = String::with_capacity(sql.len());
+    let mut copied = 0;
+    for (s, cmd) in statements.iter().zip(&commands) {
+        if let (Some(_), Some(first), Some(last)) = (cmd, s.first(), s.last()) {
+            text.push_str(&sql[copied..first.start]);
+            let chars = sql[first.start..last.end].chars().count();
+            text.push_str("SELECT");
+            text.extend(std::iter::repeat_n(' ', chars.saturating_sub(6)));
+            copied = last.end;
+        }
+    }
+    text.push_str(&sql[copied..]);
+    let mut statements = commands;
+    while statements.last().is_some_and(Option::is_none) {
+        statements.pop();
+    }
+    Ok(QueryListens::Mixed(MixedQuery { text, statements }))
+}
+
+/// Whether running `sql` may commit a transaction, so that LISTENs pending
+/// in it must be heard from then on: outside a transaction block
+/// (`in_block` false) unless it opens one (BEGIN, START) and leaves it
+/// open; inside one, if a statement ends it (COMMIT, END). Statements are
+/// read as [`plan`] reads them; a text that does not lex may.
+pub fn may_commit(sql: &str, mut in_block: bool) -> bool {
+    let (tokens, lex_error) = lex_spanned(sql);
+    if lex_error.is_some() {
+        return true;
+    }
+    for s in split_statements(&tokens) {
+        let Some(Tok::Word(w)) = s.first().map(|t| &t.tok) else {
+            continue;
+        };
+        let is = |k: &str| w.eq_ignore_ascii_case(k);
+        if is("begin") || is("start") {
+            in_block = true;
+        } else if is("commit") || is("end") {
+            if in_block {
+                return true;
+            }
+        } else if (is("rollback") || is("abort"))
+            && !matches!(s.get(1).map(|t| &t.tok), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("to"))
+        {
+            in_block = false;
+        }
+    }
+    !in_block
 }
 
 /// A token of Postgres's lexer, as far as pgharbor's readers of SQL text
@@ -109,11 +194,63 @@ pub(crate) enum Tok {
     Semi,
     /// `.` between the parts of a qualified name.
     Dot,
+    Open,
+    Close,
     Other,
 }
 
-fn is_listen_start(s: &[Tok]) -> bool {
-    matches!(s.first(), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("listen") || w.eq_ignore_ascii_case("unlisten"))
+/// A token and the bytes of the text it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Spanned {
+    tok: Tok,
+    start: usize,
+    end: usize,
+}
+
+fn is_listen_start(s: &[Spanned]) -> bool {
+    matches!(s.first().map(|t| &t.tok), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("listen") || w.eq_ignore_ascii_case("unlisten"))
+}
+
+/// Whether a statement's first words are CREATE [OR REPLACE] FUNCTION or
+/// PROCEDURE, whose SQL-standard body (BEGIN ATOMIC … END) holds semicolons.
+fn is_routine(s: &[Spanned]) -> bool {
+    let word = |i: usize, k: &str| matches!(s.get(i).map(|t| &t.tok), Some(Tok::Word(w)) if w.eq_ignore_ascii_case(k));
+    let routine = |i| word(i, "function") || word(i, "procedure");
+    word(0, "create") && (routine(1) || (word(1, "or") && word(2, "replace") && routine(3)))
+}
+
+/// The statements, split at the semicolons that end one: not those inside
+/// parentheses (CREATE RULE's action lists) nor inside the BEGIN … END body
+/// of a CREATE FUNCTION / PROCEDURE (psql's rule for the same question).
+/// Empty statements are left out: Postgres runs nothing for them.
+fn split_statements(tokens: &[Spanned]) -> Vec<&[Spanned]> {
+    let mut out = Vec::new();
+    let (mut start, mut parens, mut blocks) = (0, 0usize, 0usize);
+    for (i, t) in tokens.iter().enumerate() {
+        match &t.tok {
+            Tok::Open => parens += 1,
+            Tok::Close => parens = parens.saturating_sub(1),
+            Tok::Word(w) if parens == 0 && is_routine(&tokens[start..i]) => {
+                if w.eq_ignore_ascii_case("begin") || (blocks > 0 && w.eq_ignore_ascii_case("case"))
+                {
+                    blocks += 1;
+                } else if w.eq_ignore_ascii_case("end") {
+                    blocks = blocks.saturating_sub(1);
+                }
+            }
+            Tok::Semi if parens == 0 && blocks == 0 => {
+                if i > start {
+                    out.push(&tokens[start..i]);
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < tokens.len() {
+        out.push(&tokens[start..]);
+    }
+    out
 }
 
 /// A byte that may start an unquoted SQL identifier.
@@ -128,29 +265,36 @@ pub(crate) fn ident_cont(b: u8) -> bool {
 
 /// Tokens up to the end, or up to the first lexical error (returned too).
 pub(crate) fn lex(sql: &str) -> (Vec<Tok>, Option<String>) {
-    let (tokens, _, error) = lex_spans(sql);
-    (tokens, error)
+    let (tokens, error) = lex_spanned(sql);
+    (tokens.into_iter().map(|t| t.tok).collect(), error)
 }
 
 /// [`lex`], with the byte offset where each token starts (the prepared
 /// statement commands rewrite a name in place).
 pub(crate) fn lex_spans(sql: &str) -> (Vec<Tok>, Vec<usize>, Option<String>) {
+    let (tokens, error) = lex_spanned(sql);
+    let starts = tokens.iter().map(|t| t.start).collect();
+    (tokens.into_iter().map(|t| t.tok).collect(), starts, error)
+}
+
+/// [`lex`], each token with the bytes of the text it was read from.
+fn lex_spanned(sql: &str) -> (Vec<Spanned>, Option<String>) {
     let s = sql.as_bytes();
     let mut out = Vec::new();
-    let mut starts = Vec::new();
+    // Where each token of `out` lies; a turn of the loop reads at most one.
+    let mut spans = Vec::new();
+    let mut start = 0;
     let mut i = 0;
-    // Each turn of the loop adds at most one token, starting at `at`.
-    let mut at = 0;
     macro_rules! fail {
         ($msg:expr) => {
-            return (out, starts, Some($msg.to_string()))
+            return (spanned(out, spans, start, i), Some($msg.to_string()))
         };
     }
     while i < s.len() {
-        if starts.len() < out.len() {
-            starts.push(at);
+        if spans.len() < out.len() {
+            spans.push((start, i));
         }
-        at = i;
+        start = i;
         let b = s[i];
         let next = s.get(i + 1).copied();
         if b.is_ascii_whitespace() {
@@ -253,15 +397,31 @@ pub(crate) fn lex_spans(sql: &str) -> (Vec<Tok>, Vec<usize>, Option<String>) {
                 b';' => Tok::Semi,
                 b'*' => Tok::Star,
                 b'.' => Tok::Dot,
+                b'(' => Tok::Open,
+                b')' => Tok::Close,
                 _ => Tok::Other,
             });
             i += 1;
         }
     }
-    if starts.len() < out.len() {
-        starts.push(at);
+    (spanned(out, spans, start, i), None)
+}
+
+/// Joins the tokens with their places; the last one, read by the final
+/// turn, spans `start..end`.
+fn spanned(
+    out: Vec<Tok>,
+    mut spans: Vec<(usize, usize)>,
+    start: usize,
+    end: usize,
+) -> Vec<Spanned> {
+    if spans.len() < out.len() {
+        spans.push((start, end));
     }
-    (out, starts, None)
+    out.into_iter()
+        .zip(spans)
+        .map(|(tok, (start, end))| Spanned { tok, start, end })
+        .collect()
 }
 
 /// The text of a `q`-quoted token starting at `start` (doubled quotes
@@ -289,7 +449,8 @@ pub(crate) fn quoted(sql: &str, start: usize, q: u8) -> Option<(String, usize)> 
     }
 }
 
-fn parse_statement(toks: &[Tok]) -> Result<ListenCommand, ListenParseError> {
+fn parse_statement(statement: &[Spanned]) -> Result<ListenCommand, ListenParseError> {
+    let toks: Vec<Tok> = statement.iter().map(|t| t.tok.clone()).collect();
     let Some(Tok::Word(kw)) = toks.first() else {
         unreachable!("only called on LISTEN/UNLISTEN statements")
     };

@@ -161,3 +161,75 @@ fn malformed_listens_are_syntax_errors() {
         assert_eq!(r.unwrap_err().to_pg_error().code, "42601");
     }
 }
+
+fn mixed(sql: &str) -> MixedQuery {
+    match plan(sql) {
+        Ok(QueryListens::Mixed(m)) => m,
+        other => panic!("{sql}: {other:?}"),
+    }
+}
+
+#[test]
+fn a_mixed_query_runs_select_in_place_of_each_listen() {
+    let m = mixed("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;");
+    assert_eq!(
+        m.text,
+        "SELECT pg_advisory_unlock_all(); CLOSE ALL; SELECT    ; RESET ALL;"
+    );
+    assert_eq!(
+        m.statements,
+        vec![None, None, Some(ListenCommand::UnlistenAll)]
+    );
+    // As many characters as the statement had: error positions stay.
+    let m = mixed("LISTEN /* ü */ \"ä\"; SELECT x");
+    assert_eq!(m.text, format!("SELECT{}; SELECT x", " ".repeat(12)));
+    // Statements after the last LISTEN/UNLISTEN need no place of their own.
+    let m = mixed("select 1; listen a; select 2; select 3");
+    assert_eq!(m.statements, vec![None, listen("a")]);
+    assert_eq!(m.commands().count(), 1);
+}
+
+#[test]
+fn semicolons_inside_a_statement_do_not_split_it() {
+    let rule = "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO u VALUES (1); DELETE FROM u); LISTEN a";
+    assert_eq!(mixed(rule).statements, vec![None, listen("a")]);
+    let body = "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; \
+                SELECT CASE WHEN true THEN 1 END; END; LISTEN b";
+    assert_eq!(mixed(body).statements, vec![None, listen("b")]);
+    assert_eq!(
+        mixed("SELECT ';', $$;$$; LISTEN c").statements,
+        vec![None, listen("c")]
+    );
+}
+
+#[test]
+fn a_mixed_query_that_does_not_lex_is_left_to_the_server() {
+    for q in ["SELECT 1; LISTEN \"unterminated", "LISTEN a; SELECT 'x"] {
+        assert_eq!(plan(q), Ok(QueryListens::Unreadable), "{q}");
+    }
+    assert!(matches!(
+        plan("LISTEN select; SELECT 1"),
+        Err(ListenParseError::Syntax(_))
+    ));
+    assert_eq!(plan("SELECT 'listen a'; SELECT 1"), Ok(QueryListens::None));
+    assert_eq!(
+        plan("LISTEN a; UNLISTEN b"),
+        Ok(QueryListens::Only(vec![
+            ListenCommand::Listen("a".into()),
+            ListenCommand::Unlisten("b".into())
+        ]))
+    );
+}
+
+#[test]
+fn may_commit_follows_transaction_blocks() {
+    assert!(may_commit("LISTEN a; NOTIFY a", false));
+    assert!(!may_commit("BEGIN; LISTEN a; SELECT 1", false));
+    assert!(may_commit("BEGIN; LISTEN a; COMMIT", false));
+    assert!(may_commit("COMMIT", true));
+    assert!(may_commit("end", true));
+    assert!(!may_commit("SELECT 'commit'", true));
+    assert!(!may_commit("ROLLBACK TO s; SELECT 1", true));
+    assert!(may_commit("ROLLBACK; SELECT 1", true));
+    assert!(may_commit("SELECT 'unterminated", true));
+}

@@ -33,7 +33,9 @@ use crate::metrics::Metrics;
 use crate::protocol::{sqlstate, PgError};
 use crate::server::{ServerKey, ServerTarget};
 
-pub use command::{parse, parse_many, ListenCommand, ListenParseError};
+pub use command::{
+    may_commit, parse, parse_many, plan, ListenCommand, ListenParseError, MixedQuery, QueryListens,
+};
 pub use listener::APPLICATION_NAME;
 pub use notify_scan::{may_notify, notify_targets, NotifyTargets};
 pub use pending::PendingListens;
@@ -232,6 +234,16 @@ impl Subscriber {
         if poke {
             l.sync(None);
         }
+    }
+
+    /// Whether this client listens to `channel`.
+    pub fn listens_to(&self, channel: &str) -> bool {
+        self.channels.contains(command::truncate_channel(channel))
+    }
+
+    /// Drops what is queued for `channel` (see `PendingListens::take_early`).
+    pub fn drop_queued(&self, channel: &str) {
+        self.queue.drop_channel(channel);
     }
 
     /// The channels this client listens to.

@@ -56,9 +56,9 @@ pub fn notify_targets(sql: &str) -> NotifyTargets {
                 continue;
             }
             match (statement.get(i + 1), statement.get(i + 2)) {
-                (Some(Tok::Other), Some(Tok::Str(channel))) => push(&mut found, channel),
+                (Some(Tok::Open), Some(Tok::Str(channel))) => push(&mut found, channel),
                 // `pg_notify` as a name of something else (a column).
-                (Some(Tok::Other), _) => found.any = true,
+                (Some(Tok::Open), _) => found.any = true,
                 _ => {}
             }
         }

@@ -7,6 +7,12 @@ use super::{ListenCommand, ListenError, Subscriber};
 #[derive(Debug, Default, Clone)]
 pub struct PendingListens {
     cmds: Vec<ListenCommand>,
+    /// Channels the client was subscribed to ahead of the COMMIT that may
+    /// make their LISTEN take effect, so that a NOTIFY committed with it
+    /// reaches the client as on Postgres. Their notifications are held
+    /// until the transaction ends, and dropped with the subscription if
+    /// the LISTEN does not take effect.
+    early: Vec<String>,
 }
 
 impl PendingListens {
@@ -22,8 +28,35 @@ impl PendingListens {
         self.cmds.push(cmd);
     }
 
+    /// Nothing waits for the end of the transaction.
     pub fn is_empty(&self) -> bool {
-        self.cmds.is_empty()
+        self.cmds.is_empty() && self.early.is_empty()
+    }
+
+    /// `channel` was subscribed to ahead of the COMMIT.
+    pub fn heard_early(&mut self, channel: String) {
+        self.early.push(channel);
+    }
+
+    /// Notifications wait: a channel was subscribed to ahead of its COMMIT.
+    pub fn holds_delivery(&self) -> bool {
+        !self.early.is_empty()
+    }
+
+    /// The channels subscribed to ahead of the COMMIT.
+    pub fn take_early(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.early)
+    }
+
+    /// Whether committing leaves the client listening on `channel` (when
+    /// it did not before).
+    pub fn leaves_listening(&self, channel: &str) -> bool {
+        self.cmds.iter().rev().find_map(|c| match c {
+            ListenCommand::Listen(ch) if ch == channel => Some(true),
+            ListenCommand::Unlisten(ch) if ch == channel => Some(false),
+            ListenCommand::UnlistenAll => Some(false),
+            _ => None,
+        }) == Some(true)
     }
 
     /// The commands held, in order.
@@ -50,7 +83,8 @@ impl PendingListens {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// The transaction rolled back (or failed): nothing happens.
+    /// The transaction rolled back (or failed): nothing happens. The
+    /// channels heard early are the caller's to undo (`take_early`).
     pub fn rollback(&mut self) {
         self.cmds.clear();
     }
@@ -79,5 +113,22 @@ mod tests {
                 ListenCommand::Listen("c".into())
             ]
         );
+    }
+
+    #[test]
+    fn the_last_command_on_a_channel_decides_if_it_stays_heard() {
+        let mut p = PendingListens::new();
+        p.heard_early("a".into());
+        assert!(!p.is_empty() && p.holds_delivery());
+        p.push(ListenCommand::Listen("a".into()));
+        p.push(ListenCommand::Listen("b".into()));
+        p.push(ListenCommand::Unlisten("b".into()));
+        assert!(p.leaves_listening("a"));
+        assert!(!p.leaves_listening("b"));
+        assert!(!p.leaves_listening("c"));
+        p.push(ListenCommand::UnlistenAll);
+        assert!(!p.leaves_listening("a"));
+        assert_eq!(p.take_early(), vec!["a".to_string()]);
+        assert!(!p.holds_delivery());
     }
 }

@@ -154,6 +154,21 @@ impl Queue {
         self.lock().owed.retain(|c| c != channel);
     }
 
+    /// A subscription made ahead of its COMMIT did not take effect: what it
+    /// queued for `channel` goes, as if never heard.
+    pub(crate) fn drop_channel(&self, channel: &str) {
+        let mut inner = self.lock();
+        inner.owed.retain(|c| c != channel);
+        inner.entries.retain(|e| match e {
+            // NotificationResponse: tag, length, sender pid, channel.
+            Entry::Notification(b) => {
+                let name = b.get(9..).and_then(|r| r.split(|&c| c == 0).next());
+                name != Some(channel.as_bytes())
+            }
+            Entry::Marker(c) => c != channel,
+        });
+    }
+
     /// Appends everything queued (and owed markers) to `out`; returns the
     /// number of messages and how many of them were notifications.
     pub(crate) fn drain_into(&self, out: &mut BytesMut, overflow_payload: &str) -> (usize, usize) {
@@ -258,6 +273,19 @@ mod tests {
             buf = &buf[len + 1..];
         }
         out
+    }
+
+    #[test]
+    fn dropping_a_channel_keeps_the_others_in_order() {
+        let q = Queue::new(3, OverflowPolicy::Marker);
+        q.push("a", msg("a", "1"));
+        q.push("ab", msg("ab", "1"));
+        q.push("a", msg("a", "2"));
+        q.push("a", msg("a", "3")); // dropped, marker owed
+        q.drop_channel("a");
+        let mut out = BytesMut::new();
+        assert_eq!(q.drain_into(&mut out, "OVF"), (1, 1));
+        assert_eq!(decode(&out), vec![(7, "ab".into(), "1".into())]);
     }
 
     #[test]

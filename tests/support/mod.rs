@@ -145,6 +145,20 @@ pub async fn connect_direct() -> tokio_postgres::Client {
     connect_dsn(&dsn).await
 }
 
+/// Postgres itself, for the same raw-protocol steps as through pgharbor.
+pub fn direct_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], pg().port()))
+}
+
+/// Postgres itself as the test user, for the same driver steps as through
+/// pgharbor.
+pub fn direct_dsn() -> String {
+    format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=app connect_timeout=10",
+        pg().port()
+    )
+}
+
 pub fn bin(name: &str) -> PathBuf {
     pg().bin_dir().join(name)
 }
