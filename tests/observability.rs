@@ -4,13 +4,12 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use pgharbor::Proxy;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_postgres::SimpleQueryMessage;
 
 const ADMIN: &str = "admin";
@@ -19,31 +18,6 @@ const ADMIN_PASSWORD: &str = "admin-pw";
 /// `config_text` plus an HTTP endpoint on a free port.
 fn with_metrics(mode: &str, pool_size: usize) -> String {
     config_text(mode, pool_size, "") + "\n[metrics]\nlisten_addr = \"127.0.0.1:0\"\n"
-}
-
-/// One HTTP/1.0 GET: status code and body.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the metrics endpoint");
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("send request");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .expect("response within 10s")
-        .expect("read response");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 async fn scrape(proxy: &Proxy) -> String {
