@@ -163,7 +163,21 @@ async fn token_cancel_in(db: &str, marker: &str) {
     servers_are_clean(&direct, marker).await;
     // A cancel while the client is idle: in transaction mode it holds no
     // server, so nothing is sent; in session mode it goes to the server,
-    // which ignores it. Either way the next query is not hit.
+    // which ignores it. Either way the next query is not hit. The client
+    // reads its ReadyForQuery before pgharbor gives the server back, so
+    // wait for that first.
+    if db == "app_tx" {
+        let released = eventually(Duration::from_secs(5), || async {
+            proxy
+                .state()
+                .pools
+                .all()
+                .iter()
+                .all(|p| p.stats.clients_active.get() == 0)
+        })
+        .await;
+        assert!(released, "the server went back after the transaction");
+    }
     cancel_confirmed(&token, proxy.addr()).await;
     if db == "app_tx" {
         assert_eq!(cancel_count(&proxy, "no_query"), 1);
