@@ -40,35 +40,35 @@ cases! {
     sql_prepare_execute_and_deallocate { session: [], transaction: [] }
     copy_in_with_a_sync_sent_during_the_copy {
         session: [],
-        transaction: [#[ignore = "issue 21: after CopyDone, Sync, Close, Sync: Postgres sends CommandComplete, ReadyForQuery, CloseComplete, ReadyForQuery; pgharbor a second ReadyForQuery where CloseComplete belongs (the Sync sent during the copy counted as owed a reply)"]]
+        transaction: []
     }
     copy_out_in_simple_and_extended_protocol { session: [], transaction: [] }
     copy_fail_ends_a_copy_in { session: [], transaction: [] }
     listen_and_notify_to_oneself { session: [], transaction: [] }
     listen_and_notify_in_one_query {
         session: [],
-        transaction: [#[ignore = "issue 21: LISTEN x; NOTIFY x in one Query: Postgres CommandComplete LISTEN, pgharbor 0A000 (LISTEN/UNLISTEN must be sent in a query of their own)"]]
+        transaction: []
     }
     asyncpg_reset_query_on_release {
         session: [],
-        transaction: [#[ignore = "issue 21: the reset query: Postgres runs it (RowDescription of pg_advisory_unlock_all first), pgharbor refuses it with 0A000 (LISTEN/UNLISTEN in a multi-statement query)"]]
+        transaction: []
     }
     deallocate_all_after_a_protocol_prepare_then_prepare_again {
         session: [],
-        transaction: [#[ignore = "issue 21: Bind of s1 after DEALLOCATE ALL: Postgres 26000 prepared statement \"s1\" does not exist, pgharbor the same error naming its own ph_… statement"]]
+        transaction: []
     }
     a_pg_temp_table_is_used_in_a_later_transaction {
         session: [],
-        transaction: [#[ignore = "issue 21: client 0 reads its pg_temp table in a later transaction: Postgres sends its RowDescription, pgharbor 42P01 relation \"pg_temp.conf_temp_t\" does not exist (the client was not pinned)"]]
+        transaction: []
     }
     two_clients_interleaved_prepare_the_same_text { session: [], transaction: [] }
     a_column_type_change_under_a_prepared_statement {
         session: [],
-        transaction: [#[ignore = "issue 21: Bind/Execute of s1 after ALTER COLUMN TYPE: Postgres 0A000 cached plan must not change result type, pgharbor BindComplete and rows of the new type"]]
+        transaction: []
     }
     a_parse_of_a_statement_name_in_use_is_refused {
         session: [],
-        transaction: [#[ignore = "generator finding: the second Parse of s0 in one pipeline: Postgres 42P05 prepared statement \"s0\" already exists, pgharbor the same error naming its ph_… statement"]]
+        transaction: []
     }
     a_parse_of_a_name_in_use_is_refused_when_another_client_has_the_text {
         session: [],
@@ -86,7 +86,7 @@ cases! {
     }
     errors_about_a_statement_name_the_clients_own_statement {
         session: [],
-        transaction: [#[ignore = "generator finding: Bind with too few parameters: Postgres 08P01 names prepared statement \"s1\", pgharbor ph_…"]]
+        transaction: []
     }
     a_fresh_statement_is_planned_for_its_first_parameters {
         session: [],
