@@ -454,7 +454,6 @@ async fn psycopg_evicting_with_sql_deallocate_as_on_postgres_in_session_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: SQL DEALLOCATE _pg3_N does not find the client's statement: 26000 prepared statement \"_pg3_0\" does not exist"]
 async fn psycopg_evicting_with_sql_deallocate_as_on_postgres_in_transaction_mode() {
     check(PSYCOPG_EVICT_SQL, Target::Transaction).await;
 }
@@ -470,13 +469,11 @@ async fn psycopg_evicting_with_protocol_close_as_on_postgres_in_transaction_mode
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: a Terminate before the startup packet gets 08P01 invalid startup packet length where Postgres closes silently"]
 async fn node_postgres_connect_then_end_as_on_postgres_in_session_mode() {
     check(NODE_CONNECT_END, Target::Session).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: a Terminate before the startup packet gets 08P01 invalid startup packet length where Postgres closes silently"]
 async fn node_postgres_connect_then_end_as_on_postgres_in_transaction_mode() {
     check(NODE_CONNECT_END, Target::Transaction).await;
 }
@@ -507,7 +504,6 @@ async fn pgjdbc_basics_as_on_postgres_in_session_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: after ALTER COLUMN b TYPE real a server-prepared SELECT reads b = 1073741824 (float bits as int4) where Postgres gives 2.0"]
 async fn pgjdbc_basics_as_on_postgres_in_transaction_mode() {
     check(PGJDBC_BASICS, Target::Transaction).await;
 }
