@@ -243,6 +243,12 @@ impl Session {
                             if tx && self.pinned.is_none() && tag_may_create_temp(body) {
                                 self.txn.temp_check = true;
                             }
+                            if tx && body == b"RESET\0" {
+                                // RESET ALL (or RESET of one setting): what
+                                // pgharbor applied there may be gone, so it
+                                // is applied again at the next checkout.
+                                pooled.server.applied.clear();
+                            }
                             if !self.pending_listens.is_empty() {
                                 self.last_command_tag = crate::protocol::frame::read_cstr(body)
                                     .ok()

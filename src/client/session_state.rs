@@ -60,14 +60,18 @@ pub fn detect(sql: &[u8], is_reported: impl Fn(&str) -> bool) -> Option<String> 
                     w(1)
                 };
                 let name = name.split(['=', '\'']).next().unwrap_or("");
+                // RESET ALL is not session state either: the server resets
+                // what it holds, reports the reported parameters it changes,
+                // and pgharbor forgets the unreported settings it applied
+                // there (`server_replies.rs`), so the client's own startup
+                // settings are applied again at its next checkout. asyncpg
+                // sends it at every release of a pooled connection.
                 let local_or_txn = matches!(
                     name,
                     "local" | "transaction" | "constraints" | "session" | "all" | "role" | ""
-                ) && !(w(0) == "reset" && name == "all");
+                );
                 if local_or_txn || is_reported(name) {
                     None
-                } else if w(0) == "reset" && name == "all" {
-                    Some("RESET ALL".into())
                 } else {
                     Some(format!("{} {name}", w(0).to_uppercase()))
                 }
@@ -181,7 +185,6 @@ mod tests {
             "PREPARE p AS select 1",
             "SET statement_timeout = '5s'",
             "set session search_path to a",
-            "RESET ALL",
         ] {
             assert!(detect(sql.as_bytes(), reported).is_some(), "{sql}");
         }
@@ -220,6 +223,8 @@ mod tests {
             "set transaction isolation level serializable",
             "select pg_advisory_xact_lock(1)",
             "PREPARE TRANSACTION 'x'",
+            "RESET ALL",
+            "select pg_advisory_unlock_all(); close all; unlisten *; reset all;",
             "insert into t values (1)",
             "",
         ] {
