@@ -559,3 +559,48 @@ async fn flush_without_sync_gets_answers_and_keeps_the_pin() {
         .unwrap();
     assert_eq!(v, Some(pid));
 }
+
+/// The value `SHOW name` gives on `client`.
+async fn show(client: &tokio_postgres::Client, name: &str) -> Option<String> {
+    simple_value(client, &format!("SHOW {name}")).await
+}
+
+#[tokio::test]
+async fn reset_all_restores_the_clients_startup_settings_as_on_postgres() {
+    let proxy = start_proxy("transaction", 1).await;
+    let direct = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=app \
+         options='-c statement_timeout=7s'",
+        pg().port()
+    );
+    let pooled = format!(
+        "{} options='-c statement_timeout=7s'",
+        dsn(&proxy, "app_tx")
+    );
+    let mut seen = Vec::new();
+    for dsn in [direct, pooled] {
+        let c = connect_dsn(&dsn).await;
+        c.batch_execute("SET DateStyle = 'German'").await.unwrap();
+        let before = (
+            show(&c, "statement_timeout").await,
+            show(&c, "DateStyle").await,
+        );
+        // asyncpg's release query: it must not pin the client either.
+        c.batch_execute("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;")
+            .await
+            .unwrap();
+        let after = (
+            show(&c, "statement_timeout").await,
+            show(&c, "DateStyle").await,
+        );
+        seen.push((before, after));
+    }
+    assert_eq!(
+        seen[0].1,
+        (Some("7s".into()), Some("ISO, MDY".into())),
+        "postgres: {seen:?}"
+    );
+    assert_eq!(seen[1], seen[0], "pgharbor answers as postgres does");
+    let pins = proxy.state().metrics.session_pins.get();
+    assert_eq!(pins, 0, "RESET ALL does not pin");
+}
