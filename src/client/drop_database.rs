@@ -88,6 +88,15 @@ fn identifier(s: &[u8]) -> Option<(String, &[u8])> {
 /// while sessions are connected to the template, and is retried the same
 /// way (CREATE DATABASE cannot run inside a transaction block either).
 pub(super) fn template(sql: &[u8]) -> Option<String> {
+    // Every Query of an idle client comes here: lexed only when it may be
+    // one (it starts with CREATE, or with a comment).
+    let start = skip_space(sql);
+    let create = start
+        .get(..6)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"create"));
+    if !(create || start.starts_with(b"--") || start.starts_with(b"/*")) {
+        return None;
+    }
     let text = std::str::from_utf8(sql).ok()?;
     let (tokens, error) = lex(text);
     if error.is_some() {

@@ -31,7 +31,7 @@ const WORDS: [&[u8]; 3] = [b"deallocate", b"discard", b"execute"];
 /// Whether the statement starting at `b` (before its white space and
 /// comments) may be one of [`WORDS`]: a few byte comparisons, run on Query
 /// and unnamed Parse texts, so that a text is lexed only when it may be.
-fn statement_may_name(mut b: &[u8]) -> bool {
+pub(super) fn statement_may_name(mut b: &[u8]) -> bool {
     loop {
         let Some(first) = b.iter().position(|c| !c.is_ascii_whitespace()) else {
             return false;
@@ -60,13 +60,10 @@ fn statement_may_name(mut b: &[u8]) -> bool {
 }
 
 /// Cheap test before lexing: may a statement of `sql` be a DEALLOCATE,
-/// DISCARD or EXECUTE? `multi`: look at every statement start (a Query),
-/// not only the first (a Parse holds one statement).
-pub(super) fn may_name_statements(sql: &[u8], multi: bool) -> bool {
-    if statement_may_name(sql) {
-        return true;
-    }
-    multi && memchr::memchr_iter(b';', sql).any(|i| statement_may_name(&sql[i + 1..]))
+/// DISCARD or EXECUTE? Only its first statement: a Parse holds one (a
+/// Query's statements are looked at by `query_scan`, in its one pass).
+pub(super) fn may_name_statements(sql: &[u8]) -> bool {
+    statement_may_name(sql)
 }
 
 /// What one statement of a text does to prepared statements.
@@ -450,9 +447,10 @@ mod tests {
             "-- c\n /* d */ EXECUTE p",
             "/* a /* nested */ */ select 1",
         ] {
-            assert!(may_name_statements(sql.as_bytes(), true), "{sql}");
+            let scan = crate::client::query_scan::scan(sql.as_bytes(), true);
+            assert!(scan.names_statements, "{sql}");
         }
-        assert!(!may_name_statements(b"select 1; execute p", false));
+        assert!(!may_name_statements(b"select 1; execute p"));
         for sql in [
             "select 'deallocate'",
             "delete from t",
@@ -461,7 +459,11 @@ mod tests {
             "/* app=x */ select 1",
             "-- c\nselect 1",
         ] {
-            assert!(!may_name_statements(sql.as_bytes(), true), "{sql}");
+            let scan = crate::client::query_scan::scan(sql.as_bytes(), true);
+            assert!(
+                !scan.names_statements && !may_name_statements(sql.as_bytes()),
+                "{sql}"
+            );
         }
     }
 

@@ -10,6 +10,7 @@
 //! nothing, never false where it would find something.
 
 use super::listen_relay::{first_word_is_listen, may_be_listen};
+use super::prepared_sql::statement_may_name;
 use super::session_state::{advisory_lock_call, mentions_temp, statement_may_hold, MAX_INSPECTED};
 
 /// What the closer looks must examine.
@@ -17,6 +18,8 @@ use super::session_state::{advisory_lock_call, mentions_temp, statement_may_hold
 pub(super) struct QueryScan {
     pub listen: bool,
     pub session_state: bool,
+    /// A statement may be DEALLOCATE, DISCARD or EXECUTE (`prepared_sql`).
+    pub names_statements: bool,
 }
 
 /// Scans `sql`; with `listen` false only for session state. Texts over
@@ -30,6 +33,7 @@ pub(super) fn scan(sql: &[u8], listen: bool) -> QueryScan {
         found: &mut found,
         listen,
         searched: false,
+        may_create_temp: false,
     };
     walk.statement(sql);
     for i in memchr::memchr2_iter(b';', b'(', sql) {
@@ -42,10 +46,35 @@ pub(super) fn scan(sql: &[u8], listen: bool) -> QueryScan {
             walk.found.session_state = advisory_lock_call(&sql[..i]);
         }
     }
-    if !found.session_state {
+    let may_create_temp = walk.may_create_temp;
+    if !found.session_state && may_create_temp {
         found.session_state = mentions_temp(sql);
     }
     found
+}
+
+/// White space before a statement, as Postgres's lexer skips it.
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
+}
+
+/// Whether a statement starting with `rest` (its first byte `first`, lower
+/// case) may begin with a word a closer look cares about (CREATE, DECLARE,
+/// PREPARE, LOAD, SET, RESET, LISTEN, UNLISTEN, DEALLOCATE, DISCARD,
+/// EXECUTE), or with what the looks read further (a comment, a non-ASCII
+/// byte). SELECT, INSERT, UPDATE, BEGIN, COMMIT … end here, at one or two
+/// byte comparisons.
+fn may_begin_with_a_keyword(first: u8, rest: &[u8]) -> bool {
+    match first {
+        b'c' | b'd' | b'p' | b'l' | b'r' | b'e' | b'-' | b'/' => true,
+        b'u' => rest
+            .get(..8)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"unlisten")),
+        b's' => rest
+            .get(..3)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"set")),
+        c => !c.is_ascii(),
+    }
 }
 
 struct Walk<'a> {
@@ -55,17 +84,36 @@ struct Walk<'a> {
     /// statement began with what may be a comment): later statements are
     /// part of that rest, so it is never searched twice.
     searched: bool,
+    /// A statement starts like one that may create a temporary object
+    /// (CREATE, SELECT … INTO, WITH, EXPLAIN, or a comment first), so the
+    /// text is searched for `temp`.
+    may_create_temp: bool,
 }
 
 impl Walk<'_> {
     fn done(&self) -> bool {
-        self.found.session_state && (self.found.listen || !self.listen)
+        self.found.session_state
+            && self.found.names_statements
+            && (self.found.listen || !self.listen)
     }
 
     /// A statement starts at `rest` (before its white space).
     fn statement(&mut self, rest: &[u8]) {
+        let Some(at) = rest.iter().position(|&c| !is_space(c)) else {
+            return;
+        };
+        let rest = &rest[at..];
+        let first = rest[0].to_ascii_lowercase();
+        self.may_create_temp |=
+            matches!(first, b'c' | b's' | b'w' | b'e' | b'(' | b'-' | b'/') || !first.is_ascii();
+        if !may_begin_with_a_keyword(first, rest) {
+            return;
+        }
         if !self.found.session_state {
             self.found.session_state = statement_may_hold(rest);
+        }
+        if !self.found.names_statements {
+            self.found.names_statements = statement_may_name(rest);
         }
         if self.listen && !self.found.listen {
             match first_word_is_listen(rest) {
@@ -134,7 +182,8 @@ mod tests {
             both,
             QueryScan {
                 listen: true,
-                session_state: true
+                session_state: true,
+                names_statements: false,
             }
         );
         let lock = scan(b"select pg_advisory_lock(1); select 2", false);

@@ -377,7 +377,7 @@ impl Session {
                 };
                 let scan = query_scan::scan(sql, true);
                 text_may_hold_state = scan.session_state;
-                names_statements = prepared_sql::may_name_statements(sql, true);
+                names_statements = scan.names_statements;
                 // A LISTEN in a text that is not UTF-8 goes to the server.
                 if let Some(sql) = scan
                     .listen
@@ -465,7 +465,7 @@ impl Session {
                                 let scan = query_scan::scan(sql, true);
                                 may_listen = scan.listen;
                                 text_may_hold_state = scan.session_state;
-                                names_statements = prepared_sql::may_name_statements(sql, false);
+                                names_statements = prepared_sql::may_name_statements(sql);
                             }
                         }
                         let action = self.classify_local(tag, body, may_listen);

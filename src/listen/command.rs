@@ -253,6 +253,20 @@ fn split_statements(tokens: &[Spanned]) -> Vec<&[Spanned]> {
     out
 }
 
+/// Whether `word` (ASCII, any case) appears anywhere in `sql`: the cheap
+/// first look before a text is lexed, one `memchr` pass for its first
+/// letter.
+pub(crate) fn mentions(sql: &[u8], word: &[u8]) -> bool {
+    let Some(first) = word.first() else {
+        return true;
+    };
+    let (lower, upper) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
+    memchr::memchr2_iter(lower, upper, sql).any(|i| {
+        sql.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    })
+}
+
 /// A byte that may start an unquoted SQL identifier.
 pub(crate) fn ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80

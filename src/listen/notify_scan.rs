@@ -6,7 +6,7 @@
 //! literal makes the text count as notifying any channel. Notifications sent
 //! by triggers or functions are invisible here.
 
-use super::command::{lex, truncate_channel, Tok};
+use super::command::{lex, mentions, truncate_channel, Tok};
 
 /// The channels a text notifies.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -29,10 +29,7 @@ impl NotifyTargets {
 /// A cheap first look: does the word `notify` (any case) appear at all?
 /// Also true for `pg_notify`.
 pub fn may_notify(sql: &[u8]) -> bool {
-    memchr::memchr2_iter(b'n', b'N', sql).any(|i| {
-        sql.get(i + 1..i + 6)
-            .is_some_and(|rest| rest.eq_ignore_ascii_case(b"otify"))
-    })
+    mentions(sql, b"notify")
 }
 
 /// The channels `sql` notifies, read with the LISTEN parser's lexer. A text
