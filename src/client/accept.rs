@@ -285,6 +285,7 @@ async fn run(
         max_message: config.proxy.max_message_size,
         server_fatal_sent: false,
         statements: Statements::default(),
+        unnamed: Default::default(),
         expect: Expectations::default(),
         pinned: None,
         listen: None,

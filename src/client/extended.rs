@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use super::expect::{Action, Reply, Undo};
 use super::prepared::{build_bind, build_target, parse_bind, parse_parse, parse_target, Statement};
 use super::session::Session;
+use super::unnamed::names_unnamed_statement;
 
 use super::relay::{append, synthesize};
 use super::session_state::{detect, refusal_parse, refusal_query};
@@ -92,6 +93,20 @@ impl Session {
         names_statements: bool,
     ) -> Result<Forwarded, ProtocolError> {
         let body = &self.cbuf[at + 5..at + len];
+        match tag {
+            // An unnamed Parse: its name is the body's first NUL.
+            b'P' if body.first() == Some(&0) => self.unnamed.parsed(&self.cbuf[at..at + len]),
+            b'C' if body.starts_with(b"S\0") => self.unnamed.destroyed(),
+            b'B' | b'D'
+                if !self.unnamed.here
+                    && self.unnamed.exists
+                    && names_unnamed_statement(tag, body) =>
+            {
+                return Ok(self.prepare_unnamed_again(tag, at, len));
+            }
+            _ => {}
+        }
+        let body = &self.cbuf[at + 5..at + len];
         let forwarded = match self.reply_as_sent(tag, body, may_hold_state, names_statements)? {
             Some(reply) => {
                 self.expect.push(reply, Action::Forward, None);
@@ -106,6 +121,27 @@ impl Session {
         };
         self.emit_due_synthesized();
         Ok(forwarded)
+    }
+
+    /// A Bind or Describe of the client's unnamed statement, parsed on an
+    /// earlier server, at `cbuf[at..at + len]`: its Parse goes to this
+    /// server first (its ParseComplete swallowed), then the message as sent.
+    fn prepare_unnamed_again(&mut self, tag: u8, at: usize, len: usize) -> Forwarded {
+        self.forward_ready(at);
+        self.to_server
+            .extend_from_slice(self.unnamed.parse_message());
+        self.expect
+            .push(Reply::ParseComplete, Action::Swallow, None);
+        self.unnamed.here = true;
+        self.forward_ready(len);
+        let reply = if tag == b'B' {
+            Reply::BindComplete
+        } else {
+            Reply::Describe
+        };
+        self.expect.push(reply, Action::Forward, None);
+        self.emit_due_synthesized();
+        Forwarded::Rewritten
     }
 
     /// The reply a message produces when it can pass as sent: it names

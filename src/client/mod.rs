@@ -17,6 +17,7 @@ mod server_replies;
 mod session;
 mod session_state;
 pub mod startup;
+mod unnamed;
 mod wait;
 
 pub use accept::serve;

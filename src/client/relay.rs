@@ -25,6 +25,7 @@ use super::prepared_sql;
 use super::query_scan;
 use super::replay::keep_for_replay;
 use super::session::{Session, SessionError};
+use super::unnamed;
 use super::wait::{Event, Wait, Wants};
 use crate::config::PoolMode;
 use crate::listen::PendingListens;
@@ -310,7 +311,9 @@ impl Session {
             // LISTEN statement, it passes as sent (drivers that use only
             // the unnamed statement: pgbench -M extended, libpq's
             // PQexecParams).
-            let names = !self.statements.is_empty() || self.local.is_some();
+            // Nor when the client's unnamed statement was parsed on the
+            // server it holds (see `unnamed.rs`).
+            let names = !self.statements.is_empty() || self.local.is_some() || !self.unnamed.here;
             // Sync and Flush are answered here when no server is held, and
             // Execute when it may name a LISTEN portal.
             // In session mode a Query is read whole too, only for the
@@ -367,6 +370,9 @@ impl Session {
                         return Ok(Some(self.send_fatal(PgError::protocol_violation(e)).await))
                     }
                 };
+                // A simple Query destroys the unnamed statement, here and
+                // on the server (answered here or not).
+                self.unnamed.destroyed();
                 let scan = query_scan::scan(sql, true);
                 text_may_hold_state = scan.session_state;
                 names_statements = prepared_sql::may_name_statements(sql, true);
@@ -444,7 +450,15 @@ impl Session {
                                 names_statements = prepared_sql::may_name_statements(sql, false);
                             }
                         }
-                        let action = self.classify_local(tag, body, may_listen);
+                        let mut action = self.classify_local(tag, body, may_listen);
+                        if let LocalAction::NotLocal = action {
+                            if !self.unnamed.here
+                                && !self.unnamed.exists
+                                && unnamed::names_unnamed_statement(tag, body)
+                            {
+                                action = LocalAction::Fail(unnamed::missing_unnamed_statement());
+                            }
+                        }
                         if let LocalAction::NotLocal = action {
                             if let Some(l) = self.local.as_deref_mut() {
                                 l.forget_shadowed(tag, &self.cbuf[ready + 5..ready + len]);

@@ -80,10 +80,8 @@ cases! {
         session: [],
         transaction: [#[ignore = "generator finding: Execute of a missing portal, Flush, then Parse of a known text and Sync: Postgres skips the Parse (ReadyForQuery next), pgharbor answers ParseComplete itself"]]
     }
-    a_bind_of_a_missing_unnamed_statement_is_refused {
-        session: [],
-        transaction: [#[ignore = "generator finding: client 1 binds an unnamed statement it never prepared: Postgres 26000 unnamed prepared statement does not exist, pgharbor BindComplete (client 0\'s statement, left on the shared server) and its rows"]]
-    }
+    a_bind_of_a_missing_unnamed_statement_is_refused { session: [], transaction: [] }
+    an_unnamed_statement_lives_until_the_next_query { session: [], transaction: [] }
     errors_about_a_statement_name_the_clients_own_statement {
         session: [],
         transaction: [#[ignore = "generator finding: Bind with too few parameters: Postgres 08P01 names prepared statement \"s1\", pgharbor ph_…"]]
@@ -539,6 +537,31 @@ pub fn a_bind_of_a_missing_unnamed_statement_is_refused() -> Conversation {
         .on(0)
         .prepare("", "SELECT 'client zero' AS whose")
         .on(1)
+        .run("", &[])
+}
+
+/// The unnamed statement belongs to its client across transactions (over
+/// a pool of one another client's unnamed Parse replaces it on the
+/// server), until a simple Query destroys it.
+pub fn an_unnamed_statement_lives_until_the_next_query() -> Conversation {
+    Conversation::new("an_unnamed_statement_lives_until_the_next_query", 2)
+        .on(0)
+        .prepare("", "SELECT 'client zero' AS whose")
+        .on(1)
+        .prepare("", "SELECT 'client one' AS whose, 1 AS n")
+        .on(0)
+        .describe_statement("")
+        .sync()
+        .ready()
+        .run("", &[])
+        .on(1)
+        .run("", &[])
+        .simple("SELECT 'a query'")
+        .run("", &[])
+        .on(0)
+        .close_statement("")
+        .sync()
+        .ready()
         .run("", &[])
 }
 
