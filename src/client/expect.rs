@@ -121,11 +121,17 @@ pub struct Expectations {
     tail_readies: u32,
     /// Plain other messages after those, whose replies have not come.
     tail_replies: u32,
+    /// The server reported an error in a group whose Sync has not been
+    /// sent yet: like Postgres, it ignores every message up to that Sync.
+    server_skipping: bool,
 }
 
 impl Expectations {
     #[inline]
     pub fn push(&mut self, reply: Reply, action: Action, undo: Option<Undo>) {
+        if reply == Reply::Ready {
+            self.server_skipping = false;
+        }
         if action == Action::Forward && undo.is_none() {
             if reply == Reply::Ready {
                 // The replies counted come before this ReadyForQuery, and
@@ -167,7 +173,14 @@ impl Expectations {
         self.queue.is_empty() && self.tail_readies == 0 && self.tail_replies == 0
     }
 
+    /// See `server_skipping`: a message sent now gets no reply.
+    #[inline]
+    pub fn server_skipping(&self) -> bool {
+        self.server_skipping
+    }
+
     pub fn clear(&mut self) {
+        self.server_skipping = false;
         self.queue.clear();
         self.tail_readies = 0;
         self.tail_replies = 0;
@@ -318,6 +331,7 @@ impl Expectations {
                     // the failed group.
                     if self.tail_readies == 0 {
                         self.tail_replies = 0;
+                        self.server_skipping = true;
                     }
                     return;
                 }

@@ -52,6 +52,12 @@ impl Session {
         may_hold_state: bool,
         names_statements: bool,
     ) -> Forwarded {
+        if self.expect.server_skipping() {
+            // Ignored by the server as by Postgres (see `rewrite_extended`).
+            self.forward_ready(at);
+            let _ = self.cbuf.split_to(len);
+            return Forwarded::Rewritten;
+        }
         // A text that may also hold session state is not rewritten: the
         // rare pair passes as sent, to be pinned or refused.
         if names_statements && !may_hold_state && self.rewrite_query_names(at, len) {
@@ -92,6 +98,14 @@ impl Session {
         may_hold_state: bool,
         names_statements: bool,
     ) -> Result<Forwarded, ProtocolError> {
+        if tag != b'S' && self.expect.server_skipping() {
+            // After an error of its group the server ignores everything up
+            // to Sync, as Postgres: nothing pgharbor would answer or inject
+            // for this message may take effect either.
+            self.forward_ready(at);
+            let _ = self.cbuf.split_to(len);
+            return Ok(Forwarded::Rewritten);
+        }
         let body = &self.cbuf[at + 5..at + len];
         match tag {
             // An unnamed Parse: its name is the body's first NUL.
@@ -234,7 +248,12 @@ impl Session {
                     let st = Arc::new(Statement::new(p.rest));
                     let client_name = p.name.to_string();
                     self.statements.insert(client_name.clone(), st.clone());
-                    if self.server_has(&st) {
+                    let has = self.server_has(&st);
+                    // In a failed transaction Postgres refuses the Parse
+                    // (25P02): the server says so, after a Close of the
+                    // statement it has (a COMMIT or ROLLBACK text parses).
+                    let failed_txn = self.txn.status == b'E';
+                    if has && !failed_txn {
                         let undo = Undo {
                             server_name: None,
                             client_name: Some(client_name),
@@ -242,6 +261,11 @@ impl Session {
                         self.expect
                             .push(Reply::ParseComplete, Action::Synthesize, Some(undo));
                     } else {
+                        if has {
+                            build_target(&mut self.to_server, b'C', b'S', &st.name);
+                            self.expect
+                                .push(Reply::CloseComplete, Action::Swallow, None);
+                        }
                         self.record_prepared(&st);
                         self.to_server.extend_from_slice(&st.parse);
                         let undo = Undo {
@@ -327,6 +351,15 @@ impl Session {
     /// their own other connections. The statement is prepared on a server
     /// when the client first binds it. Returns false (nothing consumed) when
     /// the burst does not qualify.
+    ///
+    /// A text is known once a server accepted it, and forgotten when a
+    /// Parse of it fails or is skipped (`server_replies.rs`), so a text
+    /// that fails keeps failing at its Parse as on Postgres. Only a text
+    /// whose objects were dropped since it was last accepted is still
+    /// answered here once: its error then comes at the Bind, which
+    /// prepares it on a server, rather than at the Parse. Never inside a
+    /// transaction (no server is held), so never where Postgres would
+    /// refuse the Parse with 25P02 or skip it after an error.
     pub(super) fn answer_prepare_locally(&mut self) -> bool {
         let mut offset = 0;
         let mut names = Vec::new();
@@ -346,7 +379,8 @@ impl Session {
                     let Ok(p) = parse_parse(&buf[5..total]) else {
                         return false;
                     };
-                    if p.name.is_empty() || self.statements.contains_key(p.name) {
+                    let again = names.iter().any(|(n, _)| n == p.name);
+                    if p.name.is_empty() || again || self.statements.contains_key(p.name) {
                         return false;
                     }
                     let st = Statement::new(p.rest);

@@ -326,6 +326,15 @@ impl KnownStatements {
             .contains(name)
     }
 
+    /// A Parse of `name` failed: its text may fail again (an object it
+    /// names was dropped), so it is no longer answered without a server.
+    pub fn remove(&self, name: &str) {
+        if self.contains(name) {
+            let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
+            set.remove(name);
+        }
+    }
+
     pub fn insert(&self, name: Arc<str>) {
         if self.contains(&name) {
             return;

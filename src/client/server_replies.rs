@@ -261,6 +261,7 @@ impl Session {
         for u in undo {
             if let Some(n) = &u.server_name {
                 pooled.server.prepared.remove(n);
+                self.state.known_statements.remove(n);
             }
             if let Some(n) = &u.client_name {
                 self.statements.remove(n);

@@ -53,47 +53,26 @@ cases! {
         session: [],
         transaction: [#[ignore = "issue 21: the reset query: Postgres runs it (RowDescription of pg_advisory_unlock_all first), pgharbor refuses it with 0A000 (LISTEN/UNLISTEN in a multi-statement query)"]]
     }
-    deallocate_all_after_a_protocol_prepare_then_prepare_again {
-        session: [],
-        transaction: [#[ignore = "issue 21: Bind of s1 after DEALLOCATE ALL: Postgres 26000 prepared statement \"s1\" does not exist, pgharbor the same error naming its own ph_… statement"]]
-    }
+    deallocate_all_after_a_protocol_prepare_then_prepare_again { session: [], transaction: [] }
     a_pg_temp_table_is_used_in_a_later_transaction {
         session: [],
         transaction: [#[ignore = "issue 21: client 0 reads its pg_temp table in a later transaction: Postgres sends its RowDescription, pgharbor 42P01 relation \"pg_temp.conf_temp_t\" does not exist (the client was not pinned)"]]
     }
     two_clients_interleaved_prepare_the_same_text { session: [], transaction: [] }
-    a_column_type_change_under_a_prepared_statement {
-        session: [],
-        transaction: [#[ignore = "issue 21: Bind/Execute of s1 after ALTER COLUMN TYPE: Postgres 0A000 cached plan must not change result type, pgharbor BindComplete and rows of the new type"]]
-    }
-    a_parse_of_a_statement_name_in_use_is_refused {
-        session: [],
-        transaction: [#[ignore = "generator finding: the second Parse of s0 in one pipeline: Postgres 42P05 prepared statement \"s0\" already exists, pgharbor the same error naming its ph_… statement"]]
-    }
-    a_parse_of_a_name_in_use_is_refused_when_another_client_has_the_text {
-        session: [],
-        transaction: [#[ignore = "generator finding: client 1 parses s0 twice while client 0 has the text on the shared server: Postgres 42P05 prepared statement \"s0\" already exists for the second, pgharbor ParseComplete"]]
-    }
+    a_column_type_change_under_a_prepared_statement { session: [], transaction: [] }
+    a_parse_of_a_statement_name_in_use_is_refused { session: [], transaction: [] }
+    a_parse_of_a_name_in_use_is_refused_when_another_client_has_the_text { session: [], transaction: [] }
     a_parse_of_a_failing_statement_reports_its_error { session: [], transaction: [] }
     a_parse_skipped_after_an_error_is_not_taken_as_prepared { session: [], transaction: [] }
-    a_parse_after_an_error_in_its_pipeline_is_skipped {
-        session: [],
-        transaction: [#[ignore = "generator finding: Execute of a missing portal, Flush, then Parse of a known text and Sync: Postgres skips the Parse (ReadyForQuery next), pgharbor answers ParseComplete itself"]]
-    }
+    a_parse_after_an_error_in_its_pipeline_is_skipped { session: [], transaction: [] }
     a_bind_of_a_missing_unnamed_statement_is_refused { session: [], transaction: [] }
     an_unnamed_statement_lives_until_the_next_query { session: [], transaction: [] }
-    errors_about_a_statement_name_the_clients_own_statement {
-        session: [],
-        transaction: [#[ignore = "generator finding: Bind with too few parameters: Postgres 08P01 names prepared statement \"s1\", pgharbor ph_…"]]
-    }
+    errors_about_a_statement_name_the_clients_own_statement { session: [], transaction: [] }
     a_fresh_statement_is_planned_for_its_first_parameters {
         session: [],
         transaction: [#[ignore = "generator finding: client 1\'s fresh s0 bound with 0: Postgres 22012 division by zero at Bind (custom plan), pgharbor BindComplete (the shared server statement has a generic plan from client 0\'s executions; the error comes at Execute)"]]
     }
-    a_parse_in_a_failed_transaction_is_refused {
-        session: [],
-        transaction: [#[ignore = "generator finding: Parse in a failed transaction: Postgres 25P02 current transaction is aborted, pgharbor ParseComplete (answered without the server)"]]
-    }
+    a_parse_in_a_failed_transaction_is_refused { session: [], transaction: [] }
     two_clients_hold_a_statement_whose_result_type_changes {
         session: [],
         transaction: [#[ignore = "issue 21: Bind of s1 after the ALTER: Postgres 0A000 cached plan must not change result type, pgharbor BindComplete and rows of the new type"]]
