@@ -411,7 +411,6 @@ async fn asyncpg_sees_a_column_type_change_as_on_postgres_in_session_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: after ALTER COLUMN TYPE the re-prepared statement fails again with 0A000 where Postgres returns the new values"]
 async fn asyncpg_sees_a_column_type_change_as_on_postgres_in_transaction_mode() {
     check(ASYNCPG_ALTER, Target::Transaction).await;
 }
@@ -507,7 +506,6 @@ async fn pgjdbc_basics_as_on_postgres_in_session_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: after ALTER COLUMN b TYPE real a server-prepared SELECT reads b = 1073741824 (float bits as int4) where Postgres gives 2.0"]
 async fn pgjdbc_basics_as_on_postgres_in_transaction_mode() {
     check(PGJDBC_BASICS, Target::Transaction).await;
 }

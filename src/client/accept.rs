@@ -286,6 +286,7 @@ async fn run(
         server_fatal_sent: false,
         statements: Statements::default(),
         unnamed: Default::default(),
+        shape_wait: false,
         expect: Expectations::default(),
         pinned: None,
         listen: None,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::prepared::Statement;
 use crate::listen::ListenCommand;
 
 /// The kind of reply a message produces when it succeeds, by what ends it.
@@ -83,6 +84,10 @@ pub struct Expected {
     /// For `Synthesize`: the reply when it is not a plain ParseComplete or
     /// CloseComplete.
     pub local: Option<Box<Local>>,
+    /// For a Describe of a named statement: the statement, whose result
+    /// shape its reply tells (the client's own when `action` is
+    /// `Forward`, only the server's when pgharbor injected it).
+    pub describes: Option<Arc<Statement>>,
     readies: u32,
     replies: u32,
 }
@@ -146,6 +151,25 @@ impl Expectations {
         self.queue_entry(reply, action, undo.map(Box::new), None);
     }
 
+    /// Queues a Describe of the named statement `st` (its server name).
+    pub fn push_describe(&mut self, action: Action, st: Arc<Statement>) {
+        self.queue_entry(Reply::Describe, action, None, None);
+        if let Some(e) = self.queue.back_mut() {
+            e.describes = Some(st);
+        }
+    }
+
+    /// The statement whose Describe the server's `T` or `n` now answers,
+    /// and whether the client gets that reply.
+    pub fn describing(&self) -> Option<(&Arc<Statement>, bool)> {
+        let e = self.queue.front()?;
+        if e.readies > 0 || e.replies > 0 || e.reply != Reply::Describe {
+            return None;
+        }
+        let st = e.describes.as_ref()?;
+        Some((st, e.action == Action::Forward))
+    }
+
     /// Queues a reply pgharbor gives itself, encoded in `local`.
     pub fn push_local(&mut self, reply: Reply, local: Local) {
         self.queue_entry(reply, Action::Synthesize, None, Some(Box::new(local)));
@@ -163,6 +187,7 @@ impl Expectations {
             action,
             undo,
             local,
+            describes: None,
             readies: std::mem::take(&mut self.tail_readies),
             replies: std::mem::take(&mut self.tail_replies),
         });
@@ -281,6 +306,10 @@ impl Expectations {
             | (Reply::Execute, b'C' | b'I' | b's')
             | (Reply::Ready, b'Z') => true,
             (Reply::Ready, _) => false,
+            // The ParameterDescription of a Describe pgharbor injected.
+            (Reply::Describe, b't') if front.action == Action::Swallow => {
+                return Outcome::Swallow;
+            }
             (_, b'E') => {
                 // The failed one's error goes to the client (even for an
                 // injected Parse: it explains why the client's Bind could

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::expect::{Action, Reply, Undo};
-use super::prepared::{build_bind, build_target, parse_bind, parse_parse, parse_target, Statement};
+use super::prepared::{
+    build_bind, build_target, changed_result_type_error, parse_bind, parse_parse, parse_target,
+    Statement,
+};
 use super::session::Session;
 use super::unnamed::names_unnamed_statement;
 
@@ -16,6 +19,9 @@ use crate::config::SessionState;
 use crate::protocol::backend;
 use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::ProtocolError;
+
+/// A Flush: the server sends what it has answered so far.
+const FLUSH: &[u8] = b"H\0\0\0\x04";
 
 fn session_state_message(what: &str) -> String {
     let what: String = what.chars().take(80).collect();
@@ -35,6 +41,10 @@ pub(super) enum Forwarded {
     /// It was taken out of `cbuf` (rewritten, answered here, or refused),
     /// after the bytes decided before it were queued for the server.
     Rewritten,
+    /// It stays at the front of `cbuf`, to be looked at again once the
+    /// server answered what pgharbor sent before it (`shape_wait`); the
+    /// bytes decided before it were queued for the server.
+    Held,
 }
 
 impl Session {
@@ -130,7 +140,11 @@ impl Session {
                 self.forward_ready(at);
                 let msg = self.cbuf.split_to(len);
                 self.rewrite(tag, msg, names_statements)?;
-                Forwarded::Rewritten
+                if self.shape_wait {
+                    Forwarded::Held
+                } else {
+                    Forwarded::Rewritten
+                }
             }
         };
         self.emit_due_synthesized();
@@ -281,7 +295,19 @@ impl Session {
                 let b = parse_bind(body)?;
                 match self.statements.get(b.statement).cloned() {
                     Some(st) if !b.statement.is_empty() => {
-                        self.ensure_prepared(&st);
+                        let shape = st.client_shape();
+                        if shape == 0 {
+                            self.ensure_prepared(&st);
+                        } else if !self.bind_fits(&st, shape) {
+                            if !self.shape_wait {
+                                return Ok(());
+                            }
+                            // Looked at again once the shape is known.
+                            let mut msg = msg;
+                            msg.unsplit(std::mem::take(&mut self.cbuf));
+                            self.cbuf = msg;
+                            return Ok(());
+                        }
                         build_bind(&mut self.to_server, b.portal, &st.name, b.rest);
                     }
                     // Unnamed, or a name the client never prepared: the
@@ -296,10 +322,14 @@ impl Session {
                     Some(st) if kind == b'S' && !name.is_empty() => {
                         self.ensure_prepared(&st);
                         build_target(&mut self.to_server, b'D', b'S', &st.name);
+                        // Its reply tells the client's shape and the server's.
+                        self.expect.push_describe(Action::Forward, st);
                     }
-                    _ => append(&mut self.to_server, msg),
+                    _ => {
+                        append(&mut self.to_server, msg);
+                        self.expect.push(Reply::Describe, Action::Forward, None);
+                    }
                 }
-                self.expect.push(Reply::Describe, Action::Forward, None);
             }
             b'C' => {
                 let (kind, name) = parse_target(body)?;
@@ -466,6 +496,36 @@ impl Session {
             self.expect
                 .push(Reply::CloseComplete, Action::Swallow, None);
         }
+    }
+
+    /// Whether a Bind of `st`, described to the client with `shape`, may
+    /// run on the server's statement: Postgres would give the client
+    /// 0A000 if the result's shape changed since, and a server statement
+    /// prepared after the change (for another client, or again here) has
+    /// the new one. When the server's shape is unknown, its Parse (if it
+    /// lacks it) and a Describe (reply swallowed) go first and
+    /// `shape_wait` holds the Bind until the answer; when it differs, the
+    /// client gets Postgres's 0A000 and the group is skipped to Sync.
+    /// Statements the client never described are not checked. True: the
+    /// server has the statement, and the Bind may go.
+    fn bind_fits(&mut self, st: &Arc<Statement>, shape: u64) -> bool {
+        let server = self
+            .server
+            .as_mut()
+            .and_then(|p| p.server.prepared.touch_shape(&st.name));
+        if server == Some(shape) {
+            return true;
+        }
+        if server.unwrap_or(0) == 0 {
+            self.ensure_prepared(st);
+            build_target(&mut self.to_server, b'D', b'S', &st.name);
+            self.expect.push_describe(Action::Swallow, st.clone());
+            self.to_server.extend_from_slice(FLUSH);
+            self.shape_wait = true;
+            return false;
+        }
+        self.fail_local_with(changed_result_type_error());
+        false
     }
 
     /// Injects a Parse for `st` if the server lacks it.

@@ -10,6 +10,7 @@
 //! exactly the sequence Postgres would have sent (see `expect.rs`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -25,6 +26,10 @@ pub struct Statement {
     pub name: Arc<str>,
     /// A ready Parse message under that name, for injection.
     pub parse: Bytes,
+    /// The result shape (see [`row_shape`]) the client's own Describe of
+    /// it returned; 0 until it describes it. One client's statement: each
+    /// client Parse makes its own.
+    pub shape: AtomicU64,
 }
 
 impl Statement {
@@ -46,6 +51,7 @@ impl Statement {
         Statement {
             name: name.into(),
             parse: parse.freeze(),
+            shape: AtomicU64::new(0),
         }
     }
 }
@@ -60,10 +66,57 @@ type FastHash = foldhash::fast::RandomState;
 /// A client's named statements, by the client's name.
 pub type Statements = HashMap<String, Arc<Statement>, FastHash>;
 
+impl Statement {
+    /// The shape the client was told, 0 when unknown.
+    #[inline]
+    pub fn client_shape(&self) -> u64 {
+        self.shape.load(Ordering::Relaxed)
+    }
+
+    pub fn set_client_shape(&self, shape: u64) {
+        self.shape.store(shape, Ordering::Relaxed);
+    }
+}
+
+/// The shape of a statement's result, from the reply to a Describe of it
+/// (`tag` `T` with its `body`, or `n`): a hash of each column's name,
+/// type, length and modifier, 1 for NoData, never 0 (unknown). The table
+/// OID and column number are left out: Postgres keeps a statement whose
+/// table was created again with the same columns
+/// (plancache.c compares the result's tuple descriptors).
+pub fn row_shape(tag: u8, body: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    if tag != b'T' {
+        return 1;
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    let mut rest = body.get(2..).unwrap_or_default();
+    h.write(body.get(..2).unwrap_or_default());
+    while let Some(nul) = memchr::memchr(0, rest) {
+        h.write(&rest[..nul]);
+        // Table OID (4) and column number (2) skipped; type, length,
+        // modifier and format (12) kept.
+        let column = rest.get(nul + 7..nul + 19).unwrap_or_default();
+        h.write(column);
+        rest = rest.get(nul + 19..).unwrap_or_default();
+    }
+    h.finish().max(2)
+}
+
+/// One statement a server has prepared.
+#[derive(Debug)]
+struct Prepared {
+    /// Last use, for the LRU.
+    tick: u64,
+    /// Its result shape on this server ([`row_shape`]), 0 until a Describe
+    /// of it was answered there.
+    shape: u64,
+}
+
 /// What a server has prepared, bounded, least recently used evicted first.
 #[derive(Debug, Default)]
 pub struct PreparedSet {
-    used: HashMap<Arc<str>, u64, FastHash>,
+    used: HashMap<Arc<str>, Prepared, FastHash>,
     tick: u64,
     /// The server may hold statements missing from `used` (a client's
     /// DEALLOCATE ALL or DISCARD ALL reached it, which may have failed):
@@ -77,18 +130,35 @@ impl PreparedSet {
     pub fn touch(&mut self, name: &Arc<str>) -> bool {
         self.tick += 1;
         match self.used.get_mut(name) {
-            Some(t) => {
-                *t = self.tick;
+            Some(p) => {
+                p.tick = self.tick;
                 true
             }
             None => false,
         }
     }
 
+    /// [`PreparedSet::touch`], with the statement's shape on this server
+    /// (0 when unknown); `None` if the server lacks it.
+    pub fn touch_shape(&mut self, name: &str) -> Option<u64> {
+        self.tick += 1;
+        let p = self.used.get_mut(name)?;
+        p.tick = self.tick;
+        Some(p.shape)
+    }
+
+    /// A Describe of `name` was answered on this server with `shape`.
+    pub fn set_shape(&mut self, name: &str, shape: u64) {
+        if let Some(p) = self.used.get_mut(name) {
+            p.shape = shape;
+        }
+    }
+
     /// Records `name`; returns the statement to close if over `cap`.
     pub fn insert(&mut self, name: Arc<str>, cap: usize) -> Option<Arc<str>> {
         self.tick += 1;
-        self.used.insert(name.clone(), self.tick);
+        let tick = self.tick;
+        self.used.insert(name.clone(), Prepared { tick, shape: 0 });
         if self.used.len() <= cap.max(1) {
             return None;
         }
@@ -96,7 +166,7 @@ impl PreparedSet {
             .used
             .iter()
             .filter(|(n, _)| **n != name)
-            .min_by_key(|(_, t)| **t)
+            .min_by_key(|(_, p)| p.tick)
             .map(|(n, _)| n.clone())?;
         self.used.remove(&victim);
         Some(victim)
@@ -199,6 +269,31 @@ pub fn build_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
 /// The message of Postgres's 0A000 for a statement whose result type
 /// changed (src/backend/utils/cache/plancache.c).
 pub const CHANGED_RESULT_TYPE: &str = "cached plan must not change result type";
+
+/// Postgres's ErrorResponse for a statement whose result type changed,
+/// with the source fields it carries: drivers read them (asyncpg takes a
+/// 0A000 raised by `RevalidateCachedQuery` as its
+/// InvalidCachedStatementError, and prepares the statement again). The
+/// line number, which differs between Postgres versions, is left out.
+pub fn changed_result_type_error() -> BytesMut {
+    let mut out = BytesMut::with_capacity(128);
+    out.put_u8(b'E');
+    out.put_i32(0);
+    for (code, value) in [
+        (b'S', "ERROR"),
+        (b'V', "ERROR"),
+        (b'C', crate::protocol::sqlstate::FEATURE_NOT_SUPPORTED),
+        (b'M', CHANGED_RESULT_TYPE),
+        (b'F', "plancache.c"),
+        (b'R', "RevalidateCachedQuery"),
+    ] {
+        out.put_u8(code);
+        put_cstr(&mut out, value);
+    }
+    out.put_u8(0);
+    finish_len(&mut out, 0);
+    out
+}
 
 /// The length of a proxy name: `ph_` and 32 hex digits.
 const SERVER_NAME_LEN: usize = 35;

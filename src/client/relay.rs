@@ -146,7 +146,8 @@ impl Session {
         let mut shutdown_armed = false;
         loop {
             let replay_armed = self.replay.as_ref().is_some_and(|r| r.armed);
-            if !self.cbuf.is_empty() && self.to_server.len() < HIGH_WATER && !replay_armed {
+            let reading = !replay_armed && !self.shape_wait;
+            if !self.cbuf.is_empty() && self.to_server.len() < HIGH_WATER && reading {
                 if let Some(end) = self.process_client_input().await? {
                     return end;
                 }
@@ -502,6 +503,10 @@ impl Session {
                     match forwarded {
                         Ok(Forwarded::AsSent) => ready += len,
                         Ok(Forwarded::Rewritten) => ready = 0,
+                        Ok(Forwarded::Held) => {
+                            ready = 0;
+                            break;
+                        }
                         Err(e) => {
                             return Ok(Some(self.send_fatal(PgError::protocol_violation(e)).await))
                         }

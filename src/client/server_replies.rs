@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::expect::Outcome;
-use super::prepared::{client_names_in_error, CHANGED_RESULT_TYPE};
+use super::prepared::{client_names_in_error, row_shape, CHANGED_RESULT_TYPE};
 use super::relay::{append, synthesize, try_fill, Ending};
 use super::session::{Session, SessionError};
 use crate::config::PoolMode;
@@ -24,9 +24,10 @@ fn server_inspects(tag: u8) -> bool {
 
 /// In transaction mode also every reply that ends an extended-protocol
 /// step while the expectation queue must count them, so replies can be
-/// swallowed or synthesized between whole messages.
+/// swallowed or synthesized between whole messages (and the
+/// ParameterDescription of a Describe pgharbor injected, swallowed too).
 fn server_inspects_tx(tag: u8) -> bool {
-    server_inspects(tag) || super::expect::ends_step(tag)
+    server_inspects(tag) || super::expect::ends_step(tag) || tag == b't'
 }
 
 /// In transaction mode with a LISTEN waiting for its transaction's end:
@@ -136,6 +137,19 @@ impl Session {
                 }
                 Step::Whole { tag, len } => {
                     let body = &rbuf[ready + 5..ready + len];
+                    // The reply to a Describe of a named statement: its
+                    // result shape (see `bind_fits` in `extended.rs`).
+                    let described = if tx && matches!(tag, b'T' | b'n') {
+                        self.expect.describing().map(|(st, to_client)| {
+                            let shape = row_shape(tag, body);
+                            if to_client {
+                                st.set_client_shape(shape);
+                            }
+                            (st.clone(), shape)
+                        })
+                    } else {
+                        None
+                    };
                     // An error naming a statement by pgharbor's name, with
                     // the client's in its place (transaction mode).
                     let mut renamed = None;
@@ -187,6 +201,8 @@ impl Session {
                         }
                         b'E' => {
                             self.txn.failed = true;
+                            // A held Bind is looked at again (and skipped).
+                            self.shape_wait = false;
                             let alone = self.txn.pending == 1
                                 && !self.txn.unsynced
                                 && self.cscan.at_boundary();
@@ -215,6 +231,10 @@ impl Session {
                                 .map(|(t, _)| t.to_owned());
                         }
                         _ => {}
+                    }
+                    if let Some((st, shape)) = described {
+                        pooled.server.prepared.set_shape(&st.name, shape);
+                        self.shape_wait = false;
                     }
                     let mut outcome = if tx {
                         self.expect.on_server_message(tag, &mut undo, &mut parsed)

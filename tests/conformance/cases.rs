@@ -73,10 +73,7 @@ cases! {
         transaction: [#[ignore = "generator finding: client 1\'s fresh s0 bound with 0: Postgres 22012 division by zero at Bind (custom plan), pgharbor BindComplete (the shared server statement has a generic plan from client 0\'s executions; the error comes at Execute)"]]
     }
     a_parse_in_a_failed_transaction_is_refused { session: [], transaction: [] }
-    two_clients_hold_a_statement_whose_result_type_changes {
-        session: [],
-        transaction: [#[ignore = "issue 21: Bind of s1 after the ALTER: Postgres 0A000 cached plan must not change result type, pgharbor BindComplete and rows of the new type"]]
-    }
+    two_clients_hold_a_statement_whose_result_type_changes { session: [], transaction: [] }
 }
 
 pub fn a_plain_simple_query() -> Conversation {
