@@ -453,7 +453,6 @@ async fn psycopg_evicting_with_sql_deallocate_as_on_postgres_in_session_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: SQL DEALLOCATE _pg3_N does not find the client's statement: 26000 prepared statement \"_pg3_0\" does not exist"]
 async fn psycopg_evicting_with_sql_deallocate_as_on_postgres_in_transaction_mode() {
     check(PSYCOPG_EVICT_SQL, Target::Transaction).await;
 }

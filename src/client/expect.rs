@@ -67,6 +67,11 @@ pub struct Undo {
     pub server_name: Option<Arc<str>>,
     /// Drop from the client's statement map (Postgres would not have it).
     pub client_name: Option<String>,
+    /// A Close of the name went just before the Parse: when the Parse is
+    /// skipped, so was the Close, and the server still has the statement;
+    /// when the Parse failed, it does not. Its list is then unsure (see
+    /// `PreparedSet::forget_all`).
+    pub closed_first: bool,
 }
 
 /// A message whose reply needs its own place in the order: swallowed,
@@ -418,6 +423,7 @@ mod tests {
         let u = |n: &str| Undo {
             server_name: Some(n.into()),
             client_name: Some(n.into()),
+            closed_first: false,
         };
         q.push(Reply::ParseComplete, Action::Forward, Some(u("a")));
         q.push(Reply::ParseComplete, Action::Synthesize, Some(u("b")));
@@ -516,6 +522,7 @@ mod tests {
         let u = Undo {
             server_name: Some("a".into()),
             client_name: Some("a".into()),
+            closed_first: false,
         };
         q.push(Reply::ParseComplete, Action::Forward, Some(u));
         q.push(Reply::Ready, Action::Forward, None);

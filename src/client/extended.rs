@@ -262,33 +262,22 @@ impl Session {
                     let st = Arc::new(Statement::new(p.rest));
                     let client_name = p.name.to_string();
                     self.statements.insert(client_name.clone(), st.clone());
-                    let has = self.server_has(&st);
-                    // In a failed transaction Postgres refuses the Parse
-                    // (25P02): the server says so, after a Close of the
-                    // statement it has (a COMMIT or ROLLBACK text parses).
-                    let failed_txn = self.txn.status == b'E';
-                    if has && !failed_txn {
-                        let undo = Undo {
-                            server_name: None,
-                            client_name: Some(client_name),
-                        };
-                        self.expect
-                            .push(Reply::ParseComplete, Action::Synthesize, Some(undo));
-                    } else {
-                        if has {
-                            build_target(&mut self.to_server, b'C', b'S', &st.name);
-                            self.expect
-                                .push(Reply::CloseComplete, Action::Swallow, None);
-                        }
-                        self.record_prepared(&st);
-                        self.to_server.extend_from_slice(&st.parse);
-                        let undo = Undo {
-                            server_name: Some(st.name.clone()),
-                            client_name: Some(client_name),
-                        };
-                        self.expect
-                            .push(Reply::ParseComplete, Action::Forward, Some(undo));
-                    }
+                    // A fresh Parse reaches the server, which answers as
+                    // Postgres would (25P02 in a failed transaction, the
+                    // error of a text that fails now, the types of objects
+                    // created again) and plans it for this client's
+                    // parameters. A statement the server has under the
+                    // same name goes first: it may be stale.
+                    let closed_first = self.close_if_prepared(&st);
+                    self.record_prepared(&st);
+                    self.to_server.extend_from_slice(&st.parse);
+                    let undo = Undo {
+                        server_name: Some(st.name.clone()),
+                        client_name: Some(client_name),
+                        closed_first,
+                    };
+                    self.expect
+                        .push(Reply::ParseComplete, Action::Forward, Some(undo));
                 }
             }
             b'B' => {
@@ -429,6 +418,7 @@ impl Session {
         }
         let _ = self.cbuf.split_to(offset);
         for (client_name, st) in names {
+            st.fresh.store(true, std::sync::atomic::Ordering::Relaxed);
             self.statements.insert(client_name, st);
             backend::parse_complete(&mut self.to_client);
         }
@@ -528,8 +518,25 @@ impl Session {
         false
     }
 
-    /// Injects a Parse for `st` if the server lacks it.
+    /// Closes the server's statement of `st`'s name, if it has one
+    /// (the reply swallowed), for a Parse of it to follow; true if so.
+    fn close_if_prepared(&mut self, st: &Statement) -> bool {
+        if !self.server_has(st) {
+            return false;
+        }
+        if let Some(p) = self.server.as_mut() {
+            p.server.prepared.remove(&st.name);
+        }
+        build_target(&mut self.to_server, b'C', b'S', &st.name);
+        self.expect
+            .push(Reply::CloseComplete, Action::Swallow, None);
+        true
+    }
+
+    /// Injects a Parse for `st` if the server lacks it, or if pgharbor
+    /// answered the client's Parse of it (`fresh`).
     pub(super) fn ensure_prepared(&mut self, st: &Statement) {
+        let closed_first = st.take_fresh() && self.close_if_prepared(st);
         if self.server_has(st) {
             return;
         }
@@ -538,6 +545,7 @@ impl Session {
         let undo = Undo {
             server_name: Some(st.name.clone()),
             client_name: None,
+            closed_first,
         };
         self.expect
             .push(Reply::ParseComplete, Action::Swallow, Some(undo));

@@ -5,12 +5,18 @@
 //! proxy-wide name derived from a SHA-256 of its definition, remembers each
 //! client's names, keeps a bounded LRU of what each server has prepared, and
 //! injects a Parse before a Bind or Describe on a server that lacks the
-//! statement. The extra ParseComplete is swallowed and a ParseComplete is
-//! synthesized when a client's Parse needs no server work, so the client sees
+//! statement. The extra ParseComplete is swallowed, so the client sees
 //! exactly the sequence Postgres would have sent (see `expect.rs`).
+//!
+//! A client's own Parse always reaches a server as a fresh Parse (after a
+//! Close of a statement of that name the server kept): a kept statement
+//! may be stale (its objects created again) or planned generically for
+//! other clients' parameters, where Postgres would plan the client's
+//! afresh. Only a Parse answered without a server (see
+//! `answer_prepare_locally`) is prepared at its first use instead.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -30,6 +36,11 @@ pub struct Statement {
     /// it returned; 0 until it describes it. One client's statement: each
     /// client Parse makes its own.
     pub shape: AtomicU64,
+    /// pgharbor answered the client's Parse without a server: where it is
+    /// first used it is prepared afresh, as the client's Parse would have
+    /// been (a statement a server kept may be stale or planned for
+    /// others' parameters).
+    pub fresh: AtomicBool,
 }
 
 impl Statement {
@@ -52,6 +63,7 @@ impl Statement {
             name: name.into(),
             parse: parse.freeze(),
             shape: AtomicU64::new(0),
+            fresh: AtomicBool::new(false),
         }
     }
 }
@@ -75,6 +87,11 @@ impl Statement {
 
     pub fn set_client_shape(&self, shape: u64) {
         self.shape.store(shape, Ordering::Relaxed);
+    }
+
+    /// Whether it is still to be prepared afresh; it is not afterwards.
+    pub fn take_fresh(&self) -> bool {
+        self.fresh.load(Ordering::Relaxed) && self.fresh.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -186,6 +203,12 @@ impl PreparedSet {
     /// assumed there, and a Parse under a proxy name is sent after a Close.
     pub fn forget_all(&mut self) {
         self.used.clear();
+        self.unsure = true;
+    }
+
+    /// The server may hold a statement missing from the list: each Parse
+    /// under a proxy name is sent after a Close of it from now on.
+    pub fn mark_unsure(&mut self) {
         self.unsure = true;
     }
 

@@ -282,6 +282,9 @@ impl Session {
             if let Some(n) = &u.server_name {
                 pooled.server.prepared.remove(n);
                 self.state.known_statements.remove(n);
+                if u.closed_first {
+                    pooled.server.prepared.mark_unsure();
+                }
             }
             if let Some(n) = &u.client_name {
                 self.statements.remove(n);
