@@ -72,6 +72,10 @@ pub struct Undo {
     /// when the Parse failed, it does not. Its list is then unsure (see
     /// `PreparedSet::forget_all`).
     pub closed_first: bool,
+    /// A Close of the client's statement (name and statement) that
+    /// pgharbor answered: when it is skipped after an error of its group,
+    /// the client keeps the statement, as on Postgres.
+    pub restore: Option<(String, Arc<Statement>)>,
 }
 
 /// A message whose reply needs its own place in the order: swallowed,
@@ -424,6 +428,7 @@ mod tests {
             server_name: Some(n.into()),
             client_name: Some(n.into()),
             closed_first: false,
+            restore: None,
         };
         q.push(Reply::ParseComplete, Action::Forward, Some(u("a")));
         q.push(Reply::ParseComplete, Action::Synthesize, Some(u("b")));
@@ -523,6 +528,7 @@ mod tests {
             server_name: Some("a".into()),
             client_name: Some("a".into()),
             closed_first: false,
+            restore: None,
         };
         q.push(Reply::ParseComplete, Action::Forward, Some(u));
         q.push(Reply::Ready, Action::Forward, None);

@@ -275,6 +275,7 @@ impl Session {
                         server_name: Some(st.name.clone()),
                         client_name: Some(client_name),
                         closed_first,
+                        restore: None,
                     };
                     self.expect
                         .push(Reply::ParseComplete, Action::Forward, Some(undo));
@@ -325,9 +326,15 @@ impl Session {
                 if kind == b'S' && !name.is_empty() {
                     // Only the client's name goes; the server keeps the
                     // statement for whoever prepares the same text next.
-                    self.statements.remove(name);
+                    // Skipped after an error of its group, it comes back.
+                    let undo = self.statements.remove_entry(name).map(|st| Undo {
+                        server_name: None,
+                        client_name: None,
+                        closed_first: false,
+                        restore: Some(st),
+                    });
                     self.expect
-                        .push(Reply::CloseComplete, Action::Synthesize, None);
+                        .push(Reply::CloseComplete, Action::Synthesize, undo);
                 } else {
                     append(&mut self.to_server, msg);
                     self.expect
@@ -546,6 +553,7 @@ impl Session {
             server_name: Some(st.name.clone()),
             client_name: None,
             closed_first,
+            restore: None,
         };
         self.expect
             .push(Reply::ParseComplete, Action::Swallow, Some(undo));

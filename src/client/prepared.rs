@@ -326,7 +326,10 @@ const SERVER_NAME_LEN: usize = 35;
 /// is rebuilt with the client's name in its place. `None` when no field
 /// holds a proxy name of the client's (the error passes as sent). Only
 /// error replies are looked at, never the data path.
-pub fn client_names_in_error(body: &[u8], statements: &Statements) -> Option<BytesMut> {
+pub fn client_names_in_error(
+    body: &[u8],
+    client_name: impl Fn(&str) -> Option<String>,
+) -> Option<BytesMut> {
     memchr::memmem::find(body, b"ph_")?;
     let mut out = BytesMut::with_capacity(body.len() + 5);
     out.put_u8(b'E');
@@ -344,11 +347,7 @@ pub fn client_names_in_error(body: &[u8], statements: &Statements) -> Option<Byt
             let Some(server) = text.get(at..at + SERVER_NAME_LEN) else {
                 break;
             };
-            let Some(client) = statements
-                .iter()
-                .find(|(_, st)| &*st.name == server)
-                .map(|(name, _)| name.clone())
-            else {
+            let Some(client) = client_name(server) else {
                 break;
             };
             text.replace_range(at..at + SERVER_NAME_LEN, &client);
@@ -404,7 +403,13 @@ mod tests {
             &format!("prepared statement \"{}\" does not exist", st.name),
         );
         body.put_u8(0);
-        let out = client_names_in_error(&body, &statements).unwrap();
+        let lookup = |server: &str| {
+            statements
+                .iter()
+                .find(|(_, st)| &*st.name == server)
+                .map(|(n, _)| n.clone())
+        };
+        let out = client_names_in_error(&body, lookup).unwrap();
         let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
         assert_eq!(len + 1, out.len());
         let text = String::from_utf8_lossy(&out[5..]);
@@ -413,7 +418,7 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("ph_"));
-        assert!(client_names_in_error(b"Mplain\0\0", &statements).is_none());
+        assert!(client_names_in_error(b"Mplain\0\0", lookup).is_none());
     }
 
     #[test]

@@ -150,9 +150,9 @@ impl Session {
                     } else {
                         None
                     };
-                    // An error naming a statement by pgharbor's name, with
-                    // the client's in its place (transaction mode).
-                    let mut renamed = None;
+                    // An error that may name a statement by pgharbor's
+                    // name (transaction mode): the client's goes in its place.
+                    let mut error = false;
                     match tag {
                         b'Z' => {
                             let status = body.first().copied().unwrap_or(b'I');
@@ -221,7 +221,7 @@ impl Session {
                                 if fields.code == "0A000" && fields.message == CHANGED_RESULT_TYPE {
                                     pooled.server.prepared.forget_all();
                                 }
-                                renamed = client_names_in_error(body, &self.statements);
+                                error = true;
                             }
                         }
                         b'G' => self.txn.copy_in = true,
@@ -241,6 +241,21 @@ impl Session {
                     } else {
                         Outcome::Forward
                     };
+                    // After the skip: a statement whose Close it skipped
+                    // is the client's again.
+                    let renamed = error.then(|| {
+                        let body = &pooled.server.rbuf[ready + 5..ready + len];
+                        client_names_in_error(body, |server| {
+                            let restored = undo.iter().filter_map(|u| u.restore.as_ref());
+                            let mut all = self
+                                .statements
+                                .iter()
+                                .chain(restored.map(|(n, st)| (n, st)));
+                            all.find(|(_, st)| &*st.name == server)
+                                .map(|(n, _)| n.clone())
+                        })
+                    });
+                    let renamed = renamed.flatten();
                     if std::mem::take(&mut drop_error) {
                         outcome = Outcome::Swallow;
                     }
@@ -278,7 +293,13 @@ impl Session {
         for name in parsed {
             self.state.known_statements.insert(name);
         }
-        for u in undo {
+        // Latest first: a Parse skipped after a Close of the same name,
+        // both skipped, leaves the statement the Close would have closed.
+        for u in undo.into_iter().rev() {
+            if let Some((n, st)) = u.restore {
+                self.statements.insert(n, st);
+                continue;
+            }
             if let Some(n) = &u.server_name {
                 pooled.server.prepared.remove(n);
                 self.state.known_statements.remove(n);

@@ -74,6 +74,8 @@ cases! {
     a_fresh_prepare_after_its_type_was_created_again { session: [], transaction: [] }
     a_fresh_prepare_answered_without_a_server_after_its_type_was_created_again { session: [], transaction: [] }
     a_fresh_prepare_after_its_table_was_created_again { session: [], transaction: [] }
+    a_close_skipped_after_an_error_keeps_the_statement { session: [], transaction: [] }
+    a_bind_of_a_missing_unnamed_statement_after_an_error_is_skipped { session: [], transaction: [] }
 }
 
 pub fn a_plain_simple_query() -> Conversation {
@@ -704,4 +706,31 @@ pub fn a_fresh_prepare_after_its_table_was_created_again() -> Conversation {
         .execute("", 0)
         .sync()
         .ready()
+}
+
+/// Found by the generator: the second Parse of s1 fails (42P05, naming
+/// s1), so Postgres skips the Close after it, and s1 lives on.
+pub fn a_close_skipped_after_an_error_keeps_the_statement() -> Conversation {
+    Conversation::new("a_close_skipped_after_an_error_keeps_the_statement", 1)
+        .parse("s1", "SELECT repeat('y', $1::int) AS big", &[])
+        .parse("s1", "SELECT $1::timestamptz AS ts", &[])
+        .close_statement("s1")
+        .sync()
+        .ready()
+        .run("s1", &["3"])
+}
+
+/// Found by the generator: after an error Postgres skips a Bind of an
+/// unnamed statement the client does not have, rather than refusing it.
+pub fn a_bind_of_a_missing_unnamed_statement_after_an_error_is_skipped() -> Conversation {
+    Conversation::new(
+        "a_bind_of_a_missing_unnamed_statement_after_an_error_is_skipped",
+        1,
+    )
+    .execute("", 0)
+    .flush()
+    .quiet(150)
+    .bind("", "", &[])
+    .sync()
+    .ready()
 }
