@@ -379,6 +379,27 @@ mod tests {
     }
 
     #[test]
+    fn a_result_shape_ignores_the_table_but_not_the_column_types() {
+        let column = |table: u32, ty: u32| {
+            let mut b = BytesMut::new();
+            b.put_i16(1);
+            put_cstr(&mut b, "b");
+            b.put_u32(table);
+            b.put_i16(2);
+            b.put_u32(ty);
+            b.put_i16(4);
+            b.put_i32(-1);
+            b.put_i16(0);
+            b
+        };
+        let int = row_shape(b'T', &column(16400, 23));
+        assert_eq!(int, row_shape(b'T', &column(16500, 23)));
+        assert_ne!(int, row_shape(b'T', &column(16400, 700)));
+        assert_eq!(row_shape(b'n', b""), 1);
+        assert!(int > 1);
+    }
+
+    #[test]
     fn lru_evicts_the_least_recently_used() {
         let mut s = PreparedSet::default();
         let n = |x: &str| -> Arc<str> { x.into() };
