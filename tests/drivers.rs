@@ -410,7 +410,6 @@ async fn asyncpg_sees_a_column_type_change_as_on_postgres_in_session_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: after ALTER COLUMN TYPE the re-prepared statement fails again with 0A000 where Postgres returns the new values"]
 async fn asyncpg_sees_a_column_type_change_as_on_postgres_in_transaction_mode() {
     check(ASYNCPG_ALTER, Target::Transaction).await;
 }

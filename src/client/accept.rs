@@ -288,6 +288,8 @@ async fn run(
         max_message: config.proxy.max_message_size,
         server_fatal_sent: false,
         statements: Statements::default(),
+        unnamed: Default::default(),
+        shape_wait: false,
         expect: Expectations::default(),
         pinned: None,
         listen: None,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::prepared::Statement;
 use crate::listen::ListenCommand;
 
 /// The kind of reply a message produces when it succeeds, by what ends it.
@@ -74,6 +75,15 @@ pub struct Undo {
     pub server_name: Option<Arc<str>>,
     /// Drop from the client's statement map (Postgres would not have it).
     pub client_name: Option<String>,
+    /// A Close of the name went just before the Parse: when the Parse is
+    /// skipped, so was the Close, and the server still has the statement;
+    /// when the Parse failed, it does not. Its list is then unsure (see
+    /// `PreparedSet::forget_all`).
+    pub closed_first: bool,
+    /// A Close of the client's statement (name and statement) that
+    /// pgharbor answered: when it is skipped after an error of its group,
+    /// the client keeps the statement, as on Postgres.
+    pub restore: Option<(String, Arc<Statement>)>,
 }
 
 /// A message whose reply needs its own place in the order: swallowed,
@@ -91,6 +101,10 @@ pub struct Expected {
     /// For `Synthesize`: the reply when it is not a plain ParseComplete or
     /// CloseComplete.
     pub local: Option<Box<Local>>,
+    /// For a Describe of a named statement: the statement, whose result
+    /// shape its reply tells (the client's own when `action` is
+    /// `Forward`, only the server's when pgharbor injected it).
+    pub describes: Option<Arc<Statement>>,
     readies: u32,
     replies: u32,
 }
@@ -129,11 +143,17 @@ pub struct Expectations {
     tail_readies: u32,
     /// Plain other messages after those, whose replies have not come.
     tail_replies: u32,
+    /// The server reported an error in a group whose Sync has not been
+    /// sent yet: like Postgres, it ignores every message up to that Sync.
+    server_skipping: bool,
 }
 
 impl Expectations {
     #[inline]
     pub fn push(&mut self, reply: Reply, action: Action, undo: Option<Undo>) {
+        if reply == Reply::Ready {
+            self.server_skipping = false;
+        }
         if action == Action::Forward && undo.is_none() {
             if reply == Reply::Ready {
                 // The replies counted come before this ReadyForQuery, and
@@ -160,6 +180,25 @@ impl Expectations {
         self.queue_entry(Reply::Statement, action, None, local.map(Box::new));
     }
 
+    /// Queues a Describe of the named statement `st` (its server name).
+    pub fn push_describe(&mut self, action: Action, st: Arc<Statement>) {
+        self.queue_entry(Reply::Describe, action, None, None);
+        if let Some(e) = self.queue.back_mut() {
+            e.describes = Some(st);
+        }
+    }
+
+    /// The statement whose Describe the server's `T` or `n` now answers,
+    /// and whether the client gets that reply.
+    pub fn describing(&self) -> Option<(&Arc<Statement>, bool)> {
+        let e = self.queue.front()?;
+        if e.readies > 0 || e.replies > 0 || e.reply != Reply::Describe {
+            return None;
+        }
+        let st = e.describes.as_ref()?;
+        Some((st, e.action == Action::Forward))
+    }
+
     /// Queues a reply pgharbor gives itself, encoded in `local`.
     pub fn push_local(&mut self, reply: Reply, local: Local) {
         self.queue_entry(reply, Action::Synthesize, None, Some(Box::new(local)));
@@ -177,6 +216,7 @@ impl Expectations {
             action,
             undo,
             local,
+            describes: None,
             readies: std::mem::take(&mut self.tail_readies),
             replies: std::mem::take(&mut self.tail_replies),
         });
@@ -187,7 +227,14 @@ impl Expectations {
         self.queue.is_empty() && self.tail_readies == 0 && self.tail_replies == 0
     }
 
+    /// See `server_skipping`: a message sent now gets no reply.
+    #[inline]
+    pub fn server_skipping(&self) -> bool {
+        self.server_skipping
+    }
+
     pub fn clear(&mut self) {
+        self.server_skipping = false;
         self.queue.clear();
         self.tail_readies = 0;
         self.tail_replies = 0;
@@ -230,6 +277,7 @@ impl Expectations {
             queue,
             tail_readies,
             tail_replies,
+            ..
         } = self;
         let runs = queue
             .iter_mut()
@@ -330,6 +378,10 @@ impl Expectations {
             | (Reply::Statement, b'C')
             | (Reply::Ready, b'Z') => true,
             (Reply::Ready, _) => false,
+            // The ParameterDescription of a Describe pgharbor injected.
+            (Reply::Describe, b't') if front.action == Action::Swallow => {
+                return Outcome::Swallow;
+            }
             (_, b'E') => {
                 // The failed one's error goes to the client (even for an
                 // injected Parse: it explains why the client's Bind could
@@ -389,6 +441,7 @@ impl Expectations {
                     // the failed group.
                     if self.tail_readies == 0 {
                         self.tail_replies = 0;
+                        self.server_skipping = true;
                     }
                     return;
                 }
@@ -446,6 +499,8 @@ mod tests {
         let u = |n: &str| Undo {
             server_name: Some(n.into()),
             client_name: Some(n.into()),
+            closed_first: false,
+            restore: None,
         };
         q.push(Reply::ParseComplete, Action::Forward, Some(u("a")));
         q.push(Reply::ParseComplete, Action::Synthesize, Some(u("b")));
@@ -628,6 +683,8 @@ mod tests {
         let u = Undo {
             server_name: Some("a".into()),
             client_name: Some("a".into()),
+            closed_first: false,
+            restore: None,
         };
         q.push(Reply::ParseComplete, Action::Forward, Some(u));
         q.push(Reply::Ready, Action::Forward, None);

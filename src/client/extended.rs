@@ -6,8 +6,12 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::expect::{Action, Reply, Undo};
-use super::prepared::{build_bind, build_target, parse_bind, parse_parse, parse_target, Statement};
+use super::prepared::{
+    build_bind, build_target, changed_result_type_error, parse_bind, parse_parse, parse_target,
+    Statement,
+};
 use super::session::Session;
+use super::unnamed::names_unnamed_statement;
 
 use super::relay::{append, synthesize};
 use super::session_state::{detect, refusal_parse, refusal_query};
@@ -15,6 +19,9 @@ use crate::config::SessionState;
 use crate::protocol::backend;
 use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::ProtocolError;
+
+/// A Flush: the server sends what it has answered so far.
+const FLUSH: &[u8] = b"H\0\0\0\x04";
 
 fn session_state_message(what: &str) -> String {
     let what: String = what.chars().take(80).collect();
@@ -34,6 +41,10 @@ pub(super) enum Forwarded {
     /// It was taken out of `cbuf` (rewritten, answered here, or refused),
     /// after the bytes decided before it were queued for the server.
     Rewritten,
+    /// It stays at the front of `cbuf`, to be looked at again once the
+    /// server answered what pgharbor sent before it (`shape_wait`); the
+    /// bytes decided before it were queued for the server.
+    Held,
 }
 
 impl Session {
@@ -51,6 +62,12 @@ impl Session {
         may_hold_state: bool,
         names_statements: bool,
     ) -> Forwarded {
+        if self.expect.server_skipping() {
+            // Ignored by the server as by Postgres (see `rewrite_extended`).
+            self.forward_ready(at);
+            let _ = self.cbuf.split_to(len);
+            return Forwarded::Rewritten;
+        }
         // A text that may also hold session state is not rewritten: the
         // rare pair passes as sent, to be pinned or refused.
         if names_statements && !may_hold_state && self.rewrite_query_names(at, len) {
@@ -91,6 +108,28 @@ impl Session {
         may_hold_state: bool,
         names_statements: bool,
     ) -> Result<Forwarded, ProtocolError> {
+        if tag != b'S' && self.expect.server_skipping() {
+            // After an error of its group the server ignores everything up
+            // to Sync, as Postgres: nothing pgharbor would answer or inject
+            // for this message may take effect either.
+            self.forward_ready(at);
+            let _ = self.cbuf.split_to(len);
+            return Ok(Forwarded::Rewritten);
+        }
+        let body = &self.cbuf[at + 5..at + len];
+        match tag {
+            // An unnamed Parse: its name is the body's first NUL.
+            b'P' if body.first() == Some(&0) => self.unnamed.parsed(&self.cbuf[at..at + len]),
+            b'C' if body.starts_with(b"S\0") => self.unnamed.destroyed(),
+            b'B' | b'D'
+                if !self.unnamed.here
+                    && self.unnamed.exists
+                    && names_unnamed_statement(tag, body) =>
+            {
+                return Ok(self.prepare_unnamed_again(tag, at, len));
+            }
+            _ => {}
+        }
         let body = &self.cbuf[at + 5..at + len];
         let forwarded = match self.reply_as_sent(tag, body, may_hold_state, names_statements)? {
             Some(reply) => {
@@ -101,11 +140,36 @@ impl Session {
                 self.forward_ready(at);
                 let msg = self.cbuf.split_to(len);
                 self.rewrite(tag, msg, names_statements)?;
-                Forwarded::Rewritten
+                if self.shape_wait {
+                    Forwarded::Held
+                } else {
+                    Forwarded::Rewritten
+                }
             }
         };
         self.emit_due_synthesized();
         Ok(forwarded)
+    }
+
+    /// A Bind or Describe of the client's unnamed statement, parsed on an
+    /// earlier server, at `cbuf[at..at + len]`: its Parse goes to this
+    /// server first (its ParseComplete swallowed), then the message as sent.
+    fn prepare_unnamed_again(&mut self, tag: u8, at: usize, len: usize) -> Forwarded {
+        self.forward_ready(at);
+        self.to_server
+            .extend_from_slice(self.unnamed.parse_message());
+        self.expect
+            .push(Reply::ParseComplete, Action::Swallow, None);
+        self.unnamed.here = true;
+        self.forward_ready(len);
+        let reply = if tag == b'B' {
+            Reply::BindComplete
+        } else {
+            Reply::Describe
+        };
+        self.expect.push(reply, Action::Forward, None);
+        self.emit_due_synthesized();
+        Forwarded::Rewritten
     }
 
     /// The reply a message produces when it can pass as sent: it names
@@ -198,30 +262,42 @@ impl Session {
                     let st = Arc::new(Statement::new(p.rest));
                     let client_name = p.name.to_string();
                     self.statements.insert(client_name.clone(), st.clone());
-                    if self.server_has(&st) {
-                        let undo = Undo {
-                            server_name: None,
-                            client_name: Some(client_name),
-                        };
-                        self.expect
-                            .push(Reply::ParseComplete, Action::Synthesize, Some(undo));
-                    } else {
-                        self.record_prepared(&st);
-                        self.to_server.extend_from_slice(&st.parse);
-                        let undo = Undo {
-                            server_name: Some(st.name.clone()),
-                            client_name: Some(client_name),
-                        };
-                        self.expect
-                            .push(Reply::ParseComplete, Action::Forward, Some(undo));
-                    }
+                    // A fresh Parse reaches the server, which answers as
+                    // Postgres would (25P02 in a failed transaction, the
+                    // error of a text that fails now, the types of objects
+                    // created again) and plans it for this client's
+                    // parameters. A statement the server has under the
+                    // same name goes first: it may be stale.
+                    let closed_first = self.close_if_prepared(&st);
+                    self.record_prepared(&st);
+                    self.to_server.extend_from_slice(&st.parse);
+                    let undo = Undo {
+                        server_name: Some(st.name.clone()),
+                        client_name: Some(client_name),
+                        closed_first,
+                        restore: None,
+                    };
+                    self.expect
+                        .push(Reply::ParseComplete, Action::Forward, Some(undo));
                 }
             }
             b'B' => {
                 let b = parse_bind(body)?;
                 match self.statements.get(b.statement).cloned() {
                     Some(st) if !b.statement.is_empty() => {
-                        self.ensure_prepared(&st);
+                        let shape = st.client_shape();
+                        if shape == 0 {
+                            self.ensure_prepared(&st);
+                        } else if !self.bind_fits(&st, shape) {
+                            if !self.shape_wait {
+                                return Ok(());
+                            }
+                            // Looked at again once the shape is known.
+                            let mut msg = msg;
+                            msg.unsplit(std::mem::take(&mut self.cbuf));
+                            self.cbuf = msg;
+                            return Ok(());
+                        }
                         build_bind(&mut self.to_server, b.portal, &st.name, b.rest);
                     }
                     // Unnamed, or a name the client never prepared: the
@@ -236,19 +312,29 @@ impl Session {
                     Some(st) if kind == b'S' && !name.is_empty() => {
                         self.ensure_prepared(&st);
                         build_target(&mut self.to_server, b'D', b'S', &st.name);
+                        // Its reply tells the client's shape and the server's.
+                        self.expect.push_describe(Action::Forward, st);
                     }
-                    _ => append(&mut self.to_server, msg),
+                    _ => {
+                        append(&mut self.to_server, msg);
+                        self.expect.push(Reply::Describe, Action::Forward, None);
+                    }
                 }
-                self.expect.push(Reply::Describe, Action::Forward, None);
             }
             b'C' => {
                 let (kind, name) = parse_target(body)?;
                 if kind == b'S' && !name.is_empty() {
                     // Only the client's name goes; the server keeps the
                     // statement for whoever prepares the same text next.
-                    self.statements.remove(name);
+                    // Skipped after an error of its group, it comes back.
+                    let undo = self.statements.remove_entry(name).map(|st| Undo {
+                        server_name: None,
+                        client_name: None,
+                        closed_first: false,
+                        restore: Some(st),
+                    });
                     self.expect
-                        .push(Reply::CloseComplete, Action::Synthesize, None);
+                        .push(Reply::CloseComplete, Action::Synthesize, undo);
                 } else {
                     append(&mut self.to_server, msg);
                     self.expect
@@ -291,6 +377,15 @@ impl Session {
     /// their own other connections. The statement is prepared on a server
     /// when the client first binds it. Returns false (nothing consumed) when
     /// the burst does not qualify.
+    ///
+    /// A text is known once a server accepted it, and forgotten when a
+    /// Parse of it fails or is skipped (`server_replies.rs`), so a text
+    /// that fails keeps failing at its Parse as on Postgres. Only a text
+    /// whose objects were dropped since it was last accepted is still
+    /// answered here once: its error then comes at the Bind, which
+    /// prepares it on a server, rather than at the Parse. Never inside a
+    /// transaction (no server is held), so never where Postgres would
+    /// refuse the Parse with 25P02 or skip it after an error.
     pub(super) fn answer_prepare_locally(&mut self) -> bool {
         let mut offset = 0;
         let mut names = Vec::new();
@@ -310,7 +405,8 @@ impl Session {
                     let Ok(p) = parse_parse(&buf[5..total]) else {
                         return false;
                     };
-                    if p.name.is_empty() || self.statements.contains_key(p.name) {
+                    let again = names.iter().any(|(n, _)| n == p.name);
+                    if p.name.is_empty() || again || self.statements.contains_key(p.name) {
                         return false;
                     }
                     let st = Statement::new(p.rest);
@@ -329,6 +425,7 @@ impl Session {
         }
         let _ = self.cbuf.split_to(offset);
         for (client_name, st) in names {
+            st.fresh.store(true, std::sync::atomic::Ordering::Relaxed);
             self.statements.insert(client_name, st);
             backend::parse_complete(&mut self.to_client);
         }
@@ -398,8 +495,55 @@ impl Session {
         }
     }
 
-    /// Injects a Parse for `st` if the server lacks it.
+    /// Whether a Bind of `st`, described to the client with `shape`, may
+    /// run on the server's statement: Postgres would give the client
+    /// 0A000 if the result's shape changed since, and a server statement
+    /// prepared after the change (for another client, or again here) has
+    /// the new one. When the server's shape is unknown, its Parse (if it
+    /// lacks it) and a Describe (reply swallowed) go first and
+    /// `shape_wait` holds the Bind until the answer; when it differs, the
+    /// client gets Postgres's 0A000 and the group is skipped to Sync.
+    /// Statements the client never described are not checked. True: the
+    /// server has the statement, and the Bind may go.
+    fn bind_fits(&mut self, st: &Arc<Statement>, shape: u64) -> bool {
+        let server = self
+            .server
+            .as_mut()
+            .and_then(|p| p.server.prepared.touch_shape(&st.name));
+        if server == Some(shape) {
+            return true;
+        }
+        if server.unwrap_or(0) == 0 {
+            self.ensure_prepared(st);
+            build_target(&mut self.to_server, b'D', b'S', &st.name);
+            self.expect.push_describe(Action::Swallow, st.clone());
+            self.to_server.extend_from_slice(FLUSH);
+            self.shape_wait = true;
+            return false;
+        }
+        self.fail_local_with(changed_result_type_error());
+        false
+    }
+
+    /// Closes the server's statement of `st`'s name, if it has one
+    /// (the reply swallowed), for a Parse of it to follow; true if so.
+    fn close_if_prepared(&mut self, st: &Statement) -> bool {
+        if !self.server_has(st) {
+            return false;
+        }
+        if let Some(p) = self.server.as_mut() {
+            p.server.prepared.remove(&st.name);
+        }
+        build_target(&mut self.to_server, b'C', b'S', &st.name);
+        self.expect
+            .push(Reply::CloseComplete, Action::Swallow, None);
+        true
+    }
+
+    /// Injects a Parse for `st` if the server lacks it, or if pgharbor
+    /// answered the client's Parse of it (`fresh`).
     pub(super) fn ensure_prepared(&mut self, st: &Statement) {
+        let closed_first = st.take_fresh() && self.close_if_prepared(st);
         if self.server_has(st) {
             return;
         }
@@ -408,6 +552,8 @@ impl Session {
         let undo = Undo {
             server_name: Some(st.name.clone()),
             client_name: None,
+            closed_first,
+            restore: None,
         };
         self.expect
             .push(Reply::ParseComplete, Action::Swallow, Some(undo));

@@ -267,13 +267,18 @@ impl Session {
     }
 
     /// Gives the client `e` in its place, then skips to Sync.
-    fn fail_local(&mut self, e: PgError) {
+    pub(super) fn fail_local(&mut self, e: PgError) {
         let mut out = BytesMut::new();
         e.encode(&mut out);
+        self.fail_local_with(out);
+    }
+
+    /// [`Session::fail_local`] with the ErrorResponse already encoded.
+    pub(super) fn fail_local_with(&mut self, error: BytesMut) {
         self.expect.push_local(
             Reply::Execute,
             Local {
-                bytes: out.freeze(),
+                bytes: error.freeze(),
                 listen: None,
             },
         );

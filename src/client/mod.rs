@@ -20,6 +20,7 @@ mod session_state;
 pub mod startup;
 mod temp_backstop;
 mod temp_objects;
+mod unnamed;
 mod wait;
 
 pub use accept::serve;

@@ -5,11 +5,18 @@
 //! proxy-wide name derived from a SHA-256 of its definition, remembers each
 //! client's names, keeps a bounded LRU of what each server has prepared, and
 //! injects a Parse before a Bind or Describe on a server that lacks the
-//! statement. The extra ParseComplete is swallowed and a ParseComplete is
-//! synthesized when a client's Parse needs no server work, so the client sees
+//! statement. The extra ParseComplete is swallowed, so the client sees
 //! exactly the sequence Postgres would have sent (see `expect.rs`).
+//!
+//! A client's own Parse always reaches a server as a fresh Parse (after a
+//! Close of a statement of that name the server kept): a kept statement
+//! may be stale (its objects created again) or planned generically for
+//! other clients' parameters, where Postgres would plan the client's
+//! afresh. Only a Parse answered without a server (see
+//! `answer_prepare_locally`) is prepared at its first use instead.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -25,6 +32,15 @@ pub struct Statement {
     pub name: Arc<str>,
     /// A ready Parse message under that name, for injection.
     pub parse: Bytes,
+    /// The result shape (see [`row_shape`]) the client's own Describe of
+    /// it returned; 0 until it describes it. One client's statement: each
+    /// client Parse makes its own.
+    pub shape: AtomicU64,
+    /// pgharbor answered the client's Parse without a server: where it is
+    /// first used it is prepared afresh, as the client's Parse would have
+    /// been (a statement a server kept may be stale or planned for
+    /// others' parameters).
+    pub fresh: AtomicBool,
 }
 
 impl Statement {
@@ -46,6 +62,8 @@ impl Statement {
         Statement {
             name: name.into(),
             parse: parse.freeze(),
+            shape: AtomicU64::new(0),
+            fresh: AtomicBool::new(false),
         }
     }
 }
@@ -60,10 +78,62 @@ type FastHash = foldhash::fast::RandomState;
 /// A client's named statements, by the client's name.
 pub type Statements = HashMap<String, Arc<Statement>, FastHash>;
 
+impl Statement {
+    /// The shape the client was told, 0 when unknown.
+    #[inline]
+    pub fn client_shape(&self) -> u64 {
+        self.shape.load(Ordering::Relaxed)
+    }
+
+    pub fn set_client_shape(&self, shape: u64) {
+        self.shape.store(shape, Ordering::Relaxed);
+    }
+
+    /// Whether it is still to be prepared afresh; it is not afterwards.
+    pub fn take_fresh(&self) -> bool {
+        self.fresh.load(Ordering::Relaxed) && self.fresh.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// The shape of a statement's result, from the reply to a Describe of it
+/// (`tag` `T` with its `body`, or `n`): a hash of each column's name,
+/// type, length and modifier, 1 for NoData, never 0 (unknown). The table
+/// OID and column number are left out: Postgres keeps a statement whose
+/// table was created again with the same columns
+/// (plancache.c compares the result's tuple descriptors).
+pub fn row_shape(tag: u8, body: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    if tag != b'T' {
+        return 1;
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    let mut rest = body.get(2..).unwrap_or_default();
+    h.write(body.get(..2).unwrap_or_default());
+    while let Some(nul) = memchr::memchr(0, rest) {
+        h.write(&rest[..nul]);
+        // Table OID (4) and column number (2) skipped; type, length,
+        // modifier and format (12) kept.
+        let column = rest.get(nul + 7..nul + 19).unwrap_or_default();
+        h.write(column);
+        rest = rest.get(nul + 19..).unwrap_or_default();
+    }
+    h.finish().max(2)
+}
+
+/// One statement a server has prepared.
+#[derive(Debug)]
+struct Prepared {
+    /// Last use, for the LRU.
+    tick: u64,
+    /// Its result shape on this server ([`row_shape`]), 0 until a Describe
+    /// of it was answered there.
+    shape: u64,
+}
+
 /// What a server has prepared, bounded, least recently used evicted first.
 #[derive(Debug, Default)]
 pub struct PreparedSet {
-    used: HashMap<Arc<str>, u64, FastHash>,
+    used: HashMap<Arc<str>, Prepared, FastHash>,
     tick: u64,
     /// The server may hold statements missing from `used` (a client's
     /// DEALLOCATE ALL or DISCARD ALL reached it, which may have failed):
@@ -77,18 +147,35 @@ impl PreparedSet {
     pub fn touch(&mut self, name: &Arc<str>) -> bool {
         self.tick += 1;
         match self.used.get_mut(name) {
-            Some(t) => {
-                *t = self.tick;
+            Some(p) => {
+                p.tick = self.tick;
                 true
             }
             None => false,
         }
     }
 
+    /// [`PreparedSet::touch`], with the statement's shape on this server
+    /// (0 when unknown); `None` if the server lacks it.
+    pub fn touch_shape(&mut self, name: &str) -> Option<u64> {
+        self.tick += 1;
+        let p = self.used.get_mut(name)?;
+        p.tick = self.tick;
+        Some(p.shape)
+    }
+
+    /// A Describe of `name` was answered on this server with `shape`.
+    pub fn set_shape(&mut self, name: &str, shape: u64) {
+        if let Some(p) = self.used.get_mut(name) {
+            p.shape = shape;
+        }
+    }
+
     /// Records `name`; returns the statement to close if over `cap`.
     pub fn insert(&mut self, name: Arc<str>, cap: usize) -> Option<Arc<str>> {
         self.tick += 1;
-        self.used.insert(name.clone(), self.tick);
+        let tick = self.tick;
+        self.used.insert(name.clone(), Prepared { tick, shape: 0 });
         if self.used.len() <= cap.max(1) {
             return None;
         }
@@ -96,7 +183,7 @@ impl PreparedSet {
             .used
             .iter()
             .filter(|(n, _)| **n != name)
-            .min_by_key(|(_, t)| **t)
+            .min_by_key(|(_, p)| p.tick)
             .map(|(n, _)| n.clone())?;
         self.used.remove(&victim);
         Some(victim)
@@ -116,6 +203,12 @@ impl PreparedSet {
     /// assumed there, and a Parse under a proxy name is sent after a Close.
     pub fn forget_all(&mut self) {
         self.used.clear();
+        self.unsure = true;
+    }
+
+    /// The server may hold a statement missing from the list: each Parse
+    /// under a proxy name is sent after a Close of it from now on.
+    pub fn mark_unsure(&mut self) {
         self.unsure = true;
     }
 
@@ -200,6 +293,31 @@ pub fn build_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
 /// changed (src/backend/utils/cache/plancache.c).
 pub const CHANGED_RESULT_TYPE: &str = "cached plan must not change result type";
 
+/// Postgres's ErrorResponse for a statement whose result type changed,
+/// with the source fields it carries: drivers read them (asyncpg takes a
+/// 0A000 raised by `RevalidateCachedQuery` as its
+/// InvalidCachedStatementError, and prepares the statement again). The
+/// line number, which differs between Postgres versions, is left out.
+pub fn changed_result_type_error() -> BytesMut {
+    let mut out = BytesMut::with_capacity(128);
+    out.put_u8(b'E');
+    out.put_i32(0);
+    for (code, value) in [
+        (b'S', "ERROR"),
+        (b'V', "ERROR"),
+        (b'C', crate::protocol::sqlstate::FEATURE_NOT_SUPPORTED),
+        (b'M', CHANGED_RESULT_TYPE),
+        (b'F', "plancache.c"),
+        (b'R', "RevalidateCachedQuery"),
+    ] {
+        out.put_u8(code);
+        put_cstr(&mut out, value);
+    }
+    out.put_u8(0);
+    finish_len(&mut out, 0);
+    out
+}
+
 /// The length of a proxy name: `ph_` and 32 hex digits.
 const SERVER_NAME_LEN: usize = 35;
 
@@ -208,7 +326,10 @@ const SERVER_NAME_LEN: usize = 35;
 /// is rebuilt with the client's name in its place. `None` when no field
 /// holds a proxy name of the client's (the error passes as sent). Only
 /// error replies are looked at, never the data path.
-pub fn client_names_in_error(body: &[u8], statements: &Statements) -> Option<BytesMut> {
+pub fn client_names_in_error(
+    body: &[u8],
+    client_name: impl Fn(&str) -> Option<String>,
+) -> Option<BytesMut> {
     memchr::memmem::find(body, b"ph_")?;
     let mut out = BytesMut::with_capacity(body.len() + 5);
     out.put_u8(b'E');
@@ -226,11 +347,7 @@ pub fn client_names_in_error(body: &[u8], statements: &Statements) -> Option<Byt
             let Some(server) = text.get(at..at + SERVER_NAME_LEN) else {
                 break;
             };
-            let Some(client) = statements
-                .iter()
-                .find(|(_, st)| &*st.name == server)
-                .map(|(name, _)| name.clone())
-            else {
+            let Some(client) = client_name(server) else {
                 break;
             };
             text.replace_range(at..at + SERVER_NAME_LEN, &client);
@@ -262,6 +379,27 @@ mod tests {
     }
 
     #[test]
+    fn a_result_shape_ignores_the_table_but_not_the_column_types() {
+        let column = |table: u32, ty: u32| {
+            let mut b = BytesMut::new();
+            b.put_i16(1);
+            put_cstr(&mut b, "b");
+            b.put_u32(table);
+            b.put_i16(2);
+            b.put_u32(ty);
+            b.put_i16(4);
+            b.put_i32(-1);
+            b.put_i16(0);
+            b
+        };
+        let int = row_shape(b'T', &column(16400, 23));
+        assert_eq!(int, row_shape(b'T', &column(16500, 23)));
+        assert_ne!(int, row_shape(b'T', &column(16400, 700)));
+        assert_eq!(row_shape(b'n', b""), 1);
+        assert!(int > 1);
+    }
+
+    #[test]
     fn lru_evicts_the_least_recently_used() {
         let mut s = PreparedSet::default();
         let n = |x: &str| -> Arc<str> { x.into() };
@@ -286,7 +424,13 @@ mod tests {
             &format!("prepared statement \"{}\" does not exist", st.name),
         );
         body.put_u8(0);
-        let out = client_names_in_error(&body, &statements).unwrap();
+        let lookup = |server: &str| {
+            statements
+                .iter()
+                .find(|(_, st)| &*st.name == server)
+                .map(|(n, _)| n.clone())
+        };
+        let out = client_names_in_error(&body, lookup).unwrap();
         let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
         assert_eq!(len + 1, out.len());
         let text = String::from_utf8_lossy(&out[5..]);
@@ -295,7 +439,7 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("ph_"));
-        assert!(client_names_in_error(b"Mplain\0\0", &statements).is_none());
+        assert!(client_names_in_error(b"Mplain\0\0", lookup).is_none());
     }
 
     #[test]
@@ -324,6 +468,15 @@ impl KnownStatements {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .contains(name)
+    }
+
+    /// A Parse of `name` failed: its text may fail again (an object it
+    /// names was dropped), so it is no longer answered without a server.
+    pub fn remove(&self, name: &str) {
+        if self.contains(name) {
+            let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
+            set.remove(name);
+        }
     }
 
     pub fn insert(&self, name: Arc<str>) {

@@ -25,6 +25,7 @@ use super::prepared_sql;
 use super::query_scan;
 use super::replay::keep_for_replay;
 use super::session::{Session, SessionError};
+use super::unnamed;
 use super::wait::{Event, Wait, Wants};
 use crate::config::PoolMode;
 use crate::listen::PendingListens;
@@ -149,7 +150,8 @@ impl Session {
         let mut shutdown_armed = false;
         loop {
             let replay_armed = self.replay.as_ref().is_some_and(|r| r.armed);
-            if !self.cbuf.is_empty() && self.to_server.len() < HIGH_WATER && !replay_armed {
+            let reading = !replay_armed && !self.shape_wait;
+            if !self.cbuf.is_empty() && self.to_server.len() < HIGH_WATER && reading {
                 if let Some(end) = self.process_client_input().await? {
                     return end;
                 }
@@ -315,7 +317,9 @@ impl Session {
             // LISTEN statement, it passes as sent (drivers that use only
             // the unnamed statement: pgbench -M extended, libpq's
             // PQexecParams).
-            let names = !self.statements.is_empty() || self.local.is_some();
+            // Nor when the client's unnamed statement was parsed on the
+            // server it holds (see `unnamed.rs`).
+            let names = !self.statements.is_empty() || self.local.is_some() || !self.unnamed.here;
             // Sync and Flush are answered here when no server is held, and
             // Execute when it may name a LISTEN portal.
             // In session mode a Query is read whole too, only for the
@@ -375,6 +379,9 @@ impl Session {
                         return Ok(Some(self.send_fatal(PgError::protocol_violation(e)).await))
                     }
                 };
+                // A simple Query destroys the unnamed statement, here and
+                // on the server (answered here or not).
+                self.unnamed.destroyed();
                 let scan = query_scan::scan(sql, true);
                 text_may_hold_state = scan.session_state;
                 names_statements = scan.names_statements;
@@ -468,7 +475,17 @@ impl Session {
                                 names_statements = prepared_sql::may_name_statements(sql);
                             }
                         }
-                        let action = self.classify_local(tag, body, may_listen);
+                        let mut action = self.classify_local(tag, body, may_listen);
+                        if let LocalAction::NotLocal = action {
+                            // Not when the server skips the message anyway.
+                            if !self.unnamed.here
+                                && !self.unnamed.exists
+                                && !self.expect.server_skipping()
+                                && unnamed::names_unnamed_statement(tag, body)
+                            {
+                                action = LocalAction::Fail(unnamed::missing_unnamed_statement());
+                            }
+                        }
                         if let LocalAction::NotLocal = action {
                             if let Some(l) = self.local.as_deref_mut() {
                                 l.forget_shadowed(tag, &self.cbuf[ready + 5..ready + len]);
@@ -520,6 +537,10 @@ impl Session {
                     match forwarded {
                         Ok(Forwarded::AsSent) => ready += len,
                         Ok(Forwarded::Rewritten) => ready = 0,
+                        Ok(Forwarded::Held) => {
+                            ready = 0;
+                            break;
+                        }
                         Err(e) => {
                             return Ok(Some(self.send_fatal(PgError::protocol_violation(e)).await))
                         }

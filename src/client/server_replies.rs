@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::expect::Outcome;
-use super::prepared::{client_names_in_error, CHANGED_RESULT_TYPE};
+use super::prepared::{client_names_in_error, row_shape, CHANGED_RESULT_TYPE};
 use super::relay::{append, synthesize, try_fill, Ending};
 use super::session::{Session, SessionError};
 use super::temp_backstop::{tag_may_create_temp, TempCheck};
@@ -25,9 +25,10 @@ fn server_inspects(tag: u8) -> bool {
 
 /// In transaction mode also every reply that ends an extended-protocol
 /// step while the expectation queue must count them, so replies can be
-/// swallowed or synthesized between whole messages.
+/// swallowed or synthesized between whole messages (and the
+/// ParameterDescription of a Describe pgharbor injected, swallowed too).
 fn server_inspects_tx(tag: u8) -> bool {
-    server_inspects(tag) || super::expect::ends_step(tag)
+    server_inspects(tag) || super::expect::ends_step(tag) || tag == b't'
 }
 
 /// In transaction mode also CommandComplete: with a LISTEN waiting for its
@@ -158,12 +159,25 @@ impl Session {
                 }
                 Step::Whole { tag, len } => {
                     let body = &rbuf[ready + 5..ready + len];
-                    // An error naming a statement by pgharbor's name, with
-                    // the client's in its place (transaction mode).
-                    let mut renamed = None;
                     if self.txn.server_copy_in && matches!(tag, b'C' | b'E') {
                         self.txn.copy_in_ended(tag == b'C');
                     }
+                    // The reply to a Describe of a named statement: its
+                    // result shape (see `bind_fits` in `extended.rs`).
+                    let described = if tx && matches!(tag, b'T' | b'n') {
+                        self.expect.describing().map(|(st, to_client)| {
+                            let shape = row_shape(tag, body);
+                            if to_client {
+                                st.set_client_shape(shape);
+                            }
+                            (st.clone(), shape)
+                        })
+                    } else {
+                        None
+                    };
+                    // An error that may name a statement by pgharbor's
+                    // name (transaction mode): the client's goes in its place.
+                    let mut error = false;
                     match tag {
                         b'Z' => {
                             let status = body.first().copied().unwrap_or(b'I');
@@ -212,6 +226,8 @@ impl Session {
                         }
                         b'E' => {
                             self.txn.failed = true;
+                            // A held Bind is looked at again (and skipped).
+                            self.shape_wait = false;
                             let alone = self.txn.pending == 1
                                 && !self.txn.unsynced
                                 && self.cscan.at_boundary();
@@ -230,7 +246,7 @@ impl Session {
                                 if fields.code == "0A000" && fields.message == CHANGED_RESULT_TYPE {
                                     pooled.server.prepared.forget_all();
                                 }
-                                renamed = client_names_in_error(body, &self.statements);
+                                error = true;
                             }
                         }
                         b'G' => {
@@ -257,11 +273,30 @@ impl Session {
                         }
                         _ => {}
                     }
+                    if let Some((st, shape)) = described {
+                        pooled.server.prepared.set_shape(&st.name, shape);
+                        self.shape_wait = false;
+                    }
                     let mut outcome = if tx {
                         self.expect.on_server_message(tag, &mut undo, &mut parsed)
                     } else {
                         Outcome::Forward
                     };
+                    // After the skip: a statement whose Close it skipped
+                    // is the client's again.
+                    let renamed = error.then(|| {
+                        let body = &pooled.server.rbuf[ready + 5..ready + len];
+                        client_names_in_error(body, |server| {
+                            let restored = undo.iter().filter_map(|u| u.restore.as_ref());
+                            let mut all = self
+                                .statements
+                                .iter()
+                                .chain(restored.map(|(n, st)| (n, st)));
+                            all.find(|(_, st)| &*st.name == server)
+                                .map(|(n, _)| n.clone())
+                        })
+                    });
+                    let renamed = renamed.flatten();
                     if std::mem::take(&mut drop_error) {
                         outcome = Outcome::Swallow;
                     }
@@ -299,9 +334,19 @@ impl Session {
         for name in parsed {
             self.state.known_statements.insert(name);
         }
-        for u in undo {
+        // Latest first: a Parse skipped after a Close of the same name,
+        // both skipped, leaves the statement the Close would have closed.
+        for u in undo.into_iter().rev() {
+            if let Some((n, st)) = u.restore {
+                self.statements.insert(n, st);
+                continue;
+            }
             if let Some(n) = &u.server_name {
                 pooled.server.prepared.remove(n);
+                self.state.known_statements.remove(n);
+                if u.closed_first {
+                    pooled.server.prepared.mark_unsure();
+                }
             }
             if let Some(n) = &u.client_name {
                 self.statements.remove(n);

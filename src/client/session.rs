@@ -132,6 +132,12 @@ pub(super) struct Session {
     pub server_fatal_sent: bool,
     /// Transaction mode: the client's named statements.
     pub statements: Statements,
+    /// Transaction mode: the client's unnamed statement.
+    pub unnamed: super::unnamed::UnnamedStatement,
+    /// Transaction mode: a Bind waits in `cbuf` until the server says the
+    /// result shape of the statement it names (see `rewrite` in
+    /// `extended.rs`); the client's messages are not read meanwhile.
+    pub shape_wait: bool,
     /// Transaction mode: replies to swallow or synthesize, in order.
     pub expect: Expectations,
     /// Transaction mode with `session_state = "pin"`: why this client keeps
@@ -382,6 +388,10 @@ impl Session {
         let Some(pooled) = self.server.take() else {
             return;
         };
+        // Before the client's next message is looked at: a Bind of its
+        // unnamed statement must not pass unread to the next server.
+        self.unnamed.here = false;
+        self.shape_wait = false;
         self.pool.stats.clients_active.dec();
         self.pool.stats.clients_idle.inc();
         if reusable

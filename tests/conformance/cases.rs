@@ -53,53 +53,29 @@ cases! {
         session: [],
         transaction: []
     }
-    deallocate_all_after_a_protocol_prepare_then_prepare_again {
-        session: [],
-        transaction: []
-    }
+    deallocate_all_after_a_protocol_prepare_then_prepare_again { session: [], transaction: [] }
     a_pg_temp_table_is_used_in_a_later_transaction {
         session: [],
         transaction: []
     }
     two_clients_interleaved_prepare_the_same_text { session: [], transaction: [] }
-    a_column_type_change_under_a_prepared_statement {
-        session: [],
-        transaction: []
-    }
-    a_parse_of_a_statement_name_in_use_is_refused {
-        session: [],
-        transaction: []
-    }
-    a_parse_of_a_name_in_use_is_refused_when_another_client_has_the_text {
-        session: [],
-        transaction: [#[ignore = "generator finding: client 1 parses s0 twice while client 0 has the text on the shared server: Postgres 42P05 prepared statement \"s0\" already exists for the second, pgharbor ParseComplete"]]
-    }
+    a_column_type_change_under_a_prepared_statement { session: [], transaction: [] }
+    a_parse_of_a_statement_name_in_use_is_refused { session: [], transaction: [] }
+    a_parse_of_a_name_in_use_is_refused_when_another_client_has_the_text { session: [], transaction: [] }
     a_parse_of_a_failing_statement_reports_its_error { session: [], transaction: [] }
     a_parse_skipped_after_an_error_is_not_taken_as_prepared { session: [], transaction: [] }
-    a_parse_after_an_error_in_its_pipeline_is_skipped {
-        session: [],
-        transaction: [#[ignore = "generator finding: Execute of a missing portal, Flush, then Parse of a known text and Sync: Postgres skips the Parse (ReadyForQuery next), pgharbor answers ParseComplete itself"]]
-    }
-    a_bind_of_a_missing_unnamed_statement_is_refused {
-        session: [],
-        transaction: [#[ignore = "generator finding: client 1 binds an unnamed statement it never prepared: Postgres 26000 unnamed prepared statement does not exist, pgharbor BindComplete (client 0\'s statement, left on the shared server) and its rows"]]
-    }
-    errors_about_a_statement_name_the_clients_own_statement {
-        session: [],
-        transaction: []
-    }
-    a_fresh_statement_is_planned_for_its_first_parameters {
-        session: [],
-        transaction: [#[ignore = "generator finding: client 1\'s fresh s0 bound with 0: Postgres 22012 division by zero at Bind (custom plan), pgharbor BindComplete (the shared server statement has a generic plan from client 0\'s executions; the error comes at Execute)"]]
-    }
-    a_parse_in_a_failed_transaction_is_refused {
-        session: [],
-        transaction: [#[ignore = "generator finding: Parse in a failed transaction: Postgres 25P02 current transaction is aborted, pgharbor ParseComplete (answered without the server)"]]
-    }
-    two_clients_hold_a_statement_whose_result_type_changes {
-        session: [],
-        transaction: [#[ignore = "issue 21: Bind of s1 after the ALTER: Postgres 0A000 cached plan must not change result type, pgharbor BindComplete and rows of the new type"]]
-    }
+    a_parse_after_an_error_in_its_pipeline_is_skipped { session: [], transaction: [] }
+    a_bind_of_a_missing_unnamed_statement_is_refused { session: [], transaction: [] }
+    an_unnamed_statement_lives_until_the_next_query { session: [], transaction: [] }
+    errors_about_a_statement_name_the_clients_own_statement { session: [], transaction: [] }
+    a_fresh_statement_is_planned_for_its_first_parameters { session: [], transaction: [] }
+    a_parse_in_a_failed_transaction_is_refused { session: [], transaction: [] }
+    two_clients_hold_a_statement_whose_result_type_changes { session: [], transaction: [] }
+    a_fresh_prepare_after_its_type_was_created_again { session: [], transaction: [] }
+    a_fresh_prepare_answered_without_a_server_after_its_type_was_created_again { session: [], transaction: [] }
+    a_fresh_prepare_after_its_table_was_created_again { session: [], transaction: [] }
+    a_close_skipped_after_an_error_keeps_the_statement { session: [], transaction: [] }
+    a_bind_of_a_missing_unnamed_statement_after_an_error_is_skipped { session: [], transaction: [] }
 }
 
 pub fn a_plain_simple_query() -> Conversation {
@@ -542,6 +518,31 @@ pub fn a_bind_of_a_missing_unnamed_statement_is_refused() -> Conversation {
         .run("", &[])
 }
 
+/// The unnamed statement belongs to its client across transactions (over
+/// a pool of one another client's unnamed Parse replaces it on the
+/// server), until a simple Query destroys it.
+pub fn an_unnamed_statement_lives_until_the_next_query() -> Conversation {
+    Conversation::new("an_unnamed_statement_lives_until_the_next_query", 2)
+        .on(0)
+        .prepare("", "SELECT 'client zero' AS whose")
+        .on(1)
+        .prepare("", "SELECT 'client one' AS whose, 1 AS n")
+        .on(0)
+        .describe_statement("")
+        .sync()
+        .ready()
+        .run("", &[])
+        .on(1)
+        .run("", &[])
+        .simple("SELECT 'a query'")
+        .run("", &[])
+        .on(0)
+        .close_statement("")
+        .sync()
+        .ready()
+        .run("", &[])
+}
+
 /// Found by the generator: Postgres's errors about a statement name it.
 pub fn errors_about_a_statement_name_the_clients_own_statement() -> Conversation {
     Conversation::new("errors_about_a_statement_name_the_clients_own_statement", 1)
@@ -641,4 +642,95 @@ pub fn a_parse_after_an_error_in_its_pipeline_is_skipped() -> Conversation {
         .sync()
         .ready()
         .run("s1", &["1"])
+}
+
+/// Issue 21 point 5: a type dropped and created again under a statement
+/// another client prepared; a new client's Parse of the same text runs
+/// with the new type, as a fresh Parse on Postgres does, never the
+/// statement planned for the old one (`cache lookup failed for type`).
+/// (Type OIDs differ between runs, so nothing here shows one.)
+pub fn a_fresh_prepare_after_its_type_was_created_again() -> Conversation {
+    type_created_again("a_fresh_prepare_after_its_type_was_created_again", false)
+}
+
+/// The same when the new client's Parse is answered before it holds a
+/// server (a Parse and Sync of a text pgharbor knows): its first Bind
+/// prepares the statement afresh.
+pub fn a_fresh_prepare_answered_without_a_server_after_its_type_was_created_again() -> Conversation
+{
+    type_created_again(
+        "a_fresh_prepare_answered_without_a_server_after_its_type_was_created_again",
+        true,
+    )
+}
+
+/// Client 1 prepares the text client 0 prepared before its type was
+/// created again: in the group that binds it, or alone (`alone`).
+fn type_created_again(name: &str, alone: bool) -> Conversation {
+    let ty = format!("conf_{}_{{m}}", if alone { "mood2" } else { "mood" });
+    let sql = format!("SELECT $1::{ty}::text AS mood");
+    let c = Conversation::new(name, 2)
+        .before_each_run(&format!("DROP TYPE IF EXISTS {ty}"))
+        .on(0)
+        .simple(&format!("CREATE TYPE {ty} AS ENUM ('sad', 'happy')"))
+        .prepare("s1", &sql)
+        .run("s1", &["happy"])
+        .simple(&format!("DROP TYPE {ty}"))
+        .simple(&format!("CREATE TYPE {ty} AS ENUM ('calm', 'angry')"))
+        .on(1);
+    let c = if alone {
+        c.prepare("s1", &sql)
+    } else {
+        c.parse("s1", &sql, &[])
+    };
+    c.run("s1", &["calm"]).run("s1", &["angry"])
+}
+
+/// A table created again with another column type under a statement
+/// another client prepared: a new client's Parse and Describe of the same
+/// text give the parameter types of the new table, as on Postgres.
+pub fn a_fresh_prepare_after_its_table_was_created_again() -> Conversation {
+    let sql = "SELECT count(*) AS n FROM conf_again_{m} WHERE b = $1";
+    Conversation::new("a_fresh_prepare_after_its_table_was_created_again", 2)
+        .before_each_run("DROP TABLE IF EXISTS conf_again_{m}")
+        .on(0)
+        .simple("CREATE TABLE conf_again_{m} (b int)")
+        .prepare("s1", sql)
+        .run("s1", &["1"])
+        .simple("DROP TABLE conf_again_{m}")
+        .simple("CREATE TABLE conf_again_{m} (b text)")
+        .on(1)
+        .parse("s1", sql, &[])
+        .describe_statement("s1")
+        .bind("", "s1", &["x"])
+        .execute("", 0)
+        .sync()
+        .ready()
+}
+
+/// Found by the generator: the second Parse of s1 fails (42P05, naming
+/// s1), so Postgres skips the Close after it, and s1 lives on.
+pub fn a_close_skipped_after_an_error_keeps_the_statement() -> Conversation {
+    Conversation::new("a_close_skipped_after_an_error_keeps_the_statement", 1)
+        .parse("s1", "SELECT repeat('y', $1::int) AS big", &[])
+        .parse("s1", "SELECT $1::timestamptz AS ts", &[])
+        .close_statement("s1")
+        .sync()
+        .ready()
+        .run("s1", &["3"])
+}
+
+/// Found by the generator: after an error Postgres skips a Bind of an
+/// unnamed statement the client does not have, rather than refusing it.
+pub fn a_bind_of_a_missing_unnamed_statement_after_an_error_is_skipped() -> Conversation {
+    Conversation::new(
+        "a_bind_of_a_missing_unnamed_statement_after_an_error_is_skipped",
+        1,
+    )
+    .execute("", 0)
+    .flush()
+    .quiet(150)
+    .bind("", "", &[])
+    .sync()
+    .ready()
 }
