@@ -275,34 +275,6 @@ fn demo_answers_psql_and_cleans_up_on_ctrl_c() {
     }
 }
 
-#[test]
-fn deploy_example_config_is_valid_and_the_grace_period_covers_the_drain() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = pgharbor()
-        .args(["check-config", "deploy/kubernetes/pgharbor.toml"])
-        .output()
-        .unwrap();
-    assert_succeeded(&out);
-    let config =
-        pgharbor::config::Config::load(&root.join("deploy/kubernetes/pgharbor.toml")).unwrap();
-    let yaml = std::fs::read_to_string(root.join("deploy/kubernetes/sidecar.yaml")).unwrap();
-    let grace: u64 = yaml
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
-        .expect("terminationGracePeriodSeconds")
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        Duration::from_secs(grace) > config.proxy.shutdown_timeout,
-        "terminationGracePeriodSeconds {grace} must exceed shutdown_timeout {:?}",
-        config.proxy.shutdown_timeout
-    );
-    for probe in ["/readyz", "/healthz"] {
-        assert!(yaml.contains(probe), "{probe} probe missing");
-    }
-}
-
 /// Threads of a running process, from /proc.
 fn thread_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
