@@ -370,16 +370,78 @@ pub enum AuthType {
 
 /// One `[[users]]` entry: how clients authenticate to pgharbor, and the
 /// credentials pgharbor uses toward Postgres.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
     /// Plaintext, `md5…` or `SCRAM-SHA-256$…`; plaintext is needed for
-    /// pgharbor to log in to a server that asks for a password.
+    /// pgharbor to log in to a server that asks for a password. After
+    /// loading it also holds what `password_env` or `password_file` gave.
     #[serde(default)]
     pub password: String,
+    /// The name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// A file holding the password (a mounted Kubernetes Secret); one
+    /// trailing newline is dropped.
+    pub password_file: Option<String>,
     #[serde(default)]
     pub auth_type: AuthType,
+}
+
+/// Never prints the password: configs end up in debug logs and panics.
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
+            .field("auth_type", &self.auth_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserConfig {
+    /// Fills `password` from `password_env` or `password_file`, so that a
+    /// reload re-reads them. Errors name the key and never the secret.
+    fn resolve_password(&mut self, key: &str) -> Result<(), ConfigError> {
+        let given = [
+            !self.password.is_empty(),
+            self.password_env.is_some(),
+            self.password_file.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(invalid(
+                format!("{key}.password"),
+                "give only one of password, password_env and password_file",
+            ));
+        }
+        if let Some(name) = &self.password_env {
+            let key = format!("{key}.password_env");
+            self.password = std::env::var(name).map_err(|e| {
+                let why = match e {
+                    std::env::VarError::NotPresent => "is not set",
+                    std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
+                };
+                invalid(&key, format!("environment variable `{name}` {why}"))
+            })?;
+            if self.password.is_empty() {
+                return Err(invalid(
+                    key,
+                    format!("environment variable `{name}` is empty"),
+                ));
+            }
+        } else if let Some(path) = &self.password_file {
+            let key = format!("{key}.password_file");
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(&key, format!("cannot read `{path}`: {e}")))?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            self.password = text.strip_suffix('\r').unwrap_or(text).to_owned();
+            if self.password.is_empty() {
+                return Err(invalid(key, format!("`{path}` is empty")));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -394,7 +456,11 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        for (i, u) in config.users.iter_mut().enumerate() {
+            u.resolve_password(&format!("users[{i}]"))?;
+        }
         config.validate()?;
         Ok(config)
     }

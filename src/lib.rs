@@ -90,7 +90,7 @@ impl State {
     /// logins; pools already open keep their settings until RECONNECT.
     pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
         config.validate()?;
-        let users = Users::from_config(&config)?;
+        let users = Users::from_config(&config, Some(&self.users()))?;
         let tls = TlsSettings::from_config(&config)?;
         self.metrics
             .client_tls_cert_expiry
@@ -136,7 +136,7 @@ impl Proxy {
     /// Validates the config, binds the listeners and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         config.validate()?;
-        let users = Users::from_config(&config)?;
+        let users = Users::from_config(&config, None)?;
         let tls = TlsSettings::from_config(&config)?;
         let metrics = Arc::new(Metrics::new());
         metrics

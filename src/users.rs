@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::auth::credential::ServerCredential;
 use crate::auth::md5::md5_stored;
 use crate::auth::scram::ScramSecret;
 use crate::config::{AuthType, Config, ConfigError, UserConfig};
@@ -15,6 +16,9 @@ pub struct UserEntry {
     pub scram: Option<ScramSecret>,
     /// `md5…` stored hash, present for md5 users.
     pub md5: Option<String>,
+    /// How pgharbor logs in to Postgres as this user; the same one across
+    /// reloads, shared with the user's pools.
+    pub server: Arc<ServerCredential>,
 }
 
 #[derive(Default)]
@@ -23,7 +27,10 @@ pub struct Users {
 }
 
 impl Users {
-    pub fn from_config(config: &Config) -> Result<Users, ConfigError> {
+    /// The users of `config`. `previous` (at a reload) hands over each
+    /// user's server credential, so open pools see the new password and a
+    /// learnt ClientKey survives while the verifier is unchanged.
+    pub fn from_config(config: &Config, previous: Option<&Users>) -> Result<Users, ConfigError> {
         let mut map = HashMap::new();
         for (i, u) in config.users.iter().enumerate() {
             let (scram, md5) = match u.auth_type {
@@ -41,12 +48,18 @@ impl Users {
                     (Some(secret), None)
                 }
             };
+            let server = previous
+                .and_then(|p| p.map.get(&u.name))
+                .map(|e| e.server.clone())
+                .unwrap_or_default();
+            server.configure(&u.password, scram.as_ref());
             map.insert(
                 u.name.clone(),
                 Arc::new(UserEntry {
                     config: u.clone(),
                     scram,
                     md5,
+                    server,
                 }),
             );
         }

@@ -257,7 +257,7 @@ async fn run(
     };
     let pool = state
         .pools
-        .get_or_create(db, &user.config, &config.pool, &state.tls().server);
+        .get_or_create(db, &user, &config.pool, &state.tls().server);
     let cancel = state.cancel.register();
     let listed = (state.clients).register(
         &login,
