@@ -393,9 +393,15 @@ impl Server {
                 )))
             }
         };
-        if let (None, Some(key)) = (&login.password, &login.client_key) {
-            let client = KeyClient::new(key.clone(), end_point);
-            return Ok((mechanism, SaslClient::Key(Box::new(client))));
+        match (&login.password, &login.client_key) {
+            (None, Some(key)) => {
+                let client = KeyClient::new(key.clone(), end_point);
+                return Ok((mechanism, SaslClient::Key(Box::new(client))));
+            }
+            (None, None) if login.verifier_only => {
+                return Err(ServerError::NoClientKey(target.user.clone()))
+            }
+            _ => {}
         }
         let binding = match end_point {
             Some(hash) => ChannelBinding::tls_server_end_point(hash),

@@ -93,3 +93,32 @@ impl ServerCredential {
         self.login.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_learnt_key_lasts_while_the_verifier_is_the_same() {
+        let secret = ScramSecret::from_password("pw");
+        let verifier = secret.to_verifier();
+        let c = ServerCredential::new(&verifier);
+        c.configure(&verifier, Some(&secret));
+        assert!(c.current().verifier_only && c.current().password.is_none());
+        c.learn([1; 32], &secret);
+        assert!(c.current().client_key.is_some());
+        // A reload with the same verifier keeps it.
+        c.configure(&verifier, Some(&secret));
+        assert!(c.current().client_key.is_some());
+        // Another verifier (the password changed) forgets it.
+        let other = ScramSecret::from_password("pw2");
+        c.configure(&other.to_verifier(), Some(&other));
+        assert!(c.current().client_key.is_none());
+        // A plaintext password needs no key, and none is learnt.
+        c.configure("plain", None);
+        c.learn([1; 32], &secret);
+        let login = c.current();
+        assert!(login.client_key.is_none() && !login.verifier_only);
+        assert!(!format!("{login:?}").contains("plain"));
+    }
+}
