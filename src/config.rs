@@ -229,7 +229,21 @@ pub struct PoolDefaults {
     pub server_check_query: String,
     pub max_prepared_statements: usize,
     pub session_state: SessionState,
+    /// A `[[users]]` entry pgharbor logs in as to look up users it does not
+    /// list (with `auth_query`); empty: no lookup.
+    pub auth_user: String,
+    /// Run with the client's user name as `$1`; returns the name and the
+    /// verifier or md5 hash (NULL or no row: refused).
+    pub auth_query: String,
+    /// How long a looked-up answer (a row or its absence) is used.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_query_cache_ttl: Duration,
 }
+
+/// PgBouncer's default since 1.24.1 (CVE-2025-2291): a role past its
+/// VALID UNTIL gets no password, one without LOGIN no row.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() \
+     THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname = $1 AND rolcanlogin";
 
 impl Default for PoolDefaults {
     fn default() -> Self {
@@ -248,6 +262,9 @@ impl Default for PoolDefaults {
             server_check_query: String::new(),
             max_prepared_statements: 200,
             session_state: SessionState::Pin,
+            auth_user: String::new(),
+            auth_query: DEFAULT_AUTH_QUERY.into(),
+            auth_query_cache_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -309,6 +326,10 @@ pub struct DatabaseConfig {
     pub server_check_query: Option<String>,
     pub max_prepared_statements: Option<usize>,
     pub session_state: Option<SessionState>,
+    pub auth_user: Option<String>,
+    pub auth_query: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub auth_query_cache_ttl: Option<Duration>,
 }
 
 fn default_host() -> String {
@@ -354,6 +375,15 @@ impl DatabaseConfig {
                 .max_prepared_statements
                 .unwrap_or(d.max_prepared_statements),
             session_state: self.session_state.unwrap_or(d.session_state),
+            auth_user: self
+                .auth_user
+                .clone()
+                .unwrap_or_else(|| d.auth_user.clone()),
+            auth_query: self
+                .auth_query
+                .clone()
+                .unwrap_or_else(|| d.auth_query.clone()),
+            auth_query_cache_ttl: self.auth_query_cache_ttl.unwrap_or(d.auth_query_cache_ttl),
         }
     }
 }
@@ -568,9 +598,41 @@ impl Config {
                 ));
             }
         }
+        self.validate_auth_users()?;
         // Reads the certificate, key and CA files: a bad path or PEM is
         // reported by check-config and at reload, not at the first client.
         crate::tls::TlsSettings::from_config(self)?;
+        Ok(())
+    }
+
+    /// Every `auth_user` must be a `[[users]]` entry pgharbor can log in as.
+    fn validate_auth_users(&self) -> Result<(), ConfigError> {
+        let mut named = vec![("pool".to_owned(), &self.pool.auth_user)];
+        for (i, db) in self.databases.iter().enumerate() {
+            if let Some(u) = &db.auth_user {
+                named.push((format!("databases[{i}]"), u));
+            }
+        }
+        for (key, name) in named {
+            if name.is_empty() {
+                continue;
+            }
+            match self.user(name) {
+                None => {
+                    return Err(invalid(
+                        format!("{key}.auth_user"),
+                        format!("`{name}` is not a [[users]] entry; list it with its password"),
+                    ))
+                }
+                Some(u) if u.password.is_empty() || u.password.starts_with("SCRAM-SHA-256$") => {
+                    return Err(invalid(
+                        format!("{key}.auth_user"),
+                        format!("`{name}` needs a password (plaintext or md5 hash) for pgharbor to log in with"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         Ok(())
     }
 

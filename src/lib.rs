@@ -69,6 +69,8 @@ pub struct State {
     pub config_path: OnceLock<PathBuf>,
     /// When this instance started (SHOW STATS averages).
     pub started: Instant,
+    /// Users looked up with auth_query.
+    pub auth_cache: crate::auth::query::AuthCache,
 }
 
 impl State {
@@ -171,6 +173,7 @@ impl Proxy {
             clients: Arc::new(ClientRegistry::new()),
             config_path: OnceLock::new(),
             started: Instant::now(),
+            auth_cache: Default::default(),
             users: ArcSwap::from_pointee(users),
             tls: ArcSwap::from_pointee(tls),
             metrics,

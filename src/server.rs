@@ -42,6 +42,26 @@ pub struct ServerTarget {
     pub tls: Arc<ServerTls>,
 }
 
+impl ServerTarget {
+    /// `db`'s server, logged in to as `user`.
+    pub fn new(
+        db: &crate::config::DatabaseConfig,
+        settings: &crate::config::PoolDefaults,
+        user: &crate::users::UserEntry,
+        tls: Arc<ServerTls>,
+    ) -> ServerTarget {
+        ServerTarget {
+            host: db.host.clone(),
+            port: db.port,
+            dbname: db.server_dbname().to_owned(),
+            user: user.config.name.clone(),
+            credential: user.server.clone(),
+            connect_timeout: settings.server_connect_timeout,
+            tls,
+        }
+    }
+}
+
 /// The real server's cancel key and address, for forwarding CancelRequests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerKey {
@@ -478,6 +498,35 @@ impl Server {
         Ok(row.and_then(|r| first_column(&r[5..])))
     }
 
+    /// Runs `sql` with the extended protocol and `param` as `$1` (text), so
+    /// the value is never part of the SQL; returns the columns of the first
+    /// row (`None` for NULL), or `None` for no row.
+    pub async fn query_row_with(
+        &mut self,
+        sql: &str,
+        param: &str,
+    ) -> Result<Option<Vec<Option<Vec<u8>>>>, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::parse("", sql, std::iter::empty(), &mut out)?;
+        let param_len = i32::try_from(param.len())
+            .map_err(|_| ProtocolError::Malformed("query parameter too long"))?;
+        // Bind: unnamed portal and statement, no format codes (text), one
+        // parameter, no result format codes (text).
+        let mut bind = BytesMut::new();
+        bind.extend_from_slice(b"\0\0\0\0\0\x01");
+        bind.extend_from_slice(&param_len.to_be_bytes());
+        bind.extend_from_slice(param.as_bytes());
+        bind.extend_from_slice(b"\0\0");
+        out.extend_from_slice(b"B");
+        out.extend_from_slice(&(bind.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(&bind);
+        frontend::execute("", 0, &mut out)?;
+        frontend::sync(&mut out);
+        self.send(&out).await?;
+        let row = self.read_reply(true, None).await?;
+        Ok(row.map(|r| columns(&r[5..])))
+    }
+
     /// Reads and discards messages up to ReadyForQuery.
     pub async fn read_until_ready(&mut self) -> Result<(), ServerError> {
         self.read_reply(false, None).await.map(drop)
@@ -690,6 +739,30 @@ fn first_column(mut row: &[u8]) -> Option<Vec<u8>> {
     }
     let len = usize::try_from(row.get_i32()).ok()?;
     row.get(..len).map(<[u8]>::to_vec)
+}
+
+/// Every column of a DataRow body (`None` for NULL); stops at a malformed
+/// column rather than trusting its length.
+fn columns(mut row: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    if row.len() < 2 {
+        return out;
+    }
+    let count = row.get_i16();
+    for _ in 0..count {
+        if row.len() < 4 {
+            break;
+        }
+        let len = row.get_i32();
+        let Ok(len) = usize::try_from(len) else {
+            out.push(None);
+            continue;
+        };
+        let Some(value) = row.get(..len) else { break };
+        out.push(Some(value.to_vec()));
+        row = &row[len..];
+    }
+    out
 }
 
 /// `E'…'` literal, correct whatever standard_conforming_strings is.

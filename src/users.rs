@@ -21,6 +21,33 @@ pub struct UserEntry {
     pub server: Arc<ServerCredential>,
 }
 
+impl UserEntry {
+    /// Derives the secrets clients are checked against and applies the
+    /// password to `server` (kept across reloads and lookups).
+    pub fn new(config: UserConfig, server: Arc<ServerCredential>) -> Result<UserEntry, String> {
+        let (scram, md5) = match config.auth_type {
+            AuthType::Trust => (None, None),
+            AuthType::Md5 => (None, Some(md5_stored(&config.name, &config.password))),
+            AuthType::ScramSha256 => {
+                let secret = if config.password.starts_with("SCRAM-SHA-256$") {
+                    ScramSecret::parse(&config.password)
+                        .map_err(|e| format!("not a valid SCRAM verifier: {e}"))?
+                } else {
+                    ScramSecret::from_password(&config.password)
+                };
+                (Some(secret), None)
+            }
+        };
+        server.configure(&config.password, scram.as_ref());
+        Ok(UserEntry {
+            config,
+            scram,
+            md5,
+            server,
+        })
+    }
+}
+
 #[derive(Default)]
 pub struct Users {
     map: HashMap<String, Arc<UserEntry>>,
@@ -33,35 +60,16 @@ impl Users {
     pub fn from_config(config: &Config, previous: Option<&Users>) -> Result<Users, ConfigError> {
         let mut map = HashMap::new();
         for (i, u) in config.users.iter().enumerate() {
-            let (scram, md5) = match u.auth_type {
-                AuthType::Trust => (None, None),
-                AuthType::Md5 => (None, Some(md5_stored(&u.name, &u.password))),
-                AuthType::ScramSha256 => {
-                    let secret = if u.password.starts_with("SCRAM-SHA-256$") {
-                        ScramSecret::parse(&u.password).map_err(|e| ConfigError::Invalid {
-                            key: format!("users[{i}].password"),
-                            reason: format!("not a valid SCRAM verifier: {e}"),
-                        })?
-                    } else {
-                        ScramSecret::from_password(&u.password)
-                    };
-                    (Some(secret), None)
-                }
-            };
             let server = previous
                 .and_then(|p| p.map.get(&u.name))
                 .map(|e| e.server.clone())
                 .unwrap_or_default();
-            server.configure(&u.password, scram.as_ref());
-            map.insert(
-                u.name.clone(),
-                Arc::new(UserEntry {
-                    config: u.clone(),
-                    scram,
-                    md5,
-                    server,
-                }),
-            );
+            let entry =
+                UserEntry::new(u.clone(), server).map_err(|reason| ConfigError::Invalid {
+                    key: format!("users[{i}].password"),
+                    reason,
+                })?;
+            map.insert(u.name.clone(), Arc::new(entry));
         }
         Ok(Users { map })
     }

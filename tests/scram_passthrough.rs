@@ -26,15 +26,10 @@ fn setup() {
             pg.create_user(role, ROLE_PASSWORD, "scram-sha-256")
                 .expect("role");
         }
-        let hba = pg.psql("app", "SHOW hba_file").expect("hba_file");
-        let hba = hba.trim();
-        let old = std::fs::read_to_string(hba).expect("read pg_hba.conf");
-        let lines = format!(
+        prepend_hba(&format!(
             "host all {SCRAM_ROLE} 127.0.0.1/32 scram-sha-256\n\
-             host all {CLEAR_ROLE} 127.0.0.1/32 password\n{old}"
-        );
-        std::fs::write(hba, lines).expect("write pg_hba.conf");
-        pg.psql("app", "SELECT pg_reload_conf()").expect("reload");
+             host all {CLEAR_ROLE} 127.0.0.1/32 password\n"
+        ));
     });
 }
 
@@ -58,27 +53,13 @@ fn config() -> String {
     text
 }
 
-fn dsn_for(addr: std::net::SocketAddr, role: &str, password: &str, db: &str) -> String {
-    format!(
-        "host={} port={} user={role} password={password} dbname={db} connect_timeout=10",
-        addr.ip(),
-        addr.port()
-    )
-}
-
-async fn try_connect(dsn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
 #[tokio::test]
 async fn a_user_known_only_by_its_verifier_logs_in_to_a_scram_only_postgres() {
     setup();
     let proxy = start_proxy_with(&config()).await;
     let direct = connect_direct().await;
     for db in ["app_tx", "app_session"] {
-        let dsn = dsn_for(proxy.addr(), SCRAM_ROLE, ROLE_PASSWORD, db);
+        let dsn = dsn_at(proxy.addr(), SCRAM_ROLE, ROLE_PASSWORD, db);
         let client = try_connect(&dsn).await.expect("login through pgharbor");
         let row = client
             .query_one("SELECT current_user::text, $1::int + 1", &[&41i32])
@@ -90,11 +71,11 @@ async fn a_user_known_only_by_its_verifier_logs_in_to_a_scram_only_postgres() {
         assert!(held >= 1, "Postgres shows no server connection of the role");
     }
     // A wrong password is refused as Postgres refuses it.
-    let direct_dsn = dsn_for(direct_addr(), SCRAM_ROLE, "wrong-pw", "app");
+    let direct_dsn = dsn_at(direct_addr(), SCRAM_ROLE, "wrong-pw", "app");
     let refused = try_connect(&direct_dsn)
         .await
         .expect_err("Postgres refuses");
-    let dsn = dsn_for(proxy.addr(), SCRAM_ROLE, "wrong-pw", "app_tx");
+    let dsn = dsn_at(proxy.addr(), SCRAM_ROLE, "wrong-pw", "app_tx");
     let through = try_connect(&dsn).await.expect_err("pgharbor refuses");
     assert_eq!(sqlstate(&through), sqlstate(&refused), "{through}");
     assert_eq!(sqlstate(&through).as_deref(), Some("28P01"));
@@ -104,7 +85,7 @@ async fn a_user_known_only_by_its_verifier_logs_in_to_a_scram_only_postgres() {
 async fn a_server_asking_a_verifier_only_user_for_a_cleartext_password_gets_a_hint() {
     setup();
     let proxy = start_proxy_with(&config()).await;
-    let dsn = dsn_for(proxy.addr(), CLEAR_ROLE, ROLE_PASSWORD, "app_tx");
+    let dsn = dsn_at(proxy.addr(), CLEAR_ROLE, ROLE_PASSWORD, "app_tx");
     // pg_reload_conf() is asynchronous: try until the password line holds
     // (at most 200 times, 50 ms apart).
     let mut last = None;

@@ -8,5 +8,6 @@
 
 pub mod credential;
 pub mod md5;
+pub mod query;
 pub mod scram;
 pub mod scram_client;

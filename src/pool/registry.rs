@@ -98,15 +98,7 @@ impl Pools {
                     user: user.config.name.clone(),
                 };
                 let settings = db.pool_settings(defaults);
-                let target = ServerTarget {
-                    host: db.host.clone(),
-                    port: db.port,
-                    dbname: db.server_dbname().to_string(),
-                    user: user.config.name.clone(),
-                    credential: user.server.clone(),
-                    connect_timeout: settings.server_connect_timeout,
-                    tls: tls.clone(),
-                };
+                let target = ServerTarget::new(db, &settings, user, tls.clone());
                 let stats = self.metrics.pool_stats(&key.database, &key.user);
                 let paused = {
                     let p = self.paused.read().unwrap_or_else(|e| e.into_inner());
