@@ -26,7 +26,7 @@ fn setup() {
             .expect("auth_user");
         pg.psql("app", &format!("ALTER ROLE {LOOKUP_USER} SUPERUSER"))
             .expect("superuser");
-        let roles: Vec<String> = ["new", "evil", "expired", "nologin"]
+        let roles: Vec<String> = ["new", "evil", "expired", "nologin", "crowd"]
             .iter()
             .map(|r| format!("{PREFIX}{r}"))
             .collect();
@@ -37,6 +37,10 @@ fn setup() {
 
 /// Only the auth_user is listed.
 async fn start(ttl: &str) -> Proxy {
+    start_as(LOOKUP_USER, ttl).await
+}
+
+async fn start_as(lookup_user: &str, ttl: &str) -> Proxy {
     setup();
     let port = pg().port();
     start_proxy_with(&format!(
@@ -46,7 +50,7 @@ listen_addr = "127.0.0.1:0"
 
 [pool]
 pool_size = 2
-auth_user = "{LOOKUP_USER}"
+auth_user = "{lookup_user}"
 auth_query_cache_ttl = "{ttl}"
 
 [[databases]]
@@ -60,7 +64,7 @@ port = {port}
 pool_mode = "session"
 
 [[users]]
-name = "{LOOKUP_USER}"
+name = "{lookup_user}"
 password = "{LOOKUP_PASSWORD}"
 "#
     ))
@@ -193,4 +197,44 @@ async fn an_expired_role_and_a_role_without_login_are_refused_as_a_wrong_passwor
     let wrong = whoami(proxy.addr(), "aq_role_nobody_at_all", "pw", "app").await;
     assert_eq!(whoami(proxy.addr(), &nologin, "pw", "app").await, wrong);
     assert_eq!(wrong, Err("28P01".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_of_one_unknown_user_share_one_lookup() {
+    // An auth_user of this test alone, whose statements Postgres logs.
+    let lookup_user = "aq_lookup_logged";
+    pg().create_user(lookup_user, LOOKUP_PASSWORD, "scram-sha-256")
+        .expect("auth_user");
+    let sql = format!(
+        "ALTER ROLE {lookup_user} SUPERUSER; ALTER ROLE {lookup_user} SET log_statement = 'all'"
+    );
+    pg().psql("app", &sql).expect("log statements");
+    let proxy = start_as(lookup_user, "60s").await;
+    let role = format!("{PREFIX}crowd");
+    pg().create_user(&role, "crowd-pw", "scram-sha-256")
+        .expect("role");
+    let lookups = || {
+        let log = std::fs::read_to_string(pg().log_path()).unwrap_or_default();
+        let marker = format!("{lookup_user}@app LOG:  execute");
+        log.lines().filter(|l| l.contains(&marker)).count()
+    };
+    let before = lookups();
+    let logins: Vec<_> = (0..16)
+        .map(|_| {
+            let dsn = dsn_at(proxy.addr(), &role, "crowd-pw", "app");
+            tokio::spawn(async move { try_connect(&dsn).await.map(drop) })
+        })
+        .collect();
+    for login in logins {
+        login.await.expect("task").expect("login");
+    }
+    let mut seen = 0;
+    for _ in 0..50 {
+        seen = lookups() - before;
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 1, "16 concurrent logins ran {seen} lookups");
 }
