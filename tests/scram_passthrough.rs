@@ -119,3 +119,28 @@ async fn a_server_asking_a_verifier_only_user_for_a_cleartext_password_gets_a_hi
     assert!(message.contains("only by a SCRAM verifier"), "{message}");
     assert!(hint.contains("pg_hba.conf"), "{hint}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_binds_the_server_login_to_its_tls_certificate() {
+    setup();
+    let mut text = support::tls::config("127.0.0.1", &support::tls::server_tls("require", None));
+    text.push_str(&format!(
+        "\n[[users]]\nname = \"{SCRAM_ROLE}\"\npassword = \"{}\"\n",
+        verifier_of(SCRAM_ROLE)
+    ));
+    let proxy = start_proxy_with(&text).await;
+    let dsn = dsn_at(proxy.addr(), SCRAM_ROLE, ROLE_PASSWORD, "app");
+    let client = try_connect(&dsn).await.expect("login through pgharbor");
+    let row = client
+        .query_one(
+            "SELECT current_user::text, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("query over a TLS server connection");
+    assert_eq!(row.get::<_, String>(0), SCRAM_ROLE);
+    assert!(
+        row.get::<_, bool>(1),
+        "the server connection is not encrypted"
+    );
+}
