@@ -238,3 +238,19 @@ async fn concurrent_logins_of_one_unknown_user_share_one_lookup() {
     }
     assert_eq!(seen, 1, "16 concurrent logins ran {seen} lookups");
 }
+
+#[tokio::test]
+async fn a_role_stored_as_md5_logs_in_with_md5_both_ways() {
+    let proxy = start("60s").await;
+    let role = "aq_md5_role";
+    pg().create_user(role, "md5-pw", "md5").expect("md5 role");
+    assert_eq!(
+        whoami(proxy.addr(), role, "md5-pw", "app").await,
+        Ok(role.to_owned())
+    );
+    let direct = try_connect(&dsn_at(direct_addr(), role, "wrong", "app"))
+        .await
+        .expect_err("Postgres refuses a wrong password");
+    let through = whoami(proxy.addr(), role, "wrong", "app").await;
+    assert_eq!(through, Err(sqlstate(&direct).unwrap_or_default()));
+}
