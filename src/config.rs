@@ -229,7 +229,21 @@ pub struct PoolDefaults {
     pub server_check_query: String,
     pub max_prepared_statements: usize,
     pub session_state: SessionState,
+    /// A `[[users]]` entry pgharbor logs in as to look up users it does not
+    /// list (with `auth_query`); empty: no lookup.
+    pub auth_user: String,
+    /// Run with the client's user name as `$1`; returns the name and the
+    /// verifier or md5 hash (NULL or no row: refused).
+    pub auth_query: String,
+    /// How long a looked-up answer (a row or its absence) is used.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_query_cache_ttl: Duration,
 }
+
+/// PgBouncer's default since 1.24.1 (CVE-2025-2291): a role past its
+/// VALID UNTIL gets no password, one without LOGIN no row.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() \
+     THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname = $1 AND rolcanlogin";
 
 impl Default for PoolDefaults {
     fn default() -> Self {
@@ -248,6 +262,9 @@ impl Default for PoolDefaults {
             server_check_query: String::new(),
             max_prepared_statements: 200,
             session_state: SessionState::Pin,
+            auth_user: String::new(),
+            auth_query: DEFAULT_AUTH_QUERY.into(),
+            auth_query_cache_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -309,6 +326,10 @@ pub struct DatabaseConfig {
     pub server_check_query: Option<String>,
     pub max_prepared_statements: Option<usize>,
     pub session_state: Option<SessionState>,
+    pub auth_user: Option<String>,
+    pub auth_query: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub auth_query_cache_ttl: Option<Duration>,
 }
 
 fn default_host() -> String {
@@ -354,6 +375,15 @@ impl DatabaseConfig {
                 .max_prepared_statements
                 .unwrap_or(d.max_prepared_statements),
             session_state: self.session_state.unwrap_or(d.session_state),
+            auth_user: self
+                .auth_user
+                .clone()
+                .unwrap_or_else(|| d.auth_user.clone()),
+            auth_query: self
+                .auth_query
+                .clone()
+                .unwrap_or_else(|| d.auth_query.clone()),
+            auth_query_cache_ttl: self.auth_query_cache_ttl.unwrap_or(d.auth_query_cache_ttl),
         }
     }
 }
@@ -370,16 +400,78 @@ pub enum AuthType {
 
 /// One `[[users]]` entry: how clients authenticate to pgharbor, and the
 /// credentials pgharbor uses toward Postgres.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
     /// Plaintext, `md5…` or `SCRAM-SHA-256$…`; plaintext is needed for
-    /// pgharbor to log in to a server that asks for a password.
+    /// pgharbor to log in to a server that asks for a password. After
+    /// loading it also holds what `password_env` or `password_file` gave.
     #[serde(default)]
     pub password: String,
+    /// The name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// A file holding the password (a mounted Kubernetes Secret); one
+    /// trailing newline is dropped.
+    pub password_file: Option<String>,
     #[serde(default)]
     pub auth_type: AuthType,
+}
+
+/// Never prints the password: configs end up in debug logs and panics.
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
+            .field("auth_type", &self.auth_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserConfig {
+    /// Fills `password` from `password_env` or `password_file`, so that a
+    /// reload re-reads them. Errors name the key and never the secret.
+    fn resolve_password(&mut self, key: &str) -> Result<(), ConfigError> {
+        let given = [
+            !self.password.is_empty(),
+            self.password_env.is_some(),
+            self.password_file.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(invalid(
+                format!("{key}.password"),
+                "give only one of password, password_env and password_file",
+            ));
+        }
+        if let Some(name) = &self.password_env {
+            let key = format!("{key}.password_env");
+            self.password = std::env::var(name).map_err(|e| {
+                let why = match e {
+                    std::env::VarError::NotPresent => "is not set",
+                    std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
+                };
+                invalid(&key, format!("environment variable `{name}` {why}"))
+            })?;
+            if self.password.is_empty() {
+                return Err(invalid(
+                    key,
+                    format!("environment variable `{name}` is empty"),
+                ));
+            }
+        } else if let Some(path) = &self.password_file {
+            let key = format!("{key}.password_file");
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(&key, format!("cannot read `{path}`: {e}")))?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            self.password = text.strip_suffix('\r').unwrap_or(text).to_owned();
+            if self.password.is_empty() {
+                return Err(invalid(key, format!("`{path}` is empty")));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -394,7 +486,11 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        for (i, u) in config.users.iter_mut().enumerate() {
+            u.resolve_password(&format!("users[{i}]"))?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -502,9 +598,41 @@ impl Config {
                 ));
             }
         }
+        self.validate_auth_users()?;
         // Reads the certificate, key and CA files: a bad path or PEM is
         // reported by check-config and at reload, not at the first client.
         crate::tls::TlsSettings::from_config(self)?;
+        Ok(())
+    }
+
+    /// Every `auth_user` must be a `[[users]]` entry pgharbor can log in as.
+    fn validate_auth_users(&self) -> Result<(), ConfigError> {
+        let mut named = vec![("pool".to_owned(), &self.pool.auth_user)];
+        for (i, db) in self.databases.iter().enumerate() {
+            if let Some(u) = &db.auth_user {
+                named.push((format!("databases[{i}]"), u));
+            }
+        }
+        for (key, name) in named {
+            if name.is_empty() {
+                continue;
+            }
+            match self.user(name) {
+                None => {
+                    return Err(invalid(
+                        format!("{key}.auth_user"),
+                        format!("`{name}` is not a [[users]] entry; list it with its password"),
+                    ))
+                }
+                Some(u) if u.password.is_empty() || u.password.starts_with("SCRAM-SHA-256$") => {
+                    return Err(invalid(
+                        format!("{key}.auth_user"),
+                        format!("`{name}` needs a password (plaintext or md5 hash) for pgharbor to log in with"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         Ok(())
     }
 

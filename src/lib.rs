@@ -69,6 +69,8 @@ pub struct State {
     pub config_path: OnceLock<PathBuf>,
     /// When this instance started (SHOW STATS averages).
     pub started: Instant,
+    /// Users looked up with auth_query.
+    pub auth_cache: crate::auth::query::AuthCache,
 }
 
 impl State {
@@ -90,7 +92,7 @@ impl State {
     /// logins; pools already open keep their settings until RECONNECT.
     pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
         config.validate()?;
-        let users = Users::from_config(&config)?;
+        let users = Users::from_config(&config, Some(&self.users()))?;
         let tls = TlsSettings::from_config(&config)?;
         self.metrics
             .client_tls_cert_expiry
@@ -136,7 +138,7 @@ impl Proxy {
     /// Validates the config, binds the listeners and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         config.validate()?;
-        let users = Users::from_config(&config)?;
+        let users = Users::from_config(&config, None)?;
         let tls = TlsSettings::from_config(&config)?;
         let metrics = Arc::new(Metrics::new());
         metrics
@@ -171,6 +173,7 @@ impl Proxy {
             clients: Arc::new(ClientRegistry::new()),
             config_path: OnceLock::new(),
             started: Instant::now(),
+            auth_cache: Default::default(),
             users: ArcSwap::from_pointee(users),
             tls: ArcSwap::from_pointee(tls),
             metrics,

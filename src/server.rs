@@ -14,6 +14,8 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::auth::credential::{ServerCredential, ServerLogin};
+use crate::auth::scram_client::KeyClient;
 use crate::net::Stream;
 use crate::tls::ServerTls;
 
@@ -32,12 +34,32 @@ pub struct ServerTarget {
     pub port: u16,
     pub dbname: String,
     pub user: String,
-    /// Plaintext (or an md5 hash, usable for md5 auth only); `None` when the
-    /// user is configured without one.
-    pub password: Option<String>,
+    /// The user's password or learnt ClientKey, read at each login so a
+    /// reload or a client's SCRAM login reaches pools already open.
+    pub credential: Arc<ServerCredential>,
     pub connect_timeout: Duration,
     /// `[server_tls]` as it was when the pool was made.
     pub tls: Arc<ServerTls>,
+}
+
+impl ServerTarget {
+    /// `db`'s server, logged in to as `user`.
+    pub fn new(
+        db: &crate::config::DatabaseConfig,
+        settings: &crate::config::PoolDefaults,
+        user: &crate::users::UserEntry,
+        tls: Arc<ServerTls>,
+    ) -> ServerTarget {
+        ServerTarget {
+            host: db.host.clone(),
+            port: db.port,
+            dbname: db.server_dbname().to_owned(),
+            user: user.config.name.clone(),
+            credential: user.server.clone(),
+            connect_timeout: settings.server_connect_timeout,
+            tls,
+        }
+    }
 }
 
 /// The real server's cancel key and address, for forwarding CancelRequests.
@@ -58,6 +80,15 @@ pub enum ServerError {
     Login(ServerErrorFields),
     #[error("server asks for a password but none is configured for user `{0}`; set users.password to the plaintext password")]
     NoPassword(String),
+    #[error("server asks for SCRAM as user `{0}`, whom pgharbor knows only by a SCRAM verifier, and no client has logged in as `{0}` with SCRAM since pgharbor started or the verifier changed")]
+    NoClientKey(String),
+    #[error("server asks for a password (md5 or cleartext) as user `{0}`, whom pgharbor knows only by a SCRAM verifier; only a SCRAM login can pass through")]
+    VerifierOnly(String),
+    #[error("SCRAM login to the server as user `{user}` failed: {source}")]
+    Scram {
+        user: String,
+        source: crate::auth::scram::ScramError,
+    },
     #[error("server asked for an unsupported authentication method ({0})")]
     UnsupportedAuth(String),
     #[error("server error: {} ({})", .0.message, .0.code)]
@@ -72,6 +103,89 @@ pub enum ServerError {
     Tls { addr: String, source: io::Error },
     #[error("server i/o error: {0}")]
     Io(#[from] io::Error),
+}
+
+impl ServerError {
+    /// What to change when pgharbor has no way to log in as the user.
+    pub fn login_hint(&self) -> Option<&'static str> {
+        match self {
+            ServerError::NoClientKey(_) => Some(
+                "log in through pgharbor once with the user's password over SCRAM, or give \
+                 users.password the plaintext password",
+            ),
+            ServerError::VerifierOnly(_) => Some(
+                "require scram-sha-256 for this user in pg_hba.conf, or give users.password \
+                 the plaintext password",
+            ),
+            ServerError::Scram { .. } => Some(
+                "copy the user's verifier from pg_authid.rolpassword again: the server's \
+                 differs from the one in pgharbor's config",
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The password to send (cleartext or md5), or why there is none.
+fn password<'l>(target: &ServerTarget, login: &'l ServerLogin) -> Result<&'l str, ServerError> {
+    match login.password.as_deref() {
+        Some(p) => Ok(p),
+        None if login.verifier_only => Err(ServerError::VerifierOnly(target.user.clone())),
+        None => Err(ServerError::NoPassword(target.user.clone())),
+    }
+}
+
+/// The client side of one SCRAM exchange with a server.
+enum SaslClient {
+    Password(Box<ScramSha256>),
+    Key(Box<KeyClient>),
+}
+
+impl SaslClient {
+    fn message(&self) -> &[u8] {
+        match self {
+            SaslClient::Password(s) => s.message(),
+            SaslClient::Key(k) => k.message(),
+        }
+    }
+
+    /// Reads server-first-message. From a password, the salted password
+    /// takes thousands of HMAC rounds (milliseconds): off the threads that
+    /// serve clients. From a ClientKey it is a few hashes.
+    async fn update(self, body: Vec<u8>, user: &str) -> Result<SaslClient, ServerError> {
+        match self {
+            SaslClient::Password(mut s) => {
+                tokio::task::spawn_blocking(move || s.update(&body).map(|()| s))
+                    .await
+                    .map_err(|e| ServerError::UnsupportedAuth(format!("SCRAM task: {e}")))?
+                    .map(SaslClient::Password)
+                    .map_err(|e| {
+                        ServerError::UnsupportedAuth(format!("SCRAM exchange failed: {e}"))
+                    })
+            }
+            SaslClient::Key(mut k) => match k.update(&body) {
+                Ok(()) => Ok(SaslClient::Key(k)),
+                Err(source) => Err(ServerError::Scram {
+                    user: user.to_owned(),
+                    source,
+                }),
+            },
+        }
+    }
+
+    fn finish(&mut self, body: &[u8], user: &str) -> Result<(), ServerError> {
+        match self {
+            SaslClient::Password(s) => s.finish(body).map_err(|e| {
+                ServerError::UnsupportedAuth(format!(
+                    "server's SCRAM signature did not verify: {e}"
+                ))
+            }),
+            SaslClient::Key(k) => k.finish(body).map_err(|source| ServerError::Scram {
+                user: user.to_owned(),
+                source,
+            }),
+        }
+    }
 }
 
 /// Parameters Postgres reports that no client can change; never synced.
@@ -204,7 +318,8 @@ impl Server {
     }
 
     async fn authenticate(&mut self, target: &ServerTarget) -> Result<(), ServerError> {
-        let mut scram: Option<ScramSha256> = None;
+        let login = target.credential.current();
+        let mut scram: Option<SaslClient> = None;
         loop {
             let msg = self.read_message().await?;
             if msg[0] == b'E' {
@@ -223,7 +338,7 @@ impl Server {
             match code {
                 0 => return Ok(()),
                 3 => {
-                    let pw = self.password(target)?;
+                    let pw = password(target, &login)?;
                     frontend::password_message(pw.as_bytes(), &mut out)?;
                 }
                 5 => {
@@ -231,7 +346,7 @@ impl Server {
                         return Err(ProtocolError::Malformed("AuthenticationMD5Password").into());
                     }
                     let salt = [body[0], body[1], body[2], body[3]];
-                    let pw = self.password(target)?;
+                    let pw = password(target, &login)?;
                     let hashed = if pw.len() == 35 && pw.starts_with("md5") {
                         crate::auth::md5::md5_salted(pw, salt)
                     } else {
@@ -244,48 +359,15 @@ impl Server {
                     frontend::password_message(hashed.as_bytes(), &mut out)?;
                 }
                 10 => {
-                    let mechs = String::from_utf8_lossy(body);
-                    let offered = |name: &str| mechs.split('\0').any(|m| m == name);
-                    // Over TLS, bind the login to the certificate the
-                    // server showed (SCRAM-SHA-256-PLUS): a man in the
-                    // middle, even one whose certificate passed
-                    // `server_tls.mode`, cannot relay it.
-                    let end_point = offered("SCRAM-SHA-256-PLUS")
-                        .then(|| self.stream.peer_end_point())
-                        .flatten();
-                    let (mechanism, binding) = match end_point {
-                        Some(hash) => (
-                            "SCRAM-SHA-256-PLUS",
-                            ChannelBinding::tls_server_end_point(hash),
-                        ),
-                        None if offered("SCRAM-SHA-256") => {
-                            ("SCRAM-SHA-256", ChannelBinding::unsupported())
-                        }
-                        None => {
-                            return Err(ServerError::UnsupportedAuth(format!(
-                                "SASL mechanisms {}",
-                                mechs.trim_end_matches('\0').replace('\0', ", ")
-                            )))
-                        }
-                    };
-                    let pw = self.password(target)?;
-                    let s = ScramSha256::new(pw.as_bytes(), binding);
+                    let (mechanism, s) = self.start_sasl(target, &login, body)?;
                     frontend::sasl_initial_response(mechanism, s.message(), &mut out)?;
                     scram = Some(s);
                 }
                 11 => {
-                    let mut s = scram
+                    let s = scram
                         .take()
                         .ok_or(ProtocolError::Malformed("SASL continue without start"))?;
-                    // The salted password takes thousands of HMAC rounds
-                    // (milliseconds): off the threads that serve clients.
-                    let body = body.to_vec();
-                    let s = tokio::task::spawn_blocking(move || s.update(&body).map(|()| s))
-                        .await
-                        .map_err(|e| ServerError::UnsupportedAuth(format!("SCRAM task: {e}")))?
-                        .map_err(|e| {
-                            ServerError::UnsupportedAuth(format!("SCRAM exchange failed: {e}"))
-                        })?;
+                    let s = s.update(body.to_vec(), &target.user).await?;
                     frontend::sasl_response(s.message(), &mut out)?;
                     scram = Some(s);
                 }
@@ -293,11 +375,7 @@ impl Server {
                     let s = scram
                         .as_mut()
                         .ok_or(ProtocolError::Malformed("SASL final without start"))?;
-                    s.finish(body).map_err(|e| {
-                        ServerError::UnsupportedAuth(format!(
-                            "server's SCRAM signature did not verify: {e}"
-                        ))
-                    })?;
+                    s.finish(body, &target.user)?;
                     continue;
                 }
                 other => {
@@ -310,18 +388,55 @@ impl Server {
         }
     }
 
+    /// Picks the SASL mechanism (SCRAM-SHA-256-PLUS over TLS: a man in the
+    /// middle, even one whose certificate passed `server_tls.mode`, cannot
+    /// relay the login) and the secret: the password, or else the ClientKey
+    /// learnt from a client of a user known only by its verifier.
+    fn start_sasl(
+        &self,
+        target: &ServerTarget,
+        login: &ServerLogin,
+        body: &[u8],
+    ) -> Result<(&'static str, SaslClient), ServerError> {
+        let mechs = String::from_utf8_lossy(body);
+        let offered = |name: &str| mechs.split('\0').any(|m| m == name);
+        let end_point = offered("SCRAM-SHA-256-PLUS")
+            .then(|| self.stream.peer_end_point())
+            .flatten();
+        let mechanism = match &end_point {
+            Some(_) => "SCRAM-SHA-256-PLUS",
+            None if offered("SCRAM-SHA-256") => "SCRAM-SHA-256",
+            None => {
+                return Err(ServerError::UnsupportedAuth(format!(
+                    "SASL mechanisms {}",
+                    mechs.trim_end_matches('\0').replace('\0', ", ")
+                )))
+            }
+        };
+        match (&login.password, &login.client_key) {
+            (None, Some(key)) => {
+                let client = KeyClient::new(key.clone(), end_point);
+                return Ok((mechanism, SaslClient::Key(Box::new(client))));
+            }
+            (None, None) if login.verifier_only => {
+                return Err(ServerError::NoClientKey(target.user.clone()))
+            }
+            _ => {}
+        }
+        let binding = match end_point {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::unsupported(),
+        };
+        let pw = password(target, login)?;
+        let client = ScramSha256::new(pw.as_bytes(), binding);
+        Ok((mechanism, SaslClient::Password(Box::new(client))))
+    }
+
     /// Writes `bytes` and pushes them out (TLS holds written bytes until
     /// flushed).
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes).await?;
         self.stream.flush().await
-    }
-
-    fn password<'t>(&self, target: &'t ServerTarget) -> Result<&'t str, ServerError> {
-        match target.password.as_deref() {
-            Some(p) if !p.is_empty() && !p.starts_with("SCRAM-SHA-256$") => Ok(p),
-            _ => Err(ServerError::NoPassword(target.user.clone())),
-        }
     }
 
     /// Reads one whole message (outside the relay).
@@ -381,6 +496,35 @@ impl Server {
         self.send(&out).await?;
         let row = self.read_reply(true, None).await?;
         Ok(row.and_then(|r| first_column(&r[5..])))
+    }
+
+    /// Runs `sql` with the extended protocol and `param` as `$1` (text), so
+    /// the value is never part of the SQL; returns the columns of the first
+    /// row (`None` for NULL), or `None` for no row.
+    pub async fn query_row_with(
+        &mut self,
+        sql: &str,
+        param: &str,
+    ) -> Result<Option<Vec<Option<Vec<u8>>>>, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::parse("", sql, std::iter::empty(), &mut out)?;
+        let param_len = i32::try_from(param.len())
+            .map_err(|_| ProtocolError::Malformed("query parameter too long"))?;
+        // Bind: unnamed portal and statement, no format codes (text), one
+        // parameter, no result format codes (text).
+        let mut bind = BytesMut::new();
+        bind.extend_from_slice(b"\0\0\0\0\0\x01");
+        bind.extend_from_slice(&param_len.to_be_bytes());
+        bind.extend_from_slice(param.as_bytes());
+        bind.extend_from_slice(b"\0\0");
+        out.extend_from_slice(b"B");
+        out.extend_from_slice(&(bind.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(&bind);
+        frontend::execute("", 0, &mut out)?;
+        frontend::sync(&mut out);
+        self.send(&out).await?;
+        let row = self.read_reply(true, None).await?;
+        Ok(row.map(|r| columns(&r[5..])))
     }
 
     /// Reads and discards messages up to ReadyForQuery.
@@ -595,6 +739,30 @@ fn first_column(mut row: &[u8]) -> Option<Vec<u8>> {
     }
     let len = usize::try_from(row.get_i32()).ok()?;
     row.get(..len).map(<[u8]>::to_vec)
+}
+
+/// Every column of a DataRow body (`None` for NULL); stops at a malformed
+/// column rather than trusting its length.
+fn columns(mut row: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    if row.len() < 2 {
+        return out;
+    }
+    let count = row.get_i16();
+    for _ in 0..count {
+        if row.len() < 4 {
+            break;
+        }
+        let len = row.get_i32();
+        let Ok(len) = usize::try_from(len) else {
+            out.push(None);
+            continue;
+        };
+        let Some(value) = row.get(..len) else { break };
+        out.push(Some(value.to_vec()));
+        row = &row[len..];
+    }
+    out
 }
 
 /// `E'…'` literal, correct whatever standard_conforming_strings is.

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::auth::credential::ServerCredential;
 use crate::auth::md5::md5_stored;
 use crate::auth::scram::ScramSecret;
 use crate::config::{AuthType, Config, ConfigError, UserConfig};
@@ -15,6 +16,36 @@ pub struct UserEntry {
     pub scram: Option<ScramSecret>,
     /// `md5…` stored hash, present for md5 users.
     pub md5: Option<String>,
+    /// How pgharbor logs in to Postgres as this user; the same one across
+    /// reloads, shared with the user's pools.
+    pub server: Arc<ServerCredential>,
+}
+
+impl UserEntry {
+    /// Derives the secrets clients are checked against and applies the
+    /// password to `server` (kept across reloads and lookups).
+    pub fn new(config: UserConfig, server: Arc<ServerCredential>) -> Result<UserEntry, String> {
+        let (scram, md5) = match config.auth_type {
+            AuthType::Trust => (None, None),
+            AuthType::Md5 => (None, Some(md5_stored(&config.name, &config.password))),
+            AuthType::ScramSha256 => {
+                let secret = if config.password.starts_with("SCRAM-SHA-256$") {
+                    ScramSecret::parse(&config.password)
+                        .map_err(|e| format!("not a valid SCRAM verifier: {e}"))?
+                } else {
+                    ScramSecret::from_password(&config.password)
+                };
+                (Some(secret), None)
+            }
+        };
+        server.configure(&config.password, scram.as_ref());
+        Ok(UserEntry {
+            config,
+            scram,
+            md5,
+            server,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -23,32 +54,22 @@ pub struct Users {
 }
 
 impl Users {
-    pub fn from_config(config: &Config) -> Result<Users, ConfigError> {
+    /// The users of `config`. `previous` (at a reload) hands over each
+    /// user's server credential, so open pools see the new password and a
+    /// learnt ClientKey survives while the verifier is unchanged.
+    pub fn from_config(config: &Config, previous: Option<&Users>) -> Result<Users, ConfigError> {
         let mut map = HashMap::new();
         for (i, u) in config.users.iter().enumerate() {
-            let (scram, md5) = match u.auth_type {
-                AuthType::Trust => (None, None),
-                AuthType::Md5 => (None, Some(md5_stored(&u.name, &u.password))),
-                AuthType::ScramSha256 => {
-                    let secret = if u.password.starts_with("SCRAM-SHA-256$") {
-                        ScramSecret::parse(&u.password).map_err(|e| ConfigError::Invalid {
-                            key: format!("users[{i}].password"),
-                            reason: format!("not a valid SCRAM verifier: {e}"),
-                        })?
-                    } else {
-                        ScramSecret::from_password(&u.password)
-                    };
-                    (Some(secret), None)
-                }
-            };
-            map.insert(
-                u.name.clone(),
-                Arc::new(UserEntry {
-                    config: u.clone(),
-                    scram,
-                    md5,
-                }),
-            );
+            let server = previous
+                .and_then(|p| p.map.get(&u.name))
+                .map(|e| e.server.clone())
+                .unwrap_or_default();
+            let entry =
+                UserEntry::new(u.clone(), server).map_err(|reason| ConfigError::Invalid {
+                    key: format!("users[{i}].password"),
+                    reason,
+                })?;
+            map.insert(u.name.clone(), Arc::new(entry));
         }
         Ok(Users { map })
     }

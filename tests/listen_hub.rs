@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use pgharbor::auth::credential::ServerCredential;
 use pgharbor::config::{ListenConfig, OverflowPolicy};
 use pgharbor::listen::{self, ListenCommand, ListenHub, PendingListens, Subscriber};
 use pgharbor::metrics::Metrics;
@@ -24,7 +25,7 @@ fn role(name: &str) -> ServerTarget {
         port: pg.port(),
         dbname: "app".into(),
         user: name.into(),
-        password: Some("pw".into()),
+        credential: Arc::new(ServerCredential::new("pw")),
         connect_timeout: Duration::from_secs(5),
         tls: Default::default(),
     }

@@ -6,5 +6,8 @@
 //! in to servers. These modules only transform bytes; the connection code
 //! owns the sockets and the message framing.
 
+pub mod credential;
 pub mod md5;
+pub mod query;
 pub mod scram;
+pub mod scram_client;

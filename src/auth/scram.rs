@@ -56,6 +56,14 @@ pub enum ScramError {
     /// A step was called out of order, or after the exchange ended.
     #[error("SCRAM exchange step called out of order")]
     OutOfOrder,
+    /// The server announced a salt or iteration count other than the
+    /// verifier's: it holds another verifier for the user, which a
+    /// ClientKey made for this one cannot satisfy.
+    #[error("the server's SCRAM salt or iteration count differs from the verifier pgharbor has for the user")]
+    OtherVerifier,
+    /// The server's signature (server-final-message) did not verify.
+    #[error("the server's SCRAM signature did not verify")]
+    ServerSignature,
 }
 
 /// What the server must know about a password: never the password itself.
@@ -155,7 +163,7 @@ fn keyed(key: &[u8]) -> HmacSha256 {
     <HmacSha256 as KeyInit>::new(&block)
 }
 
-fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+pub(super) fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut mac = keyed(key);
     mac.update(msg);
     mac.finalize().into_bytes().into()
@@ -180,7 +188,7 @@ fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     out
 }
 
-fn xor(mut a: [u8; 32], b: &[u8; 32]) -> [u8; 32] {
+pub(super) fn xor(mut a: [u8; 32], b: &[u8; 32]) -> [u8; 32] {
     a.iter_mut().zip(b).for_each(|(x, y)| *x ^= y);
     a
 }
@@ -227,6 +235,8 @@ pub struct ScramServer {
     binding: ChannelBinding,
     server_nonce: String,
     state: State,
+    /// The ClientKey the client proved, after a successful exchange.
+    client_key: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for ScramServer {
@@ -252,7 +262,15 @@ impl ScramServer {
             binding,
             server_nonce,
             state,
+            client_key: None,
         }
+    }
+
+    /// The ClientKey recovered from a successful exchange (ClientProof XOR
+    /// ClientSignature, checked against StoredKey): enough to log in to a
+    /// server holding the same verifier. Taken once.
+    pub fn take_client_key(&mut self) -> Option<[u8; 32]> {
+        self.client_key.take()
     }
 
     /// Input: the client-first-message (from SASLInitialResponse).
@@ -329,6 +347,7 @@ impl ScramServer {
         if !bool::from(stored.ct_eq(&self.secret.stored_key)) {
             return Err(ScramError::InvalidProof);
         }
+        self.client_key = Some(client_key);
         let signature = hmac(&self.secret.server_key, auth_message.as_bytes());
         Ok(format!("v={}", B64.encode(signature)).into_bytes())
     }

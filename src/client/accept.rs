@@ -212,7 +212,19 @@ async fn run(
         local,
         login,
     } = greeted;
-    let user = state.users().get(login.user());
+    let known = state.users().get(login.user());
+    let user = match known {
+        Some(user) => Some(user),
+        None => {
+            let lookup = state
+                .auth_cache
+                .user(&state, login.database(), login.user());
+            tokio::time::timeout_at(deadline, lookup)
+                .await
+                .ok()
+                .flatten()
+        }
+    };
     let auth = startup::authenticate(
         &mut stream,
         &mut buf,
@@ -257,7 +269,7 @@ async fn run(
     };
     let pool = state
         .pools
-        .get_or_create(db, &user.config, &config.pool, &state.tls().server);
+        .get_or_create(db, &user, &config.pool, &state.tls().server);
     let cancel = state.cancel.register();
     let listed = (state.clients).register(
         &login,

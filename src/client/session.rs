@@ -479,6 +479,12 @@ fn leak_code(code: &str) -> &'static str {
 }
 
 pub(super) fn checkout_error(e: CheckoutError) -> PgError {
+    if let CheckoutError::Connect { source, .. } = &e {
+        if let Some(hint) = source.login_hint() {
+            let code = sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION;
+            return PgError::fatal(code, e.to_string()).with_hint(hint);
+        }
+    }
     match &e {
         CheckoutError::Timeout { .. } => {
             PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, e.to_string())

@@ -465,6 +465,11 @@ pub async fn authenticate(
             let last = scram
                 .handle_client_final(&msg[5..])
                 .map_err(|_| auth_failed(name))?;
+            // For a user known only by its verifier, the proven ClientKey is
+            // what lets pgharbor log in to Postgres (SCRAM pass-through).
+            if let (Some(key), Some(secret)) = (scram.take_client_key(), user.scram.as_ref()) {
+                user.server.learn(key, secret);
+            }
             backend::authentication_sasl_final(&mut out, &last);
         }
     }

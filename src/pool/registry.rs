@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use super::{Pool, PoolKey};
-use crate::config::{DatabaseConfig, PoolDefaults, UserConfig};
+use crate::config::{DatabaseConfig, PoolDefaults};
 use crate::metrics::Metrics;
 use crate::server::ServerTarget;
+use crate::users::UserEntry;
 
 /// What the admin console paused: pools created later start paused too.
 #[derive(Debug, Default)]
@@ -74,7 +75,7 @@ impl Pools {
     pub fn get_or_create(
         &self,
         db: &DatabaseConfig,
-        user: &UserConfig,
+        user: &UserEntry,
         defaults: &PoolDefaults,
         tls: &Arc<crate::tls::ServerTls>,
     ) -> Arc<Pool> {
@@ -83,29 +84,21 @@ impl Pools {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&db.name)
-            .and_then(|users| users.get(&user.name))
+            .and_then(|users| users.get(&user.config.name))
         {
             return p.clone();
         }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         map.entry(db.name.clone())
             .or_default()
-            .entry(user.name.clone())
+            .entry(user.config.name.clone())
             .or_insert_with(|| {
                 let key = PoolKey {
                     database: db.name.clone(),
-                    user: user.name.clone(),
+                    user: user.config.name.clone(),
                 };
                 let settings = db.pool_settings(defaults);
-                let target = ServerTarget {
-                    host: db.host.clone(),
-                    port: db.port,
-                    dbname: db.server_dbname().to_string(),
-                    user: user.name.clone(),
-                    password: (!user.password.is_empty()).then(|| user.password.clone()),
-                    connect_timeout: settings.server_connect_timeout,
-                    tls: tls.clone(),
-                };
+                let target = ServerTarget::new(db, &settings, user, tls.clone());
                 let stats = self.metrics.pool_stats(&key.database, &key.user);
                 let paused = {
                     let p = self.paused.read().unwrap_or_else(|e| e.into_inner());

@@ -785,3 +785,29 @@ pub mod raw {
         msgs.iter().rev().find(|m| m.tag == b'Z').map(|m| m.body[0])
     }
 }
+
+/// A DSN for `role` with `password` on database `db` at `addr`.
+pub fn dsn_at(addr: std::net::SocketAddr, role: &str, password: &str, db: &str) -> String {
+    format!(
+        "host={} port={} user={role} password={password} dbname={db} connect_timeout=10",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// Connects, handing back the error (a refused login) instead of panicking.
+pub async fn try_connect(dsn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Puts `lines` before the shared Postgres's pg_hba.conf rules (the first
+/// match wins) and asks it to reload them.
+pub fn prepend_hba(lines: &str) {
+    let hba = pg().psql("app", "SHOW hba_file").expect("hba_file");
+    let hba = hba.trim();
+    let old = std::fs::read_to_string(hba).expect("read pg_hba.conf");
+    std::fs::write(hba, format!("{lines}{old}")).expect("write pg_hba.conf");
+    pg().psql("app", "SELECT pg_reload_conf()").expect("reload");
+}
