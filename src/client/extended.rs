@@ -7,8 +7,8 @@ use bytes::BytesMut;
 
 use super::expect::{Action, Reply, Undo};
 use super::prepared::{
-    build_bind, build_target, changed_result_type_error, parse_bind, parse_parse, parse_target,
-    Statement,
+    build_bind, build_parse, build_target, changed_result_type_error, parse_bind, parse_parse,
+    parse_target, Statement,
 };
 use super::session::Session;
 use super::unnamed::names_unnamed_statement;
@@ -253,9 +253,11 @@ impl Session {
                         .push(Reply::ParseComplete, Action::Forward, None);
                 } else if let Some(existing) = self.statements.get(p.name).cloned() {
                     // Postgres refuses a second Parse of a live name with
-                    // 42P05; let the server say so, in order.
+                    // 42P05, after it has analysed the new text (whose own
+                    // error comes first): the server does both, given the
+                    // new text under the name of the statement it holds.
                     self.ensure_prepared(&existing);
-                    self.to_server.extend_from_slice(&existing.parse);
+                    build_parse(&mut self.to_server, &existing.name, p.rest);
                     self.expect
                         .push(Reply::ParseComplete, Action::Forward, None);
                 } else {

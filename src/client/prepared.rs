@@ -255,6 +255,18 @@ pub fn parse_bind(body: &[u8]) -> Result<BindMsg<'_>, ProtocolError> {
     })
 }
 
+/// Parse of `rest` (query, parameter count and types, as the client sent
+/// them) under the statement name `name`.
+pub fn build_parse(out: &mut BytesMut, name: &str, rest: &[u8]) {
+    out.reserve(5 + name.len() + 1 + rest.len());
+    let start = out.len();
+    out.put_u8(b'P');
+    out.put_i32(0);
+    put_cstr(out, name);
+    out.put_slice(rest);
+    finish_len(out, start);
+}
+
 pub fn build_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
     // One reservation for the whole message, not one per part.
     out.reserve(5 + portal.len() + 1 + statement.len() + 1 + rest.len());

@@ -74,6 +74,18 @@ cases! {
     a_fresh_prepare_after_its_type_was_created_again { session: [], transaction: [] }
     a_fresh_prepare_answered_without_a_server_after_its_type_was_created_again { session: [], transaction: [] }
     a_fresh_prepare_after_its_table_was_created_again { session: [], transaction: [] }
+    a_parse_skipped_after_a_failed_execute_leaves_no_statement {
+        session: [],
+        transaction: [#[ignore = "generator finding: Execute of a missing portal, then Parse s0 in the same group: Postgres skips the Parse, so a later Bind of s0 gets 26000; pgharbor keeps s0 and binds it"]]
+    }
+    an_error_names_a_statement_closed_later_in_the_pipeline {
+        session: [],
+        transaction: [#[ignore = "generator finding: Bind with too many parameters, then Close of s0 before the Sync was answered: Postgres 08P01 names s0, pgharbor ph_… (the name is mapped back only while the client still has the statement)"]]
+    }
+    a_second_parse_of_a_name_then_its_close {
+        session: [],
+        transaction: [#[ignore = "generator finding: Parse s0 twice in one group, then Close s0: Postgres 42P05 names s0, pgharbor ph_…"]]
+    }
     a_close_skipped_after_an_error_keeps_the_statement { session: [], transaction: [] }
     a_bind_of_a_missing_unnamed_statement_after_an_error_is_skipped { session: [], transaction: [] }
 }
@@ -733,4 +745,50 @@ pub fn a_bind_of_a_missing_unnamed_statement_after_an_error_is_skipped() -> Conv
     .bind("", "", &[])
     .sync()
     .ready()
+}
+
+/// Found by the generator (seed 0x5eed0026, on a pgharbor where another
+/// client had prepared the same text): Postgres skips every message after
+/// an error up to the Sync, Parse included.
+pub fn a_parse_skipped_after_a_failed_execute_leaves_no_statement() -> Conversation {
+    Conversation::new(
+        "a_parse_skipped_after_a_failed_execute_leaves_no_statement",
+        2,
+    )
+    .on(1)
+    .prepare("s9", "SELECT $1::text || '!' AS shout")
+    .on(0)
+    .execute("p0", 0)
+    .parse("s0", "SELECT $1::text || '!' AS shout", &[])
+    .sync()
+    .bind_full("", "s0", &[Some("4")], true)
+    .sync()
+    .ready()
+    .ready()
+}
+
+/// Found by the generator (seed 0x5eed002d).
+pub fn an_error_names_a_statement_closed_later_in_the_pipeline() -> Conversation {
+    Conversation::new("an_error_names_a_statement_closed_later_in_the_pipeline", 1)
+        .on(0)
+        .parse("s0", "SELECT $1::text || '!' AS shout", &[])
+        .bind_full("", "s0", &[None, Some("1")], true)
+        .sync()
+        .close_statement("s0")
+        .sync()
+        .ready()
+        .ready()
+}
+
+/// Found by the generator (seed 0x5eed002c).
+pub fn a_second_parse_of_a_name_then_its_close() -> Conversation {
+    Conversation::new("a_second_parse_of_a_name_then_its_close", 1)
+        .on(0)
+        .parse("s0", "SELECT 1 AS one", &[])
+        .parse("s0", "SELECT 2 AS two", &[])
+        .sync()
+        .close_statement("s0")
+        .sync()
+        .ready()
+        .ready()
 }
