@@ -368,7 +368,7 @@ async fn stress_cancels_hit_only_their_target() {
             let mut cancelled = Vec::new();
             let mut queries = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let long = xorshift(&mut rng) % 8 == 0;
+                let long = xorshift(&mut rng).is_multiple_of(8);
                 let sql = if long {
                     "select pg_sleep(2)"
                 } else {

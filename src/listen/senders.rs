@@ -85,8 +85,7 @@ impl Senders {
         if self
             .calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            % 4096
-            == 0
+            .is_multiple_of(4096)
         {
             map.retain(|_, h| {
                 prune(h, now);
