@@ -95,6 +95,25 @@ impl Session {
         hub.note_notify(&key, pid, targets);
     }
 
+    /// Whether pgharbor may answer a simple Query itself now, and the
+    /// transaction status its ReadyForQuery then carries. `Forward`: the
+    /// Query is mixed into an unfinished extended-protocol batch or a COPY,
+    /// with no place to answer in order, so the server refuses or runs it.
+    /// `Wait`: replies to earlier messages are still to come.
+    pub(super) fn turn_to_answer_a_query(&self) -> Result<u8, Intercept> {
+        if self.txn.unsynced || self.txn.copy_in {
+            return Err(Intercept::Forward);
+        }
+        if self.txn.pending > 0 || !self.expect.is_empty() || !self.sscan.at_boundary() {
+            return Err(Intercept::Wait);
+        }
+        Ok(if self.server.is_some() {
+            self.txn.status
+        } else {
+            b'I'
+        })
+    }
+
     /// Answers a simple Query made only of LISTEN / UNLISTEN statements with
     /// the CommandComplete(s) and ReadyForQuery Postgres would send. Inside a
     /// transaction they are held until COMMIT (dropped on ROLLBACK).
@@ -111,18 +130,9 @@ impl Session {
             Ok(QueryListens::Only(cmds)) => Ok(cmds),
             Err(e) => Err(e.to_pg_error()),
         };
-        if self.txn.unsynced || self.txn.copy_in {
-            // Mixed into an unfinished extended-protocol batch: no place to
-            // answer in order. Let the server refuse or run it.
-            return Intercept::Forward;
-        }
-        if self.txn.pending > 0 || !self.expect.is_empty() || !self.sscan.at_boundary() {
-            return Intercept::Wait;
-        }
-        let status = if self.server.is_some() {
-            self.txn.status
-        } else {
-            b'I'
+        let status = match self.turn_to_answer_a_query() {
+            Ok(status) => status,
+            Err(not_now) => return not_now,
         };
         match cmds {
             Err(e) => e.encode(&mut self.to_client),

@@ -214,16 +214,12 @@ impl Session {
             Kind::DeallocateAll | Kind::DiscardAll => self.pinned.is_none(),
             Kind::Execute(_) => false,
         };
-        if !here || self.txn.unsynced || self.txn.copy_in {
+        if !here {
             return Intercept::Forward;
         }
-        if self.txn.pending > 0 || !self.expect.is_empty() || !self.sscan.at_boundary() {
-            return Intercept::Wait;
-        }
-        let status = if self.server.is_some() {
-            self.txn.status
-        } else {
-            b'I'
+        let status = match self.turn_to_answer_a_query() {
+            Ok(status) => status,
+            Err(not_now) => return not_now,
         };
         if status == b'E' || (status != b'I' && kind == Kind::DiscardAll) {
             return Intercept::Forward;
