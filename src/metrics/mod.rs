@@ -39,9 +39,6 @@ pub struct Metrics {
     pub listen_overflows: IntCounter,
     /// Transaction-mode clients pinned to their server by session state.
     pub session_pins: IntCounter,
-    /// Prepared statements prepared again and retried after their result
-    /// type changed.
-    pub statement_retries: IntCounter,
     /// TLS handshakes with clients that failed (an expired or unknown
     /// certificate on the client's side shows here first).
     pub client_tls_handshake_errors: IntCounter,
@@ -217,11 +214,6 @@ impl Metrics {
                 &r,
                 "pgharbor_session_pins_total",
                 "Transaction-mode clients pinned to one server because they created session state",
-            ),
-            statement_retries: counter(
-                &r,
-                "pgharbor_prepared_retries_total",
-                "Executions retried after re-preparing a statement whose result type changed",
             ),
             client_tls_handshake_errors: counter(
                 &r,
