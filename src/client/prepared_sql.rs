@@ -30,7 +30,9 @@ const WORDS: [&[u8]; 3] = [b"deallocate", b"discard", b"execute"];
 
 /// Whether the statement starting at `b` (before its white space and
 /// comments) may be one of [`WORDS`]: a few byte comparisons, run on Query
-/// and unnamed Parse texts, so that a text is lexed only when it may be.
+/// and unnamed Parse texts, so that a text is lexed only when it may be
+/// (a Parse holds one statement; a Query's statement starts are looked at
+/// by `query_scan`, in its one pass).
 pub(super) fn statement_may_name(mut b: &[u8]) -> bool {
     loop {
         let Some(first) = b.iter().position(|c| !c.is_ascii_whitespace()) else {
@@ -57,13 +59,6 @@ pub(super) fn statement_may_name(mut b: &[u8]) -> bool {
         && WORDS
             .iter()
             .any(|w| b.get(..w.len()).is_some_and(|p| p.eq_ignore_ascii_case(w)))
-}
-
-/// Cheap test before lexing: may a statement of `sql` be a DEALLOCATE,
-/// DISCARD or EXECUTE? Only its first statement: a Parse holds one (a
-/// Query's statements are looked at by `query_scan`, in its one pass).
-pub(super) fn may_name_statements(sql: &[u8]) -> bool {
-    statement_may_name(sql)
 }
 
 /// What one statement of a text does to prepared statements.
@@ -446,7 +441,7 @@ mod tests {
             let scan = crate::client::query_scan::scan(sql.as_bytes(), true);
             assert!(scan.names_statements, "{sql}");
         }
-        assert!(!may_name_statements(b"select 1; execute p"));
+        assert!(!statement_may_name(b"select 1; execute p"));
         for sql in [
             "select 'deallocate'",
             "delete from t",
@@ -457,7 +452,7 @@ mod tests {
         ] {
             let scan = crate::client::query_scan::scan(sql.as_bytes(), true);
             assert!(
-                !scan.names_statements && !may_name_statements(sql.as_bytes()),
+                !scan.names_statements && !statement_may_name(sql.as_bytes()),
                 "{sql}"
             );
         }

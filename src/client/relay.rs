@@ -472,7 +472,7 @@ impl Session {
                                 let scan = query_scan::scan(sql, true);
                                 may_listen = scan.listen;
                                 text_may_hold_state = scan.session_state;
-                                names_statements = prepared_sql::may_name_statements(sql);
+                                names_statements = prepared_sql::statement_may_name(sql);
                             }
                         }
                         let mut action = self.classify_local(tag, body, may_listen);
