@@ -32,6 +32,13 @@ fn session_state_message(what: &str) -> String {
     )
 }
 
+/// A burst of Parse messages, and its Sync, that pgharbor answers without
+/// a server: the burst's length, and each statement under the client's name.
+pub(super) struct KnownParses {
+    len: usize,
+    statements: Vec<(String, Arc<Statement>)>,
+}
+
 /// What became of a whole client message the relay looked at.
 pub(super) enum Forwarded {
     /// It goes to the server as the client sent it: it stays in `cbuf`
@@ -377,8 +384,8 @@ impl Session {
     /// pgbench -M prepared) would otherwise need a free server just to be
     /// told "ParseComplete", and can deadlock a pool whose servers are held by
     /// their own other connections. The statement is prepared on a server
-    /// when the client first binds it. Returns false (nothing consumed) when
-    /// the burst does not qualify.
+    /// when the client first binds it. `None` when the burst at the front
+    /// of `cbuf` does not qualify.
     ///
     /// A text is known once a server accepted it, and forgotten when a
     /// Parse of it fails or is skipped (`server_replies.rs`), so a text
@@ -388,52 +395,58 @@ impl Session {
     /// prepares it on a server, rather than at the Parse. Never inside a
     /// transaction (no server is held), so never where Postgres would
     /// refuse the Parse with 25P02 or skip it after an error.
-    pub(super) fn answer_prepare_locally(&mut self) -> bool {
+    pub(super) fn known_parses(&self) -> Option<KnownParses> {
         let mut offset = 0;
-        let mut names = Vec::new();
+        let mut statements: Vec<(String, Arc<Statement>)> = Vec::new();
         loop {
             let buf = &self.cbuf[offset..];
             if buf.len() < 5 {
-                return false;
+                return None;
             }
             let tag = buf[0];
             let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
             if len < 4 || buf.len() < len as usize + 1 {
-                return false;
+                return None;
             }
             let total = len as usize + 1;
             match tag {
                 b'P' => {
-                    let Ok(p) = parse_parse(&buf[5..total]) else {
-                        return false;
-                    };
-                    let again = names.iter().any(|(n, _)| n == p.name);
+                    let p = parse_parse(&buf[5..total]).ok()?;
+                    let again = statements.iter().any(|(n, _)| n == p.name);
                     if p.name.is_empty() || again || self.statements.contains_key(p.name) {
-                        return false;
+                        return None;
                     }
                     let st = Statement::new(p.rest);
                     if !self.state.known_statements.contains(&st.name) {
-                        return false;
+                        return None;
                     }
-                    names.push((p.name.to_string(), Arc::new(st)));
+                    statements.push((p.name.to_string(), Arc::new(st)));
                 }
-                b'S' if !names.is_empty() => {
+                b'S' if !statements.is_empty() => {
                     offset += total;
                     break;
                 }
-                _ => return false,
+                _ => return None,
             }
             offset += total;
         }
-        let _ = self.cbuf.split_to(offset);
-        for (client_name, st) in names {
+        Some(KnownParses {
+            len: offset,
+            statements,
+        })
+    }
+
+    /// Answers the burst [`Session::known_parses`] found, as the server
+    /// would: a ParseComplete for each, then ReadyForQuery.
+    pub(super) fn answer_known_parses(&mut self, parses: KnownParses) {
+        let _ = self.cbuf.split_to(parses.len);
+        for (client_name, st) in parses.statements {
             st.fresh.store(true, std::sync::atomic::Ordering::Relaxed);
             self.statements.insert(client_name, st);
             backend::parse_complete(&mut self.to_client);
         }
         backend::ready_for_query(&mut self.to_client, b'I');
         let _ = self.flush_client();
-        true
     }
 
     /// Pins the client (`session_state = "pin"`) or returns the refusal to

@@ -3,6 +3,7 @@
 
 mod accept;
 mod buffers;
+mod checkout;
 mod copy;
 mod drop_database;
 mod expect;
@@ -14,6 +15,7 @@ mod prepared_sql;
 mod query_scan;
 mod relay;
 mod replay;
+mod route;
 mod server_replies;
 mod session;
 mod session_state;

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::expect::Outcome;
+use bytes::BytesMut;
+
+use super::expect::{Outcome, Undo};
 use super::prepared::{client_names_in_error, row_shape, CHANGED_RESULT_TYPE};
 use super::relay::{append, synthesize, try_fill, Ending};
 use super::session::{Session, SessionError};
@@ -15,6 +17,7 @@ use super::temp_backstop::{tag_may_create_temp, TempCheck};
 use crate::config::PoolMode;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::frame::Step;
+use crate::protocol::ProtocolError;
 use crate::protocol::{backend, sqlstate, PgError};
 use crate::server::ServerError;
 
@@ -42,6 +45,28 @@ fn server_inspects_listen(tag: u8) -> bool {
 /// While the server answers a statement pgharbor replaced: its row too.
 fn inspect_all(_: u8) -> bool {
     true
+}
+
+/// What one read from the server decided, gathered as its messages are
+/// scanned and acted on once the read is done.
+#[derive(Default)]
+struct ServerBurst {
+    /// Bytes at the front of the read buffer decided on, for the client.
+    ready: usize,
+    /// The transaction ended and the server may go back to the pool.
+    release: bool,
+    /// The transaction ended: counted, its duration observed.
+    txn_done: bool,
+    /// LISTENs of the transaction take effect (`true`) or are dropped.
+    listen_txn_end: Option<bool>,
+    /// The next reply is dropped: the group runs again (`replay.rs`).
+    drop_error: bool,
+    /// The group runs again once the read is done.
+    replay_now: bool,
+    /// Statement bookkeeping of replies that failed or were skipped.
+    undo: Vec<Undo>,
+    /// Server statements whose Parse succeeded.
+    parsed: Vec<Arc<str>>,
 }
 
 /// What a read from the server leaves to do, for the part that may await.
@@ -119,249 +144,312 @@ impl Session {
             Ok(false) => Some(Box::new(ServerError::Closed)),
             Err(e) => Some(Box::new(ServerError::Io(e))),
         };
-        let mut release = false;
-        let mut txn_done = false;
-        let mut ready = 0usize;
+        // Taken out while it is scanned, so that a message's body and the
+        // session can be borrowed together; put back below.
+        let mut rbuf = std::mem::take(&mut pooled.server.rbuf);
+        let mut burst = ServerBurst::default();
+        let scanned = self.scan_server_bytes(&mut rbuf, &mut burst);
+        if scanned.is_ok() {
+            let chunk = rbuf.split_to(burst.ready);
+            append(&mut self.to_client, chunk);
+        }
+        if let Some(pooled) = self.server.as_mut() {
+            pooled.server.rbuf = rbuf;
+        }
+        if let Err(e) = scanned {
+            return Some(ServerRead::Broken(Box::new(ServerError::Protocol(e))));
+        }
+        self.settle_statements(burst.parsed, burst.undo);
+        let ended = burst.txn_done.then(|| self.end_of_transaction());
+        if burst.replay_now {
+            self.start_replay();
+        }
+        Some(ServerRead::Done {
+            lost,
+            release: burst.release,
+            ended,
+            listen_txn_end: burst.listen_txn_end,
+        })
+    }
+
+    /// Which server messages this scan must see whole.
+    fn server_inspects(&self) -> fn(u8) -> bool {
         let tx = self.mode == PoolMode::Transaction;
-        let mut undo = Vec::new();
-        let mut parsed = Vec::new();
-        let mut listen_txn_end = None;
-        let mut drop_error = false;
-        let mut replay_now = false;
-        let pooled = self.server.as_mut()?;
+        // While the server reads COPY data, the CommandComplete that ends
+        // the COPY is looked at too.
+        let each = tx && self.expect.needs_each_reply();
+        if each && self.expect.replaces_next() {
+            inspect_all
+        } else if each || self.txn.server_copy_in {
+            server_inspects_tx
+        } else if !tx {
+            server_inspects
+        } else if !self.pending_listens.is_empty() || self.pinned.is_none() {
+            server_inspects_listen
+        } else {
+            server_inspects
+        }
+    }
+
+    /// Scans `rbuf` message by message: what passes goes to the client
+    /// as read, what is looked at whole goes to its handler.
+    fn scan_server_bytes(
+        &mut self,
+        rbuf: &mut BytesMut,
+        burst: &mut ServerBurst,
+    ) -> Result<(), ProtocolError> {
         loop {
-            // While the server reads COPY data, the CommandComplete that
-            // ends the COPY is looked at too.
-            let each = tx && self.expect.needs_each_reply();
-            let inspects = if each && self.expect.replaces_next() {
-                inspect_all
-            } else if each || self.txn.server_copy_in {
-                server_inspects_tx
-            } else if !tx {
-                server_inspects
-            } else if !self.pending_listens.is_empty() || self.pinned.is_none() {
-                server_inspects_listen
-            } else {
-                server_inspects
-            };
-            let rbuf = &pooled.server.rbuf;
-            let step = match self.sscan.step(&rbuf[ready..], 1 << 30, inspects) {
-                Ok(s) => s,
-                Err(e) => return Some(ServerRead::Broken(Box::new(ServerError::Protocol(e)))),
-            };
-            match step {
-                Step::Incomplete => break,
+            let inspects = self.server_inspects();
+            match self.sscan.step(&rbuf[burst.ready..], 1 << 30, inspects)? {
+                Step::Incomplete => return Ok(()),
                 Step::Pass { tag, len } => {
                     if let (Some(r), Some(tag)) = (self.replay.as_deref_mut(), tag) {
                         r.note_forwarded(tag);
                     }
-                    ready += len
+                    burst.ready += len;
                 }
-                Step::Whole { tag, len } => {
-                    let body = &rbuf[ready + 5..ready + len];
-                    if self.txn.server_copy_in && matches!(tag, b'C' | b'E') {
-                        self.txn.copy_in_ended(tag == b'C');
-                    }
-                    // The reply to a Describe of a named statement: its
-                    // result shape (see `bind_fits` in `extended.rs`).
-                    let described = if tx && matches!(tag, b'T' | b'n') {
-                        self.expect.describing().map(|(st, to_client)| {
-                            let shape = row_shape(tag, body);
-                            if to_client {
-                                st.set_client_shape(shape);
-                            }
-                            (st.clone(), shape)
-                        })
-                    } else {
-                        None
-                    };
-                    // An error that may name a statement by pgharbor's
-                    // name (transaction mode): the client's goes in its place.
-                    let mut error = false;
-                    match tag {
-                        b'Z' => {
-                            let status = body.first().copied().unwrap_or(b'I');
-                            pooled.server.status = status;
-                            self.txn.status = status;
-                            self.txn.ready_answered();
-                            release = false;
-                            if status == b'I' && !self.pending_listens.is_empty() {
-                                // An explicit transaction ends with COMMIT or
-                                // ROLLBACK (also the tag of a failed COMMIT);
-                                // an implicit one commits unless it failed.
-                                listen_txn_end = Some(match self.last_command_tag.as_deref() {
-                                    Some("COMMIT") => true,
-                                    Some("ROLLBACK") => false,
-                                    _ => !self.txn.failed,
-                                });
-                            }
-                            self.txn.failed = false;
-                            if status == b'I' {
-                                if let Some(l) = self.local.as_deref_mut() {
-                                    l.end_of_transaction();
-                                }
-                            }
-                            if self.txn.pending == 0 && !self.txn.unsynced && status == b'I' {
-                                txn_done = true;
-                                release =
-                                    self.mode == PoolMode::Transaction && self.pinned.is_none();
-                            }
-                            if self.replay.as_ref().is_some_and(|r| r.armed) {
-                                // The group runs again: this ReadyForQuery is
-                                // not the client's, and the server stays.
-                                drop_error = true;
-                                replay_now = true;
-                                release = false;
-                                txn_done = false;
-                                listen_txn_end = None;
-                            }
-                        }
-                        b'S' => {
-                            if let Some((k, v)) = backend::parse_parameter_status(body) {
-                                pooled.server.set_param(k.clone(), v.clone());
-                                if self.reported.get(&k) != Some(&v) {
-                                    Arc::make_mut(&mut self.reported).insert(k, v);
-                                }
-                            }
-                        }
-                        b'E' => {
-                            self.txn.failed = true;
-                            // A held Bind is looked at again (and skipped).
-                            self.shape_wait = false;
-                            let alone = self.txn.pending == 1
-                                && !self.txn.unsynced
-                                && self.cscan.at_boundary();
-                            if let Some(r) = self.replay.as_deref_mut() {
-                                drop_error = r.arm(body, alone);
-                            }
-                            let fields = ServerErrorFields::parse(body);
-                            if fields.is_fatal() {
-                                self.server_fatal_sent = true;
-                            }
-                            if tx {
-                                // [prepared statements] A statement gone
-                                // stale stays so on this server: none of its
-                                // statements is trusted, each is closed and
-                                // prepared again when next used.
-                                if fields.code == "0A000" && fields.message == CHANGED_RESULT_TYPE {
-                                    pooled.server.prepared.forget_all();
-                                }
-                                error = true;
-                            }
-                        }
-                        b'G' => {
-                            let ignored = self.txn.copy_in_started();
-                            if tx {
-                                self.expect.drop_ignored_syncs(ignored);
-                            }
-                        }
-                        b'C' => {
-                            if tx && self.pinned.is_none() && tag_may_create_temp(body) {
-                                self.txn.temp_check = true;
-                            }
-                            if tx && body == b"RESET\0" {
-                                // RESET ALL (or RESET of one setting): what
-                                // pgharbor applied there may be gone, so it
-                                // is applied again at the next checkout.
-                                pooled.server.applied.clear();
-                            }
-                            if !self.pending_listens.is_empty() {
-                                self.last_command_tag = crate::protocol::frame::read_cstr(body)
-                                    .ok()
-                                    .map(|(t, _)| t.to_owned());
-                            }
-                        }
-                        _ => {}
-                    }
-                    if let Some((st, shape)) = described {
-                        pooled.server.prepared.set_shape(&st.name, shape);
-                        self.shape_wait = false;
-                    }
-                    let mut outcome = if tx {
-                        self.expect.on_server_message(tag, &mut undo, &mut parsed)
-                    } else {
-                        Outcome::Forward
-                    };
-                    // After the skip: a statement whose Close it skipped
-                    // is the client's again.
-                    let renamed = error.then(|| {
-                        let body = &pooled.server.rbuf[ready + 5..ready + len];
-                        client_names_in_error(body, |server| {
-                            let restored = undo.iter().filter_map(|u| u.restore.as_ref());
-                            let mut all = self
-                                .statements
-                                .iter()
-                                .chain(restored.map(|(n, st)| (n, st)));
-                            all.find(|(_, st)| &*st.name == server)
-                                .map(|(n, _)| n.clone())
-                        })
-                    });
-                    let renamed = renamed.flatten();
-                    if std::mem::take(&mut drop_error) {
-                        outcome = Outcome::Swallow;
-                    }
-                    if let Some(r) = self.replay.as_deref_mut() {
-                        if matches!(outcome, Outcome::Forward) {
-                            r.note_forwarded(tag);
-                        }
-                    }
-                    if matches!(outcome, Outcome::Swallow) || renamed.is_some() {
-                        // Send what came before, then drop this reply (or
-                        // send it renamed).
-                        let before = pooled.server.rbuf.split_to(ready);
-                        append(&mut self.to_client, before);
-                        let _ = pooled.server.rbuf.split_to(len);
-                        if let (Outcome::Forward, Some(msg)) = (&outcome, renamed) {
-                            self.to_client.extend_from_slice(&msg);
-                        }
-                        ready = 0;
-                    } else {
-                        ready += len;
-                    }
-                    if tx {
-                        while let Some(reply) = self.expect.due_synthesized() {
-                            let before = pooled.server.rbuf.split_to(ready);
-                            append(&mut self.to_client, before);
-                            ready = 0;
-                            synthesize(&mut self.to_client, &mut self.pending_listens, reply);
-                        }
-                    }
-                }
+                Step::Whole { tag, len } => self.on_whole_server_message(rbuf, burst, tag, len),
             }
         }
-        let chunk = pooled.server.rbuf.split_to(ready);
-        append(&mut self.to_client, chunk);
+    }
+
+    /// One whole server message at `rbuf[burst.ready..]`: the session's
+    /// state follows it, then it goes to the client as sent, renamed, or
+    /// not at all, with pgharbor's own replies put in their places.
+    fn on_whole_server_message(
+        &mut self,
+        rbuf: &mut BytesMut,
+        burst: &mut ServerBurst,
+        tag: u8,
+        len: usize,
+    ) {
+        let tx = self.mode == PoolMode::Transaction;
+        let body = &rbuf[burst.ready + 5..burst.ready + len];
+        if self.txn.server_copy_in && matches!(tag, b'C' | b'E') {
+            self.txn.copy_in_ended(tag == b'C');
+        }
+        if tx && matches!(tag, b'T' | b'n') {
+            self.on_row_shape(tag, body);
+        }
+        // An error that may name a statement by pgharbor's name
+        // (transaction mode): the client's goes in its place.
+        let mut error = false;
+        match tag {
+            b'Z' => self.on_ready_for_query(burst, body),
+            b'S' => self.on_parameter_status(body),
+            b'E' => error = self.on_error_response(burst, body) && tx,
+            b'G' => {
+                let ignored = self.txn.copy_in_started();
+                if tx {
+                    self.expect.drop_ignored_syncs(ignored);
+                }
+            }
+            b'C' => self.on_command_complete(body),
+            _ => {}
+        }
+        let mut outcome = if tx {
+            self.expect
+                .on_server_message(tag, &mut burst.undo, &mut burst.parsed)
+        } else {
+            Outcome::Forward
+        };
+        // After the skip: a statement whose Close it skipped is the
+        // client's again.
+        let renamed = if error {
+            self.client_names_in(body, &burst.undo)
+        } else {
+            None
+        };
+        if std::mem::take(&mut burst.drop_error) {
+            outcome = Outcome::Swallow;
+        }
+        if let (Some(r), Outcome::Forward) = (self.replay.as_deref_mut(), &outcome) {
+            r.note_forwarded(tag);
+        }
+        if matches!(outcome, Outcome::Swallow) || renamed.is_some() {
+            // Send what came before, then drop this reply (or send it
+            // renamed).
+            let before = rbuf.split_to(burst.ready);
+            append(&mut self.to_client, before);
+            let _ = rbuf.split_to(len);
+            if let (Outcome::Forward, Some(msg)) = (&outcome, renamed) {
+                self.to_client.extend_from_slice(&msg);
+            }
+            burst.ready = 0;
+        } else {
+            burst.ready += len;
+        }
+        if tx {
+            while let Some(reply) = self.expect.due_synthesized() {
+                let before = rbuf.split_to(burst.ready);
+                append(&mut self.to_client, before);
+                burst.ready = 0;
+                synthesize(&mut self.to_client, &mut self.pending_listens, reply);
+            }
+        }
+    }
+
+    /// RowDescription or NoData: when it answers a Describe of a named
+    /// statement, that statement's result shape (see `bind_fits` in
+    /// `extended.rs`), for the client and for the server.
+    fn on_row_shape(&mut self, tag: u8, body: &[u8]) {
+        let Some((st, to_client)) = self.expect.describing() else {
+            return;
+        };
+        let shape = row_shape(tag, body);
+        if to_client {
+            st.set_client_shape(shape);
+        }
+        let name = st.name.clone();
+        if let Some(p) = self.server.as_mut() {
+            p.server.prepared.set_shape(&name, shape);
+        }
+        self.shape_wait = false;
+    }
+
+    /// ReadyForQuery: the transaction's status, and whether the server
+    /// may go back to the pool.
+    fn on_ready_for_query(&mut self, burst: &mut ServerBurst, body: &[u8]) {
+        let status = body.first().copied().unwrap_or(b'I');
+        if let Some(p) = self.server.as_mut() {
+            p.server.status = status;
+        }
+        self.txn.status = status;
+        self.txn.ready_answered();
+        let idle = status == b'I';
+        if idle && !self.pending_listens.is_empty() {
+            // An explicit transaction ends with COMMIT or ROLLBACK (also
+            // the tag of a failed COMMIT); an implicit one commits unless
+            // it failed.
+            burst.listen_txn_end = Some(match self.last_command_tag.as_deref() {
+                Some("COMMIT") => true,
+                Some("ROLLBACK") => false,
+                _ => !self.txn.failed,
+            });
+        }
+        self.txn.failed = false;
+        if idle {
+            if let Some(l) = self.local.as_deref_mut() {
+                l.end_of_transaction();
+            }
+        }
+        let ended = idle && self.txn.pending == 0 && !self.txn.unsynced;
+        burst.txn_done |= ended;
+        burst.release = ended && self.mode == PoolMode::Transaction && self.pinned.is_none();
+        if self.replay.as_ref().is_some_and(|r| r.armed) {
+            // The group runs again: this ReadyForQuery is not the
+            // client's, and the server stays.
+            burst.drop_error = true;
+            burst.replay_now = true;
+            burst.release = false;
+            burst.txn_done = false;
+            burst.listen_txn_end = None;
+        }
+    }
+
+    /// ParameterStatus: the server's value, and the client's view of it.
+    fn on_parameter_status(&mut self, body: &[u8]) {
+        let Some((k, v)) = backend::parse_parameter_status(body) else {
+            return;
+        };
+        if let Some(p) = self.server.as_mut() {
+            p.server.set_param(k.clone(), v.clone());
+        }
+        if self.reported.get(&k) != Some(&v) {
+            Arc::make_mut(&mut self.reported).insert(k, v);
+        }
+    }
+
+    /// ErrorResponse: the transaction failed. True when the error may
+    /// name a statement by pgharbor's name.
+    fn on_error_response(&mut self, burst: &mut ServerBurst, body: &[u8]) -> bool {
+        self.txn.failed = true;
+        // A held Bind is looked at again (and skipped).
+        self.shape_wait = false;
+        let alone = self.txn.pending == 1 && !self.txn.unsynced && self.cscan.at_boundary();
+        if let Some(r) = self.replay.as_deref_mut() {
+            burst.drop_error = r.arm(body, alone);
+        }
+        let fields = ServerErrorFields::parse(body);
+        if fields.is_fatal() {
+            self.server_fatal_sent = true;
+        }
+        // [prepared statements] A statement gone stale stays so on this
+        // server: none of its statements is trusted, each is closed and
+        // prepared again when next used.
+        let stale = fields.code == "0A000" && fields.message == CHANGED_RESULT_TYPE;
+        if stale && self.mode == PoolMode::Transaction {
+            if let Some(p) = self.server.as_mut() {
+                p.server.prepared.forget_all();
+            }
+        }
+        true
+    }
+
+    /// CommandComplete, looked at in transaction mode: a tag that may have
+    /// created a temporary object has the server checked before it goes
+    /// back (`temp_backstop.rs`); RESET undoes what pgharbor applied; while
+    /// LISTENs wait for their transaction's end, the tag says how it ended.
+    fn on_command_complete(&mut self, body: &[u8]) {
+        let tx = self.mode == PoolMode::Transaction;
+        if tx && self.pinned.is_none() && tag_may_create_temp(body) {
+            self.txn.temp_check = true;
+        }
+        if tx && body == b"RESET\0" {
+            // RESET ALL (or RESET of one setting): what pgharbor applied
+            // there may be gone, so it is applied again at the next checkout.
+            if let Some(p) = self.server.as_mut() {
+                p.server.applied.clear();
+            }
+        }
+        if !self.pending_listens.is_empty() {
+            self.last_command_tag = crate::protocol::frame::read_cstr(body)
+                .ok()
+                .map(|(t, _)| t.to_owned());
+        }
+    }
+
+    /// The ErrorResponse `body` with the client's statement names in
+    /// place of pgharbor's, counting statements the burst's `undo` gives
+    /// back; `None` when it names none.
+    fn client_names_in(&self, body: &[u8], undo: &[Undo]) -> Option<BytesMut> {
+        client_names_in_error(body, |server| {
+            let restored = undo.iter().filter_map(|u| u.restore.as_ref());
+            let mut all = self
+                .statements
+                .iter()
+                .chain(restored.map(|(n, st)| (n, st)));
+            all.find(|(_, st)| &*st.name == server)
+                .map(|(n, _)| n.clone())
+        })
+    }
+
+    /// After a burst: texts a server accepted become known, and what
+    /// failed or was skipped is undone, latest first (a Parse skipped after
+    /// a Close of the same name, both skipped, leaves the statement the
+    /// Close would have closed).
+    fn settle_statements(&mut self, parsed: Vec<Arc<str>>, undo: Vec<Undo>) {
         for name in parsed {
             self.state.known_statements.insert(name);
         }
-        // Latest first: a Parse skipped after a Close of the same name,
-        // both skipped, leaves the statement the Close would have closed.
         for u in undo.into_iter().rev() {
             if let Some((n, st)) = u.restore {
                 self.statements.insert(n, st);
                 continue;
             }
             if let Some(n) = &u.server_name {
-                pooled.server.prepared.remove(n);
-                self.state.known_statements.remove(n);
-                if u.closed_first {
-                    pooled.server.prepared.mark_unsure();
+                if let Some(p) = self.server.as_mut() {
+                    p.server.prepared.remove(n);
+                    if u.closed_first {
+                        p.server.prepared.mark_unsure();
+                    }
                 }
+                self.state.known_statements.remove(n);
             }
             if let Some(n) = &u.client_name {
                 self.statements.remove(n);
             }
         }
-        let ended = txn_done.then(|| self.end_of_transaction());
-        if replay_now {
-            self.start_replay();
-        }
-        Some(ServerRead::Done {
-            lost,
-            release,
-            ended,
-            listen_txn_end,
-        })
     }
 
     /// Counts the transaction; returns the clock reading at its end.

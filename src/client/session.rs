@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use super::checkout::checkout_error;
 use super::expect::Expectations;
 use super::prepared::Statements;
 use super::startup::{LoginRequest, StartupError};
 use crate::cancel::{AfterCancels, CancelHandle};
 use crate::config::PoolMode;
 use crate::net::Stream;
-use crate::pool::{CheckoutError, Pool, PooledServer, SlowCheckout};
+use crate::pool::{Pool, PooledServer};
 use crate::protocol::startup::parse_options;
 use crate::protocol::{backend, sqlstate, FrameScanner, PgError};
 use crate::server::{is_read_only_param, ServerError};
@@ -263,105 +264,6 @@ impl Session {
         Ok(())
     }
 
-    /// Borrows a server for this client and brings its settings in line.
-    /// The common case (an idle server at once, its settings already the
-    /// client's) runs without a nested future; waiting, connecting, health
-    /// checks and applying settings are boxed, so their state is not part
-    /// of every client task (a task is as large as its largest state).
-    pub async fn acquire_server(&mut self) -> Result<(), PgError> {
-        match self.acquire_server_now(Instant::now()) {
-            Ok(()) => Ok(()),
-            Err(attempt) => Box::pin(self.acquire_server_slow(attempt)).await,
-        }
-    }
-
-    /// The common case of [`Session::acquire_server`], without awaiting,
-    /// with the clock read by the caller.
-    /// `Err` hands what the fast checkout got to
-    /// [`Session::acquire_server_slow`].
-    pub fn acquire_server_now(
-        &mut self,
-        now: Instant,
-    ) -> Result<(), Result<PooledServer, SlowCheckout>> {
-        // While it waits the client counts as `waiting` only (checkout
-        // counts that), so the client states add up to the clients.
-        self.pool.stats.clients_idle.dec();
-        match self.pool.checkout_now(now) {
-            Ok(pooled) => self.take_if_in_sync(pooled).map_err(Ok),
-            Err(slow) => Err(Err(slow)),
-        }
-    }
-
-    /// Takes `pooled` if its settings are already the client's; gives it
-    /// back otherwise, to be synced by [`Session::acquire_server_slow`].
-    pub(super) fn take_if_in_sync(&mut self, pooled: PooledServer) -> Result<(), PooledServer> {
-        if !pooled.server.params_in_sync(&self.reported, &self.other) {
-            return Err(pooled);
-        }
-        self.pool.stats.clients_active.inc();
-        self.take_server(pooled);
-        Ok(())
-    }
-
-    /// The error a client gets for a checkout that failed; the client is
-    /// idle again.
-    pub(super) fn checkout_failed(&self, e: CheckoutError) -> PgError {
-        self.pool.stats.clients_idle.inc();
-        checkout_error(e)
-    }
-
-    /// Waits for a server, connects, checks or syncs one, after
-    /// [`Session::acquire_server_now`] could not.
-    pub async fn acquire_server_slow(
-        &mut self,
-        attempt: Result<PooledServer, SlowCheckout>,
-    ) -> Result<(), PgError> {
-        let stats = &self.pool.stats;
-        let mut pooled = match attempt {
-            Ok(pooled) => pooled,
-            Err(slow) => match self.pool.checkout_slow(slow).await {
-                Ok(pooled) => pooled,
-                Err(e) => return Err(self.checkout_failed(e)),
-            },
-        };
-        stats.clients_active.inc();
-        if let Err(e) = pooled.server.sync_params(&self.reported, &self.other).await {
-            pooled.discard();
-            self.pool.stats.clients_active.dec();
-            self.pool.stats.clients_idle.inc();
-            return Err(match e {
-                ServerError::Query(f) => PgError::fatal(
-                    leak_code(&f.code),
-                    format!(
-                        "pgharbor: cannot apply the session's settings: {}",
-                        f.message
-                    ),
-                ),
-                other => PgError::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    format!("pgharbor: server connection lost while applying settings: {other}"),
-                ),
-            });
-        }
-        self.take_server(pooled);
-        Ok(())
-    }
-
-    /// The client holds `pooled` from now on.
-    fn take_server(&mut self, pooled: PooledServer) {
-        self.cancel.slot.set_target(pooled.server.key);
-        if self.state.metrics.listen_subscriptions.get() > 0 {
-            // Someone listens: remember who holds this server, so a NOTIFY
-            // it sends can carry the sending client's pid.
-            self.state
-                .listen
-                .note_server_pid(&pooled.server.key, self.cancel.slot.pid());
-            self.noted_sender = Some(pooled.server.key);
-        }
-        self.txn.status = pooled.server.status;
-        self.server = Some(pooled);
-    }
-
     /// Gives the server back: to the pool if it is clean, closed otherwise.
     /// Tells the LISTEN hub this client no longer holds its server.
     pub fn forget_sender(&mut self) {
@@ -465,49 +367,5 @@ impl Session {
         } else {
             pooled.discard();
         }
-    }
-}
-
-/// Settings errors keep the server's code when it names a client mistake.
-fn leak_code(code: &str) -> &'static str {
-    match code {
-        "22023" => "22023",
-        "42704" => "42704",
-        "22P02" => "22P02",
-        _ => sqlstate::CONNECTION_EXCEPTION,
-    }
-}
-
-pub(super) fn checkout_error(e: CheckoutError) -> PgError {
-    if let CheckoutError::Connect { source, .. } = &e {
-        if let Some(hint) = source.login_hint() {
-            let code = sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION;
-            return PgError::fatal(code, e.to_string()).with_hint(hint);
-        }
-    }
-    match &e {
-        CheckoutError::Timeout { .. } => {
-            PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
-                .with_hint("raise pool_size or query_wait_timeout, or shorten transactions")
-        }
-        CheckoutError::Connect {
-            source: ServerError::Login(f),
-            ..
-        } => {
-            let code = if f.code == "3D000" {
-                sqlstate::INVALID_CATALOG_NAME
-            } else {
-                sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
-            };
-            PgError::fatal(code, e.to_string())
-        }
-        CheckoutError::Connect { .. } => PgError::fatal(
-            sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-            e.to_string(),
-        )
-        .with_hint(
-            "check that PostgreSQL is running and the [[databases]] host and port are right",
-        ),
-        CheckoutError::Closed(_) => PgError::fatal(sqlstate::ADMIN_SHUTDOWN, e.to_string()),
     }
 }

@@ -1,0 +1,634 @@
+//! The client half of the relay. Each message the client sent is given a
+//! [`Route`] by [`Session::route`], from its tag and, in transaction mode,
+//! from what it names and what its text holds; one method per route carries
+//! it out. Messages that go to the server as sent stay in `cbuf` and leave
+//! in one write at the end of the burst (`forward_ready`), so a
+//! Parse/Bind/Execute/Sync batch reaches the server as the client sent it.
+//!
+//! The way of one message: `relay.rs` reads the socket into `cbuf`, this
+//! file routes and queues it in `to_server` (rewriting it through
+//! `extended.rs` where transaction mode must), and `relay.rs` writes
+//! `to_server` to the server.
+
+use std::time::Instant;
+
+use super::expect::{Action, Reply};
+use super::extended::{Forwarded, KnownParses};
+use super::listen_extended::LocalAction;
+use super::listen_relay::Intercept;
+use super::query_scan;
+use super::relay::append;
+use super::replay::keep_for_replay;
+use super::session::{Session, SessionError};
+use super::{buffers, prepared_sql, unnamed};
+use crate::config::PoolMode;
+use crate::listen::MixedQuery;
+use crate::protocol::frame::{read_cstr_bytes, Step};
+use crate::protocol::{sqlstate, PgError, ProtocolError};
+
+/// How one client message leaves the burst of reading.
+pub(super) enum Flow {
+    /// On to the next message.
+    Next,
+    /// Stop reading for now: what is left waits for more bytes, or for
+    /// the server to answer what went before it.
+    Pause,
+    /// The session ends.
+    End(Result<(), SessionError>),
+}
+
+/// What the one look at a Query's or Parse's text found (transaction mode).
+#[derive(Clone, Copy)]
+pub(super) struct TextFacts {
+    /// A statement worth a closer look for session state.
+    pub may_hold_state: bool,
+    /// What may be a DEALLOCATE, DISCARD ALL or EXECUTE (`prepared_sql`).
+    pub names_statements: bool,
+}
+
+impl TextFacts {
+    /// A text not looked at: checked for session state when it matters.
+    const UNREAD: TextFacts = TextFacts {
+        may_hold_state: true,
+        names_statements: false,
+    };
+}
+
+/// Where one client message goes. Variants carrying a length name the
+/// message at the front of the undecided bytes, that many bytes long.
+pub(super) enum Route {
+    /// Not all of the next message has arrived.
+    Incomplete,
+    /// pgharbor answers this message itself, but only once what the
+    /// client sent before it has been answered.
+    Later,
+    /// Dropped unread: after an error pgharbor gave, the client's messages
+    /// are ignored up to Sync, as Postgres ignores them.
+    Skip { len: usize },
+    /// Terminate: the client is done.
+    Terminate,
+    /// A Sync while no server is held: everything since the last one was
+    /// answered here, and so is this.
+    SyncHere { len: usize },
+    /// A Flush while no server is held: only pgharbor's answers are due.
+    FlushHere { len: usize },
+    /// A message type no client may send.
+    Invalid { tag: u8 },
+    /// The rest of a message whose head passed on.
+    Continuation { len: usize },
+    /// Passes as sent, read no further than its header.
+    Pass { tag: u8, len: usize },
+    /// A burst of Parse messages for texts a server accepted, and its
+    /// Sync, answered without a server (see `answer_known_parses`).
+    PrepareHere(KnownParses),
+    /// An extended-protocol message about a LISTEN statement or portal, or
+    /// one that fails here: answered by pgharbor.
+    Local {
+        len: usize,
+        action: Box<LocalAction>,
+    },
+    /// A Query pgharbor may answer itself (LISTEN, DEALLOCATE, DISCARD ALL).
+    Query(QueryRoute),
+    /// A whole message for the server, passed as sent or rewritten.
+    Send {
+        tag: u8,
+        len: usize,
+        text: TextFacts,
+    },
+}
+
+/// The routes of a simple Query pgharbor may answer itself (transaction
+/// mode). Each carries the Query's length, its text and what the look at it
+/// found.
+pub(super) enum QueryRoute {
+    /// It holds LISTEN/UNLISTEN: answered here, or rewritten so the server
+    /// runs the rest.
+    Listen {
+        len: usize,
+        sql: String,
+        text: TextFacts,
+    },
+    /// LISTENs of the open transaction wait for its end, which this Query
+    /// may be.
+    BeforeCommit {
+        len: usize,
+        sql: String,
+        text: TextFacts,
+    },
+    /// It may hold a DEALLOCATE, DISCARD ALL or EXECUTE of the client's
+    /// statements: answered here, rewritten, or passed on.
+    StatementSql {
+        len: usize,
+        sql: String,
+        text: TextFacts,
+    },
+}
+
+/// Message types a client may send after login.
+fn is_frontend_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Q' | b'P'
+            | b'B'
+            | b'E'
+            | b'D'
+            | b'C'
+            | b'H'
+            | b'S'
+            | b'F'
+            | b'd'
+            | b'c'
+            | b'f'
+            | b'X'
+            | b'p'
+    )
+}
+
+/// The SQL text of a Parse message's `body`, if it is well formed.
+pub(super) fn parse_text(body: &[u8]) -> Option<&[u8]> {
+    let p = super::prepared::parse_parse(body).ok()?;
+    read_cstr_bytes(p.rest).ok().map(|(sql, _)| sql)
+}
+
+/// Which client messages the relay must see whole before it routes them;
+/// the others pass as they arrive, read no further than their header.
+#[derive(Clone, Copy)]
+struct WholeMessages {
+    transaction_mode: bool,
+    /// No server is held: Sync and Flush are answered here.
+    no_server: bool,
+    /// Messages are dropped up to Sync (see [`Route::Skip`]).
+    skipping: bool,
+    /// A Bind or Describe may name a statement pgharbor renamed or
+    /// answers for: the client has named statements or LISTEN statements,
+    /// or its unnamed statement was parsed on another server (`unnamed.rs`).
+    /// Without, it passes as sent (drivers that use only the unnamed
+    /// statement: pgbench -M extended, libpq's PQexecParams).
+    names: bool,
+    /// An Execute may name a LISTEN portal.
+    local_portals: bool,
+}
+
+impl WholeMessages {
+    fn wanted(self, tag: u8) -> bool {
+        if !self.transaction_mode {
+            // In session mode a Query is read whole only for the DROP
+            // DATABASE retry (`replay.rs`).
+            return matches!(tag, b'X' | b'Q');
+        }
+        match tag {
+            b'X' | b'P' | b'C' | b'Q' => true,
+            b'B' | b'D' => self.names,
+            b'S' => self.no_server || self.skipping,
+            b'H' => self.no_server,
+            b'E' => self.local_portals,
+            _ => false,
+        }
+    }
+}
+
+impl Session {
+    /// Routes and carries out every complete client message in `cbuf`, and
+    /// queues for the server what it decided to forward.
+    pub(super) async fn process_client_input(&mut self) -> Flow {
+        // Bytes at the front of `cbuf` decided on, to be forwarded.
+        let mut ready = 0usize;
+        loop {
+            let route = match self.route(ready) {
+                Ok(route) => route,
+                Err(e) => return self.protocol_violation(e).await,
+            };
+            let flow = match route {
+                Route::Incomplete | Route::Later => Flow::Pause,
+                Route::Skip { len } => {
+                    let _ = self.cbuf.split_to(len);
+                    Flow::Next
+                }
+                Route::Terminate => {
+                    self.forward_ready(ready);
+                    // The server stays the client's, cleaned up by `finish`.
+                    return match self.flush_server() {
+                        Ok(()) => Flow::End(Ok(())),
+                        Err(e) => Flow::End(Err(e)),
+                    };
+                }
+                Route::SyncHere { len } => {
+                    let _ = self.cbuf.split_to(len);
+                    Box::pin(self.answer_sync_locally()).await;
+                    Flow::Next
+                }
+                Route::FlushHere { len } => {
+                    let _ = self.cbuf.split_to(len);
+                    self.flush_client()
+                        .map_or_else(|e| Flow::End(Err(e)), |()| Flow::Next)
+                }
+                Route::Invalid { tag } => {
+                    let e = PgError::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("invalid frontend message type {tag}"),
+                    );
+                    Flow::End(self.send_fatal(e).await)
+                }
+                Route::Continuation { len } => {
+                    self.pass_continuation(ready, len);
+                    ready += len;
+                    Flow::Next
+                }
+                Route::Pass { tag, len } => self.pass(&mut ready, tag, len).await,
+                Route::PrepareHere(parses) => {
+                    self.answer_known_parses(parses);
+                    Flow::Next
+                }
+                Route::Local { len, action } => {
+                    self.forward_ready(ready);
+                    ready = 0;
+                    let _ = self.cbuf.split_to(len);
+                    self.answer_local(*action);
+                    Flow::Next
+                }
+                Route::Query(query) => {
+                    Box::pin(self.query_pgharbor_may_answer(&mut ready, query)).await
+                }
+                Route::Send { tag, len, text } => self.send(&mut ready, tag, len, text, None).await,
+            };
+            match flow {
+                Flow::Next => {}
+                Flow::Pause => break,
+                Flow::End(end) => return Flow::End(end),
+            }
+        }
+        self.forward_ready(ready);
+        if let Err(e) = self.flush_server() {
+            return Flow::End(Err(e));
+        }
+        if self.cbuf.is_empty() {
+            // After the flush: what was forwarded from it is gone, so its
+            // memory can be kept for the next read.
+            buffers::give_back(&mut self.cbuf);
+        }
+        Flow::Next
+    }
+
+    /// The route of the message at `cbuf[ready..]`. In transaction mode a
+    /// Query's or Parse's text is looked at here, once, for LISTEN, session
+    /// state and statement names.
+    fn route(&mut self, ready: usize) -> Result<Route, ProtocolError> {
+        let tx = self.mode == PoolMode::Transaction;
+        let (skipping, local_portals) = match self.local.as_deref() {
+            Some(l) => (l.skip_to_sync, l.has_portals()),
+            None => (false, false),
+        };
+        let whole = WholeMessages {
+            transaction_mode: tx,
+            no_server: self.server.is_none(),
+            skipping,
+            names: !self.statements.is_empty() || self.local.is_some() || !self.unnamed.here,
+            local_portals,
+        };
+        let step = (self.cscan).step(&self.cbuf[ready..], self.max_message, |t| whole.wanted(t))?;
+        if skipping {
+            // Nothing waits in `ready` while skipping.
+            match step {
+                Step::Incomplete => return Ok(Route::Incomplete),
+                Step::Whole {
+                    tag: b'S' | b'X', ..
+                } => {
+                    if let Some(l) = self.local.as_deref_mut() {
+                        l.skip_to_sync = false;
+                    }
+                }
+                Step::Whole { len, .. } | Step::Pass { len, .. } => return Ok(Route::Skip { len }),
+            }
+        }
+        Ok(match step {
+            Step::Incomplete => Route::Incomplete,
+            Step::Pass { tag: None, len } => Route::Continuation { len },
+            Step::Pass { tag: Some(tag), .. } if !is_frontend_tag(tag) => Route::Invalid { tag },
+            Step::Pass {
+                tag: Some(tag),
+                len,
+            } => Route::Pass { tag, len },
+            Step::Whole { tag: b'X', .. } => Route::Terminate,
+            // With no server held nothing waits in `ready`: every message
+            // passed on unread takes a server first.
+            Step::Whole { tag: b'S', len } if whole.no_server => Route::SyncHere { len },
+            Step::Whole { tag: b'H', len } if whole.no_server => Route::FlushHere { len },
+            Step::Whole { tag: b'Q', len } if tx => self.route_query(ready, len)?,
+            Step::Whole { tag, len } if tx && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C') => {
+                self.route_extended(ready, tag, len, whole.no_server)
+            }
+            Step::Whole { tag, len } => Route::Send {
+                tag,
+                len,
+                text: TextFacts::UNREAD,
+            },
+        })
+    }
+
+    /// The route of a whole simple Query in transaction mode.
+    fn route_query(&mut self, ready: usize, len: usize) -> Result<Route, ProtocolError> {
+        let (sql, _) = read_cstr_bytes(&self.cbuf[ready + 5..ready + len])?;
+        // A simple Query destroys the unnamed statement, here and on the
+        // server (answered here or not).
+        self.unnamed.destroyed();
+        let scan = query_scan::scan(sql, true);
+        let text = TextFacts {
+            may_hold_state: scan.session_state,
+            names_statements: scan.names_statements,
+        };
+        // Texts that are not UTF-8 go to the server, which answers them.
+        let utf8 = || std::str::from_utf8(sql).ok().map(str::to_owned);
+        if scan.listen {
+            if let Some(sql) = utf8() {
+                // Answered only after what came before is answered.
+                return Ok(if ready > 0 {
+                    Route::Later
+                } else {
+                    Route::Query(QueryRoute::Listen { len, sql, text })
+                });
+            }
+        } else if !self.pending_listens.is_empty() {
+            if let Some(sql) = utf8() {
+                return Ok(Route::Query(QueryRoute::BeforeCommit { len, sql, text }));
+            }
+        }
+        if text.names_statements {
+            if let Some(sql) = utf8() {
+                return Ok(if ready > 0 {
+                    Route::Later
+                } else {
+                    Route::Query(QueryRoute::StatementSql { len, sql, text })
+                });
+            }
+        }
+        Ok(Route::Send {
+            tag: b'Q',
+            len,
+            text,
+        })
+    }
+
+    /// The route of a whole Parse, Bind, Describe, Execute or Close in
+    /// transaction mode: answered here when it concerns a LISTEN statement
+    /// or a statement that is missing; otherwise sent.
+    fn route_extended(&mut self, ready: usize, tag: u8, len: usize, no_server: bool) -> Route {
+        if no_server && tag == b'P' && ready == 0 {
+            if let Some(parses) = self.known_parses() {
+                return Route::PrepareHere(parses);
+            }
+        }
+        let body = &self.cbuf[ready + 5..ready + len];
+        let mut may_listen = true;
+        let mut text = TextFacts::UNREAD;
+        if tag == b'P' {
+            if let Some(sql) = parse_text(body) {
+                let scan = query_scan::scan(sql, true);
+                may_listen = scan.listen;
+                text = TextFacts {
+                    may_hold_state: scan.session_state,
+                    names_statements: prepared_sql::statement_may_name(sql),
+                };
+            }
+        }
+        let mut action = self.classify_local(tag, body, may_listen);
+        // Not when the server skips the message anyway.
+        if matches!(action, LocalAction::NotLocal)
+            && !self.unnamed.here
+            && !self.unnamed.exists
+            && !self.expect.server_skipping()
+            && unnamed::names_unnamed_statement(tag, body)
+        {
+            action = LocalAction::Fail(unnamed::missing_unnamed_statement());
+        }
+        if !matches!(action, LocalAction::NotLocal) {
+            return Route::Local {
+                len,
+                action: Box::new(action),
+            };
+        }
+        if let Some(l) = self.local.as_deref_mut() {
+            l.forget_shadowed(tag, &self.cbuf[ready + 5..ready + len]);
+        }
+        Route::Send { tag, len, text }
+    }
+
+    /// A Query pgharbor may answer itself: answered here, or sent
+    /// (rewritten when it mixes LISTEN with other statements).
+    async fn query_pgharbor_may_answer(&mut self, ready: &mut usize, query: QueryRoute) -> Flow {
+        let (len, sql, text) = match query {
+            QueryRoute::Listen { len, sql, text } => {
+                return match self.listen_query(len, sql, text).await {
+                    Ok(Some((len, m))) => self.send(ready, b'Q', len, text, Some(m)).await,
+                    Ok(None) => self.send(ready, b'Q', len, text, None).await,
+                    Err(flow) => flow,
+                };
+            }
+            QueryRoute::BeforeCommit { len, sql, text } => {
+                self.forward_ready(*ready);
+                *ready = 0;
+                if let Err(e) = self.flush_server() {
+                    return Flow::End(Err(e));
+                }
+                self.hear_before_commit(&sql, &[]).await;
+                (len, sql, text)
+            }
+            QueryRoute::StatementSql { len, sql, text } => (len, sql, text),
+        };
+        match self.statement_sql_query(text, &sql, len) {
+            Some(flow) => flow,
+            None => self.send(ready, b'Q', len, text, None).await,
+        }
+    }
+
+    /// A Query holding LISTEN/UNLISTEN (nothing waits in `ready`):
+    /// `Err` when it was answered here or must wait; `Ok` to send it, with
+    /// its new length and the plan of its statements when it was rewritten.
+    async fn listen_query(
+        &mut self,
+        len: usize,
+        sql: String,
+        text: TextFacts,
+    ) -> Result<Option<(usize, Box<MixedQuery>)>, Flow> {
+        // What went before must reach the server before waiting.
+        if let Err(e) = self.flush_server() {
+            return Err(Flow::End(Err(e)));
+        }
+        match self.intercept_listen(sql.clone()).await {
+            Intercept::Handled => {
+                let _ = self.cbuf.split_to(len);
+                Err(Flow::Next)
+            }
+            Intercept::Wait => Err(Flow::Pause),
+            Intercept::Forward => match self.statement_sql_query(text, &sql, len) {
+                Some(flow) => Err(flow),
+                None => Ok(None),
+            },
+            Intercept::Rewrite(m) => {
+                let cmds: Vec<_> = m.commands().cloned().collect();
+                self.hear_before_commit(&m.text, &cmds).await;
+                let len = self.rewrite_mixed_query(len, &m);
+                Ok(Some((len, m)))
+            }
+        }
+    }
+
+    /// pgharbor's answer to a lone DEALLOCATE or DISCARD ALL at the front
+    /// of `cbuf` (nothing waits in `ready`); `None` when the Query goes to
+    /// the server.
+    fn statement_sql_query(&mut self, text: TextFacts, sql: &str, len: usize) -> Option<Flow> {
+        if !text.names_statements {
+            return None;
+        }
+        match self.intercept_statement_sql(sql) {
+            Intercept::Handled => {
+                let _ = self.cbuf.split_to(len);
+                Some(Flow::Next)
+            }
+            Intercept::Wait => Some(Flow::Pause),
+            // Only LISTEN texts are rewritten.
+            Intercept::Forward | Intercept::Rewrite(_) => None,
+        }
+    }
+
+    /// A whole message at `cbuf[*ready..]` for the server: takes a server
+    /// if none is held, records what the transaction and the replay need,
+    /// and forwards it as sent or rewritten. `mixed`: the plan of a Query
+    /// whose LISTENs pgharbor answers in their places.
+    async fn send(
+        &mut self,
+        ready: &mut usize,
+        tag: u8,
+        len: usize,
+        text: TextFacts,
+        mixed: Option<Box<MixedQuery>>,
+    ) -> Flow {
+        if let Some(slow) = self.ensure_server() {
+            if let Some(end) = slow.await {
+                return Flow::End(end);
+            }
+        }
+        let tx = self.mode == PoolMode::Transaction;
+        let at = *ready;
+        if tx || tag == b'Q' {
+            let idle = self.txn.is_idle();
+            keep_for_replay(&mut self.replay, idle, Some(tag), &self.cbuf[at..at + len]);
+        }
+        if tx && matches!(tag, b'Q' | b'P') {
+            self.note_notifies(tag, at, len);
+        }
+        self.note_client_message(tag);
+        let forwarded = if !tx {
+            // Session mode: the Query passes as sent.
+            Ok(Forwarded::AsSent)
+        } else if tag == b'Q' {
+            // A Query mixing LISTEN with other statements is not also
+            // rewritten for statement names (a rare pair): the replies its
+            // LISTENs get are queued before its ReadyForQuery.
+            let names = text.names_statements && mixed.is_none();
+            if let Some(m) = mixed {
+                self.expect_statements(*m);
+            }
+            Ok(self.forward_query(at, len, text.may_hold_state, names))
+        } else {
+            let (state, names) = (text.may_hold_state, text.names_statements);
+            self.rewrite_extended(tag, at, len, state, names)
+        };
+        match forwarded {
+            Ok(Forwarded::AsSent) => {
+                *ready += len;
+                Flow::Next
+            }
+            Ok(Forwarded::Rewritten) => {
+                *ready = 0;
+                Flow::Next
+            }
+            Ok(Forwarded::Held) => {
+                *ready = 0;
+                Flow::Pause
+            }
+            Err(e) => self.protocol_violation(e).await,
+        }
+    }
+
+    /// A message read no further than its header: takes a server if none
+    /// is held, and records the reply it is owed.
+    async fn pass(&mut self, ready: &mut usize, tag: u8, len: usize) -> Flow {
+        let tx = self.mode == PoolMode::Transaction;
+        if self.server.is_none() {
+            self.forward_ready(*ready);
+            *ready = 0;
+            if let Some(slow) = self.ensure_server() {
+                if let Some(end) = slow.await {
+                    return Flow::End(end);
+                }
+            }
+        }
+        let at = *ready;
+        if tx {
+            let idle = self.txn.is_idle();
+            keep_for_replay(&mut self.replay, idle, Some(tag), &self.cbuf[at..at + len]);
+        }
+        let owed = self.note_client_message(tag);
+        if tx && owed {
+            match tag {
+                b'B' => self.expect.push(Reply::BindComplete, Action::Forward, None),
+                b'D' => self.expect.push(Reply::Describe, Action::Forward, None),
+                b'E' => self.expect.push(Reply::Execute, Action::Forward, None),
+                b'S' | b'Q' | b'F' => self.expect.push(Reply::Ready, Action::Forward, None),
+                _ => {}
+            }
+        }
+        *ready += len;
+        Flow::Next
+    }
+
+    /// The rest of a message whose head passed on, at `cbuf[ready..]`.
+    fn pass_continuation(&mut self, ready: usize, len: usize) {
+        if self.mode == PoolMode::Transaction && self.replay.is_some() {
+            let bytes = &self.cbuf[ready..ready + len];
+            keep_for_replay(&mut self.replay, false, None, bytes);
+        }
+    }
+
+    /// The client broke the protocol: a FATAL, and the session ends.
+    async fn protocol_violation(&mut self, e: ProtocolError) -> Flow {
+        Flow::End(self.send_fatal(PgError::protocol_violation(e)).await)
+    }
+
+    /// Moves `n` decided bytes from `cbuf` to the server's queue. Writing
+    /// is left to the end of the read burst: a Parse/Bind/Execute/Sync
+    /// batch leaves in one `send`, as the client sent it, not one per
+    /// message pgharbor had to look at.
+    pub(super) fn forward_ready(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let chunk = self.cbuf.split_to(n);
+        append(&mut self.to_server, chunk);
+    }
+
+    /// Pinning bookkeeping for a client message about to be forwarded.
+    /// `false`: a Sync or Flush the server will read as COPY data and
+    /// ignore, which is owed no reply (see `copy.rs`).
+    fn note_client_message(&mut self, tag: u8) -> bool {
+        if self.txn.started.is_none() {
+            self.txn.started = Some(Instant::now());
+        }
+        match tag {
+            b'S' | b'H' if self.txn.copy_ignores() => return false,
+            b'Q' => {
+                self.txn.ready_sent(true);
+                self.pool.stats.queries.inc();
+            }
+            b'S' | b'F' => self.txn.ready_sent(false),
+            b'E' => {
+                self.txn.unsynced = true;
+                self.pool.stats.queries.inc();
+            }
+            b'P' | b'B' | b'D' | b'C' | b'H' => self.txn.unsynced = true,
+            b'c' | b'f' => self.txn.copy_end_sent(),
+            _ => {}
+        }
+        true
+    }
+}
