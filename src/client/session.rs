@@ -34,6 +34,44 @@ fn set_param(map: &mut Arc<BTreeMap<String, String>>, name: &str, value: &str) {
     }
 }
 
+/// The known, writable parameters a client sets at login (its startup
+/// packet's, then its `options`' in their place), under the names the
+/// server reports them by, in the client's order; the unknown ones go to
+/// `other`. True when a server must see them (a value other than the
+/// template's, or a parameter the template does not report).
+fn client_settings<'a>(
+    template: &'a BTreeMap<String, String>,
+    login: &'a LoginRequest,
+    options: &'a [(String, String)],
+    other: &mut BTreeMap<String, String>,
+) -> (Vec<(&'a str, &'a str)>, bool) {
+    let mut settings = Vec::new();
+    let mut needs_server = false;
+    let wanted = login.params.iter().flat_map(|(k, v)| {
+        let opts: &[(String, String)] = if k == "options" { options } else { &[] };
+        let plain = (k != "options").then_some((k, v));
+        plain
+            .into_iter()
+            .chain(opts.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    });
+    for (k, v) in wanted {
+        match template.keys().find(|t| t.eq_ignore_ascii_case(k)) {
+            Some(name) if is_read_only_param(name) => {}
+            Some(name) => {
+                if template.get(name).map(String::as_str) != Some(v) {
+                    needs_server = true;
+                }
+                settings.push((name.as_str(), v));
+            }
+            None => {
+                needs_server = true;
+                other.insert(k.to_ascii_lowercase(), v.to_string());
+            }
+        }
+    }
+    (settings, needs_server)
+}
+
 /// Why a session ended. The large variants are boxed: the relay's result
 /// is part of every client task's future, and idle clients should not pay
 /// for the rare case.
@@ -180,32 +218,7 @@ impl Session {
                 )
             })?;
         }
-        // Known, writable parameters the client sets, under the names the
-        // server reports them by, in the client's order.
-        let mut settings: Vec<(&str, &str)> = Vec::new();
-        let mut needs_server = false;
-        let wanted = login.params.iter().flat_map(|(k, v)| {
-            let opts: &[(String, String)] = if k == "options" { &options } else { &[] };
-            let plain = (k != "options").then_some((k, v));
-            plain
-                .into_iter()
-                .chain(opts.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        });
-        for (k, v) in wanted {
-            match template.keys().find(|t| t.eq_ignore_ascii_case(k)) {
-                Some(name) if is_read_only_param(name) => {}
-                Some(name) => {
-                    if template.get(name).map(String::as_str) != Some(v) {
-                        needs_server = true;
-                    }
-                    settings.push((name.as_str(), v));
-                }
-                None => {
-                    needs_server = true;
-                    self.other.insert(k.to_ascii_lowercase(), v.to_string());
-                }
-            }
-        }
+        let (settings, needs_server) = client_settings(&template, login, &options, &mut self.other);
         // Settings a server already applied for an earlier client of this
         // pool (the application's previous connection) are known good, and
         // what the server reported for them is known: this client is told
@@ -225,28 +238,7 @@ impl Session {
                 set_param(&mut self.reported, name, v);
             }
             if needs_server || self.mode == PoolMode::Session {
-                // Apply the settings once now, so a bad one fails the login
-                // as it would on Postgres, and learn the server's normalized
-                // values (`UTF8` for `utf8`).
-                self.acquire_server().await?;
-                if let Some(s) = self.server.as_mut() {
-                    for (k, v) in s.server.params.iter() {
-                        set_param(&mut self.reported, k, v);
-                    }
-                    if self.mode == PoolMode::Session {
-                        // The client keeps this server for life: its key
-                        // carries the server's pid, as Postgres's would.
-                        self.cancel.adopt_pid(s.server.key.pid);
-                    }
-                    // After AuthenticationOk, before ParameterStatus: where
-                    // Postgres puts the notices of the startup's settings.
-                    for notice in s.server.sync_notices.drain(..) {
-                        self.to_client.extend_from_slice(&notice);
-                    }
-                }
-                if self.mode == PoolMode::Transaction {
-                    self.release_server(None).await;
-                }
+                self.apply_settings_at_login().await?;
             }
         }
         let shared = self.pool.share_params(&self.reported);
@@ -261,6 +253,32 @@ impl Session {
         backend::backend_key_data(out, self.cancel.slot.pid(), self.cancel.slot.secret());
         backend::ready_for_query(out, b'I');
         self.txn.status = b'I';
+        Ok(())
+    }
+
+    /// Applies the client's startup settings on a server once, so a bad one
+    /// fails the login as it would on Postgres, and learns the server's
+    /// normalized values (`UTF8` for `utf8`).
+    async fn apply_settings_at_login(&mut self) -> Result<(), PgError> {
+        self.acquire_server().await?;
+        if let Some(s) = self.server.as_mut() {
+            for (k, v) in s.server.params.iter() {
+                set_param(&mut self.reported, k, v);
+            }
+            if self.mode == PoolMode::Session {
+                // The client keeps this server for life: its key carries
+                // the server's pid, as Postgres's would.
+                self.cancel.adopt_pid(s.server.key.pid);
+            }
+            // After AuthenticationOk, before ParameterStatus: where
+            // Postgres puts the notices of the startup's settings.
+            for notice in s.server.sync_notices.drain(..) {
+                self.to_client.extend_from_slice(&notice);
+            }
+        }
+        if self.mode == PoolMode::Transaction {
+            self.release_server(None).await;
+        }
         Ok(())
     }
 
