@@ -34,6 +34,18 @@ const HIGH_WATER: usize = 256 * 1024;
 /// or not (a task is as large as its largest state).
 pub(super) type Ending<'a> = Pin<Box<dyn Future<Output = Result<(), SessionError>> + Send + 'a>>;
 
+/// What a turn of the relay leaves to do after an event.
+enum Turn {
+    /// Wait for the next event.
+    Next,
+    /// Read and act on what the server sent.
+    ReadServer,
+    /// The client closed its connection.
+    ClientLeft,
+    /// End the session with this FATAL.
+    Fatal(Box<PgError>),
+}
+
 /// Appends `chunk` to `out` without copying when `out` is empty.
 pub(super) fn append(out: &mut BytesMut, chunk: BytesMut) {
     if chunk.is_empty() {
@@ -131,8 +143,15 @@ impl Session {
                 cancelled: &self.state.shutdown,
             }
             .await?;
-            if let Flow::End(end) = self.on_event(ev).await {
-                return end;
+            match self.on_event(ev)? {
+                Turn::Next => {}
+                Turn::ReadServer => {
+                    if let Some(end) = self.on_server_readable().await {
+                        return end;
+                    }
+                }
+                Turn::ClientLeft => return Ok(()),
+                Turn::Fatal(e) => return self.send_fatal(*e).await,
             }
         }
     }
@@ -154,48 +173,31 @@ impl Session {
         }
     }
 
-    /// Acts on what the wait brought.
-    async fn on_event(&mut self, ev: Event) -> Flow {
-        let done = match ev {
-            Event::Shutdown => {
-                let e = PgError::fatal(
-                    sqlstate::ADMIN_SHUTDOWN,
-                    "pgharbor is shutting down; reconnect to another instance",
-                );
-                return Flow::End(self.send_fatal(e).await);
-            }
-            Event::IdleTimeout => {
-                let e = self.idle_timeout_error();
-                return Flow::End(self.send_fatal(e).await);
-            }
-            Event::ClientWritable => self.flush_client(),
+    /// Acts on what the wait brought; a server's reply is left to
+    /// `on_server_readable`, which may await.
+    fn on_event(&mut self, ev: Event) -> Result<Turn, SessionError> {
+        match ev {
+            Event::Shutdown => Ok(Turn::Fatal(Box::new(PgError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "pgharbor is shutting down; reconnect to another instance",
+            )))),
+            Event::IdleTimeout => Ok(Turn::Fatal(Box::new(self.idle_timeout_error()))),
+            Event::ClientWritable => self.flush_client().map(|()| Turn::Next),
             Event::Notify => {
-                let fatal = match self.listen.as_mut() {
-                    Some(sub) => {
-                        sub.drain_into(&mut self.to_client);
-                        sub.take_fatal()
+                if let Some(sub) = self.listen.as_mut() {
+                    sub.drain_into(&mut self.to_client);
+                    if let Some(e) = sub.take_fatal() {
+                        return Ok(Turn::Fatal(Box::new(e)));
                     }
-                    None => None,
-                };
-                if let Some(e) = fatal {
-                    return Flow::End(self.send_fatal(e).await);
                 }
-                self.flush_client()
+                self.flush_client().map(|()| Turn::Next)
             }
-            Event::ServerWritable => self.flush_server(),
-            Event::ClientReadable => match self.read_client() {
-                Ok(true) => Ok(()),
-                Ok(false) => return Flow::End(Ok(())),
-                Err(e) => Err(e),
-            },
-            Event::ServerReadable => match self.on_server_readable().await {
-                Some(end) => return Flow::End(end),
-                None => Ok(()),
-            },
-        };
-        match done {
-            Ok(()) => Flow::Next,
-            Err(e) => Flow::End(Err(e)),
+            Event::ServerWritable => self.flush_server().map(|()| Turn::Next),
+            Event::ClientReadable => Ok(match self.read_client()? {
+                true => Turn::Next,
+                false => Turn::ClientLeft,
+            }),
+            Event::ServerReadable => Ok(Turn::ReadServer),
         }
     }
 

@@ -35,6 +35,8 @@ pub(super) enum Flow {
     Pause,
     /// The session ends.
     End(Result<(), SessionError>),
+    /// The client broke the protocol: it gets a FATAL and the session ends.
+    Violation(ProtocolError),
 }
 
 /// What the one look at a Query's or Parse's text found (transaction mode).
@@ -234,7 +236,21 @@ impl Session {
                     ready += len;
                     Flow::Next
                 }
-                Route::Pass { tag, len } => self.pass(&mut ready, tag, len).await,
+                Route::Pass { tag, len } => {
+                    if self.server.is_none() {
+                        self.forward_ready(ready);
+                        ready = 0;
+                        // Awaited here rather than in a nested async fn:
+                        // on the path of every message, whose futures and
+                        // their drop cost instructions per transaction.
+                        if let Some(slow) = self.ensure_server() {
+                            if let Some(end) = slow.await {
+                                return Flow::End(end);
+                            }
+                        }
+                    }
+                    self.pass(&mut ready, tag, len)
+                }
                 Route::PrepareHere(parses) => {
                     self.answer_known_parses(parses);
                     Flow::Next
@@ -249,12 +265,20 @@ impl Session {
                 Route::Query(query) => {
                     Box::pin(self.query_pgharbor_may_answer(&mut ready, query)).await
                 }
-                Route::Send { tag, len, text } => self.send(&mut ready, tag, len, text, None).await,
+                Route::Send { tag, len, text } => {
+                    if let Some(slow) = self.ensure_server() {
+                        if let Some(end) = slow.await {
+                            return Flow::End(end);
+                        }
+                    }
+                    self.send(&mut ready, tag, len, text, None)
+                }
             };
             match flow {
                 Flow::Next => {}
                 Flow::Pause => break,
                 Flow::End(end) => return Flow::End(end),
+                Flow::Violation(e) => return self.protocol_violation(e).await,
             }
         }
         self.forward_ready(ready);
@@ -418,8 +442,8 @@ impl Session {
         let (len, sql, text) = match query {
             QueryRoute::Listen { len, sql, text } => {
                 return match self.listen_query(len, sql, text).await {
-                    Ok(Some((len, m))) => self.send(ready, b'Q', len, text, Some(m)).await,
-                    Ok(None) => self.send(ready, b'Q', len, text, None).await,
+                    Ok(Some((len, m))) => self.send_with_server(ready, len, text, Some(m)).await,
+                    Ok(None) => self.send_with_server(ready, len, text, None).await,
                     Err(flow) => flow,
                 };
             }
@@ -436,7 +460,7 @@ impl Session {
         };
         match self.statement_sql_query(text, &sql, len) {
             Some(flow) => flow,
-            None => self.send(ready, b'Q', len, text, None).await,
+            None => self.send_with_server(ready, len, text, None).await,
         }
     }
 
@@ -490,14 +514,11 @@ impl Session {
         }
     }
 
-    /// A whole message at `cbuf[*ready..]` for the server: takes a server
-    /// if none is held, records what the transaction and the replay need,
-    /// and forwards it as sent or rewritten. `mixed`: the plan of a Query
-    /// whose LISTENs pgharbor answers in their places.
-    async fn send(
+    /// A Query pgharbor did not answer itself, at `cbuf[*ready..]`: takes
+    /// a server if none is held, and sends it.
+    async fn send_with_server(
         &mut self,
         ready: &mut usize,
-        tag: u8,
         len: usize,
         text: TextFacts,
         mixed: Option<Box<MixedQuery>>,
@@ -507,6 +528,23 @@ impl Session {
                 return Flow::End(end);
             }
         }
+        self.send(ready, b'Q', len, text, mixed)
+    }
+
+    /// A whole message at `cbuf[*ready..]` for the server, which the client
+    /// holds: records what the transaction and the replay need, and
+    /// forwards it as sent or rewritten. `mixed`: the plan of a Query whose
+    /// LISTENs pgharbor answers in their places.
+    // Inlined into the loop: the way of every message.
+    #[inline(always)]
+    fn send(
+        &mut self,
+        ready: &mut usize,
+        tag: u8,
+        len: usize,
+        text: TextFacts,
+        mixed: Option<Box<MixedQuery>>,
+    ) -> Flow {
         let tx = self.mode == PoolMode::Transaction;
         let at = *ready;
         if tx || tag == b'Q' {
@@ -546,23 +584,14 @@ impl Session {
                 *ready = 0;
                 Flow::Pause
             }
-            Err(e) => self.protocol_violation(e).await,
+            Err(e) => Flow::Violation(e),
         }
     }
 
-    /// A message read no further than its header: takes a server if none
-    /// is held, and records the reply it is owed.
-    async fn pass(&mut self, ready: &mut usize, tag: u8, len: usize) -> Flow {
+    /// A message read no further than its header, at `cbuf[*ready..]`, for
+    /// the server the client holds: records the reply it is owed.
+    fn pass(&mut self, ready: &mut usize, tag: u8, len: usize) -> Flow {
         let tx = self.mode == PoolMode::Transaction;
-        if self.server.is_none() {
-            self.forward_ready(*ready);
-            *ready = 0;
-            if let Some(slow) = self.ensure_server() {
-                if let Some(end) = slow.await {
-                    return Flow::End(end);
-                }
-            }
-        }
         let at = *ready;
         if tx {
             let idle = self.txn.is_idle();

@@ -193,6 +193,9 @@ impl Session {
 
     /// Scans `rbuf` message by message: what passes goes to the client
     /// as read, what is looked at whole goes to its handler.
+    // Inlined, as the handler below: one function for a read, whose state
+    // stays in registers (the way of every reply, per transaction).
+    #[inline(always)]
     fn scan_server_bytes(
         &mut self,
         rbuf: &mut BytesMut,
@@ -216,6 +219,7 @@ impl Session {
     /// One whole server message at `rbuf[burst.ready..]`: the session's
     /// state follows it, then it goes to the client as sent, renamed, or
     /// not at all, with pgharbor's own replies put in their places.
+    #[inline(always)]
     fn on_whole_server_message(
         &mut self,
         rbuf: &mut BytesMut,
