@@ -20,6 +20,7 @@ mod run;
 pub mod scratch_pg;
 pub mod server;
 pub mod shutdown;
+pub mod sql;
 pub mod tls;
 pub mod users;
 

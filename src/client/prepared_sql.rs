@@ -21,9 +21,9 @@ use super::expect::{Action, Reply};
 use super::listen_relay::Intercept;
 use super::prepared::{parse_parse, Statement};
 use super::session::Session;
-use crate::listen::command::{lex_spans, quoted, Tok};
 use crate::protocol::backend::{self, finish_len};
 use crate::protocol::frame::read_cstr_bytes;
+use crate::sql::listen::{lex_spans, quoted, Tok};
 
 /// The leading words this module acts on.
 const WORDS: [&[u8]; 3] = [b"deallocate", b"discard", b"execute"];

@@ -6,7 +6,7 @@
 //! literal makes the text count as notifying any channel. Notifications sent
 //! by triggers or functions are invisible here.
 
-use super::command::{lex, mentions, truncate_channel, Tok};
+use crate::sql::listen::{lex, mentions, truncate_channel, Tok};
 
 /// The channels a text notifies.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

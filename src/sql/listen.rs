@@ -687,5 +687,5 @@ const RESERVED: &[&str] = &[
 ];
 
 #[cfg(test)]
-#[path = "command_tests.rs"]
+#[path = "listen_tests.rs"]
 mod tests;

@@ -1,0 +1,5 @@
+//! Reading SQL text the way Postgres's lexer and grammar read it, for the
+//! few statements pgharbor must recognize: pure functions over `&str` and
+//! `&[u8]`, no I/O and no session state.
+
+pub mod listen;
