@@ -12,7 +12,7 @@
 //! text with comments or several statements is forwarded as it is and gets
 //! no retry.
 
-use crate::sql::listen::{ident_cont, ident_start, lex, quoted, Tok};
+use crate::sql::lex::{ident_cont, ident_start, lex, quoted, Tok};
 
 /// The database a lone `DROP DATABASE` statement in `sql` drops, as
 /// Postgres names it (unquoted names folded to lower case).

@@ -23,7 +23,7 @@ use super::prepared::{parse_parse, Statement};
 use super::session::Session;
 use crate::protocol::backend::{self, finish_len};
 use crate::protocol::frame::read_cstr_bytes;
-use crate::sql::listen::{lex_spans, quoted, Tok};
+use crate::sql::lex::{lex_spans, quoted, Tok};
 
 /// The leading words this module acts on.
 const WORDS: [&[u8]; 3] = [b"deallocate", b"discard", b"execute"];

@@ -19,7 +19,7 @@
 //! visible in the text; the server-side check (`temp_backstop.rs`) covers
 //! those.
 
-use crate::sql::listen::{lex, Tok};
+use crate::sql::lex::{lex, Tok};
 
 /// What the first statement of `sql` that creates a temporary object
 /// creates, named for messages.

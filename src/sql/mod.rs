@@ -2,4 +2,5 @@
 //! few statements pgharbor must recognize: pure functions over `&str` and
 //! `&[u8]`, no I/O and no session state.
 
+pub mod lex;
 pub mod listen;
