@@ -4,7 +4,6 @@
 mod accept;
 mod buffers;
 mod copy;
-mod drop_database;
 mod expect;
 mod extended;
 mod listen_extended;

@@ -2,5 +2,6 @@
 //! few statements pgharbor must recognize: pure functions over `&str` and
 //! `&[u8]`, no I/O and no session state.
 
+pub mod drop_database;
 pub mod lex;
 pub mod listen;
