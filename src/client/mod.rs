@@ -10,7 +10,6 @@ mod listen_extended;
 mod listen_relay;
 pub mod prepared;
 mod prepared_sql;
-mod query_scan;
 mod relay;
 mod replay;
 mod server_replies;

@@ -21,8 +21,6 @@ use super::expect::{Action, Reply, Synthesized};
 use super::extended::Forwarded;
 use super::listen_extended::LocalAction;
 use super::listen_relay::Intercept;
-use super::prepared_sql;
-use super::query_scan;
 use super::replay::keep_for_replay;
 use super::session::{Session, SessionError};
 use super::unnamed;
@@ -33,6 +31,7 @@ use crate::net::Stream;
 use crate::pool::{PooledServer, SlowCheckout};
 use crate::protocol::frame::{read_cstr_bytes, Step};
 use crate::protocol::{backend, sqlstate, PgError};
+use crate::sql::query_scan;
 
 /// Stop reading from a side while this much waits to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -472,7 +471,7 @@ impl Session {
                                 let scan = query_scan::scan(sql, true);
                                 may_listen = scan.listen;
                                 text_may_hold_state = scan.session_state;
-                                names_statements = prepared_sql::statement_may_name(sql);
+                                names_statements = query_scan::statement_may_name(sql);
                             }
                         }
                         let mut action = self.classify_local(tag, body, may_listen);

@@ -17,8 +17,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::temp_objects::temp_object;
 use crate::protocol::backend::{finish_len, put_cstr};
-
-pub(super) const MAX_INSPECTED: usize = 64 * 1024;
+use crate::sql::query_scan::MAX_INSPECTED;
 
 /// What a statement does that only its own server remembers, for messages.
 ///
@@ -85,55 +84,16 @@ pub fn detect(sql: &[u8], is_reported: impl Fn(&str) -> bool) -> Option<String> 
     None
 }
 
-/// Leading words of the statements [`detect`] looks at further.
-const LEADING_WORDS: [&str; 6] = ["create", "declare", "prepare", "load", "set", "reset"];
-
 /// A look that allocates nothing, run on every query: false when no
-/// statement begins with one of [`LEADING_WORDS`] and no advisory lock
-/// function is called, so [`detect`] cannot find anything. Ordinary traffic
+/// statement begins with a word [`detect`] reads further and no advisory
+/// lock function is called, so [`detect`] cannot find anything. Ordinary traffic
 /// (SELECT, INSERT, BEGIN, …) then skips the lower-cased copy and the word
 /// lists, which cost a sixth of the proxy's instructions per transaction.
 /// It may say true where `detect` finds nothing: it compares prefixes, and
 /// a statement that begins with a non-ASCII character (Unicode white space
 /// that `detect` would skip) always counts.
 fn may_hold_session_state(b: &[u8]) -> bool {
-    super::query_scan::scan(b, false).session_state
-}
-
-/// Whether the text before an opening parenthesis ends with the name of a
-/// lock function [`detect`] knows (each ends in one of these).
-pub(super) fn advisory_lock_call(before_paren: &[u8]) -> bool {
-    ends_with_ignore_ascii_case(before_paren, b"advisory_lock")
-        || ends_with_ignore_ascii_case(before_paren, b"advisory_lock_shared")
-}
-
-/// Whether `temp` (any case) is in the text: a `SELECT … INTO` may create
-/// a temporary table (`INTO TEMP t`, `INTO pg_temp.t`), and SELECT is too
-/// common a first word to look closer at every one. One `memchr` pass for
-/// `p`; pgbench's texts and most others have none after `tem`.
-pub(super) fn mentions_temp(b: &[u8]) -> bool {
-    memchr::memchr2_iter(b'p', b'P', b).any(|i| i >= 3 && b[i - 3..i].eq_ignore_ascii_case(b"tem"))
-}
-
-/// Whether the statement starting at `b` (after its white space) begins
-/// with one of [`LEADING_WORDS`] or a non-ASCII character.
-pub(super) fn statement_may_hold(b: &[u8]) -> bool {
-    let Some(first) = b
-        .iter()
-        .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c'))
-    else {
-        return false;
-    };
-    let rest = &b[first..];
-    !rest[0].is_ascii()
-        || LEADING_WORDS.iter().any(|k| {
-            rest.get(..k.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(k.as_bytes()))
-        })
-}
-
-fn ends_with_ignore_ascii_case(hay: &[u8], tail: &[u8]) -> bool {
-    hay.len() >= tail.len() && hay[hay.len() - tail.len()..].eq_ignore_ascii_case(tail)
+    crate::sql::query_scan::scan(b, false).session_state
 }
 
 /// A simple Query whose execution raises `message` with SQLSTATE 0A000 on

@@ -5,3 +5,4 @@
 pub mod drop_database;
 pub mod lex;
 pub mod listen;
+pub mod query_scan;
