@@ -13,11 +13,12 @@
 //! DateStyle, application_name, …) is not session state: pgharbor learns it
 //! from ParameterStatus and applies it on every server the client lands on.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use super::temp_objects::temp_object;
-use crate::protocol::backend::{finish_len, put_cstr};
+use crate::protocol::frontend;
 use crate::sql::query_scan::MAX_INSPECTED;
+use crate::sql::quote::quote_literal;
 
 /// What a statement does that only its own server remembers, for messages.
 ///
@@ -100,29 +101,19 @@ fn may_hold_session_state(b: &[u8]) -> bool {
 /// the server, so the refusal lands exactly where Postgres would put an
 /// error (and aborts an open transaction as an error would).
 pub fn refusal_query(out: &mut BytesMut, message: &str) {
-    let start = out.len();
-    out.put_u8(b'Q');
-    out.put_i32(0);
-    put_cstr(out, &refusal_sql(message));
-    finish_len(out, start);
+    frontend::query(out, &refusal_sql(message));
 }
 
 /// The same refusal as an unnamed-statement Parse (no parameters), for the
 /// extended protocol: the error comes at Execute, in the Parse's place.
 pub fn refusal_parse(out: &mut BytesMut, message: &str) {
-    let start = out.len();
-    out.put_u8(b'P');
-    out.put_i32(0);
-    put_cstr(out, "");
-    put_cstr(out, &refusal_sql(message));
-    out.put_i16(0);
-    finish_len(out, start);
+    frontend::parse_untyped(out, "", &refusal_sql(message));
 }
 
 fn refusal_sql(message: &str) -> String {
     format!(
         "DO $pgharbor$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END $pgharbor$",
-        crate::server::quote_literal(message)
+        quote_literal(message)
     )
 }
 

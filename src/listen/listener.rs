@@ -23,7 +23,8 @@ use super::queue::Queue;
 use super::HubShared;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::frame::split_message;
-use crate::server::{quote_ident, Server, ServerTarget};
+use crate::server::{Server, ServerTarget};
+use crate::sql::quote::quote_ident;
 
 /// Shown in pg_stat_activity for the listener connections.
 pub const APPLICATION_NAME: &str = "pgharbor-listener";

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod error;
 pub mod frame;
+pub mod frontend;
 pub mod sqlstate;
 pub mod startup;
 

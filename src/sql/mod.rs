@@ -6,3 +6,4 @@ pub mod drop_database;
 pub mod lex;
 pub mod listen;
 pub mod query_scan;
+pub mod quote;
