@@ -14,10 +14,8 @@ mod relay;
 mod replay;
 mod server_replies;
 mod session;
-mod session_state;
 pub mod startup;
 mod temp_backstop;
-mod temp_objects;
 mod unnamed;
 mod wait;
 

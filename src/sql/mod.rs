@@ -7,3 +7,5 @@ pub mod lex;
 pub mod listen;
 pub mod query_scan;
 pub mod quote;
+pub mod session_state;
+pub mod temp_objects;

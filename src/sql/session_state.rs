@@ -6,7 +6,7 @@
 //! Detection is by statement inspection of simple Query and Parse texts:
 //! temporary objects by reading the text's tokens (`temp_objects.rs`; what
 //! a function or DO block creates is caught on the server by
-//! `temp_backstop.rs`); the rest by lower-casing each `;`-separated
+//! `client/temp_backstop.rs`); the rest by lower-casing each `;`-separated
 //! statement and comparing its leading words; advisory locks are found as
 //! function names anywhere in the text. Texts
 //! over 64 KiB are not inspected. SET of a reported parameter (TimeZone,
@@ -15,10 +15,10 @@
 
 use bytes::BytesMut;
 
+use super::query_scan::MAX_INSPECTED;
+use super::quote::quote_literal;
 use super::temp_objects::temp_object;
 use crate::protocol::frontend;
-use crate::sql::query_scan::MAX_INSPECTED;
-use crate::sql::quote::quote_literal;
 
 /// What a statement does that only its own server remembers, for messages.
 ///
@@ -63,7 +63,7 @@ pub fn detect(sql: &[u8], is_reported: impl Fn(&str) -> bool) -> Option<String> 
                 // RESET ALL is not session state either: the server resets
                 // what it holds, reports the reported parameters it changes,
                 // and pgharbor forgets the unreported settings it applied
-                // there (`server_replies.rs`), so the client's own startup
+                // there (`client/server_replies.rs`), so the client's own startup
                 // settings are applied again at its next checkout. asyncpg
                 // sends it at every release of a pooled connection.
                 let local_or_txn = matches!(
@@ -94,7 +94,7 @@ pub fn detect(sql: &[u8], is_reported: impl Fn(&str) -> bool) -> Option<String> 
 /// a statement that begins with a non-ASCII character (Unicode white space
 /// that `detect` would skip) always counts.
 fn may_hold_session_state(b: &[u8]) -> bool {
-    crate::sql::query_scan::scan(b, false).session_state
+    super::query_scan::scan(b, false).session_state
 }
 
 /// A simple Query whose execution raises `message` with SQLSTATE 0A000 on
