@@ -22,6 +22,7 @@ use crate::tls::ServerTls;
 use crate::protocol::backend::parse_parameter_status;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::frame::{split_message, ProtocolError};
+use crate::protocol::tag::{backend as tag, TxStatus};
 use crate::sql::quote::{quote_ident, quote_literal};
 
 /// Largest message accepted from a server outside the relay (login, our own
@@ -227,7 +228,8 @@ pub struct Server {
     /// of instants would cost more than a comparison.
     pub retire_at: Option<Instant>,
     pub last_used: Instant,
-    /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
+    /// Transaction status from the last ReadyForQuery: its byte (`I`, `T`
+    /// or `E`, see [`TxStatus`]).
     pub status: u8,
     /// Bumped whenever `params` changes.
     pub params_version: u64,
@@ -281,7 +283,7 @@ impl Server {
             created: Instant::now(),
             retire_at: None,
             last_used: Instant::now(),
-            status: b'I',
+            status: TxStatus::Idle.byte(),
             prepared: Default::default(),
             params_version: 0,
             synced: None,
@@ -301,18 +303,20 @@ impl Server {
         loop {
             let msg = server.read_message().await?;
             match msg[0] {
-                b'S' => server.note_parameter(&msg[5..]),
+                tag::PARAMETER_STATUS => server.note_parameter(&msg[5..]),
                 // We start servers at protocol 3.0, so the secret is 4
                 // bytes; a longer (3.2) one could not be used truncated.
-                b'K' if msg.len() == 13 => {
+                tag::BACKEND_KEY_DATA if msg.len() == 13 => {
                     server.key.pid = i32::from_be_bytes([msg[5], msg[6], msg[7], msg[8]]);
                     server.key.secret = i32::from_be_bytes([msg[9], msg[10], msg[11], msg[12]]);
                 }
-                b'Z' => {
-                    server.status = msg.get(5).copied().unwrap_or(b'I');
+                tag::READY_FOR_QUERY => {
+                    server.status = msg.get(5).copied().unwrap_or(TxStatus::Idle.byte());
                     return Ok(server);
                 }
-                b'E' => return Err(ServerError::Login(ServerErrorFields::parse(&msg[5..]))),
+                tag::ERROR_RESPONSE => {
+                    return Err(ServerError::Login(ServerErrorFields::parse(&msg[5..])))
+                }
                 _ => {} // NoticeResponse, NegotiateProtocolVersion: nothing to do
             }
         }
@@ -323,10 +327,10 @@ impl Server {
         let mut scram: Option<SaslClient> = None;
         loop {
             let msg = self.read_message().await?;
-            if msg[0] == b'E' {
+            if msg[0] == tag::ERROR_RESPONSE {
                 return Err(ServerError::Login(ServerErrorFields::parse(&msg[5..])));
             }
-            if msg[0] != b'R' || msg.len() < 9 {
+            if msg[0] != tag::AUTHENTICATION || msg.len() < 9 {
                 return Err(ProtocolError::Unexpected {
                     tag: msg[0],
                     context: "during server authentication",
@@ -545,29 +549,31 @@ impl Server {
         loop {
             let msg = self.read_message().await?;
             match msg[0] {
-                b'D' if keep_row && row.is_none() => row = Some(msg),
-                b'N' => {
+                tag::DATA_ROW if keep_row && row.is_none() => row = Some(msg),
+                tag::NOTICE_RESPONSE => {
                     if let Some(n) = notices.as_deref_mut() {
                         n.push(msg);
                     }
                 }
-                b'S' => self.note_parameter(&msg[5..]),
-                b'E' => {
+                tag::PARAMETER_STATUS => self.note_parameter(&msg[5..]),
+                tag::ERROR_RESPONSE => {
                     let f = ServerErrorFields::parse(&msg[5..]);
                     if f.is_fatal() {
                         return Err(ServerError::Query(f));
                     }
                     first_error.get_or_insert(f);
                 }
-                b'Z' => {
-                    self.status = msg.get(5).copied().unwrap_or(b'I');
+                tag::READY_FOR_QUERY => {
+                    self.status = msg.get(5).copied().unwrap_or(TxStatus::Idle.byte());
                     return match first_error {
                         Some(f) => Err(ServerError::Query(f)),
                         None => Ok(row),
                     };
                 }
                 // COPY started by a check or reset query cannot be served.
-                b'G' | b'H' | b'W' => return Err(ServerError::Closed),
+                tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => {
+                    return Err(ServerError::Closed)
+                }
                 _ => {}
             }
         }

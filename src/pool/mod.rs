@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 
 use crate::config::PoolDefaults;
 use crate::metrics::PoolStats;
+use crate::protocol::tag::TxStatus;
 use crate::server::{Server, ServerError, ServerTarget};
 use slots::Slots;
 pub(crate) use waiting::{InLine, Permit};
@@ -322,7 +323,7 @@ impl Pool {
 
     fn reusable(&self, server: &mut Server, generation: u64, now: Instant) -> bool {
         !past_lifetime(server, now)
-            && server.status == b'I'
+            && server.status == TxStatus::Idle.byte()
             && self.server_generation_ok(server, generation)
             && server.is_alive()
     }
@@ -342,7 +343,7 @@ impl Pool {
         matches!(
             tokio::time::timeout(timeout, server.simple_query(q)).await,
             Ok(Ok(()))
-        ) && server.status == b'I'
+        ) && server.status == TxStatus::Idle.byte()
     }
 
     /// Server parameters for a login: from the first server ever opened, or
@@ -373,7 +374,7 @@ impl Pool {
         if self.closed.load(Ordering::Acquire)
             || generation != self.generation.load(Ordering::Acquire)
             || past_lifetime(&server, now)
-            || server.status != b'I'
+            || server.status != TxStatus::Idle.byte()
             || !server.rbuf.is_empty()
         {
             return;

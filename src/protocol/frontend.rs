@@ -4,11 +4,12 @@
 use bytes::{BufMut, BytesMut};
 
 use super::backend::{finish_len, put_cstr};
+use super::tag::frontend as tag;
 
 /// Query: a simple-protocol `sql` text.
 pub fn query(out: &mut BytesMut, sql: &str) {
     let start = out.len();
-    out.put_u8(b'Q');
+    out.put_u8(tag::QUERY);
     out.put_i32(0);
     put_cstr(out, sql);
     finish_len(out, start);
@@ -18,7 +19,7 @@ pub fn query(out: &mut BytesMut, sql: &str) {
 /// no parameter types given.
 pub fn parse_untyped(out: &mut BytesMut, name: &str, sql: &str) {
     let start = out.len();
-    out.put_u8(b'P');
+    out.put_u8(tag::PARSE);
     out.put_i32(0);
     put_cstr(out, name);
     put_cstr(out, sql);

@@ -7,6 +7,7 @@ pub mod frame;
 pub mod frontend;
 pub mod sqlstate;
 pub mod startup;
+pub mod tag;
 
 pub use error::{PgError, Severity};
 pub use frame::{FrameScanner, ProtocolError};
