@@ -62,7 +62,7 @@ pub struct State {
     /// LISTEN multiplexing for transaction-mode clients.
     pub listen: Arc<crate::listen::ListenHub>,
     /// Named statements some server accepted (transaction mode).
-    pub known_statements: crate::client::prepared::KnownStatements,
+    pub known_statements: crate::server::prepared::KnownStatements,
     /// Logged-in clients, for the admin console (touched on login/logout).
     pub clients: Arc<ClientRegistry>,
     /// The file the config came from; RELOAD and SIGHUP re-read it. Unset

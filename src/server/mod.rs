@@ -2,6 +2,8 @@
 //! parameters, and the few round trips pgharbor makes on its own (parameter
 //! sync, health check, reset, rollback).
 
+pub mod prepared;
+
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
@@ -241,7 +243,7 @@ pub struct Server {
     /// at login.
     pub sync_notices: Vec<BytesMut>,
     /// Proxy-named statements prepared on this server (transaction mode).
-    pub prepared: crate::client::prepared::PreparedSet,
+    pub prepared: prepared::PreparedSet,
 }
 
 impl Server {
