@@ -43,8 +43,6 @@ const ALLOWED_UPWARD: &[(&str, &str)] = &[
     ("config", "tls"),
     ("listener", "lib"),
     ("metrics::http", "lib"),
-    ("server", "client::prepared"),
-    ("server", "pool"),
     ("tls", "client::startup"),
 ];
 
@@ -55,7 +53,6 @@ const ALLOWED_CYCLES: &[&str] = &[
     "client::extended client::listen_relay client::relay",
     "client::startup config net tls users",
     "lib admin admin::show auth::query client client::accept client::copy client::listen_extended client::replay client::session client::temp_backstop listener metrics::http run",
-    "pool pool::inspect pool::registry server",
 ];
 
 #[test]

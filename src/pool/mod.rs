@@ -8,7 +8,7 @@ mod registry;
 mod slots;
 mod waiting;
 
-pub use inspect::{ServerInfo, ServerState, ServerTicket};
+pub use crate::server::listing::{ServerInfo, ServerState};
 pub use params::no_params;
 pub use registry::Pools;
 
@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::config::PoolDefaults;
 use crate::metrics::PoolStats;
 use crate::protocol::tag::TxStatus;
+use crate::server::listing::ServerList;
 use crate::server::{Server, ServerError, ServerTarget};
 use slots::Slots;
 pub(crate) use waiting::{InLine, Permit};
@@ -82,7 +83,7 @@ pub struct Pool {
     generation: AtomicU64,
     closed: AtomicBool,
     /// Every open server, for the admin console (see `inspect`).
-    servers: Arc<inspect::ServerList>,
+    servers: Arc<ServerList>,
     /// Tells the wait timer (see `waiting`) that a client began to wait
     /// while nobody else did.
     wait_timer: Arc<Notify>,

@@ -2,6 +2,7 @@
 //! parameters, and the few round trips pgharbor makes on its own (parameter
 //! sync, health check, reset, rollback).
 
+pub mod listing;
 pub mod prepared;
 
 use std::collections::BTreeMap;
@@ -223,7 +224,7 @@ pub struct Server {
     /// Unique within this process, for logs and the admin console.
     pub id: u64,
     /// Keeps this server listed in its pool's SHOW SERVERS until dropped.
-    pub ticket: Option<crate::pool::ServerTicket>,
+    pub ticket: Option<listing::ServerTicket>,
     pub created: Instant,
     /// `created` + the pool's `server_lifetime`, set by the pool (`None`:
     /// never): compared at every checkout and return, where a subtraction
