@@ -43,15 +43,14 @@ const ALLOWED_UPWARD: &[(&str, &str)] = &[
     ("config", "tls"),
     ("listener", "lib"),
     ("metrics::http", "lib"),
-    ("tls", "client::startup"),
 ];
 
 /// Cycles still to be broken, each as its sorted member list joined by
 /// `" "`. Cycles between layer entries are listed by entry name. The goal is none.
 const ALLOWED_CYCLES: &[&str] = &[
-    "admin auth::query cancel client config lib listen listener metrics::http net pool run server tls users",
+    "admin auth::query client lib listener metrics::http run",
     "client::extended client::listen_relay client::relay",
-    "client::startup config net tls users",
+    "config tls",
     "lib admin admin::show auth::query client client::accept client::copy client::listen_extended client::replay client::session client::temp_backstop listener metrics::http run",
 ];
 
