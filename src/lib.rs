@@ -117,6 +117,42 @@ impl State {
     }
 }
 
+impl crate::listener::Serve for State {
+    fn shutdown(&self) -> &crate::shutdown::Shutdown {
+        &self.shutdown
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        addr: SocketAddr,
+        local: Option<SocketAddr>,
+    ) {
+        let tracker = self.tracker.clone();
+        tracker.spawn(crate::client::serve(stream, addr, local, self));
+    }
+}
+
+impl crate::metrics::http::Instance for State {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn shutdown(&self) -> &crate::shutdown::Shutdown {
+        &self.shutdown
+    }
+
+    fn databases(&self) -> Vec<crate::metrics::http::Probe> {
+        let config = self.config();
+        let probe = |db: &config::DatabaseConfig| crate::metrics::http::Probe {
+            name: db.name.clone(),
+            host: db.host.clone(),
+            port: db.port,
+        };
+        config.databases.iter().map(probe).collect()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -180,7 +216,8 @@ impl Proxy {
             metrics,
             config: ArcSwap::from_pointee(config),
         });
-        let metrics_addr = crate::metrics::http::start(&state)
+        let metrics_listen = state.config().metrics.listen_addr.clone();
+        let metrics_addr = crate::metrics::http::start(&metrics_listen, &state)
             .await
             .map_err(|(addr, source)| StartError::Bind { addr, source })?;
         tokio::spawn(listener::accept_loop(listener, state.clone()));
