@@ -20,6 +20,7 @@ mod run;
 pub mod scratch_pg;
 pub mod server;
 pub mod shutdown;
+pub mod sql;
 pub mod tls;
 pub mod users;
 
@@ -61,7 +62,7 @@ pub struct State {
     /// LISTEN multiplexing for transaction-mode clients.
     pub listen: Arc<crate::listen::ListenHub>,
     /// Named statements some server accepted (transaction mode).
-    pub known_statements: crate::client::prepared::KnownStatements,
+    pub known_statements: crate::server::prepared::KnownStatements,
     /// Logged-in clients, for the admin console (touched on login/logout).
     pub clients: Arc<ClientRegistry>,
     /// The file the config came from; RELOAD and SIGHUP re-read it. Unset
@@ -113,6 +114,42 @@ impl State {
             });
         };
         self.reload(Config::load(path)?)
+    }
+}
+
+impl crate::listener::Serve for State {
+    fn shutdown(&self) -> &crate::shutdown::Shutdown {
+        &self.shutdown
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        addr: SocketAddr,
+        local: Option<SocketAddr>,
+    ) {
+        let tracker = self.tracker.clone();
+        tracker.spawn(crate::client::serve(stream, addr, local, self));
+    }
+}
+
+impl crate::metrics::http::Instance for State {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn shutdown(&self) -> &crate::shutdown::Shutdown {
+        &self.shutdown
+    }
+
+    fn databases(&self) -> Vec<crate::metrics::http::Probe> {
+        let config = self.config();
+        let probe = |db: &config::DatabaseConfig| crate::metrics::http::Probe {
+            name: db.name.clone(),
+            host: db.host.clone(),
+            port: db.port,
+        };
+        config.databases.iter().map(probe).collect()
     }
 }
 
@@ -179,7 +216,8 @@ impl Proxy {
             metrics,
             config: ArcSwap::from_pointee(config),
         });
-        let metrics_addr = crate::metrics::http::start(&state)
+        let metrics_listen = state.config().metrics.listen_addr.clone();
+        let metrics_addr = crate::metrics::http::start(&metrics_listen, &state)
             .await
             .map_err(|(addr, source)| StartError::Bind { addr, source })?;
         tokio::spawn(listener::accept_loop(listener, state.clone()));

@@ -1,12 +1,21 @@
 //! The accept loop: takes connections until shutdown and hands each to its
 //! own client task.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::State;
+use crate::shutdown::Shutdown;
+
+/// What the accept loop needs of the instance it accepts for.
+pub(crate) trait Serve: Send + Sync + 'static {
+    fn shutdown(&self) -> &Shutdown;
+    /// Starts serving an accepted connection from `addr`, made to `local`
+    /// when every connection of the listener is made to the same address.
+    fn serve(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, local: Option<SocketAddr>);
+}
 
 /// Connections waiting in the kernel for `accept`; bursts of thousands of
 /// clients connecting at once are normal for a pooler.
@@ -37,16 +46,16 @@ fn fixed_local_addr(bound: std::net::SocketAddr) -> Option<std::net::SocketAddr>
     (!bound.ip().is_unspecified()).then_some(bound)
 }
 
-pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+pub(crate) async fn accept_loop<S: Serve>(listener: TcpListener, state: Arc<S>) {
     let mut backoff = Duration::from_millis(10);
     // Made once: a new one per connection would register with the
     // shutdown token and unregister again at every accept. It is polled
     // only when no connection is waiting (polled again, it takes the
     // token's lock); the flag, set before the token, ends the loop, also
     // during a burst of connections.
-    let mut stopped = std::pin::pin!(state.shutdown.cancelled_owned());
+    let mut stopped = std::pin::pin!(state.shutdown().cancelled_owned());
     let local = listener.local_addr().ok().and_then(fixed_local_addr);
-    while !state.shutdown.is_cancelled() {
+    while !state.shutdown().is_cancelled() {
         let accepted = tokio::select! {
             biased;
             r = listener.accept() => r,
@@ -55,10 +64,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         match accepted {
             Ok((stream, addr)) => {
                 backoff = Duration::from_millis(10);
-                let st = state.clone();
-                state
-                    .tracker
-                    .spawn(crate::client::serve(stream, addr, local, st));
+                state.clone().serve(stream, addr, local);
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait, then retry,

@@ -152,7 +152,7 @@ fn client_tls(config: &Config, provider: Arc<CryptoProvider>) -> Result<ClientTl
         .with_single_cert(certs, key)
         .map_err(|e| invalid("client_tls.key_file", TlsError::from(e)))?;
     // A client that offers ALPN (libpq 17 does) must offer Postgres's.
-    server_config.alpn_protocols = vec![crate::client::startup::POSTGRES_ALPN.to_vec()];
+    server_config.alpn_protocols = vec![crate::protocol::startup::POSTGRES_ALPN.to_vec()];
     Ok(ClientTls {
         mode: c.mode,
         acceptor: Some(TlsAcceptor::from(Arc::new(server_config))),

@@ -409,7 +409,7 @@ async fn quoted_unicode_names_and_large_payloads_arrive_intact() {
         direct
             .batch_execute(&format!(
                 "NOTIFY {}, {}",
-                pgharbor::server::quote_ident(ch),
+                pgharbor::sql::quote::quote_ident(ch),
                 quote_lit("short")
             ))
             .await

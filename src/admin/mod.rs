@@ -23,6 +23,7 @@ use crate::client::SessionError;
 use crate::net::Stream;
 use crate::pool::Pool;
 use crate::protocol::frame::{read_cstr, split_message};
+use crate::protocol::tag::{frontend, TxStatus};
 use crate::protocol::{backend, sqlstate, PgError};
 use crate::State;
 
@@ -113,7 +114,7 @@ fn greet(out: &mut BytesMut, login: &LoginRequest, pid: i32, secret: i32) {
         backend::parameter_status(out, k, v);
     }
     backend::backend_key_data(out, pid, secret);
-    backend::ready_for_query(out, b'I');
+    backend::ready_for_query(out, TxStatus::Idle.byte());
 }
 
 /// One console session.
@@ -189,7 +190,7 @@ impl Console {
     async fn message(&mut self, msg: &[u8]) -> Result<Next, SessionError> {
         let body = &msg[5..];
         match msg[0] {
-            b'Q' => {
+            frontend::QUERY => {
                 let text = match read_cstr(body) {
                     Ok((t, _)) => t.to_owned(),
                     Err(_) => String::from_utf8_lossy(body)
@@ -197,11 +198,15 @@ impl Console {
                         .to_owned(),
                 };
                 self.query(&text).await?;
-                backend::ready_for_query(&mut self.out, b'I');
+                backend::ready_for_query(&mut self.out, TxStatus::Idle.byte());
             }
-            b'X' => return Ok(Next::Close),
+            frontend::TERMINATE => return Ok(Next::Close),
             // Extended protocol: refuse once, skip to Sync.
-            b'P' | b'B' | b'D' | b'E' | b'C' => {
+            frontend::PARSE
+            | frontend::BIND
+            | frontend::DESCRIBE
+            | frontend::EXECUTE
+            | frontend::CLOSE => {
                 if !self.ext_failed {
                     self.ext_failed = true;
                     PgError::error(
@@ -214,21 +219,21 @@ impl Console {
                     .encode(&mut self.out);
                 }
             }
-            b'H' => {}
-            b'S' => {
+            frontend::FLUSH => {}
+            frontend::SYNC => {
                 self.ext_failed = false;
-                backend::ready_for_query(&mut self.out, b'I');
+                backend::ready_for_query(&mut self.out, TxStatus::Idle.byte());
             }
-            b'F' => {
+            frontend::FUNCTION_CALL => {
                 PgError::error(
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     "pgharbor: function calls are not supported on the admin console",
                 )
                 .encode(&mut self.out);
-                backend::ready_for_query(&mut self.out, b'I');
+                backend::ready_for_query(&mut self.out, TxStatus::Idle.byte());
             }
             // Stray COPY data: there is no COPY here; ignore it.
-            b'd' | b'c' | b'f' => {}
+            frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {}
             tag => {
                 let e = PgError::fatal(
                     sqlstate::PROTOCOL_VIOLATION,

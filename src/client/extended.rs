@@ -14,11 +14,11 @@ use super::session::Session;
 use super::unnamed::names_unnamed_statement;
 
 use super::relay::{append, synthesize};
-use super::session_state::{detect, refusal_parse, refusal_query};
 use crate::config::SessionState;
 use crate::protocol::backend;
 use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::ProtocolError;
+use crate::sql::session_state::{detect, refusal_parse, refusal_query};
 
 /// A Flush: the server sends what it has answered so far.
 const FLUSH: &[u8] = b"H\0\0\0\x04";

@@ -23,36 +23,6 @@ pub(super) enum Intercept {
     Rewrite(Box<MixedQuery>),
 }
 
-/// Cheap test before parsing: does the text mention LISTEN at all? Runs on
-/// every query, so it only looks closer at the `l`s (found with `memchr`).
-pub(super) fn may_be_listen(sql: &[u8]) -> bool {
-    sql.len() <= 64 * 1024
-        && memchr::memchr2_iter(b'l', b'L', sql).any(|i| {
-            sql.get(i + 1..i + 6)
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"isten"))
-        })
-}
-
-/// Whether the statement starting at `sql` (before its white space, as the
-/// LISTEN lexer skips it) begins with LISTEN or UNLISTEN; `None` when it
-/// begins with what may be a comment or a semicolon, and only a search of
-/// the whole text can tell.
-pub(super) fn first_word_is_listen(sql: &[u8]) -> Option<bool> {
-    let start = sql
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(sql.len());
-    let rest = &sql[start..];
-    match rest.first() {
-        None => Some(false),
-        Some(b'-' | b'/' | b';') => None,
-        Some(_) => Some([&b"listen"[..], b"unlisten"].iter().any(|k| {
-            rest.get(..k.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(k))
-        })),
-    }
-}
-
 impl Session {
     fn subscriber(&mut self) -> &mut Subscriber {
         let hub = &self.state.listen;
@@ -257,45 +227,6 @@ impl Session {
                 }
             });
             self.expect.push_statement(local);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::may_be_listen;
-
-    #[test]
-    fn cheap_listen_test_finds_every_spelling() {
-        for sql in [
-            "LISTEN a",
-            "  unlisten *",
-            "/* x */ Listen \"b\"",
-            "select 1; lIsTeN c",
-        ] {
-            assert!(may_be_listen(sql.as_bytes()), "{sql}");
-        }
-        for sql in ["select 1", "list", "l", "", "select 'liste'"] {
-            assert!(!may_be_listen(sql.as_bytes()), "{sql}");
-        }
-    }
-
-    /// A Parse's text gets the Query's one look (`query_scan`), which
-    /// must find a LISTEN wherever it may start.
-    #[test]
-    fn a_parse_text_is_looked_at_for_listen_once() {
-        let listen = |sql: &str| super::super::query_scan::scan(sql.as_bytes(), true).listen;
-        for sql in [
-            "LISTEN a",
-            " \n unlisten *",
-            "/* x */ listen b",
-            "-- c\nLISTEN d",
-            "; listen e",
-        ] {
-            assert!(listen(sql), "{sql}");
-        }
-        for sql in ["SELECT abalance FROM t", "", "  ", "lis"] {
-            assert!(!listen(sql), "{sql}");
         }
     }
 }

@@ -21,45 +21,9 @@ use super::expect::{Action, Reply};
 use super::listen_relay::Intercept;
 use super::prepared::{parse_parse, Statement};
 use super::session::Session;
-use crate::listen::command::{lex_spans, quoted, Tok};
 use crate::protocol::backend::{self, finish_len};
 use crate::protocol::frame::read_cstr_bytes;
-
-/// The leading words this module acts on.
-const WORDS: [&[u8]; 3] = [b"deallocate", b"discard", b"execute"];
-
-/// Whether the statement starting at `b` (before its white space and
-/// comments) may be one of [`WORDS`]: a few byte comparisons, run on Query
-/// and unnamed Parse texts, so that a text is lexed only when it may be
-/// (a Parse holds one statement; a Query's statement starts are looked at
-/// by `query_scan`, in its one pass).
-pub(super) fn statement_may_name(mut b: &[u8]) -> bool {
-    loop {
-        let Some(first) = b.iter().position(|c| !c.is_ascii_whitespace()) else {
-            return false;
-        };
-        b = &b[first..];
-        if b.starts_with(b"--") {
-            match memchr::memchr(b'\n', b) {
-                Some(end) => b = &b[end..],
-                None => return false,
-            }
-        } else if b.starts_with(b"/*") {
-            match memchr::memmem::find(&b[2..], b"*/") {
-                // A nested comment: the lexer decides.
-                Some(end) if memchr::memmem::find(&b[2..2 + end], b"/*").is_some() => return true,
-                Some(end) => b = &b[end + 4..],
-                None => return false,
-            }
-        } else {
-            break;
-        }
-    }
-    matches!(b[0] | 0x20, b'd' | b'e')
-        && WORDS
-            .iter()
-            .any(|w| b.get(..w.len()).is_some_and(|p| p.eq_ignore_ascii_case(w)))
-}
+use crate::sql::lex::{lex_spans, quoted, Tok};
 
 /// What one statement of a text does to prepared statements.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -427,36 +391,6 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_cheap_test_finds_every_statement_start() {
-        for sql in [
-            "DEALLOCATE x",
-            "  discard all",
-            "select 1; execute p(1)",
-            "/* c */ deallocate all",
-            "-- c\n /* d */ EXECUTE p",
-            "/* a /* nested */ */ select 1",
-        ] {
-            let scan = crate::client::query_scan::scan(sql.as_bytes(), true);
-            assert!(scan.names_statements, "{sql}");
-        }
-        assert!(!statement_may_name(b"select 1; execute p"));
-        for sql in [
-            "select 'deallocate'",
-            "delete from t",
-            "",
-            "  ",
-            "/* app=x */ select 1",
-            "-- c\nselect 1",
-        ] {
-            let scan = crate::client::query_scan::scan(sql.as_bytes(), true);
-            assert!(
-                !scan.names_statements && !statement_may_name(sql.as_bytes()),
-                "{sql}"
-            );
-        }
-    }
 
     #[test]
     fn commands_are_read_with_their_name_in_place() {

@@ -11,10 +11,10 @@
 
 use bytes::BytesMut;
 
-use super::drop_database;
 use super::session::Session;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::sqlstate;
+use crate::sql::drop_database;
 
 /// Groups larger than this are not kept for a retry.
 const MAX_REPLAY_BYTES: usize = 64 * 1024;

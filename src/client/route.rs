@@ -16,15 +16,15 @@ use super::expect::{Action, Reply};
 use super::extended::{Forwarded, KnownParses};
 use super::listen_extended::LocalAction;
 use super::listen_relay::Intercept;
-use super::query_scan;
 use super::relay::append;
 use super::replay::keep_for_replay;
 use super::session::{Session, SessionError};
-use super::{buffers, prepared_sql, unnamed};
+use super::{buffers, unnamed};
 use crate::config::PoolMode;
 use crate::listen::MixedQuery;
 use crate::protocol::frame::{read_cstr_bytes, Step};
 use crate::protocol::{sqlstate, PgError, ProtocolError};
+use crate::sql::query_scan;
 
 /// How one client message leaves the burst of reading.
 pub(super) enum Flow {
@@ -410,7 +410,7 @@ impl Session {
                 may_listen = scan.listen;
                 text = TextFacts {
                     may_hold_state: scan.session_state,
-                    names_statements: prepared_sql::statement_may_name(sql),
+                    names_statements: query_scan::statement_may_name(sql),
                 };
             }
         }

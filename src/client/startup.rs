@@ -13,7 +13,7 @@ use crate::net::Stream;
 use crate::protocol::backend;
 use crate::protocol::frame::{read_cstr, split_message, ProtocolError};
 use crate::protocol::sqlstate;
-use crate::protocol::startup::{split_startup, Pair, StartupPacket, StartupParams};
+use crate::protocol::startup::{split_startup, Pair, StartupPacket, StartupParams, POSTGRES_ALPN};
 use crate::protocol::PgError;
 use crate::tls::ClientTls;
 use crate::users::UserEntry;
@@ -21,10 +21,6 @@ use crate::users::UserEntry;
 /// The first byte of a TLS handshake record. No startup packet begins with
 /// it: their length field would say 369 MB.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-/// The ALPN protocol name Postgres registered, which a direct TLS
-/// connection must negotiate.
-pub(crate) const POSTGRES_ALPN: &[u8] = b"postgresql";
 
 /// Password messages are small; anything bigger is an attack or a bug.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;

@@ -23,7 +23,9 @@ use super::queue::Queue;
 use super::HubShared;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::frame::split_message;
-use crate::server::{quote_ident, Server, ServerTarget};
+use crate::protocol::tag::backend as tag;
+use crate::server::{Server, ServerTarget};
+use crate::sql::quote::quote_ident;
 
 /// Shown in pg_stat_activity for the listener connections.
 pub const APPLICATION_NAME: &str = "pgharbor-listener";
@@ -411,8 +413,8 @@ fn handle_messages(
             Err(e) => return Err(e.to_string()),
         };
         match msg[0] {
-            b'A' => fan_out(l, hub, addr, msg),
-            b'E' => {
+            tag::NOTIFICATION_RESPONSE => fan_out(l, hub, addr, msg),
+            tag::ERROR_RESPONSE => {
                 let f = ServerErrorFields::parse(&msg[5..]);
                 if f.is_fatal() {
                     return Err(format!("{} ({})", f.message, f.code));
@@ -421,7 +423,7 @@ fn handle_messages(
                     front.error.get_or_insert(f.message);
                 }
             }
-            b'Z' => {
+            tag::READY_FOR_QUERY => {
                 let Some(done) = inflight.pop_front() else {
                     return Err("unexpected ReadyForQuery".into());
                 };

@@ -10,10 +10,9 @@
 //! listened again, and every subscriber gets an overflow marker per channel.
 //!
 //! The relay owns one [`Subscriber`] per client and answers LISTEN / UNLISTEN
-//! itself ([`command::parse`]); [`PendingListens`] holds those issued inside a
+//! itself ([`parse`]); [`PendingListens`] holds those issued inside a
 //! transaction until COMMIT.
 
-pub mod command;
 mod listener;
 mod notify_scan;
 mod pending;
@@ -32,8 +31,9 @@ use crate::config::{ListenConfig, OverflowPolicy};
 use crate::metrics::Metrics;
 use crate::protocol::{sqlstate, PgError};
 use crate::server::{ServerKey, ServerTarget};
+use crate::sql::listen::truncate_channel;
 
-pub use command::{
+pub use crate::sql::listen::{
     may_commit, parse, parse_many, plan, ListenCommand, ListenParseError, MixedQuery, QueryListens,
 };
 pub use listener::APPLICATION_NAME;
@@ -160,11 +160,11 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// LISTEN `channel` (already folded, as [`command::parse`] returns it;
+    /// LISTEN `channel` (already folded, as [`parse`] returns it;
     /// truncated to 63 bytes here too). Returns once the listener connection
     /// has executed LISTEN: a NOTIFY committed after that is delivered.
     pub async fn listen(&mut self, channel: &str) -> Result<(), ListenError> {
-        let ch = command::truncate_channel(channel);
+        let ch = truncate_channel(channel);
         if self.channels.contains(ch) {
             return Ok(());
         }
@@ -199,7 +199,7 @@ impl Subscriber {
     /// UNLISTEN `channel`. Takes effect at once for this client; the
     /// listener's UNLISTEN (if it was the last subscriber) follows.
     pub fn unlisten(&mut self, channel: &str) {
-        let ch = command::truncate_channel(channel);
+        let ch = truncate_channel(channel);
         if !self.channels.remove(ch) {
             return;
         }
@@ -238,7 +238,7 @@ impl Subscriber {
 
     /// Whether this client listens to `channel`.
     pub fn listens_to(&self, channel: &str) -> bool {
-        self.channels.contains(command::truncate_channel(channel))
+        self.channels.contains(truncate_channel(channel))
     }
 
     /// Drops what is queued for `channel` (see `PendingListens::take_early`).

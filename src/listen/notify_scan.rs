@@ -6,7 +6,8 @@
 //! literal makes the text count as notifying any channel. Notifications sent
 //! by triggers or functions are invisible here.
 
-use super::command::{lex, mentions, truncate_channel, Tok};
+use crate::sql::lex::{lex, mentions, Tok};
+use crate::sql::listen::truncate_channel;
 
 /// The channels a text notifies.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

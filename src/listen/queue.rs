@@ -262,7 +262,7 @@ mod tests {
     fn decode(mut buf: &[u8]) -> Vec<(i32, String, String)> {
         let mut out = Vec::new();
         while !buf.is_empty() {
-            assert_eq!(buf[0], b'A');
+            assert_eq!(buf[0], crate::protocol::tag::backend::NOTIFICATION_RESPONSE);
             let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
             let body = &buf[5..len + 1];
             let pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);

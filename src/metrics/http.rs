@@ -14,7 +14,23 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::State;
+use super::Metrics;
+use crate::shutdown::Shutdown;
+
+/// What the endpoint reads of the instance it reports on.
+pub trait Instance: Send + Sync + 'static {
+    fn metrics(&self) -> &Metrics;
+    fn shutdown(&self) -> &Shutdown;
+    /// Where `/readyz` probes: the configured databases, as configured now.
+    fn databases(&self) -> Vec<Probe>;
+}
+
+/// A database `/readyz` connects to.
+pub struct Probe {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
 
 /// How long one HTTP connection may take to send its request headers: slow
 /// scrapers cannot hold connections forever.
@@ -22,9 +38,13 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many HTTP connections at once.
 const MAX_HTTP_CONNECTIONS: usize = 64;
 
-/// Binds `[metrics] listen_addr` (if set) and serves it in the background.
-pub async fn start(state: &Arc<State>) -> Result<Option<SocketAddr>, (String, std::io::Error)> {
-    let addr = state.config().metrics.listen_addr.clone();
+/// Binds `addr` (`[metrics] listen_addr`, if set) and serves it in the
+/// background.
+pub async fn start<I: Instance>(
+    addr: &str,
+    state: &Arc<I>,
+) -> Result<Option<SocketAddr>, (String, std::io::Error)> {
+    let addr = addr.to_string();
     if addr.is_empty() {
         return Ok(None);
     }
@@ -37,7 +57,7 @@ pub async fn start(state: &Arc<State>) -> Result<Option<SocketAddr>, (String, st
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
         loop {
             let accepted = tokio::select! {
-                _ = st.shutdown.cancelled() => return,
+                _ = st.shutdown().cancelled() => return,
                 r = listener.accept() => r,
             };
             let Ok((stream, _)) = accepted else {
@@ -72,9 +92,9 @@ fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Respo
     r
 }
 
-async fn handle(
+async fn handle<I: Instance>(
     req: Request<Incoming>,
-    state: Arc<State>,
+    state: Arc<I>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(
@@ -86,7 +106,7 @@ async fn handle(
     let resp = match req.uri().path() {
         "/metrics" => text(
             StatusCode::OK,
-            state.metrics.render(),
+            state.metrics().render(),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/healthz" => text(StatusCode::OK, "ok\n", "text/plain"),
@@ -102,17 +122,16 @@ async fn handle(
 
 /// Ready when every configured database accepts TCP connections and is not
 /// shutting down.
-async fn readyz(state: &Arc<State>) -> Response<Full<Bytes>> {
-    if state.shutdown.is_cancelled() {
+async fn readyz<I: Instance>(state: &Arc<I>) -> Response<Full<Bytes>> {
+    if state.shutdown().is_cancelled() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n",
             "text/plain",
         );
     }
-    let config = state.config();
     let mut problems = Vec::new();
-    for db in &config.databases {
+    for db in &state.databases() {
         let probe = tokio::time::timeout(
             Duration::from_secs(2),
             tokio::net::TcpStream::connect((db.host.as_str(), db.port)),

@@ -8,7 +8,7 @@ mod registry;
 mod slots;
 mod waiting;
 
-pub use inspect::{ServerInfo, ServerState, ServerTicket};
+pub use crate::server::listing::{ServerInfo, ServerState};
 pub use params::no_params;
 pub use registry::Pools;
 
@@ -21,6 +21,8 @@ use tokio::sync::Notify;
 
 use crate::config::PoolDefaults;
 use crate::metrics::PoolStats;
+use crate::protocol::tag::TxStatus;
+use crate::server::listing::ServerList;
 use crate::server::{Server, ServerError, ServerTarget};
 use slots::Slots;
 pub(crate) use waiting::{InLine, Permit};
@@ -81,7 +83,7 @@ pub struct Pool {
     generation: AtomicU64,
     closed: AtomicBool,
     /// Every open server, for the admin console (see `inspect`).
-    servers: Arc<inspect::ServerList>,
+    servers: Arc<ServerList>,
     /// Tells the wait timer (see `waiting`) that a client began to wait
     /// while nobody else did.
     wait_timer: Arc<Notify>,
@@ -322,7 +324,7 @@ impl Pool {
 
     fn reusable(&self, server: &mut Server, generation: u64, now: Instant) -> bool {
         !past_lifetime(server, now)
-            && server.status == b'I'
+            && server.status == TxStatus::Idle.byte()
             && self.server_generation_ok(server, generation)
             && server.is_alive()
     }
@@ -342,7 +344,7 @@ impl Pool {
         matches!(
             tokio::time::timeout(timeout, server.simple_query(q)).await,
             Ok(Ok(()))
-        ) && server.status == b'I'
+        ) && server.status == TxStatus::Idle.byte()
     }
 
     /// Server parameters for a login: from the first server ever opened, or
@@ -373,7 +375,7 @@ impl Pool {
         if self.closed.load(Ordering::Acquire)
             || generation != self.generation.load(Ordering::Acquire)
             || past_lifetime(&server, now)
-            || server.status != b'I'
+            || server.status != TxStatus::Idle.byte()
             || !server.rbuf.is_empty()
         {
             return;

@@ -3,6 +3,12 @@
 
 use bytes::{BufMut, BytesMut};
 
+use super::tag::backend::{
+    AUTHENTICATION, BACKEND_KEY_DATA, BIND_COMPLETE, CLOSE_COMPLETE, COMMAND_COMPLETE, DATA_ROW,
+    EMPTY_QUERY_RESPONSE, NEGOTIATE_PROTOCOL_VERSION, NOTIFICATION_RESPONSE, NO_DATA,
+    PARAMETER_STATUS, PARSE_COMPLETE, READY_FOR_QUERY, ROW_DESCRIPTION,
+};
+
 /// Appends `s` and its NUL terminator.
 #[inline]
 pub fn put_cstr(buf: &mut BytesMut, s: &str) {
@@ -25,20 +31,20 @@ fn begin(buf: &mut BytesMut, tag: u8) -> usize {
 }
 
 pub fn authentication_ok(buf: &mut BytesMut) {
-    buf.put_u8(b'R');
+    buf.put_u8(AUTHENTICATION);
     buf.put_i32(8);
     buf.put_i32(0);
 }
 
 pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
-    buf.put_u8(b'R');
+    buf.put_u8(AUTHENTICATION);
     buf.put_i32(12);
     buf.put_i32(5);
     buf.put_slice(&salt);
 }
 
 pub fn authentication_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
-    let start = begin(buf, b'R');
+    let start = begin(buf, AUTHENTICATION);
     buf.put_i32(10);
     for m in mechanisms {
         put_cstr(buf, m);
@@ -48,73 +54,73 @@ pub fn authentication_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
 }
 
 pub fn authentication_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
-    let start = begin(buf, b'R');
+    let start = begin(buf, AUTHENTICATION);
     buf.put_i32(11);
     buf.put_slice(data);
     finish_len(buf, start);
 }
 
 pub fn authentication_sasl_final(buf: &mut BytesMut, data: &[u8]) {
-    let start = begin(buf, b'R');
+    let start = begin(buf, AUTHENTICATION);
     buf.put_i32(12);
     buf.put_slice(data);
     finish_len(buf, start);
 }
 
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
-    let start = begin(buf, b'S');
+    let start = begin(buf, PARAMETER_STATUS);
     put_cstr(buf, name);
     put_cstr(buf, value);
     finish_len(buf, start);
 }
 
 pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
-    buf.put_u8(b'K');
+    buf.put_u8(BACKEND_KEY_DATA);
     buf.put_i32(12);
     buf.put_i32(pid);
     buf.put_i32(secret);
 }
 
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
-    buf.put_u8(b'Z');
+    buf.put_u8(READY_FOR_QUERY);
     buf.put_i32(5);
     buf.put_u8(status);
 }
 
 pub fn command_complete(buf: &mut BytesMut, tag: &str) {
-    let start = begin(buf, b'C');
+    let start = begin(buf, COMMAND_COMPLETE);
     put_cstr(buf, tag);
     finish_len(buf, start);
 }
 
 pub fn empty_query_response(buf: &mut BytesMut) {
-    buf.put_u8(b'I');
+    buf.put_u8(EMPTY_QUERY_RESPONSE);
     buf.put_i32(4);
 }
 
 pub fn parse_complete(buf: &mut BytesMut) {
-    buf.put_u8(b'1');
+    buf.put_u8(PARSE_COMPLETE);
     buf.put_i32(4);
 }
 
 pub fn bind_complete(buf: &mut BytesMut) {
-    buf.put_u8(b'2');
+    buf.put_u8(BIND_COMPLETE);
     buf.put_i32(4);
 }
 
 pub fn close_complete(buf: &mut BytesMut) {
-    buf.put_u8(b'3');
+    buf.put_u8(CLOSE_COMPLETE);
     buf.put_i32(4);
 }
 
 pub fn no_data(buf: &mut BytesMut) {
-    buf.put_u8(b'n');
+    buf.put_u8(NO_DATA);
     buf.put_i32(4);
 }
 
 /// RowDescription with text columns (type `text`, oid 25), for the admin console.
 pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
-    let start = begin(buf, b'T');
+    let start = begin(buf, ROW_DESCRIPTION);
     buf.put_i16(columns.len() as i16);
     for c in columns {
         put_cstr(buf, c);
@@ -129,7 +135,7 @@ pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
 }
 
 pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
-    let start = begin(buf, b'D');
+    let start = begin(buf, DATA_ROW);
     buf.put_i16(values.len() as i16);
     for v in values {
         match v {
@@ -145,7 +151,7 @@ pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
 
 /// NotificationResponse.
 pub fn notification(buf: &mut BytesMut, pid: i32, channel: &str, payload: &str) {
-    let start = begin(buf, b'A');
+    let start = begin(buf, NOTIFICATION_RESPONSE);
     buf.put_i32(pid);
     put_cstr(buf, channel);
     put_cstr(buf, payload);
@@ -155,7 +161,7 @@ pub fn notification(buf: &mut BytesMut, pid: i32, channel: &str, payload: &str) 
 /// NegotiateProtocolVersion: the newest minor version we speak and the
 /// protocol options (`_pq_.*`) we did not recognise.
 pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unrecognized: &[&str]) {
-    let start = begin(buf, b'v');
+    let start = begin(buf, NEGOTIATE_PROTOCOL_VERSION);
     buf.put_i32(minor);
     buf.put_i32(unrecognized.len() as i32);
     for o in unrecognized {
@@ -179,7 +185,7 @@ mod tests {
     fn lengths_are_filled_in() {
         let mut buf = BytesMut::new();
         parameter_status(&mut buf, "TimeZone", "UTC");
-        assert_eq!(buf[0], b'S');
+        assert_eq!(buf[0], PARAMETER_STATUS);
         let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
         assert_eq!(len + 1, buf.len());
         assert_eq!(

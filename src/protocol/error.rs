@@ -3,6 +3,8 @@
 use bytes::{BufMut, BytesMut};
 
 use super::backend::put_cstr;
+use super::tag;
+use super::tag::error_field as field;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -91,26 +93,26 @@ impl PgError {
     pub fn encode(&self, buf: &mut BytesMut) {
         let start = buf.len();
         buf.put_u8(if self.severity == Severity::Warning {
-            b'N'
+            tag::backend::NOTICE_RESPONSE
         } else {
-            b'E'
+            tag::backend::ERROR_RESPONSE
         });
         buf.put_i32(0);
         let sev = self.severity.as_str();
-        buf.put_u8(b'S');
+        buf.put_u8(field::SEVERITY);
         put_cstr(buf, sev);
-        buf.put_u8(b'V');
+        buf.put_u8(field::SEVERITY_NONLOCALIZED);
         put_cstr(buf, sev);
-        buf.put_u8(b'C');
+        buf.put_u8(field::CODE);
         put_cstr(buf, self.code);
-        buf.put_u8(b'M');
+        buf.put_u8(field::MESSAGE);
         put_cstr(buf, &self.message);
         if let Some(d) = &self.detail {
-            buf.put_u8(b'D');
+            buf.put_u8(field::DETAIL);
             put_cstr(buf, d);
         }
         if let Some(h) = &self.hint {
-            buf.put_u8(b'H');
+            buf.put_u8(field::HINT);
             put_cstr(buf, h);
         }
         buf.put_u8(0);
@@ -151,10 +153,10 @@ impl ServerErrorFields {
             let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
             let value = String::from_utf8_lossy(&tail[..end]).into_owned();
             match field {
-                b'V' => out.severity = value,
-                b'S' if out.severity.is_empty() => out.severity = value,
-                b'C' => out.code = value,
-                b'M' => out.message = value,
+                field::SEVERITY_NONLOCALIZED => out.severity = value,
+                field::SEVERITY if out.severity.is_empty() => out.severity = value,
+                field::CODE => out.code = value,
+                field::MESSAGE => out.message = value,
                 _ => {}
             }
             rest = tail.get(end + 1..).unwrap_or(&[]);
@@ -176,7 +178,7 @@ mod tests {
         let e = PgError::fatal("28P01", "password authentication failed for user \"x\"");
         let mut buf = BytesMut::new();
         e.encode(&mut buf);
-        assert_eq!(buf[0], b'E');
+        assert_eq!(buf[0], tag::backend::ERROR_RESPONSE);
         let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
         assert_eq!(len + 1, buf.len());
         let f = ServerErrorFields::parse(&buf[5..]);

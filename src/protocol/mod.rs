@@ -4,8 +4,10 @@
 pub mod backend;
 pub mod error;
 pub mod frame;
+pub mod frontend;
 pub mod sqlstate;
 pub mod startup;
+pub mod tag;
 
 pub use error::{PgError, Severity};
 pub use frame::{FrameScanner, ProtocolError};

@@ -11,6 +11,10 @@ use super::frame::ProtocolError;
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 
 pub const PROTOCOL_3_0: u32 = 3 << 16;
+
+/// The ALPN protocol name Postgres registered, which a direct TLS
+/// connection must negotiate.
+pub const POSTGRES_ALPN: &[u8] = b"postgresql";
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;

@@ -6,19 +6,19 @@
 //! Detection is by statement inspection of simple Query and Parse texts:
 //! temporary objects by reading the text's tokens (`temp_objects.rs`; what
 //! a function or DO block creates is caught on the server by
-//! `temp_backstop.rs`); the rest by lower-casing each `;`-separated
+//! `client/temp_backstop.rs`); the rest by lower-casing each `;`-separated
 //! statement and comparing its leading words; advisory locks are found as
 //! function names anywhere in the text. Texts
 //! over 64 KiB are not inspected. SET of a reported parameter (TimeZone,
 //! DateStyle, application_name, …) is not session state: pgharbor learns it
 //! from ParameterStatus and applies it on every server the client lands on.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
+use super::query_scan::MAX_INSPECTED;
+use super::quote::quote_literal;
 use super::temp_objects::temp_object;
-use crate::protocol::backend::{finish_len, put_cstr};
-
-pub(super) const MAX_INSPECTED: usize = 64 * 1024;
+use crate::protocol::frontend;
 
 /// What a statement does that only its own server remembers, for messages.
 ///
@@ -63,7 +63,7 @@ pub fn detect(sql: &[u8], is_reported: impl Fn(&str) -> bool) -> Option<String> 
                 // RESET ALL is not session state either: the server resets
                 // what it holds, reports the reported parameters it changes,
                 // and pgharbor forgets the unreported settings it applied
-                // there (`server_replies.rs`), so the client's own startup
+                // there (`client/server_replies.rs`), so the client's own startup
                 // settings are applied again at its next checkout. asyncpg
                 // sends it at every release of a pooled connection.
                 let local_or_txn = matches!(
@@ -85,12 +85,9 @@ pub fn detect(sql: &[u8], is_reported: impl Fn(&str) -> bool) -> Option<String> 
     None
 }
 
-/// Leading words of the statements [`detect`] looks at further.
-const LEADING_WORDS: [&str; 6] = ["create", "declare", "prepare", "load", "set", "reset"];
-
 /// A look that allocates nothing, run on every query: false when no
-/// statement begins with one of [`LEADING_WORDS`] and no advisory lock
-/// function is called, so [`detect`] cannot find anything. Ordinary traffic
+/// statement begins with a word [`detect`] reads further and no advisory
+/// lock function is called, so [`detect`] cannot find anything. Ordinary traffic
 /// (SELECT, INSERT, BEGIN, …) then skips the lower-cased copy and the word
 /// lists, which cost a sixth of the proxy's instructions per transaction.
 /// It may say true where `detect` finds nothing: it compares prefixes, and
@@ -100,69 +97,23 @@ fn may_hold_session_state(b: &[u8]) -> bool {
     super::query_scan::scan(b, false).session_state
 }
 
-/// Whether the text before an opening parenthesis ends with the name of a
-/// lock function [`detect`] knows (each ends in one of these).
-pub(super) fn advisory_lock_call(before_paren: &[u8]) -> bool {
-    ends_with_ignore_ascii_case(before_paren, b"advisory_lock")
-        || ends_with_ignore_ascii_case(before_paren, b"advisory_lock_shared")
-}
-
-/// Whether `temp` (any case) is in the text: a `SELECT … INTO` may create
-/// a temporary table (`INTO TEMP t`, `INTO pg_temp.t`), and SELECT is too
-/// common a first word to look closer at every one. One `memchr` pass for
-/// `p`; pgbench's texts and most others have none after `tem`.
-pub(super) fn mentions_temp(b: &[u8]) -> bool {
-    memchr::memchr2_iter(b'p', b'P', b).any(|i| i >= 3 && b[i - 3..i].eq_ignore_ascii_case(b"tem"))
-}
-
-/// Whether the statement starting at `b` (after its white space) begins
-/// with one of [`LEADING_WORDS`] or a non-ASCII character.
-pub(super) fn statement_may_hold(b: &[u8]) -> bool {
-    let Some(first) = b
-        .iter()
-        .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c'))
-    else {
-        return false;
-    };
-    let rest = &b[first..];
-    !rest[0].is_ascii()
-        || LEADING_WORDS.iter().any(|k| {
-            rest.get(..k.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(k.as_bytes()))
-        })
-}
-
-fn ends_with_ignore_ascii_case(hay: &[u8], tail: &[u8]) -> bool {
-    hay.len() >= tail.len() && hay[hay.len() - tail.len()..].eq_ignore_ascii_case(tail)
-}
-
 /// A simple Query whose execution raises `message` with SQLSTATE 0A000 on
 /// the server, so the refusal lands exactly where Postgres would put an
 /// error (and aborts an open transaction as an error would).
 pub fn refusal_query(out: &mut BytesMut, message: &str) {
-    let start = out.len();
-    out.put_u8(b'Q');
-    out.put_i32(0);
-    put_cstr(out, &refusal_sql(message));
-    finish_len(out, start);
+    frontend::query(out, &refusal_sql(message));
 }
 
 /// The same refusal as an unnamed-statement Parse (no parameters), for the
 /// extended protocol: the error comes at Execute, in the Parse's place.
 pub fn refusal_parse(out: &mut BytesMut, message: &str) {
-    let start = out.len();
-    out.put_u8(b'P');
-    out.put_i32(0);
-    put_cstr(out, "");
-    put_cstr(out, &refusal_sql(message));
-    out.put_i16(0);
-    finish_len(out, start);
+    frontend::parse_untyped(out, "", &refusal_sql(message));
 }
 
 fn refusal_sql(message: &str) -> String {
     format!(
         "DO $pgharbor$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END $pgharbor$",
-        crate::server::quote_literal(message)
+        quote_literal(message)
     )
 }
 

@@ -16,14 +16,14 @@
 //! The text is read with the lexer that reads LISTEN statements, so string
 //! literals, comments and quoted identifiers are what Postgres sees. What
 //! a statement creates inside a function, a DO block or a procedure is not
-//! visible in the text; the server-side check (`temp_backstop.rs`) covers
+//! visible in the text; the server-side check (`client/temp_backstop.rs`) covers
 //! those.
 
-use crate::listen::command::{lex, Tok};
+use super::lex::{lex, Tok};
 
 /// What the first statement of `sql` that creates a temporary object
 /// creates, named for messages.
-pub(super) fn temp_object(sql: &str) -> Option<&'static str> {
+pub(crate) fn temp_object(sql: &str) -> Option<&'static str> {
     let (tokens, _) = lex(sql);
     tokens
         .split(|t| *t == Tok::Semi)
@@ -224,7 +224,7 @@ mod tests {
         for &(sql, creates) in FORMS {
             assert_eq!(temp_object(sql).is_some(), creates, "{sql}");
             // The whole detection, cheap first look included.
-            let found = crate::client::session_state::detect(sql.as_bytes(), |_| false);
+            let found = crate::sql::session_state::detect(sql.as_bytes(), |_| false);
             assert_eq!(found.is_some(), creates, "{sql}");
         }
     }

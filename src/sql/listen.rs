@@ -6,6 +6,7 @@
 //! boundary. Strings (`'…'`, `E'…'`, `$tag$…$tag$`) are skipped when splitting
 //! statements; `standard_conforming_strings = on` is assumed.
 
+use super::lex::{lex_spanned, Spanned, Tok};
 use crate::protocol::sqlstate;
 use crate::protocol::PgError;
 
@@ -181,32 +182,6 @@ pub fn may_commit(sql: &str, mut in_block: bool) -> bool {
     !in_block
 }
 
-/// A token of Postgres's lexer, as far as pgharbor's readers of SQL text
-/// (this one and the session-state scanner) need to tell them apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Tok {
-    Word(String),
-    Quoted(String),
-    /// The raw text between the quotes of `U&"…"`, escapes not yet applied.
-    UnicodeQuoted(String),
-    Str(String),
-    Star,
-    Semi,
-    /// `.` between the parts of a qualified name.
-    Dot,
-    Open,
-    Close,
-    Other,
-}
-
-/// A token and the bytes of the text it was read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Spanned {
-    tok: Tok,
-    start: usize,
-    end: usize,
-}
-
 fn is_listen_start(s: &[Spanned]) -> bool {
     matches!(s.first().map(|t| &t.tok), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("listen") || w.eq_ignore_ascii_case("unlisten"))
 }
@@ -251,216 +226,6 @@ fn split_statements(tokens: &[Spanned]) -> Vec<&[Spanned]> {
         out.push(&tokens[start..]);
     }
     out
-}
-
-/// Whether `word` (ASCII, any case) appears anywhere in `sql`: the cheap
-/// first look before a text is lexed, one `memchr` pass for its first
-/// letter.
-pub(crate) fn mentions(sql: &[u8], word: &[u8]) -> bool {
-    let Some(first) = word.first() else {
-        return true;
-    };
-    let (lower, upper) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
-    memchr::memchr2_iter(lower, upper, sql).any(|i| {
-        sql.get(i..i + word.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(word))
-    })
-}
-
-/// A byte that may start an unquoted SQL identifier.
-pub(crate) fn ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
-}
-
-/// A byte that may continue an unquoted SQL identifier.
-pub(crate) fn ident_cont(b: u8) -> bool {
-    ident_start(b) || b.is_ascii_digit() || b == b'$'
-}
-
-/// Tokens up to the end, or up to the first lexical error (returned too).
-pub(crate) fn lex(sql: &str) -> (Vec<Tok>, Option<String>) {
-    let (tokens, error) = lex_spanned(sql);
-    (tokens.into_iter().map(|t| t.tok).collect(), error)
-}
-
-/// [`lex`], with the byte offset where each token starts (the prepared
-/// statement commands rewrite a name in place).
-pub(crate) fn lex_spans(sql: &str) -> (Vec<Tok>, Vec<usize>, Option<String>) {
-    let (tokens, error) = lex_spanned(sql);
-    let starts = tokens.iter().map(|t| t.start).collect();
-    (tokens.into_iter().map(|t| t.tok).collect(), starts, error)
-}
-
-/// [`lex`], each token with the bytes of the text it was read from.
-fn lex_spanned(sql: &str) -> (Vec<Spanned>, Option<String>) {
-    let s = sql.as_bytes();
-    let mut out = Vec::new();
-    // Where each token of `out` lies; a turn of the loop reads at most one.
-    let mut spans = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    macro_rules! fail {
-        ($msg:expr) => {
-            return (spanned(out, spans, start, i), Some($msg.to_string()))
-        };
-    }
-    while i < s.len() {
-        if spans.len() < out.len() {
-            spans.push((start, i));
-        }
-        start = i;
-        let b = s[i];
-        let next = s.get(i + 1).copied();
-        if b.is_ascii_whitespace() {
-            i += 1;
-        } else if b == b'-' && next == Some(b'-') {
-            while i < s.len() && s[i] != b'\n' {
-                i += 1;
-            }
-        } else if b == b'/' && next == Some(b'*') {
-            let mut depth = 0;
-            loop {
-                if i + 1 >= s.len() {
-                    fail!("unterminated /* comment");
-                }
-                if s[i] == b'/' && s[i + 1] == b'*' {
-                    depth += 1;
-                    i += 2;
-                } else if s[i] == b'*' && s[i + 1] == b'/' {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-        } else if (b == b'U' || b == b'u') && next == Some(b'&') && s.get(i + 2) == Some(&b'"') {
-            match quoted(sql, i + 2, b'"') {
-                Some((text, end)) => {
-                    out.push(Tok::UnicodeQuoted(text));
-                    i = end;
-                }
-                None => fail!("unterminated quoted identifier"),
-            }
-        } else if (b == b'U' || b == b'u') && next == Some(b'&') && s.get(i + 2) == Some(&b'\'') {
-            match quoted(sql, i + 2, b'\'') {
-                Some((_, end)) => {
-                    out.push(Tok::Other);
-                    i = end;
-                }
-                None => fail!("unterminated quoted string"),
-            }
-        } else if (b == b'E' || b == b'e') && next == Some(b'\'') {
-            // Backslash escapes: skip \x pairs.
-            i += 2;
-            loop {
-                match s.get(i) {
-                    None => fail!("unterminated quoted string"),
-                    Some(b'\\') => i += 2,
-                    Some(b'\'') if s.get(i + 1) == Some(&b'\'') => i += 2,
-                    Some(b'\'') => break,
-                    _ => i += 1,
-                }
-            }
-            i += 1;
-            out.push(Tok::Other);
-        } else if ident_start(b) {
-            let start = i;
-            while i < s.len() && ident_cont(s[i]) {
-                i += 1;
-            }
-            out.push(Tok::Word(sql[start..i].to_string()));
-        } else if b == b'"' {
-            match quoted(sql, i, b'"') {
-                Some((text, _)) if text.is_empty() => fail!("zero-length delimited identifier"),
-                Some((text, end)) => {
-                    out.push(Tok::Quoted(text));
-                    i = end;
-                }
-                None => fail!("unterminated quoted identifier"),
-            }
-        } else if b == b'\'' {
-            match quoted(sql, i, b'\'') {
-                Some((text, end)) => {
-                    out.push(Tok::Str(text));
-                    i = end;
-                }
-                None => fail!("unterminated quoted string"),
-            }
-        } else if b == b'$' && next.is_some_and(|c| c == b'$' || (ident_start(c))) {
-            // $tag$ … $tag$ (a tag has no '$' inside); else an operator-ish byte.
-            let mut j = i + 1;
-            while j < s.len() && ident_cont(s[j]) && s[j] != b'$' {
-                j += 1;
-            }
-            if s.get(j) != Some(&b'$') {
-                out.push(Tok::Other);
-                i += 1;
-                continue;
-            }
-            let tag = &sql[i..=j];
-            match sql[j + 1..].find(tag) {
-                Some(k) => i = j + 1 + k + tag.len(),
-                None => fail!("unterminated dollar-quoted string"),
-            }
-            out.push(Tok::Other);
-        } else {
-            out.push(match b {
-                b';' => Tok::Semi,
-                b'*' => Tok::Star,
-                b'.' => Tok::Dot,
-                b'(' => Tok::Open,
-                b')' => Tok::Close,
-                _ => Tok::Other,
-            });
-            i += 1;
-        }
-    }
-    (spanned(out, spans, start, i), None)
-}
-
-/// Joins the tokens with their places; the last one, read by the final
-/// turn, spans `start..end`.
-fn spanned(
-    out: Vec<Tok>,
-    mut spans: Vec<(usize, usize)>,
-    start: usize,
-    end: usize,
-) -> Vec<Spanned> {
-    if spans.len() < out.len() {
-        spans.push((start, end));
-    }
-    out.into_iter()
-        .zip(spans)
-        .map(|(tok, (start, end))| Spanned { tok, start, end })
-        .collect()
-}
-
-/// The text of a `q`-quoted token starting at `start` (doubled quotes
-/// undone) and the index after it.
-pub(crate) fn quoted(sql: &str, start: usize, q: u8) -> Option<(String, usize)> {
-    let s = sql.as_bytes();
-    let mut text = String::new();
-    let mut i = start + 1;
-    let mut seg = i;
-    loop {
-        match s.get(i) {
-            None => return None,
-            Some(&c) if c == q => {
-                text.push_str(&sql[seg..i]);
-                if s.get(i + 1) == Some(&q) {
-                    text.push(q as char);
-                    i += 2;
-                    seg = i;
-                } else {
-                    return Some((text, i + 1));
-                }
-            }
-            _ => i += 1,
-        }
-    }
 }
 
 fn parse_statement(statement: &[Spanned]) -> Result<ListenCommand, ListenParseError> {
@@ -687,5 +452,5 @@ const RESERVED: &[&str] = &[
 ];
 
 #[cfg(test)]
-#[path = "command_tests.rs"]
+#[path = "listen_tests.rs"]
 mod tests;

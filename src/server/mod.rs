@@ -2,6 +2,9 @@
 //! parameters, and the few round trips pgharbor makes on its own (parameter
 //! sync, health check, reset, rollback).
 
+pub mod listing;
+pub mod prepared;
+
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
@@ -22,6 +25,8 @@ use crate::tls::ServerTls;
 use crate::protocol::backend::parse_parameter_status;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::frame::{split_message, ProtocolError};
+use crate::protocol::tag::{backend as tag, TxStatus};
+use crate::sql::quote::{quote_ident, quote_literal};
 
 /// Largest message accepted from a server outside the relay (login, our own
 /// queries); the relay itself streams larger ones.
@@ -219,14 +224,15 @@ pub struct Server {
     /// Unique within this process, for logs and the admin console.
     pub id: u64,
     /// Keeps this server listed in its pool's SHOW SERVERS until dropped.
-    pub ticket: Option<crate::pool::ServerTicket>,
+    pub ticket: Option<listing::ServerTicket>,
     pub created: Instant,
     /// `created` + the pool's `server_lifetime`, set by the pool (`None`:
     /// never): compared at every checkout and return, where a subtraction
     /// of instants would cost more than a comparison.
     pub retire_at: Option<Instant>,
     pub last_used: Instant,
-    /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
+    /// Transaction status from the last ReadyForQuery: its byte (`I`, `T`
+    /// or `E`, see [`TxStatus`]).
     pub status: u8,
     /// Bumped whenever `params` changes.
     pub params_version: u64,
@@ -238,7 +244,7 @@ pub struct Server {
     /// at login.
     pub sync_notices: Vec<BytesMut>,
     /// Proxy-named statements prepared on this server (transaction mode).
-    pub prepared: crate::client::prepared::PreparedSet,
+    pub prepared: prepared::PreparedSet,
 }
 
 impl Server {
@@ -280,7 +286,7 @@ impl Server {
             created: Instant::now(),
             retire_at: None,
             last_used: Instant::now(),
-            status: b'I',
+            status: TxStatus::Idle.byte(),
             prepared: Default::default(),
             params_version: 0,
             synced: None,
@@ -300,18 +306,20 @@ impl Server {
         loop {
             let msg = server.read_message().await?;
             match msg[0] {
-                b'S' => server.note_parameter(&msg[5..]),
+                tag::PARAMETER_STATUS => server.note_parameter(&msg[5..]),
                 // We start servers at protocol 3.0, so the secret is 4
                 // bytes; a longer (3.2) one could not be used truncated.
-                b'K' if msg.len() == 13 => {
+                tag::BACKEND_KEY_DATA if msg.len() == 13 => {
                     server.key.pid = i32::from_be_bytes([msg[5], msg[6], msg[7], msg[8]]);
                     server.key.secret = i32::from_be_bytes([msg[9], msg[10], msg[11], msg[12]]);
                 }
-                b'Z' => {
-                    server.status = msg.get(5).copied().unwrap_or(b'I');
+                tag::READY_FOR_QUERY => {
+                    server.status = msg.get(5).copied().unwrap_or(TxStatus::Idle.byte());
                     return Ok(server);
                 }
-                b'E' => return Err(ServerError::Login(ServerErrorFields::parse(&msg[5..]))),
+                tag::ERROR_RESPONSE => {
+                    return Err(ServerError::Login(ServerErrorFields::parse(&msg[5..])))
+                }
                 _ => {} // NoticeResponse, NegotiateProtocolVersion: nothing to do
             }
         }
@@ -322,10 +330,10 @@ impl Server {
         let mut scram: Option<SaslClient> = None;
         loop {
             let msg = self.read_message().await?;
-            if msg[0] == b'E' {
+            if msg[0] == tag::ERROR_RESPONSE {
                 return Err(ServerError::Login(ServerErrorFields::parse(&msg[5..])));
             }
-            if msg[0] != b'R' || msg.len() < 9 {
+            if msg[0] != tag::AUTHENTICATION || msg.len() < 9 {
                 return Err(ProtocolError::Unexpected {
                     tag: msg[0],
                     context: "during server authentication",
@@ -544,29 +552,31 @@ impl Server {
         loop {
             let msg = self.read_message().await?;
             match msg[0] {
-                b'D' if keep_row && row.is_none() => row = Some(msg),
-                b'N' => {
+                tag::DATA_ROW if keep_row && row.is_none() => row = Some(msg),
+                tag::NOTICE_RESPONSE => {
                     if let Some(n) = notices.as_deref_mut() {
                         n.push(msg);
                     }
                 }
-                b'S' => self.note_parameter(&msg[5..]),
-                b'E' => {
+                tag::PARAMETER_STATUS => self.note_parameter(&msg[5..]),
+                tag::ERROR_RESPONSE => {
                     let f = ServerErrorFields::parse(&msg[5..]);
                     if f.is_fatal() {
                         return Err(ServerError::Query(f));
                     }
                     first_error.get_or_insert(f);
                 }
-                b'Z' => {
-                    self.status = msg.get(5).copied().unwrap_or(b'I');
+                tag::READY_FOR_QUERY => {
+                    self.status = msg.get(5).copied().unwrap_or(TxStatus::Idle.byte());
                     return match first_error {
                         Some(f) => Err(ServerError::Query(f)),
                         None => Ok(row),
                     };
                 }
                 // COPY started by a check or reset query cannot be served.
-                b'G' | b'H' | b'W' => return Err(ServerError::Closed),
+                tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => {
+                    return Err(ServerError::Closed)
+                }
                 _ => {}
             }
         }
@@ -763,35 +773,4 @@ fn columns(mut row: &[u8]) -> Vec<Option<Vec<u8>>> {
         row = &row[len..];
     }
     out
-}
-
-/// `E'…'` literal, correct whatever standard_conforming_strings is.
-pub fn quote_literal(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 3);
-    out.push_str("E'");
-    for c in s.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// `"…"` identifier.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting_escapes_quotes_and_backslashes() {
-        assert_eq!(quote_literal(r"it's a\b"), r"E'it''s a\\b'");
-        assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
-    }
 }

@@ -4,7 +4,7 @@
 //! it (55006, "being accessed by other users"), and pgharbor's idle server
 //! connections are such sessions. When a client's `DROP DATABASE x` fails
 //! that way, pgharbor closes its idle servers to `x` and runs the statement
-//! once more (see `replay.rs`); DROP DATABASE cannot run inside a
+//! once more (see `client/replay.rs`); DROP DATABASE cannot run inside a
 //! transaction block, so running it again cannot repeat other work.
 //!
 //! Only the plain form is recognized: optional white space, `DROP DATABASE
@@ -12,11 +12,11 @@
 //! text with comments or several statements is forwarded as it is and gets
 //! no retry.
 
-use crate::listen::command::{ident_cont, ident_start, lex, quoted, Tok};
+use super::lex::{ident_cont, ident_start, lex, quoted, Tok};
 
 /// The database a lone `DROP DATABASE` statement in `sql` drops, as
 /// Postgres names it (unquoted names folded to lower case).
-pub(super) fn target(sql: &[u8]) -> Option<String> {
+pub fn target(sql: &[u8]) -> Option<String> {
     let rest = keyword(sql, b"drop")?;
     let rest = keyword(rest, b"database")?;
     let rest = match keyword(rest, b"if").and_then(|r| keyword(r, b"exists")) {
@@ -87,7 +87,7 @@ fn identifier(s: &[u8]) -> Option<(String, &[u8])> {
 /// in `sql`, as Postgres names it: copying a database also fails with 55006
 /// while sessions are connected to the template, and is retried the same
 /// way (CREATE DATABASE cannot run inside a transaction block either).
-pub(super) fn template(sql: &[u8]) -> Option<String> {
+pub fn template(sql: &[u8]) -> Option<String> {
     // Every Query of an idle client comes here: lexed only when it may be
     // one (it starts with CREATE, or with a comment).
     let start = skip_space(sql);

@@ -9,13 +9,12 @@
 //! second pass, for the word `temp`, only when the first found nothing. The answers may be true where the closer look finds
 //! nothing, never false where it would find something.
 
-use super::listen_relay::{first_word_is_listen, may_be_listen};
-use super::prepared_sql::statement_may_name;
-use super::session_state::{advisory_lock_call, mentions_temp, statement_may_hold, MAX_INSPECTED};
+/// Texts longer than this are not inspected.
+pub(crate) const MAX_INSPECTED: usize = 64 * 1024;
 
 /// What the closer looks must examine.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct QueryScan {
+pub(crate) struct QueryScan {
     pub listen: bool,
     pub session_state: bool,
     /// A statement may be DEALLOCATE, DISCARD or EXECUTE (`prepared_sql`).
@@ -24,7 +23,7 @@ pub(super) struct QueryScan {
 
 /// Scans `sql`; with `listen` false only for session state. Texts over
 /// 64 KiB are not inspected (both answers false).
-pub(super) fn scan(sql: &[u8], listen: bool) -> QueryScan {
+pub(crate) fn scan(sql: &[u8], listen: bool) -> QueryScan {
     let mut found = QueryScan::default();
     if sql.len() > MAX_INSPECTED {
         return found;
@@ -128,9 +127,115 @@ impl Walk<'_> {
     }
 }
 
+/// Leading words of the statements `session_state::detect` looks at further.
+const LEADING_WORDS: [&str; 6] = ["create", "declare", "prepare", "load", "set", "reset"];
+
+/// Whether the text before an opening parenthesis ends with the name of a
+/// lock function [`detect`] knows.
+fn advisory_lock_call(before_paren: &[u8]) -> bool {
+    ends_with_ignore_ascii_case(before_paren, b"advisory_lock")
+        || ends_with_ignore_ascii_case(before_paren, b"advisory_lock_shared")
+}
+
+/// Whether `temp` (any case) is in the text: a `SELECT … INTO` may create
+/// a temporary table (`INTO TEMP t`, `INTO pg_temp.t`), and SELECT is too
+/// common a first word to look closer at every one. One `memchr` pass for
+/// `p`; pgbench's texts and most others have none after `tem`.
+fn mentions_temp(b: &[u8]) -> bool {
+    memchr::memchr2_iter(b'p', b'P', b).any(|i| i >= 3 && b[i - 3..i].eq_ignore_ascii_case(b"tem"))
+}
+
+/// Whether the statement starting at `b` (after its white space) begins
+/// with one of [`LEADING_WORDS`] or a non-ASCII character.
+fn statement_may_hold(b: &[u8]) -> bool {
+    let Some(first) = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c'))
+    else {
+        return false;
+    };
+    let rest = &b[first..];
+    !rest[0].is_ascii()
+        || LEADING_WORDS.iter().any(|k| {
+            rest.get(..k.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(k.as_bytes()))
+        })
+}
+
+fn ends_with_ignore_ascii_case(hay: &[u8], tail: &[u8]) -> bool {
+    hay.len() >= tail.len() && hay[hay.len() - tail.len()..].eq_ignore_ascii_case(tail)
+}
+
+/// Cheap test before parsing: does the text mention LISTEN at all? Runs on
+/// every query, so it only looks closer at the `l`s (found with `memchr`).
+fn may_be_listen(sql: &[u8]) -> bool {
+    sql.len() <= 64 * 1024
+        && memchr::memchr2_iter(b'l', b'L', sql).any(|i| {
+            sql.get(i + 1..i + 6)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"isten"))
+        })
+}
+
+/// Whether the statement starting at `sql` (before its white space, as the
+/// LISTEN lexer skips it) begins with LISTEN or UNLISTEN; `None` when it
+/// begins with what may be a comment or a semicolon, and only a search of
+/// the whole text can tell.
+fn first_word_is_listen(sql: &[u8]) -> Option<bool> {
+    let start = sql
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(sql.len());
+    let rest = &sql[start..];
+    match rest.first() {
+        None => Some(false),
+        Some(b'-' | b'/' | b';') => None,
+        Some(_) => Some([&b"listen"[..], b"unlisten"].iter().any(|k| {
+            rest.get(..k.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(k))
+        })),
+    }
+}
+
+/// The leading words of the prepared-statement commands (DEALLOCATE,
+/// DISCARD, EXECUTE; `client/prepared_sql.rs`).
+const WORDS: [&[u8]; 3] = [b"deallocate", b"discard", b"execute"];
+
+/// Whether the statement starting at `b` (before its white space and
+/// comments) may be one of [`WORDS`]: a few byte comparisons, run on Query
+/// and unnamed Parse texts, so that a text is lexed only when it may be
+/// (a Parse holds one statement; a Query's statement starts are looked at
+/// by `query_scan`, in its one pass).
+pub(crate) fn statement_may_name(mut b: &[u8]) -> bool {
+    loop {
+        let Some(first) = b.iter().position(|c| !c.is_ascii_whitespace()) else {
+            return false;
+        };
+        b = &b[first..];
+        if b.starts_with(b"--") {
+            match memchr::memchr(b'\n', b) {
+                Some(end) => b = &b[end..],
+                None => return false,
+            }
+        } else if b.starts_with(b"/*") {
+            match memchr::memmem::find(&b[2..], b"*/") {
+                // A nested comment: the lexer decides.
+                Some(end) if memchr::memmem::find(&b[2..2 + end], b"/*").is_some() => return true,
+                Some(end) => b = &b[end + 4..],
+                None => return false,
+            }
+        } else {
+            break;
+        }
+    }
+    matches!(b[0] | 0x20, b'd' | b'e')
+        && WORDS
+            .iter()
+            .any(|w| b.get(..w.len()).is_some_and(|p| p.eq_ignore_ascii_case(w)))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{scan, QueryScan};
+    use super::{may_be_listen, scan, statement_may_name, QueryScan};
 
     fn listen(sql: &str) -> bool {
         scan(sql.as_bytes(), true).listen
@@ -229,5 +334,69 @@ mod tests {
     fn leaves_texts_over_the_limit_alone() {
         let sql = format!("listen a; set x = 1; select '{}'", "y".repeat(70 * 1024));
         assert_eq!(scan(sql.as_bytes(), true), QueryScan::default());
+    }
+
+    #[test]
+    fn the_cheap_test_finds_every_statement_start() {
+        for sql in [
+            "DEALLOCATE x",
+            "  discard all",
+            "select 1; execute p(1)",
+            "/* c */ deallocate all",
+            "-- c\n /* d */ EXECUTE p",
+            "/* a /* nested */ */ select 1",
+        ] {
+            let scan = scan(sql.as_bytes(), true);
+            assert!(scan.names_statements, "{sql}");
+        }
+        assert!(!statement_may_name(b"select 1; execute p"));
+        for sql in [
+            "select 'deallocate'",
+            "delete from t",
+            "",
+            "  ",
+            "/* app=x */ select 1",
+            "-- c\nselect 1",
+        ] {
+            let scan = scan(sql.as_bytes(), true);
+            assert!(
+                !scan.names_statements && !statement_may_name(sql.as_bytes()),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn cheap_listen_test_finds_every_spelling() {
+        for sql in [
+            "LISTEN a",
+            "  unlisten *",
+            "/* x */ Listen \"b\"",
+            "select 1; lIsTeN c",
+        ] {
+            assert!(may_be_listen(sql.as_bytes()), "{sql}");
+        }
+        for sql in ["select 1", "list", "l", "", "select 'liste'"] {
+            assert!(!may_be_listen(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    /// A Parse's text gets the Query's one look (`query_scan`), which
+    /// must find a LISTEN wherever it may start.
+    #[test]
+    fn a_parse_text_is_looked_at_for_listen_once() {
+        let listen = |sql: &str| scan(sql.as_bytes(), true).listen;
+        for sql in [
+            "LISTEN a",
+            " \n unlisten *",
+            "/* x */ listen b",
+            "-- c\nLISTEN d",
+            "; listen e",
+        ] {
+            assert!(listen(sql), "{sql}");
+        }
+        for sql in ["SELECT abalance FROM t", "", "  ", "lis"] {
+            assert!(!listen(sql), "{sql}");
+        }
     }
 }

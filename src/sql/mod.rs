@@ -1,0 +1,11 @@
+//! Reading SQL text the way Postgres's lexer and grammar read it, for the
+//! few statements pgharbor must recognize: pure functions over `&str` and
+//! `&[u8]`, no I/O and no session state.
+
+pub mod drop_database;
+pub mod lex;
+pub mod listen;
+pub mod query_scan;
+pub mod quote;
+pub mod session_state;
+pub mod temp_objects;
