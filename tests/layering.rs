@@ -47,7 +47,6 @@ const ALLOWED_UPWARD: &[(&str, &str)] = &[
 /// `" "`. Cycles between layer entries are listed by entry name. The goal is none.
 const ALLOWED_CYCLES: &[&str] = &[
     "admin auth::query client lib run",
-    "client::extended client::listen_relay client::relay",
     "config tls",
     "lib admin admin::show auth::query client client::accept client::copy client::listen_extended client::replay client::session client::temp_backstop run",
 ];

@@ -10,7 +10,11 @@
 
 use std::cell::RefCell;
 
+use std::io;
+
 use bytes::BytesMut;
+
+use crate::net::Stream;
 
 /// Read size.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
@@ -49,6 +53,38 @@ pub(super) fn give_back(buf: &mut BytesMut) {
             s.push(b);
         }
     });
+}
+
+/// Appends `chunk` to `out` without copying when `out` is empty.
+pub(super) fn append(out: &mut BytesMut, chunk: BytesMut) {
+    if chunk.is_empty() {
+        return;
+    }
+    if out.is_empty() {
+        *out = chunk;
+    } else {
+        out.unsplit(chunk);
+    }
+}
+
+/// Reads what is available without blocking. `Ok(false)`: end of stream.
+pub(super) fn try_fill(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<bool> {
+    if buf.capacity() == 0 {
+        *buf = take();
+    } else if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+    stream.try_read_available(buf)
+}
+
+/// Writes as much as the connection takes now.
+pub(super) fn try_flush(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<()> {
+    stream.try_write_available(buf)?;
+    if buf.is_empty() {
+        // Give the memory back while the client is idle.
+        give_back(buf);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,10 +6,11 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::prepared::Statement;
-use crate::listen::ListenCommand;
+use crate::listen::{ListenCommand, PendingListens};
+use crate::protocol::backend;
 
 /// The kind of reply a message produces when it succeeds, by what ends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -447,6 +448,28 @@ impl Expectations {
                 }
             }
         }
+    }
+}
+
+/// A reply pgharbor gives in the server's place. A LISTEN/UNLISTEN answered
+/// this way joins the transaction's pending ones.
+pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Synthesized) {
+    if let Some(local) = s.local {
+        out.extend_from_slice(&local.bytes);
+        if let Some(cmd) = local.listen {
+            pending.push(cmd);
+        }
+        return;
+    }
+    match s.reply {
+        Reply::ParseComplete => backend::parse_complete(out),
+        Reply::CloseComplete => backend::close_complete(out),
+        // Other replies are synthesized only with their bytes (`local`).
+        Reply::BindComplete
+        | Reply::Describe
+        | Reply::Execute
+        | Reply::Ready
+        | Reply::Statement => {}
     }
 }
 

@@ -13,7 +13,8 @@ use super::prepared::{
 use super::session::Session;
 use super::unnamed::names_unnamed_statement;
 
-use super::relay::{append, synthesize};
+use super::buffers::append;
+use super::expect::synthesize;
 use crate::config::SessionState;
 use crate::protocol::backend;
 use crate::protocol::frame::read_cstr_bytes;

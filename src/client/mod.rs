@@ -9,6 +9,7 @@ mod expect;
 mod extended;
 mod listen_extended;
 mod listen_relay;
+mod login;
 pub mod prepared;
 mod prepared_sql;
 mod relay;

@@ -127,6 +127,14 @@ pub struct ParseMsg<'a> {
     pub rest: &'a [u8],
 }
 
+/// The SQL text of a Parse message's `body`, if it is well formed.
+pub(super) fn parse_text(body: &[u8]) -> Option<&[u8]> {
+    let p = parse_parse(body).ok()?;
+    crate::protocol::frame::read_cstr_bytes(p.rest)
+        .ok()
+        .map(|(sql, _)| sql)
+}
+
 pub fn parse_parse(body: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
     let (name, rest) = read_cstr(body)?;
     Ok(ParseMsg { name, rest })

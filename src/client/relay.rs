@@ -9,30 +9,17 @@
 //! against a server that is busy sending results. Buffers are allocated only
 //! while there is traffic, so an idle client costs a socket and a task.
 
-use std::future::Future;
-use std::io;
 use std::pin::Pin;
 
-use bytes::BytesMut;
-
-use super::buffers::{self, READ_CHUNK};
-use super::expect::{Reply, Synthesized};
+use super::buffers::{try_fill, try_flush};
 use super::route::Flow;
-use super::session::{Session, SessionError};
+use super::session::{Ending, Session, SessionError};
 use super::wait::{Event, Wait, Wants};
 use crate::config::PoolMode;
-use crate::listen::PendingListens;
-use crate::net::Stream;
-use crate::protocol::{backend, sqlstate, PgError};
+use crate::protocol::{sqlstate, PgError};
 
 /// Stop reading from a side while this much waits to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
-
-/// How a session ends when it ends early (a FATAL sent, the server lost).
-/// Boxed: these rare paths await writes and a cancel's clean-up, and as
-/// plain async fns their state would be part of every client's task, idle
-/// or not (a task is as large as its largest state).
-pub(super) type Ending<'a> = Pin<Box<dyn Future<Output = Result<(), SessionError>> + Send + 'a>>;
 
 /// What a turn of the relay leaves to do after an event.
 enum Turn {
@@ -44,60 +31,6 @@ enum Turn {
     ClientLeft,
     /// End the session with this FATAL.
     Fatal(Box<PgError>),
-}
-
-/// Appends `chunk` to `out` without copying when `out` is empty.
-pub(super) fn append(out: &mut BytesMut, chunk: BytesMut) {
-    if chunk.is_empty() {
-        return;
-    }
-    if out.is_empty() {
-        *out = chunk;
-    } else {
-        out.unsplit(chunk);
-    }
-}
-
-/// A reply pgharbor gives in the server's place. A LISTEN/UNLISTEN answered
-/// this way joins the transaction's pending ones.
-pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Synthesized) {
-    if let Some(local) = s.local {
-        out.extend_from_slice(&local.bytes);
-        if let Some(cmd) = local.listen {
-            pending.push(cmd);
-        }
-        return;
-    }
-    match s.reply {
-        Reply::ParseComplete => backend::parse_complete(out),
-        Reply::CloseComplete => backend::close_complete(out),
-        // Other replies are synthesized only with their bytes (`local`).
-        Reply::BindComplete
-        | Reply::Describe
-        | Reply::Execute
-        | Reply::Ready
-        | Reply::Statement => {}
-    }
-}
-
-/// Reads what is available without blocking. `Ok(false)`: end of stream.
-pub(super) fn try_fill(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<bool> {
-    if buf.capacity() == 0 {
-        *buf = buffers::take();
-    } else if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-        buf.reserve(READ_CHUNK);
-    }
-    stream.try_read_available(buf)
-}
-
-/// Writes as much as the connection takes now.
-fn try_flush(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<()> {
-    stream.try_write_available(buf)?;
-    if buf.is_empty() {
-        // Give the memory back while the client is idle.
-        buffers::give_back(buf);
-    }
-    Ok(())
 }
 
 impl Session {

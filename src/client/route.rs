@@ -12,11 +12,11 @@
 
 use std::time::Instant;
 
+use super::buffers::append;
 use super::expect::{Action, Reply};
 use super::extended::{Forwarded, KnownParses};
 use super::listen_extended::LocalAction;
 use super::listen_relay::Intercept;
-use super::relay::append;
 use super::replay::keep_for_replay;
 use super::session::{Session, SessionError};
 use super::{buffers, unnamed};
@@ -144,12 +144,6 @@ fn is_frontend_tag(tag: u8) -> bool {
             | b'X'
             | b'p'
     )
-}
-
-/// The SQL text of a Parse message's `body`, if it is well formed.
-pub(super) fn parse_text(body: &[u8]) -> Option<&[u8]> {
-    let p = super::prepared::parse_parse(body).ok()?;
-    read_cstr_bytes(p.rest).ok().map(|(sql, _)| sql)
 }
 
 /// Which client messages the relay must see whole before it routes them;
@@ -405,7 +399,7 @@ impl Session {
         let mut may_listen = true;
         let mut text = TextFacts::UNREAD;
         if tag == b'P' {
-            if let Some(sql) = parse_text(body) {
+            if let Some(sql) = super::prepared::parse_text(body) {
                 let scan = query_scan::scan(sql, true);
                 may_listen = scan.listen;
                 text = TextFacts {

@@ -9,9 +9,11 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
+use super::buffers::{append, try_fill};
+use super::expect::synthesize;
 use super::expect::{Outcome, Undo};
 use super::prepared::{client_names_in_error, row_shape, CHANGED_RESULT_TYPE};
-use super::relay::{append, synthesize, try_fill, Ending};
+use super::session::Ending;
 use super::session::{Session, SessionError};
 use super::temp_backstop::{tag_may_create_temp, TempCheck};
 use crate::config::PoolMode;
