@@ -65,6 +65,13 @@ struct ServerBurst {
     drop_error: bool,
     /// The group runs again once the read is done.
     replay_now: bool,
+}
+
+/// The statement bookkeeping of one read, settled once it is scanned. Apart
+/// from [`ServerBurst`], whose flags then stay in registers: the queue is
+/// given these by address.
+#[derive(Default)]
+struct StatementReplies {
     /// Statement bookkeeping of replies that failed or were skipped.
     undo: Vec<Undo>,
     /// Server statements whose Parse succeeded.
@@ -150,7 +157,8 @@ impl Session {
         // session can be borrowed together; put back below.
         let mut rbuf = std::mem::take(&mut pooled.server.rbuf);
         let mut burst = ServerBurst::default();
-        let scanned = self.scan_server_bytes(&mut rbuf, &mut burst);
+        let mut statements = StatementReplies::default();
+        let scanned = self.scan_server_bytes(&mut rbuf, &mut burst, &mut statements);
         if scanned.is_ok() {
             let chunk = rbuf.split_to(burst.ready);
             append(&mut self.to_client, chunk);
@@ -161,7 +169,7 @@ impl Session {
         if let Err(e) = scanned {
             return Some(ServerRead::Broken(Box::new(ServerError::Protocol(e))));
         }
-        self.settle_statements(burst.parsed, burst.undo);
+        self.settle_statements(statements);
         let ended = burst.txn_done.then(|| self.end_of_transaction());
         if burst.replay_now {
             self.start_replay();
@@ -202,6 +210,7 @@ impl Session {
         &mut self,
         rbuf: &mut BytesMut,
         burst: &mut ServerBurst,
+        statements: &mut StatementReplies,
     ) -> Result<(), ProtocolError> {
         loop {
             let inspects = self.server_inspects();
@@ -213,7 +222,9 @@ impl Session {
                     }
                     burst.ready += len;
                 }
-                Step::Whole { tag, len } => self.on_whole_server_message(rbuf, burst, tag, len),
+                Step::Whole { tag, len } => {
+                    self.on_whole_server_message(rbuf, burst, statements, tag, len)
+                }
             }
         }
     }
@@ -226,6 +237,7 @@ impl Session {
         &mut self,
         rbuf: &mut BytesMut,
         burst: &mut ServerBurst,
+        statements: &mut StatementReplies,
         tag: u8,
         len: usize,
     ) {
@@ -255,14 +267,14 @@ impl Session {
         }
         let mut outcome = if tx {
             self.expect
-                .on_server_message(tag, &mut burst.undo, &mut burst.parsed)
+                .on_server_message(tag, &mut statements.undo, &mut statements.parsed)
         } else {
             Outcome::Forward
         };
         // After the skip: a statement whose Close it skipped is the
         // client's again.
         let renamed = if error {
-            self.client_names_in(body, &burst.undo)
+            self.client_names_in(body, &statements.undo)
         } else {
             None
         };
@@ -315,6 +327,7 @@ impl Session {
 
     /// ReadyForQuery: the transaction's status, and whether the server
     /// may go back to the pool.
+    #[inline(always)]
     fn on_ready_for_query(&mut self, burst: &mut ServerBurst, body: &[u8]) {
         let status = body.first().copied().unwrap_or(b'I');
         if let Some(p) = self.server.as_mut() {
@@ -368,6 +381,7 @@ impl Session {
 
     /// ErrorResponse: the transaction failed. True when the error may
     /// name a statement by pgharbor's name.
+    #[inline(always)]
     fn on_error_response(&mut self, burst: &mut ServerBurst, body: &[u8]) -> bool {
         self.txn.failed = true;
         // A held Bind is looked at again (and skipped).
@@ -434,7 +448,8 @@ impl Session {
     /// failed or was skipped is undone, latest first (a Parse skipped after
     /// a Close of the same name, both skipped, leaves the statement the
     /// Close would have closed).
-    fn settle_statements(&mut self, parsed: Vec<Arc<str>>, undo: Vec<Undo>) {
+    fn settle_statements(&mut self, statements: StatementReplies) {
+        let StatementReplies { undo, parsed } = statements;
         for name in parsed {
             self.state.known_statements.insert(name);
         }
