@@ -18,11 +18,11 @@ use std::collections::HashMap;
 use bytes::{BufMut, BytesMut};
 
 use super::expect::{Action, Local, Reply};
-use super::prepared::{parse_bind, parse_parse, parse_target};
 use super::session::Session;
 use crate::listen::ListenCommand;
 use crate::protocol::backend::{self, finish_len};
 use crate::protocol::frame::{read_cstr, read_cstr_bytes};
+use crate::protocol::frontend::{parse_bind, parse_parse, parse_target};
 use crate::protocol::{sqlstate, PgError};
 
 /// A Parse that always fails with a syntax error and stores nothing, so the

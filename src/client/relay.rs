@@ -68,7 +68,7 @@ fn is_frontend_tag(tag: u8) -> bool {
 
 /// The SQL text of a Parse message's `body`, if it is well formed.
 pub(super) fn parse_text(body: &[u8]) -> Option<&[u8]> {
-    let p = super::prepared::parse_parse(body).ok()?;
+    let p = crate::protocol::frontend::parse_parse(body).ok()?;
     read_cstr_bytes(p.rest).ok().map(|(sql, _)| sql)
 }
 
