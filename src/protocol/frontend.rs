@@ -109,6 +109,26 @@ pub fn build_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
     finish_len(out, start);
 }
 
+/// The parameter types after a Parse's query text.
+pub fn parameter_types(rest: &[u8]) -> Option<Vec<u32>> {
+    let n = i16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
+    let n = usize::try_from(n).ok()?;
+    let oids = rest.get(2..2 + 4 * n)?;
+    Some(
+        oids.chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+/// Number of parameter values in a Bind body after the portal and statement.
+pub fn bind_params(rest: &[u8]) -> Option<usize> {
+    let formats = i16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
+    let at = 2 + 2 * usize::try_from(formats).ok()?;
+    let n = i16::from_be_bytes([*rest.get(at)?, *rest.get(at + 1)?]);
+    usize::try_from(n).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +141,14 @@ mod tests {
         assert_eq!((b.portal, b.statement), ("p", "ph_x"));
         assert!(parse_target(b"X\0").is_err());
         assert!(parse_bind(b"no-nul").is_err());
+    }
+
+    #[test]
+    fn bind_parameter_count_is_read_after_the_format_codes() {
+        // two format codes, then three parameters
+        let rest = [0u8, 2, 0, 1, 0, 1, 0, 3];
+        assert_eq!(bind_params(&rest), Some(3));
+        assert_eq!(bind_params(&[0, 0, 0, 0]), Some(0));
+        assert_eq!(bind_params(&[0]), None);
     }
 }
