@@ -2,6 +2,27 @@
 //!
 //! [`Proxy::start`] runs one instance (used by the binary, `pgharbor demo` and
 //! the tests, which may run several in one process).
+//!
+//! # Layout
+//!
+//! The modules from the bottom up; each uses only those on its own line or
+//! above it (`tests/layering.rs` holds the order and checks it):
+//!
+//! 1. [`protocol`] (the wire protocol, no I/O), `id_map`, [`shutdown`] (the
+//!    drain signal), [`metrics`] (the registry and its HTTP endpoint).
+//! 2. [`sql`]: SQL text read the way Postgres reads it, no I/O.
+//! 3. [`config`]: the TOML file and its validation.
+//! 4. [`tls`], [`net`] (one socket, plaintext or TLS), [`auth`] (SCRAM and
+//!    md5), [`users`], `listener` (the accept loop).
+//! 5. [`server`]: one connection to Postgres, its prepared statements and
+//!    its entry in the console's listing.
+//! 6. [`pool`], [`cancel`] (cancel keys and forwarding), and `auth::query`
+//!    (users looked up on a server).
+//! 7. [`listen`]: LISTEN multiplexing for transaction mode.
+//! 8. [`client`]: one client connection, from accept to close.
+//! 9. [`admin`]: the console.
+//! 10. This file ([`State`], [`Proxy`]), `run` (signals), [`demo`] and
+//!     [`scratch_pg`] (a throwaway Postgres for the demo and the tests).
 
 pub mod admin;
 pub mod auth;

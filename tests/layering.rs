@@ -8,7 +8,8 @@
 //! file-backed module it names. A file may use its parent module (the
 //! parent's `mod.rs` is the face of its directory); every other edge counts.
 //! Unit tests (`#[cfg(test)]` modules and the files they include) are left
-//! out: they may check a module together with its neighbours.
+//! out: they may check a module together with its neighbours. So are
+//! re-exports (`pub use`): they are a module's face, not a use of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -33,22 +34,36 @@ const LAYERS: &[&[&str]] = &[
 /// Imports from a lower layer to a higher one that are still to be removed,
 /// as (importing file, imported file) module paths. The goal is none.
 const ALLOWED_UPWARD: &[(&str, &str)] = &[
+    // `State` lives in lib.rs, at the top, and the parts below take the
+    // whole of it. To go: a `State` below `client` whose parts are given
+    // only what they need (the console, auth_query, a client session).
     ("admin", "lib"),
     ("admin::show", "lib"),
     ("auth::query", "lib"),
-    ("client::accept", "admin"),
-    ("client::accept", "admin::registry"),
     ("client::accept", "lib"),
     ("client::session", "lib"),
+    // client/accept.rs hands a console login to `admin::serve` and enters
+    // each client in the console's registry; the dispatch belongs above
+    // both, with the split of accepting from the relay.
+    ("client::accept", "admin"),
+    ("client::accept", "admin::registry"),
+    // Validation reads the certificate files (so they are read twice per
+    // start and reload): left to the settings-resolved-once work on reload.
     ("config", "tls"),
 ];
 
 /// Cycles still to be broken, each as its sorted member list joined by
-/// `" "`. Cycles between layer entries are listed by entry name. The goal is none.
+/// `" "`. Cycles between layer entries are listed by entry name. The goal
+/// is none.
 const ALLOWED_CYCLES: &[&str] = &[
-    "admin auth::query client lib run",
+    // The upward imports above, seen as cycles.
+    "admin auth::query client lib",
+    "lib auth::query",
     "config tls",
-    "lib admin admin::show auth::query client client::accept client::copy client::listen_extended client::replay client::session client::temp_backstop run",
+    // `Session`'s methods spread over files that call each other; to go
+    // with the relay's restructuring (a Route per client message, a
+    // per-burst server side, Session's fields grouped by concern).
+    "client::copy client::listen_extended client::replay client::session client::temp_backstop",
 ];
 
 #[test]
@@ -401,6 +416,11 @@ fn paths(code: &str, base: &str, children: &BTreeSet<String>) -> Vec<Vec<String>
                     inline.pop();
                 }
             }
+            // A re-export is the module's face, not a use of what it names.
+            "pub" if is_reexport(&tokens[i..]) => {
+                i += tokens[i..].iter().position(|t| t == ";").unwrap_or(0) + 1;
+                continue;
+            }
             "mod" if tokens.get(i + 2).map(String::as_str) == Some("{") => {
                 if is_cfg_test(&tokens[..i]) {
                     i = block_end(&tokens, i + 2);
@@ -429,6 +449,20 @@ fn paths(code: &str, base: &str, children: &BTreeSet<String>) -> Vec<Vec<String>
         i += 1;
     }
     out
+}
+
+/// Whether the tokens start `pub use` or `pub(…) use`.
+fn is_reexport(tokens: &[String]) -> bool {
+    match tokens.get(1).map(String::as_str) {
+        Some("use") => true,
+        Some("(") => tokens
+            .iter()
+            .skip(2)
+            .skip_while(|t| *t != ")")
+            .nth(1)
+            .is_some_and(|t| t == "use"),
+        _ => false,
+    }
 }
 
 /// Whether the tokens before an item end with `#[cfg(test)]`.

@@ -6,10 +6,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::expect::{Action, Reply, Undo};
-use super::prepared::{
-    build_bind, build_parse, build_target, changed_result_type_error, parse_bind, parse_parse,
-    parse_target, Statement,
-};
+use super::prepared::{changed_result_type_error, Statement};
 use super::session::Session;
 use super::unnamed::names_unnamed_statement;
 
@@ -18,6 +15,9 @@ use super::expect::synthesize;
 use crate::config::SessionState;
 use crate::protocol::backend;
 use crate::protocol::frame::read_cstr_bytes;
+use crate::protocol::frontend::{
+    build_bind, build_parse, build_target, parse_bind, parse_parse, parse_target,
+};
 use crate::protocol::ProtocolError;
 use crate::sql::session_state::{detect, refusal_parse, refusal_query};
 

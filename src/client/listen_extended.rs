@@ -15,14 +15,16 @@
 
 use std::collections::HashMap;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use super::expect::{Action, Local, Reply};
-use super::prepared::{parse_bind, parse_parse, parse_target};
 use super::session::Session;
 use crate::listen::ListenCommand;
-use crate::protocol::backend::{self, finish_len};
+use crate::protocol::backend::{self, parameter_description};
 use crate::protocol::frame::{read_cstr, read_cstr_bytes};
+use crate::protocol::frontend::{
+    bind_params, parameter_types, parse_bind, parse_parse, parse_target,
+};
 use crate::protocol::{sqlstate, PgError};
 
 /// A Parse that always fails with a syntax error and stores nothing, so the
@@ -102,25 +104,6 @@ pub(super) enum LocalAction {
     },
     /// Answered with an error, then skip to Sync.
     Fail(PgError),
-}
-
-fn parameter_types(rest: &[u8]) -> Option<Vec<u32>> {
-    let n = i16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
-    let n = usize::try_from(n).ok()?;
-    let oids = rest.get(2..2 + 4 * n)?;
-    Some(
-        oids.chunks_exact(4)
-            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
-}
-
-/// Number of parameter values in a Bind body after the portal and statement.
-fn bind_params(rest: &[u8]) -> Option<usize> {
-    let formats = i16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
-    let at = 2 + 2 * usize::try_from(formats).ok()?;
-    let n = i16::from_be_bytes([*rest.get(at)?, *rest.get(at + 1)?]);
-    usize::try_from(n).ok()
 }
 
 impl Session {
@@ -357,18 +340,6 @@ impl LocalStatements {
     }
 }
 
-/// ParameterDescription: the parameter types the client declared.
-fn parameter_description(out: &mut BytesMut, types: &[u32]) {
-    let start = out.len();
-    out.put_u8(b't');
-    out.put_i32(0);
-    out.put_i16(types.len() as i16);
-    for t in types {
-        out.put_u32(*t);
-    }
-    finish_len(out, start);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,15 +358,6 @@ mod tests {
         let (sql, types) = read_cstr(p.rest).unwrap();
         assert_eq!(sql, "pgharbor skip to sync");
         assert_eq!(parameter_types(types), Some(vec![]));
-    }
-
-    #[test]
-    fn bind_parameter_count_is_read_after_the_format_codes() {
-        // two format codes, then three parameters
-        let rest = [0u8, 2, 0, 1, 0, 1, 0, 3];
-        assert_eq!(bind_params(&rest), Some(3));
-        assert_eq!(bind_params(&[0, 0, 0, 0]), Some(0));
-        assert_eq!(bind_params(&[0]), None);
     }
 
     #[test]

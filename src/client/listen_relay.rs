@@ -47,7 +47,7 @@ impl Session {
         let body = &self.cbuf[at + 5..at + len];
         let sql = match tag {
             b'Q' => read_cstr_bytes(body).ok().map(|(sql, _)| sql),
-            _ => super::prepared::parse_text(body),
+            _ => crate::protocol::frontend::parse_text(body),
         };
         let Some(sql) = sql.filter(|sql| crate::listen::may_notify(sql)) else {
             return;

@@ -23,7 +23,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 use crate::protocol::backend::{finish_len, put_cstr};
-use crate::protocol::frame::{read_cstr, ProtocolError};
+use crate::protocol::frame::read_cstr;
 
 /// One distinct statement, shared by every client that prepared it.
 #[derive(Debug)]
@@ -118,89 +118,6 @@ pub fn row_shape(tag: u8, body: &[u8]) -> u64 {
         rest = rest.get(nul + 19..).unwrap_or_default();
     }
     h.finish().max(2)
-}
-
-/// The parts of a Parse message.
-pub struct ParseMsg<'a> {
-    pub name: &'a str,
-    /// Everything after the name (query, parameter types).
-    pub rest: &'a [u8],
-}
-
-/// The SQL text of a Parse message's `body`, if it is well formed.
-pub(super) fn parse_text(body: &[u8]) -> Option<&[u8]> {
-    let p = parse_parse(body).ok()?;
-    crate::protocol::frame::read_cstr_bytes(p.rest)
-        .ok()
-        .map(|(sql, _)| sql)
-}
-
-pub fn parse_parse(body: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
-    let (name, rest) = read_cstr(body)?;
-    Ok(ParseMsg { name, rest })
-}
-
-/// The parts of a Bind message.
-pub struct BindMsg<'a> {
-    pub portal: &'a str,
-    pub statement: &'a str,
-    pub rest: &'a [u8],
-}
-
-pub fn parse_bind(body: &[u8]) -> Result<BindMsg<'_>, ProtocolError> {
-    let (portal, rest) = read_cstr(body)?;
-    let (statement, rest) = read_cstr(rest)?;
-    Ok(BindMsg {
-        portal,
-        statement,
-        rest,
-    })
-}
-
-/// Parse of `rest` (query, parameter count and types, as the client sent
-/// them) under the statement name `name`.
-pub fn build_parse(out: &mut BytesMut, name: &str, rest: &[u8]) {
-    out.reserve(5 + name.len() + 1 + rest.len());
-    let start = out.len();
-    out.put_u8(b'P');
-    out.put_i32(0);
-    put_cstr(out, name);
-    out.put_slice(rest);
-    finish_len(out, start);
-}
-
-pub fn build_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
-    // One reservation for the whole message, not one per part.
-    out.reserve(5 + portal.len() + 1 + statement.len() + 1 + rest.len());
-    let start = out.len();
-    out.put_u8(b'B');
-    out.put_i32(0);
-    put_cstr(out, portal);
-    put_cstr(out, statement);
-    out.put_slice(rest);
-    finish_len(out, start);
-}
-
-/// Describe or Close: kind (`S` or `P`) and name.
-pub fn parse_target(body: &[u8]) -> Result<(u8, &str), ProtocolError> {
-    let (&kind, rest) = body
-        .split_first()
-        .ok_or(ProtocolError::Malformed("Describe/Close"))?;
-    let (name, _) = read_cstr(rest)?;
-    if kind != b'S' && kind != b'P' {
-        return Err(ProtocolError::Malformed("Describe/Close"));
-    }
-    Ok((kind, name))
-}
-
-pub fn build_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
-    out.reserve(6 + name.len() + 1);
-    let start = out.len();
-    out.put_u8(tag);
-    out.put_i32(0);
-    out.put_u8(kind);
-    put_cstr(out, name);
-    finish_len(out, start);
 }
 
 /// The message of Postgres's 0A000 for a statement whose result type
@@ -343,15 +260,5 @@ mod tests {
         );
         assert!(!text.contains("ph_"));
         assert!(client_names_in_error(b"Mplain\0\0", lookup).is_none());
-    }
-
-    #[test]
-    fn bind_is_rebuilt_with_the_new_name() {
-        let mut out = BytesMut::new();
-        build_bind(&mut out, "p", "ph_x", b"\0\0\0\0\0\0");
-        let b = parse_bind(&out[5..]).unwrap();
-        assert_eq!((b.portal, b.statement), ("p", "ph_x"));
-        assert!(parse_target(b"X\0").is_err());
-        assert!(parse_bind(b"no-nul").is_err());
     }
 }

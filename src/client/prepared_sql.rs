@@ -19,10 +19,11 @@ use bytes::BufMut;
 
 use super::expect::{Action, Reply};
 use super::listen_relay::Intercept;
-use super::prepared::{parse_parse, Statement};
+use super::prepared::Statement;
 use super::session::Session;
 use crate::protocol::backend::{self, finish_len};
 use crate::protocol::frame::read_cstr_bytes;
+use crate::protocol::frontend::parse_parse;
 use crate::sql::lex::{lex_spans, quoted, Tok};
 
 /// What one statement of a text does to prepared statements.

@@ -403,7 +403,7 @@ impl Session {
         let mut may_listen = true;
         let mut text = TextFacts::UNREAD;
         if tag == b'P' {
-            if let Some(sql) = super::prepared::parse_text(body) {
+            if let Some(sql) = crate::protocol::frontend::parse_text(body) {
                 let scan = query_scan::scan(sql, true);
                 may_listen = scan.listen;
                 text = TextFacts {

@@ -13,7 +13,7 @@
 //! itself ([`parse`]); [`PendingListens`] holds those issued inside a
 //! transaction until COMMIT.
 
-mod listener;
+mod connection;
 mod notify_scan;
 mod pending;
 mod queue;
@@ -36,11 +36,11 @@ use crate::sql::listen::truncate_channel;
 pub use crate::sql::listen::{
     may_commit, parse, parse_many, plan, ListenCommand, ListenParseError, MixedQuery, QueryListens,
 };
-pub use listener::APPLICATION_NAME;
+pub use connection::APPLICATION_NAME;
 pub use notify_scan::{may_notify, notify_targets, NotifyTargets};
 pub use pending::PendingListens;
 
-use listener::Listener;
+use connection::Listener;
 use queue::Queue;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

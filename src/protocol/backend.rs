@@ -6,7 +6,7 @@ use bytes::{BufMut, BytesMut};
 use super::tag::backend::{
     AUTHENTICATION, BACKEND_KEY_DATA, BIND_COMPLETE, CLOSE_COMPLETE, COMMAND_COMPLETE, DATA_ROW,
     EMPTY_QUERY_RESPONSE, NEGOTIATE_PROTOCOL_VERSION, NOTIFICATION_RESPONSE, NO_DATA,
-    PARAMETER_STATUS, PARSE_COMPLETE, READY_FOR_QUERY, ROW_DESCRIPTION,
+    PARAMETER_DESCRIPTION, PARAMETER_STATUS, PARSE_COMPLETE, READY_FOR_QUERY, ROW_DESCRIPTION,
 };
 
 /// Appends `s` and its NUL terminator.
@@ -175,6 +175,18 @@ pub fn parse_parameter_status(body: &[u8]) -> Option<(String, String)> {
     let (name, rest) = super::frame::read_cstr(body).ok()?;
     let (value, _) = super::frame::read_cstr(rest).ok()?;
     Some((name.to_owned(), value.to_owned()))
+}
+
+/// ParameterDescription: the parameter types a client declared.
+pub fn parameter_description(out: &mut BytesMut, types: &[u32]) {
+    let start = out.len();
+    out.put_u8(PARAMETER_DESCRIPTION);
+    out.put_i32(0);
+    out.put_i16(types.len() as i16);
+    for t in types {
+        out.put_u32(*t);
+    }
+    finish_len(out, start);
 }
 
 #[cfg(test)]

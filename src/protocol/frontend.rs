@@ -1,9 +1,11 @@
-//! Messages pgharbor writes to a server in a client's name. One builder per
-//! message kind; the relay forwards everything else as the client sent it.
+//! Messages a client sends, as pgharbor reads them and writes them to a
+//! server in a client's name. One parser and one builder per message kind;
+//! the relay forwards everything else as the client sent it.
 
 use bytes::{BufMut, BytesMut};
 
 use super::backend::{finish_len, put_cstr};
+use super::frame::{read_cstr, ProtocolError};
 use super::tag::frontend as tag;
 
 /// Query: a simple-protocol `sql` text.
@@ -25,4 +27,136 @@ pub fn parse_untyped(out: &mut BytesMut, name: &str, sql: &str) {
     put_cstr(out, sql);
     out.put_i16(0);
     finish_len(out, start);
+}
+
+/// The parts of a Parse message.
+pub struct ParseMsg<'a> {
+    pub name: &'a str,
+    /// Everything after the name (query, parameter types).
+    pub rest: &'a [u8],
+}
+
+/// The SQL text of a Parse message's `body`, if it is well formed.
+pub fn parse_text(body: &[u8]) -> Option<&[u8]> {
+    let p = parse_parse(body).ok()?;
+    crate::protocol::frame::read_cstr_bytes(p.rest)
+        .ok()
+        .map(|(sql, _)| sql)
+}
+
+/// Reads a Parse body.
+pub fn parse_parse(body: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
+    let (name, rest) = read_cstr(body)?;
+    Ok(ParseMsg { name, rest })
+}
+
+/// The parts of a Bind message.
+pub struct BindMsg<'a> {
+    pub portal: &'a str,
+    pub statement: &'a str,
+    pub rest: &'a [u8],
+}
+
+/// Reads a Bind body.
+pub fn parse_bind(body: &[u8]) -> Result<BindMsg<'_>, ProtocolError> {
+    let (portal, rest) = read_cstr(body)?;
+    let (statement, rest) = read_cstr(rest)?;
+    Ok(BindMsg {
+        portal,
+        statement,
+        rest,
+    })
+}
+
+/// Parse of `rest` (query, parameter count and types, as the client sent
+/// them) under the statement name `name`.
+pub fn build_parse(out: &mut BytesMut, name: &str, rest: &[u8]) {
+    out.reserve(5 + name.len() + 1 + rest.len());
+    let start = out.len();
+    out.put_u8(tag::PARSE);
+    out.put_i32(0);
+    put_cstr(out, name);
+    out.put_slice(rest);
+    finish_len(out, start);
+}
+
+/// Bind of `rest` (formats, parameters, result formats, as the client
+/// sent them) to the statement `statement`, as the portal `portal`.
+pub fn build_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
+    // One reservation for the whole message, not one per part.
+    out.reserve(5 + portal.len() + 1 + statement.len() + 1 + rest.len());
+    let start = out.len();
+    out.put_u8(tag::BIND);
+    out.put_i32(0);
+    put_cstr(out, portal);
+    put_cstr(out, statement);
+    out.put_slice(rest);
+    finish_len(out, start);
+}
+
+/// The body of a Describe or Close: kind (`S` or `P`) and name.
+pub fn parse_target(body: &[u8]) -> Result<(u8, &str), ProtocolError> {
+    let (&kind, rest) = body
+        .split_first()
+        .ok_or(ProtocolError::Malformed("Describe/Close"))?;
+    let (name, _) = read_cstr(rest)?;
+    if kind != b'S' && kind != b'P' {
+        return Err(ProtocolError::Malformed("Describe/Close"));
+    }
+    Ok((kind, name))
+}
+
+/// Describe or Close (`tag`) of the statement or portal (`kind`) `name`.
+pub fn build_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+    out.reserve(6 + name.len() + 1);
+    let start = out.len();
+    out.put_u8(tag);
+    out.put_i32(0);
+    out.put_u8(kind);
+    put_cstr(out, name);
+    finish_len(out, start);
+}
+
+/// The parameter types after a Parse's query text.
+pub fn parameter_types(rest: &[u8]) -> Option<Vec<u32>> {
+    let n = i16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
+    let n = usize::try_from(n).ok()?;
+    let oids = rest.get(2..2 + 4 * n)?;
+    Some(
+        oids.chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+/// Number of parameter values in a Bind body after the portal and statement.
+pub fn bind_params(rest: &[u8]) -> Option<usize> {
+    let formats = i16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
+    let at = 2 + 2 * usize::try_from(formats).ok()?;
+    let n = i16::from_be_bytes([*rest.get(at)?, *rest.get(at + 1)?]);
+    usize::try_from(n).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_is_rebuilt_with_the_new_name() {
+        let mut out = BytesMut::new();
+        build_bind(&mut out, "p", "ph_x", b"\0\0\0\0\0\0");
+        let b = parse_bind(&out[5..]).unwrap();
+        assert_eq!((b.portal, b.statement), ("p", "ph_x"));
+        assert!(parse_target(b"X\0").is_err());
+        assert!(parse_bind(b"no-nul").is_err());
+    }
+
+    #[test]
+    fn bind_parameter_count_is_read_after_the_format_codes() {
+        // two format codes, then three parameters
+        let rest = [0u8, 2, 0, 1, 0, 1, 0, 3];
+        assert_eq!(bind_params(&rest), Some(3));
+        assert_eq!(bind_params(&[0, 0, 0, 0]), Some(0));
+        assert_eq!(bind_params(&[0]), None);
+    }
 }
