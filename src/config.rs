@@ -85,6 +85,13 @@ pub struct ProxyConfig {
     pub shutdown_timeout: Duration,
     /// This replica's id in cancel keys (0..=127).
     pub peer_id: u8,
+    /// `HOST:PORT` whose name resolves to every replica (a Kubernetes
+    /// headless Service); a cancel for a key no replica is known to own is
+    /// offered to each. Empty = off.
+    pub peers_dns: String,
+    /// How often `peers_dns` is resolved again.
+    #[serde(deserialize_with = "de_duration")]
+    pub peers_dns_interval: Duration,
     /// Largest message a client may send, in bytes.
     pub max_message_size: usize,
     /// Threads serving clients: 1 = a single-threaded runtime (least CPU
@@ -100,6 +107,8 @@ impl Default for ProxyConfig {
             admin_users: vec!["admin".into()],
             shutdown_timeout: Duration::from_secs(30),
             peer_id: 1,
+            peers_dns: String::new(),
+            peers_dns_interval: Duration::from_secs(10),
             max_message_size: 256 * 1024 * 1024,
             worker_threads: 1,
         }
@@ -513,6 +522,7 @@ impl Config {
         if self.proxy.peer_id > 127 {
             return Err(invalid("proxy.peer_id", "must be between 0 and 127"));
         }
+        crate::cancel::validate_peers_dns(&self.proxy)?;
         if self.proxy.worker_threads > 1024 {
             return Err(invalid("proxy.worker_threads", "must be at most 1024"));
         }

@@ -45,6 +45,16 @@
 //! cancel makes at most one hop, whatever the peer tables say (two replicas
 //! with swapped or duplicate ids cannot bounce a request between them).
 //!
+//! With `peers_dns` (an autoscaled fleet, where no replica has an id of its
+//! own) the other replicas are whatever the name resolves to, refreshed on
+//! an interval. A request for a key that is not ours (no live client has
+//! its pid, or one has it with another secret: replicas may issue the same
+//! pid) and whose owner no `[[peers]]` entry names is offered, marked, to
+//! every one of them at once: one connection per peer, and the replica that
+//! issued the key cancels. A marked request is handled locally only, so a
+//! key that is nobody's is counted once by each replica and goes no
+//! further.
+//!
 //! # Protocol 3.2 and longer keys
 //!
 //! Postgres 18's protocol 3.2 allows cancel secrets of up to 256 bytes.
@@ -56,14 +66,18 @@
 //! until 18. CancelRequests with longer secrets are parsed (up to 256 bytes)
 //! but never match a key of ours, except for our own peer marker. Moving to
 //! 3.2 means issuing longer secrets to clients that negotiate it and
-//! storing variable-length server secrets in [`ServerKey`].//!
+//! storing variable-length server secrets in [`ServerKey`](crate::server::ServerKey).
+//!
 //! # Files
 //!
 //! - `slot.rs`: one client's key and the server it uses right now.
 //! - `registry.rs`: issuing keys and routing a CancelRequest.
-//! - `peers.rs`: passing a request on to the replica that owns its key.
+//! - `peers.rs`: passing a request on to the replica that owns its key, or
+//!   to every replica when no one is known to own it.
+//! - `discovery.rs`: finding the replicas through `peers_dns`.
 //! - `send.rs`: the outgoing cancel connection itself.
 
+mod discovery;
 mod peers;
 mod registry;
 mod send;
@@ -71,6 +85,7 @@ mod slot;
 
 use std::time::Duration;
 
+pub use discovery::validate_peers_dns;
 pub use registry::CancelRegistry;
 pub use send::cancel_server;
 pub use slot::{AfterCancels, CancelHandle, CancelSlot};
@@ -92,6 +107,9 @@ pub enum CancelOutcome {
     NoQuery,
     UnknownKey,
     BadSecret,
+    /// Not a key of ours, and its owner unknown: offered to every replica
+    /// `peers_dns` found.
+    ToPeers,
 }
 
 impl CancelOutcome {
@@ -101,6 +119,7 @@ impl CancelOutcome {
             CancelOutcome::NoQuery => "no_query",
             CancelOutcome::UnknownKey => "unknown_key",
             CancelOutcome::BadSecret => "bad_secret",
+            CancelOutcome::ToPeers => "to_peers",
         }
     }
 }

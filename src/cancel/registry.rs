@@ -114,22 +114,32 @@ impl CancelRegistry {
             Some(s) => (s, true),
             None => (secret, false),
         };
-        let owner = match self.peers.owner(secret) {
-            Some(owner) if owner != self.peer_id => owner,
-            _ => return self.cancel_local(pid, secret).await,
+        let local = match self.peers.owner(secret) {
+            Some(owner) if owner != self.peer_id => {
+                if from_peer {
+                    // A peer thinks we own this key, and we do not: the
+                    // peer tables disagree on ids. Passing it on could
+                    // loop, so stop here.
+                    tracing::warn!(
+                        pid,
+                        owner,
+                        peer_id = self.peer_id,
+                        "a peer forwarded a cancel for a key this replica does not own; check proxy.peer_id and [[peers]] on every replica"
+                    );
+                    return CancelOutcome::UnknownKey;
+                }
+                if self.peers.addr(owner).is_some() {
+                    return self.pass_to_owner(owner, pid, secret).await;
+                }
+                CancelOutcome::UnknownKey
+            }
+            _ => self.cancel_local(pid, secret).await,
         };
-        if from_peer {
-            // A peer thinks we own this key, and we do not: the peer tables
-            // disagree on ids. Passing it on could loop, so stop here.
-            tracing::warn!(
-                pid,
-                owner,
-                peer_id = self.peer_id,
-                "a peer forwarded a cancel for a key this replica does not own; check proxy.peer_id and [[peers]] on every replica"
-            );
-            return CancelOutcome::UnknownKey;
+        let not_ours = matches!(local, CancelOutcome::UnknownKey | CancelOutcome::BadSecret);
+        if from_peer || !not_ours {
+            return local;
         }
-        self.pass_to_owner(owner, pid, secret).await
+        self.offer_to_all(pid, secret, local).await
     }
 
     async fn cancel_local(&self, pid: i32, secret: &[u8]) -> CancelOutcome {
