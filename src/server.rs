@@ -216,6 +216,8 @@ pub struct Server {
     /// (lower-case names), so they can be reset for the next one.
     pub applied: BTreeMap<String, String>,
     pub key: ServerKey,
+    /// Set when this connection uses TLS: cancels for it use TLS too.
+    pub cancel_tls: Option<Arc<crate::cancel::CancelTls>>,
     /// Unique within this process, for logs and the admin console.
     pub id: u64,
     /// Keeps this server listed in its pool's SHOW SERVERS until dropped.
@@ -242,6 +244,14 @@ pub struct Server {
 }
 
 impl Server {
+    /// Where a cancel of this server's current query goes.
+    pub fn cancel_target(&self) -> crate::cancel::CancelTarget {
+        crate::cancel::CancelTarget {
+            key: self.key,
+            tls: self.cancel_tls.clone(),
+        }
+    }
+
     /// Opens and authenticates a connection within `connect_timeout`.
     pub async fn connect(target: &ServerTarget, id: u64) -> Result<Server, ServerError> {
         let addr_text = format!("{}:{}", target.host, target.port);
@@ -265,7 +275,12 @@ impl Server {
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
         let stream = negotiate_tls(stream, target, &addr_text).await?;
+        let cancel_tls = match stream {
+            Stream::Tls(_) => crate::cancel::CancelTls::for_target(target),
+            Stream::Plain(_) => None,
+        };
         let mut server = Server {
+            cancel_tls,
             stream,
             rbuf: BytesMut::with_capacity(8192),
             params: BTreeMap::new(),

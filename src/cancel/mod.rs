@@ -87,7 +87,7 @@ use std::time::Duration;
 
 pub use discovery::validate_peers_dns;
 pub use registry::CancelRegistry;
-pub use send::cancel_server;
+pub use send::{cancel_server, CancelTarget, CancelTls};
 pub use slot::{AfterCancels, CancelHandle, CancelSlot};
 
 /// How long a forward may take (connect, send, wait for the close) before we

@@ -91,7 +91,7 @@ impl CancelRegistry {
         if secret.len() != SECRET_LEN {
             return CancelOutcome::BadSecret;
         }
-        match self.forward(addr, pid, &marked(secret)).await {
+        match self.forward(addr, pid, &marked(secret), None).await {
             Ok(()) => CancelOutcome::Forwarded,
             Err(e) => {
                 tracing::warn!(peer = owner, %addr, error = %e, "cannot forward cancel to peer");
@@ -150,7 +150,7 @@ impl CancelRegistry {
 
     /// One peer's offer; `true` when the request may have reached it.
     async fn offer(&self, addr: SocketAddr, pid: i32, marked: &[u8]) -> bool {
-        match self.forward(addr, pid, marked).await {
+        match self.forward(addr, pid, marked, None).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "cannot offer cancel to peer");

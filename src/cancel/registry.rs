@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::peers::Peers;
-use super::send::{send_cancel, ForwardError};
+use super::send::{send_cancel, CancelTls, ForwardError};
 use super::slot::{CancelHandle, CancelSlot};
 use super::{CancelOutcome, FORWARD_TIMEOUT, PEER_MARK, SECRET_LEN};
 use crate::id_map::IdMap;
@@ -154,17 +154,19 @@ impl CancelRegistry {
         let Some((target, mut in_flight)) = slot.begin_forward() else {
             return CancelOutcome::NoQuery;
         };
+        let key = target.key;
+        let secret = key.secret.to_be_bytes();
         match self
-            .forward(target.addr, target.pid, &target.secret.to_be_bytes())
+            .forward(key.addr, key.pid, &secret, target.tls.as_deref())
             .await
         {
             Ok(()) => in_flight.confirmed = true,
             Err(e @ ForwardError::NotSent(_)) => {
                 in_flight.confirmed = true;
-                tracing::warn!(server = %target.addr, error = %e, "cannot forward cancel to server");
+                tracing::warn!(server = %key.addr, error = %e, "cannot forward cancel to server");
             }
             Err(e @ ForwardError::Unconfirmed(_)) => {
-                tracing::warn!(server = %target.addr, error = %e, "cancel to server not confirmed; the server will be closed, not reused");
+                tracing::warn!(server = %key.addr, error = %e, "cancel to server not confirmed; the server will be closed, not reused");
             }
         }
         CancelOutcome::Forwarded
@@ -177,6 +179,7 @@ impl CancelRegistry {
         addr: A,
         pid: i32,
         secret: &[u8],
+        tls: Option<&CancelTls>,
     ) -> Result<(), ForwardError> {
         let deadline = Instant::now() + FORWARD_TIMEOUT;
         let _permit = match tokio::time::timeout_at(deadline, self.forwards.acquire()).await {
@@ -188,7 +191,7 @@ impl CancelRegistry {
                 )))
             }
         };
-        send_cancel(addr, pid, secret, deadline).await
+        send_cancel(addr, pid, secret, tls, deadline).await
     }
 }
 

@@ -1,13 +1,63 @@
 //! The outgoing cancel connection: a CancelRequest sent to a server or a
-//! peer, confirmed when the receiver closes the connection.
+//! peer, confirmed when the receiver closes the connection. Toward a server
+//! whose connection uses TLS, the request goes over TLS too (an SSLRequest
+//! first, as libpq does): Postgres accepts a CancelRequest after it, the
+//! key never crosses the network in clear, and a path that only lets TLS
+//! through still carries it.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use postgres_protocol::message::frontend;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
 use super::FORWARD_TIMEOUT;
-use crate::server::ServerKey;
+use crate::server::{ServerKey, ServerTarget};
+
+/// How a cancel reaches a server whose connection uses TLS.
+pub struct CancelTls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+    /// `server_tls.mode` refuses plaintext: a server that now answers the
+    /// SSLRequest with `N` is not sent the key in clear.
+    required: bool,
+}
+
+impl CancelTls {
+    /// The TLS of `target`'s connections (call for one that uses TLS).
+    pub fn for_target(target: &ServerTarget) -> Option<Arc<CancelTls>> {
+        let connector = target.tls.connector.clone()?;
+        let name = ServerName::try_from(target.host.clone()).ok()?;
+        Some(Arc::new(CancelTls {
+            connector,
+            name,
+            required: target.tls.requires_tls(),
+        }))
+    }
+}
+
+impl fmt::Debug for CancelTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelTls")
+            .field("name", &self.name)
+            .field("required", &self.required)
+            .finish()
+    }
+}
+
+/// Where a cancel for a server's current query goes.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub key: ServerKey,
+    /// Set when the server connection uses TLS.
+    pub tls: Option<Arc<CancelTls>>,
+}
 
 const CANCEL_REQUEST_CODE: i32 = 80_877_102;
 
@@ -33,42 +83,103 @@ fn cancel_packet(pid: i32, secret: &[u8]) -> BytesMut {
     b
 }
 
-fn timed_out() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel forward timed out")
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "cancel forward timed out")
 }
 
-/// Sends a CancelRequest to `addr` (a server or a peer) and waits until the
-/// receiver closes the connection, which Postgres does only after it has
-/// signalled the backend, and a peer only after its own forward is done.
+/// Sends a CancelRequest to `addr` (a server or a peer), over TLS when
+/// `tls` says so, and waits until the receiver closes the connection, which
+/// Postgres does only after it has signalled the backend, and a peer only
+/// after its own forward is done.
 pub(super) async fn send_cancel<A: ToSocketAddrs>(
     addr: A,
     pid: i32,
     secret: &[u8],
+    tls: Option<&CancelTls>,
     deadline: Instant,
 ) -> Result<(), ForwardError> {
-    let mut stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+    let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
         .await
         .map_err(|_| ForwardError::NotSent(timed_out()))?
         .map_err(ForwardError::NotSent)?;
     let _ = stream.set_nodelay(true);
+    let packet = cancel_packet(pid, secret);
     let confirm = async {
-        stream.write_all(&cancel_packet(pid, secret)).await?;
-        let mut sink = [0u8; 64];
-        while stream.read(&mut sink).await? > 0 {}
-        Ok::<_, std::io::Error>(())
+        match tls {
+            None => deliver(stream, &packet).await,
+            Some(tls) => deliver_over_tls(stream, tls, &packet).await,
+        }
     };
+    // A timeout may come after the request was written: unconfirmed.
     tokio::time::timeout_at(deadline, confirm)
         .await
         .map_err(|_| ForwardError::Unconfirmed(timed_out()))?
-        .map_err(ForwardError::Unconfirmed)
 }
 
-/// Cancels whatever `key`'s backend is running (used when a client vanished
-/// mid-query; the server is closed afterwards, so an unconfirmed cancel is
-/// harmless).
-pub async fn cancel_server(key: ServerKey) {
+/// The SSLRequest exchange, then the request over TLS; in clear on the same
+/// connection if the server declines TLS and the mode allows that.
+async fn deliver_over_tls(
+    mut tcp: TcpStream,
+    tls: &CancelTls,
+    packet: &[u8],
+) -> Result<(), ForwardError> {
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request)
+        .await
+        .map_err(ForwardError::NotSent)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer)
+        .await
+        .map_err(ForwardError::NotSent)?;
+    match answer[0] {
+        b'S' => {
+            let stream = tls
+                .connector
+                .connect(tls.name.clone(), tcp)
+                .await
+                .map_err(ForwardError::NotSent)?;
+            deliver(stream, packet).await
+        }
+        b'N' if !tls.required => deliver(tcp, packet).await,
+        _ => Err(ForwardError::NotSent(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the server declined TLS for the cancel request, and server_tls.mode requires it",
+        ))),
+    }
+}
+
+/// Writes the request and waits for the receiver to close. Over TLS,
+/// Postgres closes without a close_notify: that end counts as a close too.
+async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    packet: &[u8],
+) -> Result<(), ForwardError> {
+    let sent = async {
+        stream.write_all(packet).await?;
+        stream.flush().await
+    };
+    sent.await.map_err(ForwardError::Unconfirmed)?;
+    let mut sink = [0u8; 64];
+    loop {
+        match stream.read(&mut sink).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(ForwardError::Unconfirmed(e)),
+        }
+    }
+}
+
+/// Cancels whatever `target`'s backend is running (used when a client
+/// vanished mid-query; the server is closed afterwards, so an unconfirmed
+/// cancel is harmless).
+pub async fn cancel_server(target: CancelTarget) {
     let deadline = Instant::now() + FORWARD_TIMEOUT;
-    if let Err(e) = send_cancel(key.addr, key.pid, &key.secret.to_be_bytes(), deadline).await {
+    let key = target.key;
+    let secret = key.secret.to_be_bytes();
+    let sent = send_cancel(key.addr, key.pid, &secret, target.tls.as_deref(), deadline);
+    if let Err(e) = sent.await {
         tracing::debug!(server = %key.addr, error = %e, "cancel of abandoned query failed");
     }
 }
@@ -79,12 +190,15 @@ pub(super) mod tests {
 
     use crate::server::ServerKey;
 
-    /// A server's key as a test names it.
-    pub fn server_key(addr: std::net::SocketAddr) -> ServerKey {
-        ServerKey {
-            addr,
-            pid: 4242,
-            secret: 77,
+    /// A plaintext server's key as a test names it.
+    pub fn server_key(addr: std::net::SocketAddr) -> super::CancelTarget {
+        super::CancelTarget {
+            key: ServerKey {
+                addr,
+                pid: 4242,
+                secret: 77,
+            },
+            tls: None,
         }
     }
 

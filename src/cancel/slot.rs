@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::registry::CancelRegistry;
+use super::send::CancelTarget;
 use crate::server::ServerKey;
 
 /// One client's cancel slot. The session updates it when it borrows and
@@ -27,7 +28,7 @@ pub struct CancelSlot {
 #[derive(Default)]
 struct SlotState {
     /// The server running this client's work right now, if any.
-    target: Option<ServerKey>,
+    target: Option<CancelTarget>,
     /// Cancels read from `target` and not yet delivered.
     in_flight: u32,
     /// A forward to `target` was sent but never confirmed: its signal may
@@ -70,13 +71,13 @@ impl CancelSlot {
 
     /// The server running this client's work right now (admin console).
     pub fn target(&self) -> Option<ServerKey> {
-        self.lock().target
+        self.lock().target.as_ref().map(|t| t.key)
     }
 
-    /// The client now has work running on `key`.
-    pub fn set_target(&self, key: ServerKey) {
+    /// The client now has work running on `target`'s server.
+    pub fn set_target(&self, target: CancelTarget) {
         let mut s = self.lock();
-        s.target = Some(key);
+        s.target = Some(target);
         s.unconfirmed = false;
     }
 
@@ -120,9 +121,9 @@ impl CancelSlot {
 
     /// The target if a cancel may be sent now; the guard counts the cancel
     /// in flight until it is dropped.
-    pub(super) fn begin_forward(self: &Arc<Self>) -> Option<(ServerKey, InFlight)> {
+    pub(super) fn begin_forward(self: &Arc<Self>) -> Option<(CancelTarget, InFlight)> {
         let mut s = self.lock();
-        let t = s.target?;
+        let t = s.target.clone()?;
         s.in_flight += 1;
         let guard = InFlight {
             slot: self.clone(),

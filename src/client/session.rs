@@ -349,7 +349,7 @@ impl Session {
 
     /// The client holds `pooled` from now on.
     fn take_server(&mut self, pooled: PooledServer) {
-        self.cancel.slot.set_target(pooled.server.key);
+        self.cancel.slot.set_target(pooled.server.cancel_target());
         if self.state.metrics.listen_subscriptions.get() > 0 {
             // Someone listens: remember who holds this server, so a NOTIFY
             // it sends can carry the sending client's pid.
@@ -430,7 +430,7 @@ impl Session {
             // Mid-query (or mid-COPY, or an unsynced implicit transaction
             // that a Sync would commit): cancel what runs and close; the
             // backend rolls back as it exits.
-            crate::cancel::cancel_server(pooled.server.key).await;
+            crate::cancel::cancel_server(pooled.server.cancel_target()).await;
         }
         let reusable = if mid_query || cancels == AfterCancels::Close {
             // Closed rather than reused: it is busy, or a cancel of ours
