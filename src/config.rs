@@ -339,6 +339,8 @@ pub struct DatabaseConfig {
     pub auth_query: Option<String>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub auth_query_cache_ttl: Option<Duration>,
+    /// TLS toward this database's server instead of `[server_tls]`.
+    pub server_tls: Option<ServerTlsConfig>,
 }
 
 fn default_host() -> String {

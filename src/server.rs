@@ -43,7 +43,8 @@ pub struct ServerTarget {
 }
 
 impl ServerTarget {
-    /// `db`'s server, logged in to as `user`.
+    /// `db`'s server, logged in to as `user`, with `tls` (`[server_tls]`)
+    /// or the database's own `server_tls`.
     pub fn new(
         db: &crate::config::DatabaseConfig,
         settings: &crate::config::PoolDefaults,
@@ -57,7 +58,7 @@ impl ServerTarget {
             user: user.config.name.clone(),
             credential: user.server.clone(),
             connect_timeout: settings.server_connect_timeout,
-            tls,
+            tls: tls.for_database(&db.name),
         }
     }
 }

@@ -78,6 +78,34 @@ async fn server_tls_modes_decide_how_server_connections_are_encrypted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_databases_own_server_tls_overrides_the_global_one() {
+    let port = pg().port();
+    let own = |mode: &str| {
+        config("127.0.0.1", &server_tls("disable", None)).replace(
+            &format!("port = {port}\n"),
+            &format!("port = {port}\nserver_tls = {{ mode = \"{mode}\" }}\n"),
+        )
+    };
+    assert!(server_side_ssl(&own("require")).await.expect("require"));
+    let global_require = config("127.0.0.1", &server_tls("require", None)).replace(
+        &format!("port = {port}\n"),
+        &format!("port = {port}\nserver_tls = {{ mode = \"disable\" }}\n"),
+    );
+    assert!(!server_side_ssl(&global_require).await.expect("disable"));
+    // A CA file that is not there is named by the database's key.
+    let missing = own("verify-ca").replace(
+        "mode = \"verify-ca\" }",
+        "mode = \"verify-ca\", ca_file = \"/nonexistent/ca.pem\" }",
+    );
+    let e = pgharbor::config::Config::from_toml_str(&missing)
+        .expect_err("an unreadable CA file is refused");
+    assert!(
+        e.to_string().contains("databases[0].server_tls.ca_file"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_tls_require_refuses_a_server_without_tls() {
     server_ca();
     let plain_pg = tokio::task::spawn_blocking(|| {
