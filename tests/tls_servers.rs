@@ -327,10 +327,66 @@ async fn a_cancel_reaches_a_query_on_a_tls_server_connection_over_tls() {
         .expect("the cancel reached the query (it ran on)")
         .expect_err("the query was cancelled");
     assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    client.simple_query("select 1").await.expect("still usable");
+    psql_ctrl_c_cancels(&proxy, &ssl_pg).await;
     assert_eq!(
         refused.load(std::sync::atomic::Ordering::SeqCst),
         0,
         "something was sent to the server in clear"
     );
-    client.simple_query("select 1").await.expect("still usable");
+}
+
+/// psql runs `pg_sleep(30)` through `proxy`; once `pg` shows it running,
+/// Ctrl-C (SIGINT) makes psql send its cancel, which must end the query.
+async fn psql_ctrl_c_cancels(proxy: &pgharbor::Proxy, pg: &pgharbor::scratch_pg::ScratchPostgres) {
+    let a = proxy.addr();
+    let mut child = Command::new(bin("psql"))
+        .args([
+            "-X",
+            "-qAt",
+            "-h",
+            &a.ip().to_string(),
+            "-p",
+            &a.port().to_string(),
+        ])
+        .args([
+            "-U",
+            USER,
+            "-d",
+            "app",
+            "-c",
+            "select pg_sleep(30) /* tls-ctrl-c */",
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run psql");
+    let running = "select count(*) from pg_stat_activity where state = 'active' \
+                   and query like '%tls-ctrl-c%' and pid <> pg_backend_pid()";
+    let started = eventually(std::time::Duration::from_secs(10), || async {
+        pg.psql("app", running).is_ok_and(|n| n == "1")
+    })
+    .await;
+    assert!(started, "psql's query never started");
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exited = eventually(std::time::Duration::from_secs(10), || {
+        let done = child.try_wait().unwrap().is_some();
+        async move { done }
+    })
+    .await;
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "psql's Ctrl-C did not cancel the query: {stderr}"
+    );
 }
