@@ -85,6 +85,13 @@ pub struct ProxyConfig {
     pub shutdown_timeout: Duration,
     /// This replica's id in cancel keys (0..=127).
     pub peer_id: u8,
+    /// `HOST:PORT` whose name resolves to every replica (a Kubernetes
+    /// headless Service); a cancel for a key no replica is known to own is
+    /// offered to each. Empty = off.
+    pub peers_dns: String,
+    /// How often `peers_dns` is resolved again.
+    #[serde(deserialize_with = "de_duration")]
+    pub peers_dns_interval: Duration,
     /// Largest message a client may send, in bytes.
     pub max_message_size: usize,
     /// Threads serving clients: 1 = a single-threaded runtime (least CPU
@@ -100,6 +107,8 @@ impl Default for ProxyConfig {
             admin_users: vec!["admin".into()],
             shutdown_timeout: Duration::from_secs(30),
             peer_id: 1,
+            peers_dns: String::new(),
+            peers_dns_interval: Duration::from_secs(10),
             max_message_size: 256 * 1024 * 1024,
             worker_threads: 1,
         }
@@ -330,6 +339,8 @@ pub struct DatabaseConfig {
     pub auth_query: Option<String>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub auth_query_cache_ttl: Option<Duration>,
+    /// TLS toward this database's server instead of `[server_tls]`.
+    pub server_tls: Option<ServerTlsConfig>,
 }
 
 fn default_host() -> String {
@@ -513,6 +524,7 @@ impl Config {
         if self.proxy.peer_id > 127 {
             return Err(invalid("proxy.peer_id", "must be between 0 and 127"));
         }
+        validate_peers_dns(&self.proxy)?;
         if self.proxy.worker_threads > 1024 {
             return Err(invalid("proxy.worker_threads", "must be at most 1024"));
         }
@@ -679,9 +691,46 @@ fn validate_pool(key: &str, p: &PoolDefaults) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Checks `peers_dns` and its interval (called by `Config::validate`).
+fn validate_peers_dns(proxy: &ProxyConfig) -> Result<(), ConfigError> {
+    let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    };
+    if proxy.peers_dns.is_empty() {
+        return Ok(());
+    }
+    let port = proxy.peers_dns.rsplit_once(':').map(|(_, port)| port);
+    if !port.is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0)) {
+        return Err(invalid(
+            "proxy.peers_dns",
+            "write HOST:PORT, e.g. \"pgharbor-peers.default.svc:6432\"",
+        ));
+    }
+    if proxy.peers_dns_interval < Duration::from_millis(100) {
+        return Err(invalid(
+            "proxy.peers_dns_interval",
+            "must be at least 100ms",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_dns_needs_a_port() {
+        let mut p = ProxyConfig::default();
+        assert!(validate_peers_dns(&p).is_ok());
+        p.peers_dns = "pgharbor-peers.default.svc".into();
+        assert!(validate_peers_dns(&p).is_err());
+        p.peers_dns = "pgharbor-peers.default.svc:6432".into();
+        assert!(validate_peers_dns(&p).is_ok());
+        p.peers_dns_interval = Duration::ZERO;
+        assert!(validate_peers_dns(&p).is_err());
+    }
 
     #[test]
     fn minimal_file_gets_defaults() {

@@ -237,6 +237,15 @@ impl Proxy {
             metrics,
             config: ArcSwap::from_pointee(config),
         });
+        let proxy_config = &state.config().proxy;
+        if !proxy_config.peers_dns.is_empty() {
+            state.cancel.discover_peers(
+                proxy_config.peers_dns.clone(),
+                proxy_config.peers_dns_interval,
+                addr,
+                state.shutdown.cancelled_owned(),
+            );
+        }
         let metrics_listen = state.config().metrics.listen_addr.clone();
         let metrics_addr = crate::metrics::http::start(&metrics_listen, &state)
             .await

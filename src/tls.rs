@@ -6,6 +6,7 @@
 //! (cert-manager renewing a Kubernetes secret) is picked up by SIGHUP or
 //! the console's RELOAD without dropping a client.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use sha2::Digest as _;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::{ClientTlsMode, Config, ConfigError, ServerTlsMode};
+use crate::config::{ClientTlsMode, Config, ConfigError, ServerTlsConfig, ServerTlsMode};
 
 /// What a file given in the config could not provide. Reported with the key
 /// that named the file (`client_tls.cert_file`, …).
@@ -63,6 +64,8 @@ pub struct ServerTls {
     pub mode: ServerTlsMode,
     /// `None` when `mode = "disable"`.
     pub connector: Option<TlsConnector>,
+    /// The databases with a `server_tls` of their own, by name.
+    pub by_database: HashMap<String, Arc<ServerTls>>,
 }
 
 impl ServerTls {
@@ -71,6 +74,15 @@ impl ServerTls {
         ServerTls {
             mode: ServerTlsMode::Disable,
             connector: None,
+            by_database: HashMap::new(),
+        }
+    }
+
+    /// What database `name`'s servers use: its own `server_tls`, or this.
+    pub fn for_database(self: &Arc<Self>, name: &str) -> Arc<ServerTls> {
+        match self.by_database.get(name) {
+            Some(own) => own.clone(),
+            None => self.clone(),
         }
     }
 
@@ -107,13 +119,14 @@ impl TlsSettings {
     pub fn from_config(config: &Config) -> Result<TlsSettings, ConfigError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let client = client_tls(config, provider.clone())?;
-        let server = ServerTls {
-            mode: config.server_tls.mode,
-            connector: match config.server_tls.mode {
-                ServerTlsMode::Disable => None,
-                mode => Some(connector(mode, &config.server_tls.ca_file, provider)?),
-            },
-        };
+        let mut server = server_tls("server_tls", &config.server_tls, &provider)?;
+        for (i, db) in config.databases.iter().enumerate() {
+            if let Some(own) = &db.server_tls {
+                let key = format!("databases[{i}].server_tls");
+                let tls = server_tls(&key, own, &provider)?;
+                server.by_database.insert(db.name.clone(), Arc::new(tls));
+            }
+        }
         Ok(TlsSettings {
             client,
             server: Arc::new(server),
@@ -185,26 +198,42 @@ pub fn end_point_hash(cert: &[u8]) -> Option<Vec<u8>> {
     Some(hash)
 }
 
+/// One `server_tls` table (`key` names it in errors).
+fn server_tls(
+    key: &str,
+    config: &ServerTlsConfig,
+    provider: &Arc<CryptoProvider>,
+) -> Result<ServerTls, ConfigError> {
+    Ok(ServerTls {
+        mode: config.mode,
+        connector: match config.mode {
+            ServerTlsMode::Disable => None,
+            mode => Some(connector(key, mode, &config.ca_file, provider.clone())?),
+        },
+        by_database: HashMap::new(),
+    })
+}
+
 fn connector(
+    key: &str,
     mode: ServerTlsMode,
     ca_file: &str,
     provider: Arc<CryptoProvider>,
 ) -> Result<TlsConnector, ConfigError> {
+    let ca_key = format!("{key}.ca_file");
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull => {
             let mut roots = RootCertStore::empty();
-            let certs = load_certs(ca_file).map_err(|e| invalid("server_tls.ca_file", e))?;
+            let certs = load_certs(ca_file).map_err(|e| invalid(&ca_key, e))?;
             for cert in certs {
                 roots
                     .add(cert)
-                    .map_err(|e| invalid("server_tls.ca_file", TlsError::from(e)))?;
+                    .map_err(|e| invalid(&ca_key, TlsError::from(e)))?;
             }
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
-                    .map_err(|e| {
-                        invalid("server_tls.ca_file", TlsError::Verifier(e.to_string()))
-                    })?;
+                    .map_err(|e| invalid(&ca_key, TlsError::Verifier(e.to_string())))?;
             if mode == ServerTlsMode::VerifyFull {
                 webpki
             } else {
@@ -221,7 +250,7 @@ fn connector(
     };
     let client_config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("server_tls", e))?
+        .map_err(|e| invalid(key, e))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();

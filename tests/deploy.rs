@@ -404,6 +404,7 @@ fn each_overlay_agrees_with_the_config_it_mounts() {
                 container_port(name, c, target);
             }
         }
+        peers_dns_names_the_headless_service(name, &r.docs, &pod);
         let grace = at(pod.spec, &["terminationGracePeriodSeconds"])
             .and_then(Value::as_u64)
             .unwrap_or(30);
@@ -418,6 +419,52 @@ fn each_overlay_agrees_with_the_config_it_mounts() {
     }
 }
 
+/// An overlay that can run several replicas (it has an HPA) finds them
+/// through `peers_dns`, and the name is a headless Service, listing
+/// not-ready pods too (a draining pod's clients may still be cancelled),
+/// on the port pgharbor listens on.
+fn peers_dns_names_the_headless_service(name: &str, docs: &[Value], pod: &Pod) {
+    let peers_dns = &pod.config.proxy.peers_dns;
+    if of_kind(docs, "HorizontalPodAutoscaler").is_empty() && peers_dns.is_empty() {
+        return;
+    }
+    let (host, port) = peers_dns
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{name}: several replicas and no proxy.peers_dns"));
+    // `NAME` or `NAME.<namespace>.svc…`: the pod's DNS search list puts a
+    // bare name in its own namespace.
+    let service_name = host.split('.').next().unwrap_or_default();
+    let service = of_kind(docs, "Service")
+        .into_iter()
+        .find(|s| str_at(s, &["metadata", "name"]) == service_name)
+        .unwrap_or_else(|| panic!("{name}: peers_dns names no rendered Service {service_name:?}"));
+    assert_eq!(
+        str_at(service, &["spec", "clusterIP"]),
+        "None",
+        "{name}: {service_name} is not headless"
+    );
+    assert_eq!(
+        at(service, &["spec", "publishNotReadyAddresses"]).and_then(Value::as_bool),
+        Some(true),
+        "{name}: {service_name} must list draining pods too"
+    );
+    let listen = addr(&pod.config.proxy.listen_addr).port();
+    assert_eq!(
+        port.parse::<u16>().ok(),
+        Some(listen),
+        "{name}: peers_dns port"
+    );
+    let ports = list(at(service, &["spec", "ports"]));
+    let reaches_proxy = ports.iter().any(|p| {
+        at(p, &["port"]).and_then(Value::as_u64) == Some(u64::from(listen))
+            && container_port(name, pod.container, str_at(p, &["targetPort"])) == listen
+    });
+    assert!(
+        reaches_proxy,
+        "{name}: {service_name} does not expose port {listen} to pgharbor's"
+    );
+}
+
 /// Each overlay's config, pointed at the test's Postgres on loopback ports,
 /// answers the probes' paths with 200: the paths are ones pgharbor serves.
 #[tokio::test]
@@ -427,6 +474,8 @@ async fn the_probes_paths_answer_on_a_pgharbor_started_with_each_overlays_config
         let mut config = pod.config.clone();
         config.proxy.listen_addr = "127.0.0.1:0".into();
         config.metrics.listen_addr = "127.0.0.1:0".into();
+        // The peers' name exists only in a cluster: never look it up here.
+        config.proxy.peers_dns.clear();
         for db in &mut config.databases {
             db.host = "127.0.0.1".into();
             db.port = pg().port();

@@ -78,6 +78,34 @@ async fn server_tls_modes_decide_how_server_connections_are_encrypted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_databases_own_server_tls_overrides_the_global_one() {
+    let port = pg().port();
+    let own = |mode: &str| {
+        config("127.0.0.1", &server_tls("disable", None)).replace(
+            &format!("port = {port}\n"),
+            &format!("port = {port}\nserver_tls = {{ mode = \"{mode}\" }}\n"),
+        )
+    };
+    assert!(server_side_ssl(&own("require")).await.expect("require"));
+    let global_require = config("127.0.0.1", &server_tls("require", None)).replace(
+        &format!("port = {port}\n"),
+        &format!("port = {port}\nserver_tls = {{ mode = \"disable\" }}\n"),
+    );
+    assert!(!server_side_ssl(&global_require).await.expect("disable"));
+    // A CA file that is not there is named by the database's key.
+    let missing = own("verify-ca").replace(
+        "mode = \"verify-ca\" }",
+        "mode = \"verify-ca\", ca_file = \"/nonexistent/ca.pem\" }",
+    );
+    let e = pgharbor::config::Config::from_toml_str(&missing)
+        .expect_err("an unreadable CA file is refused");
+    assert!(
+        e.to_string().contains("databases[0].server_tls.ca_file"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_tls_require_refuses_a_server_without_tls() {
     server_ca();
     let plain_pg = tokio::task::spawn_blocking(|| {
@@ -204,5 +232,161 @@ async fn tls_on_both_sides_carries_large_results_copies_and_pipelines() {
     assert!(
         report.contains("number of failed transactions: 0"),
         "{report}"
+    );
+}
+
+/// A TCP relay in front of Postgres that lets a connection through only if
+/// it starts with an SSLRequest, as a network that allows TLS alone would.
+/// Returns its address and how many plaintext connections it refused.
+async fn tls_only_path(
+    pg_port: u16,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let refused = counter.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 8];
+                if client.read_exact(&mut first).await.is_err() || first != SSL_REQUEST {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                let mut server = tokio::net::TcpStream::connect(("127.0.0.1", pg_port))
+                    .await
+                    .unwrap();
+                use tokio::io::AsyncWriteExt;
+                server.write_all(&first).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (addr, refused)
+}
+
+/// A Postgres of its own with `ssl = on` and `hostssl` lines only, database
+/// `app` owned by [`USER`].
+fn ssl_only_postgres() -> pgharbor::scratch_pg::ScratchPostgres {
+    let pg = pgharbor::scratch_pg::ScratchPostgres::start().expect("a second Postgres");
+    pg.create_user(USER, PASSWORD, "scram-sha-256")
+        .expect("user");
+    pg.create_database("app", USER).expect("database");
+    let pki = issue("pgharbor cancel test CA", &["localhost"]);
+    pg.enable_ssl(&pki.cert_pem, &pki.key_pem)
+        .expect("enable ssl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !pg.ssl_is_on() {
+        assert!(std::time::Instant::now() < deadline, "ssl did not turn on");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    pg.require_ssl_over_tcp().expect("hostssl only");
+    pg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_a_query_on_a_tls_server_connection_over_tls() {
+    let ssl_pg = tokio::task::spawn_blocking(ssl_only_postgres)
+        .await
+        .expect("start");
+    let (path, refused) = tls_only_path(ssl_pg.port()).await;
+    let text = config("127.0.0.1", &server_tls("require", None)).replace(
+        &format!("port = {}", pg().port()),
+        &format!("port = {}", path.port()),
+    );
+    let proxy = start_proxy_with(&text).await;
+    let client = connect(&proxy, "app").await;
+    let ssl: bool = client
+        .query_one(
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("a query through pgharbor")
+        .get(0);
+    assert!(ssl, "the server connection uses TLS");
+    let token = client.cancel_token();
+    let query = client.simple_query("select pg_sleep(30)");
+    let cancel = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        token
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .expect("cancel sent to pgharbor");
+    };
+    let bounded = tokio::time::timeout(std::time::Duration::from_secs(10), query);
+    let (result, ()) = tokio::join!(bounded, cancel);
+    let err = result
+        .expect("the cancel reached the query (it ran on)")
+        .expect_err("the query was cancelled");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    client.simple_query("select 1").await.expect("still usable");
+    psql_ctrl_c_cancels(&proxy, &ssl_pg).await;
+    assert_eq!(
+        refused.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "something was sent to the server in clear"
+    );
+}
+
+/// psql runs `pg_sleep(30)` through `proxy`; once `pg` shows it running,
+/// Ctrl-C (SIGINT) makes psql send its cancel, which must end the query.
+async fn psql_ctrl_c_cancels(proxy: &pgharbor::Proxy, pg: &pgharbor::scratch_pg::ScratchPostgres) {
+    let a = proxy.addr();
+    let mut child = Command::new(bin("psql"))
+        .args([
+            "-X",
+            "-qAt",
+            "-h",
+            &a.ip().to_string(),
+            "-p",
+            &a.port().to_string(),
+        ])
+        .args([
+            "-U",
+            USER,
+            "-d",
+            "app",
+            "-c",
+            "select pg_sleep(30) /* tls-ctrl-c */",
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run psql");
+    let running = "select count(*) from pg_stat_activity where state = 'active' \
+                   and query like '%tls-ctrl-c%' and pid <> pg_backend_pid()";
+    let started = eventually(std::time::Duration::from_secs(10), || async {
+        pg.psql("app", running).is_ok_and(|n| n == "1")
+    })
+    .await;
+    assert!(started, "psql's query never started");
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exited = eventually(std::time::Duration::from_secs(10), || {
+        let done = child.try_wait().unwrap().is_some();
+        async move { done }
+    })
+    .await;
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "psql's Ctrl-C did not cancel the query: {stderr}"
     );
 }

@@ -405,6 +405,8 @@ fn config_entries(c: &Config) -> Vec<(&'static str, String, bool)> {
         ("proxy.admin_users", p.admin_users.join(","), true),
         ("proxy.shutdown_timeout", dur(p.shutdown_timeout), true),
         ("proxy.peer_id", p.peer_id.to_string(), false),
+        ("proxy.peers_dns", p.peers_dns.clone(), false),
+        ("proxy.peers_dns_interval", dur(p.peers_dns_interval), false),
         (
             "proxy.max_message_size",
             p.max_message_size.to_string(),

@@ -104,7 +104,7 @@ impl Session {
 
     /// The client holds `pooled` from now on.
     fn take_server(&mut self, pooled: PooledServer) {
-        self.cancel.slot.set_target(pooled.server.key);
+        self.cancel.slot.set_target(pooled.server.cancel_target());
         if self.state.metrics.listen_subscriptions.get() > 0 {
             // Someone listens: remember who holds this server, so a NOTIFY
             // it sends can carry the sending client's pid.

@@ -225,7 +225,7 @@ impl Session {
             // Mid-query (or mid-COPY, or an unsynced implicit transaction
             // that a Sync would commit): cancel what runs and close; the
             // backend rolls back as it exits.
-            crate::cancel::cancel_server(pooled.server.key).await;
+            crate::cancel::cancel_server(pooled.server.cancel_target()).await;
         }
         let reusable = if mid_query || cancels == AfterCancels::Close {
             // Closed rather than reused: it is busy, or a cancel of ours

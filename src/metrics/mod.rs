@@ -124,7 +124,13 @@ impl Metrics {
             "CancelRequests received, by outcome",
             &["result"],
         );
-        for result in ["forwarded", "no_query", "unknown_key", "bad_secret"] {
+        for result in [
+            "forwarded",
+            "no_query",
+            "unknown_key",
+            "bad_secret",
+            "to_peers",
+        ] {
             cancel_requests.with_label_values(&[result]);
         }
         Metrics {

@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use super::{ScratchPgError, ScratchPostgres, OS_USER};
+use super::{ScratchPgError, ScratchPostgres, OS_USER, PG_HBA};
 
 impl ScratchPostgres {
     /// Turns `ssl` on with the given PEM certificate chain and private key
@@ -40,5 +40,19 @@ impl ScratchPostgres {
     /// Whether the server now has `ssl` on (a reload is asynchronous).
     pub fn ssl_is_on(&self) -> bool {
         self.psql("postgres", "SHOW ssl").is_ok_and(|v| v == "on")
+    }
+
+    /// Lets TCP clients in over TLS only (`hostssl` lines instead of
+    /// `host`); local socket connections stay trusted. Takes effect with a
+    /// configuration reload.
+    pub fn require_ssl_over_tcp(&self) -> Result<(), ScratchPgError> {
+        let hba = self.data_dir.join("pg_hba.conf");
+        let text = PG_HBA.replace("\nhost ", "\nhostssl ");
+        fs::write(&hba, text).map_err(|source| ScratchPgError::Io {
+            context: format!("writing {}", hba.display()),
+            source,
+        })?;
+        self.psql("postgres", "SELECT pg_reload_conf();")?;
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! parameters, and the few round trips pgharbor makes on its own (parameter
 //! sync, health check, reset, rollback).
 
+pub mod cancel;
 pub mod listing;
 pub mod prepared;
 
@@ -48,7 +49,8 @@ pub struct ServerTarget {
 }
 
 impl ServerTarget {
-    /// `db`'s server, logged in to as `user`.
+    /// `db`'s server, logged in to as `user`, with `tls` (`[server_tls]`)
+    /// or the database's own `server_tls`.
     pub fn new(
         db: &crate::config::DatabaseConfig,
         settings: &crate::config::PoolDefaults,
@@ -62,7 +64,7 @@ impl ServerTarget {
             user: user.config.name.clone(),
             credential: user.server.clone(),
             connect_timeout: settings.server_connect_timeout,
-            tls,
+            tls: tls.for_database(&db.name),
         }
     }
 }
@@ -221,6 +223,8 @@ pub struct Server {
     /// (lower-case names), so they can be reset for the next one.
     pub applied: BTreeMap<String, String>,
     pub key: ServerKey,
+    /// Set when this connection uses TLS: cancels for it use TLS too.
+    pub cancel_tls: Option<Arc<cancel::CancelTls>>,
     /// Unique within this process, for logs and the admin console.
     pub id: u64,
     /// Keeps this server listed in its pool's SHOW SERVERS until dropped.
@@ -248,6 +252,14 @@ pub struct Server {
 }
 
 impl Server {
+    /// Where a cancel of this server's current query goes.
+    pub fn cancel_target(&self) -> cancel::CancelTarget {
+        cancel::CancelTarget {
+            key: self.key,
+            tls: self.cancel_tls.clone(),
+        }
+    }
+
     /// Opens and authenticates a connection within `connect_timeout`.
     pub async fn connect(target: &ServerTarget, id: u64) -> Result<Server, ServerError> {
         let addr_text = format!("{}:{}", target.host, target.port);
@@ -271,7 +283,12 @@ impl Server {
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
         let stream = negotiate_tls(stream, target, &addr_text).await?;
+        let cancel_tls = match stream {
+            Stream::Tls(_) => cancel::CancelTls::for_target(target),
+            Stream::Plain(_) => None,
+        };
         let mut server = Server {
+            cancel_tls,
             stream,
             rbuf: BytesMut::with_capacity(8192),
             params: BTreeMap::new(),
