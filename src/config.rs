@@ -238,6 +238,15 @@ pub struct PoolDefaults {
     /// How long a looked-up answer (a row or its absence) is used.
     #[serde(deserialize_with = "de_duration")]
     pub auth_query_cache_ttl: Duration,
+    /// Server connections to one database across all its users; clients
+    /// past it wait for one to close. 0 = no limit.
+    pub max_db_connections: usize,
+    /// Server connections of one user across all databases; 0 = no limit.
+    pub max_user_connections: usize,
+    /// Clients logged in to one database; the next is refused with 53300.
+    pub max_db_client_connections: usize,
+    /// Clients logged in as one user; the next is refused with 53300.
+    pub max_user_client_connections: usize,
 }
 
 /// PgBouncer's default since 1.24.1 (CVE-2025-2291): a role past its
@@ -265,6 +274,10 @@ impl Default for PoolDefaults {
             auth_user: String::new(),
             auth_query: DEFAULT_AUTH_QUERY.into(),
             auth_query_cache_ttl: Duration::from_secs(60),
+            max_db_connections: 0,
+            max_user_connections: 0,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
         }
     }
 }
@@ -330,6 +343,8 @@ pub struct DatabaseConfig {
     pub auth_query: Option<String>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub auth_query_cache_ttl: Option<Duration>,
+    pub max_db_connections: Option<usize>,
+    pub max_db_client_connections: Option<usize>,
 }
 
 fn default_host() -> String {
@@ -384,6 +399,13 @@ impl DatabaseConfig {
                 .clone()
                 .unwrap_or_else(|| d.auth_query.clone()),
             auth_query_cache_ttl: self.auth_query_cache_ttl.unwrap_or(d.auth_query_cache_ttl),
+            max_db_connections: self.max_db_connections.unwrap_or(d.max_db_connections),
+            // Users span databases: their limits are set once, in [pool].
+            max_user_connections: d.max_user_connections,
+            max_db_client_connections: self
+                .max_db_client_connections
+                .unwrap_or(d.max_db_client_connections),
+            max_user_client_connections: d.max_user_client_connections,
         }
     }
 }

@@ -146,6 +146,8 @@ struct LoggedIn {
     _listed: ClientEntry,
     /// Counts against max_client_conn until dropped.
     _permit: OwnedSemaphorePermit,
+    /// Counts against max_db/user_client_connections until dropped.
+    _counted: Option<crate::pool::ClientCount>,
 }
 
 impl LoggedIn {
@@ -270,6 +272,14 @@ async fn run(
     let pool = state
         .pools
         .get_or_create(db, &user, &config.pool, &state.tls().server);
+    let counted = match state.pools.limits.admit_client(&pool.key, &pool.settings) {
+        Ok(counted) => counted,
+        Err(e) => {
+            let _ = startup::send(&mut stream, &auth_ok).await;
+            refuse(&mut stream, addr, StartupError::Refuse(e.clone())).await;
+            return Err(SessionError::Refused(Box::new(e)));
+        }
+    };
     let cancel = state.cancel.register();
     let listed = (state.clients).register(
         &login,
@@ -331,5 +341,6 @@ async fn run(
         session,
         _listed: listed,
         _permit: permit,
+        _counted: counted,
     })))
 }

@@ -65,6 +65,9 @@ impl ServerList {
 pub struct ServerTicket {
     id: u64,
     list: Arc<ServerList>,
+    /// The server's room under `max_db_connections` /
+    /// `max_user_connections`, given back when it closes.
+    _hold: Option<super::limits::Hold>,
 }
 
 impl Drop for ServerTicket {
@@ -83,7 +86,7 @@ impl std::fmt::Debug for ServerTicket {
 
 impl Pool {
     /// Lists a freshly opened server until it is dropped.
-    pub(super) fn register_server(&self, server: &mut Server) {
+    pub(super) fn register_server(&self, server: &mut Server, hold: Option<super::limits::Hold>) {
         let info = ServerInfo {
             id: server.id,
             pid: server.key.pid,
@@ -96,6 +99,7 @@ impl Pool {
         server.ticket = Some(ServerTicket {
             id: server.id,
             list: self.servers.clone(),
+            _hold: hold,
         });
     }
 

@@ -24,6 +24,8 @@ pub struct Pools {
     map: RwLock<HashMap<String, HashMap<String, Arc<Pool>>>>,
     metrics: Arc<Metrics>,
     paused: RwLock<Paused>,
+    /// Connection limits of databases and users, across their pools.
+    pub limits: super::Limits,
 }
 
 impl Pools {
@@ -32,6 +34,7 @@ impl Pools {
             map: RwLock::new(HashMap::new()),
             metrics,
             paused: RwLock::default(),
+            limits: super::Limits::default(),
         }
     }
 
@@ -105,6 +108,9 @@ impl Pools {
                     p.all || p.databases.contains(&key.database)
                 };
                 let pool = Pool::new(key, settings, target, stats);
+                if let Some(limits) = self.limits.for_pool(&pool) {
+                    let _ = pool.limits.set(limits);
+                }
                 if paused {
                     pool.pause();
                 }
