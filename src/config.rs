@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::auth::client_cert::ClientCertMode;
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -69,6 +71,9 @@ pub struct Config {
     pub databases: Vec<DatabaseConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// The rules of `pool.hba_file`, read when the config is loaded.
+    #[serde(skip)]
+    pub(crate) hba: Option<std::sync::Arc<crate::auth::hba::HbaRules>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +151,13 @@ pub struct ClientTlsConfig {
     pub mode: ClientTlsMode,
     pub cert_file: String,
     pub key_file: String,
+    /// Client certificates must chain to the CA certificates in this file.
+    pub ca_file: String,
+    /// Whether a client certificate is asked for (`optional`) or required.
+    pub client_cert: crate::auth::client_cert::ClientCertMode,
+    /// Whether `password` logins (the password in cleartext) are taken on
+    /// connections without TLS.
+    pub allow_plaintext_password: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -247,6 +259,10 @@ pub struct PoolDefaults {
     pub max_db_client_connections: usize,
     /// Clients logged in as one user; the next is refused with 53300.
     pub max_user_client_connections: usize,
+    /// Access rules in pg_hba.conf format (host, hostssl, hostnossl lines);
+    /// empty: every listed user may log in with its `auth_type`. Read with
+    /// the config, so RELOAD re-reads it (see [`Config::hba`]).
+    pub hba_file: String,
 }
 
 /// PgBouncer's default since 1.24.1 (CVE-2025-2291): a role past its
@@ -278,6 +294,7 @@ impl Default for PoolDefaults {
             max_user_connections: 0,
             max_db_client_connections: 0,
             max_user_client_connections: 0,
+            hba_file: String::new(),
         }
     }
 }
@@ -406,6 +423,8 @@ impl DatabaseConfig {
                 .max_db_client_connections
                 .unwrap_or(d.max_db_client_connections),
             max_user_client_connections: d.max_user_client_connections,
+            // One file for every database: its lines name databases.
+            hba_file: d.hba_file.clone(),
         }
     }
 }
@@ -418,6 +437,26 @@ pub enum AuthType {
     #[default]
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// The password in cleartext: refused on a connection without TLS
+    /// unless `client_tls.allow_plaintext_password`.
+    Password,
+    /// A client certificate that chains to `client_tls.ca_file` and whose
+    /// CN is the user name; no password.
+    Cert,
+}
+
+impl AuthType {
+    /// The authentication method this `auth_type` names.
+    pub fn method(self) -> crate::auth::hba::Method {
+        use crate::auth::hba::Method;
+        match self {
+            AuthType::Trust => Method::Trust,
+            AuthType::Md5 => Method::Md5,
+            AuthType::ScramSha256 => Method::ScramSha256,
+            AuthType::Password => Method::Password,
+            AuthType::Cert => Method::Cert,
+        }
+    }
 }
 
 /// One `[[users]]` entry: how clients authenticate to pgharbor, and the
@@ -513,6 +552,7 @@ impl Config {
         for (i, u) in config.users.iter_mut().enumerate() {
             u.resolve_password(&format!("users[{i}]"))?;
         }
+        config.hba = config.read_hba()?;
         config.validate()?;
         Ok(config)
     }
@@ -563,6 +603,14 @@ impl Config {
             }
         }
         validate_pool("pool", &self.pool)?;
+        if self.client_tls.client_cert != ClientCertMode::Disable
+            && self.client_tls.mode == ClientTlsMode::Disable
+        {
+            return Err(invalid(
+                "client_tls.client_cert",
+                "client certificates need TLS: set client_tls.mode to \"allow\" or \"require\"",
+            ));
+        }
         if self.listen.client_buffer == 0 {
             return Err(invalid("listen.client_buffer", "must be at least 1"));
         }
@@ -598,10 +646,18 @@ impl Config {
                     format!("user `{}` is defined twice", u.name),
                 ));
             }
-            if u.auth_type != AuthType::Trust && u.password.is_empty() {
+            if !matches!(u.auth_type, AuthType::Trust | AuthType::Cert) && u.password.is_empty() {
                 return Err(invalid(
                     format!("{key}.password"),
-                    "is required unless auth_type = \"trust\"",
+                    "is required unless auth_type = \"trust\" or \"cert\"",
+                ));
+            }
+            if u.auth_type == AuthType::Cert
+                && self.client_tls.client_cert == ClientCertMode::Disable
+            {
+                return Err(invalid(
+                    format!("{key}.auth_type"),
+                    "\"cert\" needs client certificates: set client_tls.client_cert and client_tls.ca_file",
                 ));
             }
             if u.auth_type == AuthType::Md5 && u.password.starts_with("SCRAM-SHA-256$") {
@@ -625,6 +681,20 @@ impl Config {
         // reported by check-config and at reload, not at the first client.
         crate::tls::TlsSettings::from_config(self)?;
         Ok(())
+    }
+
+    /// The rules of `pool.hba_file`, if one is named; an error names the
+    /// file and its line at fault.
+    fn read_hba(&self) -> Result<Option<std::sync::Arc<crate::auth::hba::HbaRules>>, ConfigError> {
+        let path = &self.pool.hba_file;
+        if path.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid("pool.hba_file", format!("cannot read `{path}`: {e}")))?;
+        let rules = crate::auth::hba::HbaRules::parse(&text)
+            .map_err(|e| invalid("pool.hba_file", format!("`{path}` {e}")))?;
+        Ok(Some(std::sync::Arc::new(rules)))
     }
 
     /// Every `auth_user` must be a `[[users]]` entry pgharbor can log in as.

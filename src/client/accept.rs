@@ -227,13 +227,19 @@ async fn run(
                 .flatten()
         }
     };
-    let auth = startup::authenticate(
-        &mut stream,
-        &mut buf,
-        login.user(),
-        user.as_deref(),
-        end_point.as_ref(),
-    );
+    let (hba, allow_plaintext_password) = {
+        let config = state.config();
+        let tls = &config.client_tls;
+        (config.hba.clone(), tls.allow_plaintext_password)
+    };
+    let access = super::authenticate::Access {
+        end_point: end_point.as_ref(),
+        hba: hba.as_deref(),
+        addr,
+        allow_plaintext_password,
+    };
+    let auth =
+        super::authenticate::authenticate(&mut stream, &mut buf, &login, user.as_deref(), &access);
     // AuthenticationOk, sent with whatever follows it.
     let auth_ok = match tokio::time::timeout_at(deadline, auth).await {
         Ok(Ok(auth_ok)) => auth_ok,
