@@ -244,6 +244,7 @@ async fn run(
     let auth_ok = match tokio::time::timeout_at(deadline, auth).await {
         Ok(Ok(auth_ok)) => auth_ok,
         Ok(Err(e)) => {
+            super::authenticate::count_failure(&state, &login, user.is_some(), &e);
             let msg = e.to_string();
             refuse(&mut stream, addr, e).await;
             return Err(SessionError::Refused(Box::new(PgError::fatal(

@@ -103,6 +103,32 @@ pub async fn authenticate(
     Ok(out)
 }
 
+/// Counts a login refused by authentication (not one the client gave up)
+/// in `pgharbor_login_failures_total`. Names pgharbor does not know are
+/// counted under "", so that a stranger trying names cannot add series.
+pub fn count_failure(
+    state: &crate::State,
+    login: &LoginRequest,
+    known_user: bool,
+    error: &StartupError,
+) {
+    if !matches!(error, StartupError::Refuse(_)) {
+        return;
+    }
+    let database = login.database();
+    let known_database =
+        matches!(database, "pgharbor" | "pgbouncer") || state.config().database(database).is_some();
+    let labels = [
+        if known_database { database } else { "" },
+        if known_user { login.user() } else { "" },
+    ];
+    state
+        .metrics
+        .login_failures
+        .with_label_values(&labels)
+        .inc();
+}
+
 /// The method for this login: the first matching hba line's (a `reject`
 /// line, or none, refuses it as Postgres does), else the user's auth_type
 /// (SCRAM for a user pgharbor does not know).

@@ -45,6 +45,9 @@ pub struct Metrics {
     /// When the certificate served to clients expires (Unix seconds; 0
     /// without TLS), for an alert before it does.
     pub client_tls_cert_expiry: IntGauge,
+    /// Logins refused by authentication, by database and user (empty for
+    /// names pgharbor does not know, so strangers cannot add series).
+    pub login_failures: IntCounterVec,
 }
 
 /// Handles for one pool's series (labels `database`, `user`).
@@ -224,6 +227,12 @@ impl Metrics {
                 &r,
                 "pgharbor_client_tls_cert_expiry_timestamp_seconds",
                 "When the certificate served to clients expires (Unix time; 0 without TLS)",
+            ),
+            login_failures: counter_vec(
+                &r,
+                "pgharbor_login_failures_total",
+                "Logins refused by authentication (wrong password, unknown user, access rules)",
+                &["database", "user"],
             ),
             registry: r,
         }
