@@ -325,6 +325,10 @@ impl Default for ListenConfig {
     }
 }
 
+/// The name of the `[[databases]]` entry that serves every database not
+/// listed.
+pub const FALLBACK_DATABASE: &str = "*";
+
 /// One `[[databases]]` entry; unset pool keys fall back to `[pool]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -362,6 +366,10 @@ pub struct DatabaseConfig {
     pub auth_query_cache_ttl: Option<Duration>,
     pub max_db_connections: Option<usize>,
     pub max_db_client_connections: Option<usize>,
+    /// Made from the `*` entry for a database not listed: its pools close
+    /// once idle (see `Pools::all`).
+    #[serde(skip)]
+    pub(crate) fallback: bool,
 }
 
 fn default_host() -> String {
@@ -632,6 +640,12 @@ impl Config {
                     format!("database `{}` is defined twice", db.name),
                 ));
             }
+            if db.name == FALLBACK_DATABASE && db.dbname.is_some() {
+                return Err(invalid(
+                    format!("{key}.dbname"),
+                    "the fallback entry \"*\" passes the client's database name on; remove dbname",
+                ));
+            }
             validate_pool(&key, &db.pool_settings(&self.pool))?;
         }
         let mut users = HashSet::new();
@@ -730,6 +744,26 @@ impl Config {
 
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
         self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// The entry clients asking for `name` are served by: its own, else
+    /// the fallback `*` entry (as PgBouncer's), made for `name` (which it
+    /// passes on as the real database name).
+    pub fn database_for(&self, name: &str) -> Option<std::borrow::Cow<'_, DatabaseConfig>> {
+        use std::borrow::Cow;
+        if let Some(db) = self.database(name) {
+            return Some(Cow::Borrowed(db));
+        }
+        if matches!(name, "pgharbor" | "pgbouncer") {
+            return None;
+        }
+        let fallback = self.database(FALLBACK_DATABASE)?;
+        Some(Cow::Owned(DatabaseConfig {
+            name: name.to_owned(),
+            dbname: Some(name.to_owned()),
+            fallback: true,
+            ..fallback.clone()
+        }))
     }
 
     pub fn user(&self, name: &str) -> Option<&UserConfig> {

@@ -266,7 +266,7 @@ async fn run(
             .await
             .map(|()| None);
     }
-    let Some(db) = config.database(login.database()) else {
+    let Some(db) = config.database_for(login.database()) else {
         let e = PgError::fatal(
             sqlstate::INVALID_CATALOG_NAME,
             format!("database \"{}\" does not exist", login.database()),
@@ -278,7 +278,7 @@ async fn run(
     };
     let pool = state
         .pools
-        .get_or_create(db, &user, &config.pool, &state.tls().server);
+        .get_or_create(&db, &user, &config.pool, &state.tls().server);
     let counted = match state.pools.limits.admit_client(&pool.key, &pool.settings) {
         Ok(counted) => counted,
         Err(e) => {
