@@ -202,7 +202,7 @@ async fn cert_logs_in_the_user_its_cn_names_and_refuses_every_other_certificate(
     let ca = client_ca("pgharbor test client CA");
     let ca_file = dir.path().join("client-ca.pem");
     std::fs::write(&ca_file, ca.pem()).expect("write CA");
-    // Postgres trusts pgharbor's login for this role.
+    // pgharbor logs in to Postgres with the configured password.
     let role = "cert_user";
     pg().create_user(role, "server-pw", "scram-sha-256")
         .expect("role");
@@ -285,4 +285,68 @@ client_cert = "optional"
         "select 1",
     );
     assert_succeeded(&pw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleartext_password_is_taken_over_tls_and_over_plaintext_only_when_allowed() {
+    let files = PkiFiles::write(&issue("pgharbor test client CA", &["localhost"]));
+    let port = pg().port();
+    let text = |allow: bool| {
+        format!(
+            r#"
+[proxy]
+listen_addr = "127.0.0.1:0"
+
+[[databases]]
+name = "app"
+port = {port}
+
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+auth_type = "password"
+
+[client_tls]
+mode = "allow"
+cert_file = "{cert}"
+key_file = "{key}"
+allow_plaintext_password = {allow}
+"#,
+            cert = files.cert().display(),
+            key = files.key().display(),
+        )
+    };
+    let strict = start_proxy_with(&text(false)).await;
+    let (code, message) = plaintext_login(&strict, USER, PASSWORD)
+        .await
+        .expect_err("cleartext over plaintext is refused");
+    assert_eq!(code, "28000", "{message}");
+    assert!(message.contains("without TLS"), "{message}");
+    let tls = psql_tls(
+        &conninfo(&strict, USER, "app", "sslmode=require"),
+        "select 'tls'",
+    );
+    assert_succeeded(&tls);
+    assert_eq!(stdout(&tls), "tls");
+    let wrong = psql_args(
+        &conninfo(&strict, USER, "app", "sslmode=require"),
+        "wrong",
+        &["-c", "select 1"],
+    )
+    .output()
+    .expect("psql");
+    assert!(
+        stderr(&wrong).contains("password authentication failed"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    let allowed = start_proxy_with(&text(true)).await;
+    plaintext_login(&allowed, USER, PASSWORD)
+        .await
+        .expect("allowed over plaintext");
+    let (code, _) = plaintext_login(&allowed, USER, "wrong")
+        .await
+        .expect_err("wrong password");
+    assert_eq!(code, "28P01");
 }
