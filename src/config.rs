@@ -155,6 +155,9 @@ pub struct ClientTlsConfig {
     pub ca_file: String,
     /// Whether a client certificate is asked for (`optional`) or required.
     pub client_cert: crate::auth::client_cert::ClientCertMode,
+    /// Certificate revocation lists (PEM) of the CAs in `ca_file`: a
+    /// certificate they list is refused. Empty: revocation is not checked.
+    pub crl_file: String,
     /// Whether `password` logins (the password in cleartext) are taken on
     /// connections without TLS.
     pub allow_plaintext_password: bool,

@@ -189,9 +189,35 @@ fn client_cert_verifier(
             .add(cert)
             .map_err(|e| invalid("client_tls.ca_file", TlsError::from(e)))?;
     }
-    ClientCerts::new(c.client_cert, roots, provider)
+    let crls = load_crls(&c.crl_file).map_err(|e| invalid("client_tls.crl_file", e))?;
+    ClientCerts::new(c.client_cert, roots, crls, provider)
         .map(Some)
         .map_err(|e| invalid("client_tls.ca_file", e))
+}
+
+/// The revocation lists in a PEM file; none when no file is named.
+fn load_crls(
+    path: &str,
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, TlsError> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let file_error = |e: rustls::pki_types::pem::Error| TlsError::File {
+        path: path.into(),
+        reason: e.to_string(),
+    };
+    let crls = CertificateRevocationListDer::pem_file_iter(Path::new(path))
+        .map_err(file_error)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(file_error)?;
+    if crls.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.into(),
+            what: "certificate revocation list",
+        });
+    }
+    Ok(crls)
 }
 
 /// The `tls-server-end-point` channel binding data of a certificate (RFC

@@ -164,7 +164,21 @@ fn client_cert(
     cn: &str,
     dir: &Path,
 ) -> String {
+    client_cert_numbered(ca, cn, dir, 1)
+}
+
+/// [`client_cert`] with serial number `serial` (files named after it).
+fn client_cert_numbered(
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    cn: &str,
+    dir: &Path,
+    serial: u64,
+) -> String {
+    let dir = dir.join(serial.to_string());
+    std::fs::create_dir_all(&dir).expect("cert dir");
+    let dir = dir.as_path();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.serial_number = Some(serial.into());
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, cn);
@@ -195,15 +209,12 @@ fn client_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
         .expect("CA")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cert_logs_in_the_user_its_cn_names_and_refuses_every_other_certificate() {
+/// pgharbor with client certificates from `ca_file`: the role `role`
+/// (created in Postgres, where pgharbor logs in with its password) with
+/// `auth_type = "cert"`, the user `app` by password; `client_tls` lines
+/// follow the certificate keys.
+async fn cert_proxy(role: &str, ca_file: &Path, client_tls: &str) -> (Proxy, PkiFiles) {
     let files = PkiFiles::write(&issue("pgharbor test server CA", &["localhost"]));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ca = client_ca("pgharbor test client CA");
-    let ca_file = dir.path().join("client-ca.pem");
-    std::fs::write(&ca_file, ca.pem()).expect("write CA");
-    // pgharbor logs in to Postgres with the configured password.
-    let role = "cert_user";
     pg().create_user(role, "server-pw", "scram-sha-256")
         .expect("role");
     let port = pg().port();
@@ -226,24 +237,37 @@ name = "{USER}"
 password = "{PASSWORD}"
 
 [client_tls]
-mode = "allow"
 cert_file = "{cert}"
 key_file = "{key}"
 ca_file = "{ca}"
-client_cert = "optional"
+{client_tls}
 "#,
         cert = files.cert().display(),
         key = files.key().display(),
         ca = ca_file.display(),
     );
-    let proxy = start_proxy_with(&text).await;
-    let login = |cert: &str| {
-        let info = conninfo(&proxy, role, "app", &format!("sslmode=require {cert}"));
-        // No password: PGPASSWORD is a wrong one, never asked for.
-        psql_args(&info, "not-the-password", &["-c", "select current_user"])
-            .output()
-            .expect("psql")
-    };
+    (start_proxy_with(&text).await, files)
+}
+
+/// psql as `role` over TLS with the certificate options `cert`; the
+/// password it has is a wrong one, never asked for.
+fn cert_login(proxy: &Proxy, role: &str, cert: &str) -> std::process::Output {
+    let info = conninfo(proxy, role, "app", &format!("sslmode=require {cert}"));
+    psql_args(&info, "not-the-password", &["-c", "select current_user"])
+        .output()
+        .expect("psql")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_logs_in_the_user_its_cn_names_and_refuses_every_other_certificate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = client_ca("pgharbor test client CA");
+    let ca_file = dir.path().join("client-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write CA");
+    let role = "cert_user";
+    let tls = "mode = \"allow\"\nclient_cert = \"optional\"";
+    let (proxy, _files) = cert_proxy(role, &ca_file, tls).await;
+    let login = |cert: &str| cert_login(&proxy, role, cert);
 
     let own = login(&client_cert(&ca, role, dir.path()));
     assert_succeeded(&own);
@@ -349,4 +373,47 @@ allow_plaintext_password = {allow}
         .await
         .expect_err("wrong password");
     assert_eq!(code, "28P01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_on_the_revocation_list_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = client_ca("pgharbor test revoking CA");
+    let ca_file = dir.path().join("client-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write CA");
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2024, 1, 1),
+        next_update: rcgen::date_time_ymd(2031, 1, 1),
+        crl_number: 1u64.into(),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: 66u64.into(),
+            revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca)
+    .expect("CRL");
+    let crl_file = dir.path().join("client-ca.crl");
+    std::fs::write(&crl_file, crl.pem().expect("CRL PEM")).expect("write CRL");
+    let role = "crl_user";
+    let tls = format!(
+        "mode = \"require\"\nclient_cert = \"require\"\ncrl_file = \"{}\"",
+        crl_file.display()
+    );
+    let (proxy, _files) = cert_proxy(role, &ca_file, &tls).await;
+    let login = |cert: &str| cert_login(&proxy, role, cert);
+    let good = login(&client_cert_numbered(&ca, role, dir.path(), 65));
+    assert_succeeded(&good);
+    assert_eq!(stdout(&good), role);
+    let revoked = login(&client_cert_numbered(&ca, role, dir.path(), 66));
+    assert!(!revoked.status.success(), "a revoked certificate logged in");
+    assert!(
+        stderr(&revoked).contains("the client certificate was refused")
+            && stderr(&revoked).to_lowercase().contains("revoked"),
+        "{}",
+        stderr(&revoked)
+    );
 }

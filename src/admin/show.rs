@@ -501,6 +501,7 @@ fn access_entries(c: &Config) -> Vec<(&'static str, String, bool)> {
             t.client_cert.as_str().into(),
             true,
         ),
+        ("client_tls.crl_file", t.crl_file.clone(), true),
         (
             "client_tls.allow_plaintext_password",
             yes_no(t.allow_plaintext_password),

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
@@ -57,12 +57,17 @@ pub struct ClientCerts {
 
 impl ClientCerts {
     /// The policy, and the verifier rustls is to use in the handshake.
+    /// With `crls` (none: revocation is not checked), every certificate of
+    /// a chain must be covered by its issuer's list and not listed, as
+    /// Postgres checks with `ssl_crl_file`.
     pub fn new(
         mode: ClientCertMode,
         roots: RootCertStore,
+        crls: Vec<CertificateRevocationListDer<'static>>,
         provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<(ClientCerts, Arc<dyn ClientCertVerifier>), String> {
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .with_crls(crls)
             .build()
             .map_err(|e| e.to_string())?;
         let handshake = Arc::new(Deferred {
