@@ -614,6 +614,16 @@ impl Config {
             }
         }
         validate_pool("pool", &self.pool)?;
+        let cert_line = self
+            .hba
+            .as_ref()
+            .and_then(|h| h.line_using(crate::auth::hba::Method::Cert));
+        if let (Some(line), ClientCertMode::Disable) = (cert_line, self.client_tls.client_cert) {
+            return Err(invalid(
+                "pool.hba_file",
+                format!("line {line}: method cert needs client certificates; set client_tls.client_cert and client_tls.ca_file"),
+            ));
+        }
         if self.client_tls.client_cert != ClientCertMode::Disable
             && self.client_tls.mode == ClientTlsMode::Disable
         {
@@ -837,6 +847,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("pool_sise"), "{err}");
+    }
+
+    #[test]
+    fn hba_file_errors_name_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let hba = dir.path().join("hba.conf");
+        let config = format!("[pool]\nhba_file = \"{}\"\n", hba.display());
+        for (text, why) in [
+            (
+                "host all all all md5\nhost all all all ident\n",
+                "line 2: method `ident`",
+            ),
+            (
+                "host all all all cert\n",
+                "line 1: method cert needs client certificates",
+            ),
+        ] {
+            std::fs::write(&hba, text).unwrap();
+            let err = Config::from_toml_str(&config).unwrap_err().to_string();
+            assert!(err.contains("pool.hba_file") && err.contains(why), "{err}");
+        }
+        std::fs::write(&hba, "host all all 10.0.0.0/8 scram-sha-256\n").unwrap();
+        assert!(Config::from_toml_str(&config).unwrap().hba.is_some());
     }
 
     #[test]

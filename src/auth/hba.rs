@@ -122,6 +122,14 @@ impl HbaRules {
         Ok(HbaRules { rules })
     }
 
+    /// The first line using `method`, if any.
+    pub fn line_using(&self, method: Method) -> Option<usize> {
+        self.rules
+            .iter()
+            .find(|r| r.method == method)
+            .map(|r| r.line)
+    }
+
     /// The first line matching a client of `user` asking for `database`
     /// from `addr`, over TLS or not.
     pub fn decide(&self, tls: bool, database: &str, user: &str, addr: IpAddr) -> Decision {

@@ -74,6 +74,7 @@ pub async fn authenticate(
     let method = method(access, stream.is_tls(), login, user)?;
     let mut out = BytesMut::with_capacity(LOGIN_REPLY_CAPACITY);
     match method {
+        // `method` refused a `reject` line already.
         Method::Trust | Method::Reject => {
             if user.is_none() {
                 return Err(auth_failed(name));
