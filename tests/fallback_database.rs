@@ -1,7 +1,7 @@
 //! The fallback `[[databases]] name = "*"` entry with auth_query: a
 //! database and a role created in Postgres after pgharbor started are
 //! reachable with no config change, and the pool made for them closes once
-//! unused.
+//! unused, its metric series with it.
 
 mod support;
 
@@ -81,6 +81,8 @@ password = "admin-pw"
         show_pools(&proxy).await.iter().any(|d| d == db),
         "pool not listed"
     );
+    let series = format!("database=\"{db}\"");
+    assert!(proxy.state().metrics.render().contains(&series));
     drop(client);
     // server_idle_timeout (1 s) closes its idle server, then the pool goes:
     // poll at most 100 times, 100 ms apart.
@@ -93,6 +95,9 @@ password = "admin-pw"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(gone, "the unused pool of {db} is still listed");
+    // Its series went with it.
+    let metrics = proxy.state().metrics.render();
+    assert!(!metrics.contains(&series), "{metrics}");
     // Nothing of pgharbor's is left on it: Postgres drops it at once.
     pg().psql("app", &format!("DROP DATABASE {db}"))
         .expect("drop database");

@@ -277,6 +277,35 @@ impl Metrics {
         }
     }
 
+    /// Removes the series of a pool that is gone (a database served by
+    /// `*` that nothing uses any more), so that databases come and go
+    /// without leaving series behind.
+    pub fn forget_pool(&self, database: &str, user: &str) {
+        let l = [database, user];
+        let _ = self.pool_size.remove_label_values(&l);
+        let _ = self.pool_wait.remove_label_values(&l);
+        let _ = self.transaction_duration.remove_label_values(&l);
+        for v in [
+            &self.transactions,
+            &self.queries,
+            &self.bytes_received,
+            &self.bytes_sent,
+            &self.server_connect_errors,
+        ] {
+            let _ = v.remove_label_values(&l);
+        }
+        for state in ["active", "idle", "login", "testing"] {
+            let _ = self
+                .pool_servers
+                .remove_label_values(&[database, user, state]);
+        }
+        for state in ["active", "waiting", "idle"] {
+            let _ = self
+                .pool_clients
+                .remove_label_values(&[database, user, state]);
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         use prometheus::Encoder;

@@ -173,6 +173,7 @@ impl Pools {
                 let keep = !unused(p);
                 if !keep {
                     p.close();
+                    self.metrics.forget_pool(&p.key.database, &p.key.user);
                     tracing::debug!(pool = %p.key, "unused pool of a database served by \"*\" closed");
                 }
                 keep
