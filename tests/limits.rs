@@ -18,8 +18,8 @@ use tokio::io::AsyncReadExt;
 const DB: &str = "limits_db";
 const USERS: [&str; 2] = ["limits_a", "limits_b"];
 
-/// pgharbor in front of database `db` (real name `dbname`) for both roles.
-fn config(extra_pool: &str, db: &str, dbname: &str) -> String {
+/// pgharbor in front of `databases` (name, real name) for `users`.
+fn config(extra_pool: &str, databases: &[(&str, &str)], users: &[&str]) -> String {
     let port = pg().port();
     let mut text = format!(
         r#"
@@ -30,14 +30,14 @@ listen_addr = "127.0.0.1:0"
 pool_size = 5
 query_wait_timeout = "60s"
 {extra_pool}
-
-[[databases]]
-name = "{db}"
-dbname = "{dbname}"
-port = {port}
 "#
     );
-    for user in USERS {
+    for (name, dbname) in databases {
+        text.push_str(&format!(
+            "\n[[databases]]\nname = \"{name}\"\ndbname = \"{dbname}\"\nport = {port}\n"
+        ));
+    }
+    for user in users {
         text.push_str(&format!(
             "\n[[users]]\nname = \"{user}\"\npassword = \"{PASSWORD}\"\n"
         ));
@@ -104,7 +104,7 @@ fn failed_transactions(out: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_under_pgbench_never_hold_more_servers_than_max_db_connections() {
     setup();
-    let proxy = start_proxy_with(&config("max_db_connections = 3", DB, DB)).await;
+    let proxy = start_proxy_with(&config("max_db_connections = 3", &[(DB, DB)], &USERS)).await;
     let direct = connect_direct().await;
     let most = Arc::new(AtomicI64::new(0));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -146,7 +146,12 @@ async fn the_client_past_max_user_client_connections_gets_53300_naming_the_key()
     setup();
     // The real database `app`: these sessions are not counted on DB
     // while the other test watches it.
-    let proxy = start_proxy_with(&config("max_user_client_connections = 10", DB, "app")).await;
+    let proxy = start_proxy_with(&config(
+        "max_user_client_connections = 10",
+        &[(DB, "app")],
+        &USERS,
+    ))
+    .await;
     let user = USERS[1];
     let mut clients = Vec::new();
     for _ in 0..10 {
@@ -177,4 +182,51 @@ async fn the_client_past_max_user_client_connections_gets_53300_naming_the_key()
     })
     .await;
     assert!(again, "no room after a client left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_on_two_databases_never_holds_more_servers_than_max_user_connections() {
+    setup();
+    // A role of this test alone: Postgres's count of its sessions is ours.
+    let user = "limits_c";
+    pg().create_user(user, PASSWORD, "scram-sha-256")
+        .expect("role");
+    // "two" is not DB: the other test counts every session there.
+    let databases = [("one", "app"), ("two", "postgres")];
+    let proxy = start_proxy_with(&config("max_user_connections = 2", &databases, &[user])).await;
+    let direct = connect_direct().await;
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let dsn = dsn_at(proxy.addr(), user, PASSWORD, ["one", "two"][i % 2]);
+            tokio::spawn(async move {
+                let c = try_connect(&dsn).await.expect("login");
+                for _ in 0..5 {
+                    c.simple_query("SELECT pg_sleep(0.05)")
+                        .await
+                        .expect("query");
+                }
+            })
+        })
+        .collect();
+    let mut most = 0;
+    // At most 60 s of samples, one every 20 ms, until every client is done.
+    for _ in 0..3000 {
+        let row = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&user],
+            )
+            .await
+            .expect("pg_stat_activity");
+        most = most.max(row.get::<_, i64>(0));
+        if clients.iter().all(|c| c.is_finished()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for c in clients {
+        c.await.expect("every client's queries succeeded");
+    }
+    assert!(most > 0, "no server connection was ever seen");
+    assert!(most <= 2, "Postgres saw {most} sessions of {user}");
 }
