@@ -614,24 +614,7 @@ impl Config {
             }
         }
         validate_pool("pool", &self.pool)?;
-        let cert_line = self
-            .hba
-            .as_ref()
-            .and_then(|h| h.line_using(crate::auth::hba::Method::Cert));
-        if let (Some(line), ClientCertMode::Disable) = (cert_line, self.client_tls.client_cert) {
-            return Err(invalid(
-                "pool.hba_file",
-                format!("line {line}: method cert needs client certificates; set client_tls.client_cert and client_tls.ca_file"),
-            ));
-        }
-        if self.client_tls.client_cert != ClientCertMode::Disable
-            && self.client_tls.mode == ClientTlsMode::Disable
-        {
-            return Err(invalid(
-                "client_tls.client_cert",
-                "client certificates need TLS: set client_tls.mode to \"allow\" or \"require\"",
-            ));
-        }
+        self.validate_client_certs()?;
         if self.listen.client_buffer == 0 {
             return Err(invalid("listen.client_buffer", "must be at least 1"));
         }
@@ -679,14 +662,6 @@ impl Config {
                     "is required unless auth_type = \"trust\" or \"cert\"",
                 ));
             }
-            if u.auth_type == AuthType::Cert
-                && self.client_tls.client_cert == ClientCertMode::Disable
-            {
-                return Err(invalid(
-                    format!("{key}.auth_type"),
-                    "\"cert\" needs client certificates: set client_tls.client_cert and client_tls.ca_file",
-                ));
-            }
             if u.auth_type == AuthType::Md5 && u.password.starts_with("SCRAM-SHA-256$") {
                 return Err(invalid(
                     format!("{key}.password"),
@@ -707,6 +682,41 @@ impl Config {
         // Reads the certificate, key and CA files: a bad path or PEM is
         // reported by check-config and at reload, not at the first client.
         crate::tls::TlsSettings::from_config(self)?;
+        Ok(())
+    }
+
+    /// Client certificates need TLS, and a `cert` line in hba_file needs
+    /// client certificates.
+    fn validate_client_certs(&self) -> Result<(), ConfigError> {
+        let no_certs = self.client_tls.client_cert == ClientCertMode::Disable;
+        if let Some(i) = self
+            .users
+            .iter()
+            .position(|u| u.auth_type == AuthType::Cert)
+        {
+            if no_certs {
+                return Err(invalid(
+                    format!("users[{i}].auth_type"),
+                    "\"cert\" needs client certificates: set client_tls.client_cert and client_tls.ca_file",
+                ));
+            }
+        }
+        let cert_line = self
+            .hba
+            .as_ref()
+            .and_then(|h| h.line_using(crate::auth::hba::Method::Cert));
+        if let (Some(line), true) = (cert_line, no_certs) {
+            return Err(invalid(
+                "pool.hba_file",
+                format!("line {line}: method cert needs client certificates; set client_tls.client_cert and client_tls.ca_file"),
+            ));
+        }
+        if !no_certs && self.client_tls.mode == ClientTlsMode::Disable {
+            return Err(invalid(
+                "client_tls.client_cert",
+                "client certificates need TLS: set client_tls.mode to \"allow\" or \"require\"",
+            ));
+        }
         Ok(())
     }
 
