@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::auth::client_cert::ClientCertMode;
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -69,6 +71,9 @@ pub struct Config {
     pub databases: Vec<DatabaseConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// The rules of `pool.hba_file`, read when the config is loaded.
+    #[serde(skip)]
+    pub(crate) hba: Option<std::sync::Arc<crate::auth::hba::HbaRules>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +160,16 @@ pub struct ClientTlsConfig {
     pub mode: ClientTlsMode,
     pub cert_file: String,
     pub key_file: String,
+    /// Client certificates must chain to the CA certificates in this file.
+    pub ca_file: String,
+    /// Whether a client certificate is asked for (`optional`) or required.
+    pub client_cert: crate::auth::client_cert::ClientCertMode,
+    /// Certificate revocation lists (PEM) of the CAs in `ca_file`: a
+    /// certificate they list is refused. Empty: revocation is not checked.
+    pub crl_file: String,
+    /// Whether `password` logins (the password in cleartext) are taken on
+    /// connections without TLS.
+    pub allow_plaintext_password: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -247,6 +262,19 @@ pub struct PoolDefaults {
     /// How long a looked-up answer (a row or its absence) is used.
     #[serde(deserialize_with = "de_duration")]
     pub auth_query_cache_ttl: Duration,
+    /// Server connections to one database across all its users; clients
+    /// past it wait for one to close. 0 = no limit.
+    pub max_db_connections: usize,
+    /// Server connections of one user across all databases; 0 = no limit.
+    pub max_user_connections: usize,
+    /// Clients logged in to one database; the next is refused with 53300.
+    pub max_db_client_connections: usize,
+    /// Clients logged in as one user; the next is refused with 53300.
+    pub max_user_client_connections: usize,
+    /// Access rules in pg_hba.conf format (host, hostssl, hostnossl lines);
+    /// empty: every listed user may log in with its `auth_type`. Read with
+    /// the config, so RELOAD re-reads it (see [`Config::hba`]).
+    pub hba_file: String,
 }
 
 /// PgBouncer's default since 1.24.1 (CVE-2025-2291): a role past its
@@ -274,6 +302,11 @@ impl Default for PoolDefaults {
             auth_user: String::new(),
             auth_query: DEFAULT_AUTH_QUERY.into(),
             auth_query_cache_ttl: Duration::from_secs(60),
+            max_db_connections: 0,
+            max_user_connections: 0,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
+            hba_file: String::new(),
         }
     }
 }
@@ -303,6 +336,10 @@ impl Default for ListenConfig {
         }
     }
 }
+
+/// The name of the `[[databases]]` entry that serves every database not
+/// listed.
+pub const FALLBACK_DATABASE: &str = "*";
 
 /// One `[[databases]]` entry; unset pool keys fall back to `[pool]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -341,6 +378,12 @@ pub struct DatabaseConfig {
     pub auth_query_cache_ttl: Option<Duration>,
     /// TLS toward this database's server instead of `[server_tls]`.
     pub server_tls: Option<ServerTlsConfig>,
+    pub max_db_connections: Option<usize>,
+    pub max_db_client_connections: Option<usize>,
+    /// Made from the `*` entry for a database not listed: its pools close
+    /// once idle (see `Pools::all`).
+    #[serde(skip)]
+    pub(crate) fallback: bool,
 }
 
 fn default_host() -> String {
@@ -395,6 +438,15 @@ impl DatabaseConfig {
                 .clone()
                 .unwrap_or_else(|| d.auth_query.clone()),
             auth_query_cache_ttl: self.auth_query_cache_ttl.unwrap_or(d.auth_query_cache_ttl),
+            max_db_connections: self.max_db_connections.unwrap_or(d.max_db_connections),
+            // Users span databases: their limits are set once, in [pool].
+            max_user_connections: d.max_user_connections,
+            max_db_client_connections: self
+                .max_db_client_connections
+                .unwrap_or(d.max_db_client_connections),
+            max_user_client_connections: d.max_user_client_connections,
+            // One file for every database: its lines name databases.
+            hba_file: d.hba_file.clone(),
         }
     }
 }
@@ -407,6 +459,26 @@ pub enum AuthType {
     #[default]
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// The password in cleartext: refused on a connection without TLS
+    /// unless `client_tls.allow_plaintext_password`.
+    Password,
+    /// A client certificate that chains to `client_tls.ca_file` and whose
+    /// CN is the user name; no password.
+    Cert,
+}
+
+impl AuthType {
+    /// The authentication method this `auth_type` names.
+    pub fn method(self) -> crate::auth::hba::Method {
+        use crate::auth::hba::Method;
+        match self {
+            AuthType::Trust => Method::Trust,
+            AuthType::Md5 => Method::Md5,
+            AuthType::ScramSha256 => Method::ScramSha256,
+            AuthType::Password => Method::Password,
+            AuthType::Cert => Method::Cert,
+        }
+    }
 }
 
 /// One `[[users]]` entry: how clients authenticate to pgharbor, and the
@@ -502,6 +574,7 @@ impl Config {
         for (i, u) in config.users.iter_mut().enumerate() {
             u.resolve_password(&format!("users[{i}]"))?;
         }
+        config.hba = config.read_hba()?;
         config.validate()?;
         Ok(config)
     }
@@ -553,6 +626,7 @@ impl Config {
             }
         }
         validate_pool("pool", &self.pool)?;
+        self.validate_client_certs()?;
         if self.listen.client_buffer == 0 {
             return Err(invalid("listen.client_buffer", "must be at least 1"));
         }
@@ -574,6 +648,12 @@ impl Config {
                     format!("database `{}` is defined twice", db.name),
                 ));
             }
+            if db.name == FALLBACK_DATABASE && db.dbname.is_some() {
+                return Err(invalid(
+                    format!("{key}.dbname"),
+                    "the fallback entry \"*\" passes the client's database name on; remove dbname",
+                ));
+            }
             validate_pool(&key, &db.pool_settings(&self.pool))?;
         }
         let mut users = HashSet::new();
@@ -588,10 +668,10 @@ impl Config {
                     format!("user `{}` is defined twice", u.name),
                 ));
             }
-            if u.auth_type != AuthType::Trust && u.password.is_empty() {
+            if !matches!(u.auth_type, AuthType::Trust | AuthType::Cert) && u.password.is_empty() {
                 return Err(invalid(
                     format!("{key}.password"),
-                    "is required unless auth_type = \"trust\"",
+                    "is required unless auth_type = \"trust\" or \"cert\"",
                 ));
             }
             if u.auth_type == AuthType::Md5 && u.password.starts_with("SCRAM-SHA-256$") {
@@ -615,6 +695,55 @@ impl Config {
         // reported by check-config and at reload, not at the first client.
         crate::tls::TlsSettings::from_config(self)?;
         Ok(())
+    }
+
+    /// Client certificates need TLS, and a `cert` line in hba_file needs
+    /// client certificates.
+    fn validate_client_certs(&self) -> Result<(), ConfigError> {
+        let no_certs = self.client_tls.client_cert == ClientCertMode::Disable;
+        if let Some(i) = self
+            .users
+            .iter()
+            .position(|u| u.auth_type == AuthType::Cert)
+        {
+            if no_certs {
+                return Err(invalid(
+                    format!("users[{i}].auth_type"),
+                    "\"cert\" needs client certificates: set client_tls.client_cert and client_tls.ca_file",
+                ));
+            }
+        }
+        let cert_line = self
+            .hba
+            .as_ref()
+            .and_then(|h| h.line_using(crate::auth::hba::Method::Cert));
+        if let (Some(line), true) = (cert_line, no_certs) {
+            return Err(invalid(
+                "pool.hba_file",
+                format!("line {line}: method cert needs client certificates; set client_tls.client_cert and client_tls.ca_file"),
+            ));
+        }
+        if !no_certs && self.client_tls.mode == ClientTlsMode::Disable {
+            return Err(invalid(
+                "client_tls.client_cert",
+                "client certificates need TLS: set client_tls.mode to \"allow\" or \"require\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rules of `pool.hba_file`, if one is named; an error names the
+    /// file and its line at fault.
+    fn read_hba(&self) -> Result<Option<std::sync::Arc<crate::auth::hba::HbaRules>>, ConfigError> {
+        let path = &self.pool.hba_file;
+        if path.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid("pool.hba_file", format!("cannot read `{path}`: {e}")))?;
+        let rules = crate::auth::hba::HbaRules::parse(&text)
+            .map_err(|e| invalid("pool.hba_file", format!("`{path}` {e}")))?;
+        Ok(Some(std::sync::Arc::new(rules)))
     }
 
     /// Every `auth_user` must be a `[[users]]` entry pgharbor can log in as.
@@ -650,6 +779,26 @@ impl Config {
 
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
         self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// The entry clients asking for `name` are served by: its own, else
+    /// the fallback `*` entry (as PgBouncer's), made for `name` (which it
+    /// passes on as the real database name).
+    pub fn database_for(&self, name: &str) -> Option<std::borrow::Cow<'_, DatabaseConfig>> {
+        use std::borrow::Cow;
+        if let Some(db) = self.database(name) {
+            return Some(Cow::Borrowed(db));
+        }
+        if matches!(name, "pgharbor" | "pgbouncer") {
+            return None;
+        }
+        let fallback = self.database(FALLBACK_DATABASE)?;
+        Some(Cow::Owned(DatabaseConfig {
+            name: name.to_owned(),
+            dbname: Some(name.to_owned()),
+            fallback: true,
+            ..fallback.clone()
+        }))
     }
 
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
@@ -757,6 +906,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("pool_sise"), "{err}");
+    }
+
+    #[test]
+    fn hba_file_errors_name_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let hba = dir.path().join("hba.conf");
+        let config = format!("[pool]\nhba_file = \"{}\"\n", hba.display());
+        for (text, why) in [
+            (
+                "host all all all md5\nhost all all all ident\n",
+                "line 2: method `ident`",
+            ),
+            (
+                "host all all all cert\n",
+                "line 1: method cert needs client certificates",
+            ),
+        ] {
+            std::fs::write(&hba, text).unwrap();
+            let err = Config::from_toml_str(&config).unwrap_err().to_string();
+            assert!(err.contains("pool.hba_file") && err.contains(why), "{err}");
+        }
+        std::fs::write(&hba, "host all all 10.0.0.0/8 scram-sha-256\n").unwrap();
+        assert!(Config::from_toml_str(&config).unwrap().hba.is_some());
     }
 
     #[test]

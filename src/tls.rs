@@ -49,6 +49,9 @@ pub struct ClientTls {
     pub end_point: Option<Arc<[u8]>>,
     /// When the served certificate expires (Unix seconds).
     pub not_after: Option<i64>,
+    /// Client certificates are asked for (`client_tls.client_cert`), and
+    /// checked against `client_tls.ca_file` with this.
+    pub client_certs: Option<crate::auth::client_cert::ClientCerts>,
 }
 
 impl ClientTls {
@@ -150,6 +153,7 @@ fn client_tls(config: &Config, provider: Arc<CryptoProvider>) -> Result<ClientTl
             acceptor: None,
             end_point: None,
             not_after: None,
+            client_certs: None,
         });
     }
     let certs = load_certs(&c.cert_file).map_err(|e| invalid("client_tls.cert_file", e))?;
@@ -158,10 +162,14 @@ fn client_tls(config: &Config, provider: Arc<CryptoProvider>) -> Result<ClientTl
         .ok()
         .map(|(_, cert)| cert.validity().not_after.timestamp());
     let key = load_key(&c.key_file).map_err(|e| invalid("client_tls.key_file", e))?;
-    let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("client_tls", e))?
-        .with_no_client_auth()
+        .map_err(|e| invalid("client_tls", e))?;
+    let (client_certs, builder) = match client_cert_verifier(c, provider)? {
+        None => (None, builder.with_no_client_auth()),
+        Some((policy, verifier)) => (Some(policy), builder.with_client_cert_verifier(verifier)),
+    };
+    let mut server_config = builder
         .with_single_cert(certs, key)
         .map_err(|e| invalid("client_tls.key_file", TlsError::from(e)))?;
     // A client that offers ALPN (libpq 17 does) must offer Postgres's.
@@ -171,7 +179,58 @@ fn client_tls(config: &Config, provider: Arc<CryptoProvider>) -> Result<ClientTl
         acceptor: Some(TlsAcceptor::from(Arc::new(server_config))),
         end_point,
         not_after,
+        client_certs,
     })
+}
+
+type ClientCertVerifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
+
+/// The client certificate policy and the handshake's verifier, when
+/// `client_cert` asks for certificates.
+fn client_cert_verifier(
+    c: &crate::config::ClientTlsConfig,
+    provider: Arc<CryptoProvider>,
+) -> Result<Option<(crate::auth::client_cert::ClientCerts, ClientCertVerifier)>, ConfigError> {
+    use crate::auth::client_cert::{ClientCertMode, ClientCerts};
+    if c.client_cert == ClientCertMode::Disable {
+        return Ok(None);
+    }
+    let mut roots = RootCertStore::empty();
+    let certs = load_certs(&c.ca_file).map_err(|e| invalid("client_tls.ca_file", e))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| invalid("client_tls.ca_file", TlsError::from(e)))?;
+    }
+    let crls = load_crls(&c.crl_file).map_err(|e| invalid("client_tls.crl_file", e))?;
+    ClientCerts::new(c.client_cert, roots, crls, provider)
+        .map(Some)
+        .map_err(|e| invalid("client_tls.ca_file", e))
+}
+
+/// The revocation lists in a PEM file; none when no file is named.
+fn load_crls(
+    path: &str,
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, TlsError> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let file_error = |e: rustls::pki_types::pem::Error| TlsError::File {
+        path: path.into(),
+        reason: e.to_string(),
+    };
+    let crls = CertificateRevocationListDer::pem_file_iter(Path::new(path))
+        .map_err(file_error)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(file_error)?;
+    if crls.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.into(),
+            what: "certificate revocation list",
+        });
+    }
+    Ok(crls)
 }
 
 /// The `tls-server-end-point` channel binding data of a certificate (RFC

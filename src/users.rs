@@ -12,9 +12,10 @@ use crate::config::{AuthType, Config, ConfigError, UserConfig};
 
 pub struct UserEntry {
     pub config: UserConfig,
-    /// Present for scram-sha-256 users.
+    /// Present for scram-sha-256 users and users given by a verifier.
     pub scram: Option<ScramSecret>,
-    /// `md5…` stored hash, present for md5 users.
+    /// `md5…` stored hash, present unless the user has no password or only
+    /// a verifier.
     pub md5: Option<String>,
     /// How pgharbor logs in to Postgres as this user; the same one across
     /// reloads, shared with the user's pools.
@@ -25,19 +26,24 @@ impl UserEntry {
     /// Derives the secrets clients are checked against and applies the
     /// password to `server` (kept across reloads and lookups).
     pub fn new(config: UserConfig, server: Arc<ServerCredential>) -> Result<UserEntry, String> {
-        let (scram, md5) = match config.auth_type {
-            AuthType::Trust => (None, None),
-            AuthType::Md5 => (None, Some(md5_stored(&config.name, &config.password))),
-            AuthType::ScramSha256 => {
-                let secret = if config.password.starts_with("SCRAM-SHA-256$") {
-                    ScramSecret::parse(&config.password)
-                        .map_err(|e| format!("not a valid SCRAM verifier: {e}"))?
-                } else {
-                    ScramSecret::from_password(&config.password)
-                };
-                (Some(secret), None)
-            }
+        let password = &config.password;
+        let verifier = password.starts_with("SCRAM-SHA-256$");
+        // A verifier is parsed whatever the auth_type: an hba_file line may
+        // ask for SCRAM, and `password` logins are checked against it. A
+        // plaintext password is derived into SCRAM only for SCRAM users (it
+        // is costly on purpose); others derive it at a login that needs it.
+        let scram = if verifier {
+            Some(
+                ScramSecret::parse(password)
+                    .map_err(|e| format!("not a valid SCRAM verifier: {e}"))?,
+            )
+        } else if config.auth_type == AuthType::ScramSha256 && !password.is_empty() {
+            Some(ScramSecret::from_password(password))
+        } else {
+            None
         };
+        // The md5 form is cheap: kept for any password it can be made from.
+        let md5 = (!verifier && !password.is_empty()).then(|| md5_stored(&config.name, password));
         server.configure(&config.password, scram.as_ref());
         Ok(UserEntry {
             config,

@@ -1,6 +1,7 @@
 //! Passwords given through `password_env` and `password_file`: clients log
-//! in with them (SCRAM), a RELOAD re-reads the file, and neither password
-//! shows in pgharbor's debug log or in any SHOW output.
+//! in with them (SCRAM), the auth_user's too, a RELOAD re-reads the file,
+//! and neither password shows in pgharbor's debug log or in any SHOW
+//! output.
 
 mod support;
 
@@ -38,6 +39,10 @@ fn config(port: u16, password_file: &std::path::Path) -> String {
 [proxy]
 listen_addr = "127.0.0.1:{port}"
 admin_users = ["admin"]
+
+[pool]
+# The lookup logs in with the password from the variable.
+auth_user = "{ENV_USER}"
 
 [[databases]]
 name = "app"
@@ -150,6 +155,12 @@ async fn passwords_from_a_variable_and_a_file_log_in_reload_and_never_show() {
         .expect("role");
     pg().create_user(FILE_USER, FILE_PASSWORD, "scram-sha-256")
         .expect("role");
+    // The auth_user reads pg_authid.
+    pg().psql("app", &format!("ALTER ROLE {ENV_USER} SUPERUSER"))
+        .expect("superuser");
+    let looked_up = "secret_looked_up_user";
+    pg().create_user(looked_up, "looked-up-pw", "scram-sha-256")
+        .expect("role");
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("file-user-password");
     std::fs::write(&secret_file, format!("{FILE_PASSWORD}\n")).unwrap();
@@ -173,6 +184,11 @@ async fn passwords_from_a_variable_and_a_file_log_in_reload_and_never_show() {
         .expect("password_file login");
     assert_eq!(query_one(&file_client).await, FILE_USER);
     drop(file_client);
+    // A user found by auth_query, which logged in as the auth_user.
+    let found = login(port, looked_up, "looked-up-pw")
+        .await
+        .expect("auth_query login");
+    assert_eq!(query_one(&found).await, looked_up);
 
     // The password changes in Postgres and in the mounted file; RELOAD,
     // then RECONNECT so the next server login uses the file's new content.

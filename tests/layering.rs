@@ -41,6 +41,7 @@ const ALLOWED_UPWARD: &[(&str, &str)] = &[
     ("admin::show", "lib"),
     ("auth::query", "lib"),
     ("client::accept", "lib"),
+    ("client::authenticate", "lib"),
     ("client::session", "lib"),
     // client/accept.rs hands a console login to `admin::serve` and enters
     // each client in the console's registry; the dispatch belongs above
@@ -50,6 +51,11 @@ const ALLOWED_UPWARD: &[(&str, &str)] = &[
     // Validation reads the certificate files (so they are read twice per
     // start and reload): left to the settings-resolved-once work on reload.
     ("config", "tls"),
+    // The config parses `hba_file` and the client-certificate files as it
+    // loads, so RELOAD re-reads them: to go, as the TLS files went, to the
+    // settings resolved once from a validated config.
+    ("config", "auth::client_cert"),
+    ("config", "auth::hba"),
 ];
 
 /// Cycles still to be broken, each as its sorted member list joined by

@@ -112,18 +112,7 @@ fn num(row: &HashMap<String, String>, col: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_under_pgbench_load() {
     let proxy = start_proxy_with(&with_metrics("transaction", 5)).await;
-    let pg = pg();
-    let init = Command::new(bin("pgbench"))
-        .args(["-i", "-s", "1", "-q", "-h", "127.0.0.1"])
-        .args(["-p", &pg.port().to_string(), "-U", USER, "app"])
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .expect("run pgbench -i");
-    assert!(
-        init.status.success(),
-        "pgbench -i: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    pgbench_init(USER, "app");
 
     let a = proxy.addr();
     let mut bench = tokio::process::Command::new(bin("pgbench"))

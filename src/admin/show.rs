@@ -395,7 +395,7 @@ fn dur(d: std::time::Duration) -> String {
 fn config_entries(c: &Config) -> Vec<(&'static str, String, bool)> {
     let p = &c.proxy;
     let d: &PoolDefaults = &c.pool;
-    vec![
+    let mut entries = vec![
         ("proxy.listen_addr", p.listen_addr.clone(), false),
         (
             "proxy.max_client_conn",
@@ -484,6 +484,62 @@ fn config_entries(c: &Config) -> Vec<(&'static str, String, bool)> {
             c.listen.overflow_payload.clone(),
             false,
         ),
+    ];
+    entries.extend(access_entries(c));
+    entries
+}
+
+/// Who may log in and how many: authentication sources, access rules,
+/// client certificates and limits. Values only, never a secret (passwords
+/// live in [[users]], which SHOW CONFIG does not list).
+fn access_entries(c: &Config) -> Vec<(&'static str, String, bool)> {
+    let (t, d) = (&c.client_tls, &c.pool);
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    vec![
+        // Read again at each reload, like the rest of [client_tls].
+        ("client_tls.ca_file", t.ca_file.clone(), true),
+        (
+            "client_tls.client_cert",
+            t.client_cert.as_str().into(),
+            true,
+        ),
+        ("client_tls.crl_file", t.crl_file.clone(), true),
+        (
+            "client_tls.allow_plaintext_password",
+            yes_no(t.allow_plaintext_password),
+            true,
+        ),
+        // Looked up per login: a reload applies to the next lookup.
+        ("pool.auth_user", d.auth_user.clone(), true),
+        ("pool.auth_query", d.auth_query.clone(), true),
+        (
+            "pool.auth_query_cache_ttl",
+            dur(d.auth_query_cache_ttl),
+            true,
+        ),
+        // Read with the config: a reload re-reads the file.
+        ("pool.hba_file", d.hba_file.clone(), true),
+        // Taken when a pool is made.
+        (
+            "pool.max_db_connections",
+            d.max_db_connections.to_string(),
+            false,
+        ),
+        (
+            "pool.max_user_connections",
+            d.max_user_connections.to_string(),
+            false,
+        ),
+        (
+            "pool.max_db_client_connections",
+            d.max_db_client_connections.to_string(),
+            false,
+        ),
+        (
+            "pool.max_user_client_connections",
+            d.max_user_client_connections.to_string(),
+            false,
+        ),
     ]
 }
 
@@ -552,6 +608,17 @@ mod tests {
         assert!(rows
             .iter()
             .any(|(k, v, _)| *k == "pool.pool_size" && v == "20"));
+        for key in [
+            "pool.auth_user",
+            "pool.auth_query",
+            "pool.auth_query_cache_ttl",
+            "pool.hba_file",
+            "pool.max_db_connections",
+            "pool.max_user_client_connections",
+            "client_tls.client_cert",
+        ] {
+            assert!(rows.iter().any(|(k, _, _)| *k == key), "{key} not listed");
+        }
         let keys: std::collections::HashSet<_> = rows.iter().map(|r| r.0).collect();
         assert_eq!(keys.len(), rows.len(), "keys are unique");
     }

@@ -6,7 +6,9 @@
 //! in to servers. These modules only transform bytes; the connection code
 //! owns the sockets and the message framing.
 
+pub mod client_cert;
 pub mod credential;
+pub mod hba;
 pub mod md5;
 pub mod query;
 pub mod scram;

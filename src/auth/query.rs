@@ -51,7 +51,7 @@ impl AuthCache {
     pub async fn user(&self, state: &State, database: &str, name: &str) -> Option<Arc<UserEntry>> {
         let (db, settings) = {
             let config = state.config();
-            let db = config.database(database)?.clone();
+            let db = config.database_for(database)?.into_owned();
             let settings = db.pool_settings(&config.pool);
             (db, settings)
         };

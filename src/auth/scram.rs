@@ -94,6 +94,30 @@ impl ScramSecret {
         Self::derive(password.as_bytes(), salt, DEFAULT_ITERATIONS)
     }
 
+    /// A secret no password matches, for a user pgharbor does not know: the
+    /// client gets a whole SCRAM exchange and then the same refusal as for
+    /// a wrong password, as from Postgres. The salt is derived from the
+    /// name with a key made at start, so asking twice shows the same salt
+    /// (a real user's does not change either).
+    pub fn mock(user: &str) -> ScramSecret {
+        static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(rand::random);
+        let salt = hmac(key, user.as_bytes())[..SALT_LEN].to_vec();
+        ScramSecret {
+            iterations: DEFAULT_ITERATIONS,
+            salt,
+            stored_key: rand::random(),
+            server_key: rand::random(),
+        }
+    }
+
+    /// Whether a cleartext password is the one this secret was made from
+    /// (for the `password` method against a verifier).
+    pub fn matches_password(&self, password: &str) -> bool {
+        let other = Self::derive(password.as_bytes(), self.salt.clone(), self.iterations);
+        bool::from(other.stored_key.ct_eq(&self.stored_key))
+    }
+
     fn derive(password: &[u8], salt: Vec<u8>, iterations: u32) -> ScramSecret {
         let salted = hi(password, &salt, iterations);
         let client_key = hmac(&salted, b"Client Key");

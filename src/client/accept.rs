@@ -146,6 +146,8 @@ struct LoggedIn {
     _listed: ClientEntry,
     /// Counts against max_client_conn until dropped.
     _permit: OwnedSemaphorePermit,
+    /// Counts against max_db/user_client_connections until dropped.
+    _counted: Option<crate::pool::ClientCount>,
 }
 
 impl LoggedIn {
@@ -225,17 +227,24 @@ async fn run(
                 .flatten()
         }
     };
-    let auth = startup::authenticate(
-        &mut stream,
-        &mut buf,
-        login.user(),
-        user.as_deref(),
-        end_point.as_ref(),
-    );
+    let (hba, allow_plaintext_password) = {
+        let config = state.config();
+        let tls = &config.client_tls;
+        (config.hba.clone(), tls.allow_plaintext_password)
+    };
+    let access = super::authenticate::Access {
+        end_point: end_point.as_ref(),
+        hba: hba.as_deref(),
+        addr,
+        allow_plaintext_password,
+    };
+    let auth =
+        super::authenticate::authenticate(&mut stream, &mut buf, &login, user.as_deref(), &access);
     // AuthenticationOk, sent with whatever follows it.
     let auth_ok = match tokio::time::timeout_at(deadline, auth).await {
         Ok(Ok(auth_ok)) => auth_ok,
         Ok(Err(e)) => {
+            super::authenticate::count_failure(&state, &login, user.is_some(), &e);
             let msg = e.to_string();
             refuse(&mut stream, addr, e).await;
             return Err(SessionError::Refused(Box::new(PgError::fatal(
@@ -257,7 +266,7 @@ async fn run(
             .await
             .map(|()| None);
     }
-    let Some(db) = config.database(login.database()) else {
+    let Some(db) = config.database_for(login.database()) else {
         let e = PgError::fatal(
             sqlstate::INVALID_CATALOG_NAME,
             format!("database \"{}\" does not exist", login.database()),
@@ -269,7 +278,15 @@ async fn run(
     };
     let pool = state
         .pools
-        .get_or_create(db, &user, &config.pool, &state.tls().server);
+        .get_or_create(&db, &user, &config.pool, &state.tls().server);
+    let counted = match state.pools.limits.admit_client(&pool.key, &pool.settings) {
+        Ok(counted) => counted,
+        Err(e) => {
+            let _ = startup::send(&mut stream, &auth_ok).await;
+            refuse(&mut stream, addr, StartupError::Refuse(e.clone())).await;
+            return Err(SessionError::Refused(Box::new(e)));
+        }
+    };
     let cancel = state.cancel.register();
     let listed = (state.clients).register(
         &login,
@@ -331,5 +348,6 @@ async fn run(
         session,
         _listed: listed,
         _permit: permit,
+        _counted: counted,
     })))
 }

@@ -2,6 +2,7 @@
 //! the relay loop with its pinning rules.
 
 mod accept;
+pub mod authenticate;
 mod buffers;
 mod checkout;
 mod copy;

@@ -7,23 +7,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::auth::scram::{ChannelBinding, ScramServer};
-use crate::config::AuthType;
+use crate::auth::client_cert::ClientCertificate;
 use crate::net::Stream;
 use crate::protocol::backend;
-use crate::protocol::frame::{read_cstr, split_message, ProtocolError};
+use crate::protocol::frame::ProtocolError;
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{split_startup, Pair, StartupPacket, StartupParams, POSTGRES_ALPN};
 use crate::protocol::PgError;
 use crate::tls::ClientTls;
-use crate::users::UserEntry;
 
 /// The first byte of a TLS handshake record. No startup packet begins with
 /// it: their length field would say 369 MB.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-/// Password messages are small; anything bigger is an attack or a bug.
-const MAX_AUTH_MESSAGE: usize = 16 * 1024;
 
 /// What the first packet(s) asked for.
 pub enum Handshake {
@@ -39,6 +34,9 @@ pub struct LoginRequest {
     user: Pair,
     /// `None`: the database is named like the user.
     database: Option<Pair>,
+    /// The client certificate presented over TLS, already checked against
+    /// `client_tls.ca_file`.
+    certificate: Option<Box<ClientCertificate>>,
 }
 
 impl LoginRequest {
@@ -48,6 +46,10 @@ impl LoginRequest {
 
     pub fn database(&self) -> &str {
         self.params.value(self.database.unwrap_or(self.user))
+    }
+
+    pub fn certificate(&self) -> Option<&ClientCertificate> {
+        self.certificate.as_deref()
     }
 }
 
@@ -87,7 +89,7 @@ impl From<ProtocolError> for StartupError {
     }
 }
 
-async fn fill<S: AsyncRead + Unpin>(
+pub(super) async fn fill<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
 ) -> Result<(), StartupError> {
@@ -97,11 +99,6 @@ async fn fill<S: AsyncRead + Unpin>(
     }
     Ok(())
 }
-
-/// Room for a login's reply in one allocation: AuthenticationOk, then the
-/// ParameterStatus messages (about 400 bytes for Postgres 15's fourteen),
-/// BackendKeyData and ReadyForQuery.
-const LOGIN_REPLY_CAPACITY: usize = 512;
 
 /// A startup refused: the error, and the connection to send it on when
 /// there is one that can still carry it.
@@ -204,12 +201,34 @@ pub async fn handshake(
             let login =
                 tokio::time::timeout_at(deadline, login_request(&mut stream, version, params));
             match login.await {
-                Ok(Ok(l)) => Ok((stream, Handshake::Login(l))),
+                Ok(Ok(mut l)) => match client_certificate(tls, &stream) {
+                    Ok(certificate) => {
+                        l.certificate = certificate.map(Box::new);
+                        Ok((stream, Handshake::Login(l)))
+                    }
+                    Err(e) => Err(Refused::on(stream, StartupError::Refuse(e))),
+                },
                 Ok(Err(e)) => Err(Refused::on(stream, e)),
                 Err(_) => Err(Refused::on(stream, StartupError::TimedOut)),
             }
         }
     }
+}
+
+/// The client's certificate, checked against `client_tls.ca_file`, when
+/// client certificates are asked for.
+fn client_certificate(
+    tls: &ClientTls,
+    stream: &Stream,
+) -> Result<Option<ClientCertificate>, PgError> {
+    let Some(policy) = &tls.client_certs else {
+        return Ok(None);
+    };
+    let presented = match stream {
+        Stream::Tls(s) => s.get_ref().1.peer_certificates(),
+        Stream::Plain(_) => None,
+    };
+    policy.check(presented)
 }
 
 /// Reads the first packet, answering GSSENCRequest with `N` (no GSSAPI
@@ -355,120 +374,6 @@ async fn login_request(
         params,
         user,
         database,
+        certificate: None,
     })
-}
-
-fn auth_failed(user: &str) -> StartupError {
-    StartupError::Refuse(PgError::fatal(
-        sqlstate::INVALID_PASSWORD,
-        format!("password authentication failed for user \"{user}\""),
-    ))
-}
-
-/// Reads the next client message, which must be a password-type message.
-async fn read_password_message(
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-) -> Result<BytesMut, StartupError> {
-    loop {
-        if let Some(m) = split_message(buf, MAX_AUTH_MESSAGE)? {
-            if m[0] != b'p' {
-                return Err(ProtocolError::Unexpected {
-                    tag: m[0],
-                    context: "during authentication: expected a password response",
-                }
-                .into());
-            }
-            return Ok(m);
-        }
-        fill(stream, buf).await?;
-    }
-}
-
-/// Authenticates the client as `user` (None: unknown user, always refused
-/// with the same message as a wrong password, as Postgres does). Over TLS,
-/// `end_point` is the hash of the certificate the client was served, and
-/// SCRAM-SHA-256-PLUS is offered first. On success returns
-/// AuthenticationOk (after SCRAM's final message) unsent: the caller sends
-/// it with the parameters and ReadyForQuery that follow, so the client is
-/// woken once for its login rather than twice.
-pub async fn authenticate(
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    name: &str,
-    user: Option<&UserEntry>,
-    end_point: Option<&std::sync::Arc<[u8]>>,
-) -> Result<BytesMut, StartupError> {
-    let Some(user) = user else {
-        return Err(auth_failed(name));
-    };
-    let mut out = BytesMut::with_capacity(LOGIN_REPLY_CAPACITY);
-    match user.config.auth_type {
-        AuthType::Trust => {}
-        AuthType::Md5 => {
-            let stored = user.md5.as_deref().ok_or_else(|| auth_failed(name))?;
-            let salt: [u8; 4] = rand::random();
-            backend::authentication_md5(&mut out, salt);
-            send(stream, &out).await?;
-            out.clear();
-            let msg = read_password_message(stream, buf).await?;
-            let body = &msg[5..];
-            let response = body.strip_suffix(&[0]).unwrap_or(body);
-            if !crate::auth::md5::md5_verify(stored, salt, response) {
-                return Err(auth_failed(name));
-            }
-        }
-        AuthType::ScramSha256 => {
-            let secret = user.scram.clone().ok_or_else(|| auth_failed(name))?;
-            let end_point = end_point.filter(|_| stream.is_tls());
-            if end_point.is_some() {
-                backend::authentication_sasl(&mut out, &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]);
-            } else {
-                backend::authentication_sasl(&mut out, &["SCRAM-SHA-256"]);
-            }
-            send(stream, &out).await?;
-            out.clear();
-            // SASLInitialResponse: mechanism, length of data, data.
-            let msg = read_password_message(stream, buf).await?;
-            let (mechanism, rest) = read_cstr(&msg[5..])?;
-            let binding = match (mechanism, end_point) {
-                ("SCRAM-SHA-256", None) => ChannelBinding::NotOffered,
-                ("SCRAM-SHA-256", Some(_)) => ChannelBinding::Declined,
-                ("SCRAM-SHA-256-PLUS", Some(hash)) => {
-                    ChannelBinding::TlsServerEndPoint(hash.clone())
-                }
-                _ => {
-                    return Err(StartupError::Refuse(PgError::fatal(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        format!(
-                        "client selected an invalid SASL authentication mechanism \"{mechanism}\""
-                    ),
-                    )))
-                }
-            };
-            let mut scram = ScramServer::with_channel_binding(secret, binding);
-            if rest.len() < 4 {
-                return Err(ProtocolError::Malformed("SASLInitialResponse").into());
-            }
-            let data = &rest[4..];
-            let first = scram
-                .handle_client_first(data)
-                .map_err(|_| auth_failed(name))?;
-            backend::authentication_sasl_continue(&mut out, &first);
-            send(stream, &out).await?;
-            out.clear();
-            let msg = read_password_message(stream, buf).await?;
-            let last = scram
-                .handle_client_final(&msg[5..])
-                .map_err(|_| auth_failed(name))?;
-            // For a user known only by its verifier, the proven ClientKey is
-            // what lets pgharbor log in to Postgres (SCRAM pass-through).
-            if let (Some(key), Some(secret)) = (scram.take_client_key(), user.scram.as_ref()) {
-                user.server.learn(key, secret);
-            }
-            backend::authentication_sasl_final(&mut out, &last);
-        }
-    }
-    backend::authentication_ok(&mut out);
-    Ok(out)
 }

@@ -45,6 +45,9 @@ pub struct Metrics {
     /// When the certificate served to clients expires (Unix seconds; 0
     /// without TLS), for an alert before it does.
     pub client_tls_cert_expiry: IntGauge,
+    /// Logins refused by authentication, by database and user (empty for
+    /// names pgharbor does not know, so strangers cannot add series).
+    pub login_failures: IntCounterVec,
 }
 
 /// Handles for one pool's series (labels `database`, `user`).
@@ -231,6 +234,12 @@ impl Metrics {
                 "pgharbor_client_tls_cert_expiry_timestamp_seconds",
                 "When the certificate served to clients expires (Unix time; 0 without TLS)",
             ),
+            login_failures: counter_vec(
+                &r,
+                "pgharbor_login_failures_total",
+                "Logins refused by authentication (wrong password, unknown user, access rules)",
+                &["database", "user"],
+            ),
             registry: r,
         }
     }
@@ -271,6 +280,35 @@ impl Metrics {
             bytes_received: self.bytes_received.with_label_values(&l),
             bytes_sent: self.bytes_sent.with_label_values(&l),
             server_connect_errors: self.server_connect_errors.with_label_values(&l),
+        }
+    }
+
+    /// Removes the series of a pool that is gone (a database served by
+    /// `*` that nothing uses any more), so that databases come and go
+    /// without leaving series behind.
+    pub fn forget_pool(&self, database: &str, user: &str) {
+        let l = [database, user];
+        let _ = self.pool_size.remove_label_values(&l);
+        let _ = self.pool_wait.remove_label_values(&l);
+        let _ = self.transaction_duration.remove_label_values(&l);
+        for v in [
+            &self.transactions,
+            &self.queries,
+            &self.bytes_received,
+            &self.bytes_sent,
+            &self.server_connect_errors,
+        ] {
+            let _ = v.remove_label_values(&l);
+        }
+        for state in ["active", "idle", "login", "testing"] {
+            let _ = self
+                .pool_servers
+                .remove_label_values(&[database, user, state]);
+        }
+        for state in ["active", "waiting", "idle"] {
+            let _ = self
+                .pool_clients
+                .remove_label_values(&[database, user, state]);
         }
     }
 

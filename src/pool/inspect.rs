@@ -13,7 +13,7 @@ use crate::server::Server;
 
 impl Pool {
     /// Lists a freshly opened server until it is dropped.
-    pub(super) fn register_server(&self, server: &mut Server) {
+    pub(super) fn register_server(&self, server: &mut Server, hold: Option<super::limits::Hold>) {
         let info = ServerInfo {
             id: server.id,
             pid: server.key.pid,
@@ -23,7 +23,8 @@ impl Pool {
             tls: server.stream.tls_description(),
         };
         self.servers.lock().insert(server.id, info);
-        server.ticket = Some(ServerTicket::new(server.id, self.servers.clone()));
+        let hold = hold.map(|h| Box::new(h) as Box<dyn std::any::Any + Send + Sync>);
+        server.ticket = Some(ServerTicket::new(server.id, self.servers.clone(), hold));
     }
 
     /// Every open server of this pool with its state, sorted by id.

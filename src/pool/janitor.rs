@@ -65,7 +65,15 @@ async fn top_up(pool: &Arc<Pool>) {
         let Some(permit) = pool.try_permit() else {
             return;
         };
-        let Ok(server) = pool.open_server().await else {
+        // Warm-up never waits or closes others' servers for room.
+        let hold = match pool.limits.get() {
+            None => None,
+            Some(limits) => match limits.try_hold() {
+                Some(hold) => Some(hold),
+                None => return,
+            },
+        };
+        let Ok(server) = pool.open_server(hold).await else {
             return;
         };
         let generation = pool.generation.load(std::sync::atomic::Ordering::Acquire);

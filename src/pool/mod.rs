@@ -3,12 +3,14 @@
 
 mod inspect;
 mod janitor;
+mod limits;
 mod params;
 mod registry;
 mod slots;
 mod waiting;
 
 pub use crate::server::listing::{ServerInfo, ServerState};
+pub use limits::{ClientCount, Limits};
 pub use params::no_params;
 pub use registry::Pools;
 
@@ -87,6 +89,10 @@ pub struct Pool {
     /// Tells the wait timer (see `waiting`) that a client began to wait
     /// while nobody else did.
     wait_timer: Arc<Notify>,
+    /// `max_db_connections` / `max_user_connections`, shared with the
+    /// other pools under them; set once, right after the pool is made
+    /// (they list the pool, which needs its `Arc`). Unset: no limit.
+    limits: std::sync::OnceLock<limits::PoolLimits>,
 }
 
 /// A server lent to a client, with the permit that bounds the pool. Dropping
@@ -131,6 +137,7 @@ impl Pool {
             closed: AtomicBool::new(false),
             servers: Arc::default(),
             wait_timer: Arc::default(),
+            limits: std::sync::OnceLock::new(),
         });
         janitor::spawn(&pool);
         waiting::spawn_timer(&pool);
@@ -260,8 +267,54 @@ impl Pool {
         generation: u64,
         permit: Permit,
     ) -> Result<PooledServer, CheckoutError> {
-        let server = self.open_server().await?;
+        let hold = match self.limits.get() {
+            None => None,
+            Some(limits) => match self.room_under(limits, generation).await? {
+                Room::Idle(server) => return Ok(self.lend(server, generation, permit)),
+                Room::Hold(hold) => Some(hold),
+            },
+        };
+        let server = self.open_server(hold).await?;
         Ok(self.lend(server, generation, permit))
+    }
+
+    /// Room for one more server under the pool's connection limits, or an
+    /// idle server of this pool that turned up meanwhile. Closes an idle
+    /// server of another pool under a full limit, else waits for one to
+    /// close or go idle, within `query_wait_timeout`.
+    async fn room_under(
+        &self,
+        limits: &limits::PoolLimits,
+        generation: u64,
+    ) -> Result<Room, CheckoutError> {
+        let deadline = tokio::time::Instant::now() + self.settings.query_wait_timeout;
+        let _waiting = limits.wait();
+        loop {
+            // Registered before the checks, so a change between a check
+            // and the wait still wakes us.
+            let room = limits.room().notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let now = Instant::now();
+            if let Some(server) = self.pop_reusable(generation, now) {
+                if !self.due_for_check(&server, now) {
+                    return Ok(Room::Idle(server));
+                }
+                // Unchecked for a while: closing it makes room for a new one.
+                continue;
+            }
+            if let Some(hold) = limits.try_hold() {
+                return Ok(Room::Hold(hold));
+            }
+            if let Some(server) = limits.take_an_idle_server(self) {
+                let within = self.settings.server_connect_timeout;
+                limits::close_and_wait(server, within).await;
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(self.wait_timed_out());
+            }
+        }
     }
 
     /// The most recently used idle server fit to lend; the unfit ones met
@@ -294,15 +347,16 @@ impl Pool {
         }
     }
 
-    /// Opens a new server connection (the caller holds a permit for it).
-    async fn open_server(&self) -> Result<Box<Server>, CheckoutError> {
+    /// Opens a new server connection (the caller holds a permit for it,
+    /// and `hold`, its room under the connection limits, if any).
+    async fn open_server(&self, hold: Option<limits::Hold>) -> Result<Box<Server>, CheckoutError> {
         self.stats.servers_login.inc();
         let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
         let result = Server::connect(&self.target, id).await;
         self.stats.servers_login.dec();
         match result {
             Ok(mut server) => {
-                self.register_server(&mut server);
+                self.register_server(&mut server, hold);
                 server.retire_at = server.created.checked_add(self.settings.server_lifetime);
                 let mut t = self.template.lock().unwrap_or_else(|e| e.into_inner());
                 if t.is_none() {
@@ -383,6 +437,9 @@ impl Pool {
         server.last_used = now;
         self.stats.servers_idle.inc();
         self.idle_list().push(server);
+        if let Some(limits) = self.limits.get() {
+            limits.server_idle();
+        }
     }
 
     /// Closes idle servers now and makes servers in use close when
@@ -401,6 +458,12 @@ impl Pool {
         self.close_slots();
         self.reconnect();
     }
+}
+
+/// What a pool waiting under its connection limits got.
+enum Room {
+    Idle(Box<Server>),
+    Hold(limits::Hold),
 }
 
 /// `server_lifetime` is over for `server` (every pool server is opened by

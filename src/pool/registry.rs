@@ -24,6 +24,11 @@ pub struct Pools {
     map: RwLock<HashMap<String, HashMap<String, Arc<Pool>>>>,
     metrics: Arc<Metrics>,
     paused: RwLock<Paused>,
+    /// Connection limits of databases and users, across their pools.
+    pub limits: super::Limits,
+    /// Databases served by the `*` entry: their pools are dropped once
+    /// nothing uses them (see [`Pools::all`]).
+    fallbacks: RwLock<std::collections::HashSet<String>>,
 }
 
 impl Pools {
@@ -32,6 +37,8 @@ impl Pools {
             map: RwLock::new(HashMap::new()),
             metrics,
             paused: RwLock::default(),
+            limits: super::Limits::default(),
+            fallbacks: RwLock::default(),
         }
     }
 
@@ -105,6 +112,13 @@ impl Pools {
                     p.all || p.databases.contains(&key.database)
                 };
                 let pool = Pool::new(key, settings, target, stats);
+                if db.fallback {
+                    let mut f = self.fallbacks.write().unwrap_or_else(|e| e.into_inner());
+                    f.insert(db.name.clone());
+                }
+                if let Some(limits) = self.limits.for_pool(&pool) {
+                    let _ = pool.limits.set(limits);
+                }
                 if paused {
                     pool.pause();
                 }
@@ -113,8 +127,12 @@ impl Pools {
             .clone()
     }
 
-    /// A snapshot of all pools, sorted by key.
+    /// A snapshot of all pools, sorted by key. Pools of databases served by
+    /// the `*` entry that nothing uses any more (no client, no server: the
+    /// janitor closed the idle ones after `server_idle_timeout`) are closed
+    /// and dropped first, so each listing shows only live ones.
     pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.drop_unused_fallbacks();
         let mut v: Vec<_> = self
             .map
             .read()
@@ -136,6 +154,34 @@ impl Pools {
             .filter(|p| p.target.port == port && p.target.host == host && p.target.dbname == dbname)
             .map(|p| p.reconnect())
             .sum()
+    }
+
+    fn drop_unused_fallbacks(&self) {
+        let fallbacks = self.fallbacks.read().unwrap_or_else(|e| e.into_inner());
+        if fallbacks.is_empty() {
+            return;
+        }
+        // Only the map holds an unused pool: clients and lent servers hold
+        // it too, its background tasks only weakly.
+        let unused = |p: &Arc<Pool>| Arc::strong_count(p) == 1 && p.open_servers() == 0;
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        for db in fallbacks.iter() {
+            let Some(users) = map.get_mut(db) else {
+                continue;
+            };
+            users.retain(|_, p| {
+                let keep = !unused(p);
+                if !keep {
+                    p.close();
+                    self.metrics.forget_pool(&p.key.database, &p.key.user);
+                    tracing::debug!(pool = %p.key, "unused pool of a database served by \"*\" closed");
+                }
+                keep
+            });
+            if users.is_empty() {
+                map.remove(db);
+            }
+        }
     }
 
     pub fn close_all(&self) {

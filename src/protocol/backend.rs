@@ -36,6 +36,12 @@ pub fn authentication_ok(buf: &mut BytesMut) {
     buf.put_i32(0);
 }
 
+pub fn authentication_cleartext_password(buf: &mut BytesMut) {
+    buf.put_u8(b'R');
+    buf.put_i32(8);
+    buf.put_i32(3);
+}
+
 pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
     buf.put_u8(AUTHENTICATION);
     buf.put_i32(12);

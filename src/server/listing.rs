@@ -64,12 +64,24 @@ impl ServerList {
 pub struct ServerTicket {
     id: u64,
     list: Arc<ServerList>,
+    /// What else the server holds while it lives (its room under the
+    /// pool's connection limits), given back when it closes.
+    _hold: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl ServerTicket {
-    /// The ticket of server `id`, listed in `list`.
-    pub(crate) fn new(id: u64, list: Arc<ServerList>) -> ServerTicket {
-        ServerTicket { id, list }
+    /// The ticket of server `id`, listed in `list`, holding `hold` until
+    /// the server is dropped.
+    pub(crate) fn new(
+        id: u64,
+        list: Arc<ServerList>,
+        hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+    ) -> ServerTicket {
+        ServerTicket {
+            id,
+            list,
+            _hold: hold,
+        }
     }
 }
 

@@ -178,6 +178,22 @@ pub fn psql(proxy: &Proxy, user: &str, password: &str, db: &str, sql: &str) -> O
         .expect("run psql")
 }
 
+/// `pgbench -i -s 1` on database `db` of the shared Postgres, as `user`
+/// (password [`PASSWORD`]), directly.
+pub fn pgbench_init(user: &str, db: &str) {
+    let init = Command::new(bin("pgbench"))
+        .args(["-i", "-s", "1", "-q", "-h", "127.0.0.1"])
+        .args(["-p", &pg().port().to_string(), "-U", user, db])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .expect("run pgbench -i");
+    assert!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+}
+
 /// Polls `f` every 50 ms until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
 where
