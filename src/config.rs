@@ -18,10 +18,99 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("invalid config: {0}")]
-    Parse(String),
+    /// The TOML did not parse, or named an unknown key or a bad value.
+    #[error("invalid config{}: {message}", at(.file, .line, .key))]
+    Parse {
+        /// The file, when the text came from one.
+        file: Option<String>,
+        /// 1-based line of the fault, when the parser knows it.
+        line: Option<usize>,
+        /// `section.key` at fault, when a key is.
+        key: Option<String>,
+        message: String,
+    },
     #[error("invalid config: key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+    /// An error found in a file's text, with the file's name.
+    #[error("{file}: {source}")]
+    File {
+        file: String,
+        source: Box<ConfigError>,
+    },
+}
+
+/// ` in FILE, line N, key `K``, each part as far as known.
+fn at(file: &Option<String>, line: &Option<usize>, key: &Option<String>) -> String {
+    let mut out = String::new();
+    if let Some(f) = file {
+        out.push_str(&format!(" in {f}"));
+    }
+    if let Some(l) = line {
+        out.push_str(&format!(", line {l}"));
+    }
+    if let Some(k) = key {
+        out.push_str(&format!(", key `{k}`"));
+    }
+    out
+}
+
+impl ConfigError {
+    /// The TOML parser's error, with its line and the key at fault worked
+    /// out from where in `text` it points.
+    fn from_toml(e: &toml::de::Error, text: &str) -> ConfigError {
+        let (line, key) = match e.span() {
+            Some(span) => located_key(text, span),
+            None => (None, None),
+        };
+        ConfigError::Parse {
+            file: None,
+            line,
+            key,
+            message: e.message().to_owned(),
+        }
+    }
+
+    /// Names the file the text came from.
+    fn in_file(mut self, path: &Path) -> ConfigError {
+        match &mut self {
+            ConfigError::Parse { file, .. } => *file = Some(path.display().to_string()),
+            ConfigError::Read { .. } | ConfigError::File { .. } => {}
+            ConfigError::Invalid { .. } => {
+                return ConfigError::File {
+                    file: path.display().to_string(),
+                    source: Box::new(self),
+                }
+            }
+        }
+        self
+    }
+}
+
+/// The line of `span` in `text`, and the key there as `section.key` (the
+/// key of a `key = value` line, under the last `[section]` before it).
+fn located_key(text: &str, span: std::ops::Range<usize>) -> (Option<usize>, Option<String>) {
+    let Some(before) = text.get(..span.start) else {
+        return (None, None);
+    };
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let name = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let section = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    let key = match (section, name) {
+        (Some(s), Some(k)) => Some(format!("{s}.{k}")),
+        (None, Some(k)) => Some(k.to_owned()),
+        (Some(s), None) => Some(s.to_owned()),
+        (None, None) => None,
+    };
+    (Some(line_no), key)
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -90,6 +179,12 @@ pub struct ProxyConfig {
     /// Threads serving clients: 1 = a single-threaded runtime (least CPU
     /// per transaction), 0 = one per core, N = N.
     pub worker_threads: usize,
+    /// Reload when the config file, or a file it names (TLS certificates
+    /// and keys, password files), changes.
+    pub watch_config: bool,
+    /// Bind the listening socket with SO_REUSEPORT, so several instances
+    /// share one port (rolling restarts).
+    pub listen_reuseport: bool,
 }
 
 impl Default for ProxyConfig {
@@ -102,6 +197,8 @@ impl Default for ProxyConfig {
             peer_id: 1,
             max_message_size: 256 * 1024 * 1024,
             worker_threads: 1,
+            watch_config: false,
+            listen_reuseport: false,
         }
     }
 }
@@ -481,13 +578,13 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml_str(&text)
+        Config::from_toml_str(&text).map_err(|e| e.in_file(path))
     }
 
     /// Parses and validates TOML text.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let mut config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(&e, text))?;
         for (i, u) in config.users.iter_mut().enumerate() {
             u.resolve_password(&format!("users[{i}]"))?;
         }
@@ -634,6 +731,22 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Keeps `running`'s values of the settings only a restart can change
+    /// (see `admin::config_keys`): what SHOW CONFIG shows after a RELOAD is
+    /// what runs.
+    pub fn keep_restart_settings(&mut self, running: &Config) {
+        let (p, r) = (&mut self.proxy, &running.proxy);
+        p.listen_addr.clone_from(&r.listen_addr);
+        p.max_client_conn = r.max_client_conn;
+        p.peer_id = r.peer_id;
+        p.worker_threads = r.worker_threads;
+        p.watch_config = r.watch_config;
+        p.listen_reuseport = r.listen_reuseport;
+        self.metrics.clone_from(&running.metrics);
+        self.peers.clone_from(&running.peers);
+        self.listen.clone_from(&running.listen);
     }
 
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {

@@ -88,32 +88,83 @@ impl State {
         self.tls.load()
     }
 
-    /// Applies a new configuration: users and databases take effect for new
-    /// logins; pools already open keep their settings until RECONNECT.
-    pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
+    /// Applies a new configuration to the running instance: open pools
+    /// take their new settings, size and server at once (see
+    /// `pool/reload.rs`), users and TLS apply to the next logins and server
+    /// connections. Settings only a restart can change keep their running
+    /// value; their keys are returned. A config that fails validation
+    /// changes nothing.
+    pub fn reload(&self, mut config: Config) -> Result<Reloaded, ConfigError> {
+        let result = self.apply(&mut config);
+        self.record_reload(&result);
+        result
+    }
+
+    /// The reload metrics and log line of an attempted reload.
+    fn record_reload(&self, result: &Result<Reloaded, ConfigError>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.metrics.config_last_reload.set(now);
+        self.metrics
+            .config_last_reload_success
+            .set(i64::from(result.is_ok()));
+        match result {
+            Ok(r) if r.needs_restart.is_empty() => tracing::info!("configuration reloaded"),
+            Ok(r) => tracing::warn!(
+                keys = ?r.needs_restart,
+                "configuration reloaded; these keys need a restart and keep their running value"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the running configuration")
+            }
+        }
+    }
+
+    fn apply(&self, config: &mut Config) -> Result<Reloaded, ConfigError> {
         config.validate()?;
-        let users = Users::from_config(&config, Some(&self.users()))?;
-        let tls = TlsSettings::from_config(&config)?;
+        let users = Users::from_config(config, Some(&self.users()))?;
+        let tls = TlsSettings::from_config(config)?;
+        let running = self.config.load_full();
+        let needs_restart = crate::admin::config_keys::restart_keys_changed(&running, config);
+        config.keep_restart_settings(&running);
         self.metrics
             .client_tls_cert_expiry
             .set(tls.client.not_after.unwrap_or(0));
+        let server_tls = tls.server.clone();
         self.users.store(Arc::new(users));
         self.tls.store(Arc::new(tls));
-        self.config.store(Arc::new(config));
-        tracing::info!("configuration reloaded");
-        Ok(())
+        let config = Arc::new(config.clone());
+        self.config.store(config.clone());
+        self.pools.apply_config(&running, &config, &server_tls);
+        Ok(Reloaded { needs_restart })
     }
 
-    /// Re-reads [`State::config_path`] and applies it (admin RELOAD).
-    pub fn reload_from_file(&self) -> Result<(), ConfigError> {
+    /// Re-reads [`State::config_path`] and applies it (admin RELOAD,
+    /// SIGHUP, a watched file's change).
+    pub fn reload_from_file(&self) -> Result<Reloaded, ConfigError> {
         let Some(path) = self.config_path.get() else {
             return Err(ConfigError::Invalid {
                 key: "(config file)".into(),
                 reason: "this instance was started without a config file; nothing to reload".into(),
             });
         };
-        self.reload(Config::load(path)?)
+        match Config::load(path) {
+            Ok(config) => self.reload(config),
+            Err(e) => {
+                let failed = Err(e);
+                self.record_reload(&failed);
+                failed
+            }
+        }
     }
+}
+
+/// What a successful RELOAD could not apply.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// Keys whose new value needs a restart; the running value is kept.
+    pub needs_restart: Vec<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +195,7 @@ impl Proxy {
         metrics
             .client_tls_cert_expiry
             .set(tls.client.not_after.unwrap_or(0));
+        metrics.config_last_reload_success.set(1);
         let peers: HashMap<u8, String> = config
             .peers
             .iter()

@@ -32,17 +32,18 @@ pub async fn serve_until_signal(proxy: &Proxy, reload_from: Option<&Path>) -> Re
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    if let Some(path) = reload_from {
+        let _ = proxy.state().config_path.set(path.to_owned());
+    }
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break }
             _ = proxy.shutdown_requested() => { tracing::info!("shutdown requested: draining"); break }
             _ = hup.recv() => {
-                if let Some(path) = reload_from {
-                    match Config::load(path).and_then(|c| proxy.state().reload(c)) {
-                        Ok(()) => {}
-                        Err(e) => tracing::error!(error = %e, "reload failed; keeping the previous configuration"),
-                    }
+                // Logged, and counted in the reload metrics, by the reload.
+                if proxy.state().config_path.get().is_some() {
+                    let _ = proxy.state().reload_from_file();
                 }
             }
         }

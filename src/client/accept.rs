@@ -281,7 +281,7 @@ async fn run(
     );
     let mut session = Session {
         client: stream,
-        mode: pool.settings.pool_mode,
+        mode: pool.settings().pool_mode,
         pool,
         state: state.clone(),
         reported: crate::pool::no_params(),

@@ -15,7 +15,7 @@ use super::startup::{LoginRequest, StartupError};
 use crate::cancel::{AfterCancels, CancelHandle};
 use crate::config::PoolMode;
 use crate::net::Stream;
-use crate::pool::{CheckoutError, Pool, PooledServer, SlowCheckout};
+use crate::pool::{CheckoutError, Pool, PooledServer, Retired, SlowCheckout};
 use crate::protocol::startup::parse_options;
 use crate::protocol::{backend, sqlstate, FrameScanner, PgError};
 use crate::server::{is_read_only_param, ServerError};
@@ -420,7 +420,7 @@ impl Session {
         self.pool.stats.clients_idle.inc();
         let timeout = self
             .pool
-            .settings
+            .settings()
             .server_connect_timeout
             .max(Duration::from_secs(2));
         let clean_boundary = pooled.server.rbuf.is_empty() && self.sscan.at_boundary();
@@ -443,7 +443,7 @@ impl Session {
             true
         };
         let reusable = reusable && {
-            let reset = &self.pool.settings.server_reset_query;
+            let reset = &self.pool.settings().server_reset_query;
             // A client pinned or not yet checked may leave session state
             // (temporary objects) behind: reset, or closed without a reset.
             // A server whose temporary schema was used is closed: after a
@@ -509,5 +509,11 @@ pub(super) fn checkout_error(e: CheckoutError) -> PgError {
             "check that PostgreSQL is running and the [[databases]] host and port are right",
         ),
         CheckoutError::Closed(_) => PgError::fatal(sqlstate::ADMIN_SHUTDOWN, e.to_string()),
+        CheckoutError::Retired(Retired::DatabaseRemoved(_)) => {
+            PgError::fatal(sqlstate::INVALID_CATALOG_NAME, e.to_string())
+        }
+        CheckoutError::Retired(Retired::UserRemoved(_)) => {
+            PgError::fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, e.to_string())
+        }
     }
 }

@@ -45,6 +45,10 @@ pub struct Metrics {
     /// When the certificate served to clients expires (Unix seconds; 0
     /// without TLS), for an alert before it does.
     pub client_tls_cert_expiry: IntGauge,
+    /// When the last RELOAD (console, SIGHUP or a watched file) was tried.
+    pub config_last_reload: IntGauge,
+    /// 1 if that RELOAD was applied, 0 if the file was refused.
+    pub config_last_reload_success: IntGauge,
 }
 
 /// Handles for one pool's series (labels `database`, `user`).
@@ -224,6 +228,16 @@ impl Metrics {
                 &r,
                 "pgharbor_client_tls_cert_expiry_timestamp_seconds",
                 "When the certificate served to clients expires (Unix time; 0 without TLS)",
+            ),
+            config_last_reload: gauge(
+                &r,
+                "pgharbor_config_last_reload_timestamp_seconds",
+                "When the configuration was last reloaded or a reload was tried (Unix time; 0: never)",
+            ),
+            config_last_reload_success: gauge(
+                &r,
+                "pgharbor_config_last_reload_success",
+                "1 if the last reload was applied (or none was tried), 0 if its file was refused",
             ),
             registry: r,
         }

@@ -8,6 +8,8 @@ use super::backend::put_cstr;
 pub enum Severity {
     /// Sent as a NoticeResponse: nothing failed.
     Warning,
+    /// Sent as a NoticeResponse: information, as Postgres's NOTICE.
+    Notice,
     Error,
     Fatal,
 }
@@ -16,6 +18,7 @@ impl Severity {
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Warning => "WARNING",
+            Severity::Notice => "NOTICE",
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
         }
@@ -71,6 +74,14 @@ impl PgError {
         }
     }
 
+    /// A NOTICE, sent as a NoticeResponse (`code` is usually 00000).
+    pub fn notice(code: &'static str, message: impl Into<String>) -> PgError {
+        PgError {
+            severity: Severity::Notice,
+            ..PgError::error(code, message)
+        }
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> PgError {
         self.hint = Some(hint.into());
         self
@@ -90,11 +101,13 @@ impl PgError {
     /// then optional detail and hint.
     pub fn encode(&self, buf: &mut BytesMut) {
         let start = buf.len();
-        buf.put_u8(if self.severity == Severity::Warning {
-            b'N'
-        } else {
-            b'E'
-        });
+        buf.put_u8(
+            if matches!(self.severity, Severity::Warning | Severity::Notice) {
+                b'N'
+            } else {
+                b'E'
+            },
+        );
         buf.put_i32(0);
         let sev = self.severity.as_str();
         buf.put_u8(b'S');

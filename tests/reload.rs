@@ -1,0 +1,279 @@
+//! RELOAD on a running instance: open pools take their new size and server
+//! at once, without failing a transaction; a bad file changes nothing and
+//! says where it is wrong; removed databases and settings that need a
+//! restart are reported.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// Postgres backends of `user` on the server at `port`, as Postgres lists them.
+async fn backends_at(port: u16, user: &str) -> i64 {
+    let dsn = format!("host=127.0.0.1 port={port} user=postgres password=postgres dbname=app");
+    let direct = connect_dsn(&dsn).await;
+    backends_of_user(&direct, user).await
+}
+
+/// Polls the number of `user`'s backends on the shared Postgres until
+/// `ok` holds, for up to `limit`; returns the last count.
+async fn wait_for_backends(user: &str, limit: Duration, ok: impl Fn(i64) -> bool) -> i64 {
+    let direct = connect_direct().await;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let n = backends_of_user(&direct, user).await;
+        if ok(n) || tokio::time::Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn reload(admin: &tokio_postgres::Client) {
+    admin.simple_query("RELOAD").await.expect("RELOAD");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_grows_and_shrinks_open_pools_under_pgbench_without_a_failed_transaction() {
+    let user = "reload_size";
+    let text = |size: usize| config_text_for_user("transaction", size, "", user);
+    let fp = FileProxy::start(&text(5)).await;
+    let addr = fp.proxy.addr();
+    let init = pgbench_at(addr, user, &["-i", "-s", "1", "-q"]).await;
+    assert_succeeded(&init);
+    let (admin, _) = connect_admin(&fp.proxy).await;
+
+    let bench = tokio::spawn(async move {
+        pgbench_at(addr, user, &["-c", "40", "-j", "2", "-T", "25", "-S"]).await
+    });
+    let before = wait_for_backends(user, Duration::from_secs(10), |n| n == 5).await;
+    assert_eq!(before, 5, "pgbench fills the pool of 5");
+
+    fp.write(&text(10));
+    reload(&admin).await;
+    let grown = wait_for_backends(user, Duration::from_secs(8), |n| n == 10).await;
+    assert_eq!(
+        grown, 10,
+        "RELOAD to pool_size 10 opens servers for the waiting clients"
+    );
+
+    fp.write(&text(3));
+    reload(&admin).await;
+    let shrunk = wait_for_backends(user, Duration::from_secs(10), |n| n <= 3).await;
+    assert!(
+        shrunk <= 3,
+        "RELOAD to pool_size 3 closes servers as they come back: {shrunk}"
+    );
+
+    let out = bench.await.expect("pgbench task");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        pgbench_number(&stdout, "number of failed transactions"),
+        Some(0),
+        "{stdout}"
+    );
+    let after = wait_for_backends(user, Duration::from_secs(2), |n| n <= 3).await;
+    assert!(after <= 3, "still at most 3 once pgbench is done: {after}");
+}
+
+/// A config with database `app` on the server at `port`, for [`USER`].
+fn config_on_port(port: u16) -> String {
+    config_text("transaction", 4, "").replacen(
+        &format!("name = \"app\"\nport = {}", pg().port()),
+        &format!("name = \"app\"\nport = {port}"),
+        1,
+    )
+}
+
+async fn server_port(client: &tokio_postgres::Client) -> u16 {
+    let port = simple_value(client, "select inet_server_port()")
+        .await
+        .expect("a port");
+    port.parse().expect("a port number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_port_moves_new_transactions_while_an_open_one_finishes_where_it_began() {
+    let (first, second) = (pg().port(), pg2().port());
+    let fp = FileProxy::start(&config_on_port(first)).await;
+    let (admin, _) = connect_admin(&fp.proxy).await;
+    let in_txn = connect(&fp.proxy, "app").await;
+    let idle = connect(&fp.proxy, "app").await;
+    assert_eq!(server_port(&idle).await, first);
+    in_txn
+        .batch_execute("begin; create temporary table t_reload(x int) on commit drop")
+        .await
+        .expect("begin");
+    assert_eq!(server_port(&in_txn).await, first);
+
+    fp.write(&config_on_port(second));
+    reload(&admin).await;
+
+    // The open transaction goes on, on its own server, to its end.
+    assert_eq!(
+        server_port(&in_txn).await,
+        first,
+        "an open transaction never moves"
+    );
+    in_txn
+        .batch_execute("insert into t_reload values (1); commit")
+        .await
+        .expect("the open transaction commits on the first server");
+    // Every new transaction, of old clients and new ones, lands on the second.
+    let fresh = connect(&fp.proxy, "app").await;
+    for c in [&in_txn, &idle, &fresh] {
+        assert_eq!(server_port(c).await, second);
+    }
+    let left = eventually(Duration::from_secs(10), || async {
+        backends_at(first, USER).await == 0
+    })
+    .await;
+    assert!(left, "servers to the old port are closed once given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typo_in_the_file_names_line_and_key_and_the_old_settings_keep_working() {
+    let good = config_text("transaction", 4, "");
+    let fp = FileProxy::start(&good).await;
+    let (admin, _) = connect_admin(&fp.proxy).await;
+    let bad = good.replacen("pool_size = 4", "pool_sise = 4", 1);
+    let line = bad
+        .lines()
+        .position(|l| l.starts_with("pool_sise"))
+        .expect("the typo")
+        + 1;
+    fp.write(&bad);
+
+    let err = admin
+        .simple_query("RELOAD")
+        .await
+        .expect_err("RELOAD of a bad file fails");
+    let msg = err
+        .as_db_error()
+        .expect("an ErrorResponse")
+        .message()
+        .to_owned();
+    assert!(
+        msg.contains(&fp.path.display().to_string()),
+        "names the file: {msg}"
+    );
+    assert!(
+        msg.contains(&format!("line {line}")),
+        "names line {line}: {msg}"
+    );
+    assert!(msg.contains("pool.pool_sise"), "names the key: {msg}");
+
+    let client = connect(&fp.proxy, "app").await;
+    assert_eq!(
+        simple_value(&client, "select 1").await.as_deref(),
+        Some("1")
+    );
+    let rows = admin
+        .simple_query("SHOW CONFIG")
+        .await
+        .expect("SHOW CONFIG");
+    let pool_size = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("pool.pool_size") => {
+            r.get(1).map(str::to_owned)
+        }
+        _ => None,
+    });
+    assert_eq!(
+        pool_size.as_deref(),
+        Some("4"),
+        "the running config is kept"
+    );
+
+    let metrics = fp.proxy.state().metrics.render();
+    assert!(
+        metrics.contains("pgharbor_config_last_reload_success 0"),
+        "{metrics}"
+    );
+    fp.write(&good);
+    reload(&admin).await;
+    let metrics = fp.proxy.state().metrics.render();
+    assert!(
+        metrics.contains("pgharbor_config_last_reload_success 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_database_refuses_new_logins_and_ends_its_clients_after_their_transaction() {
+    let user = "reload_gone";
+    let text = config_text_for_user("transaction", 2, "", user);
+    let fp = FileProxy::start(&text).await;
+    let (admin, _) = connect_admin(&fp.proxy).await;
+    let client = connect_dsn(&dsn_as(&fp.proxy, user, user)).await;
+    client.batch_execute("begin").await.expect("begin");
+    assert_eq!(
+        simple_value(&client, "select 1").await.as_deref(),
+        Some("1")
+    );
+
+    let without = text.replacen(
+        &format!("name = \"{user}\"\ndbname"),
+        "name = \"elsewhere\"\ndbname",
+        1,
+    );
+    fp.write(&without);
+    reload(&admin).await;
+
+    // Its transaction is not cut.
+    client
+        .batch_execute("commit")
+        .await
+        .expect("the open transaction commits");
+    let after = client
+        .simple_query("select 1")
+        .await
+        .expect_err("the client is ended after its transaction");
+    assert_eq!(sqlstate(&after).as_deref(), Some("3D000"), "{after:?}");
+    let msg = after.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        msg.as_deref().is_some_and(|m| m.contains("removed")),
+        "{msg:?}"
+    );
+    let refused = tokio_postgres::connect(&dsn_as(&fp.proxy, user, user), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("a new login is refused");
+    assert_eq!(sqlstate(&refused).as_deref(), Some("3D000"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_that_needs_a_restart_keeps_its_value_and_reload_names_it_in_a_notice() {
+    let text = config_text("transaction", 2, "");
+    let fp = FileProxy::start(&text).await;
+    let (admin, mut notices) = connect_admin(&fp.proxy).await;
+    fp.write(&text.replacen(
+        "listen_addr = \"127.0.0.1:0\"",
+        "listen_addr = \"127.0.0.1:1\"\nworker_threads = 3",
+        1,
+    ));
+    reload(&admin).await;
+    let notice = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+        .await
+        .expect("a notice")
+        .expect("a notice");
+    assert_eq!(notice.severity(), "NOTICE");
+    for key in ["proxy.listen_addr", "proxy.worker_threads"] {
+        assert!(notice.message().contains(key), "{}", notice.message());
+    }
+    assert_eq!(
+        fp.proxy.state().config().proxy.listen_addr,
+        "127.0.0.1:0",
+        "the running value is kept"
+    );
+    let client = connect(&fp.proxy, "app").await;
+    assert_eq!(
+        simple_value(&client, "select 1").await.as_deref(),
+        Some("1")
+    );
+}
