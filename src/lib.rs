@@ -22,6 +22,7 @@ pub mod server;
 pub mod shutdown;
 pub mod tls;
 pub mod users;
+mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -241,6 +242,15 @@ impl Proxy {
             addr,
             metrics_addr,
         })
+    }
+
+    /// Names the file the config came from: RELOAD and SIGHUP re-read
+    /// it, and with `proxy.watch_config` its changes are reloaded by
+    /// themselves. Only the first call counts.
+    pub fn set_config_file(&self, path: PathBuf) {
+        if self.state.config_path.set(path).is_ok() {
+            crate::watch::spawn(&self.state);
+        }
     }
 
     /// Where clients connect (the real port when the config said port 0).

@@ -23,7 +23,7 @@ pub enum RunError {
 /// for up to `shutdown_timeout`), and reloads from `path` on SIGHUP.
 pub async fn run_with_signals(path: PathBuf, config: Config) -> Result<(), RunError> {
     let proxy = Proxy::start(config).await?;
-    let _ = proxy.state().config_path.set(path.clone());
+    proxy.set_config_file(path.clone());
     serve_until_signal(&proxy, Some(&path)).await
 }
 
@@ -33,7 +33,7 @@ pub async fn serve_until_signal(proxy: &Proxy, reload_from: Option<&Path>) -> Re
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     if let Some(path) = reload_from {
-        let _ = proxy.state().config_path.set(path.to_owned());
+        proxy.set_config_file(path.to_owned());
     }
     loop {
         tokio::select! {

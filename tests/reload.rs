@@ -277,3 +277,97 @@ async fn a_setting_that_needs_a_restart_keeps_its_value_and_reload_names_it_in_a
         Some("1")
     );
 }
+
+/// A mounted ConfigMap as Kubernetes lays it out: the file is a symlink
+/// through `..data`, itself a symlink to a timestamped directory.
+struct ConfigMapDir {
+    root: std::path::PathBuf,
+    version: u32,
+}
+
+impl ConfigMapDir {
+    fn new(root: &std::path::Path, text: &str) -> ConfigMapDir {
+        let mut dir = ConfigMapDir {
+            root: root.to_owned(),
+            version: 0,
+        };
+        dir.update(text);
+        std::os::unix::fs::symlink("..data/pgharbor.toml", root.join("pgharbor.toml"))
+            .expect("file symlink");
+        dir
+    }
+
+    /// Kubernetes' update: a new directory, a new `..data` link renamed
+    /// over the old one, the old directory removed.
+    fn update(&mut self, text: &str) {
+        self.version += 1;
+        let name = format!("..2026_12_07_{}", self.version);
+        let new = self.root.join(&name);
+        std::fs::create_dir(&new).expect("new data directory");
+        std::fs::write(new.join("pgharbor.toml"), text).expect("write config");
+        let tmp = self.root.join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &tmp).expect("data symlink");
+        std::fs::rename(&tmp, self.root.join("..data")).expect("swap ..data");
+        if self.version > 1 {
+            let old = self.root.join(format!("..2026_12_07_{}", self.version - 1));
+            std::fs::remove_dir_all(old).expect("remove the old data directory");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_config_applies_a_configmap_update_and_ignores_an_invalid_one_until_it_is_fixed() {
+    let text = |size: usize| {
+        config_text("transaction", size, "").replacen(
+            "[proxy]\n",
+            "[proxy]\nwatch_config = true\n",
+            1,
+        )
+    };
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut configmap = ConfigMapDir::new(root.path(), &text(2));
+    let path = root.path().join("pgharbor.toml");
+    let fp = FileProxy::start_from(root, path).await;
+    let client = connect(&fp.proxy, "app").await;
+    assert_eq!(
+        simple_value(&client, "select 1").await.as_deref(),
+        Some("1")
+    );
+    let pool = fp
+        .proxy
+        .state()
+        .pools
+        .all()
+        .into_iter()
+        .find(|p| p.key.database == "app");
+    let pool = pool.expect("the pool of app");
+    let state = fp.proxy.state().clone();
+    let reload_failed = || {
+        state
+            .metrics
+            .render()
+            .contains("pgharbor_config_last_reload_success 0")
+    };
+
+    // A broken update is refused and the running config kept.
+    configmap.update(&text(5).replacen("pool_size = 5", "pool_size = \"five\"", 1));
+    let refused = eventually(Duration::from_secs(10), || async { reload_failed() }).await;
+    assert!(refused, "the invalid file was tried and refused");
+    assert_eq!(pool.settings().pool_size, 2);
+    assert_eq!(
+        simple_value(&client, "select 2").await.as_deref(),
+        Some("2")
+    );
+
+    // Once fixed, the next update applies, to the open pool too.
+    configmap.update(&text(5));
+    let applied = eventually(Duration::from_secs(10), || async {
+        pool.settings().pool_size == 5
+    })
+    .await;
+    assert!(
+        applied,
+        "pool_size 5 reached the open pool without a SIGHUP"
+    );
+    assert!(!reload_failed());
+}

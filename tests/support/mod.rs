@@ -856,13 +856,14 @@ impl FileProxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("pgharbor.toml");
         std::fs::write(&path, text).expect("write config");
+        FileProxy::start_from(dir, path).await
+    }
+
+    /// Starts from the file at `path`, inside `dir` (kept until dropped).
+    pub async fn start_from(dir: tempfile::TempDir, path: PathBuf) -> FileProxy {
         let config = Config::load(&path).expect("valid test config");
         let proxy = Proxy::start(config).await.expect("start pgharbor");
-        proxy
-            .state()
-            .config_path
-            .set(path.clone())
-            .expect("config path unset");
+        proxy.set_config_file(path.clone());
         FileProxy {
             proxy,
             path,
