@@ -55,6 +55,10 @@ pub struct State {
     pub cancel: Arc<CancelRegistry>,
     /// Cancelled when the instance starts draining.
     pub shutdown: crate::shutdown::Shutdown,
+    /// Cancelled when the instance stops accepting connections: with the
+    /// drain, or a moment before it with `listen_reuseport` (see
+    /// `run.rs`).
+    pub stop_accepting: crate::shutdown::Shutdown,
     /// One permit per client connection (`max_client_conn`).
     pub client_permits: Arc<Semaphore>,
     /// Every client task, so shutdown can wait for them.
@@ -202,8 +206,8 @@ impl Proxy {
             .iter()
             .map(|p| (p.id, p.addr.clone()))
             .collect();
-        let listener =
-            listener::bind(&config.proxy.listen_addr).map_err(|source| StartError::Bind {
+        let listener = listener::bind(&config.proxy.listen_addr, config.proxy.listen_reuseport)
+            .map_err(|source| StartError::Bind {
                 addr: config.proxy.listen_addr.clone(),
                 source,
             })?;
@@ -220,6 +224,7 @@ impl Proxy {
             pools: Pools::new(metrics.clone()),
             client_permits: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
             shutdown: Default::default(),
+            stop_accepting: Default::default(),
             tracker: TaskTracker::new(),
             known_statements: Default::default(),
             listen: crate::listen::ListenHub::new(config.listen.clone(), metrics.clone()),
@@ -268,6 +273,7 @@ impl Proxy {
 
     /// Stops accepting; sessions end at their next safe point.
     pub fn begin_shutdown(&self) {
+        self.state.stop_accepting.cancel();
         self.state.shutdown.cancel();
     }
 

@@ -13,8 +13,9 @@ use crate::State;
 const BACKLOG: u32 = 4096;
 
 /// Binds with a deep backlog and SO_REUSEADDR (restarts do not wait out
-/// TIME_WAIT).
-pub(crate) fn bind(addr: &str) -> std::io::Result<TcpListener> {
+/// TIME_WAIT); with `reuseport`, SO_REUSEPORT too, so that several
+/// instances share the port and the kernel spreads connections over them.
+pub(crate) fn bind(addr: &str, reuseport: bool) -> std::io::Result<TcpListener> {
     let addr: std::net::SocketAddr = addr
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -24,6 +25,9 @@ pub(crate) fn bind(addr: &str) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
@@ -45,12 +49,14 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     // token's lock); the flag, set before the token, ends the loop, also
     // during a burst of connections.
     let mut stopped = std::pin::pin!(state.shutdown.cancelled_owned());
+    let mut closing = std::pin::pin!(state.stop_accepting.cancelled_owned());
     let local = listener.local_addr().ok().and_then(fixed_local_addr);
-    while !state.shutdown.is_cancelled() {
+    while !state.shutdown.is_cancelled() && !state.stop_accepting.is_cancelled() {
         let accepted = tokio::select! {
             biased;
             r = listener.accept() => r,
             _ = &mut stopped => continue,
+            _ = &mut closing => continue,
         };
         match accepted {
             Ok((stream, addr)) => {
@@ -69,7 +75,25 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             }
         }
     }
+    take_queued(&listener, local, &state);
     tracing::info!("stopped accepting connections");
+}
+
+/// Serves the connections the kernel already queued on the listener before
+/// it is closed: closing resets them, and with SO_REUSEPORT they were
+/// meant for this instance while another one goes on serving the port.
+fn take_queued(listener: &TcpListener, local: Option<std::net::SocketAddr>, state: &Arc<State>) {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    while let std::task::Poll::Ready(Ok((stream, addr))) = listener.poll_accept(&mut cx) {
+        // The tracker is closed by now; the session still counts in it and
+        // ends at its first safe point, as every session of a draining
+        // instance does.
+        let st = state.clone();
+        state
+            .tracker
+            .spawn(crate::client::serve(stream, addr, local, st));
+    }
 }
 
 #[cfg(test)]

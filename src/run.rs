@@ -7,6 +7,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::Config;
 use crate::Proxy;
 
+/// With `listen_reuseport`, how long after the listener closes the drain
+/// begins (see [`serve_until_signal`]).
+const LOGIN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -47,6 +51,13 @@ pub async fn serve_until_signal(proxy: &Proxy, reload_from: Option<&Path>) -> Re
                 }
             }
         }
+    }
+    if proxy.state().config().proxy.listen_reuseport {
+        // Another instance serves the port: close the listener first, and
+        // give clients accepted a moment ago time to log in and send their
+        // first transaction before idle clients are told to go.
+        proxy.state().stop_accepting.cancel();
+        tokio::time::sleep(LOGIN_GRACE).await;
     }
     proxy.begin_shutdown();
     proxy.drain().await;

@@ -30,6 +30,22 @@ async fn wait_for_backends(user: &str, limit: Duration, ok: impl Fn(i64) -> bool
     }
 }
 
+/// pgbench ran to its end and reports no failed transaction.
+#[track_caller]
+fn assert_no_failed_transactions(out: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        pgbench_number(&stdout, "number of failed transactions"),
+        Some(0),
+        "{stdout}"
+    );
+}
+
 async fn reload(admin: &tokio_postgres::Client) {
     admin.simple_query("RELOAD").await.expect("RELOAD");
 }
@@ -66,18 +82,7 @@ async fn reload_grows_and_shrinks_open_pools_under_pgbench_without_a_failed_tran
         "RELOAD to pool_size 3 closes servers as they come back: {shrunk}"
     );
 
-    let out = bench.await.expect("pgbench task");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        pgbench_number(&stdout, "number of failed transactions"),
-        Some(0),
-        "{stdout}"
-    );
+    assert_no_failed_transactions(&bench.await.expect("pgbench task"));
     let after = wait_for_backends(user, Duration::from_secs(2), |n| n <= 3).await;
     assert!(after <= 3, "still at most 3 once pgbench is done: {after}");
 }
@@ -370,4 +375,81 @@ async fn watch_config_applies_a_configmap_update_and_ignores_an_invalid_one_unti
         "pool_size 5 reached the open pool without a SIGHUP"
     );
     assert!(!reload_failed());
+}
+
+/// The `proxy.peer_id` of the instance that took this admin connection.
+async fn peer_id_behind(port: u16) -> Option<String> {
+    let dsn = format!(
+        "host=127.0.0.1 port={port} user=admin password=admin-pw dbname=pgharbor connect_timeout=5"
+    );
+    let (admin, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let rows = admin.simple_query("SHOW CONFIG").await.ok()?;
+    rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("proxy.peer_id") => {
+            r.get(1).map(str::to_owned)
+        }
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_port_with_reuseport_and_one_drains_while_the_other_serves() {
+    let port = free_port();
+    let keys = |id: u8| format!("listen_reuseport = true\npeer_id = {id}");
+    let mut first = ProxyProcess::start_on(port, "10s", &keys(1)).await;
+    let second = ProxyProcess::start_on(port, "10s", &keys(2)).await;
+
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        seen.extend(peer_id_behind(port).await);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "both instances accept clients on the port: {seen:?}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("select.sql");
+    std::fs::write(&script, "select 1;\n").expect("write script");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let script_arg = script.display().to_string();
+    let bench = tokio::spawn(async move {
+        let args = [
+            "-n",
+            "-C",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            "8",
+            "-f",
+            &script_arg,
+        ];
+        pgbench_at(addr, USER, &args).await
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.sigterm();
+    let status = tokio::task::spawn_blocking(move || first.wait_exit(Duration::from_secs(15)))
+        .await
+        .expect("wait for the first instance");
+    assert!(
+        status.success(),
+        "the drained instance exits cleanly: {status}"
+    );
+
+    assert_no_failed_transactions(&bench.await.expect("pgbench task"));
+    assert_eq!(
+        peer_id_behind(port).await.as_deref(),
+        Some("2"),
+        "the second instance serves the port alone"
+    );
+    drop(second);
 }

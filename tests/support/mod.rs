@@ -345,21 +345,13 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts it with `shutdown_timeout` and waits until it accepts clients.
     pub async fn start(shutdown_timeout: &str) -> ProxyProcess {
-        let proxy = Self::spawn(shutdown_timeout, "");
-        let up = eventually(Duration::from_secs(10), || async {
-            tokio_postgres::connect(&proxy.dsn, tokio_postgres::NoTls)
-                .await
-                .is_ok()
-        })
-        .await;
-        assert!(up, "pgharbor did not start");
-        proxy
+        Self::start_on(free_port(), shutdown_timeout, "").await
     }
 
     /// Starts it with more `[proxy]` keys and returns once its port accepts
     /// TCP connections: no client has logged in yet.
     pub async fn start_listening(shutdown_timeout: &str, proxy_keys: &str) -> ProxyProcess {
-        let proxy = Self::spawn(shutdown_timeout, proxy_keys);
+        let proxy = Self::spawn_on(free_port(), shutdown_timeout, proxy_keys);
         let addr = proxy.addr.clone();
         let up = eventually(Duration::from_secs(10), || {
             let addr = addr.clone();
@@ -370,8 +362,21 @@ impl ProxyProcess {
         proxy
     }
 
-    fn spawn(shutdown_timeout: &str, proxy_keys: &str) -> ProxyProcess {
-        let port = free_port();
+    /// Starts it on `port` with more `[proxy]` keys and waits until a
+    /// client can log in.
+    pub async fn start_on(port: u16, shutdown_timeout: &str, proxy_keys: &str) -> ProxyProcess {
+        let proxy = Self::spawn_on(port, shutdown_timeout, proxy_keys);
+        let up = eventually(Duration::from_secs(10), || async {
+            tokio_postgres::connect(&proxy.dsn, tokio_postgres::NoTls)
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(up, "pgharbor did not start");
+        proxy
+    }
+
+    fn spawn_on(port: u16, shutdown_timeout: &str, proxy_keys: &str) -> ProxyProcess {
         let text = config_text("transaction", 2, "")
             .replace(
                 "listen_addr = \"127.0.0.1:0\"",
