@@ -746,7 +746,6 @@ impl Config {
         p.listen_reuseport = r.listen_reuseport;
         self.metrics.clone_from(&running.metrics);
         self.peers.clone_from(&running.peers);
-        self.listen.clone_from(&running.listen);
     }
 
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {

@@ -142,6 +142,7 @@ impl State {
         let config = Arc::new(config.clone());
         self.config.store(config.clone());
         self.pools.apply_config(&running, &config, &server_tls);
+        self.listen.set_config(config.listen.clone());
         Ok(Reloaded { needs_restart })
     }
 

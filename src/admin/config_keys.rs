@@ -112,16 +112,21 @@ pub fn entries(c: &Config) -> Vec<Entry> {
     v.extend(pool_entries(&c.pool));
     let l = &c.listen;
     v.extend([
-        e("listen.client_buffer", l.client_buffer.to_string(), Restart),
+        // A client's buffer and policy are set when it first listens.
+        e(
+            "listen.client_buffer",
+            l.client_buffer.to_string(),
+            NewConnections,
+        ),
         e(
             "listen.on_overflow",
             format!("{:?}", l.on_overflow).to_lowercase(),
-            Restart,
+            NewConnections,
         ),
         e(
             "listen.overflow_payload",
             l.overflow_payload.clone(),
-            Restart,
+            Reload,
         ),
     ]);
     v
