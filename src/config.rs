@@ -19,7 +19,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The TOML did not parse, or named an unknown key or a bad value.
-    #[error("invalid config{}: {message}", at(.file, .line, .key))]
+    #[error("{}invalid config: {}{message}", at(.file, .line), key_part(.key))]
     Parse {
         /// The file, when the text came from one.
         file: Option<String>,
@@ -31,27 +31,31 @@ pub enum ConfigError {
     },
     #[error("invalid config: key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
-    /// An error found in a file's text, with the file's name.
-    #[error("{file}: {source}")]
+    /// An error found in a file's text, with the file's name and the line
+    /// of the key at fault when it is written there.
+    #[error("{file}{}: {source}", .line.map(|l| format!(", line {l}")).unwrap_or_default())]
     File {
         file: String,
+        line: Option<usize>,
         source: Box<ConfigError>,
     },
 }
 
-/// ` in FILE, line N, key `K``, each part as far as known.
-fn at(file: &Option<String>, line: &Option<usize>, key: &Option<String>) -> String {
-    let mut out = String::new();
-    if let Some(f) = file {
-        out.push_str(&format!(" in {f}"));
+/// `FILE, line N: ` as far as known, before an error message.
+fn at(file: &Option<String>, line: &Option<usize>) -> String {
+    match (file, line) {
+        (Some(f), Some(l)) => format!("{f}, line {l}: "),
+        (Some(f), None) => format!("{f}: "),
+        (None, Some(l)) => format!("line {l}: "),
+        (None, None) => String::new(),
     }
-    if let Some(l) = line {
-        out.push_str(&format!(", line {l}"));
-    }
-    if let Some(k) = key {
-        out.push_str(&format!(", key `{k}`"));
-    }
-    out
+}
+
+/// ``key `K`: `` when the key at fault is known.
+fn key_part(key: &Option<String>) -> String {
+    key.as_ref()
+        .map(|k| format!("key `{k}`: "))
+        .unwrap_or_default()
 }
 
 impl ConfigError {
@@ -70,14 +74,16 @@ impl ConfigError {
         }
     }
 
-    /// Names the file the text came from.
-    fn in_file(mut self, path: &Path) -> ConfigError {
+    /// Names the file the text came from, and the line of the key at
+    /// fault in `text`.
+    fn in_file(mut self, path: &Path, text: &str) -> ConfigError {
         match &mut self {
             ConfigError::Parse { file, .. } => *file = Some(path.display().to_string()),
             ConfigError::Read { .. } | ConfigError::File { .. } => {}
-            ConfigError::Invalid { .. } => {
+            ConfigError::Invalid { key, .. } => {
                 return ConfigError::File {
                     file: path.display().to_string(),
+                    line: line_of_key(text, key),
                     source: Box::new(self),
                 }
             }
@@ -111,6 +117,31 @@ fn located_key(text: &str, span: std::ops::Range<usize>) -> (Option<usize>, Opti
         (None, None) => None,
     };
     (Some(line_no), key)
+}
+
+/// The line where `key` (`section.key` or `section[i].key`, as validation
+/// errors name keys) is written in `text`, if it is.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let (section, field) = key.rsplit_once('.')?;
+    let (name, index) = match section.split_once('[') {
+        Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+        None => (section, None),
+    };
+    let mut entries = 0;
+    let mut here = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(table) = t.strip_prefix("[[") {
+            let table = table.trim_end_matches("]]").trim();
+            here = table == name && index == Some(entries);
+            entries += usize::from(table == name);
+        } else if let Some(table) = t.strip_prefix('[') {
+            here = index.is_none() && table.trim_end_matches(']').trim() == name;
+        } else if here && t.split_once('=').is_some_and(|(k, _)| k.trim() == field) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -578,7 +609,7 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml_str(&text).map_err(|e| e.in_file(path))
+        Config::from_toml_str(&text).map_err(|e| e.in_file(path, &text))
     }
 
     /// Parses and validates TOML text.
@@ -820,6 +851,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("pool_sise"), "{err}");
+    }
+
+    #[test]
+    fn a_validation_error_names_the_line_of_its_key() {
+        let text = "[pool]\npool_size = 4\n\n[[databases]]\nname = \"a\"\n\n[[databases]]\nname = \"b\"\npool_size = 0\n";
+        assert_eq!(line_of_key(text, "pool.pool_size"), Some(2));
+        assert_eq!(line_of_key(text, "databases[1].pool_size"), Some(9));
+        assert_eq!(line_of_key(text, "databases[0].pool_size"), None);
+        let err = Config::from_toml_str(text)
+            .unwrap_err()
+            .in_file(Path::new("/etc/pgharbor.toml"), text)
+            .to_string();
+        assert!(err.starts_with("/etc/pgharbor.toml, line 9:"), "{err}");
+        assert!(err.contains("databases[1].pool_size"), "{err}");
     }
 
     #[test]

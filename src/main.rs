@@ -88,7 +88,8 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{}: {e}", file.display());
+                // The error names the file (and the line, where known).
+                eprintln!("pgharbor: {e}");
                 ExitCode::from(2)
             }
         };
