@@ -453,3 +453,70 @@ async fn two_instances_share_a_port_with_reuseport_and_one_drains_while_the_othe
     );
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_added_changed_and_removed_by_reload_reach_logins_and_open_pools() {
+    let user = "reload_user";
+    let block = |pw: &str| {
+        format!(
+            "\n[[users]]\nname = \"{user}\"\npassword = \"{pw}\"\nauth_type = \"scram-sha-256\"\n"
+        )
+    };
+    let with_user = config_text_for_user("transaction", 2, "", user);
+    let without = with_user.replacen(&block(PASSWORD), "", 1);
+    assert_ne!(with_user, without);
+    let fp = FileProxy::start(&without).await;
+    let (admin, _) = connect_admin(&fp.proxy).await;
+    let a = fp.proxy.addr();
+    let dsn = |pw: &str| {
+        format!(
+            "host={} port={} user={user} password={pw} dbname={user} connect_timeout=10",
+            a.ip(),
+            a.port()
+        )
+    };
+    let login =
+        |dsn: String| async move { tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await };
+    assert!(login(dsn(PASSWORD)).await.is_err(), "not a user yet");
+
+    // Added.
+    fp.write(&with_user);
+    reload(&admin).await;
+    let client = connect_dsn(&dsn(PASSWORD)).await;
+    assert_eq!(
+        simple_value(&client, "select 1").await.as_deref(),
+        Some("1")
+    );
+
+    // Password changed, in Postgres and in the file: the open pool logs in
+    // to new servers with the new one, clients log in with it.
+    let new_pw = "changed-by-reload";
+    pg().create_user(user, new_pw, "scram-sha-256")
+        .expect("new password");
+    fp.write(&(without.clone() + &block(new_pw)));
+    reload(&admin).await;
+    admin.simple_query("RECONNECT").await.expect("RECONNECT");
+    let renewed = connect_dsn(&dsn(new_pw)).await;
+    assert_eq!(
+        simple_value(&renewed, "select 2").await.as_deref(),
+        Some("2")
+    );
+    let old = login(dsn(PASSWORD))
+        .await
+        .err()
+        .expect("the old password is refused");
+    assert_eq!(sqlstate(&old).as_deref(), Some("28P01"));
+
+    // Removed: new logins are refused, open clients end when they next
+    // need a server.
+    fp.write(&without);
+    reload(&admin).await;
+    assert!(
+        login(dsn(new_pw)).await.is_err(),
+        "a removed user cannot log in"
+    );
+    let ended = renewed.simple_query("select 3").await.expect_err("ended");
+    assert_eq!(sqlstate(&ended).as_deref(), Some("28000"), "{ended:?}");
+    pg().create_user(user, PASSWORD, "scram-sha-256")
+        .expect("restore the password");
+}
