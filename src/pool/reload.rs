@@ -55,8 +55,10 @@ impl Pool {
         drop(old);
         self.target.store(Arc::new(target));
         if retargeted {
-            // Servers opened before this generation close when seen.
+            // Servers opened before this generation close when seen; the
+            // parameters told at login come from the new server.
             self.reconnect();
+            *self.template.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         let size = settings.pool_size;
         self.settings.store(Arc::new(settings));
