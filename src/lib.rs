@@ -141,7 +141,9 @@ impl State {
         self.tls.store(Arc::new(tls));
         let config = Arc::new(config.clone());
         self.config.store(config.clone());
-        self.pools.apply_config(&running, &config, &server_tls);
+        for (from, to) in self.pools.apply_config(&running, &config, &server_tls) {
+            self.listen.retarget(&from, &to);
+        }
         self.listen.set_config(config.listen.clone());
         Ok(Reloaded { needs_restart })
     }

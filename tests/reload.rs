@@ -520,3 +520,41 @@ async fn users_added_changed_and_removed_by_reload_reach_logins_and_open_pools()
     pg().create_user(user, PASSWORD, "scram-sha-256")
         .expect("restore the password");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_client_hears_notifications_from_the_new_server_after_a_move() {
+    let (first, second) = (pg().port(), pg2().port());
+    let fp = FileProxy::start(&config_on_port(first)).await;
+    let (admin, _) = connect_admin(&fp.proxy).await;
+    let (listener, mut notes) = listening_client(&dsn(&fp.proxy, "app")).await;
+    listener
+        .batch_execute("listen moved_channel")
+        .await
+        .expect("LISTEN");
+
+    fp.write(&config_on_port(second));
+    reload(&admin).await;
+    let sender = connect(&fp.proxy, "app").await;
+    assert_eq!(server_port(&sender).await, second);
+    // Sent until one arrives: the listener connection moves in the
+    // background, and a NOTIFY before it listens again is missed (the
+    // overflow marker says so).
+    let mut heard = None;
+    for i in 0..100 {
+        sender
+            .batch_execute(&format!("notify moved_channel, 'after the move {i}'"))
+            .await
+            .expect("NOTIFY");
+        let wait = tokio::time::timeout(Duration::from_millis(200), notes.recv()).await;
+        if let Ok(Some(n)) = wait {
+            if n.payload().starts_with("after the move") {
+                heard = Some(n);
+                break;
+            }
+        }
+    }
+    assert!(
+        heard.is_some(),
+        "a NOTIFY on the new server reaches the listener"
+    );
+}

@@ -133,6 +133,23 @@ impl ListenHub {
         self.shared.cfg.store(Arc::new(cfg));
     }
 
+    /// A RELOAD moved a database from `old` to `new` (another host, port
+    /// or database name): its listener connection moves too, listens
+    /// again there, and its subscribers get the overflow marker, since
+    /// notifications may have been missed meanwhile. A listener already
+    /// open to `new` is left as it is.
+    pub fn retarget(&self, old: &ServerTarget, new: &ServerTarget) {
+        let key = |t: &ServerTarget| (t.host.clone(), t.port, t.dbname.clone(), t.user.clone());
+        let mut map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(&key(new)) {
+            return;
+        }
+        if let Some(l) = map.remove(&key(old)) {
+            l.move_to(new.clone());
+            map.insert(key(new), l);
+        }
+    }
+
     /// Stops every listener task and closes their connections.
     pub fn shutdown(&self) {
         self.shutdown.cancel();

@@ -145,8 +145,15 @@ impl Pools {
     /// A RELOAD: every open pool takes its database's new settings and
     /// server target; pools whose database, or whose `[[users]]` entry
     /// (`old` had it, `config` has not), is gone are retired and forgotten,
-    /// so a database added again later starts afresh.
-    pub fn apply_config(&self, old: &Config, config: &Config, tls: &Arc<ServerTls>) {
+    /// so a database added again later starts afresh. Returns the moves
+    /// (old target, new target) of pools whose server changed.
+    pub fn apply_config(
+        &self,
+        old: &Config,
+        config: &Config,
+        tls: &Arc<ServerTls>,
+    ) -> Vec<(Arc<ServerTarget>, Arc<ServerTarget>)> {
+        let mut moves = Vec::new();
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         map.retain(|db_name, users| {
             let Some(db) = config.database(db_name) else {
@@ -168,13 +175,15 @@ impl Pools {
                 target.connect_timeout = settings.server_connect_timeout;
                 target.tls = tls.clone();
                 let applied = pool.apply(settings.clone(), target);
-                if applied.retargeted {
+                if let Some(from) = applied.moved_from {
                     tracing::info!(pool = %pool.key, host = %db.host, port = db.port, "pool moved to a new server by RELOAD; servers to the old one close as they are given back");
+                    moves.push((from, pool.target()));
                 }
                 true
             });
             !users.is_empty()
         });
+        moves
     }
 
     pub fn close_all(&self) {

@@ -37,11 +37,12 @@ impl std::fmt::Display for Retired {
     }
 }
 
-/// What [`Pool::apply`] changed, for the log.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// What [`Pool::apply`] changed.
+#[derive(Debug, Default)]
 pub struct Applied {
     pub resized: bool,
-    pub retargeted: bool,
+    /// The target the pool left, when its host, port or database changed.
+    pub moved_from: Option<Arc<ServerTarget>>,
 }
 
 impl Pool {
@@ -49,11 +50,10 @@ impl Pool {
     /// their connections unless the target's host, port or database
     /// changed.
     pub fn apply(&self, settings: PoolDefaults, target: ServerTarget) -> Applied {
-        let old = self.target.load();
-        let retargeted =
-            old.host != target.host || old.port != target.port || old.dbname != target.dbname;
-        drop(old);
-        self.target.store(Arc::new(target));
+        let old = self.target.swap(Arc::new(target));
+        let new = self.target.load();
+        let retargeted = old.host != new.host || old.port != new.port || old.dbname != new.dbname;
+        drop(new);
         if retargeted {
             // Servers opened before this generation close when seen; the
             // parameters told at login come from the new server.
@@ -65,7 +65,7 @@ impl Pool {
         let resized = self.resize(size);
         Applied {
             resized,
-            retargeted,
+            moved_from: retargeted.then_some(old),
         }
     }
 
