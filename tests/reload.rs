@@ -558,3 +558,25 @@ async fn a_listening_client_hears_notifications_from_the_new_server_after_a_move
         "a NOTIFY on the new server reaches the listener"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_larger_min_pool_size_warms_an_open_pool_without_clients_asking() {
+    let user = "reload_min";
+    let text = |extra: &str| config_text_for_user("transaction", 5, extra, user);
+    let fp = FileProxy::start(&text("")).await;
+    let (admin, _) = connect_admin(&fp.proxy).await;
+    let client = connect_dsn(&dsn_as(&fp.proxy, user, user)).await;
+    assert_eq!(
+        simple_value(&client, "select 1").await.as_deref(),
+        Some("1")
+    );
+    assert_eq!(backends_at(pg().port(), user).await, 1);
+
+    fp.write(&text("min_pool_size = 3"));
+    reload(&admin).await;
+    let warmed = wait_for_backends(user, Duration::from_secs(10), |n| n >= 3).await;
+    assert_eq!(
+        warmed, 3,
+        "the janitor opens servers up to the new min_pool_size"
+    );
+}
