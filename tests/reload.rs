@@ -580,3 +580,41 @@ async fn a_larger_min_pool_size_warms_an_open_pool_without_clients_asking() {
         "the janitor opens servers up to the new min_pool_size"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_bad_file_logs_where_it_is_wrong_and_keeps_serving() {
+    let proxy = ProxyProcess::start("5s").await;
+    let path = proxy.config_path();
+    let good = std::fs::read_to_string(&path).expect("config");
+    let bad = good.replacen("pool_size = 2", "pool_sise = 2", 1);
+    let line = bad
+        .lines()
+        .position(|l| l.starts_with("pool_sise"))
+        .expect("the typo")
+        + 1;
+    std::fs::write(&path, &bad).expect("write config");
+    proxy.signal("HUP");
+    let logged = eventually(Duration::from_secs(10), || async {
+        proxy.log().contains("reload failed")
+    })
+    .await;
+    let log = proxy.log();
+    assert!(logged, "the failed reload is logged: {log}");
+    let failure = log
+        .lines()
+        .find(|l| l.contains("reload failed"))
+        .unwrap_or_default();
+    let parts = [
+        path.display().to_string(),
+        format!("line {line}"),
+        "pool.pool_sise".to_owned(),
+    ];
+    for part in parts {
+        assert!(failure.contains(&part), "{part} in: {failure}");
+    }
+    let client = connect_dsn(&proxy.dsn).await;
+    assert_eq!(
+        simple_value(&client, "select 1").await.as_deref(),
+        Some("1")
+    );
+}

@@ -393,7 +393,7 @@ impl ProxyProcess {
             .arg("-c")
             .arg(&path)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("pgharbor.log")).expect("log file"))
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start pgharbor");
@@ -409,11 +409,26 @@ impl ProxyProcess {
     }
 
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends signal `name` (`TERM`, `HUP`, …) to the process.
+    pub fn signal(&self, name: &str) {
         let kill = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(kill.success());
+    }
+
+    /// The config file it was started from.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("pgharbor.toml")
+    }
+
+    /// What it logged so far (its stdout).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("pgharbor.log")).unwrap_or_default()
     }
 
     /// Waits for the process to exit; kills it and panics after `limit`.
