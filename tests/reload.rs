@@ -46,6 +46,17 @@ fn assert_no_failed_transactions(out: &std::process::Output) {
     );
 }
 
+/// `text` with `[pool] pool_size` misspelt, and the line of the typo.
+fn with_typo(text: &str) -> (String, usize) {
+    let bad = text.replacen("\npool_size =", "\npool_sise =", 1);
+    let line = bad
+        .lines()
+        .position(|l| l.starts_with("pool_sise"))
+        .expect("the typo")
+        + 1;
+    (bad, line)
+}
+
 async fn reload(admin: &tokio_postgres::Client) {
     admin.simple_query("RELOAD").await.expect("RELOAD");
 }
@@ -147,12 +158,7 @@ async fn a_typo_in_the_file_names_line_and_key_and_the_old_settings_keep_working
     let good = config_text("transaction", 4, "");
     let fp = FileProxy::start(&good).await;
     let (admin, _) = connect_admin(&fp.proxy).await;
-    let bad = good.replacen("pool_size = 4", "pool_sise = 4", 1);
-    let line = bad
-        .lines()
-        .position(|l| l.starts_with("pool_sise"))
-        .expect("the typo")
-        + 1;
+    let (bad, line) = with_typo(&good);
     fp.write(&bad);
 
     let err = admin
@@ -586,12 +592,7 @@ async fn sighup_with_a_bad_file_logs_where_it_is_wrong_and_keeps_serving() {
     let proxy = ProxyProcess::start("5s").await;
     let path = proxy.config_path();
     let good = std::fs::read_to_string(&path).expect("config");
-    let bad = good.replacen("pool_size = 2", "pool_sise = 2", 1);
-    let line = bad
-        .lines()
-        .position(|l| l.starts_with("pool_sise"))
-        .expect("the typo")
-        + 1;
+    let (bad, line) = with_typo(&good);
     std::fs::write(&path, &bad).expect("write config");
     proxy.signal("HUP");
     let logged = eventually(Duration::from_secs(10), || async {
