@@ -605,11 +605,23 @@ impl UserConfig {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_then(path, Ok)
+    }
+
+    /// Reads and validates a file, then runs `then` on it (reading the TLS
+    /// files it names, applying it); an error of either names the file,
+    /// and the line of the key at fault.
+    pub fn load_then<T>(
+        path: &Path,
+        then: impl FnOnce(Config) -> Result<T, ConfigError>,
+    ) -> Result<T, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml_str(&text).map_err(|e| e.in_file(path, &text))
+        Config::from_toml_str(&text)
+            .and_then(then)
+            .map_err(|e| e.in_file(path, &text))
     }
 
     /// Parses and validates TOML text.
@@ -623,7 +635,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what serde cannot: ranges, references, duplicates.
+    /// Checks what serde cannot: ranges, references, duplicates. The TLS
+    /// files are read once, where they are used (`tls::TlsSettings`, at
+    /// start, reload and check-config), not here.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.proxy
             .listen_addr
@@ -726,11 +740,7 @@ impl Config {
                 ));
             }
         }
-        self.validate_auth_users()?;
-        // Reads the certificate, key and CA files: a bad path or PEM is
-        // reported by check-config and at reload, not at the first client.
-        crate::tls::TlsSettings::from_config(self)?;
-        Ok(())
+        self.validate_auth_users()
     }
 
     /// Every `auth_user` must be a `[[users]]` entry pgharbor can log in as.

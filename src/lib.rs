@@ -99,8 +99,8 @@ impl State {
     /// connections. Settings only a restart can change keep their running
     /// value; their keys are returned. A config that fails validation
     /// changes nothing.
-    pub fn reload(&self, mut config: Config) -> Result<Reloaded, ConfigError> {
-        let result = self.apply(&mut config);
+    pub fn reload(&self, config: Config) -> Result<Reloaded, ConfigError> {
+        let result = self.apply(config);
         self.record_reload(&result);
         result
     }
@@ -126,12 +126,12 @@ impl State {
         }
     }
 
-    fn apply(&self, config: &mut Config) -> Result<Reloaded, ConfigError> {
+    fn apply(&self, mut config: Config) -> Result<Reloaded, ConfigError> {
         config.validate()?;
-        let users = Users::from_config(config, Some(&self.users()))?;
-        let tls = TlsSettings::from_config(config)?;
+        let users = Users::from_config(&config, Some(&self.users()))?;
+        let tls = TlsSettings::from_config(&config)?;
         let running = self.config.load_full();
-        let needs_restart = crate::admin::config_keys::restart_keys_changed(&running, config);
+        let needs_restart = crate::admin::config_keys::restart_keys_changed(&running, &config);
         config.keep_restart_settings(&running);
         self.metrics
             .client_tls_cert_expiry
@@ -139,7 +139,7 @@ impl State {
         let server_tls = tls.server.clone();
         self.users.store(Arc::new(users));
         self.tls.store(Arc::new(tls));
-        let config = Arc::new(config.clone());
+        let config = Arc::new(config);
         self.config.store(config.clone());
         for (from, to) in self.pools.apply_config(&running, &config, &server_tls) {
             self.listen.retarget(&from, &to);
@@ -157,14 +157,11 @@ impl State {
                 reason: "this instance was started without a config file; nothing to reload".into(),
             });
         };
-        match Config::load(path) {
-            Ok(config) => self.reload(config),
-            Err(e) => {
-                let failed = Err(e);
-                self.record_reload(&failed);
-                failed
-            }
-        }
+        // Errors of the file and of what it names (TLS files) name the
+        // file and the line.
+        let result = Config::load_then(path, |config| self.apply(config));
+        self.record_reload(&result);
+        result
     }
 }
 
@@ -173,6 +170,15 @@ impl State {
 pub struct Reloaded {
     /// Keys whose new value needs a restart; the running value is kept.
     pub needs_restart: Vec<&'static str>,
+}
+
+/// `pgharbor check-config`: the file parses and validates, and the TLS
+/// files it names can be used.
+pub fn check_config(path: &std::path::Path) -> Result<Config, ConfigError> {
+    Config::load_then(path, |config| {
+        TlsSettings::from_config(&config)?;
+        Ok(config)
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
