@@ -20,10 +20,130 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("invalid config: {0}")]
-    Parse(String),
+    /// The TOML did not parse, or named an unknown key or a bad value.
+    #[error("{}invalid config: {}{message}", at(.file, .line), key_part(.key))]
+    Parse {
+        /// The file, when the text came from one.
+        file: Option<String>,
+        /// 1-based line of the fault, when the parser knows it.
+        line: Option<usize>,
+        /// `section.key` at fault, when a key is.
+        key: Option<String>,
+        message: String,
+    },
     #[error("invalid config: key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+    /// An error found in a file's text, with the file's name and the line
+    /// of the key at fault when it is written there.
+    #[error("{file}{}: {source}", .line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    File {
+        file: String,
+        line: Option<usize>,
+        source: Box<ConfigError>,
+    },
+}
+
+/// `FILE, line N: ` as far as known, before an error message.
+fn at(file: &Option<String>, line: &Option<usize>) -> String {
+    match (file, line) {
+        (Some(f), Some(l)) => format!("{f}, line {l}: "),
+        (Some(f), None) => format!("{f}: "),
+        (None, Some(l)) => format!("line {l}: "),
+        (None, None) => String::new(),
+    }
+}
+
+/// ``key `K`: `` when the key at fault is known.
+fn key_part(key: &Option<String>) -> String {
+    key.as_ref()
+        .map(|k| format!("key `{k}`: "))
+        .unwrap_or_default()
+}
+
+impl ConfigError {
+    /// The TOML parser's error, with its line and the key at fault worked
+    /// out from where in `text` it points.
+    fn from_toml(e: &toml::de::Error, text: &str) -> ConfigError {
+        let (line, key) = match e.span() {
+            Some(span) => located_key(text, span),
+            None => (None, None),
+        };
+        ConfigError::Parse {
+            file: None,
+            line,
+            key,
+            message: e.message().to_owned(),
+        }
+    }
+
+    /// Names the file the text came from, and the line of the key at
+    /// fault in `text`.
+    fn in_file(mut self, path: &Path, text: &str) -> ConfigError {
+        match &mut self {
+            ConfigError::Parse { file, .. } => *file = Some(path.display().to_string()),
+            ConfigError::Read { .. } | ConfigError::File { .. } => {}
+            ConfigError::Invalid { key, .. } => {
+                return ConfigError::File {
+                    file: path.display().to_string(),
+                    line: line_of_key(text, key),
+                    source: Box::new(self),
+                }
+            }
+        }
+        self
+    }
+}
+
+/// The line of `span` in `text`, and the key there as `section.key` (the
+/// key of a `key = value` line, under the last `[section]` before it).
+fn located_key(text: &str, span: std::ops::Range<usize>) -> (Option<usize>, Option<String>) {
+    let Some(before) = text.get(..span.start) else {
+        return (None, None);
+    };
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let name = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let section = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    let key = match (section, name) {
+        (Some(s), Some(k)) => Some(format!("{s}.{k}")),
+        (None, Some(k)) => Some(k.to_owned()),
+        (Some(s), None) => Some(s.to_owned()),
+        (None, None) => None,
+    };
+    (Some(line_no), key)
+}
+
+/// The line where `key` (`section.key` or `section[i].key`, as validation
+/// errors name keys) is written in `text`, if it is.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let (section, field) = key.rsplit_once('.')?;
+    let (name, index) = match section.split_once('[') {
+        Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+        None => (section, None),
+    };
+    let mut entries = 0;
+    let mut here = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(table) = t.strip_prefix("[[") {
+            let table = table.trim_end_matches("]]").trim();
+            here = table == name && index == Some(entries);
+            entries += usize::from(table == name);
+        } else if let Some(table) = t.strip_prefix('[') {
+            here = index.is_none() && table.trim_end_matches(']').trim() == name;
+        } else if here && t.split_once('=').is_some_and(|(k, _)| k.trim() == field) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -102,6 +222,12 @@ pub struct ProxyConfig {
     /// Threads serving clients: 1 = a single-threaded runtime (least CPU
     /// per transaction), 0 = one per core, N = N.
     pub worker_threads: usize,
+    /// Reload when the config file, or a file it names (TLS certificates
+    /// and keys, password files), changes.
+    pub watch_config: bool,
+    /// Bind the listening socket with SO_REUSEPORT, so several instances
+    /// share one port (rolling restarts).
+    pub listen_reuseport: bool,
 }
 
 impl Default for ProxyConfig {
@@ -116,6 +242,8 @@ impl Default for ProxyConfig {
             peers_dns_interval: Duration::from_secs(10),
             max_message_size: 256 * 1024 * 1024,
             worker_threads: 1,
+            watch_config: false,
+            listen_reuseport: false,
         }
     }
 }
@@ -560,17 +688,29 @@ impl UserConfig {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_then(path, Ok)
+    }
+
+    /// Reads and validates a file, then runs `then` on it (reading the TLS
+    /// files it names, applying it); an error of either names the file,
+    /// and the line of the key at fault.
+    pub fn load_then<T>(
+        path: &Path,
+        then: impl FnOnce(Config) -> Result<T, ConfigError>,
+    ) -> Result<T, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
         Config::from_toml_str(&text)
+            .and_then(then)
+            .map_err(|e| e.in_file(path, &text))
     }
 
     /// Parses and validates TOML text.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let mut config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(&e, text))?;
         for (i, u) in config.users.iter_mut().enumerate() {
             u.resolve_password(&format!("users[{i}]"))?;
         }
@@ -579,7 +719,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what serde cannot: ranges, references, duplicates.
+    /// Checks what serde cannot: ranges, references, duplicates. The TLS
+    /// files are read once, where they are used (`tls::TlsSettings`, at
+    /// start, reload and check-config), not here.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.proxy
             .listen_addr
@@ -690,11 +832,7 @@ impl Config {
                 ));
             }
         }
-        self.validate_auth_users()?;
-        // Reads the certificate, key and CA files: a bad path or PEM is
-        // reported by check-config and at reload, not at the first client.
-        crate::tls::TlsSettings::from_config(self)?;
-        Ok(())
+        self.validate_auth_users()
     }
 
     /// Client certificates need TLS, and a `cert` line in hba_file needs
@@ -775,6 +913,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Keeps `running`'s values of the settings only a restart can change
+    /// (see `admin::config_keys`): what SHOW CONFIG shows after a RELOAD is
+    /// what runs.
+    pub fn keep_restart_settings(&mut self, running: &Config) {
+        let (p, r) = (&mut self.proxy, &running.proxy);
+        p.listen_addr.clone_from(&r.listen_addr);
+        p.max_client_conn = r.max_client_conn;
+        p.peer_id = r.peer_id;
+        p.worker_threads = r.worker_threads;
+        p.watch_config = r.watch_config;
+        p.listen_reuseport = r.listen_reuseport;
+        self.metrics.clone_from(&running.metrics);
+        self.peers.clone_from(&running.peers);
     }
 
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
@@ -929,6 +1082,20 @@ mod tests {
         }
         std::fs::write(&hba, "host all all 10.0.0.0/8 scram-sha-256\n").unwrap();
         assert!(Config::from_toml_str(&config).unwrap().hba.is_some());
+    }
+
+    #[test]
+    fn a_validation_error_names_the_line_of_its_key() {
+        let text = "[pool]\npool_size = 4\n\n[[databases]]\nname = \"a\"\n\n[[databases]]\nname = \"b\"\npool_size = 0\n";
+        assert_eq!(line_of_key(text, "pool.pool_size"), Some(2));
+        assert_eq!(line_of_key(text, "databases[1].pool_size"), Some(9));
+        assert_eq!(line_of_key(text, "databases[0].pool_size"), None);
+        let err = Config::from_toml_str(text)
+            .unwrap_err()
+            .in_file(Path::new("/etc/pgharbor.toml"), text)
+            .to_string();
+        assert!(err.starts_with("/etc/pgharbor.toml, line 9:"), "{err}");
+        assert!(err.contains("databases[1].pool_size"), "{err}");
     }
 
     #[test]

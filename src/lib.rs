@@ -44,6 +44,7 @@ pub mod shutdown;
 pub mod sql;
 pub mod tls;
 pub mod users;
+mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -76,6 +77,10 @@ pub struct State {
     pub cancel: Arc<CancelRegistry>,
     /// Cancelled when the instance starts draining.
     pub shutdown: crate::shutdown::Shutdown,
+    /// Cancelled when the instance stops accepting connections: with the
+    /// drain, or a moment before it with `listen_reuseport` (see
+    /// `run.rs`).
+    pub stop_accepting: crate::shutdown::Shutdown,
     /// One permit per client connection (`max_client_conn`).
     pub client_permits: Arc<Semaphore>,
     /// Every client task, so shutdown can wait for them.
@@ -110,37 +115,85 @@ impl State {
         self.tls.load()
     }
 
-    /// Applies a new configuration: users and databases take effect for new
-    /// logins; pools already open keep their settings until RECONNECT.
-    pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
+    /// Applies a new configuration to the running instance: open pools
+    /// take their new settings, size and server at once (see
+    /// `pool/reload.rs`), users and TLS apply to the next logins and server
+    /// connections. Settings only a restart can change keep their running
+    /// value; their keys are returned. A config that fails validation
+    /// changes nothing.
+    pub fn reload(&self, config: Config) -> Result<Reloaded, ConfigError> {
+        let result = self.apply(config);
+        self.record_reload(&result);
+        result
+    }
+
+    /// The reload metrics and log line of an attempted reload.
+    fn record_reload(&self, result: &Result<Reloaded, ConfigError>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.metrics.config_last_reload.set(now);
+        self.metrics
+            .config_last_reload_success
+            .set(i64::from(result.is_ok()));
+        match result {
+            Ok(r) if r.needs_restart.is_empty() => tracing::info!("configuration reloaded"),
+            Ok(r) => tracing::warn!(
+                keys = ?r.needs_restart,
+                "configuration reloaded; these keys need a restart and keep their running value"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the running configuration")
+            }
+        }
+    }
+
+    fn apply(&self, mut config: Config) -> Result<Reloaded, ConfigError> {
         config.validate()?;
         let users = Users::from_config(&config, Some(&self.users()))?;
         let tls = TlsSettings::from_config(&config)?;
+        let running = self.config.load_full();
+        let needs_restart = crate::admin::config_keys::restart_keys_changed(&running, &config);
+        config.keep_restart_settings(&running);
         self.metrics
             .client_tls_cert_expiry
             .set(tls.client.not_after.unwrap_or(0));
+        let server_tls = tls.server.clone();
         self.users.store(Arc::new(users));
         self.tls.store(Arc::new(tls));
-        self.config.store(Arc::new(config));
-        tracing::info!("configuration reloaded");
-        Ok(())
+        let config = Arc::new(config);
+        self.config.store(config.clone());
+        for (from, to) in self.pools.apply_config(&running, &config, &server_tls) {
+            self.listen.retarget(&from, &to);
+        }
+        self.listen.set_config(config.listen.clone());
+        Ok(Reloaded { needs_restart })
     }
 
-    /// Re-reads [`State::config_path`] and applies it (admin RELOAD).
-    pub fn reload_from_file(&self) -> Result<(), ConfigError> {
+    /// Re-reads [`State::config_path`] and applies it (admin RELOAD,
+    /// SIGHUP, a watched file's change).
+    pub fn reload_from_file(&self) -> Result<Reloaded, ConfigError> {
         let Some(path) = self.config_path.get() else {
             return Err(ConfigError::Invalid {
                 key: "(config file)".into(),
                 reason: "this instance was started without a config file; nothing to reload".into(),
             });
         };
-        self.reload(Config::load(path)?)
+        // Errors of the file and of what it names (TLS files) name the
+        // file and the line.
+        let result = Config::load_then(path, |config| self.apply(config));
+        self.record_reload(&result);
+        result
     }
 }
 
 impl crate::listener::Serve for State {
     fn shutdown(&self) -> &crate::shutdown::Shutdown {
         &self.shutdown
+    }
+
+    fn stop_accepting(&self) -> &crate::shutdown::Shutdown {
+        &self.stop_accepting
     }
 
     fn serve(
@@ -174,6 +227,22 @@ impl crate::metrics::http::Instance for State {
     }
 }
 
+/// What a successful RELOAD could not apply.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// Keys whose new value needs a restart; the running value is kept.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// `pgharbor check-config`: the file parses and validates, and the TLS
+/// files it names can be used.
+pub fn check_config(path: &std::path::Path) -> Result<Config, ConfigError> {
+    Config::load_then(path, |config| {
+        TlsSettings::from_config(&config)?;
+        Ok(config)
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -202,13 +271,14 @@ impl Proxy {
         metrics
             .client_tls_cert_expiry
             .set(tls.client.not_after.unwrap_or(0));
+        metrics.config_last_reload_success.set(1);
         let peers: HashMap<u8, String> = config
             .peers
             .iter()
             .map(|p| (p.id, p.addr.clone()))
             .collect();
-        let listener =
-            listener::bind(&config.proxy.listen_addr).map_err(|source| StartError::Bind {
+        let listener = listener::bind(&config.proxy.listen_addr, config.proxy.listen_reuseport)
+            .map_err(|source| StartError::Bind {
                 addr: config.proxy.listen_addr.clone(),
                 source,
             })?;
@@ -225,6 +295,7 @@ impl Proxy {
             pools: Pools::new(metrics.clone()),
             client_permits: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
             shutdown: Default::default(),
+            stop_accepting: Default::default(),
             tracker: TaskTracker::new(),
             known_statements: Default::default(),
             listen: crate::listen::ListenHub::new(config.listen.clone(), metrics.clone()),
@@ -259,6 +330,15 @@ impl Proxy {
         })
     }
 
+    /// Names the file the config came from: RELOAD and SIGHUP re-read
+    /// it, and with `proxy.watch_config` its changes are reloaded by
+    /// themselves. Only the first call counts.
+    pub fn set_config_file(&self, path: PathBuf) {
+        if self.state.config_path.set(path).is_ok() {
+            crate::watch::spawn(&self.state);
+        }
+    }
+
     /// Where clients connect (the real port when the config said port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -274,6 +354,7 @@ impl Proxy {
 
     /// Stops accepting; sessions end at their next safe point.
     pub fn begin_shutdown(&self) {
+        self.state.stop_accepting.cancel();
         self.state.shutdown.cancel();
     }
 

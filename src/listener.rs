@@ -12,6 +12,9 @@ use crate::shutdown::Shutdown;
 /// What the accept loop needs of the instance it accepts for.
 pub(crate) trait Serve: Send + Sync + 'static {
     fn shutdown(&self) -> &Shutdown;
+    /// Cancelled when this instance stops taking new connections (a
+    /// draining `listen_reuseport` instance) before it shuts down.
+    fn stop_accepting(&self) -> &Shutdown;
     /// Starts serving an accepted connection from `addr`, made to `local`
     /// when every connection of the listener is made to the same address.
     fn serve(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, local: Option<SocketAddr>);
@@ -22,8 +25,9 @@ pub(crate) trait Serve: Send + Sync + 'static {
 const BACKLOG: u32 = 4096;
 
 /// Binds with a deep backlog and SO_REUSEADDR (restarts do not wait out
-/// TIME_WAIT).
-pub(crate) fn bind(addr: &str) -> std::io::Result<TcpListener> {
+/// TIME_WAIT); with `reuseport`, SO_REUSEPORT too, so that several
+/// instances share the port and the kernel spreads connections over them.
+pub(crate) fn bind(addr: &str, reuseport: bool) -> std::io::Result<TcpListener> {
     let addr: std::net::SocketAddr = addr
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -33,6 +37,9 @@ pub(crate) fn bind(addr: &str) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
@@ -54,12 +61,14 @@ pub(crate) async fn accept_loop<S: Serve>(listener: TcpListener, state: Arc<S>) 
     // token's lock); the flag, set before the token, ends the loop, also
     // during a burst of connections.
     let mut stopped = std::pin::pin!(state.shutdown().cancelled_owned());
+    let mut closing = std::pin::pin!(state.stop_accepting().cancelled_owned());
     let local = listener.local_addr().ok().and_then(fixed_local_addr);
-    while !state.shutdown().is_cancelled() {
+    while !state.shutdown().is_cancelled() && !state.stop_accepting().is_cancelled() {
         let accepted = tokio::select! {
             biased;
             r = listener.accept() => r,
             _ = &mut stopped => continue,
+            _ = &mut closing => continue,
         };
         match accepted {
             Ok((stream, addr)) => {
@@ -75,7 +84,26 @@ pub(crate) async fn accept_loop<S: Serve>(listener: TcpListener, state: Arc<S>) 
             }
         }
     }
+    take_queued(&listener, local, &state);
     tracing::info!("stopped accepting connections");
+}
+
+/// Serves the connections the kernel already queued on the listener before
+/// it is closed: closing resets them, and with SO_REUSEPORT they were
+/// meant for this instance while another one goes on serving the port.
+fn take_queued<S: Serve>(
+    listener: &TcpListener,
+    local: Option<std::net::SocketAddr>,
+    state: &Arc<S>,
+) {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    while let std::task::Poll::Ready(Ok((stream, addr))) = listener.poll_accept(&mut cx) {
+        // The tracker is closed by now; the session still counts in it and
+        // ends at its first safe point, as every session of a draining
+        // instance does.
+        state.clone().serve(stream, addr, local);
+    }
 }
 
 #[cfg(test)]

@@ -82,13 +82,14 @@ fn init_tracing(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::CheckConfig { file }) = &cli.command {
-        return match pgharbor::config::Config::load(file) {
+        return match pgharbor::check_config(file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{}: {e}", file.display());
+                // The error names the file (and the line, where known).
+                eprintln!("pgharbor: {e}");
                 ExitCode::from(2)
             }
         };

@@ -7,6 +7,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::Config;
 use crate::Proxy;
 
+/// With `listen_reuseport`, how long after the listener closes the drain
+/// begins (see [`serve_until_signal`]).
+const LOGIN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -23,7 +27,7 @@ pub enum RunError {
 /// for up to `shutdown_timeout`), and reloads from `path` on SIGHUP.
 pub async fn run_with_signals(path: PathBuf, config: Config) -> Result<(), RunError> {
     let proxy = Proxy::start(config).await?;
-    let _ = proxy.state().config_path.set(path.clone());
+    proxy.set_config_file(path.clone());
     serve_until_signal(&proxy, Some(&path)).await
 }
 
@@ -32,20 +36,28 @@ pub async fn serve_until_signal(proxy: &Proxy, reload_from: Option<&Path>) -> Re
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    if let Some(path) = reload_from {
+        proxy.set_config_file(path.to_owned());
+    }
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break }
             _ = proxy.shutdown_requested() => { tracing::info!("shutdown requested: draining"); break }
             _ = hup.recv() => {
-                if let Some(path) = reload_from {
-                    match Config::load(path).and_then(|c| proxy.state().reload(c)) {
-                        Ok(()) => {}
-                        Err(e) => tracing::error!(error = %e, "reload failed; keeping the previous configuration"),
-                    }
+                // Logged, and counted in the reload metrics, by the reload.
+                if proxy.state().config_path.get().is_some() {
+                    let _ = proxy.state().reload_from_file();
                 }
             }
         }
+    }
+    if proxy.state().config().proxy.listen_reuseport {
+        // Another instance serves the port: close the listener first, and
+        // give clients accepted a moment ago time to log in and send their
+        // first transaction before idle clients are told to go.
+        proxy.state().stop_accepting.cancel();
+        tokio::time::sleep(LOGIN_GRACE).await;
     }
     proxy.begin_shutdown();
     proxy.drain().await;

@@ -57,6 +57,11 @@ fn check_config_rejects_bad_files_naming_the_key() {
             "users[0].password",
         ),
         ("[pool]\npool_mode = \"statement\"\n", "pool_mode"),
+        // TLS files are read by check-config too.
+        (
+            "[client_tls]\nmode = \"require\"\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
+            "client_tls.cert_file",
+        ),
     ];
     for (text, key) in cases {
         let out = check_config_text(text);

@@ -28,7 +28,7 @@ const LAYERS: &[&[&str]] = &[
     &["listen"],
     &["client"],
     &["admin"],
-    &["lib", "run", "demo", "scratch_pg"],
+    &["lib", "run", "demo", "scratch_pg", "watch"],
 ];
 
 /// Imports from a lower layer to a higher one that are still to be removed,
@@ -48,12 +48,10 @@ const ALLOWED_UPWARD: &[(&str, &str)] = &[
     // both, with the split of accepting from the relay.
     ("client::accept", "admin"),
     ("client::accept", "admin::registry"),
-    // Validation reads the certificate files (so they are read twice per
-    // start and reload): left to the settings-resolved-once work on reload.
-    ("config", "tls"),
     // The config parses `hba_file` and the client-certificate files as it
-    // loads, so RELOAD re-reads them: to go, as the TLS files went, to the
-    // settings resolved once from a validated config.
+    // loads, so RELOAD re-reads them: to go, as the TLS files went
+    // (`TlsSettings::from_config`), to settings resolved once from a
+    // validated config.
     ("config", "auth::client_cert"),
     ("config", "auth::hba"),
 ];
@@ -63,9 +61,8 @@ const ALLOWED_UPWARD: &[(&str, &str)] = &[
 /// is none.
 const ALLOWED_CYCLES: &[&str] = &[
     // The upward imports above, seen as cycles.
-    "admin auth::query client lib",
-    "lib auth::query",
-    "config tls",
+    "admin auth::query client lib watch",
+    "lib auth::query watch",
     // Cancel's registry, the per-client slots and the peers call each
     // other (a slot reaches the registry to forward, the registry the
     // peers and the slots): to be undone by passing the registry's pieces

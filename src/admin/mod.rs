@@ -9,6 +9,7 @@
 //! - this file runs one console session.
 
 mod commands;
+pub mod config_keys;
 pub mod registry;
 mod show;
 
@@ -306,15 +307,25 @@ impl Console {
                 }
                 "RECONNECT"
             }
-            Command::Reload => {
-                if let Err(e) = state.reload_from_file() {
+            Command::Reload => match state.reload_from_file() {
+                Ok(reloaded) => {
+                    if !reloaded.needs_restart.is_empty() {
+                        let keys = reloaded.needs_restart.join(", ");
+                        PgError::notice(
+                            sqlstate::SUCCESSFUL_COMPLETION,
+                            format!("pgharbor: these settings need a restart and keep their running value: {keys}"),
+                        )
+                        .encode(&mut self.out);
+                    }
+                    "RELOAD"
+                }
+                Err(e) => {
                     return Ok(Err(PgError::error(
                         sqlstate::INVALID_PARAMETER_VALUE,
-                        format!("pgharbor: reload failed, keeping the previous configuration: {e}"),
-                    )));
+                        format!("pgharbor: reload failed, keeping the running configuration: {e}"),
+                    )))
                 }
-                "RELOAD"
-            }
+            },
             Command::Shutdown => {
                 tracing::info!(admin = %self.user, "SHUTDOWN from the admin console");
                 state.shutdown.cancel();

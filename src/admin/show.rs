@@ -9,7 +9,8 @@ use std::time::SystemTime;
 use bytes::BytesMut;
 
 use super::commands::Show;
-use crate::config::{Config, PoolDefaults};
+use super::config_keys;
+use crate::config::Config;
 use crate::pool::{Pool, ServerInfo, ServerState};
 use crate::protocol::backend;
 use crate::State;
@@ -97,7 +98,7 @@ fn pools(state: &State) -> Rows {
                 s.servers_login.get().to_string(),
                 maxwait.as_secs().to_string(),
                 maxwait.subsec_micros().to_string(),
-                p.settings.pool_mode.as_str().into(),
+                p.settings().pool_mode.as_str().into(),
             ]
         })
         .collect();
@@ -386,176 +387,20 @@ fn databases(state: &State) -> Rows {
     (DATABASES, rows)
 }
 
-fn dur(d: std::time::Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
-/// Keys as written in the TOML file (`section.key`), with whether a RELOAD
-/// changes them on a running instance.
-fn config_entries(c: &Config) -> Vec<(&'static str, String, bool)> {
-    let p = &c.proxy;
-    let d: &PoolDefaults = &c.pool;
-    let mut entries = vec![
-        ("proxy.listen_addr", p.listen_addr.clone(), false),
-        (
-            "proxy.max_client_conn",
-            p.max_client_conn.to_string(),
-            false,
-        ),
-        ("proxy.admin_users", p.admin_users.join(","), true),
-        ("proxy.shutdown_timeout", dur(p.shutdown_timeout), true),
-        ("proxy.peer_id", p.peer_id.to_string(), false),
-        ("proxy.peers_dns", p.peers_dns.clone(), false),
-        ("proxy.peers_dns_interval", dur(p.peers_dns_interval), false),
-        (
-            "proxy.max_message_size",
-            p.max_message_size.to_string(),
-            true,
-        ),
-        ("proxy.worker_threads", p.worker_threads.to_string(), false),
-        ("metrics.listen_addr", c.metrics.listen_addr.clone(), false),
-        // TLS is read again at each reload: new clients get the new
-        // certificate, new pools the new server settings.
-        ("client_tls.mode", c.client_tls.mode.as_str().into(), true),
-        ("client_tls.cert_file", c.client_tls.cert_file.clone(), true),
-        ("client_tls.key_file", c.client_tls.key_file.clone(), true),
-        ("server_tls.mode", c.server_tls.mode.as_str().into(), true),
-        ("server_tls.ca_file", c.server_tls.ca_file.clone(), true),
-        // Pool settings apply to pools created after a reload; pools
-        // already open keep theirs.
-        ("pool.pool_mode", d.pool_mode.as_str().into(), false),
-        ("pool.pool_size", d.pool_size.to_string(), false),
-        ("pool.min_pool_size", d.min_pool_size.to_string(), false),
-        ("pool.query_wait_timeout", dur(d.query_wait_timeout), false),
-        (
-            "pool.server_connect_timeout",
-            dur(d.server_connect_timeout),
-            false,
-        ),
-        ("pool.server_check_delay", dur(d.server_check_delay), false),
-        (
-            "pool.server_idle_timeout",
-            dur(d.server_idle_timeout),
-            false,
-        ),
-        ("pool.server_lifetime", dur(d.server_lifetime), false),
-        (
-            "pool.idle_transaction_timeout",
-            dur(d.idle_transaction_timeout),
-            false,
-        ),
-        (
-            "pool.client_idle_timeout",
-            dur(d.client_idle_timeout),
-            false,
-        ),
-        (
-            "pool.server_reset_query",
-            d.server_reset_query.clone(),
-            false,
-        ),
-        (
-            "pool.server_check_query",
-            d.server_check_query.clone(),
-            false,
-        ),
-        (
-            "pool.max_prepared_statements",
-            d.max_prepared_statements.to_string(),
-            false,
-        ),
-        (
-            "pool.session_state",
-            format!("{:?}", d.session_state).to_lowercase(),
-            false,
-        ),
-        (
-            "listen.client_buffer",
-            c.listen.client_buffer.to_string(),
-            false,
-        ),
-        (
-            "listen.on_overflow",
-            format!("{:?}", c.listen.on_overflow).to_lowercase(),
-            false,
-        ),
-        (
-            "listen.overflow_payload",
-            c.listen.overflow_payload.clone(),
-            false,
-        ),
-    ];
-    entries.extend(access_entries(c));
-    entries
-}
-
-/// Who may log in and how many: authentication sources, access rules,
-/// client certificates and limits. Values only, never a secret (passwords
-/// live in [[users]], which SHOW CONFIG does not list).
-fn access_entries(c: &Config) -> Vec<(&'static str, String, bool)> {
-    let (t, d) = (&c.client_tls, &c.pool);
-    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
-    vec![
-        // Read again at each reload, like the rest of [client_tls].
-        ("client_tls.ca_file", t.ca_file.clone(), true),
-        (
-            "client_tls.client_cert",
-            t.client_cert.as_str().into(),
-            true,
-        ),
-        ("client_tls.crl_file", t.crl_file.clone(), true),
-        (
-            "client_tls.allow_plaintext_password",
-            yes_no(t.allow_plaintext_password),
-            true,
-        ),
-        // Looked up per login: a reload applies to the next lookup.
-        ("pool.auth_user", d.auth_user.clone(), true),
-        ("pool.auth_query", d.auth_query.clone(), true),
-        (
-            "pool.auth_query_cache_ttl",
-            dur(d.auth_query_cache_ttl),
-            true,
-        ),
-        // Read with the config: a reload re-reads the file.
-        ("pool.hba_file", d.hba_file.clone(), true),
-        // Taken when a pool is made.
-        (
-            "pool.max_db_connections",
-            d.max_db_connections.to_string(),
-            false,
-        ),
-        (
-            "pool.max_user_connections",
-            d.max_user_connections.to_string(),
-            false,
-        ),
-        (
-            "pool.max_db_client_connections",
-            d.max_db_client_connections.to_string(),
-            false,
-        ),
-        (
-            "pool.max_user_client_connections",
-            d.max_user_client_connections.to_string(),
-            false,
-        ),
-    ]
-}
-
 const CONFIG: &[&str] = &["key", "value", "default", "changeable"];
 
 fn config(state: &State) -> Rows {
-    let current = config_entries(&state.config());
-    let defaults = config_entries(&Config::default());
+    let current = config_keys::entries(&state.config());
+    let defaults = config_keys::entries(&Config::default());
     let rows = current
         .into_iter()
         .zip(defaults)
-        .map(|((key, value, changeable), (_, default, _))| {
+        .map(|(now, default)| {
+            let changeable = now.applies != config_keys::Applies::Restart;
             vec![
-                key.into(),
-                value,
-                default,
+                now.key.into(),
+                now.value,
+                default.value,
                 if changeable { "yes" } else { "no" }.into(),
             ]
         })
@@ -604,10 +449,10 @@ mod tests {
     #[test]
     fn config_rows_line_up_with_defaults() {
         let c = Config::default();
-        let rows = config_entries(&c);
+        let rows = config_keys::entries(&c);
         assert!(rows
             .iter()
-            .any(|(k, v, _)| *k == "pool.pool_size" && v == "20"));
+            .any(|e| e.key == "pool.pool_size" && e.value == "20"));
         for key in [
             "pool.auth_user",
             "pool.auth_query",
@@ -617,9 +462,9 @@ mod tests {
             "pool.max_user_client_connections",
             "client_tls.client_cert",
         ] {
-            assert!(rows.iter().any(|(k, _, _)| *k == key), "{key} not listed");
+            assert!(rows.iter().any(|e| e.key == key), "{key} not listed");
         }
-        let keys: std::collections::HashSet<_> = rows.iter().map(|r| r.0).collect();
+        let keys: std::collections::HashSet<_> = rows.iter().map(|r| r.key).collect();
         assert_eq!(keys.len(), rows.len(), "keys are unique");
     }
 
@@ -627,16 +472,16 @@ mod tests {
     fn tls_modes_are_shown_as_the_config_spells_them() {
         let mut c = Config::default();
         c.server_tls.mode = crate::config::ServerTlsMode::VerifyFull;
-        let rows = config_entries(&c);
+        let rows = config_keys::entries(&c);
         let mode = rows
             .iter()
-            .find(|r| r.0 == "server_tls.mode")
-            .map(|r| r.1.as_str());
+            .find(|r| r.key == "server_tls.mode")
+            .map(|r| r.value.as_str());
         assert_eq!(mode, Some("verify-full"));
         let mode = rows
             .iter()
-            .find(|r| r.0 == "client_tls.mode")
-            .map(|r| r.1.as_str());
+            .find(|r| r.key == "client_tls.mode")
+            .map(|r| r.value.as_str());
         assert_eq!(mode, Some("disable"));
     }
 }

@@ -279,7 +279,7 @@ async fn run(
     let pool = state
         .pools
         .get_or_create(&db, &user, &config.pool, &state.tls().server);
-    let counted = match state.pools.limits.admit_client(&pool.key, &pool.settings) {
+    let counted = match state.pools.limits.admit_client(&pool.key, &pool.settings()) {
         Ok(counted) => counted,
         Err(e) => {
             let _ = startup::send(&mut stream, &auth_ok).await;
@@ -298,7 +298,7 @@ async fn run(
     );
     let mut session = Session {
         client: stream,
-        mode: pool.settings.pool_mode,
+        mode: pool.settings().pool_mode,
         pool,
         state: state.clone(),
         reported: crate::pool::no_params(),

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use super::session::{Session, SessionError};
-use crate::pool::{CheckoutError, PooledServer, SlowCheckout};
+use crate::pool::{CheckoutError, PooledServer, Retired, SlowCheckout};
 use crate::protocol::{sqlstate, PgError};
 use crate::server::ServerError;
 
@@ -229,5 +229,11 @@ pub(super) fn checkout_error(e: CheckoutError) -> PgError {
             "check that PostgreSQL is running and the [[databases]] host and port are right",
         ),
         CheckoutError::Closed(_) => PgError::fatal(sqlstate::ADMIN_SHUTDOWN, e.to_string()),
+        CheckoutError::Retired(Retired::DatabaseRemoved(_)) => {
+            PgError::fatal(sqlstate::INVALID_CATALOG_NAME, e.to_string())
+        }
+        CheckoutError::Retired(Retired::UserRemoved(_)) => {
+            PgError::fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, e.to_string())
+        }
     }
 }

@@ -471,7 +471,7 @@ impl Session {
 
     /// Pins the client for `what`, or returns the refusal to send.
     fn on_session_state(&mut self, what: String) -> Option<String> {
-        match self.pool.settings.session_state {
+        match self.pool.settings().session_state {
             SessionState::Pin => {
                 tracing::info!(statement = %what, "client pinned to its server (session_state = \"pin\")");
                 self.state.metrics.session_pins.inc();
@@ -491,7 +491,7 @@ impl Session {
     /// Notes `st` as prepared on the server, closing the least recently used
     /// statement if the server is over `max_prepared_statements`.
     fn record_prepared(&mut self, st: &Statement) {
-        let cap = self.pool.settings.max_prepared_statements;
+        let cap = self.pool.settings().max_prepared_statements;
         let Some(p) = self.server.as_mut() else {
             return;
         };

@@ -26,7 +26,7 @@ pub(super) enum Intercept {
 impl Session {
     fn subscriber(&mut self) -> &mut Subscriber {
         let hub = &self.state.listen;
-        let target = &self.pool.target;
+        let target = &self.pool.target();
         let pid = self.cancel.slot.pid();
         self.listen
             .get_or_insert_with(|| Box::new(hub.subscriber(target, pid)))

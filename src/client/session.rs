@@ -215,7 +215,7 @@ impl Session {
         self.pool.stats.clients_idle.inc();
         let timeout = self
             .pool
-            .settings
+            .settings()
             .server_connect_timeout
             .max(Duration::from_secs(2));
         let clean_boundary = pooled.server.rbuf.is_empty() && self.sscan.at_boundary();
@@ -238,7 +238,7 @@ impl Session {
             true
         };
         let reusable = reusable && {
-            let reset = &self.pool.settings.server_reset_query;
+            let reset = &self.pool.settings().server_reset_query;
             // A client pinned or not yet checked may leave session state
             // (temporary objects) behind: reset, or closed without a reset.
             // A server whose temporary schema was used is closed: after a

@@ -70,7 +70,7 @@ impl Session {
     pub(super) async fn check_temp_schema(&mut self) -> TempCheck {
         let timeout = self
             .pool
-            .settings
+            .settings()
             .server_connect_timeout
             .max(Duration::from_secs(2));
         let Some(pooled) = self.server.as_mut() else {
@@ -83,7 +83,7 @@ impl Session {
         let found = pooled.server.query_first_value(TEMP_SCHEMA_IN_USE);
         match tokio::time::timeout(timeout, found).await {
             Ok(Ok(Some(v))) if v == b"f" => TempCheck::Clean,
-            Ok(Ok(Some(v))) if v == b"t" => match self.pool.settings.session_state {
+            Ok(Ok(Some(v))) if v == b"t" => match self.pool.settings().session_state {
                 SessionState::Pin => self.pin_for_temp("a temporary object"),
                 SessionState::Error => {
                     self.warn_temp_dropped();

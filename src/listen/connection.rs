@@ -38,6 +38,9 @@ const MAX_MESSAGE: usize = 1024 * 1024;
 pub(crate) enum Cmd {
     /// Apply the dirty channels; answer once the server has done so.
     Sync(Option<oneshot::Sender<()>>),
+    /// The database moved to another server (RELOAD): leave the current
+    /// connection and listen again on the new server.
+    Move,
 }
 
 #[derive(Default)]
@@ -97,7 +100,8 @@ impl Registry {
 }
 
 pub(crate) struct Listener {
-    pub(crate) target: ServerTarget,
+    /// Replaced when a RELOAD moves the database (see [`Cmd::Move`]).
+    target: Mutex<ServerTarget>,
     registry: Mutex<Registry>,
     cmd: mpsc::UnboundedSender<Cmd>,
 }
@@ -110,7 +114,7 @@ impl Listener {
     ) -> Arc<Listener> {
         let (tx, rx) = mpsc::unbounded_channel();
         let l = Arc::new(Listener {
-            target,
+            target: Mutex::new(target),
             registry: Mutex::new(Registry::default()),
             cmd: tx,
         });
@@ -125,6 +129,19 @@ impl Listener {
     /// Pokes the task; `done` fires once the server caught up.
     pub(crate) fn sync(&self, done: Option<oneshot::Sender<()>>) {
         let _ = self.cmd.send(Cmd::Sync(done));
+    }
+
+    pub(crate) fn target(&self) -> ServerTarget {
+        self.target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Listens on `target` from now on, leaving the current connection.
+    pub(crate) fn move_to(&self, target: ServerTarget) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
+        let _ = self.cmd.send(Cmd::Move);
     }
 
     fn wanted(&self) -> bool {
@@ -174,13 +191,16 @@ async fn run(
                 c = rx.recv() => match c {
                     None => return,
                     Some(Cmd::Sync(w)) => waiters.extend(w),
+                    // The next connection goes to the new target anyway.
+                    Some(Cmd::Move) => {}
                 },
             }
             continue;
         }
+        let target = l.target();
         let conn = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = connect(&l.target) => r,
+            r = connect(&target) => r,
         };
         match conn {
             Ok(server) => {
@@ -190,7 +210,7 @@ async fn run(
                     Outcome::Shutdown => return,
                     Outcome::Idle => markers = false,
                     Outcome::Lost(why, w) => {
-                        tracing::warn!(db = %l.target.dbname, "listener connection lost: {why}; reconnecting");
+                        tracing::warn!(db = %l.target().dbname, "listener connection lost: {why}; reconnecting");
                         waiters = w;
                         markers = true;
                         backoff_wait(&mut rx, &mut waiters, BACKOFF_START, &shutdown).await;
@@ -198,7 +218,7 @@ async fn run(
                 }
             }
             Err(e) => {
-                tracing::warn!(db = %l.target.dbname, "listener connection failed: {e}; retrying in {backoff:?}");
+                tracing::warn!(db = %l.target().dbname, "listener connection failed: {e}; retrying in {backoff:?}");
                 {
                     let mut reg = l.registry();
                     for ch in reg.channels.values_mut().filter(|c| !c.confirmed) {
@@ -233,6 +253,7 @@ async fn backoff_wait(
             c = rx.recv() => match c {
                 None => return false,
                 Some(Cmd::Sync(w)) => waiters.extend(w),
+                Some(Cmd::Move) => {}
             },
         }
     }
@@ -288,6 +309,7 @@ async fn session(
             _ = shutdown.cancelled() => break Outcome::Shutdown,
             c = rx.recv() => match c {
                 None => break Outcome::Shutdown,
+                Some(Cmd::Move) => break lost(l, hub, &mut actual, inflight, "the database moved to another server (RELOAD)".into()),
                 Some(Cmd::Sync(w)) => {
                     reconcile(l, hub, &mut actual, &mut inflight, &mut wbuf);
                     if let Some(w) = w {

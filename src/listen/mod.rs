@@ -27,7 +27,7 @@ use bytes::BytesMut;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ListenConfig, OverflowPolicy};
+use crate::config::ListenConfig;
 use crate::metrics::Metrics;
 use crate::protocol::{sqlstate, PgError};
 use crate::server::{ServerKey, ServerTarget};
@@ -60,7 +60,10 @@ impl ListenError {
 
 /// What the listener task needs from the hub.
 pub(crate) struct HubShared {
-    pub(crate) cfg: ListenConfig,
+    /// `[listen]`, replaced by a RELOAD: a new buffer size and overflow
+    /// policy reach the clients that subscribe after it, a new overflow
+    /// payload every marker sent after it.
+    pub(crate) cfg: arc_swap::ArcSwap<ListenConfig>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) senders: senders::Senders,
 }
@@ -79,7 +82,7 @@ impl ListenHub {
     pub fn new(cfg: ListenConfig, metrics: Arc<Metrics>) -> Arc<ListenHub> {
         Arc::new(ListenHub {
             shared: Arc::new(HubShared {
-                cfg,
+                cfg: arc_swap::ArcSwap::from_pointee(cfg),
                 metrics,
                 senders: senders::Senders::default(),
             }),
@@ -91,7 +94,7 @@ impl ListenHub {
 
     /// A subscriber for one client. Opens nothing until its first LISTEN.
     pub fn subscriber(self: &Arc<Self>, target: &ServerTarget, client_pid: i32) -> Subscriber {
-        let cfg = &self.shared.cfg;
+        let cfg = self.shared.cfg.load();
         Subscriber {
             hub: self.clone(),
             target: target.clone(),
@@ -123,6 +126,28 @@ impl ListenHub {
     /// The server went back to the pool or was closed (call at return).
     pub fn forget_server_pid(&self, server: &ServerKey) {
         self.shared.senders.forget(server.addr, server.pid);
+    }
+
+    /// A RELOAD's `[listen]` (see [`HubShared::cfg`]).
+    pub fn set_config(&self, cfg: ListenConfig) {
+        self.shared.cfg.store(Arc::new(cfg));
+    }
+
+    /// A RELOAD moved a database from `old` to `new` (another host, port
+    /// or database name): its listener connection moves too, listens
+    /// again there, and its subscribers get the overflow marker, since
+    /// notifications may have been missed meanwhile. A listener already
+    /// open to `new` is left as it is.
+    pub fn retarget(&self, old: &ServerTarget, new: &ServerTarget) {
+        let key = |t: &ServerTarget| (t.host.clone(), t.port, t.dbname.clone(), t.user.clone());
+        let mut map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(&key(new)) {
+            return;
+        }
+        if let Some(l) = map.remove(&key(old)) {
+            l.move_to(new.clone());
+            map.insert(key(new), l);
+        }
     }
 
     /// Stops every listener task and closes their connections.
@@ -256,7 +281,7 @@ impl Subscriber {
     pub fn drain_into(&mut self, out: &mut BytesMut) -> usize {
         let (n, notifications) = self
             .queue
-            .drain_into(out, &self.hub.shared.cfg.overflow_payload);
+            .drain_into(out, &self.hub.shared.cfg.load().overflow_payload);
         self.hub
             .shared
             .metrics
@@ -282,7 +307,6 @@ impl Subscriber {
         if !self.queue.take_fatal() {
             return None;
         }
-        debug_assert_eq!(self.hub.shared.cfg.on_overflow, OverflowPolicy::Disconnect);
         Some(
             PgError::fatal(
                 sqlstate::PROGRAM_LIMIT_EXCEEDED,

@@ -48,6 +48,10 @@ pub struct Metrics {
     /// Logins refused by authentication, by database and user (empty for
     /// names pgharbor does not know, so strangers cannot add series).
     pub login_failures: IntCounterVec,
+    /// When the last RELOAD (console, SIGHUP or a watched file) was tried.
+    pub config_last_reload: IntGauge,
+    /// 1 if that RELOAD was applied, 0 if the file was refused.
+    pub config_last_reload_success: IntGauge,
 }
 
 /// Handles for one pool's series (labels `database`, `user`).
@@ -239,6 +243,16 @@ impl Metrics {
                 "pgharbor_login_failures_total",
                 "Logins refused by authentication (wrong password, unknown user, access rules)",
                 &["database", "user"],
+            ),
+            config_last_reload: gauge(
+                &r,
+                "pgharbor_config_last_reload_timestamp_seconds",
+                "When the configuration was last reloaded or a reload was tried (Unix time; 0: never)",
+            ),
+            config_last_reload_success: gauge(
+                &r,
+                "pgharbor_config_last_reload_success",
+                "1 if the last reload was applied (or none was tried), 0 if its file was refused",
             ),
             registry: r,
         }

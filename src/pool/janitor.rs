@@ -27,7 +27,8 @@ pub(super) fn spawn(pool: &Arc<Pool>) {
 
 /// Removes idle servers that are too old, idle too long, or dead.
 fn sweep(pool: &Pool) {
-    let min = pool.settings.min_pool_size;
+    let settings = pool.settings.load_full();
+    let min = settings.min_pool_size;
     let removed = {
         let mut idle = pool.idle_list();
         let before = idle.len();
@@ -39,9 +40,11 @@ fn sweep(pool: &Pool) {
         let mut kept = Vec::with_capacity(idle.len());
         let now = std::time::Instant::now();
         for mut server in idle.drain(..) {
+            // A RELOAD may have changed server_lifetime since it opened.
+            server.retire_at = server.created.checked_add(settings.server_lifetime);
             let expired = super::past_lifetime(&server, now);
-            let idle_too_long = server.last_used.elapsed() >= pool.settings.server_idle_timeout
-                && may_close_idle > 0;
+            let idle_too_long =
+                server.last_used.elapsed() >= settings.server_idle_timeout && may_close_idle > 0;
             if expired || idle_too_long || !server.is_alive() {
                 may_close_idle = may_close_idle.saturating_sub(1);
                 continue;
@@ -60,7 +63,7 @@ fn sweep(pool: &Pool) {
 /// Opens servers until `min_pool_size` exist (using free permits only, so
 /// clients are never kept waiting by warm-up).
 async fn top_up(pool: &Arc<Pool>) {
-    let min = pool.settings.min_pool_size;
+    let min = pool.settings().min_pool_size;
     while pool.in_use() + pool.idle_count() < min {
         let Some(permit) = pool.try_permit() else {
             return;

@@ -100,7 +100,7 @@ impl Limits {
     /// The server limits of a new pool, if it has any; the pool is listed
     /// under them, so others may close its idle servers for room.
     pub(super) fn for_pool(&self, pool: &Arc<Pool>) -> Option<PoolLimits> {
-        let s = &pool.settings;
+        let s = pool.settings();
         if s.max_db_connections == 0 && s.max_user_connections == 0 {
             return None;
         }

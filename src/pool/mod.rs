@@ -6,6 +6,7 @@ mod janitor;
 mod limits;
 mod params;
 mod registry;
+mod reload;
 mod slots;
 mod waiting;
 
@@ -13,12 +14,14 @@ pub use crate::server::listing::{ServerInfo, ServerState};
 pub use limits::{ClientCount, Limits};
 pub use params::no_params;
 pub use registry::Pools;
+pub use reload::Retired;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use crate::config::PoolDefaults;
@@ -57,14 +60,20 @@ pub enum CheckoutError {
     Connect { key: PoolKey, source: ServerError },
     #[error("pgharbor: pool {0} is shutting down")]
     Closed(PoolKey),
+    #[error("pgharbor: {0}")]
+    Retired(Retired),
 }
 
 /// One pool. Shared by every client of its (database, user) through an `Arc`.
 pub struct Pool {
     /// Shared with the SHOW CLIENTS entries of the pool's clients.
     pub key: Arc<PoolKey>,
-    pub settings: PoolDefaults,
-    pub target: ServerTarget,
+    /// Replaced by a RELOAD (see `reload.rs`): read where used, never kept.
+    settings: ArcSwap<PoolDefaults>,
+    /// Where servers are opened; replaced by a RELOAD. A new host, port or
+    /// database also moves the generation on, so servers to the old one
+    /// close (idle ones at once, busy ones when given back).
+    target: ArcSwap<ServerTarget>,
     /// Idle servers, most recently used last (reused first: warm caches).
     /// Boxed on purpose: servers move in and out of this list once per
     /// transaction (see [`PooledServer::server`]).
@@ -84,6 +93,12 @@ pub struct Pool {
     /// (RECONNECT, DROP DATABASE retries).
     generation: AtomicU64,
     closed: AtomicBool,
+    /// Why the pool was closed by a RELOAD (its database or user is gone),
+    /// told to its clients as they next ask for a server.
+    retired: std::sync::OnceLock<Retired>,
+    /// Set when a RELOAD shrank the pool below the servers it lends: each
+    /// server given back then checks whether to close instead.
+    shrinking: AtomicBool,
     /// Every open server, for the admin console (see `inspect`).
     servers: Arc<ServerList>,
     /// Tells the wait timer (see `waiting`) that a client began to wait
@@ -127,14 +142,16 @@ impl Pool {
         let pool = Arc::new(Pool {
             key: Arc::new(key),
             slots: Mutex::new(Slots::new(settings.pool_size)),
-            settings,
-            target,
+            settings: ArcSwap::from_pointee(settings),
+            target: ArcSwap::from_pointee(target),
             idle: Mutex::new(Vec::new()),
             stats,
             template: Mutex::new(None),
             params: Mutex::default(),
             generation: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            retired: std::sync::OnceLock::new(),
+            shrinking: AtomicBool::new(false),
             servers: Arc::default(),
             wait_timer: Arc::default(),
             limits: std::sync::OnceLock::new(),
@@ -157,9 +174,20 @@ impl Pool {
         (!pool.closed.load(Ordering::Acquire)).then_some(pool)
     }
 
+    /// The pool's current settings (`[pool]` with the database's
+    /// overrides, as of the last RELOAD).
+    pub fn settings(&self) -> arc_swap::Guard<Arc<PoolDefaults>> {
+        self.settings.load()
+    }
+
+    /// Where and as whom the pool's servers connect, as of the last RELOAD.
+    pub fn target(&self) -> Arc<ServerTarget> {
+        self.target.load_full()
+    }
+
     /// Servers currently lent to clients.
     pub fn in_use(&self) -> usize {
-        self.slots().in_use(self.settings.pool_size)
+        self.slots().in_use()
     }
 
     pub fn idle_count(&self) -> usize {
@@ -287,7 +315,7 @@ impl Pool {
         limits: &limits::PoolLimits,
         generation: u64,
     ) -> Result<Room, CheckoutError> {
-        let deadline = tokio::time::Instant::now() + self.settings.query_wait_timeout;
+        let deadline = tokio::time::Instant::now() + self.settings().query_wait_timeout;
         let _waiting = limits.wait();
         loop {
             // Registered before the checks, so a change between a check
@@ -307,7 +335,7 @@ impl Pool {
                 return Ok(Room::Hold(hold));
             }
             if let Some(server) = limits.take_an_idle_server(self) {
-                let within = self.settings.server_connect_timeout;
+                let within = self.settings().server_connect_timeout;
                 limits::close_and_wait(server, within).await;
                 continue;
             }
@@ -330,7 +358,7 @@ impl Pool {
     }
 
     fn due_for_check(&self, server: &Server, now: Instant) -> bool {
-        now.saturating_duration_since(server.last_used) >= self.settings.server_check_delay
+        now.saturating_duration_since(server.last_used) >= self.settings().server_check_delay
     }
 
     fn lend(
@@ -352,12 +380,13 @@ impl Pool {
     async fn open_server(&self, hold: Option<limits::Hold>) -> Result<Box<Server>, CheckoutError> {
         self.stats.servers_login.inc();
         let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
-        let result = Server::connect(&self.target, id).await;
+        let target = self.target();
+        let result = Server::connect(&target, id).await;
         self.stats.servers_login.dec();
         match result {
             Ok(mut server) => {
                 self.register_server(&mut server, hold);
-                server.retire_at = server.created.checked_add(self.settings.server_lifetime);
+                server.retire_at = server.created.checked_add(self.settings().server_lifetime);
                 let mut t = self.template.lock().unwrap_or_else(|e| e.into_inner());
                 if t.is_none() {
                     *t = Some(Arc::new(server.params.clone()));
@@ -389,12 +418,13 @@ impl Pool {
 
     /// The cheapest round trip (an empty query), or `server_check_query`.
     async fn health_check(&self, server: &mut Server) -> bool {
-        let q = if self.settings.server_check_query.is_empty() {
+        let settings = self.settings.load_full();
+        let q = if settings.server_check_query.is_empty() {
             ";"
         } else {
-            self.settings.server_check_query.as_str()
+            settings.server_check_query.as_str()
         };
-        let timeout = self.settings.server_connect_timeout;
+        let timeout = settings.server_connect_timeout;
         matches!(
             tokio::time::timeout(timeout, server.simple_query(q)).await,
             Ok(Ok(()))
@@ -421,12 +451,13 @@ impl Pool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        t.ok_or_else(|| CheckoutError::Closed(PoolKey::clone(&self.key)))
+        t.ok_or_else(|| self.closed_error())
     }
 
     /// Keeps `server` for reuse, last used at `now`, unless it is unfit.
     fn put_idle(&self, mut server: Box<Server>, generation: u64, now: Instant) {
         if self.closed.load(Ordering::Acquire)
+            || self.above_size()
             || generation != self.generation.load(Ordering::Acquire)
             || past_lifetime(&server, now)
             || server.status != TxStatus::Idle.byte()
@@ -467,7 +498,8 @@ enum Room {
 }
 
 /// `server_lifetime` is over for `server` (every pool server is opened by
-/// [`Pool::open_server`], which sets `retire_at`).
+/// [`Pool::open_server`], which sets `retire_at`; a RELOAD's new lifetime
+/// reaches it while it is idle, see `janitor.rs`).
 fn past_lifetime(server: &Server, now: Instant) -> bool {
     server.retire_at.is_some_and(|t| now >= t)
 }

@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use super::{Pool, PoolKey};
-use crate::config::{DatabaseConfig, PoolDefaults};
+use super::{Pool, PoolKey, Retired};
+use crate::config::{Config, DatabaseConfig, PoolDefaults};
 use crate::metrics::Metrics;
 use crate::server::ServerTarget;
+use crate::tls::ServerTls;
 use crate::users::UserEntry;
 
 /// What the admin console paused: pools created later start paused too.
@@ -151,7 +152,10 @@ impl Pools {
     pub fn close_idle_to(&self, host: &str, port: u16, dbname: &str) -> usize {
         self.all()
             .iter()
-            .filter(|p| p.target.port == port && p.target.host == host && p.target.dbname == dbname)
+            .filter(|p| {
+                let t = p.target();
+                t.port == port && t.host == host && t.dbname == dbname
+            })
             .map(|p| p.reconnect())
             .sum()
     }
@@ -182,6 +186,51 @@ impl Pools {
                 map.remove(db);
             }
         }
+    }
+
+    /// A RELOAD: every open pool takes its database's new settings and
+    /// server target; pools whose database, or whose `[[users]]` entry
+    /// (`old` had it, `config` has not), is gone are retired and forgotten,
+    /// so a database added again later starts afresh. Returns the moves
+    /// (old target, new target) of pools whose server changed.
+    pub fn apply_config(
+        &self,
+        old: &Config,
+        config: &Config,
+        tls: &Arc<ServerTls>,
+    ) -> Vec<(Arc<ServerTarget>, Arc<ServerTarget>)> {
+        let mut moves = Vec::new();
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|db_name, users| {
+            // A database served by the `*` entry stays while that entry does.
+            let Some(db) = config.database_for(db_name) else {
+                users
+                    .values()
+                    .for_each(|p| p.retire(Retired::DatabaseRemoved(db_name.clone())));
+                return false;
+            };
+            let settings = db.pool_settings(&config.pool);
+            users.retain(|user, pool| {
+                if old.user(user).is_some() && config.user(user).is_none() {
+                    pool.retire(Retired::UserRemoved(user.clone()));
+                    return false;
+                }
+                let mut target = ServerTarget::clone(&pool.target());
+                target.host.clone_from(&db.host);
+                target.port = db.port;
+                db.server_dbname().clone_into(&mut target.dbname);
+                target.connect_timeout = settings.server_connect_timeout;
+                target.tls = tls.for_database(&db.name);
+                let applied = pool.apply(settings.clone(), target);
+                if let Some(from) = applied.moved_from {
+                    tracing::info!(pool = %pool.key, host = %db.host, port = db.port, "pool moved to a new server by RELOAD; servers to the old one close as they are given back");
+                    moves.push((from, pool.target()));
+                }
+                true
+            });
+            !users.is_empty()
+        });
+        moves
     }
 
     pub fn close_all(&self) {

@@ -44,7 +44,12 @@ pub(super) enum Polled {
 /// Permits and waiting clients. Tickets are handed out under the lock, so
 /// the list stays sorted by ticket.
 pub(super) struct Slots {
-    free: usize,
+    /// The pool's size (`pool_size`); a RELOAD may change it.
+    size: usize,
+    /// Permits held by clients or granted to a waiter not yet back. Above
+    /// `size` after a RELOAD shrank the pool: permits given back are then
+    /// absorbed until it is within `size` again.
+    held: usize,
     paused: bool,
     closed: bool,
     next_ticket: u64,
@@ -54,7 +59,8 @@ pub(super) struct Slots {
 impl Slots {
     pub(super) fn new(size: usize) -> Slots {
         Slots {
-            free: size,
+            size,
+            held: 0,
             paused: false,
             closed: false,
             next_ticket: 0,
@@ -67,10 +73,10 @@ impl Slots {
     /// back otherwise goes to the first waiter), so this never jumps the
     /// line.
     pub(super) fn try_take(&mut self) -> bool {
-        if self.free == 0 || self.paused || self.closed {
+        if self.held >= self.size || self.paused || self.closed {
             return false;
         }
-        self.free -= 1;
+        self.held += 1;
         true
     }
 
@@ -140,19 +146,50 @@ impl Slots {
             .flatten()
     }
 
-    /// A permit comes back: to the first waiter, unless PAUSEd or nobody
-    /// waits. Returns the waker of the waiter that got it.
+    /// A permit comes back: to the first waiter, unless PAUSEd, nobody
+    /// waits, or the pool is over its size. Returns the waker of the
+    /// waiter that got it.
     pub(super) fn give_back(&mut self) -> Option<Waker> {
-        if !self.paused && !self.closed {
-            if let Some(w) = self.waiting.iter_mut().find(|w| w.state == State::Waiting) {
-                w.state = State::Granted;
-                // A waiter that never parked yet finds the grant at its
-                // first poll.
-                return Some(w.waker.take().unwrap_or_else(|| Waker::noop().clone()));
-            }
+        self.held = self.held.saturating_sub(1);
+        self.grant_next()
+    }
+
+    /// A free permit to the first waiter, if there is both.
+    fn grant_next(&mut self) -> Option<Waker> {
+        if self.paused || self.closed || self.held >= self.size {
+            return None;
         }
-        self.free += 1;
-        None
+        let w = self
+            .waiting
+            .iter_mut()
+            .find(|w| w.state == State::Waiting)?;
+        w.state = State::Granted;
+        self.held += 1;
+        // A waiter that never parked yet finds the grant at its first poll.
+        Some(w.waker.take().unwrap_or_else(|| Waker::noop().clone()))
+    }
+
+    /// Free permits to the waiters, in order, as long as there are both.
+    fn grant_free(&mut self) -> Vec<Waker> {
+        std::iter::from_fn(|| self.grant_next()).collect()
+    }
+
+    /// A RELOAD changed `pool_size`: a larger pool grants its new permits
+    /// to the waiters at once (their wakers are returned); a smaller one
+    /// absorbs permits as they come back.
+    pub(super) fn resize(&mut self, size: usize) -> Vec<Waker> {
+        self.size = size;
+        self.grant_free()
+    }
+
+    /// More permits are held than the pool's size (it shrank): the server
+    /// coming back with one is to be closed rather than kept.
+    pub(super) fn over_size(&self) -> bool {
+        self.held > self.size
+    }
+
+    pub(super) fn size(&self) -> usize {
+        self.size
     }
 
     pub(super) fn is_paused(&self) -> bool {
@@ -163,15 +200,7 @@ impl Slots {
     /// to the waiters, in order; their wakers are returned.
     pub(super) fn set_paused(&mut self, paused: bool) -> Vec<Waker> {
         self.paused = paused;
-        let mut woken = Vec::new();
-        while !paused && self.free > 0 {
-            self.free -= 1;
-            match self.give_back() {
-                Some(w) => woken.push(w),
-                None => break,
-            }
-        }
-        woken
+        self.grant_free()
     }
 
     /// Lends no more; every waiter is woken to find the pool closed.
@@ -184,8 +213,8 @@ impl Slots {
     }
 
     /// Permits held (by clients, or granted to a waiter not yet back).
-    pub(super) fn in_use(&self, size: usize) -> usize {
-        size.saturating_sub(self.free)
+    pub(super) fn in_use(&self) -> usize {
+        self.held
     }
 
     /// Marks and returns the wakers of the waiters waiting `timeout` or
@@ -263,7 +292,7 @@ mod tests {
         // The holder gives its permit back: the first waiter gets it.
         assert!(s.give_back().is_some());
         assert!(!s.try_take(), "a newcomer does not jump the line");
-        assert_eq!(s.in_use(1), 1, "granted counts as held");
+        assert_eq!(s.in_use(), 1, "granted counts as held");
         assert_eq!(s.poll(b, &waker).0, Polled::Pending, "not b's turn");
         assert_eq!(s.poll(a, &waker).0, Polled::Granted);
         assert_eq!(ids(&s), [b]);
@@ -271,14 +300,15 @@ mod tests {
         assert!(s.give_back().is_some());
         assert_eq!(s.poll(b, &waker).0, Polled::Granted);
         assert!(s.give_back().is_none());
-        assert_eq!(s.in_use(1), 0);
+        assert_eq!(s.in_use(), 0);
         assert!(s.try_take());
     }
 
     #[test]
     fn a_grant_wakes_the_parked_waiter() {
         let (count, waker) = counting();
-        let mut s = Slots::new(0);
+        let mut s = Slots::new(1);
+        assert!(s.try_take());
         let (a, _) = s.join(Instant::now());
         assert_eq!(s.poll(a, &waker).0, Polled::Pending);
         s.give_back().expect("a waker").wake();
@@ -301,7 +331,7 @@ mod tests {
         // Leaving twice, or with a ticket never handed out, changes nothing.
         assert!(s.leave(a).is_none());
         assert!(s.leave(99).is_none());
-        assert_eq!(s.in_use(1), 1);
+        assert_eq!(s.in_use(), 1);
     }
 
     #[test]
@@ -332,7 +362,8 @@ mod tests {
         let t0 = Instant::now();
         let timeout = Duration::from_secs(10);
         let (count, waker) = counting();
-        let mut s = Slots::new(0);
+        let mut s = Slots::new(1);
+        assert!(s.try_take());
         let (first, _) = s.join(t0);
         let (second, _) = s.join(t0 + Duration::from_secs(3));
         assert_eq!(s.poll(first, &waker).0, Polled::Pending);
@@ -373,6 +404,42 @@ mod tests {
             s.longest(t0 + Duration::from_secs(5)),
             Duration::from_secs(5)
         );
+    }
+
+    #[test]
+    fn a_larger_size_grants_the_new_permits_to_waiters_at_once() {
+        let now = Instant::now();
+        let (_, waker) = counting();
+        let mut s = Slots::new(1);
+        assert!(s.try_take());
+        let (a, _) = s.join(now);
+        let (b, _) = s.join(now);
+        let (c, _) = s.join(now);
+        assert_eq!(s.resize(3).len(), 2, "two new permits, two waiters woken");
+        assert_eq!(s.poll(a, &waker).0, Polled::Granted);
+        assert_eq!(s.poll(b, &waker).0, Polled::Granted);
+        assert_eq!(s.poll(c, &waker).0, Polled::Pending);
+        assert_eq!(s.in_use(), 3);
+    }
+
+    #[test]
+    fn a_smaller_size_absorbs_returned_permits_until_within_it() {
+        let now = Instant::now();
+        let (_, waker) = counting();
+        let mut s = Slots::new(3);
+        assert!(s.try_take() && s.try_take() && s.try_take());
+        let (a, _) = s.join(now);
+        assert!(s.resize(1).is_empty());
+        assert!(s.over_size());
+        // Two permits come back and are absorbed: nobody is granted one.
+        assert!(s.give_back().is_none());
+        assert!(s.give_back().is_none());
+        assert!(!s.over_size());
+        assert_eq!(s.poll(a, &waker).0, Polled::Pending);
+        // The third goes to the waiter, as in a pool of one.
+        assert!(s.give_back().is_some());
+        assert_eq!(s.poll(a, &waker).0, Polled::Granted);
+        assert!(!s.try_take());
     }
 
     #[test]

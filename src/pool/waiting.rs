@@ -92,7 +92,7 @@ impl Future for InLine {
                 ))
             }
             Polled::Expired => Err(line.pool.wait_timed_out()),
-            Polled::Closed => Err(CheckoutError::Closed(PoolKey::clone(&line.pool.key))),
+            Polled::Closed => Err(line.pool.closed_error()),
         };
         line.done = true;
         Poll::Ready(out)
@@ -145,9 +145,9 @@ impl Pool {
     pub(super) fn wait_timed_out(&self) -> CheckoutError {
         CheckoutError::Timeout {
             key: PoolKey::clone(&self.key),
-            timeout: self.settings.query_wait_timeout,
+            timeout: self.settings().query_wait_timeout,
             in_use: self.in_use(),
-            size: self.settings.pool_size,
+            size: self.slots().size(),
         }
     }
 
@@ -174,7 +174,7 @@ impl Pool {
 }
 
 /// Wakes what a change to the slots returned, once their lock is released.
-fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
+pub(super) fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
     wakers.into_iter().for_each(Waker::wake);
 }
 
@@ -189,7 +189,7 @@ pub(super) fn spawn_timer(pool: &Arc<Pool>) {
                 let Some(pool) = Pool::live(&weak) else {
                     return;
                 };
-                let (woken, next) = pool.slots().expire(now, pool.settings.query_wait_timeout);
+                let (woken, next) = pool.slots().expire(now, pool.settings().query_wait_timeout);
                 wake_all(woken);
                 next
             };

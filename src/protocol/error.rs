@@ -10,6 +10,8 @@ use super::tag::error_field as field;
 pub enum Severity {
     /// Sent as a NoticeResponse: nothing failed.
     Warning,
+    /// Sent as a NoticeResponse: information, as Postgres's NOTICE.
+    Notice,
     Error,
     Fatal,
 }
@@ -18,6 +20,7 @@ impl Severity {
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Warning => "WARNING",
+            Severity::Notice => "NOTICE",
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
         }
@@ -73,6 +76,14 @@ impl PgError {
         }
     }
 
+    /// A NOTICE, sent as a NoticeResponse (`code` is usually 00000).
+    pub fn notice(code: &'static str, message: impl Into<String>) -> PgError {
+        PgError {
+            severity: Severity::Notice,
+            ..PgError::error(code, message)
+        }
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> PgError {
         self.hint = Some(hint.into());
         self
@@ -92,11 +103,13 @@ impl PgError {
     /// then optional detail and hint.
     pub fn encode(&self, buf: &mut BytesMut) {
         let start = buf.len();
-        buf.put_u8(if self.severity == Severity::Warning {
-            tag::backend::NOTICE_RESPONSE
-        } else {
-            tag::backend::ERROR_RESPONSE
-        });
+        buf.put_u8(
+            if matches!(self.severity, Severity::Warning | Severity::Notice) {
+                tag::backend::NOTICE_RESPONSE
+            } else {
+                tag::backend::ERROR_RESPONSE
+            },
+        );
         buf.put_i32(0);
         let sev = self.severity.as_str();
         buf.put_u8(field::SEVERITY);

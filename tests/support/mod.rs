@@ -361,21 +361,13 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts it with `shutdown_timeout` and waits until it accepts clients.
     pub async fn start(shutdown_timeout: &str) -> ProxyProcess {
-        let proxy = Self::spawn(shutdown_timeout, "");
-        let up = eventually(Duration::from_secs(10), || async {
-            tokio_postgres::connect(&proxy.dsn, tokio_postgres::NoTls)
-                .await
-                .is_ok()
-        })
-        .await;
-        assert!(up, "pgharbor did not start");
-        proxy
+        Self::start_on(free_port(), shutdown_timeout, "").await
     }
 
     /// Starts it with more `[proxy]` keys and returns once its port accepts
     /// TCP connections: no client has logged in yet.
     pub async fn start_listening(shutdown_timeout: &str, proxy_keys: &str) -> ProxyProcess {
-        let proxy = Self::spawn(shutdown_timeout, proxy_keys);
+        let proxy = Self::spawn_on(free_port(), shutdown_timeout, proxy_keys);
         let addr = proxy.addr.clone();
         let up = eventually(Duration::from_secs(10), || {
             let addr = addr.clone();
@@ -386,8 +378,21 @@ impl ProxyProcess {
         proxy
     }
 
-    fn spawn(shutdown_timeout: &str, proxy_keys: &str) -> ProxyProcess {
-        let port = free_port();
+    /// Starts it on `port` with more `[proxy]` keys and waits until a
+    /// client can log in.
+    pub async fn start_on(port: u16, shutdown_timeout: &str, proxy_keys: &str) -> ProxyProcess {
+        let proxy = Self::spawn_on(port, shutdown_timeout, proxy_keys);
+        let up = eventually(Duration::from_secs(10), || async {
+            tokio_postgres::connect(&proxy.dsn, tokio_postgres::NoTls)
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(up, "pgharbor did not start");
+        proxy
+    }
+
+    fn spawn_on(port: u16, shutdown_timeout: &str, proxy_keys: &str) -> ProxyProcess {
         let text = config_text("transaction", 2, "")
             .replace(
                 "listen_addr = \"127.0.0.1:0\"",
@@ -404,7 +409,7 @@ impl ProxyProcess {
             .arg("-c")
             .arg(&path)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("pgharbor.log")).expect("log file"))
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start pgharbor");
@@ -420,11 +425,26 @@ impl ProxyProcess {
     }
 
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends signal `name` (`TERM`, `HUP`, …) to the process.
+    pub fn signal(&self, name: &str) {
         let kill = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(kill.success());
+    }
+
+    /// The config file it was started from.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("pgharbor.toml")
+    }
+
+    /// What it logged so far (its stdout).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("pgharbor.log")).unwrap_or_default()
     }
 
     /// Waits for the process to exit; kills it and panics after `limit`.
@@ -457,19 +477,31 @@ pub async fn listening_client(
     tokio_postgres::Client,
     tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
 ) {
+    client_with_messages(dsn, |m| match m {
+        tokio_postgres::AsyncMessage::Notification(n) => Some(n),
+        _ => None,
+    })
+    .await
+}
+
+/// A client whose asynchronous messages that `pick` keeps arrive on the
+/// returned channel.
+pub async fn client_with_messages<T: Send + 'static>(
+    dsn: &str,
+    pick: fn(tokio_postgres::AsyncMessage) -> Option<T>,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<T>,
+) {
     let (client, mut conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
         .await
         .expect("connect");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = futures_util::StreamExt::next(&mut messages).await {
-            match m {
-                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                    let _ = tx.send(n);
-                }
-                Ok(_) => {}
-                Err(_) => break,
+        while let Some(Ok(m)) = futures_util::StreamExt::next(&mut messages).await {
+            if let Some(t) = pick(m) {
+                let _ = tx.send(t);
             }
         }
     });
@@ -826,4 +858,105 @@ pub fn prepend_hba(lines: &str) {
     let old = std::fs::read_to_string(hba).expect("read pg_hba.conf");
     std::fs::write(hba, format!("{lines}{old}")).expect("write pg_hba.conf");
     pg().psql("app", "SELECT pg_reload_conf()").expect("reload");
+}
+
+static PG2: OnceLock<Shared> = OnceLock::new();
+
+/// A second Postgres of this test binary, with the same role [`USER`] and
+/// database `app` as [`pg`], for tests that move a database between servers.
+pub fn pg2() -> &'static ScratchPostgres {
+    &PG2.get_or_init(|| {
+        let pg = ScratchPostgres::start().expect("start a second scratch PostgreSQL");
+        let guardian = pg.stop_when_process_exits().expect("start the guardian");
+        pg.create_user(USER, PASSWORD, "scram-sha-256")
+            .expect("create user");
+        pg.create_database("app", USER).expect("create database");
+        Shared {
+            pg,
+            _guardian: Mutex::new(guardian),
+        }
+    })
+    .pg
+}
+
+/// pgharbor started from a config file, so that RELOAD and SIGHUP re-read
+/// it; [`FileProxy::write`] replaces the file's text.
+pub struct FileProxy {
+    pub proxy: Proxy,
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FileProxy {
+    pub async fn start(text: &str) -> FileProxy {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("pgharbor.toml");
+        std::fs::write(&path, text).expect("write config");
+        FileProxy::start_from(dir, path).await
+    }
+
+    /// Starts from the file at `path`, inside `dir` (kept until dropped).
+    pub async fn start_from(dir: tempfile::TempDir, path: PathBuf) -> FileProxy {
+        let config = Config::load(&path).expect("valid test config");
+        let proxy = Proxy::start(config).await.expect("start pgharbor");
+        proxy.set_config_file(path.clone());
+        FileProxy {
+            proxy,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// Replaces the file in one step (a rename), as editors and config
+    /// management do.
+    pub fn write(&self, text: &str) {
+        let tmp = self.path.with_extension("toml.new");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &self.path).expect("replace config");
+    }
+}
+
+/// The admin console (user `admin` of [`config_text`]), and the notices it
+/// sends.
+pub async fn connect_admin(
+    proxy: &Proxy,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::error::DbError>,
+) {
+    let a = proxy.addr();
+    let dsn = format!(
+        "host={} port={} user=admin password=admin-pw dbname=pgharbor connect_timeout=10",
+        a.ip(),
+        a.port()
+    );
+    client_with_messages(&dsn, |m| match m {
+        tokio_postgres::AsyncMessage::Notice(n) => Some(n),
+        _ => None,
+    })
+    .await
+}
+
+/// pgbench through `proxy` as `user` (password [`PASSWORD`]) on database
+/// `user`, as a child process that may run alongside the test.
+pub async fn pgbench_at(addr: std::net::SocketAddr, user: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(bin("pgbench"))
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-U", user])
+        .args(args)
+        .arg(user)
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run pgbench")
+}
+
+/// A `name: value` line of pgbench's summary, as a number.
+pub fn pgbench_number(out: &str, label: &str) -> Option<u64> {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next())
+        .and_then(|n| n.parse().ok())
 }
