@@ -2,11 +2,14 @@
 # User-space instructions per transaction of one or more pgharbor binaries,
 # counted by callgrind (repeatable, whatever else the machine is doing).
 #
-#   bench/marginal.sh [-c CLIENTS] [-M simple|extended|prepared] [-t T1,T2] [--tls] BIN...
+#   bench/marginal.sh [-c CLIENTS] [-M simple|extended|prepared] [-t T1,T2]
+#                     [-b select-only|tpcb-like|mixed] [-s SCALE] [--tls] BIN...
 #
 # For each binary: a fresh pgharbor under `valgrind --tool=callgrind` in
-# front of one scratch Postgres (scale 1, pool 20, transaction mode, SCRAM),
-# `pgbench -n -S -M MODE -c CLIENTS -j 2 -t T`, twice (T1 then T2
+# front of one scratch Postgres (scale SCALE, default 1; pool 20,
+# transaction mode, SCRAM), pgbench's WORKLOAD (-b, default select-only;
+# `mixed` is BEGIN, three SELECTs, COMMIT: the cost per statement of a
+# multi-statement transaction) `-M MODE -c CLIENTS -j 2 -t T`, twice (T1 then T2
 # transactions per client, a fresh process each time); the figure is the
 # marginal cost (instructions(T2) - instructions(T1)) / ((T2 - T1) *
 # CLIENTS), so start-up, logins and shutdown cancel out. With --tls the
@@ -16,6 +19,8 @@ set -euo pipefail
 
 clients=16
 mode=simple
+workload=select-only
+scratch_scale=1
 runs=500,1500
 tls=0
 keep=""
@@ -27,7 +32,9 @@ while [[ $# -gt 0 ]]; do
         -t) runs="$2"; shift 2 ;;
         --tls) tls=1; shift ;;
         --keep) keep="$2"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -b) workload="$2"; shift 2 ;;
+        -s) scratch_scale="$2"; shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) bins+=("$(realpath "$1")"); shift ;;
     esac
 done
@@ -38,6 +45,21 @@ command -v valgrind >/dev/null || { echo "valgrind is required (apt-get install 
 # shellcheck source=bench/scratch.sh
 source "$(dirname "$0")/scratch.sh"
 scratch_start marginal
+case "$workload" in
+    select-only) script=(-b select-only) ;;
+    tpcb-like) script=(-b tpcb-like) ;;
+    mixed)
+        cat > "$tmp/mixed.sql" <<'EOT'
+\set aid random(1, 100000 * :scale)
+BEGIN;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid / 2 + 1;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid / 3 + 1;
+COMMIT;
+EOT
+        script=(-f "$tmp/mixed.sql") ;;
+    *) echo "unknown workload $workload (select-only, tpcb-like, mixed)" >&2; exit 2 ;;
+esac
 
 client_tls=""
 ssl_env=()
@@ -60,7 +82,7 @@ count() {
     local pid=$!
     # Under valgrind the start takes a while.
     wait_port "$port" 60 || { kill "$pid"; exit 1; }
-    env PGPASSWORD=secret "${ssl_env[@]}" "$pg_bin/pgbench" -n -S -M "$mode" -c "$clients" -j 2 \
+    env PGPASSWORD=secret "${ssl_env[@]}" "$pg_bin/pgbench" -n "${script[@]}" -M "$mode" -c "$clients" -j 2 \
         -t "$per_client" -h 127.0.0.1 -p "$port" -U app app >"$tmp/pgbench.log" 2>&1 \
         || { cat "$tmp/pgbench.log" >&2; kill "$pid"; exit 1; }
     kill -TERM "$pid"
@@ -72,7 +94,7 @@ count() {
     awk '/^(summary|totals):/ { print $2; exit }' "$out"
 }
 
-printf '%s\n' "select-only -M $mode, $clients clients, $t1 -> $t2 transactions per client$([[ $tls == 1 ]] && echo ', TLS')"
+printf '%s\n' "$workload -M $mode, scale $scratch_scale, $clients clients, $t1 -> $t2 transactions per client$([[ $tls == 1 ]] && echo ', TLS')"
 for bin in "${bins[@]}"; do
     a="$(count "$bin" "$t1")"
     b="$(count "$bin" "$t2")"

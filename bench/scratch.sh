@@ -4,7 +4,7 @@
 #
 #   scratch_start NAME   a temporary directory ($tmp, removed on exit with
 #                        the Postgres in it), $pg_bin, $as_pg, and a
-#                        Postgres (scale 1, SCRAM, user app / secret,
+#                        Postgres (scale $scratch_scale or 1, SCRAM, user app / secret,
 #                        database app) on 127.0.0.1:$pg_port
 #   scratch_on_exit CMD  run CMD too as the script exits (before Postgres stops)
 #   free_port            a free loopback port
@@ -68,7 +68,7 @@ scratch_start() {
         -o "-p $pg_port -k $tmp -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100" start >/dev/null
     "$pg_bin/psql" -X -q -h "$tmp" -p "$pg_port" -U postgres \
         -c "create role app login password 'secret'" -c "create database app owner app"
-    PGPASSWORD=secret "$pg_bin/pgbench" -i -q -s 1 -h 127.0.0.1 -p "$pg_port" -U app app >/dev/null 2>&1
+    PGPASSWORD=secret "$pg_bin/pgbench" -i -q -s "${scratch_scale:-1}" -h 127.0.0.1 -p "$pg_port" -U app app >/dev/null 2>&1
 }
 
 pgharbor_config() {
