@@ -6,7 +6,7 @@
 //! # Layout
 //!
 //! The modules from the bottom up; each uses only those on its own line or
-//! above it (`tests/layering.rs` holds the order and checks it):
+//! above it (`tests/it/layering.rs` holds the order and checks it):
 //!
 //! 1. [`protocol`] (the wire protocol, no I/O), `id_map`, [`shutdown`] (the
 //!    drain signal), [`metrics`] (the registry and its HTTP endpoint).

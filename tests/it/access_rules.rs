@@ -1,14 +1,13 @@
 //! Who may log in how: `hba_file` (pg_hba.conf lines, first match wins,
 //! re-read on RELOAD) and client certificates (`auth_type = "cert"`).
 
-mod support;
 
 use std::path::Path;
 
 use pgharbor::config::Config;
 use pgharbor::Proxy;
-use support::tls::*;
-use support::*;
+use crate::support::tls::*;
+use crate::support::*;
 
 /// A config file in `dir` naming `hba` and the server certificate in
 /// `files`, with the users `app` (SCRAM) and `admin`; `extra` is appended.

@@ -3,13 +3,12 @@
 //! requires scram-sha-256 for them), a changed password takes effect after
 //! the cache TTL, and the client cannot steer the lookup.
 
-mod support;
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use pgharbor::Proxy;
-use support::*;
+use crate::support::*;
 
 const LOOKUP_USER: &str = "aq_lookup";
 const LOOKUP_PASSWORD: &str = "aq-lookup-pw";

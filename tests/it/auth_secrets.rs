@@ -3,13 +3,12 @@
 //! and neither password shows in pgharbor's debug log or in any SHOW
 //! output.
 
-mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pgharbor::config::Config;
-use support::*;
+use crate::support::*;
 
 const ENV_USER: &str = "secret_env_user";
 const ENV_PASSWORD: &str = "env-pw-Qx7f3a";

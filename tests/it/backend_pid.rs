@@ -5,14 +5,13 @@
 //! the pool. Each check runs against Postgres directly first and through
 //! pgharbor after, and asserts the same of both.
 
-mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Buf;
-use support::raw::{first_column, query, Msg, RawClient};
-use support::*;
+use crate::support::raw::{first_column, query, Msg, RawClient};
+use crate::support::*;
 
 fn direct_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], pg().port()))

@@ -2,7 +2,6 @@
 //! stress run that checks no cancel ever reaches another client's query,
 //! wrong secrets, and cancels sent to a peer replica.
 
-mod support;
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -12,7 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
 
-use support::*;
+use crate::support::*;
 
 const CANCELED: &str = "57014";
 

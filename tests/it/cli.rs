@@ -1,14 +1,13 @@
 //! The command line: `check-config`, `demo`, and the example config file
 //! staying in step with `src/config.rs`.
 
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::assert_succeeded;
+use crate::support::assert_succeeded;
 
 fn pgharbor() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pgharbor"));
@@ -154,7 +153,7 @@ fn example_config_documents_every_key() {
     let mut checked = 0;
     for (name, fields) in &structs {
         let Some((_, section)) = SECTIONS.iter().find(|(s, _)| s == name) else {
-            panic!("src/config.rs has a new struct `{name}`: add it to SECTIONS in tests/cli.rs and document it in config/pgharbor.toml");
+            panic!("src/config.rs has a new struct `{name}`: add it to SECTIONS in tests/it/cli.rs and document it in config/pgharbor.toml");
         };
         for field in fields {
             let found = keys.iter().any(|(s, k)| s == section && k == field);
@@ -293,7 +292,7 @@ fn thread_count(pid: u32) -> usize {
 async fn worker_threads_sets_how_many_threads_serve_clients() {
     for (workers, threads) in [(1, 1), (3, 4)] {
         let proxy =
-            support::ProxyProcess::start_listening("2s", &format!("worker_threads = {workers}"))
+            crate::support::ProxyProcess::start_listening("2s", &format!("worker_threads = {workers}"))
                 .await;
         // Counted before any login: a server login later derives its SCRAM
         // key on a blocking-pool thread.
@@ -306,7 +305,7 @@ async fn worker_threads_sets_how_many_threads_serve_clients() {
         for i in 0..8 {
             let dsn = proxy.dsn.clone();
             clients.push(tokio::spawn(async move {
-                let c = support::connect_dsn(&dsn).await;
+                let c = crate::support::connect_dsn(&dsn).await;
                 for _ in 0..20 {
                     let row = c.query_one("select $1::int + 1", &[&i]).await.unwrap();
                     assert_eq!(row.get::<_, i32>(0), i + 1);
@@ -323,8 +322,8 @@ async fn worker_threads_sets_how_many_threads_serve_clients() {
 /// to `spec` and being stopped with SIGTERM after one query (its server
 /// connection is logged at debug).
 async fn log_output(spec: &str) -> String {
-    let port = support::free_port();
-    let text = support::config_text("transaction", 1, "").replace(
+    let port = crate::support::free_port();
+    let text = crate::support::config_text("transaction", 1, "").replace(
         "listen_addr = \"127.0.0.1:0\"",
         &format!("listen_addr = \"127.0.0.1:{port}\""),
     );
@@ -342,7 +341,7 @@ async fn log_output(spec: &str) -> String {
         .spawn()
         .expect("start pgharbor");
     let addr = format!("127.0.0.1:{port}");
-    let up = support::eventually(Duration::from_secs(10), || {
+    let up = crate::support::eventually(Duration::from_secs(10), || {
         let addr = addr.clone();
         async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
     })
@@ -350,10 +349,10 @@ async fn log_output(spec: &str) -> String {
     if up {
         let dsn = format!(
             "host=127.0.0.1 port={port} user={} password={} dbname=app connect_timeout=10",
-            support::USER,
-            support::PASSWORD
+            crate::support::USER,
+            crate::support::PASSWORD
         );
-        support::connect_dsn(&dsn)
+        crate::support::connect_dsn(&dsn)
             .await
             .simple_query("select 1")
             .await

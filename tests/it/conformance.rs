@@ -4,7 +4,6 @@
 //! reply each client receives compared. Hand-written cases in
 //! `conformance/cases.rs`, random conversations in `conformance/generate.rs`.
 
-mod support;
 
 #[path = "conformance/cases.rs"]
 mod cases;

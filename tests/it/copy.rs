@@ -6,7 +6,6 @@
 //! several clients (a server released too early hands a ReadyForQuery to
 //! the next client; one never released stalls them), and in session mode.
 
-mod support;
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -14,8 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use support::raw::{self, Msg, RawClient};
-use support::*;
+use crate::support::raw::{self, Msg, RawClient};
+use crate::support::*;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 

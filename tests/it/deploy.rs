@@ -6,7 +6,6 @@
 //! The tools come from `.ci/run` (kubectl from the machine or PyPI,
 //! kubernetes-validate into target/deploy-venv).
 
-mod support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -18,7 +17,7 @@ use base64::Engine;
 use pgharbor::config::{AuthType, Config};
 use serde::Deserialize;
 use serde_yaml::Value;
-use support::*;
+use crate::support::*;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -13,7 +13,6 @@
 //! "equals the connection's own backend pid", and sets filled by concurrent
 //! clients (notification payloads) are sorted. Nothing else is normalised.
 
-mod support;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,7 +20,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// A scenario script is killed after this long; each bounds itself well
 /// below it.

@@ -3,11 +3,10 @@
 //! reachable with no config change, and the pool made for them closes once
 //! unused, its metric series with it.
 
-mod support;
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const LOOKUP_USER: &str = "fb_lookup";
 const LOOKUP_PASSWORD: &str = "fb-lookup-pw";

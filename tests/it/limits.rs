@@ -3,14 +3,13 @@
 //! fail), `max_user_client_connections` refuses the client past it with
 //! 53300 naming the key.
 
-mod support;
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::AsyncReadExt;
 
 /// A database of these tests alone, so Postgres's count of its sessions

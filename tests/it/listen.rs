@@ -1,12 +1,11 @@
 //! LISTEN/NOTIFY through pgharbor in transaction mode: answered by pgharbor,
 //! multiplexed on one listener connection, fanned out to subscribers.
 
-mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn config(extra_listen: &str) -> String {
     format!(

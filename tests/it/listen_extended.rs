@@ -2,13 +2,12 @@
 //! transaction mode: answered by pgharbor exactly as Postgres answers them,
 //! never run on a pool server.
 
-mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::raw::{self, Msg, RawClient};
-use support::*;
+use crate::support::raw::{self, Msg, RawClient};
+use crate::support::*;
 use tokio::sync::mpsc;
 use tokio_postgres::Notification;
 

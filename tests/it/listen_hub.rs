@@ -2,7 +2,6 @@
 //! database, fan-out, bounded buffers, overflow policies, reconnection.
 //! Each test uses its own role, so its listener connection is its own.
 
-mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use pgharbor::config::{ListenConfig, OverflowPolicy};
 use pgharbor::listen::{self, ListenCommand, ListenHub, PendingListens, Subscriber};
 use pgharbor::metrics::Metrics;
 use pgharbor::server::{ServerKey, ServerTarget};
-use support::*;
+use crate::support::*;
 
 type Note = (i32, String, String);
 

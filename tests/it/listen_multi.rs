@@ -4,13 +4,12 @@
 //! every CommandComplete comes in its place. Each test runs the same steps
 //! on Postgres directly and compares what the client received.
 
-mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::raw::{self, Msg, RawClient};
-use support::*;
+use crate::support::raw::{self, Msg, RawClient};
+use crate::support::*;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_postgres::Notification;
 

@@ -2,7 +2,6 @@
 //! thousand wrong passwords tried at once get nowhere and do not stop
 //! pgharbor from serving others, and the failures are counted.
 
-mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,8 +11,8 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
-use support::raw::{Msg, RawClient};
-use support::*;
+use crate::support::raw::{Msg, RawClient};
+use crate::support::*;
 
 /// What a client sees of a SCRAM login with `password`: every message up
 /// to the end of the connection (at most 10 s).

@@ -3,13 +3,12 @@
 //! Postgres puts it, and a CREATE DATABASE from a template that pgharbor's
 //! idle servers are connected to works as it does with nobody connected.
 
-mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::raw::{Msg, RawClient};
-use support::*;
+use crate::support::raw::{Msg, RawClient};
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a peer sends back to a Terminate sent as the first bytes of a

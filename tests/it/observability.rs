@@ -1,14 +1,13 @@
 //! Observability: /metrics under pgbench load, promtool, health endpoints,
 //! and the admin console (SHOW, PAUSE / RESUME, RELOAD, SHUTDOWN, refusals).
 
-mod support;
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
 use pgharbor::Proxy;
-use support::*;
+use crate::support::*;
 use tokio::io::AsyncReadExt;
 use tokio_postgres::SimpleQueryMessage;
 

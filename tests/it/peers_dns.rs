@@ -6,7 +6,6 @@
 //! `/etc/hosts` is never touched. Needs root, as the tests run here and in
 //! CI.
 
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::{CancelToken, NoTls};
 
-use support::*;
+use crate::support::*;
 
 /// Reserved for names that never exist in DNS (RFC 6761): only our hosts
 /// file answers for it.

@@ -1,10 +1,9 @@
 //! The core relay: psql, tokio-postgres and pgbench through pgharbor.
 
-mod support;
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_select_works_and_bad_logins_are_refused() {
@@ -290,7 +289,7 @@ async fn waiting_clients_are_served_in_the_order_they_came() {
 /// for session state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latin1_client_sends_and_gets_latin1_text() {
-    use support::raw::{self, RawClient};
+    use crate::support::raw::{self, RawClient};
     let proxy = start_proxy("transaction", 1).await;
     let mut c = RawClient::login(proxy.addr(), USER, PASSWORD, "app").await;
     c.send(&raw::query("SET client_encoding = 'LATIN1'")).await;

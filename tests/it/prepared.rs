@@ -1,9 +1,8 @@
 //! Transaction mode keeps what drivers assume: named prepared statements and
 //! session parameters follow the client from server to server.
 
-mod support;
 
-use support::*;
+use crate::support::*;
 
 fn rows_text(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String> {
     msgs.iter()
@@ -235,7 +234,7 @@ async fn session_state_error_mode_refuses_with_a_clear_message() {
 /// of everything sent before them, as Postgres would order them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_given_by_pgharbor_keep_their_place_after_unnamed_statements() {
-    use support::raw::{self, RawClient};
+    use crate::support::raw::{self, RawClient};
     // One server: the second client's named Parse finds its statement there.
     let proxy = start_proxy("transaction", 1).await;
     let mut first = RawClient::login(proxy.addr(), USER, PASSWORD, "app").await;
@@ -298,6 +297,6 @@ async fn replies_given_by_pgharbor_keep_their_place_after_unnamed_statements() {
     );
 }
 
-fn tags(msgs: &[support::raw::Msg]) -> Vec<u8> {
+fn tags(msgs: &[crate::support::raw::Msg]) -> Vec<u8> {
     msgs.iter().map(|m| m.tag).collect()
 }

@@ -5,13 +5,12 @@
 //! the same steps on a direct connection and compares what the client
 //! receives.
 
-mod support;
 
 use std::net::SocketAddr;
 
 use pgharbor::Proxy;
-use support::raw::{self, Msg, RawClient};
-use support::*;
+use crate::support::raw::{self, Msg, RawClient};
+use crate::support::*;
 
 /// What a client receives, in a form that compares across connections:
 /// errors and notices by SQLSTATE and message (the rest of their fields

@@ -3,14 +3,13 @@
 //! pool-saturation alert fires while clients queue for a full pool and
 //! resolves once the load stops.
 
-mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const ALERT: &str = "PgharborPoolSaturated";

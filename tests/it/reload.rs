@@ -3,11 +3,10 @@
 //! says where it is wrong; removed databases and settings that need a
 //! restart are reported.
 
-mod support;
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// Postgres backends of `user` on the server at `port`, as Postgres lists them.
 async fn backends_at(port: u16, user: &str) -> i64 {

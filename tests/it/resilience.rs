@@ -1,14 +1,13 @@
 //! Servers that die, peers that break the protocol, and a graceful drain on
 //! SIGTERM.
 
-mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::raw::{self, RawClient};
-use support::*;
+use crate::support::raw::{self, RawClient};
+use crate::support::*;
 
 /// A well-behaved client that keeps querying until stopped; returns how many
 /// queries succeeded and panics on the first failure.

@@ -4,12 +4,11 @@
 //! form is run on Postgres directly first, and the answers pgharbor gives
 //! are compared with the ones Postgres gave.
 
-mod support;
 
 use std::time::Duration;
 
-use support::raw::{self, RawClient};
-use support::*;
+use crate::support::raw::{self, RawClient};
+use crate::support::*;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// What a query returns: the first column of its rows, or the error's

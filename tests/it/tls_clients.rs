@@ -2,7 +2,6 @@
 //! OpenSSL), tokio-postgres over rustls and Postgres's own view of the
 //! sessions. Fixtures in `support/tls.rs`.
 
-mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,8 +10,8 @@ use std::time::Duration;
 use pgharbor::config::Config;
 use pgharbor::Proxy;
 use rcgen::{CertificateParams, KeyPair};
-use support::tls::*;
-use support::*;
+use crate::support::tls::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_serves_tls_clients_with_the_configured_certificate_and_refuses_plaintext() {

@@ -4,12 +4,11 @@
 //! `ssl = on`, its certificate issued for `localhost` only. Fixtures in
 //! `support/tls.rs`.
 
-mod support;
 
 use std::process::{Command, Stdio};
 
-use support::tls::*;
-use support::*;
+use crate::support::tls::*;
+use crate::support::*;
 
 /// Whether the server connection the proxy lends is encrypted, as Postgres
 /// sees it; or the error the client got.

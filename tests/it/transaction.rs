@@ -2,7 +2,6 @@
 //! mid-transaction, COPY, errors inside transactions, multi-statement queries
 //! and Flush without Sync.
 
-mod support;
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -10,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::raw::{self, RawClient};
-use support::*;
+use crate::support::raw::{self, RawClient};
+use crate::support::*;
 
 fn pgbench(proxy: &pgharbor::Proxy, user: &str, args: &[&str]) -> std::process::Output {
     let a = proxy.addr();

@@ -1,0 +1,38 @@
+//! pgharbor's integration tests, one binary (built and linked once):
+//! each module is one area, run against a real PostgreSQL the support
+//! module starts. `cargo test --test it MODULE::` runs one area.
+
+mod support;
+
+mod access_rules;
+mod auth_query;
+mod auth_secrets;
+mod backend_pid;
+mod cancel;
+mod cli;
+mod conformance;
+mod copy;
+mod deploy;
+mod drivers;
+mod fallback_database;
+mod layering;
+mod limits;
+mod listen;
+mod listen_extended;
+mod listen_hub;
+mod listen_multi;
+mod login_failures;
+mod login_fidelity;
+mod observability;
+mod peers_dns;
+mod pooling;
+mod prepared;
+mod prepared_sql;
+mod prometheus;
+mod reload;
+mod resilience;
+mod scram_passthrough;
+mod temp_objects;
+mod tls_clients;
+mod tls_servers;
+mod transaction;
