@@ -110,6 +110,7 @@ fn num(row: &HashMap<String, String>, col: &str) -> i64 {
 /// Item 2: `promtool check metrics` accepts a scrape taken under load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_under_pgbench_load() {
+    let _tables = PUBLIC_PGBENCH_TABLES.lock().await;
     let proxy = start_proxy_with(&with_metrics("transaction", 5)).await;
     pgbench_init(USER, "app");
 

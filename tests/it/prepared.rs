@@ -85,6 +85,7 @@ async fn same_name_different_sql_and_reprepare() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_prepared_mode_has_no_failures() {
+    let _tables = PUBLIC_PGBENCH_TABLES.lock().await;
     let proxy = start_proxy("transaction", 5).await;
     let a = proxy.addr();
     let common = |args: &[&str]| {

@@ -11,10 +11,13 @@ use crate::support::*;
 
 /// A well-behaved client that keeps querying until stopped; returns how many
 /// queries succeeded and panics on the first failure.
-fn steady_client(dsn: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+async fn steady_client(dsn: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+    // Connected and served once before the test breaks anything, so the
+    // bystander is in service throughout, however slowly the machine runs.
+    let c = connect_dsn(&dsn).await;
+    assert_eq!(simple_value(&c, "select 0 + 1").await.as_deref(), Some("1"));
     tokio::spawn(async move {
-        let c = connect_dsn(&dsn).await;
-        let mut n = 0;
+        let mut n = 1;
         while !stop.load(Ordering::Relaxed) {
             let v = simple_value(&c, &format!("select {n} + 1")).await;
             assert_eq!(v, Some((n + 1).to_string()));
@@ -41,7 +44,7 @@ async fn a_server_dying_under_a_client_is_reported_and_replaced() {
     let direct = connect_direct().await;
     let dsn = dsn_as(&proxy, user, user);
     let stop = Arc::new(AtomicBool::new(false));
-    let bystander = steady_client(dsn.clone(), stop.clone());
+    let bystander = steady_client(dsn.clone(), stop.clone()).await;
 
     // 1. Killed while running a query.
     let c = connect_dsn(&dsn).await;
@@ -159,7 +162,7 @@ async fn malformed_packets_get_08p01_and_a_closed_connection() {
     let proxy = start_proxy("transaction", 2).await;
     let a = proxy.addr();
     let stop = Arc::new(AtomicBool::new(false));
-    let bystander = steady_client(dsn(&proxy, "app"), stop.clone());
+    let bystander = steady_client(dsn(&proxy, "app"), stop.clone()).await;
 
     let expect_protocol_violation = |msgs: Vec<raw::Msg>, what: &str| {
         let err = msgs
@@ -233,7 +236,7 @@ async fn oversized_messages_get_a_clear_error() {
     let proxy = start_proxy_with(&text).await;
     let a = proxy.addr();
     let stop = Arc::new(AtomicBool::new(false));
-    let bystander = steady_client(dsn(&proxy, "app"), stop.clone());
+    let bystander = steady_client(dsn(&proxy, "app"), stop.clone()).await;
 
     // Just under the limit works.
     let mut r = RawClient::login(a, USER, PASSWORD, "app").await;

@@ -178,6 +178,11 @@ pub fn psql(proxy: &Proxy, user: &str, password: &str, db: &str, sql: &str) -> O
         .expect("run psql")
 }
 
+/// Held by tests that make pgbench's tables in `app`'s own (public) schema
+/// of the shared Postgres and run pgbench on them: `pgbench -i` drops and
+/// makes them again, which another such test must not see halfway.
+pub static PUBLIC_PGBENCH_TABLES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `pgbench -i -s 1` on database `db` of the shared Postgres, as `user`
 /// (password [`PASSWORD`]), directly.
 pub fn pgbench_init(user: &str, db: &str) {
@@ -243,6 +248,14 @@ pub fn ensure_user(name: &str) {
         .expect("create user");
     pg().psql("app", &format!("GRANT CREATE ON SCHEMA public TO {name}"))
         .expect("grant");
+    // Its own schema, first on its default search_path ("$user"): the
+    // pgbench tables it makes are its own, beside other roles' in the
+    // shared Postgres.
+    pg().psql(
+        "app",
+        &format!("CREATE SCHEMA IF NOT EXISTS {name} AUTHORIZATION {name}"),
+    )
+    .expect("schema");
     done.insert(name.to_string());
 }
 
