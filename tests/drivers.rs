@@ -430,7 +430,6 @@ async fn psycopg_prepared_beside_resets_as_on_postgres_in_session_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: other clients' DISCARD ALL / DEALLOCATE ALL drop this client's statements: 26000 prepared statement \"ph_...\" does not exist"]
 async fn psycopg_prepared_beside_resets_as_on_postgres_in_transaction_mode() {
     check(PSYCOPG_RESETS, Target::Transaction).await;
 }
@@ -441,7 +440,6 @@ async fn psycopg_auto_prepared_beside_resets_as_on_postgres_in_session_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: other clients' DISCARD ALL / DEALLOCATE ALL drop this client's statements: 26000 prepared statement \"ph_...\" does not exist"]
 async fn psycopg_auto_prepared_beside_resets_as_on_postgres_in_transaction_mode() {
     check(PSYCOPG_AUTO_RESETS, Target::Transaction).await;
 }

@@ -10,6 +10,7 @@ use super::prepared::{
     build_bind, build_parse, build_target, changed_result_type_error, parse_bind, parse_parse,
     parse_target, Statement,
 };
+use super::prepared_sql::DropsAll;
 use super::session::Session;
 use super::unnamed::names_unnamed_statement;
 
@@ -301,6 +302,12 @@ impl Session {
                             return Ok(());
                         }
                         build_bind(&mut self.to_server, b.portal, &st.name, b.rest);
+                        match st.drops_all {
+                            DropsAll::No => {}
+                            // Postgres refuses it in a transaction block.
+                            DropsAll::Discard if self.txn.status != b'I' => {}
+                            drops => self.server_drops_all(drops),
+                        }
                     }
                     // Unnamed, or a name the client never prepared: the
                     // server answers exactly as Postgres would (26000).

@@ -22,8 +22,9 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
+use super::prepared_sql::{drops_all, DropsAll};
 use crate::protocol::backend::{finish_len, put_cstr};
-use crate::protocol::frame::{read_cstr, ProtocolError};
+use crate::protocol::frame::{read_cstr, read_cstr_bytes, ProtocolError};
 
 /// One distinct statement, shared by every client that prepared it.
 #[derive(Debug)]
@@ -41,6 +42,10 @@ pub struct Statement {
     /// been (a statement a server kept may be stale or planned for
     /// others' parameters).
     pub fresh: AtomicBool,
+    /// Running it drops every statement of the session (`DEALLOCATE ALL`,
+    /// `DISCARD ALL`): a Bind of it is accounted for
+    /// (`Session::bind_drops_all`).
+    pub drops_all: DropsAll,
 }
 
 impl Statement {
@@ -59,11 +64,13 @@ impl Statement {
         put_cstr(&mut parse, &name);
         parse.put_slice(rest);
         finish_len(&mut parse, 0);
+        let drops_all = read_cstr_bytes(rest).map_or(DropsAll::No, |(sql, _)| drops_all(sql));
         Statement {
             name: name.into(),
             parse: parse.freeze(),
             shape: AtomicU64::new(0),
             fresh: AtomicBool::new(false),
+            drops_all,
         }
     }
 }

@@ -87,6 +87,9 @@ cases! {
         transaction: [#[ignore = "generator finding: Parse s0 twice in one group, then Close s0: Postgres 42P05 names s0, pgharbor ph_…"]]
     }
     a_close_skipped_after_an_error_keeps_the_statement { session: [], transaction: [] }
+    a_prepared_discard_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
+    a_prepared_deallocate_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
+    an_unnamed_discard_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
     a_bind_of_a_missing_unnamed_statement_after_an_error_is_skipped { session: [], transaction: [] }
 }
 
@@ -416,6 +419,67 @@ pub fn a_pg_temp_table_is_used_in_a_later_transaction() -> Conversation {
         .simple(visible)
         .on(0)
         .simple(visible)
+}
+
+/// psycopg 3 with `prepare_threshold = 0` prepares every statement, its
+/// `DISCARD ALL` or `DEALLOCATE ALL` too: run through the extended
+/// protocol, it drops the client's own statements (then its own, which
+/// psycopg binds again: 26000) and never another client's on the shared
+/// server.
+fn drops_all_beside_another_client(name: &str, reset: &str, statement: &str) -> Conversation {
+    let sql = "SELECT $1::int * 2 AS twice";
+    let c = Conversation::new(name, 2)
+        .on(0)
+        .prepare("s1", sql)
+        .run("s1", &["1"])
+        .on(1)
+        .prepare("s1", sql)
+        .prepare("s2", "SELECT 'other' AS t")
+        .run("s1", &["2"]);
+    let c = if statement.is_empty() {
+        c.parse("", reset, &[]).run("", &[])
+    } else {
+        c.prepare(statement, reset).run(statement, &[])
+    };
+    let c = c
+        .on(0)
+        .run("s1", &["3"])
+        .on(1)
+        .run("s1", &["4"])
+        .run("s2", &[]);
+    let c = if statement.is_empty() {
+        c
+    } else {
+        c.run(statement, &[])
+    };
+    c.prepare("s1", sql)
+        .run("s1", &["5"])
+        .on(0)
+        .run("s1", &["6"])
+}
+
+pub fn a_prepared_discard_all_drops_only_its_own_clients_statements() -> Conversation {
+    drops_all_beside_another_client(
+        "a_prepared_discard_all_drops_only_its_own_clients_statements",
+        "DISCARD ALL",
+        "_pg3_1",
+    )
+}
+
+pub fn a_prepared_deallocate_all_drops_only_its_own_clients_statements() -> Conversation {
+    drops_all_beside_another_client(
+        "a_prepared_deallocate_all_drops_only_its_own_clients_statements",
+        "DEALLOCATE ALL",
+        "_pg3_1",
+    )
+}
+
+pub fn an_unnamed_discard_all_drops_only_its_own_clients_statements() -> Conversation {
+    drops_all_beside_another_client(
+        "an_unnamed_discard_all_drops_only_its_own_clients_statements",
+        "DISCARD ALL",
+        "",
+    )
 }
 
 pub fn two_clients_interleaved_prepare_the_same_text() -> Conversation {
