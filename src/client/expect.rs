@@ -199,6 +199,41 @@ impl Expectations {
         Some((st, e.action == Action::Forward))
     }
 
+    /// Whether a Parse or Close of the client's statement `client_name`
+    /// waits for its reply in a Sync group before the message sent now:
+    /// if the server skips it after an error of its group, what the name
+    /// stands for is undone then (see `Undo`). An empty queue (every plain
+    /// group) answers at once.
+    pub fn name_pending_in_earlier_group(&self, client_name: &str) -> bool {
+        if self.queue.is_empty() {
+            return false;
+        }
+        let names = |e: &Expected| {
+            e.undo.as_ref().is_some_and(|u| {
+                u.client_name.as_deref() == Some(client_name)
+                    || u.restore.as_ref().is_some_and(|(n, _)| n == client_name)
+            })
+        };
+        let Some(at) = self.queue.iter().rposition(names) else {
+            return false;
+        };
+        self.tail_readies > 0
+            || self
+                .queue
+                .iter()
+                .skip(at + 1)
+                .any(|e| e.readies > 0 || e.reply == Reply::Ready)
+    }
+
+    /// The client's statements whose Close pgharbor answered and whose
+    /// reply still waits its turn: an error of a message sent before the
+    /// Close may name one of them.
+    pub fn closing(&self) -> impl Iterator<Item = &(String, Arc<Statement>)> {
+        self.queue
+            .iter()
+            .filter_map(|e| e.undo.as_ref()?.restore.as_ref())
+    }
+
     /// Queues a reply pgharbor gives itself, encoded in `local`.
     pub fn push_local(&mut self, reply: Reply, local: Local) {
         self.queue_entry(reply, Action::Synthesize, None, Some(Box::new(local)));

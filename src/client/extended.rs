@@ -236,6 +236,11 @@ impl Session {
         match tag {
             b'P' => {
                 let p = parse_parse(body)?;
+                if !p.name.is_empty() && self.expect.name_pending_in_earlier_group(p.name) {
+                    // Whether the name is taken (42P05) depends on it.
+                    self.hold(msg);
+                    return Ok(());
+                }
                 if let Ok((sql, _)) = read_cstr_bytes(p.rest) {
                     if let Some(text) = self.check_session_state(sql) {
                         // Refused: the error comes from the server in place of
@@ -288,17 +293,18 @@ impl Session {
                 let b = parse_bind(body)?;
                 match self.statements.get(b.statement).cloned() {
                     Some(st) if !b.statement.is_empty() => {
+                        if self.expect.name_pending_in_earlier_group(b.statement) {
+                            self.hold(msg);
+                            return Ok(());
+                        }
                         let shape = st.client_shape();
                         if shape == 0 {
                             self.ensure_prepared(&st);
                         } else if !self.bind_fits(&st, shape) {
-                            if !self.shape_wait {
-                                return Ok(());
+                            if self.shape_wait {
+                                // Looked at again once the shape is known.
+                                self.hold(msg);
                             }
-                            // Looked at again once the shape is known.
-                            let mut msg = msg;
-                            msg.unsplit(std::mem::take(&mut self.cbuf));
-                            self.cbuf = msg;
                             return Ok(());
                         }
                         build_bind(&mut self.to_server, b.portal, &st.name, b.rest);
@@ -319,6 +325,10 @@ impl Session {
                 let (kind, name) = parse_target(body)?;
                 match self.statements.get(name).cloned() {
                     Some(st) if kind == b'S' && !name.is_empty() => {
+                        if self.expect.name_pending_in_earlier_group(name) {
+                            self.hold(msg);
+                            return Ok(());
+                        }
                         self.ensure_prepared(&st);
                         build_target(&mut self.to_server, b'D', b'S', &st.name);
                         // Its reply tells the client's shape and the server's.
@@ -332,6 +342,13 @@ impl Session {
             }
             b'C' => {
                 let (kind, name) = parse_target(body)?;
+                if kind == b'S'
+                    && !name.is_empty()
+                    && self.expect.name_pending_in_earlier_group(name)
+                {
+                    self.hold(msg);
+                    return Ok(());
+                }
                 if kind == b'S' && !name.is_empty() {
                     // Only the client's name goes; the server keeps the
                     // statement for whoever prepares the same text next.
@@ -363,6 +380,17 @@ impl Session {
             _ => append(&mut self.to_server, msg),
         }
         Ok(())
+    }
+
+    /// Puts `msg` back at the front of `cbuf`, to be looked at again once
+    /// the server has answered what went before it (`shape_wait`): a Bind
+    /// whose statement's shape is being asked, or a message naming a
+    /// statement whose Parse or Close, in an earlier Sync group, may yet
+    /// be skipped after an error there (and undone, as on Postgres).
+    fn hold(&mut self, mut msg: BytesMut) {
+        self.shape_wait = true;
+        msg.unsplit(std::mem::take(&mut self.cbuf));
+        self.cbuf = msg;
     }
 
     /// Sends the synthesized replies whose turn has come.

@@ -184,6 +184,9 @@ impl Session {
                             pooled.server.status = status;
                             self.txn.status = status;
                             self.txn.ready_answered();
+                            // [prepared statements] A Bind held for a
+                            // Parse of an earlier group is looked at again.
+                            self.shape_wait = false;
                             release = false;
                             if status == b'I' && !self.pending_listens.is_empty() {
                                 // An explicit transaction ends with COMMIT or
@@ -288,6 +291,8 @@ impl Session {
                         let body = &pooled.server.rbuf[ready + 5..ready + len];
                         client_names_in_error(body, |server| {
                             let restored = undo.iter().filter_map(|u| u.restore.as_ref());
+                            // [prepared statements] Or one closed after it.
+                            let restored = restored.chain(self.expect.closing());
                             let mut all = self
                                 .statements
                                 .iter()

@@ -74,18 +74,11 @@ cases! {
     a_fresh_prepare_after_its_type_was_created_again { session: [], transaction: [] }
     a_fresh_prepare_answered_without_a_server_after_its_type_was_created_again { session: [], transaction: [] }
     a_fresh_prepare_after_its_table_was_created_again { session: [], transaction: [] }
-    a_parse_skipped_after_a_failed_execute_leaves_no_statement {
-        session: [],
-        transaction: [#[ignore = "generator finding: Execute of a missing portal, then Parse s0 in the same group: Postgres skips the Parse, so a later Bind of s0 gets 26000; pgharbor keeps s0 and binds it"]]
-    }
-    an_error_names_a_statement_closed_later_in_the_pipeline {
-        session: [],
-        transaction: [#[ignore = "generator finding: Bind with too many parameters, then Close of s0 before the Sync was answered: Postgres 08P01 names s0, pgharbor ph_… (the name is mapped back only while the client still has the statement)"]]
-    }
-    a_second_parse_of_a_name_then_its_close {
-        session: [],
-        transaction: [#[ignore = "generator finding: Parse s0 twice in one group, then Close s0: Postgres 42P05 names s0, pgharbor ph_…"]]
-    }
+    a_parse_skipped_after_a_failed_execute_leaves_no_statement { session: [], transaction: [] }
+    an_error_names_a_statement_closed_later_in_the_pipeline { session: [], transaction: [] }
+    a_second_parse_of_a_name_then_its_close { session: [], transaction: [] }
+    a_parse_again_of_a_name_whose_parse_was_skipped { session: [], transaction: [] }
+    a_close_and_parse_after_a_group_whose_close_was_skipped { session: [], transaction: [] }
     a_close_skipped_after_an_error_keeps_the_statement { session: [], transaction: [] }
     a_prepared_discard_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
     a_prepared_deallocate_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
@@ -842,6 +835,41 @@ pub fn an_error_names_a_statement_closed_later_in_the_pipeline() -> Conversation
         .sync()
         .ready()
         .ready()
+}
+
+/// Found by the generator (seed 0x5eed0026): the second Parse must not
+/// be taken for one of a live name (42P05) while the first may yet be
+/// skipped.
+pub fn a_parse_again_of_a_name_whose_parse_was_skipped() -> Conversation {
+    Conversation::new("a_parse_again_of_a_name_whose_parse_was_skipped", 1)
+        .on(0)
+        .execute("p0", 0)
+        .parse("s0", "SELECT $1::text || '!' AS shout", &[])
+        .sync()
+        .parse("s0", "SELECT $1::int + 1 AS next", &[23])
+        .sync()
+        .ready()
+        .ready()
+        .run("s0", &["41"])
+}
+
+/// Found by the generator (seed 0x5eed002b): the first group's Close and
+/// Parse are skipped, so its statement stays until the second group's
+/// Close, whose Parse then succeeds.
+pub fn a_close_and_parse_after_a_group_whose_close_was_skipped() -> Conversation {
+    Conversation::new("a_close_and_parse_after_a_group_whose_close_was_skipped", 1)
+        .on(0)
+        .prepare("s0", "SELECT 1 AS one")
+        .execute("p0", 0)
+        .close_statement("s0")
+        .parse("s0", "SELECT 2 AS two", &[])
+        .sync()
+        .close_statement("s0")
+        .parse("s0", "SELECT 3 AS three", &[])
+        .sync()
+        .ready()
+        .ready()
+        .run("s0", &[])
 }
 
 /// Found by the generator (seed 0x5eed002c).
