@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::prepared::Statement;
+use super::unnamed::UnnamedStatement;
 use crate::listen::ListenCommand;
 
 /// The kind of reply a message produces when it succeeds, by what ends it.
@@ -69,7 +70,7 @@ pub struct Synthesized {
 }
 
 /// Undo information for a named statement whose Parse never took effect.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Undo {
     /// Drop from the server's prepared set (the server does not have it).
     pub server_name: Option<Arc<str>>,
@@ -84,6 +85,9 @@ pub struct Undo {
     /// pgharbor answered: when it is skipped after an error of its group,
     /// the client keeps the statement, as on Postgres.
     pub restore: Option<(String, Arc<Statement>)>,
+    /// An unnamed Parse sent after other messages of its group: what the
+    /// client's unnamed statement was before it, again when it is skipped.
+    pub unnamed: Option<Box<UnnamedStatement>>,
 }
 
 /// A message whose reply needs its own place in the order: swallowed,
@@ -205,16 +209,27 @@ impl Expectations {
     /// stands for is undone then (see `Undo`). An empty queue (every plain
     /// group) answers at once.
     pub fn name_pending_in_earlier_group(&self, client_name: &str) -> bool {
+        self.pending_in_earlier_group(|u| {
+            u.client_name.as_deref() == Some(client_name)
+                || u.restore.as_ref().is_some_and(|(n, _)| n == client_name)
+        })
+    }
+
+    /// The same for an unnamed Parse that may be skipped (see
+    /// `Undo::unnamed`).
+    pub fn unnamed_pending_in_earlier_group(&self) -> bool {
+        self.pending_in_earlier_group(|u| u.unnamed.is_some())
+    }
+
+    fn pending_in_earlier_group(&self, undoes: impl Fn(&Undo) -> bool) -> bool {
         if self.queue.is_empty() {
             return false;
         }
-        let names = |e: &Expected| {
-            e.undo.as_ref().is_some_and(|u| {
-                u.client_name.as_deref() == Some(client_name)
-                    || u.restore.as_ref().is_some_and(|(n, _)| n == client_name)
-            })
-        };
-        let Some(at) = self.queue.iter().rposition(names) else {
+        let at = self
+            .queue
+            .iter()
+            .rposition(|e| e.undo.as_deref().is_some_and(&undoes));
+        let Some(at) = at else {
             return false;
         };
         self.tail_readies > 0
@@ -223,6 +238,15 @@ impl Expectations {
                 .iter()
                 .skip(at + 1)
                 .any(|e| e.readies > 0 || e.reply == Reply::Ready)
+    }
+
+    /// Whether messages of the current Sync group went before the one
+    /// sent now: an error of theirs makes the server skip it.
+    #[inline]
+    pub fn group_has_earlier_messages(&self) -> bool {
+        self.tail_replies > 0
+            || (self.tail_readies == 0
+                && self.queue.back().is_some_and(|e| e.reply != Reply::Ready))
     }
 
     /// The client's statements whose Close pgharbor answered and whose
@@ -536,6 +560,7 @@ mod tests {
             client_name: Some(n.into()),
             closed_first: false,
             restore: None,
+            unnamed: None,
         };
         q.push(Reply::ParseComplete, Action::Forward, Some(u("a")));
         q.push(Reply::ParseComplete, Action::Synthesize, Some(u("b")));
@@ -720,6 +745,7 @@ mod tests {
             client_name: Some("a".into()),
             closed_first: false,
             restore: None,
+            unnamed: None,
         };
         q.push(Reply::ParseComplete, Action::Forward, Some(u));
         q.push(Reply::Ready, Action::Forward, None);

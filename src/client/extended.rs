@@ -118,9 +118,33 @@ impl Session {
             return Ok(Forwarded::Rewritten);
         }
         let body = &self.cbuf[at + 5..at + len];
+        // What the client's unnamed statement was, when an unnamed Parse
+        // may yet be skipped after an error of an earlier message.
+        let mut unnamed_before = None;
         match tag {
             // An unnamed Parse: its name is the body's first NUL.
-            b'P' if body.first() == Some(&0) => self.unnamed.parsed(&self.cbuf[at..at + len]),
+            b'P' if body.first() == Some(&0) => {
+                if self.expect.group_has_earlier_messages() {
+                    unnamed_before = Some(Box::new(self.unnamed.clone()));
+                }
+                self.unnamed.parsed(&self.cbuf[at..at + len]);
+                if unnamed_before.is_some() {
+                    // A Bind of it is looked at (held in a later group
+                    // until the Parse is answered; prepared again in its
+                    // own, which costs nothing wrong).
+                    self.unnamed.here = false;
+                }
+            }
+            b'B' | b'D'
+                if !self.unnamed.here
+                    && names_unnamed_statement(tag, body)
+                    && self.expect.unnamed_pending_in_earlier_group() =>
+            {
+                self.forward_ready(at);
+                let msg = self.cbuf.split_to(len);
+                self.hold(msg);
+                return Ok(Forwarded::Held);
+            }
             b'C' if body.starts_with(b"S\0") => self.unnamed.destroyed(),
             b'B' | b'D'
                 if !self.unnamed.here
@@ -134,7 +158,11 @@ impl Session {
         let body = &self.cbuf[at + 5..at + len];
         let forwarded = match self.reply_as_sent(tag, body, may_hold_state, names_statements)? {
             Some(reply) => {
-                self.expect.push(reply, Action::Forward, None);
+                let undo = unnamed_before.map(|before| Undo {
+                    unnamed: Some(before),
+                    ..Undo::default()
+                });
+                self.expect.push(reply, Action::Forward, undo);
                 Forwarded::AsSent
             }
             None => {
@@ -284,6 +312,7 @@ impl Session {
                         client_name: Some(client_name),
                         closed_first,
                         restore: None,
+                        unnamed: None,
                     };
                     self.expect
                         .push(Reply::ParseComplete, Action::Forward, Some(undo));
@@ -358,6 +387,7 @@ impl Session {
                         client_name: None,
                         closed_first: false,
                         restore: Some(st),
+                        unnamed: None,
                     });
                     self.expect
                         .push(Reply::CloseComplete, Action::Synthesize, undo);
@@ -591,6 +621,7 @@ impl Session {
             client_name: None,
             closed_first,
             restore: None,
+            unnamed: None,
         };
         self.expect
             .push(Reply::ParseComplete, Action::Swallow, Some(undo));

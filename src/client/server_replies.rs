@@ -342,6 +342,11 @@ impl Session {
         // Latest first: a Parse skipped after a Close of the same name,
         // both skipped, leaves the statement the Close would have closed.
         for u in undo.into_iter().rev() {
+            // [unnamed statement] A skipped unnamed Parse changed nothing.
+            if let Some(before) = u.unnamed {
+                self.unnamed.undo_skipped(*before);
+                continue;
+            }
             if let Some((n, st)) = u.restore {
                 self.statements.insert(n, st);
                 continue;

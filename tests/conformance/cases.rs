@@ -79,6 +79,8 @@ cases! {
     a_second_parse_of_a_name_then_its_close { session: [], transaction: [] }
     a_parse_again_of_a_name_whose_parse_was_skipped { session: [], transaction: [] }
     a_close_and_parse_after_a_group_whose_close_was_skipped { session: [], transaction: [] }
+    an_unnamed_parse_skipped_after_a_failed_execute_leaves_none { session: [], transaction: [] }
+    an_unnamed_parse_in_the_next_group_stands_after_one_was_skipped { session: [], transaction: [] }
     a_close_skipped_after_an_error_keeps_the_statement { session: [], transaction: [] }
     a_prepared_discard_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
     a_prepared_deallocate_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
@@ -870,6 +872,57 @@ pub fn a_close_and_parse_after_a_group_whose_close_was_skipped() -> Conversation
         .ready()
         .ready()
         .run("s0", &[])
+}
+
+/// Found by the generator (seeds 0x5eed002c, 0x5eed0030): the unnamed
+/// Parse is skipped, so the Bind finds no unnamed statement (26000), not
+/// one another client left on the server; once waited for, once pipelined.
+pub fn an_unnamed_parse_skipped_after_a_failed_execute_leaves_none() -> Conversation {
+    Conversation::new(
+        "an_unnamed_parse_skipped_after_a_failed_execute_leaves_none",
+        2,
+    )
+    .on(1)
+    .parse("", "SELECT $1::int AS strict", &[])
+    .bind("", "", &["1"])
+    .execute("", 0)
+    .sync()
+    .ready()
+    .on(0)
+    .execute("", 0)
+    .parse("", "SELECT $1::int AS strict", &[])
+    .sync()
+    .ready()
+    .bind("", "", &[])
+    .sync()
+    .ready()
+    .execute("", 0)
+    .parse("", "SELECT $1::int AS strict", &[])
+    .sync()
+    .bind("", "", &[])
+    .sync()
+    .ready()
+    .ready()
+}
+
+/// Found by the generator (seed 0x5eed002e).
+pub fn an_unnamed_parse_in_the_next_group_stands_after_one_was_skipped() -> Conversation {
+    Conversation::new(
+        "an_unnamed_parse_in_the_next_group_stands_after_one_was_skipped",
+        1,
+    )
+    .on(0)
+    .execute("", 1)
+    .parse("", "SELECT $1::int + 1 AS next", &[])
+    .sync()
+    .parse("", "SELECT $1 AS untyped", &[25])
+    .sync()
+    .ready()
+    .ready()
+    .bind("", "", &["it's"])
+    .execute("", 0)
+    .sync()
+    .ready()
 }
 
 /// Found by the generator (seed 0x5eed002c).
