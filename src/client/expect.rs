@@ -209,35 +209,38 @@ impl Expectations {
     /// stands for is undone then (see `Undo`). An empty queue (every plain
     /// group) answers at once.
     pub fn name_pending_in_earlier_group(&self, client_name: &str) -> bool {
-        self.pending_in_earlier_group(|u| {
+        let pending = self.pending_in_group(|u| {
             u.client_name.as_deref() == Some(client_name)
                 || u.restore.as_ref().is_some_and(|(n, _)| n == client_name)
-        })
+        });
+        pending == Some(true)
     }
 
-    /// The same for an unnamed Parse that may be skipped (see
-    /// `Undo::unnamed`).
-    pub fn unnamed_pending_in_earlier_group(&self) -> bool {
-        self.pending_in_earlier_group(|u| u.unnamed.is_some())
+    /// Whether an unnamed Parse that may be skipped (see `Undo::unnamed`)
+    /// waits for its reply: `Some(true)` in an earlier Sync group than the
+    /// message sent now, `Some(false)` in the same one.
+    pub fn unnamed_parse_pending(&self) -> Option<bool> {
+        self.pending_in_group(|u| u.unnamed.is_some())
     }
 
-    fn pending_in_earlier_group(&self, undoes: impl Fn(&Undo) -> bool) -> bool {
+    /// The last queued entry that `undoes`, if any: whether a Sync was
+    /// sent after it.
+    fn pending_in_group(&self, undoes: impl Fn(&Undo) -> bool) -> Option<bool> {
         if self.queue.is_empty() {
-            return false;
+            return None;
         }
         let at = self
             .queue
             .iter()
-            .rposition(|e| e.undo.as_deref().is_some_and(&undoes));
-        let Some(at) = at else {
-            return false;
-        };
-        self.tail_readies > 0
-            || self
-                .queue
-                .iter()
-                .skip(at + 1)
-                .any(|e| e.readies > 0 || e.reply == Reply::Ready)
+            .rposition(|e| e.undo.as_deref().is_some_and(&undoes))?;
+        Some(
+            self.tail_readies > 0
+                || self
+                    .queue
+                    .iter()
+                    .skip(at + 1)
+                    .any(|e| e.readies > 0 || e.reply == Reply::Ready),
+        )
     }
 
     /// Whether messages of the current Sync group went before the one

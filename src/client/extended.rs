@@ -129,30 +129,31 @@ impl Session {
                 }
                 self.unnamed.parsed(&self.cbuf[at..at + len]);
                 if unnamed_before.is_some() {
-                    // A Bind of it is looked at (held in a later group
-                    // until the Parse is answered; prepared again in its
-                    // own, which costs nothing wrong).
+                    // A Bind of it is looked at: passed in this group,
+                    // held in a later one until the Parse is answered,
+                    // and after that prepared again (one more Parse).
                     self.unnamed.here = false;
                 }
             }
-            b'B' | b'D'
-                if !self.unnamed.here
-                    && names_unnamed_statement(tag, body)
-                    && self.expect.unnamed_pending_in_earlier_group() =>
-            {
-                self.forward_ready(at);
-                let msg = self.cbuf.split_to(len);
-                self.hold(msg);
-                return Ok(Forwarded::Held);
+            b'B' | b'D' if !self.unnamed.here && names_unnamed_statement(tag, body) => {
+                match self.expect.unnamed_parse_pending() {
+                    // Its Parse may yet be skipped: looked at again once
+                    // it is answered.
+                    Some(true) => {
+                        self.forward_ready(at);
+                        let msg = self.cbuf.split_to(len);
+                        self.hold(msg);
+                        return Ok(Forwarded::Held);
+                    }
+                    // In the Parse's own group: skipped with it, if so.
+                    Some(false) => {}
+                    None if self.unnamed.exists => {
+                        return Ok(self.prepare_unnamed_again(tag, at, len));
+                    }
+                    None => {}
+                }
             }
             b'C' if body.starts_with(b"S\0") => self.unnamed.destroyed(),
-            b'B' | b'D'
-                if !self.unnamed.here
-                    && self.unnamed.exists
-                    && names_unnamed_statement(tag, body) =>
-            {
-                return Ok(self.prepare_unnamed_again(tag, at, len));
-            }
             _ => {}
         }
         let body = &self.cbuf[at + 5..at + len];
@@ -295,7 +296,7 @@ impl Session {
                     self.expect
                         .push(Reply::ParseComplete, Action::Forward, None);
                 } else {
-                    let st = Arc::new(Statement::new(p.rest));
+                    let st = Arc::new(self.new_statement(p.rest));
                     let client_name = p.name.to_string();
                     self.statements.insert(client_name.clone(), st.clone());
                     // A fresh Parse reaches the server, which answers as
@@ -455,7 +456,7 @@ impl Session {
     /// refuse the Parse with 25P02 or skip it after an error.
     pub(super) fn answer_prepare_locally(&mut self) -> bool {
         let mut offset = 0;
-        let mut names = Vec::new();
+        let mut names: Vec<(String, Arc<Statement>)> = Vec::new();
         loop {
             let buf = &self.cbuf[offset..];
             if buf.len() < 5 {
@@ -476,7 +477,9 @@ impl Session {
                     if p.name.is_empty() || again || self.statements.contains_key(p.name) {
                         return false;
                     }
-                    let st = Statement::new(p.rest);
+                    let st = Statement::distinct(p.rest, |name| {
+                        self.has_server_name(name) || names.iter().any(|(_, s)| &*s.name == name)
+                    });
                     if !self.state.known_statements.contains(&st.name) {
                         return false;
                     }
@@ -531,6 +534,17 @@ impl Session {
             }
             SessionState::Error => Some(session_state_message(&what)),
         }
+    }
+
+    /// A new statement of the client for the definition `rest`, under a
+    /// server name none of its others has (see `Statement::distinct`).
+    fn new_statement(&self, rest: &[u8]) -> Statement {
+        Statement::distinct(rest, |name| self.has_server_name(name))
+    }
+
+    /// Whether one of the client's statements has the server name `name`.
+    fn has_server_name(&self, name: &str) -> bool {
+        self.statements.values().any(|st| &*st.name == name)
     }
 
     pub(super) fn server_has(&mut self, st: &Statement) -> bool {

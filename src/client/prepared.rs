@@ -52,7 +52,36 @@ impl Statement {
     /// `rest` is the Parse body after the statement name: query, parameter
     /// count and types, exactly as the client sent them.
     pub fn new(rest: &[u8]) -> Statement {
-        let digest = Sha256::digest(rest);
+        Statement::variant(rest, 0)
+    }
+
+    /// A client's statement of the definition `rest` whose server name
+    /// none of its other statements has (`taken`): a client that
+    /// prepares one text under two names has two statements on the
+    /// server, as on Postgres, so an error about either names the right
+    /// one. Every client that does the same shares them.
+    pub fn distinct(rest: &[u8], taken: impl Fn(&str) -> bool) -> Statement {
+        let mut st = Statement::new(rest);
+        // Each name taken rules out one variant: this ends within one
+        // more than the client has statements.
+        for variant in 1..=u32::MAX {
+            if !taken(&st.name) {
+                break;
+            }
+            st = Statement::variant(rest, variant);
+        }
+        st
+    }
+
+    /// Variant 0 is named after `rest` alone, variant `n` after `rest`
+    /// and `n`.
+    fn variant(rest: &[u8], variant: u32) -> Statement {
+        let mut hasher = Sha256::new();
+        hasher.update(rest);
+        if variant > 0 {
+            hasher.update(variant.to_be_bytes());
+        }
+        let digest = hasher.finalize();
         let mut name = String::with_capacity(3 + 32);
         name.push_str("ph_");
         for b in &digest[..16] {

@@ -81,6 +81,7 @@ cases! {
     a_close_and_parse_after_a_group_whose_close_was_skipped { session: [], transaction: [] }
     an_unnamed_parse_skipped_after_a_failed_execute_leaves_none { session: [], transaction: [] }
     an_unnamed_parse_in_the_next_group_stands_after_one_was_skipped { session: [], transaction: [] }
+    errors_name_the_right_one_of_two_names_for_one_text { session: [], transaction: [] }
     a_close_skipped_after_an_error_keeps_the_statement { session: [], transaction: [] }
     a_prepared_discard_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
     a_prepared_deallocate_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
@@ -903,6 +904,14 @@ pub fn an_unnamed_parse_skipped_after_a_failed_execute_leaves_none() -> Conversa
     .sync()
     .ready()
     .ready()
+    .execute("", 0)
+    .parse("", "SELECT $1::int AS strict", &[])
+    .bind_full("", "", &[], true)
+    .sync()
+    .bind("", "", &["2"])
+    .sync()
+    .ready()
+    .ready()
 }
 
 /// Found by the generator (seed 0x5eed002e).
@@ -923,6 +932,27 @@ pub fn an_unnamed_parse_in_the_next_group_stands_after_one_was_skipped() -> Conv
     .execute("", 0)
     .sync()
     .ready()
+}
+
+/// Found by the generator (seeds 0x5eed002d, 0x5eed0030, 0x5eed004c): a
+/// client that prepares one text under two names; errors about either
+/// name that one.
+pub fn errors_name_the_right_one_of_two_names_for_one_text() -> Conversation {
+    let sql = "SELECT $1::text || '!' AS shout";
+    Conversation::new("errors_name_the_right_one_of_two_names_for_one_text", 1)
+        .on(0)
+        .prepare("s1", sql)
+        .prepare("s0", sql)
+        .bind_full("", "s0", &[None, Some("1")], true)
+        .sync()
+        .ready()
+        .bind_full("", "s1", &[None, Some("1")], true)
+        .sync()
+        .ready()
+        .prepare("s0", "SELECT 1")
+        .prepare("s1", "SELECT 1")
+        .run("s0", &["a"])
+        .run("s1", &["b"])
 }
 
 /// Found by the generator (seed 0x5eed002c).
