@@ -14,5 +14,7 @@ mod conversation;
 mod generate;
 #[path = "conformance/runner.rs"]
 mod runner;
+#[path = "conformance/startup_settings.rs"]
+mod startup_settings;
 #[path = "conformance/wire.rs"]
 mod wire;

@@ -75,6 +75,11 @@ impl Session {
             self.emit_due_synthesized();
             return Forwarded::Rewritten;
         }
+        // RESET is one of the words the scan looks closer at.
+        if may_hold_state && self.rewrite_reset_all(at, len) {
+            self.emit_due_synthesized();
+            return Forwarded::Rewritten;
+        }
         self.expect.push(Reply::Ready, Action::Forward, None);
         let found = if may_hold_state {
             // The relay checked the text ends in its NUL.

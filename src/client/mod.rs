@@ -14,6 +14,7 @@ mod prepared_sql;
 mod query_scan;
 mod relay;
 mod replay;
+mod reset_all;
 mod server_replies;
 mod session;
 mod session_state;
