@@ -266,143 +266,11 @@ impl Session {
             }
         }
         self.to_server.reserve(msg.len() + 256);
-        let body = &msg[5..];
         match tag {
-            b'P' => {
-                let p = parse_parse(body)?;
-                if !p.name.is_empty() && self.expect.name_pending_in_earlier_group(p.name) {
-                    // Whether the name is taken (42P05) depends on it.
-                    self.hold(msg);
-                    return Ok(());
-                }
-                if let Ok((sql, _)) = read_cstr_bytes(p.rest) {
-                    if let Some(text) = self.check_session_state(sql) {
-                        // Refused: the error comes from the server in place of
-                        // this Parse; the extended pipeline then skips to Sync.
-                        refusal_parse(&mut self.to_server, &text);
-                        self.expect
-                            .push(Reply::ParseComplete, Action::Forward, None);
-                        return Ok(());
-                    }
-                }
-                if p.name.is_empty() {
-                    if !(names_statements && self.rewrite_parse_names(&msg)) {
-                        append(&mut self.to_server, msg);
-                    }
-                    self.expect
-                        .push(Reply::ParseComplete, Action::Forward, None);
-                } else if let Some(existing) = self.statements.get(p.name).cloned() {
-                    // Postgres refuses a second Parse of a live name with
-                    // 42P05, after it has analysed the new text (whose own
-                    // error comes first): the server does both, given the
-                    // new text under the name of the statement it holds.
-                    self.ensure_prepared(&existing);
-                    build_parse(&mut self.to_server, &existing.name, p.rest);
-                    self.expect
-                        .push(Reply::ParseComplete, Action::Forward, None);
-                } else {
-                    let st = Arc::new(self.new_statement(p.rest));
-                    let client_name = p.name.to_string();
-                    self.statements.insert(client_name.clone(), st.clone());
-                    // A fresh Parse reaches the server, which answers as
-                    // Postgres would (25P02 in a failed transaction, the
-                    // error of a text that fails now, the types of objects
-                    // created again) and plans it for this client's
-                    // parameters. A statement the server has under the
-                    // same name goes first: it may be stale.
-                    let closed_first = self.close_if_prepared(&st);
-                    self.record_prepared(&st);
-                    self.to_server.extend_from_slice(&st.parse);
-                    let undo = Undo {
-                        server_name: Some(st.name.clone()),
-                        client_name: Some(client_name),
-                        closed_first,
-                        restore: None,
-                        unnamed: None,
-                    };
-                    self.expect
-                        .push(Reply::ParseComplete, Action::Forward, Some(undo));
-                }
-            }
-            b'B' => {
-                let b = parse_bind(body)?;
-                match self.statements.get(b.statement).cloned() {
-                    Some(st) if !b.statement.is_empty() => {
-                        if self.expect.name_pending_in_earlier_group(b.statement) {
-                            self.hold(msg);
-                            return Ok(());
-                        }
-                        let shape = st.client_shape();
-                        if shape == 0 {
-                            self.ensure_prepared(&st);
-                        } else if !self.bind_fits(&st, shape) {
-                            if self.shape_wait {
-                                // Looked at again once the shape is known.
-                                self.hold(msg);
-                            }
-                            return Ok(());
-                        }
-                        build_bind(&mut self.to_server, b.portal, &st.name, b.rest);
-                        match st.drops_all {
-                            DropsAll::No => {}
-                            // Postgres refuses it in a transaction block.
-                            DropsAll::Discard if self.txn.status != b'I' => {}
-                            drops => self.server_drops_all(drops),
-                        }
-                    }
-                    // Unnamed, or a name the client never prepared: the
-                    // server answers exactly as Postgres would (26000).
-                    _ => append(&mut self.to_server, msg),
-                }
-                self.expect.push(Reply::BindComplete, Action::Forward, None);
-            }
-            b'D' => {
-                let (kind, name) = parse_target(body)?;
-                match self.statements.get(name).cloned() {
-                    Some(st) if kind == b'S' && !name.is_empty() => {
-                        if self.expect.name_pending_in_earlier_group(name) {
-                            self.hold(msg);
-                            return Ok(());
-                        }
-                        self.ensure_prepared(&st);
-                        build_target(&mut self.to_server, b'D', b'S', &st.name);
-                        // Its reply tells the client's shape and the server's.
-                        self.expect.push_describe(Action::Forward, st);
-                    }
-                    _ => {
-                        append(&mut self.to_server, msg);
-                        self.expect.push(Reply::Describe, Action::Forward, None);
-                    }
-                }
-            }
-            b'C' => {
-                let (kind, name) = parse_target(body)?;
-                if kind == b'S'
-                    && !name.is_empty()
-                    && self.expect.name_pending_in_earlier_group(name)
-                {
-                    self.hold(msg);
-                    return Ok(());
-                }
-                if kind == b'S' && !name.is_empty() {
-                    // Only the client's name goes; the server keeps the
-                    // statement for whoever prepares the same text next.
-                    // Skipped after an error of its group, it comes back.
-                    let undo = self.statements.remove_entry(name).map(|st| Undo {
-                        server_name: None,
-                        client_name: None,
-                        closed_first: false,
-                        restore: Some(st),
-                        unnamed: None,
-                    });
-                    self.expect
-                        .push(Reply::CloseComplete, Action::Synthesize, undo);
-                } else {
-                    append(&mut self.to_server, msg);
-                    self.expect
-                        .push(Reply::CloseComplete, Action::Forward, None);
-                }
-            }
+            b'P' => self.rewrite_parse(msg, names_statements)?,
+            b'B' => self.rewrite_bind(msg)?,
+            b'D' => self.rewrite_describe(msg)?,
+            b'C' => self.rewrite_close(msg)?,
             // Execute and Sync come here whole only while LISTEN portals
             // exist or the client's messages are being skipped.
             b'E' => {
@@ -415,6 +283,157 @@ impl Session {
             }
             _ => append(&mut self.to_server, msg),
         }
+        Ok(())
+    }
+
+    /// A Parse: refused for session state, an unnamed one passed (its
+    /// statement names rewritten), a second one of a live name sent under
+    /// the server's name for Postgres's 42P05, a new one prepared.
+    fn rewrite_parse(
+        &mut self,
+        msg: BytesMut,
+        names_statements: bool,
+    ) -> Result<(), ProtocolError> {
+        let p = parse_parse(&msg[5..])?;
+        if !p.name.is_empty() && self.expect.name_pending_in_earlier_group(p.name) {
+            // Whether the name is taken (42P05) depends on it.
+            self.hold(msg);
+            return Ok(());
+        }
+        if let Ok((sql, _)) = read_cstr_bytes(p.rest) {
+            if let Some(text) = self.check_session_state(sql) {
+                // Refused: the error comes from the server in place of
+                // this Parse; the extended pipeline then skips to Sync.
+                refusal_parse(&mut self.to_server, &text);
+                self.expect
+                    .push(Reply::ParseComplete, Action::Forward, None);
+                return Ok(());
+            }
+        }
+        if p.name.is_empty() {
+            if !(names_statements && self.rewrite_parse_names(&msg)) {
+                append(&mut self.to_server, msg);
+            }
+        } else if let Some(existing) = self.statements.get(p.name).cloned() {
+            // Postgres refuses a second Parse of a live name with 42P05,
+            // after it has analysed the new text (whose own error comes
+            // first): the server does both, given the new text under the
+            // name of the statement it holds.
+            self.ensure_prepared(&existing);
+            build_parse(&mut self.to_server, &existing.name, p.rest);
+        } else {
+            let client_name = p.name.to_string();
+            self.parse_new_statement(client_name, p.rest);
+            return Ok(());
+        }
+        self.expect
+            .push(Reply::ParseComplete, Action::Forward, None);
+        Ok(())
+    }
+
+    /// A fresh Parse of a name the client does not have reaches the
+    /// server, which answers as Postgres would (25P02 in a failed
+    /// transaction, the error of a text that fails now, the types of
+    /// objects created again) and plans it for this client's parameters.
+    /// A statement the server has under the same name goes first: it may
+    /// be stale.
+    fn parse_new_statement(&mut self, client_name: String, rest: &[u8]) {
+        let st = Arc::new(self.new_statement(rest));
+        self.statements.insert(client_name.clone(), st.clone());
+        let closed_first = self.close_if_prepared(&st);
+        self.record_prepared(&st);
+        self.to_server.extend_from_slice(&st.parse);
+        let undo = Undo {
+            server_name: Some(st.name.clone()),
+            client_name: Some(client_name),
+            closed_first,
+            ..Undo::default()
+        };
+        self.expect
+            .push(Reply::ParseComplete, Action::Forward, Some(undo));
+    }
+
+    /// A Bind: of a client's statement, sent under the server's name
+    /// after its Parse (or held, see [`Session::hold`]); otherwise as sent.
+    fn rewrite_bind(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
+        let b = parse_bind(&msg[5..])?;
+        match self.statements.get(b.statement).cloned() {
+            Some(st) if !b.statement.is_empty() => {
+                if self.expect.name_pending_in_earlier_group(b.statement) {
+                    self.hold(msg);
+                    return Ok(());
+                }
+                let shape = st.client_shape();
+                if shape == 0 {
+                    self.ensure_prepared(&st);
+                } else if !self.bind_fits(&st, shape) {
+                    if self.shape_wait {
+                        // Looked at again once the shape is known.
+                        self.hold(msg);
+                    }
+                    return Ok(());
+                }
+                build_bind(&mut self.to_server, b.portal, &st.name, b.rest);
+                match st.drops_all {
+                    DropsAll::No => {}
+                    // Postgres refuses it in a transaction block.
+                    DropsAll::Discard if self.txn.status != b'I' => {}
+                    drops => self.server_drops_all(drops),
+                }
+            }
+            // Unnamed, or a name the client never prepared: the server
+            // answers exactly as Postgres would (26000).
+            _ => append(&mut self.to_server, msg),
+        }
+        self.expect.push(Reply::BindComplete, Action::Forward, None);
+        Ok(())
+    }
+
+    /// A Describe: of a client's statement, sent under the server's name
+    /// after its Parse; otherwise as sent.
+    fn rewrite_describe(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
+        let (kind, name) = parse_target(&msg[5..])?;
+        match self.statements.get(name).cloned() {
+            Some(st) if kind == b'S' && !name.is_empty() => {
+                if self.expect.name_pending_in_earlier_group(name) {
+                    self.hold(msg);
+                    return Ok(());
+                }
+                self.ensure_prepared(&st);
+                build_target(&mut self.to_server, b'D', b'S', &st.name);
+                // Its reply tells the client's shape and the server's.
+                self.expect.push_describe(Action::Forward, st);
+            }
+            _ => {
+                append(&mut self.to_server, msg);
+                self.expect.push(Reply::Describe, Action::Forward, None);
+            }
+        }
+        Ok(())
+    }
+
+    /// A Close: of a named statement, answered here (only the client's
+    /// name goes; the server keeps the statement for whoever prepares the
+    /// same text next); of a portal or the unnamed statement, as sent.
+    fn rewrite_close(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
+        let (kind, name) = parse_target(&msg[5..])?;
+        if kind != b'S' || name.is_empty() {
+            append(&mut self.to_server, msg);
+            self.expect
+                .push(Reply::CloseComplete, Action::Forward, None);
+            return Ok(());
+        }
+        if self.expect.name_pending_in_earlier_group(name) {
+            self.hold(msg);
+            return Ok(());
+        }
+        // Skipped after an error of its group, it comes back.
+        let undo = self.statements.remove_entry(name).map(|st| Undo {
+            restore: Some(st),
+            ..Undo::default()
+        });
+        self.expect
+            .push(Reply::CloseComplete, Action::Synthesize, undo);
         Ok(())
     }
 
