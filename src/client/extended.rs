@@ -219,7 +219,13 @@ impl Session {
         may_hold_state: bool,
         names_statements: bool,
     ) -> Result<Option<Reply>, ProtocolError> {
-        let named = |name: &str| !name.is_empty() && self.statements.contains_key(name);
+        // A name the client has, or had until a Close that may yet be
+        // skipped (see `Session::hold`).
+        let named = |name: &str| {
+            !name.is_empty()
+                && (self.statements.contains_key(name)
+                    || self.expect.name_pending_in_earlier_group(name))
+        };
         Ok(match tag {
             b'P' => {
                 let p = parse_parse(body)?;
@@ -357,12 +363,12 @@ impl Session {
     /// after its Parse (or held, see [`Session::hold`]); otherwise as sent.
     fn rewrite_bind(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
         let b = parse_bind(&msg[5..])?;
+        if !b.statement.is_empty() && self.expect.name_pending_in_earlier_group(b.statement) {
+            self.hold(msg);
+            return Ok(());
+        }
         match self.statements.get(b.statement).cloned() {
             Some(st) if !b.statement.is_empty() => {
-                if self.expect.name_pending_in_earlier_group(b.statement) {
-                    self.hold(msg);
-                    return Ok(());
-                }
                 let shape = st.client_shape();
                 if shape == 0 {
                     self.ensure_prepared(&st);
@@ -393,12 +399,12 @@ impl Session {
     /// after its Parse; otherwise as sent.
     fn rewrite_describe(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
         let (kind, name) = parse_target(&msg[5..])?;
+        if kind == b'S' && !name.is_empty() && self.expect.name_pending_in_earlier_group(name) {
+            self.hold(msg);
+            return Ok(());
+        }
         match self.statements.get(name).cloned() {
             Some(st) if kind == b'S' && !name.is_empty() => {
-                if self.expect.name_pending_in_earlier_group(name) {
-                    self.hold(msg);
-                    return Ok(());
-                }
                 self.ensure_prepared(&st);
                 build_target(&mut self.to_server, b'D', b'S', &st.name);
                 // Its reply tells the client's shape and the server's.

@@ -82,6 +82,7 @@ cases! {
     an_unnamed_parse_skipped_after_a_failed_execute_leaves_none { session: [], transaction: [] }
     an_unnamed_parse_in_the_next_group_stands_after_one_was_skipped { session: [], transaction: [] }
     errors_name_the_right_one_of_two_names_for_one_text { session: [], transaction: [] }
+    a_bind_after_a_group_whose_close_was_skipped { session: [], transaction: [] }
     a_close_skipped_after_an_error_keeps_the_statement { session: [], transaction: [] }
     a_prepared_discard_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
     a_prepared_deallocate_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
@@ -953,6 +954,26 @@ pub fn errors_name_the_right_one_of_two_names_for_one_text() -> Conversation {
         .prepare("s1", "SELECT 1")
         .run("s0", &["a"])
         .run("s1", &["b"])
+}
+
+/// Found by the generator (seed 0x7000d4): the Close is skipped, so the
+/// next group's Bind and Describe find the statement (here its error
+/// about the parameter count names it).
+pub fn a_bind_after_a_group_whose_close_was_skipped() -> Conversation {
+    Conversation::new("a_bind_after_a_group_whose_close_was_skipped", 1)
+        .on(0)
+        .prepare("s1", "SHOW TimeZone")
+        .execute("", 0)
+        .close_statement("s1")
+        .sync()
+        .bind_full("", "s1", &[Some("177001")], true)
+        .sync()
+        .describe_statement("s1")
+        .sync()
+        .ready()
+        .ready()
+        .ready()
+        .run("s1", &[])
 }
 
 /// Found by the generator (seed 0x5eed002c).
