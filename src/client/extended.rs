@@ -193,9 +193,15 @@ impl Session {
         self.forward_ready(at);
         self.to_server
             .extend_from_slice(self.unnamed.parse_message());
+        // After other messages of its group, the Parse may be skipped:
+        // then the server still lacks it (see `unnamed.rs`).
+        let undo = self.expect.group_has_earlier_messages().then(|| Undo {
+            unnamed: Some(Box::new(self.unnamed.clone())),
+            ..Undo::default()
+        });
+        self.unnamed.prepared_again(undo.is_none());
         self.expect
-            .push(Reply::ParseComplete, Action::Swallow, None);
-        self.unnamed.here = true;
+            .push(Reply::ParseComplete, Action::Swallow, undo);
         self.forward_ready(len);
         let reply = if tag == b'B' {
             Reply::BindComplete

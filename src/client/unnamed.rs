@@ -53,6 +53,14 @@ impl UnnamedStatement {
         self.generation = self.generation.wrapping_add(1);
     }
 
+    /// Its Parse was sent again to the server held now. `settled`: the
+    /// Parse cannot be skipped; otherwise a Bind of it is looked at
+    /// until then (see `Undo::unnamed`).
+    pub fn prepared_again(&mut self, settled: bool) {
+        self.here = settled;
+        self.generation = self.generation.wrapping_add(1);
+    }
+
     /// A Parse made while it was `before` was skipped by the server: it
     /// is `before` again, unless a later Parse or Query changed it since.
     pub fn undo_skipped(&mut self, before: UnnamedStatement) {

@@ -83,6 +83,7 @@ cases! {
     an_unnamed_parse_in_the_next_group_stands_after_one_was_skipped { session: [], transaction: [] }
     errors_name_the_right_one_of_two_names_for_one_text { session: [], transaction: [] }
     a_bind_after_a_group_whose_close_was_skipped { session: [], transaction: [] }
+    an_unnamed_statement_of_an_earlier_transaction_after_a_skipped_bind { session: [], transaction: [] }
     a_close_skipped_after_an_error_keeps_the_statement { session: [], transaction: [] }
     a_prepared_discard_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
     a_prepared_deallocate_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
@@ -974,6 +975,26 @@ pub fn a_bind_after_a_group_whose_close_was_skipped() -> Conversation {
         .ready()
         .ready()
         .run("s1", &[])
+}
+
+/// Found by the generator (seed 0x70005d).
+pub fn an_unnamed_statement_of_an_earlier_transaction_after_a_skipped_bind() -> Conversation {
+    Conversation::new(
+        "an_unnamed_statement_of_an_earlier_transaction_after_a_skipped_bind",
+        2,
+    )
+    .on(0)
+    .prepare("", "SELECT $1::text || '!' AS shout")
+    .on(1)
+    .simple("COMMIT")
+    .on(0)
+    .execute("", 0)
+    .bind("p0", "", &["abc"])
+    .sync()
+    .bind("p0", "", &["5"])
+    .sync()
+    .ready()
+    .ready()
 }
 
 /// Found by the generator (seed 0x5eed002c).
