@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::prepared::Statement;
+use super::unnamed::UnnamedStatement;
 use crate::listen::{ListenCommand, PendingListens};
 use crate::protocol::backend;
 
@@ -70,7 +71,7 @@ pub struct Synthesized {
 }
 
 /// Undo information for a named statement whose Parse never took effect.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Undo {
     /// Drop from the server's prepared set (the server does not have it).
     pub server_name: Option<Arc<str>>,
@@ -85,6 +86,9 @@ pub struct Undo {
     /// pgharbor answered: when it is skipped after an error of its group,
     /// the client keeps the statement, as on Postgres.
     pub restore: Option<(String, Arc<Statement>)>,
+    /// An unnamed Parse sent after other messages of its group: what the
+    /// client's unnamed statement was before it, again when it is skipped.
+    pub unnamed: Option<Box<UnnamedStatement>>,
 }
 
 /// A message whose reply needs its own place in the order: swallowed,
@@ -198,6 +202,64 @@ impl Expectations {
         }
         let st = e.describes.as_ref()?;
         Some((st, e.action == Action::Forward))
+    }
+
+    /// Whether a Parse or Close of the client's statement `client_name`
+    /// waits for its reply in a Sync group before the message sent now:
+    /// if the server skips it after an error of its group, what the name
+    /// stands for is undone then (see `Undo`). An empty queue (every plain
+    /// group) answers at once.
+    pub fn name_pending_in_earlier_group(&self, client_name: &str) -> bool {
+        let pending = self.pending_in_group(|u| {
+            u.client_name.as_deref() == Some(client_name)
+                || u.restore.as_ref().is_some_and(|(n, _)| n == client_name)
+        });
+        pending == Some(true)
+    }
+
+    /// Whether an unnamed Parse that may be skipped (see `Undo::unnamed`)
+    /// waits for its reply: `Some(true)` in an earlier Sync group than the
+    /// message sent now, `Some(false)` in the same one.
+    pub fn unnamed_parse_pending(&self) -> Option<bool> {
+        self.pending_in_group(|u| u.unnamed.is_some())
+    }
+
+    /// The last queued entry that `undoes`, if any: whether a Sync was
+    /// sent after it.
+    fn pending_in_group(&self, undoes: impl Fn(&Undo) -> bool) -> Option<bool> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        let at = self
+            .queue
+            .iter()
+            .rposition(|e| e.undo.as_deref().is_some_and(&undoes))?;
+        Some(
+            self.tail_readies > 0
+                || self
+                    .queue
+                    .iter()
+                    .skip(at + 1)
+                    .any(|e| e.readies > 0 || e.reply == Reply::Ready),
+        )
+    }
+
+    /// Whether messages of the current Sync group went before the one
+    /// sent now: an error of theirs makes the server skip it.
+    #[inline]
+    pub fn group_has_earlier_messages(&self) -> bool {
+        self.tail_replies > 0
+            || (self.tail_readies == 0
+                && self.queue.back().is_some_and(|e| e.reply != Reply::Ready))
+    }
+
+    /// The client's statements whose Close pgharbor answered and whose
+    /// reply still waits its turn: an error of a message sent before the
+    /// Close may name one of them.
+    pub fn closing(&self) -> impl Iterator<Item = &(String, Arc<Statement>)> {
+        self.queue
+            .iter()
+            .filter_map(|e| e.undo.as_ref()?.restore.as_ref())
     }
 
     /// Queues a reply pgharbor gives itself, encoded in `local`.
@@ -524,6 +586,7 @@ mod tests {
             client_name: Some(n.into()),
             closed_first: false,
             restore: None,
+            unnamed: None,
         };
         q.push(Reply::ParseComplete, Action::Forward, Some(u("a")));
         q.push(Reply::ParseComplete, Action::Synthesize, Some(u("b")));
@@ -708,6 +771,7 @@ mod tests {
             client_name: Some("a".into()),
             closed_first: false,
             restore: None,
+            unnamed: None,
         };
         q.push(Reply::ParseComplete, Action::Forward, Some(u));
         q.push(Reply::Ready, Action::Forward, None);

@@ -7,6 +7,7 @@ use bytes::BytesMut;
 
 use super::expect::{Action, Reply, Undo};
 use super::prepared::{changed_result_type_error, Statement};
+use super::prepared_sql::DropsAll;
 use super::session::Session;
 use super::unnamed::names_unnamed_statement;
 
@@ -82,6 +83,11 @@ impl Session {
             self.emit_due_synthesized();
             return Forwarded::Rewritten;
         }
+        // RESET is one of the words the scan looks closer at.
+        if may_hold_state && self.rewrite_reset_all(at, len) {
+            self.emit_due_synthesized();
+            return Forwarded::Rewritten;
+        }
         self.expect.push(Reply::Ready, Action::Forward, None);
         let found = if may_hold_state {
             // The relay checked the text ends in its NUL.
@@ -125,23 +131,52 @@ impl Session {
             return Ok(Forwarded::Rewritten);
         }
         let body = &self.cbuf[at + 5..at + len];
+        // What the client's unnamed statement was, when an unnamed Parse
+        // may yet be skipped after an error of an earlier message.
+        let mut unnamed_before = None;
         match tag {
             // An unnamed Parse: its name is the body's first NUL.
-            b'P' if body.first() == Some(&0) => self.unnamed.parsed(&self.cbuf[at..at + len]),
-            b'C' if body.starts_with(b"S\0") => self.unnamed.destroyed(),
-            b'B' | b'D'
-                if !self.unnamed.here
-                    && self.unnamed.exists
-                    && names_unnamed_statement(tag, body) =>
-            {
-                return Ok(self.prepare_unnamed_again(tag, at, len));
+            b'P' if body.first() == Some(&0) => {
+                if self.expect.group_has_earlier_messages() {
+                    unnamed_before = Some(Box::new(self.unnamed.clone()));
+                }
+                self.unnamed.parsed(&self.cbuf[at..at + len]);
+                if unnamed_before.is_some() {
+                    // A Bind of it is looked at: passed in this group,
+                    // held in a later one until the Parse is answered,
+                    // and after that prepared again (one more Parse).
+                    self.unnamed.here = false;
+                }
             }
+            b'B' | b'D' if !self.unnamed.here && names_unnamed_statement(tag, body) => {
+                match self.expect.unnamed_parse_pending() {
+                    // Its Parse may yet be skipped: looked at again once
+                    // it is answered.
+                    Some(true) => {
+                        self.forward_ready(at);
+                        let msg = self.cbuf.split_to(len);
+                        self.hold(msg);
+                        return Ok(Forwarded::Held);
+                    }
+                    // In the Parse's own group: skipped with it, if so.
+                    Some(false) => {}
+                    None if self.unnamed.exists => {
+                        return Ok(self.prepare_unnamed_again(tag, at, len));
+                    }
+                    None => {}
+                }
+            }
+            b'C' if body.starts_with(b"S\0") => self.unnamed.destroyed(),
             _ => {}
         }
         let body = &self.cbuf[at + 5..at + len];
         let forwarded = match self.reply_as_sent(tag, body, may_hold_state, names_statements)? {
             Some(reply) => {
-                self.expect.push(reply, Action::Forward, None);
+                let undo = unnamed_before.map(|before| Undo {
+                    unnamed: Some(before),
+                    ..Undo::default()
+                });
+                self.expect.push(reply, Action::Forward, undo);
                 Forwarded::AsSent
             }
             None => {
@@ -166,9 +201,15 @@ impl Session {
         self.forward_ready(at);
         self.to_server
             .extend_from_slice(self.unnamed.parse_message());
+        // After other messages of its group, the Parse may be skipped:
+        // then the server still lacks it (see `unnamed.rs`).
+        let undo = self.expect.group_has_earlier_messages().then(|| Undo {
+            unnamed: Some(Box::new(self.unnamed.clone())),
+            ..Undo::default()
+        });
+        self.unnamed.prepared_again(undo.is_none());
         self.expect
-            .push(Reply::ParseComplete, Action::Swallow, None);
-        self.unnamed.here = true;
+            .push(Reply::ParseComplete, Action::Swallow, undo);
         self.forward_ready(len);
         let reply = if tag == b'B' {
             Reply::BindComplete
@@ -192,7 +233,13 @@ impl Session {
         may_hold_state: bool,
         names_statements: bool,
     ) -> Result<Option<Reply>, ProtocolError> {
-        let named = |name: &str| !name.is_empty() && self.statements.contains_key(name);
+        // A name the client has, or had until a Close that may yet be
+        // skipped (see `Session::hold`).
+        let named = |name: &str| {
+            !name.is_empty()
+                && (self.statements.contains_key(name)
+                    || self.expect.name_pending_in_earlier_group(name))
+        };
         Ok(match tag {
             b'P' => {
                 let p = parse_parse(body)?;
@@ -239,118 +286,11 @@ impl Session {
             }
         }
         self.to_server.reserve(msg.len() + 256);
-        let body = &msg[5..];
         match tag {
-            b'P' => {
-                let p = parse_parse(body)?;
-                if let Ok((sql, _)) = read_cstr_bytes(p.rest) {
-                    if let Some(text) = self.check_session_state(sql) {
-                        // Refused: the error comes from the server in place of
-                        // this Parse; the extended pipeline then skips to Sync.
-                        refusal_parse(&mut self.to_server, &text);
-                        self.expect
-                            .push(Reply::ParseComplete, Action::Forward, None);
-                        return Ok(());
-                    }
-                }
-                if p.name.is_empty() {
-                    if !(names_statements && self.rewrite_parse_names(&msg)) {
-                        append(&mut self.to_server, msg);
-                    }
-                    self.expect
-                        .push(Reply::ParseComplete, Action::Forward, None);
-                } else if let Some(existing) = self.statements.get(p.name).cloned() {
-                    // Postgres refuses a second Parse of a live name with
-                    // 42P05, after it has analysed the new text (whose own
-                    // error comes first): the server does both, given the
-                    // new text under the name of the statement it holds.
-                    self.ensure_prepared(&existing);
-                    build_parse(&mut self.to_server, &existing.name, p.rest);
-                    self.expect
-                        .push(Reply::ParseComplete, Action::Forward, None);
-                } else {
-                    let st = Arc::new(Statement::new(p.rest));
-                    let client_name = p.name.to_string();
-                    self.statements.insert(client_name.clone(), st.clone());
-                    // A fresh Parse reaches the server, which answers as
-                    // Postgres would (25P02 in a failed transaction, the
-                    // error of a text that fails now, the types of objects
-                    // created again) and plans it for this client's
-                    // parameters. A statement the server has under the
-                    // same name goes first: it may be stale.
-                    let closed_first = self.close_if_prepared(&st);
-                    self.record_prepared(&st);
-                    self.to_server.extend_from_slice(&st.parse);
-                    let undo = Undo {
-                        server_name: Some(st.name.clone()),
-                        client_name: Some(client_name),
-                        closed_first,
-                        restore: None,
-                    };
-                    self.expect
-                        .push(Reply::ParseComplete, Action::Forward, Some(undo));
-                }
-            }
-            b'B' => {
-                let b = parse_bind(body)?;
-                match self.statements.get(b.statement).cloned() {
-                    Some(st) if !b.statement.is_empty() => {
-                        let shape = st.client_shape();
-                        if shape == 0 {
-                            self.ensure_prepared(&st);
-                        } else if !self.bind_fits(&st, shape) {
-                            if !self.shape_wait {
-                                return Ok(());
-                            }
-                            // Looked at again once the shape is known.
-                            let mut msg = msg;
-                            msg.unsplit(std::mem::take(&mut self.cbuf));
-                            self.cbuf = msg;
-                            return Ok(());
-                        }
-                        build_bind(&mut self.to_server, b.portal, &st.name, b.rest);
-                    }
-                    // Unnamed, or a name the client never prepared: the
-                    // server answers exactly as Postgres would (26000).
-                    _ => append(&mut self.to_server, msg),
-                }
-                self.expect.push(Reply::BindComplete, Action::Forward, None);
-            }
-            b'D' => {
-                let (kind, name) = parse_target(body)?;
-                match self.statements.get(name).cloned() {
-                    Some(st) if kind == b'S' && !name.is_empty() => {
-                        self.ensure_prepared(&st);
-                        build_target(&mut self.to_server, b'D', b'S', &st.name);
-                        // Its reply tells the client's shape and the server's.
-                        self.expect.push_describe(Action::Forward, st);
-                    }
-                    _ => {
-                        append(&mut self.to_server, msg);
-                        self.expect.push(Reply::Describe, Action::Forward, None);
-                    }
-                }
-            }
-            b'C' => {
-                let (kind, name) = parse_target(body)?;
-                if kind == b'S' && !name.is_empty() {
-                    // Only the client's name goes; the server keeps the
-                    // statement for whoever prepares the same text next.
-                    // Skipped after an error of its group, it comes back.
-                    let undo = self.statements.remove_entry(name).map(|st| Undo {
-                        server_name: None,
-                        client_name: None,
-                        closed_first: false,
-                        restore: Some(st),
-                    });
-                    self.expect
-                        .push(Reply::CloseComplete, Action::Synthesize, undo);
-                } else {
-                    append(&mut self.to_server, msg);
-                    self.expect
-                        .push(Reply::CloseComplete, Action::Forward, None);
-                }
-            }
+            b'P' => self.rewrite_parse(msg, names_statements)?,
+            b'B' => self.rewrite_bind(msg)?,
+            b'D' => self.rewrite_describe(msg)?,
+            b'C' => self.rewrite_close(msg)?,
             // Execute and Sync come here whole only while LISTEN portals
             // exist or the client's messages are being skipped.
             b'E' => {
@@ -364,6 +304,168 @@ impl Session {
             _ => append(&mut self.to_server, msg),
         }
         Ok(())
+    }
+
+    /// A Parse: refused for session state, an unnamed one passed (its
+    /// statement names rewritten), a second one of a live name sent under
+    /// the server's name for Postgres's 42P05, a new one prepared.
+    fn rewrite_parse(
+        &mut self,
+        msg: BytesMut,
+        names_statements: bool,
+    ) -> Result<(), ProtocolError> {
+        let p = parse_parse(&msg[5..])?;
+        if !p.name.is_empty() && self.expect.name_pending_in_earlier_group(p.name) {
+            // Whether the name is taken (42P05) depends on it.
+            self.hold(msg);
+            return Ok(());
+        }
+        if let Ok((sql, _)) = read_cstr_bytes(p.rest) {
+            if let Some(text) = self.check_session_state(sql) {
+                // Refused: the error comes from the server in place of
+                // this Parse; the extended pipeline then skips to Sync.
+                refusal_parse(&mut self.to_server, &text);
+                self.expect
+                    .push(Reply::ParseComplete, Action::Forward, None);
+                return Ok(());
+            }
+        }
+        if p.name.is_empty() {
+            if !(names_statements && self.rewrite_parse_names(&msg)) {
+                append(&mut self.to_server, msg);
+            }
+        } else if let Some(existing) = self.statements.get(p.name).cloned() {
+            // Postgres refuses a second Parse of a live name with 42P05,
+            // after it has analysed the new text (whose own error comes
+            // first): the server does both, given the new text under the
+            // name of the statement it holds.
+            self.ensure_prepared(&existing);
+            build_parse(&mut self.to_server, &existing.name, p.rest);
+        } else {
+            let client_name = p.name.to_string();
+            self.parse_new_statement(client_name, p.rest);
+            return Ok(());
+        }
+        self.expect
+            .push(Reply::ParseComplete, Action::Forward, None);
+        Ok(())
+    }
+
+    /// A fresh Parse of a name the client does not have reaches the
+    /// server, which answers as Postgres would (25P02 in a failed
+    /// transaction, the error of a text that fails now, the types of
+    /// objects created again) and plans it for this client's parameters.
+    /// A statement the server has under the same name goes first: it may
+    /// be stale.
+    fn parse_new_statement(&mut self, client_name: String, rest: &[u8]) {
+        let st = Arc::new(self.new_statement(rest));
+        self.statements.insert(client_name.clone(), st.clone());
+        let closed_first = self.close_if_prepared(&st);
+        self.record_prepared(&st);
+        self.to_server.extend_from_slice(&st.parse);
+        let undo = Undo {
+            server_name: Some(st.name.clone()),
+            client_name: Some(client_name),
+            closed_first,
+            ..Undo::default()
+        };
+        self.expect
+            .push(Reply::ParseComplete, Action::Forward, Some(undo));
+    }
+
+    /// A Bind: of a client's statement, sent under the server's name
+    /// after its Parse (or held, see [`Session::hold`]); otherwise as sent.
+    fn rewrite_bind(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
+        let b = parse_bind(&msg[5..])?;
+        if !b.statement.is_empty() && self.expect.name_pending_in_earlier_group(b.statement) {
+            self.hold(msg);
+            return Ok(());
+        }
+        match self.statements.get(b.statement).cloned() {
+            Some(st) if !b.statement.is_empty() => {
+                let shape = st.client_shape();
+                if shape == 0 {
+                    self.ensure_prepared(&st);
+                } else if !self.bind_fits(&st, shape) {
+                    if self.shape_wait {
+                        // Looked at again once the shape is known.
+                        self.hold(msg);
+                    }
+                    return Ok(());
+                }
+                build_bind(&mut self.to_server, b.portal, &st.name, b.rest);
+                match st.drops_all {
+                    DropsAll::No => {}
+                    // Postgres refuses it in a transaction block.
+                    DropsAll::Discard if self.txn.status != b'I' => {}
+                    drops => self.server_drops_all(drops),
+                }
+            }
+            // Unnamed, or a name the client never prepared: the server
+            // answers exactly as Postgres would (26000).
+            _ => append(&mut self.to_server, msg),
+        }
+        self.expect.push(Reply::BindComplete, Action::Forward, None);
+        Ok(())
+    }
+
+    /// A Describe: of a client's statement, sent under the server's name
+    /// after its Parse; otherwise as sent.
+    fn rewrite_describe(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
+        let (kind, name) = parse_target(&msg[5..])?;
+        if kind == b'S' && !name.is_empty() && self.expect.name_pending_in_earlier_group(name) {
+            self.hold(msg);
+            return Ok(());
+        }
+        match self.statements.get(name).cloned() {
+            Some(st) if kind == b'S' && !name.is_empty() => {
+                self.ensure_prepared(&st);
+                build_target(&mut self.to_server, b'D', b'S', &st.name);
+                // Its reply tells the client's shape and the server's.
+                self.expect.push_describe(Action::Forward, st);
+            }
+            _ => {
+                append(&mut self.to_server, msg);
+                self.expect.push(Reply::Describe, Action::Forward, None);
+            }
+        }
+        Ok(())
+    }
+
+    /// A Close: of a named statement, answered here (only the client's
+    /// name goes; the server keeps the statement for whoever prepares the
+    /// same text next); of a portal or the unnamed statement, as sent.
+    fn rewrite_close(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
+        let (kind, name) = parse_target(&msg[5..])?;
+        if kind != b'S' || name.is_empty() {
+            append(&mut self.to_server, msg);
+            self.expect
+                .push(Reply::CloseComplete, Action::Forward, None);
+            return Ok(());
+        }
+        if self.expect.name_pending_in_earlier_group(name) {
+            self.hold(msg);
+            return Ok(());
+        }
+        // Skipped after an error of its group, it comes back.
+        let undo = self.statements.remove_entry(name).map(|st| Undo {
+            restore: Some(st),
+            ..Undo::default()
+        });
+        self.expect
+            .push(Reply::CloseComplete, Action::Synthesize, undo);
+        Ok(())
+    }
+
+    /// Puts `msg` back at the front of `cbuf`, to be looked at again once
+    /// the server has answered what went before it (`shape_wait`): a Bind
+    /// whose statement's shape is being asked, or a message naming a
+    /// statement whose Parse or Close, in an earlier Sync group, may yet
+    /// be skipped after an error there (and undone, as on Postgres).
+    fn hold(&mut self, mut msg: BytesMut) {
+        self.shape_wait = true;
+        msg.unsplit(std::mem::take(&mut self.cbuf));
+        self.cbuf = msg;
     }
 
     /// Sends the synthesized replies whose turn has come.
@@ -417,7 +519,10 @@ impl Session {
                     if p.name.is_empty() || again || self.statements.contains_key(p.name) {
                         return None;
                     }
-                    let st = Statement::new(p.rest);
+                    let st = Statement::distinct(p.rest, |name| {
+                        self.has_server_name(name)
+                            || statements.iter().any(|(_, s)| &*s.name == name)
+                    });
                     if !self.state.known_statements.contains(&st.name) {
                         return None;
                     }
@@ -480,6 +585,17 @@ impl Session {
             }
             SessionState::Error => Some(session_state_message(&what)),
         }
+    }
+
+    /// A new statement of the client for the definition `rest`, under a
+    /// server name none of its others has (see `Statement::distinct`).
+    fn new_statement(&self, rest: &[u8]) -> Statement {
+        Statement::distinct(rest, |name| self.has_server_name(name))
+    }
+
+    /// Whether one of the client's statements has the server name `name`.
+    fn has_server_name(&self, name: &str) -> bool {
+        self.statements.values().any(|st| &*st.name == name)
     }
 
     pub(super) fn server_has(&mut self, st: &Statement) -> bool {
@@ -570,6 +686,7 @@ impl Session {
             client_name: None,
             closed_first,
             restore: None,
+            unnamed: None,
         };
         self.expect
             .push(Reply::ParseComplete, Action::Swallow, Some(undo));

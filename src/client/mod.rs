@@ -15,6 +15,7 @@ pub mod prepared;
 mod prepared_sql;
 mod relay;
 mod replay;
+mod reset_all;
 mod route;
 mod server_replies;
 mod session;

@@ -22,8 +22,9 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
+use super::prepared_sql::{drops_all, DropsAll};
 use crate::protocol::backend::{finish_len, put_cstr};
-use crate::protocol::frame::read_cstr;
+use crate::protocol::frame::{read_cstr, read_cstr_bytes};
 
 /// One distinct statement, shared by every client that prepared it.
 #[derive(Debug)]
@@ -41,13 +42,46 @@ pub struct Statement {
     /// been (a statement a server kept may be stale or planned for
     /// others' parameters).
     pub fresh: AtomicBool,
+    /// Running it drops every statement of the session (`DEALLOCATE ALL`,
+    /// `DISCARD ALL`): a Bind of it is accounted for
+    /// (`Session::bind_drops_all`).
+    pub drops_all: DropsAll,
 }
 
 impl Statement {
     /// `rest` is the Parse body after the statement name: query, parameter
     /// count and types, exactly as the client sent them.
     pub fn new(rest: &[u8]) -> Statement {
-        let digest = Sha256::digest(rest);
+        Statement::variant(rest, 0)
+    }
+
+    /// A client's statement of the definition `rest` whose server name
+    /// none of its other statements has (`taken`): a client that
+    /// prepares one text under two names has two statements on the
+    /// server, as on Postgres, so an error about either names the right
+    /// one. Every client that does the same shares them.
+    pub fn distinct(rest: &[u8], taken: impl Fn(&str) -> bool) -> Statement {
+        let mut st = Statement::new(rest);
+        // Each name taken rules out one variant: this ends within one
+        // more than the client has statements.
+        for variant in 1..=u32::MAX {
+            if !taken(&st.name) {
+                break;
+            }
+            st = Statement::variant(rest, variant);
+        }
+        st
+    }
+
+    /// Variant 0 is named after `rest` alone, variant `n` after `rest`
+    /// and `n`.
+    fn variant(rest: &[u8], variant: u32) -> Statement {
+        let mut hasher = Sha256::new();
+        hasher.update(rest);
+        if variant > 0 {
+            hasher.update(variant.to_be_bytes());
+        }
+        let digest = hasher.finalize();
         let mut name = String::with_capacity(3 + 32);
         name.push_str("ph_");
         for b in &digest[..16] {
@@ -59,11 +93,13 @@ impl Statement {
         put_cstr(&mut parse, &name);
         parse.put_slice(rest);
         finish_len(&mut parse, 0);
+        let drops_all = read_cstr_bytes(rest).map_or(DropsAll::No, |(sql, _)| drops_all(sql));
         Statement {
             name: name.into(),
             parse: parse.freeze(),
             shape: AtomicU64::new(0),
             fresh: AtomicBool::new(false),
+            drops_all,
         }
     }
 }

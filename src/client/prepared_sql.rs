@@ -25,6 +25,7 @@ use crate::protocol::backend::{self, finish_len};
 use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::frontend::parse_parse;
 use crate::sql::lex::{lex_spans, quoted, Tok};
+use crate::sql::query_scan::statement_may_name;
 
 /// What one statement of a text does to prepared statements.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +38,34 @@ pub(super) enum Kind {
     DiscardAll,
     /// `EXECUTE name [(args)]`.
     Execute(String),
+}
+
+/// What running one statement does to every prepared statement of its
+/// session, read from its text when a named statement is parsed: a Bind
+/// of it must keep pgharbor's books true (see `Session::bind_drops_all`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DropsAll {
+    #[default]
+    No,
+    /// `DEALLOCATE [PREPARE] ALL`.
+    Deallocate,
+    /// `DISCARD ALL`.
+    Discard,
+}
+
+/// Whether the one statement of `sql` (a Parse's text) is `DEALLOCATE
+/// ALL` or `DISCARD ALL`: the cheap test first, so a text is lexed only
+/// when it may be.
+pub(super) fn drops_all(sql: &[u8]) -> DropsAll {
+    if !statement_may_name(sql) {
+        return DropsAll::No;
+    }
+    let found = std::str::from_utf8(sql).ok().and_then(commands);
+    match found.as_ref().map(|(found, count)| (found.first(), count)) {
+        Some((Some(c), 1)) if c.kind == Kind::DeallocateAll => DropsAll::Deallocate,
+        Some((Some(c), 1)) if c.kind == Kind::DiscardAll => DropsAll::Discard,
+        _ => DropsAll::No,
+    }
 }
 
 /// A statement [`commands`] found, with where its name is in the text.
@@ -237,17 +266,12 @@ impl Session {
         let mut edits = Vec::new();
         for c in found {
             match c.kind {
-                Kind::DeallocateAll => self.server_statements_reset(),
-                // Alone, unpinned and outside a transaction it was answered
-                // here; in a transaction block or a multi-statement Query
-                // Postgres refuses it.
-                Kind::DiscardAll
-                    if self.pinned.is_some() && count == 1 && self.txn.status == b'I' =>
-                {
-                    self.server_statements_reset();
-                    if let Some(sub) = self.listen.as_deref_mut() {
-                        sub.unlisten_all();
-                    }
+                Kind::DeallocateAll => self.server_drops_all(DropsAll::Deallocate),
+                // A lone one in a simple Query of an unpinned client
+                // outside a transaction was answered here; in a transaction
+                // block or a multi-statement Query Postgres refuses it.
+                Kind::DiscardAll if count == 1 && self.txn.status == b'I' => {
+                    self.server_drops_all(DropsAll::Discard)
                 }
                 Kind::DiscardAll => {}
                 Kind::Deallocate(name) => self.plan_edit(&mut edits, name, c.name_at, true),
@@ -270,13 +294,30 @@ impl Session {
         }
     }
 
-    /// A DEALLOCATE ALL or DISCARD ALL reaches the server: the client's
-    /// statements are gone, as on Postgres, and so may be every statement
-    /// of the server.
-    fn server_statements_reset(&mut self) {
-        self.statements.clear();
+    /// A `DEALLOCATE ALL` or `DISCARD ALL` of the client reaches the
+    /// server (a simple Query, or a Parse or Bind of its text): it drops
+    /// every statement there, other clients' too, so none is assumed left
+    /// (each is prepared again where next used), and DISCARD ALL also
+    /// what pgharbor set there for the client. The client's own
+    /// statements and LISTENs are gone as on Postgres, from this point of
+    /// its pipeline on; its reported settings come back as the server's
+    /// ParameterStatus.
+    pub(super) fn server_drops_all(&mut self, drops: DropsAll) {
+        if self.in_failed_transaction() {
+            // Refused with 25P02: nothing is dropped.
+            return;
+        }
         if let Some(p) = self.server.as_mut() {
             p.server.prepared.forget_all();
+            if drops == DropsAll::Discard {
+                p.server.applied.clear();
+            }
+        }
+        self.statements.clear();
+        if drops == DropsAll::Discard {
+            if let Some(sub) = self.listen.as_deref_mut() {
+                sub.unlisten_all();
+            }
         }
     }
 

@@ -335,6 +335,9 @@ impl Session {
         }
         self.txn.status = status;
         self.txn.ready_answered();
+        // [prepared statements] A Bind held for a Parse of an earlier group
+        // is looked at again.
+        self.shape_wait = false;
         let idle = status == b'I';
         if idle && !self.pending_listens.is_empty() {
             // An explicit transaction ends with COMMIT or ROLLBACK (also
@@ -435,6 +438,8 @@ impl Session {
     fn client_names_in(&self, body: &[u8], undo: &[Undo]) -> Option<BytesMut> {
         client_names_in_error(body, |server| {
             let restored = undo.iter().filter_map(|u| u.restore.as_ref());
+            // [prepared statements] Or one closed after it.
+            let restored = restored.chain(self.expect.closing());
             let mut all = self
                 .statements
                 .iter()
@@ -454,6 +459,11 @@ impl Session {
             self.state.known_statements.insert(name);
         }
         for u in undo.into_iter().rev() {
+            // [unnamed statement] A skipped unnamed Parse changed nothing.
+            if let Some(before) = u.unnamed {
+                self.unnamed.undo_skipped(*before);
+                continue;
+            }
             if let Some((n, st)) = u.restore {
                 self.statements.insert(n, st);
                 continue;

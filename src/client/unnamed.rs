@@ -11,19 +11,23 @@
 //! -M extended, libpq's PQexecParams) binds in the same hold, so its Binds
 //! pass as sent.
 //!
-//! Known limits: an unnamed Parse that fails on the server, or that
-//! Postgres skips after an earlier error of its pipeline, is still taken
-//! as the client's unnamed statement (its outcome reaches the client in
-//! the counted path, unread); a later Bind on another server then runs
-//! that text's Parse again, whose own error the client gets.
+//! An unnamed Parse sent after other messages of its Sync group waits for
+//! its reply in the expectation queue with what the unnamed statement was
+//! before it: when an earlier error makes the server skip it, that comes
+//! back, as on Postgres. Known limits: an unnamed Parse that fails on the
+//! server is still taken as the client's unnamed statement (its outcome
+//! reaches the client in the counted path, unread); a later Bind on
+//! another server then runs that text's Parse again, whose own error the
+//! client gets. So is one skipped that pgharbor rewrote (a DEALLOCATE,
+//! DISCARD or EXECUTE in its text, or session state).
 
 use bytes::BytesMut;
 
 use crate::protocol::{sqlstate, PgError};
 
 /// What pgharbor knows of the client's unnamed statement.
-#[derive(Debug, Default)]
-pub(super) struct UnnamedStatement {
+#[derive(Debug, Default, Clone)]
+pub struct UnnamedStatement {
     /// The client has an unnamed statement (as Postgres would).
     pub exists: bool,
     /// It was parsed on the server the client holds now (cleared when
@@ -33,6 +37,9 @@ pub(super) struct UnnamedStatement {
     /// another server. Reused: no allocation per Parse after the first
     /// (unless a longer text comes).
     parse: BytesMut,
+    /// Counts its Parses and destructions, so that undoing a skipped
+    /// Parse never overrides a later one (`undo_skipped`).
+    generation: u32,
 }
 
 impl UnnamedStatement {
@@ -43,6 +50,23 @@ impl UnnamedStatement {
         self.parse.extend_from_slice(msg);
         self.exists = true;
         self.here = true;
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Its Parse was sent again to the server held now. `settled`: the
+    /// Parse cannot be skipped; otherwise a Bind of it is looked at
+    /// until then (see `Undo::unnamed`).
+    pub fn prepared_again(&mut self, settled: bool) {
+        self.here = settled;
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// A Parse made while it was `before` was skipped by the server: it
+    /// is `before` again, unless a later Parse or Query changed it since.
+    pub fn undo_skipped(&mut self, before: UnnamedStatement) {
+        if self.generation == before.generation.wrapping_add(1) {
+            *self = before;
+        }
     }
 
     /// A simple Query or a Close of it destroyed it (on the server too).
@@ -50,6 +74,7 @@ impl UnnamedStatement {
     pub fn destroyed(&mut self) {
         self.exists = false;
         self.here = false;
+        self.generation = self.generation.wrapping_add(1);
     }
 
     /// The Parse to send before a Bind or Describe of it on a server

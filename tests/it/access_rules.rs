@@ -1,13 +1,12 @@
 //! Who may log in how: `hba_file` (pg_hba.conf lines, first match wins,
 //! re-read on RELOAD) and client certificates (`auth_type = "cert"`).
 
-
 use std::path::Path;
 
-use pgharbor::config::Config;
-use pgharbor::Proxy;
 use crate::support::tls::*;
 use crate::support::*;
+use pgharbor::config::Config;
+use pgharbor::Proxy;
 
 /// A config file in `dir` naming `hba` and the server certificate in
 /// `files`, with the users `app` (SCRAM) and `admin`; `extra` is appended.

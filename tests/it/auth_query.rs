@@ -3,12 +3,11 @@
 //! requires scram-sha-256 for them), a changed password takes effect after
 //! the cache TTL, and the client cannot steer the lookup.
 
-
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pgharbor::Proxy;
 use crate::support::*;
+use pgharbor::Proxy;
 
 const LOOKUP_USER: &str = "aq_lookup";
 const LOOKUP_PASSWORD: &str = "aq-lookup-pw";

@@ -3,12 +3,11 @@
 //! and neither password shows in pgharbor's debug log or in any SHOW
 //! output.
 
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pgharbor::config::Config;
 use crate::support::*;
+use pgharbor::config::Config;
 
 const ENV_USER: &str = "secret_env_user";
 const ENV_PASSWORD: &str = "env-pw-Qx7f3a";

@@ -5,13 +5,12 @@
 //! the pool. Each check runs against Postgres directly first and through
 //! pgharbor after, and asserts the same of both.
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Buf;
 use crate::support::raw::{first_column, query, Msg, RawClient};
 use crate::support::*;
+use bytes::Buf;
 
 fn direct_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], pg().port()))

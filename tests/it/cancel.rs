@@ -2,7 +2,6 @@
 //! stress run that checks no cancel ever reaches another client's query,
 //! wrong secrets, and cancels sent to a peer replica.
 
-
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

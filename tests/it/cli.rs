@@ -1,7 +1,6 @@
 //! The command line: `check-config`, `demo`, and the example config file
 //! staying in step with `src/config.rs`.
 
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -291,9 +290,11 @@ fn thread_count(pid: u32) -> usize {
 #[tokio::test]
 async fn worker_threads_sets_how_many_threads_serve_clients() {
     for (workers, threads) in [(1, 1), (3, 4)] {
-        let proxy =
-            crate::support::ProxyProcess::start_listening("2s", &format!("worker_threads = {workers}"))
-                .await;
+        let proxy = crate::support::ProxyProcess::start_listening(
+            "2s",
+            &format!("worker_threads = {workers}"),
+        )
+        .await;
         // Counted before any login: a server login later derives its SCRAM
         // key on a blocking-pool thread.
         assert_eq!(

@@ -4,7 +4,6 @@
 //! reply each client receives compared. Hand-written cases in
 //! `conformance/cases.rs`, random conversations in `conformance/generate.rs`.
 
-
 #[path = "conformance/cases.rs"]
 mod cases;
 #[path = "conformance/conversation.rs"]
@@ -13,5 +12,7 @@ mod conversation;
 mod generate;
 #[path = "conformance/runner.rs"]
 mod runner;
+#[path = "conformance/startup_settings.rs"]
+mod startup_settings;
 #[path = "conformance/wire.rs"]
 mod wire;

@@ -6,15 +6,14 @@
 //! several clients (a server released too early hands a ReadyForQuery to
 //! the next client; one never released stalls them), and in session mode.
 
-
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use crate::support::raw::{self, Msg, RawClient};
 use crate::support::*;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 

@@ -6,18 +6,17 @@
 //! The tools come from `.ci/run` (kubectl from the machine or PyPI,
 //! kubernetes-validate into target/deploy-venv).
 
-
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::*;
 use base64::Engine;
 use pgharbor::config::{AuthType, Config};
 use serde::Deserialize;
 use serde_yaml::Value;
-use crate::support::*;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

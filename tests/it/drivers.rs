@@ -13,7 +13,6 @@
 //! "equals the connection's own backend pid", and sets filled by concurrent
 //! clients (notification payloads) are sorted. Nothing else is normalised.
 
-
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -429,7 +428,6 @@ async fn psycopg_prepared_beside_resets_as_on_postgres_in_session_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: other clients' DISCARD ALL / DEALLOCATE ALL drop this client's statements: 26000 prepared statement \"ph_...\" does not exist"]
 async fn psycopg_prepared_beside_resets_as_on_postgres_in_transaction_mode() {
     check(PSYCOPG_RESETS, Target::Transaction).await;
 }
@@ -440,7 +438,6 @@ async fn psycopg_auto_prepared_beside_resets_as_on_postgres_in_session_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: other clients' DISCARD ALL / DEALLOCATE ALL drop this client's statements: 26000 prepared statement \"ph_...\" does not exist"]
 async fn psycopg_auto_prepared_beside_resets_as_on_postgres_in_transaction_mode() {
     check(PSYCOPG_AUTO_RESETS, Target::Transaction).await;
 }

@@ -3,7 +3,6 @@
 //! reachable with no config change, and the pool made for them closes once
 //! unused, its metric series with it.
 
-
 use std::time::Duration;
 
 use crate::support::*;

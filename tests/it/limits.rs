@@ -3,7 +3,6 @@
 //! fail), `max_user_client_connections` refuses the client past it with
 //! 53300 naming the key.
 
-
 use std::process::Stdio;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,6 @@
 //! LISTEN/NOTIFY through pgharbor in transaction mode: answered by pgharbor,
 //! multiplexed on one listener connection, fanned out to subscribers.
 
-
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -2,7 +2,6 @@
 //! transaction mode: answered by pgharbor exactly as Postgres answers them,
 //! never run on a pool server.
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -2,17 +2,16 @@
 //! database, fan-out, bounded buffers, overflow policies, reconnection.
 //! Each test uses its own role, so its listener connection is its own.
 
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::BytesMut;
 use pgharbor::auth::credential::ServerCredential;
 use pgharbor::config::{ListenConfig, OverflowPolicy};
 use pgharbor::listen::{self, ListenCommand, ListenHub, PendingListens, Subscriber};
 use pgharbor::metrics::Metrics;
 use pgharbor::server::{ServerKey, ServerTarget};
-use crate::support::*;
 
 type Note = (i32, String, String);
 

@@ -4,7 +4,6 @@
 //! every CommandComplete comes in its place. Each test runs the same steps
 //! on Postgres directly and compares what the client received.
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -2,17 +2,16 @@
 //! thousand wrong passwords tried at once get nowhere and do not stop
 //! pgharbor from serving others, and the failures are counted.
 
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::raw::{Msg, RawClient};
+use crate::support::*;
 use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
-use crate::support::raw::{Msg, RawClient};
-use crate::support::*;
 
 /// What a client sees of a SCRAM login with `password`: every message up
 /// to the end of the connection (at most 10 s).

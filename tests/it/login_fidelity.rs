@@ -3,7 +3,6 @@
 //! Postgres puts it, and a CREATE DATABASE from a template that pgharbor's
 //! idle servers are connected to works as it does with nobody connected.
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

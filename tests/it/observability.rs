@@ -1,13 +1,12 @@
 //! Observability: /metrics under pgbench load, promtool, health endpoints,
 //! and the admin console (SHOW, PAUSE / RESUME, RELOAD, SHUTDOWN, refusals).
 
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use pgharbor::Proxy;
 use crate::support::*;
+use pgharbor::Proxy;
 use tokio::io::AsyncReadExt;
 use tokio_postgres::SimpleQueryMessage;
 

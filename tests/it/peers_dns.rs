@@ -6,7 +6,6 @@
 //! `/etc/hosts` is never touched. Needs root, as the tests run here and in
 //! CI.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -1,6 +1,5 @@
 //! The core relay: psql, tokio-postgres and pgbench through pgharbor.
 
-
 use std::time::Duration;
 
 use crate::support::*;

@@ -1,7 +1,6 @@
 //! Transaction mode keeps what drivers assume: named prepared statements and
 //! session parameters follow the client from server to server.
 
-
 use crate::support::*;
 
 fn rows_text(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String> {

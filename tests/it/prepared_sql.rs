@@ -5,12 +5,11 @@
 //! the same steps on a direct connection and compares what the client
 //! receives.
 
-
 use std::net::SocketAddr;
 
-use pgharbor::Proxy;
 use crate::support::raw::{self, Msg, RawClient};
 use crate::support::*;
+use pgharbor::Proxy;
 
 /// What a client receives, in a form that compares across connections:
 /// errors and notices by SQLSTATE and message (the rest of their fields

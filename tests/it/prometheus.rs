@@ -3,7 +3,6 @@
 //! pool-saturation alert fires while clients queue for a full pool and
 //! resolves once the load stops.
 
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -3,7 +3,6 @@
 //! says where it is wrong; removed databases and settings that need a
 //! restart are reported.
 
-
 use std::time::Duration;
 
 use crate::support::*;

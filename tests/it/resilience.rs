@@ -1,7 +1,6 @@
 //! Servers that die, peers that break the protocol, and a graceful drain on
 //! SIGTERM.
 
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,6 @@
 //! pg_hba requires scram-sha-256 for it; pgharbor logs in to Postgres with
 //! the ClientKey the client proved, never knowing the password.
 
-
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -122,7 +121,10 @@ async fn a_server_asking_a_verifier_only_user_for_a_cleartext_password_gets_a_hi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pass_through_binds_the_server_login_to_its_tls_certificate() {
     setup();
-    let mut text = crate::support::tls::config("127.0.0.1", &crate::support::tls::server_tls("require", None));
+    let mut text = crate::support::tls::config(
+        "127.0.0.1",
+        &crate::support::tls::server_tls("require", None),
+    );
     text.push_str(&format!(
         "\n[[users]]\nname = \"{SCRAM_ROLE}\"\npassword = \"{}\"\n",
         verifier_of(SCRAM_ROLE)

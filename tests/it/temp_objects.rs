@@ -4,7 +4,6 @@
 //! form is run on Postgres directly first, and the answers pgharbor gives
 //! are compared with the ones Postgres gave.
 
-
 use std::time::Duration;
 
 use crate::support::raw::{self, RawClient};

@@ -2,16 +2,15 @@
 //! OpenSSL), tokio-postgres over rustls and Postgres's own view of the
 //! sessions. Fixtures in `support/tls.rs`.
 
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::tls::*;
+use crate::support::*;
 use pgharbor::config::Config;
 use pgharbor::Proxy;
 use rcgen::{CertificateParams, KeyPair};
-use crate::support::tls::*;
-use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_serves_tls_clients_with_the_configured_certificate_and_refuses_plaintext() {

@@ -4,7 +4,6 @@
 //! `ssl = on`, its certificate issued for `localhost` only. Fixtures in
 //! `support/tls.rs`.
 
-
 use std::process::{Command, Stdio};
 
 use crate::support::tls::*;

@@ -2,15 +2,14 @@
 //! mid-transaction, COPY, errors inside transactions, multi-statement queries
 //! and Flush without Sync.
 
-
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use crate::support::raw::{self, RawClient};
 use crate::support::*;
+use futures_util::{SinkExt, StreamExt};
 
 fn pgbench(proxy: &pgharbor::Proxy, user: &str, args: &[&str]) -> std::process::Output {
     let a = proxy.addr();

@@ -74,19 +74,20 @@ cases! {
     a_fresh_prepare_after_its_type_was_created_again { session: [], transaction: [] }
     a_fresh_prepare_answered_without_a_server_after_its_type_was_created_again { session: [], transaction: [] }
     a_fresh_prepare_after_its_table_was_created_again { session: [], transaction: [] }
-    a_parse_skipped_after_a_failed_execute_leaves_no_statement {
-        session: [],
-        transaction: [#[ignore = "generator finding: Execute of a missing portal, then Parse s0 in the same group: Postgres skips the Parse, so a later Bind of s0 gets 26000; pgharbor keeps s0 and binds it"]]
-    }
-    an_error_names_a_statement_closed_later_in_the_pipeline {
-        session: [],
-        transaction: [#[ignore = "generator finding: Bind with too many parameters, then Close of s0 before the Sync was answered: Postgres 08P01 names s0, pgharbor ph_… (the name is mapped back only while the client still has the statement)"]]
-    }
-    a_second_parse_of_a_name_then_its_close {
-        session: [],
-        transaction: [#[ignore = "generator finding: Parse s0 twice in one group, then Close s0: Postgres 42P05 names s0, pgharbor ph_…"]]
-    }
+    a_parse_skipped_after_a_failed_execute_leaves_no_statement { session: [], transaction: [] }
+    an_error_names_a_statement_closed_later_in_the_pipeline { session: [], transaction: [] }
+    a_second_parse_of_a_name_then_its_close { session: [], transaction: [] }
+    a_parse_again_of_a_name_whose_parse_was_skipped { session: [], transaction: [] }
+    a_close_and_parse_after_a_group_whose_close_was_skipped { session: [], transaction: [] }
+    an_unnamed_parse_skipped_after_a_failed_execute_leaves_none { session: [], transaction: [] }
+    an_unnamed_parse_in_the_next_group_stands_after_one_was_skipped { session: [], transaction: [] }
+    errors_name_the_right_one_of_two_names_for_one_text { session: [], transaction: [] }
+    a_bind_after_a_group_whose_close_was_skipped { session: [], transaction: [] }
+    an_unnamed_statement_of_an_earlier_transaction_after_a_skipped_bind { session: [], transaction: [] }
     a_close_skipped_after_an_error_keeps_the_statement { session: [], transaction: [] }
+    a_prepared_discard_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
+    a_prepared_deallocate_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
+    an_unnamed_discard_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
     a_bind_of_a_missing_unnamed_statement_after_an_error_is_skipped { session: [], transaction: [] }
 }
 
@@ -416,6 +417,67 @@ pub fn a_pg_temp_table_is_used_in_a_later_transaction() -> Conversation {
         .simple(visible)
         .on(0)
         .simple(visible)
+}
+
+/// psycopg 3 with `prepare_threshold = 0` prepares every statement, its
+/// `DISCARD ALL` or `DEALLOCATE ALL` too: run through the extended
+/// protocol, it drops the client's own statements (then its own, which
+/// psycopg binds again: 26000) and never another client's on the shared
+/// server.
+fn drops_all_beside_another_client(name: &str, reset: &str, statement: &str) -> Conversation {
+    let sql = "SELECT $1::int * 2 AS twice";
+    let c = Conversation::new(name, 2)
+        .on(0)
+        .prepare("s1", sql)
+        .run("s1", &["1"])
+        .on(1)
+        .prepare("s1", sql)
+        .prepare("s2", "SELECT 'other' AS t")
+        .run("s1", &["2"]);
+    let c = if statement.is_empty() {
+        c.parse("", reset, &[]).run("", &[])
+    } else {
+        c.prepare(statement, reset).run(statement, &[])
+    };
+    let c = c
+        .on(0)
+        .run("s1", &["3"])
+        .on(1)
+        .run("s1", &["4"])
+        .run("s2", &[]);
+    let c = if statement.is_empty() {
+        c
+    } else {
+        c.run(statement, &[])
+    };
+    c.prepare("s1", sql)
+        .run("s1", &["5"])
+        .on(0)
+        .run("s1", &["6"])
+}
+
+pub fn a_prepared_discard_all_drops_only_its_own_clients_statements() -> Conversation {
+    drops_all_beside_another_client(
+        "a_prepared_discard_all_drops_only_its_own_clients_statements",
+        "DISCARD ALL",
+        "_pg3_1",
+    )
+}
+
+pub fn a_prepared_deallocate_all_drops_only_its_own_clients_statements() -> Conversation {
+    drops_all_beside_another_client(
+        "a_prepared_deallocate_all_drops_only_its_own_clients_statements",
+        "DEALLOCATE ALL",
+        "_pg3_1",
+    )
+}
+
+pub fn an_unnamed_discard_all_drops_only_its_own_clients_statements() -> Conversation {
+    drops_all_beside_another_client(
+        "an_unnamed_discard_all_drops_only_its_own_clients_statements",
+        "DISCARD ALL",
+        "",
+    )
 }
 
 pub fn two_clients_interleaved_prepare_the_same_text() -> Conversation {
@@ -778,6 +840,161 @@ pub fn an_error_names_a_statement_closed_later_in_the_pipeline() -> Conversation
         .sync()
         .ready()
         .ready()
+}
+
+/// Found by the generator (seed 0x5eed0026): the second Parse must not
+/// be taken for one of a live name (42P05) while the first may yet be
+/// skipped.
+pub fn a_parse_again_of_a_name_whose_parse_was_skipped() -> Conversation {
+    Conversation::new("a_parse_again_of_a_name_whose_parse_was_skipped", 1)
+        .on(0)
+        .execute("p0", 0)
+        .parse("s0", "SELECT $1::text || '!' AS shout", &[])
+        .sync()
+        .parse("s0", "SELECT $1::int + 1 AS next", &[23])
+        .sync()
+        .ready()
+        .ready()
+        .run("s0", &["41"])
+}
+
+/// Found by the generator (seed 0x5eed002b): the first group's Close and
+/// Parse are skipped, so its statement stays until the second group's
+/// Close, whose Parse then succeeds.
+pub fn a_close_and_parse_after_a_group_whose_close_was_skipped() -> Conversation {
+    Conversation::new("a_close_and_parse_after_a_group_whose_close_was_skipped", 1)
+        .on(0)
+        .prepare("s0", "SELECT 1 AS one")
+        .execute("p0", 0)
+        .close_statement("s0")
+        .parse("s0", "SELECT 2 AS two", &[])
+        .sync()
+        .close_statement("s0")
+        .parse("s0", "SELECT 3 AS three", &[])
+        .sync()
+        .ready()
+        .ready()
+        .run("s0", &[])
+}
+
+/// Found by the generator (seeds 0x5eed002c, 0x5eed0030): the unnamed
+/// Parse is skipped, so the Bind finds no unnamed statement (26000), not
+/// one another client left on the server; once waited for, once pipelined.
+pub fn an_unnamed_parse_skipped_after_a_failed_execute_leaves_none() -> Conversation {
+    Conversation::new(
+        "an_unnamed_parse_skipped_after_a_failed_execute_leaves_none",
+        2,
+    )
+    .on(1)
+    .parse("", "SELECT $1::int AS strict", &[])
+    .bind("", "", &["1"])
+    .execute("", 0)
+    .sync()
+    .ready()
+    .on(0)
+    .execute("", 0)
+    .parse("", "SELECT $1::int AS strict", &[])
+    .sync()
+    .ready()
+    .bind("", "", &[])
+    .sync()
+    .ready()
+    .execute("", 0)
+    .parse("", "SELECT $1::int AS strict", &[])
+    .sync()
+    .bind("", "", &[])
+    .sync()
+    .ready()
+    .ready()
+    .execute("", 0)
+    .parse("", "SELECT $1::int AS strict", &[])
+    .bind_full("", "", &[], true)
+    .sync()
+    .bind("", "", &["2"])
+    .sync()
+    .ready()
+    .ready()
+}
+
+/// Found by the generator (seed 0x5eed002e).
+pub fn an_unnamed_parse_in_the_next_group_stands_after_one_was_skipped() -> Conversation {
+    Conversation::new(
+        "an_unnamed_parse_in_the_next_group_stands_after_one_was_skipped",
+        1,
+    )
+    .on(0)
+    .execute("", 1)
+    .parse("", "SELECT $1::int + 1 AS next", &[])
+    .sync()
+    .parse("", "SELECT $1 AS untyped", &[25])
+    .sync()
+    .ready()
+    .ready()
+    .bind("", "", &["it's"])
+    .execute("", 0)
+    .sync()
+    .ready()
+}
+
+/// Found by the generator (seeds 0x5eed002d, 0x5eed0030, 0x5eed004c): a
+/// client that prepares one text under two names; errors about either
+/// name that one.
+pub fn errors_name_the_right_one_of_two_names_for_one_text() -> Conversation {
+    let sql = "SELECT $1::text || '!' AS shout";
+    Conversation::new("errors_name_the_right_one_of_two_names_for_one_text", 1)
+        .on(0)
+        .prepare("s1", sql)
+        .prepare("s0", sql)
+        .bind_full("", "s0", &[None, Some("1")], true)
+        .sync()
+        .ready()
+        .bind_full("", "s1", &[None, Some("1")], true)
+        .sync()
+        .ready()
+        .prepare("s0", "SELECT 1")
+        .prepare("s1", "SELECT 1")
+        .run("s0", &["a"])
+        .run("s1", &["b"])
+}
+
+/// Found by the generator (seed 0x7000d4): the Close is skipped, so the
+/// next group's Bind and Describe find the statement (here its error
+/// about the parameter count names it).
+pub fn a_bind_after_a_group_whose_close_was_skipped() -> Conversation {
+    Conversation::new("a_bind_after_a_group_whose_close_was_skipped", 1)
+        .on(0)
+        .prepare("s1", "SHOW TimeZone")
+        .execute("", 0)
+        .close_statement("s1")
+        .sync()
+        .bind_full("", "s1", &[Some("177001")], true)
+        .sync()
+        .describe_statement("s1")
+        .sync()
+        .ready()
+        .ready()
+        .ready()
+        .run("s1", &[])
+}
+
+/// Found by the generator (seed 0x70005d).
+pub fn an_unnamed_statement_of_an_earlier_transaction_after_a_skipped_bind() -> Conversation {
+    Conversation::new(
+        "an_unnamed_statement_of_an_earlier_transaction_after_a_skipped_bind",
+        2,
+    )
+    .on(0)
+    .prepare("", "SELECT $1::text || '!' AS shout")
+    .on(1)
+    .simple("COMMIT")
+    .on(0)
+    .execute("", 0)
+    .bind("p0", "", &["abc"])
+    .sync()
+    .bind("p0", "", &["5"])
+    .sync()
+    .ready()
+    .ready()
 }
 
 /// Found by the generator (seed 0x5eed002c).
