@@ -62,7 +62,7 @@ async fn reload(admin: &tokio_postgres::Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_grows_and_shrinks_open_pools_under_pgbench_without_a_failed_transaction() {
     let user = "reload_size";
-    let text = |size: usize| config_text_for_user("transaction", size, "", user);
+    let text = |size: usize| config_text_for_own_database("transaction", size, user);
     let fp = FileProxy::start(&text(5)).await;
     let addr = fp.proxy.addr();
     let init = pgbench_at(addr, user, &["-i", "-s", "1", "-q"]).await;

@@ -37,7 +37,7 @@ fn pgbench_number(out: &str, label: &str) -> Option<u64> {
 async fn pgbench_50_clients_on_a_pool_of_5_in_simple_and_extended_mode() {
     // A role of its own, so other tests' servers do not count.
     let user = "bench";
-    let proxy = start_proxy_with(&config_text_for_user("transaction", 5, "", user)).await;
+    let proxy = start_proxy_with(&config_text_for_own_database("transaction", 5, user)).await;
     let init = pgbench(&proxy, user, &["-i", "-s", "1", "-q"]);
     assert!(
         init.status.success(),

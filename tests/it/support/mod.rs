@@ -248,15 +248,20 @@ pub fn ensure_user(name: &str) {
         .expect("create user");
     pg().psql("app", &format!("GRANT CREATE ON SCHEMA public TO {name}"))
         .expect("grant");
-    // Its own schema, first on its default search_path ("$user"): the
-    // pgbench tables it makes are its own, beside other roles' in the
-    // shared Postgres.
-    pg().psql(
-        "app",
-        &format!("CREATE SCHEMA IF NOT EXISTS {name} AUTHORIZATION {name}"),
-    )
-    .expect("schema");
     done.insert(name.to_string());
+}
+
+/// [`config_text_for_user`], with the real database a new one of the
+/// role's own (named after it) instead of `app`: for tests that make
+/// pgbench's tables, which would clash with other roles' in `app` of the
+/// shared Postgres.
+pub fn config_text_for_own_database(mode: &str, pool_size: usize, user: &str) -> String {
+    ensure_user(user);
+    pg().create_database(user, user).expect("create database");
+    config_text_for_user(mode, pool_size, "", user).replace(
+        &format!("name = \"{user}\"\ndbname = \"app\""),
+        &format!("name = \"{user}\"\ndbname = \"{user}\""),
+    )
 }
 
 /// [`config_text`] plus a database called `user` (the real database `app`)
