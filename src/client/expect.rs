@@ -154,12 +154,15 @@ pub struct Expectations {
 }
 
 impl Expectations {
+    /// Records the reply of a message just sent. Inlined: called for every
+    /// message, nearly always with a reply to forward, which is two
+    /// counters.
     #[inline]
-    pub fn push(&mut self, reply: Reply, action: Action, undo: Option<Undo>) {
+    pub fn push(&mut self, reply: Reply, action: Action) {
         if reply == Reply::Ready {
             self.server_skipping = false;
         }
-        if action == Action::Forward && undo.is_none() {
+        if action == Action::Forward {
             if reply == Reply::Ready {
                 // The replies counted come before this ReadyForQuery, and
                 // nothing waits on them in between.
@@ -170,7 +173,24 @@ impl Expectations {
             }
             return;
         }
-        self.queue_entry(reply, action, undo.map(Box::new), None);
+        self.queue_entry(reply, action, None, None);
+    }
+
+    /// [`Expectations::push`] for a message whose effect is undone if the
+    /// server skips or refuses it (see [`Undo`]): it gets a place of its own.
+    pub fn push_undo(&mut self, reply: Reply, action: Action, undo: Undo) {
+        if reply == Reply::Ready {
+            self.server_skipping = false;
+        }
+        self.queue_entry(reply, action, Some(Box::new(undo)), None);
+    }
+
+    /// [`Expectations::push`] or [`Expectations::push_undo`], as `undo` says.
+    pub fn push_with(&mut self, reply: Reply, action: Action, undo: Option<Undo>) {
+        match undo {
+            Some(undo) => self.push_undo(reply, action, undo),
+            None => self.push(reply, action),
+        }
     }
 
     /// Queues one statement of a simple Query: forwarded, or replaced by
@@ -543,11 +563,11 @@ mod tests {
     fn injected_parse_is_swallowed_and_synthesized_replies_wait_their_turn() {
         let mut q = Expectations::default();
         let mut undo = Vec::new();
-        q.push(Reply::Execute, Action::Forward, None);
-        q.push(Reply::ParseComplete, Action::Synthesize, None);
-        q.push(Reply::ParseComplete, Action::Swallow, None);
-        q.push(Reply::BindComplete, Action::Forward, None);
-        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::Execute, Action::Forward);
+        q.push(Reply::ParseComplete, Action::Synthesize);
+        q.push(Reply::ParseComplete, Action::Swallow);
+        q.push(Reply::BindComplete, Action::Forward);
+        q.push(Reply::Ready, Action::Forward);
         assert!(q.due_synthesized().is_none());
         assert!(matches!(
             q.on_server_message(b'D', &mut undo, &mut Vec::new()),
@@ -588,11 +608,11 @@ mod tests {
             restore: None,
             unnamed: None,
         };
-        q.push(Reply::ParseComplete, Action::Forward, Some(u("a")));
-        q.push(Reply::ParseComplete, Action::Synthesize, Some(u("b")));
-        q.push(Reply::BindComplete, Action::Forward, None);
-        q.push(Reply::Ready, Action::Forward, None);
-        q.push(Reply::ParseComplete, Action::Forward, None);
+        q.push_undo(Reply::ParseComplete, Action::Forward, u("a"));
+        q.push_undo(Reply::ParseComplete, Action::Synthesize, u("b"));
+        q.push(Reply::BindComplete, Action::Forward);
+        q.push(Reply::Ready, Action::Forward);
+        q.push(Reply::ParseComplete, Action::Forward);
         assert!(matches!(
             q.on_server_message(b'E', &mut undo, &mut Vec::new()),
             Outcome::Forward
@@ -619,10 +639,10 @@ mod tests {
             Reply::Describe,
             Reply::Execute,
         ] {
-            q.push(r, Action::Forward, None);
+            q.push(r, Action::Forward);
         }
         assert!(!q.is_empty());
-        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::Ready, Action::Forward);
         assert!(!q.needs_each_reply());
         assert_eq!(q.queue.capacity(), 0, "an idle client keeps no queue");
         // An error inside the group does not end it: its Sync does.
@@ -642,10 +662,10 @@ mod tests {
     fn a_synthesized_reply_waits_for_the_plain_messages_sent_before_it() {
         let mut q = Expectations::default();
         let mut undo = Vec::new();
-        q.push(Reply::BindComplete, Action::Forward, None);
-        q.push(Reply::Execute, Action::Forward, None);
-        q.push(Reply::CloseComplete, Action::Synthesize, None);
-        q.push(Reply::BindComplete, Action::Forward, None);
+        q.push(Reply::BindComplete, Action::Forward);
+        q.push(Reply::Execute, Action::Forward);
+        q.push(Reply::CloseComplete, Action::Synthesize);
+        q.push(Reply::BindComplete, Action::Forward);
         assert!(q.needs_each_reply());
         q.on_server_message(b'2', &mut undo, &mut Vec::new());
         assert!(q.due_synthesized().is_none());
@@ -667,13 +687,13 @@ mod tests {
     fn an_error_before_any_sync_drops_the_count_of_the_skipped_messages() {
         let mut q = Expectations::default();
         let mut undo = Vec::new();
-        q.push(Reply::BindComplete, Action::Forward, None);
-        q.push(Reply::Execute, Action::Forward, None);
+        q.push(Reply::BindComplete, Action::Forward);
+        q.push(Reply::Execute, Action::Forward);
         q.on_server_message(b'E', &mut undo, &mut Vec::new());
         assert!(q.is_empty());
         assert!(!q.needs_each_reply());
         // The group's Sync is then the only reply to wait for.
-        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::Ready, Action::Forward);
         q.on_server_message(b'Z', &mut undo, &mut Vec::new());
         assert!(q.is_empty());
     }
@@ -689,16 +709,16 @@ mod tests {
     #[test]
     fn a_sync_read_as_copy_data_is_owed_nothing() {
         let mut q = Expectations::default();
-        q.push(Reply::BindComplete, Action::Forward, None);
-        q.push(Reply::Execute, Action::Forward, None);
-        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::BindComplete, Action::Forward);
+        q.push(Reply::Execute, Action::Forward);
+        q.push(Reply::Ready, Action::Forward);
         answer(&mut q, b'2');
         q.drop_ignored_syncs(1);
         answer(&mut q, b'G');
         assert!(!q.is_empty(), "the COPY's CommandComplete is still owed");
-        q.push(Reply::Ready, Action::Forward, None);
-        q.push(Reply::CloseComplete, Action::Synthesize, None);
-        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::Ready, Action::Forward);
+        q.push(Reply::CloseComplete, Action::Synthesize);
+        q.push(Reply::Ready, Action::Forward);
         answer(&mut q, b'C');
         assert!(
             q.due_synthesized().is_none(),
@@ -717,10 +737,10 @@ mod tests {
     #[test]
     fn a_pipelined_copy_keeps_its_reply_before_what_follows() {
         let mut q = Expectations::default();
-        q.push(Reply::Execute, Action::Forward, None);
-        q.push(Reply::Ready, Action::Forward, None);
-        q.push(Reply::CloseComplete, Action::Synthesize, None);
-        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::Execute, Action::Forward);
+        q.push(Reply::Ready, Action::Forward);
+        q.push(Reply::CloseComplete, Action::Synthesize);
+        q.push(Reply::Ready, Action::Forward);
         q.drop_ignored_syncs(1);
         assert!(q.due_synthesized().is_none());
         assert!(q.needs_each_reply());
@@ -738,12 +758,12 @@ mod tests {
     #[test]
     fn an_error_during_copy_skips_to_the_sync_after_it() {
         let mut q = Expectations::default();
-        q.push(Reply::Execute, Action::Forward, None);
-        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::Execute, Action::Forward);
+        q.push(Reply::Ready, Action::Forward);
         q.drop_ignored_syncs(1);
         answer(&mut q, b'E');
         assert!(q.is_empty());
-        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::Ready, Action::Forward);
         answer(&mut q, b'Z');
         assert!(q.is_empty());
     }
@@ -753,8 +773,8 @@ mod tests {
     #[test]
     fn a_query_copy_keeps_its_ready_for_query() {
         let mut q = Expectations::default();
-        q.push(Reply::Ready, Action::Forward, None);
-        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::Ready, Action::Forward);
+        q.push(Reply::Ready, Action::Forward);
         q.drop_ignored_syncs(1);
         assert!(!q.needs_each_reply());
         answer(&mut q, b'C');
@@ -773,13 +793,13 @@ mod tests {
             restore: None,
             unnamed: None,
         };
-        q.push(Reply::ParseComplete, Action::Forward, Some(u));
-        q.push(Reply::Ready, Action::Forward, None);
+        q.push_undo(Reply::ParseComplete, Action::Forward, u);
+        q.push(Reply::Ready, Action::Forward);
         // The next group: plain messages, then a reply given here.
-        q.push(Reply::BindComplete, Action::Forward, None);
-        q.push(Reply::Execute, Action::Forward, None);
-        q.push(Reply::CloseComplete, Action::Synthesize, None);
-        q.push(Reply::Ready, Action::Forward, None);
+        q.push(Reply::BindComplete, Action::Forward);
+        q.push(Reply::Execute, Action::Forward);
+        q.push(Reply::CloseComplete, Action::Synthesize);
+        q.push(Reply::Ready, Action::Forward);
         q.on_server_message(b'E', &mut undo, &mut Vec::new());
         assert_eq!(undo.len(), 1);
         q.on_server_message(b'Z', &mut undo, &mut Vec::new());

@@ -64,6 +64,7 @@ impl Session {
     /// `names_statements`: the cheap test of `prepared_sql` found what may
     /// be a DEALLOCATE, DISCARD ALL or EXECUTE. Records the ReadyForQuery
     /// to expect.
+    #[inline]
     pub(super) fn forward_query(
         &mut self,
         at: usize,
@@ -88,7 +89,7 @@ impl Session {
             self.emit_due_synthesized();
             return Forwarded::Rewritten;
         }
-        self.expect.push(Reply::Ready, Action::Forward, None);
+        self.expect.push(Reply::Ready, Action::Forward);
         let found = if may_hold_state {
             // The relay checked the text ends in its NUL.
             read_cstr_bytes(&self.cbuf[at + 5..at + len])
@@ -114,6 +115,7 @@ impl Session {
     /// `cbuf[at..at + len]`: records the reply to expect and passes it as
     /// sent, or rewrites it (named statements, refusals). The client holds
     /// a server.
+    #[inline]
     pub(super) fn rewrite_extended(
         &mut self,
         tag: u8,
@@ -176,7 +178,7 @@ impl Session {
                     unnamed: Some(before),
                     ..Undo::default()
                 });
-                self.expect.push(reply, Action::Forward, undo);
+                self.expect.push_with(reply, Action::Forward, undo);
                 Forwarded::AsSent
             }
             None => {
@@ -209,14 +211,14 @@ impl Session {
         });
         self.unnamed.prepared_again(undo.is_none());
         self.expect
-            .push(Reply::ParseComplete, Action::Swallow, undo);
+            .push_with(Reply::ParseComplete, Action::Swallow, undo);
         self.forward_ready(len);
         let reply = if tag == b'B' {
             Reply::BindComplete
         } else {
             Reply::Describe
         };
-        self.expect.push(reply, Action::Forward, None);
+        self.expect.push(reply, Action::Forward);
         self.emit_due_synthesized();
         Forwarded::Rewritten
     }
@@ -295,11 +297,11 @@ impl Session {
             // exist or the client's messages are being skipped.
             b'E' => {
                 append(&mut self.to_server, msg);
-                self.expect.push(Reply::Execute, Action::Forward, None);
+                self.expect.push(Reply::Execute, Action::Forward);
             }
             b'S' => {
                 append(&mut self.to_server, msg);
-                self.expect.push(Reply::Ready, Action::Forward, None);
+                self.expect.push(Reply::Ready, Action::Forward);
             }
             _ => append(&mut self.to_server, msg),
         }
@@ -325,8 +327,7 @@ impl Session {
                 // Refused: the error comes from the server in place of
                 // this Parse; the extended pipeline then skips to Sync.
                 refusal_parse(&mut self.to_server, &text);
-                self.expect
-                    .push(Reply::ParseComplete, Action::Forward, None);
+                self.expect.push(Reply::ParseComplete, Action::Forward);
                 return Ok(());
             }
         }
@@ -346,8 +347,7 @@ impl Session {
             self.parse_new_statement(client_name, p.rest);
             return Ok(());
         }
-        self.expect
-            .push(Reply::ParseComplete, Action::Forward, None);
+        self.expect.push(Reply::ParseComplete, Action::Forward);
         Ok(())
     }
 
@@ -370,7 +370,7 @@ impl Session {
             ..Undo::default()
         };
         self.expect
-            .push(Reply::ParseComplete, Action::Forward, Some(undo));
+            .push_undo(Reply::ParseComplete, Action::Forward, undo);
     }
 
     /// A Bind: of a client's statement, sent under the server's name
@@ -405,7 +405,7 @@ impl Session {
             // answers exactly as Postgres would (26000).
             _ => append(&mut self.to_server, msg),
         }
-        self.expect.push(Reply::BindComplete, Action::Forward, None);
+        self.expect.push(Reply::BindComplete, Action::Forward);
         Ok(())
     }
 
@@ -426,7 +426,7 @@ impl Session {
             }
             _ => {
                 append(&mut self.to_server, msg);
-                self.expect.push(Reply::Describe, Action::Forward, None);
+                self.expect.push(Reply::Describe, Action::Forward);
             }
         }
         Ok(())
@@ -439,8 +439,7 @@ impl Session {
         let (kind, name) = parse_target(&msg[5..])?;
         if kind != b'S' || name.is_empty() {
             append(&mut self.to_server, msg);
-            self.expect
-                .push(Reply::CloseComplete, Action::Forward, None);
+            self.expect.push(Reply::CloseComplete, Action::Forward);
             return Ok(());
         }
         if self.expect.name_pending_in_earlier_group(name) {
@@ -453,7 +452,7 @@ impl Session {
             ..Undo::default()
         });
         self.expect
-            .push(Reply::CloseComplete, Action::Synthesize, undo);
+            .push_with(Reply::CloseComplete, Action::Synthesize, undo);
         Ok(())
     }
 
@@ -616,14 +615,12 @@ impl Session {
             build_target(&mut close, b'C', b'S', &victim);
             // The eviction reaches the server before the new Parse.
             self.to_server.extend_from_slice(&close);
-            self.expect
-                .push(Reply::CloseComplete, Action::Swallow, None);
+            self.expect.push(Reply::CloseComplete, Action::Swallow);
         }
         if p.server.prepared.is_unsure() {
             // The server may still have it (see `PreparedSet::forget_all`).
             build_target(&mut self.to_server, b'C', b'S', &st.name);
-            self.expect
-                .push(Reply::CloseComplete, Action::Swallow, None);
+            self.expect.push(Reply::CloseComplete, Action::Swallow);
         }
     }
 
@@ -667,8 +664,7 @@ impl Session {
             p.server.prepared.remove(&st.name);
         }
         build_target(&mut self.to_server, b'C', b'S', &st.name);
-        self.expect
-            .push(Reply::CloseComplete, Action::Swallow, None);
+        self.expect.push(Reply::CloseComplete, Action::Swallow);
         true
     }
 
@@ -689,6 +685,6 @@ impl Session {
             unnamed: None,
         };
         self.expect
-            .push(Reply::ParseComplete, Action::Swallow, Some(undo));
+            .push_undo(Reply::ParseComplete, Action::Swallow, undo);
     }
 }

@@ -267,7 +267,7 @@ impl Session {
         );
         if self.server.is_some() {
             self.to_server.extend_from_slice(ABORT_STATEMENT);
-            self.expect.push(Reply::ParseComplete, Action::Abort, None);
+            self.expect.push(Reply::ParseComplete, Action::Abort);
         }
         let local = self.local.get_or_insert_with(Default::default);
         local.skip_to_sync = true;

@@ -349,7 +349,7 @@ impl Session {
         if injected && query {
             self.to_server.extend_from_slice(SYNC);
             self.txn.pending += 1;
-            self.expect.push(Reply::Ready, Action::Swallow, None);
+            self.expect.push(Reply::Ready, Action::Swallow);
         }
     }
 
@@ -380,7 +380,7 @@ impl Session {
         let _ = self.cbuf.split_to(len);
         self.prepare_edits(&edits, true);
         self.after_edits(&edits);
-        self.expect.push(Reply::Ready, Action::Forward, None);
+        self.expect.push(Reply::Ready, Action::Forward);
         let start = self.to_server.len();
         self.to_server.put_u8(b'Q');
         self.to_server.put_i32(0);

@@ -166,11 +166,11 @@ impl Session {
     /// settings at each turn rather than kept: what the relay keeps across
     /// its wait is part of every idle client's task.
     fn arm_idle_timer(&self, timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) -> bool {
-        let settings = self.pool.settings();
+        let settings = self.pool.hot();
         let timeout = if self.server.is_none() {
-            settings.client_idle_timeout
+            settings.client_idle_timeout()
         } else if self.txn.pending == 0 && (self.txn.status == b'T' || self.txn.status == b'E') {
-            settings.idle_transaction_timeout
+            settings.idle_transaction_timeout()
         } else {
             return false;
         };

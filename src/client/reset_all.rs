@@ -79,7 +79,7 @@ impl Session {
             listen: None,
         }));
         self.expect
-            .push(Reply::Ready, super::expect::Action::Forward, None);
+            .push(Reply::Ready, super::expect::Action::Forward);
         let out = &mut self.to_server;
         let start = out.len();
         out.put_u8(b'Q');

@@ -598,10 +598,10 @@ impl Session {
         let owed = self.note_client_message(tag);
         if tx && owed {
             match tag {
-                b'B' => self.expect.push(Reply::BindComplete, Action::Forward, None),
-                b'D' => self.expect.push(Reply::Describe, Action::Forward, None),
-                b'E' => self.expect.push(Reply::Execute, Action::Forward, None),
-                b'S' | b'Q' | b'F' => self.expect.push(Reply::Ready, Action::Forward, None),
+                b'B' => self.expect.push(Reply::BindComplete, Action::Forward),
+                b'D' => self.expect.push(Reply::Describe, Action::Forward),
+                b'E' => self.expect.push(Reply::Execute, Action::Forward),
+                b'S' | b'Q' | b'F' => self.expect.push(Reply::Ready, Action::Forward),
                 _ => {}
             }
         }

@@ -61,6 +61,7 @@ impl Pool {
             *self.template.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         let size = settings.pool_size;
+        self.hot.store(&settings);
         self.settings.store(Arc::new(settings));
         let resized = self.resize(size);
         Applied {
