@@ -2,7 +2,6 @@
 //! included), authentication, the checks that may refuse it, and the login
 //! to its pool. The relay and the clean-up after it are in `session.rs`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +12,11 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use super::expect::Expectations;
-use super::prepared::Statements;
-use super::session::{Session, SessionError, TxnState};
+use super::session::{Io, Session, SessionError};
 use super::startup::{self, Handshake, LoginRequest, StartupError};
 use crate::admin::registry::ClientEntry;
 use crate::net::Stream;
-use crate::protocol::{sqlstate, FrameScanner, PgError};
+use crate::protocol::{sqlstate, PgError};
 use crate::State;
 
 /// The whole startup (first packet to AuthenticationOk) must fit in this.
@@ -157,8 +154,8 @@ impl LoggedIn {
         // What the client sent last (Terminate, or half a message) is no
         // longer wanted; its read buffer goes back to the thread's stock
         // for the next client instead of to the allocator.
-        self.session.cbuf.clear();
-        super::buffers::give_back(&mut self.session.cbuf);
+        self.session.io.cbuf.clear();
+        super::buffers::give_back(&mut self.session.io.cbuf);
         self.session.pool.stats.clients_idle.dec();
         // Logged before the clean-up, so the result is not kept across its
         // await (which would add its size to every client task).
@@ -296,52 +293,24 @@ async fn run(
         stream.tls_description(),
         &cancel.slot,
     );
-    let mut session = Session {
-        client: stream,
-        mode: pool.settings().pool_mode,
-        pool,
-        state: state.clone(),
-        reported: crate::pool::no_params(),
-        login_params: crate::pool::no_params(),
-        other: BTreeMap::new(),
-        cancel,
-        cbuf: buf,
-        to_server: BytesMut::new(),
-        // The login's ParameterStatus, BackendKeyData and ReadyForQuery
-        // follow it, in one write when the relay starts.
-        to_client: auth_ok,
-        server: None,
-        txn: TxnState::default(),
-        cscan: FrameScanner::with_limit(config.proxy.max_message_size),
-        sscan: FrameScanner::default(),
-        max_message: config.proxy.max_message_size,
-        server_fatal_sent: false,
-        statements: Statements::default(),
-        unnamed: Default::default(),
-        shape_wait: false,
-        expect: Expectations::default(),
-        pinned: None,
-        listen: None,
-        pending_listens: Default::default(),
-        local: None,
-        replay: None,
-        last_command_tag: None,
-        noted_sender: None,
-    };
+    // The login's ParameterStatus, BackendKeyData and ReadyForQuery follow
+    // AuthenticationOk, in one write when the relay starts.
+    let io = Io::new(buf, auth_ok, config.proxy.max_message_size);
+    let mut session = Session::new(stream, pool, state.clone(), cancel, io);
     drop(config);
-    if session.cbuf.is_empty() {
+    if session.io.cbuf.is_empty() {
         // The startup buffer is not needed while the client is idle.
-        session.cbuf = BytesMut::new();
+        session.io.cbuf = BytesMut::new();
     }
     session.pool.stats.clients_idle.inc();
-    let auth_ok_len = session.to_client.len();
+    let auth_ok_len = session.io.to_client.len();
     if let Err(e) = session.login(&login).await {
         session.pool.stats.clients_idle.dec();
         // AuthenticationOk stays: the client was authenticated, and learns
         // next why it cannot go on, as from Postgres.
-        session.to_client.truncate(auth_ok_len);
-        e.encode(&mut session.to_client);
-        let _ = startup::send(&mut session.client, &session.to_client).await;
+        session.io.to_client.truncate(auth_ok_len);
+        e.encode(&mut session.io.to_client);
+        let _ = startup::send(&mut session.client, &session.io.to_client).await;
         return Err(SessionError::Refused(Box::new(e)));
     }
     Ok(Some(Box::new(LoggedIn {

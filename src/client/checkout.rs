@@ -111,7 +111,7 @@ impl Session {
             self.state
                 .listen
                 .note_server_pid(&pooled.server.key, self.cancel.slot.pid());
-            self.noted_sender = Some(pooled.server.key);
+            self.listening.noted_sender = Some(pooled.server.key);
         }
         self.txn.status = pooled.server.status;
         self.server = Some(pooled);

@@ -72,10 +72,10 @@ impl Session {
         may_hold_state: bool,
         names_statements: bool,
     ) -> Forwarded {
-        if self.expect.server_skipping() {
+        if self.ext.expect.server_skipping() {
             // Ignored by the server as by Postgres (see `rewrite_extended`).
             self.forward_ready(at);
-            let _ = self.cbuf.split_to(len);
+            let _ = self.io.cbuf.split_to(len);
             return Forwarded::Rewritten;
         }
         // A text that may also hold session state is not rewritten: the
@@ -89,10 +89,10 @@ impl Session {
             self.emit_due_synthesized();
             return Forwarded::Rewritten;
         }
-        self.expect.push(Reply::Ready, Action::Forward);
+        self.ext.expect.push(Reply::Ready, Action::Forward);
         let found = if may_hold_state {
             // The relay checked the text ends in its NUL.
-            read_cstr_bytes(&self.cbuf[at + 5..at + len])
+            read_cstr_bytes(&self.io.cbuf[at + 5..at + len])
                 .ok()
                 .and_then(|(sql, _)| self.session_state_in(sql))
         } else {
@@ -101,8 +101,8 @@ impl Session {
         let forwarded = match found.and_then(|what| self.on_session_state(what)) {
             Some(refusal) => {
                 self.forward_ready(at);
-                let _ = self.cbuf.split_to(len);
-                refusal_query(&mut self.to_server, &refusal);
+                let _ = self.io.cbuf.split_to(len);
+                refusal_query(&mut self.io.to_server, &refusal);
                 Forwarded::Rewritten
             }
             None => Forwarded::AsSent,
@@ -124,68 +124,68 @@ impl Session {
         may_hold_state: bool,
         names_statements: bool,
     ) -> Result<Forwarded, ProtocolError> {
-        if tag != b'S' && self.expect.server_skipping() {
+        if tag != b'S' && self.ext.expect.server_skipping() {
             // After an error of its group the server ignores everything up
             // to Sync, as Postgres: nothing pgharbor would answer or inject
             // for this message may take effect either.
             self.forward_ready(at);
-            let _ = self.cbuf.split_to(len);
+            let _ = self.io.cbuf.split_to(len);
             return Ok(Forwarded::Rewritten);
         }
-        let body = &self.cbuf[at + 5..at + len];
+        let body = &self.io.cbuf[at + 5..at + len];
         // What the client's unnamed statement was, when an unnamed Parse
         // may yet be skipped after an error of an earlier message.
         let mut unnamed_before = None;
         match tag {
             // An unnamed Parse: its name is the body's first NUL.
             b'P' if body.first() == Some(&0) => {
-                if self.expect.group_has_earlier_messages() {
-                    unnamed_before = Some(Box::new(self.unnamed.clone()));
+                if self.ext.expect.group_has_earlier_messages() {
+                    unnamed_before = Some(Box::new(self.ext.unnamed.clone()));
                 }
-                self.unnamed.parsed(&self.cbuf[at..at + len]);
+                self.ext.unnamed.parsed(&self.io.cbuf[at..at + len]);
                 if unnamed_before.is_some() {
                     // A Bind of it is looked at: passed in this group,
                     // held in a later one until the Parse is answered,
                     // and after that prepared again (one more Parse).
-                    self.unnamed.here = false;
+                    self.ext.unnamed.here = false;
                 }
             }
-            b'B' | b'D' if !self.unnamed.here && names_unnamed_statement(tag, body) => {
-                match self.expect.unnamed_parse_pending() {
+            b'B' | b'D' if !self.ext.unnamed.here && names_unnamed_statement(tag, body) => {
+                match self.ext.expect.unnamed_parse_pending() {
                     // Its Parse may yet be skipped: looked at again once
                     // it is answered.
                     Some(true) => {
                         self.forward_ready(at);
-                        let msg = self.cbuf.split_to(len);
+                        let msg = self.io.cbuf.split_to(len);
                         self.hold(msg);
                         return Ok(Forwarded::Held);
                     }
                     // In the Parse's own group: skipped with it, if so.
                     Some(false) => {}
-                    None if self.unnamed.exists => {
+                    None if self.ext.unnamed.exists => {
                         return Ok(self.prepare_unnamed_again(tag, at, len));
                     }
                     None => {}
                 }
             }
-            b'C' if body.starts_with(b"S\0") => self.unnamed.destroyed(),
+            b'C' if body.starts_with(b"S\0") => self.ext.unnamed.destroyed(),
             _ => {}
         }
-        let body = &self.cbuf[at + 5..at + len];
+        let body = &self.io.cbuf[at + 5..at + len];
         let forwarded = match self.reply_as_sent(tag, body, may_hold_state, names_statements)? {
             Some(reply) => {
                 let undo = unnamed_before.map(|before| Undo {
                     unnamed: Some(before),
                     ..Undo::default()
                 });
-                self.expect.push_with(reply, Action::Forward, undo);
+                self.ext.expect.push_with(reply, Action::Forward, undo);
                 Forwarded::AsSent
             }
             None => {
                 self.forward_ready(at);
-                let msg = self.cbuf.split_to(len);
+                let msg = self.io.cbuf.split_to(len);
                 self.rewrite(tag, msg, names_statements)?;
-                if self.shape_wait {
+                if self.ext.shape_wait {
                     Forwarded::Held
                 } else {
                     Forwarded::Rewritten
@@ -201,16 +201,18 @@ impl Session {
     /// server first (its ParseComplete swallowed), then the message as sent.
     fn prepare_unnamed_again(&mut self, tag: u8, at: usize, len: usize) -> Forwarded {
         self.forward_ready(at);
-        self.to_server
-            .extend_from_slice(self.unnamed.parse_message());
+        self.io
+            .to_server
+            .extend_from_slice(self.ext.unnamed.parse_message());
         // After other messages of its group, the Parse may be skipped:
         // then the server still lacks it (see `unnamed.rs`).
-        let undo = self.expect.group_has_earlier_messages().then(|| Undo {
-            unnamed: Some(Box::new(self.unnamed.clone())),
+        let undo = self.ext.expect.group_has_earlier_messages().then(|| Undo {
+            unnamed: Some(Box::new(self.ext.unnamed.clone())),
             ..Undo::default()
         });
-        self.unnamed.prepared_again(undo.is_none());
-        self.expect
+        self.ext.unnamed.prepared_again(undo.is_none());
+        self.ext
+            .expect
             .push_with(Reply::ParseComplete, Action::Swallow, undo);
         self.forward_ready(len);
         let reply = if tag == b'B' {
@@ -218,7 +220,7 @@ impl Session {
         } else {
             Reply::Describe
         };
-        self.expect.push(reply, Action::Forward);
+        self.ext.expect.push(reply, Action::Forward);
         self.emit_due_synthesized();
         Forwarded::Rewritten
     }
@@ -239,8 +241,8 @@ impl Session {
         // skipped (see `Session::hold`).
         let named = |name: &str| {
             !name.is_empty()
-                && (self.statements.contains_key(name)
-                    || self.expect.name_pending_in_earlier_group(name))
+                && (self.ext.statements.contains_key(name)
+                    || self.ext.expect.name_pending_in_earlier_group(name))
         };
         Ok(match tag {
             b'P' => {
@@ -282,12 +284,12 @@ impl Session {
         // part: a buffer from the stock when it has one; otherwise a small
         // reservation, not a fresh 16 KiB buffer (with hundreds of clients
         // waiting for a server the stock is empty).
-        if self.to_server.capacity() == 0 {
+        if self.io.to_server.capacity() == 0 {
             if let Some(spare) = super::buffers::take_spare() {
-                self.to_server = spare;
+                self.io.to_server = spare;
             }
         }
-        self.to_server.reserve(msg.len() + 256);
+        self.io.to_server.reserve(msg.len() + 256);
         match tag {
             b'P' => self.rewrite_parse(msg, names_statements)?,
             b'B' => self.rewrite_bind(msg)?,
@@ -296,14 +298,14 @@ impl Session {
             // Execute and Sync come here whole only while LISTEN portals
             // exist or the client's messages are being skipped.
             b'E' => {
-                append(&mut self.to_server, msg);
-                self.expect.push(Reply::Execute, Action::Forward);
+                append(&mut self.io.to_server, msg);
+                self.ext.expect.push(Reply::Execute, Action::Forward);
             }
             b'S' => {
-                append(&mut self.to_server, msg);
-                self.expect.push(Reply::Ready, Action::Forward);
+                append(&mut self.io.to_server, msg);
+                self.ext.expect.push(Reply::Ready, Action::Forward);
             }
-            _ => append(&mut self.to_server, msg),
+            _ => append(&mut self.io.to_server, msg),
         }
         Ok(())
     }
@@ -317,7 +319,7 @@ impl Session {
         names_statements: bool,
     ) -> Result<(), ProtocolError> {
         let p = parse_parse(&msg[5..])?;
-        if !p.name.is_empty() && self.expect.name_pending_in_earlier_group(p.name) {
+        if !p.name.is_empty() && self.ext.expect.name_pending_in_earlier_group(p.name) {
             // Whether the name is taken (42P05) depends on it.
             self.hold(msg);
             return Ok(());
@@ -326,28 +328,28 @@ impl Session {
             if let Some(text) = self.check_session_state(sql) {
                 // Refused: the error comes from the server in place of
                 // this Parse; the extended pipeline then skips to Sync.
-                refusal_parse(&mut self.to_server, &text);
-                self.expect.push(Reply::ParseComplete, Action::Forward);
+                refusal_parse(&mut self.io.to_server, &text);
+                self.ext.expect.push(Reply::ParseComplete, Action::Forward);
                 return Ok(());
             }
         }
         if p.name.is_empty() {
             if !(names_statements && self.rewrite_parse_names(&msg)) {
-                append(&mut self.to_server, msg);
+                append(&mut self.io.to_server, msg);
             }
-        } else if let Some(existing) = self.statements.get(p.name).cloned() {
+        } else if let Some(existing) = self.ext.statements.get(p.name).cloned() {
             // Postgres refuses a second Parse of a live name with 42P05,
             // after it has analysed the new text (whose own error comes
             // first): the server does both, given the new text under the
             // name of the statement it holds.
             self.ensure_prepared(&existing);
-            build_parse(&mut self.to_server, &existing.name, p.rest);
+            build_parse(&mut self.io.to_server, &existing.name, p.rest);
         } else {
             let client_name = p.name.to_string();
             self.parse_new_statement(client_name, p.rest);
             return Ok(());
         }
-        self.expect.push(Reply::ParseComplete, Action::Forward);
+        self.ext.expect.push(Reply::ParseComplete, Action::Forward);
         Ok(())
     }
 
@@ -359,17 +361,18 @@ impl Session {
     /// be stale.
     fn parse_new_statement(&mut self, client_name: String, rest: &[u8]) {
         let st = Arc::new(self.new_statement(rest));
-        self.statements.insert(client_name.clone(), st.clone());
+        self.ext.statements.insert(client_name.clone(), st.clone());
         let closed_first = self.close_if_prepared(&st);
         self.record_prepared(&st);
-        self.to_server.extend_from_slice(&st.parse);
+        self.io.to_server.extend_from_slice(&st.parse);
         let undo = Undo {
             server_name: Some(st.name.clone()),
             client_name: Some(client_name),
             closed_first,
             ..Undo::default()
         };
-        self.expect
+        self.ext
+            .expect
             .push_undo(Reply::ParseComplete, Action::Forward, undo);
     }
 
@@ -377,23 +380,23 @@ impl Session {
     /// after its Parse (or held, see [`Session::hold`]); otherwise as sent.
     fn rewrite_bind(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
         let b = parse_bind(&msg[5..])?;
-        if !b.statement.is_empty() && self.expect.name_pending_in_earlier_group(b.statement) {
+        if !b.statement.is_empty() && self.ext.expect.name_pending_in_earlier_group(b.statement) {
             self.hold(msg);
             return Ok(());
         }
-        match self.statements.get(b.statement).cloned() {
+        match self.ext.statements.get(b.statement).cloned() {
             Some(st) if !b.statement.is_empty() => {
                 let shape = st.client_shape();
                 if shape == 0 {
                     self.ensure_prepared(&st);
                 } else if !self.bind_fits(&st, shape) {
-                    if self.shape_wait {
+                    if self.ext.shape_wait {
                         // Looked at again once the shape is known.
                         self.hold(msg);
                     }
                     return Ok(());
                 }
-                build_bind(&mut self.to_server, b.portal, &st.name, b.rest);
+                build_bind(&mut self.io.to_server, b.portal, &st.name, b.rest);
                 match st.drops_all {
                     DropsAll::No => {}
                     // Postgres refuses it in a transaction block.
@@ -403,9 +406,9 @@ impl Session {
             }
             // Unnamed, or a name the client never prepared: the server
             // answers exactly as Postgres would (26000).
-            _ => append(&mut self.to_server, msg),
+            _ => append(&mut self.io.to_server, msg),
         }
-        self.expect.push(Reply::BindComplete, Action::Forward);
+        self.ext.expect.push(Reply::BindComplete, Action::Forward);
         Ok(())
     }
 
@@ -413,20 +416,20 @@ impl Session {
     /// after its Parse; otherwise as sent.
     fn rewrite_describe(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
         let (kind, name) = parse_target(&msg[5..])?;
-        if kind == b'S' && !name.is_empty() && self.expect.name_pending_in_earlier_group(name) {
+        if kind == b'S' && !name.is_empty() && self.ext.expect.name_pending_in_earlier_group(name) {
             self.hold(msg);
             return Ok(());
         }
-        match self.statements.get(name).cloned() {
+        match self.ext.statements.get(name).cloned() {
             Some(st) if kind == b'S' && !name.is_empty() => {
                 self.ensure_prepared(&st);
-                build_target(&mut self.to_server, b'D', b'S', &st.name);
+                build_target(&mut self.io.to_server, b'D', b'S', &st.name);
                 // Its reply tells the client's shape and the server's.
-                self.expect.push_describe(Action::Forward, st);
+                self.ext.expect.push_describe(Action::Forward, st);
             }
             _ => {
-                append(&mut self.to_server, msg);
-                self.expect.push(Reply::Describe, Action::Forward);
+                append(&mut self.io.to_server, msg);
+                self.ext.expect.push(Reply::Describe, Action::Forward);
             }
         }
         Ok(())
@@ -438,20 +441,21 @@ impl Session {
     fn rewrite_close(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
         let (kind, name) = parse_target(&msg[5..])?;
         if kind != b'S' || name.is_empty() {
-            append(&mut self.to_server, msg);
-            self.expect.push(Reply::CloseComplete, Action::Forward);
+            append(&mut self.io.to_server, msg);
+            self.ext.expect.push(Reply::CloseComplete, Action::Forward);
             return Ok(());
         }
-        if self.expect.name_pending_in_earlier_group(name) {
+        if self.ext.expect.name_pending_in_earlier_group(name) {
             self.hold(msg);
             return Ok(());
         }
         // Skipped after an error of its group, it comes back.
-        let undo = self.statements.remove_entry(name).map(|st| Undo {
+        let undo = self.ext.statements.remove_entry(name).map(|st| Undo {
             restore: Some(st),
             ..Undo::default()
         });
-        self.expect
+        self.ext
+            .expect
             .push_with(Reply::CloseComplete, Action::Synthesize, undo);
         Ok(())
     }
@@ -462,16 +466,20 @@ impl Session {
     /// statement whose Parse or Close, in an earlier Sync group, may yet
     /// be skipped after an error there (and undone, as on Postgres).
     fn hold(&mut self, mut msg: BytesMut) {
-        self.shape_wait = true;
-        msg.unsplit(std::mem::take(&mut self.cbuf));
-        self.cbuf = msg;
+        self.ext.shape_wait = true;
+        msg.unsplit(std::mem::take(&mut self.io.cbuf));
+        self.io.cbuf = msg;
     }
 
     /// Sends the synthesized replies whose turn has come.
     pub(super) fn emit_due_synthesized(&mut self) {
         let mut synthesized = false;
-        while let Some(reply) = self.expect.due_synthesized() {
-            synthesize(&mut self.to_client, &mut self.pending_listens, reply);
+        while let Some(reply) = self.ext.expect.due_synthesized() {
+            synthesize(
+                &mut self.io.to_client,
+                &mut self.listening.pending_listens,
+                reply,
+            );
             synthesized = true;
         }
         if synthesized {
@@ -501,7 +509,7 @@ impl Session {
         let mut offset = 0;
         let mut statements: Vec<(String, Arc<Statement>)> = Vec::new();
         loop {
-            let buf = &self.cbuf[offset..];
+            let buf = &self.io.cbuf[offset..];
             if buf.len() < 5 {
                 return None;
             }
@@ -515,7 +523,7 @@ impl Session {
                 b'P' => {
                     let p = parse_parse(&buf[5..total]).ok()?;
                     let again = statements.iter().any(|(n, _)| n == p.name);
-                    if p.name.is_empty() || again || self.statements.contains_key(p.name) {
+                    if p.name.is_empty() || again || self.ext.statements.contains_key(p.name) {
                         return None;
                     }
                     let st = Statement::distinct(p.rest, |name| {
@@ -544,13 +552,13 @@ impl Session {
     /// Answers the burst [`Session::known_parses`] found, as the server
     /// would: a ParseComplete for each, then ReadyForQuery.
     pub(super) fn answer_known_parses(&mut self, parses: KnownParses) {
-        let _ = self.cbuf.split_to(parses.len);
+        let _ = self.io.cbuf.split_to(parses.len);
         for (client_name, st) in parses.statements {
             st.fresh.store(true, std::sync::atomic::Ordering::Relaxed);
-            self.statements.insert(client_name, st);
-            backend::parse_complete(&mut self.to_client);
+            self.ext.statements.insert(client_name, st);
+            backend::parse_complete(&mut self.io.to_client);
         }
-        backend::ready_for_query(&mut self.to_client, b'I');
+        backend::ready_for_query(&mut self.io.to_client, b'I');
         let _ = self.flush_client();
     }
 
@@ -564,7 +572,7 @@ impl Session {
     /// What in `sql` creates session-only state, unless the client is
     /// pinned already.
     fn session_state_in(&self, sql: &[u8]) -> Option<String> {
-        if self.pinned.is_some() {
+        if self.txn.pinned.is_some() {
             return None;
         }
         let reported = &self.reported;
@@ -579,7 +587,7 @@ impl Session {
             SessionState::Pin => {
                 tracing::info!(statement = %what, "client pinned to its server (session_state = \"pin\")");
                 self.state.metrics.session_pins.inc();
-                self.pinned = Some(what);
+                self.txn.pinned = Some(what);
                 None
             }
             SessionState::Error => Some(session_state_message(&what)),
@@ -594,7 +602,7 @@ impl Session {
 
     /// Whether one of the client's statements has the server name `name`.
     fn has_server_name(&self, name: &str) -> bool {
-        self.statements.values().any(|st| &*st.name == name)
+        self.ext.statements.values().any(|st| &*st.name == name)
     }
 
     pub(super) fn server_has(&mut self, st: &Statement) -> bool {
@@ -614,13 +622,13 @@ impl Session {
             let mut close = BytesMut::new();
             build_target(&mut close, b'C', b'S', &victim);
             // The eviction reaches the server before the new Parse.
-            self.to_server.extend_from_slice(&close);
-            self.expect.push(Reply::CloseComplete, Action::Swallow);
+            self.io.to_server.extend_from_slice(&close);
+            self.ext.expect.push(Reply::CloseComplete, Action::Swallow);
         }
         if p.server.prepared.is_unsure() {
             // The server may still have it (see `PreparedSet::forget_all`).
-            build_target(&mut self.to_server, b'C', b'S', &st.name);
-            self.expect.push(Reply::CloseComplete, Action::Swallow);
+            build_target(&mut self.io.to_server, b'C', b'S', &st.name);
+            self.ext.expect.push(Reply::CloseComplete, Action::Swallow);
         }
     }
 
@@ -644,10 +652,10 @@ impl Session {
         }
         if server.unwrap_or(0) == 0 {
             self.ensure_prepared(st);
-            build_target(&mut self.to_server, b'D', b'S', &st.name);
-            self.expect.push_describe(Action::Swallow, st.clone());
-            self.to_server.extend_from_slice(FLUSH);
-            self.shape_wait = true;
+            build_target(&mut self.io.to_server, b'D', b'S', &st.name);
+            self.ext.expect.push_describe(Action::Swallow, st.clone());
+            self.io.to_server.extend_from_slice(FLUSH);
+            self.ext.shape_wait = true;
             return false;
         }
         self.fail_local_with(changed_result_type_error());
@@ -663,8 +671,8 @@ impl Session {
         if let Some(p) = self.server.as_mut() {
             p.server.prepared.remove(&st.name);
         }
-        build_target(&mut self.to_server, b'C', b'S', &st.name);
-        self.expect.push(Reply::CloseComplete, Action::Swallow);
+        build_target(&mut self.io.to_server, b'C', b'S', &st.name);
+        self.ext.expect.push(Reply::CloseComplete, Action::Swallow);
         true
     }
 
@@ -676,7 +684,7 @@ impl Session {
             return;
         }
         self.record_prepared(st);
-        self.to_server.extend_from_slice(&st.parse);
+        self.io.to_server.extend_from_slice(&st.parse);
         let undo = Undo {
             server_name: Some(st.name.clone()),
             client_name: None,
@@ -684,7 +692,8 @@ impl Session {
             restore: None,
             unnamed: None,
         };
-        self.expect
+        self.ext
+            .expect
             .push_undo(Reply::ParseComplete, Action::Swallow, undo);
     }
 }

@@ -109,7 +109,7 @@ pub(super) enum LocalAction {
 impl Session {
     /// Decides whether the whole message `tag`/`body` is answered here.
     pub(super) fn classify_local(&self, tag: u8, body: &[u8], may_listen: bool) -> LocalAction {
-        let local = self.local.as_deref();
+        let local = self.listening.local.as_deref();
         match tag {
             b'P' => {
                 let Ok(p) = parse_parse(body) else {
@@ -126,7 +126,7 @@ impl Session {
                         format!("prepared statement \"{}\" already exists", p.name),
                     ));
                 }
-                if !may_listen || self.statements.contains_key(p.name) {
+                if !may_listen || self.ext.statements.contains_key(p.name) {
                     return LocalAction::NotLocal;
                 }
                 let Ok(sql) = std::str::from_utf8(sql) else {
@@ -157,7 +157,7 @@ impl Session {
     pub(super) fn answer_local(&mut self, action: LocalAction) {
         self.txn.unsynced = true;
         // A group with messages answered here is not retried.
-        self.replay = None;
+        self.ext.replay = None;
         let mut out = BytesMut::new();
         let mut listen = None;
         let reply = match action {
@@ -168,7 +168,7 @@ impl Session {
                 cmd,
                 param_types,
             } => {
-                let local = self.local.get_or_insert_with(Default::default);
+                let local = self.listening.local.get_or_insert_with(Default::default);
                 local
                     .statements
                     .insert(name, LocalStatement { cmd, param_types });
@@ -180,7 +180,7 @@ impl Session {
                 statement,
                 params,
             } => {
-                let Some(local) = self.local.as_deref_mut() else {
+                let Some(local) = self.listening.local.as_deref_mut() else {
                     return;
                 };
                 let Some(st) = local.statements.get(&statement) else {
@@ -203,6 +203,7 @@ impl Session {
             }
             LocalAction::DescribeStatement(name) => {
                 let types = self
+                    .listening
                     .local
                     .as_deref()
                     .and_then(|l| l.statements.get(&name))
@@ -218,6 +219,7 @@ impl Session {
             }
             LocalAction::Execute(portal) => {
                 let Some(cmd) = self
+                    .listening
                     .local
                     .as_deref()
                     .and_then(|l| l.portals.get(&portal))
@@ -230,7 +232,7 @@ impl Session {
                 Reply::Execute
             }
             LocalAction::Close { kind, name } => {
-                if let Some(local) = self.local.as_deref_mut() {
+                if let Some(local) = self.listening.local.as_deref_mut() {
                     if kind == b'S' {
                         local.statements.remove(&name);
                     } else {
@@ -245,7 +247,7 @@ impl Session {
             bytes: out.freeze(),
             listen,
         };
-        self.expect.push_local(reply, local);
+        self.ext.expect.push_local(reply, local);
         self.emit_due_synthesized();
     }
 
@@ -258,7 +260,7 @@ impl Session {
 
     /// [`Session::fail_local`] with the ErrorResponse already encoded.
     pub(super) fn fail_local_with(&mut self, error: BytesMut) {
-        self.expect.push_local(
+        self.ext.expect.push_local(
             Reply::Execute,
             Local {
                 bytes: error.freeze(),
@@ -266,10 +268,10 @@ impl Session {
             },
         );
         if self.server.is_some() {
-            self.to_server.extend_from_slice(ABORT_STATEMENT);
-            self.expect.push(Reply::ParseComplete, Action::Abort);
+            self.io.to_server.extend_from_slice(ABORT_STATEMENT);
+            self.ext.expect.push(Reply::ParseComplete, Action::Abort);
         }
-        let local = self.local.get_or_insert_with(Default::default);
+        let local = self.listening.local.get_or_insert_with(Default::default);
         local.skip_to_sync = true;
         local.group_failed = true;
         self.emit_due_synthesized();
@@ -281,7 +283,7 @@ impl Session {
     /// transaction.
     pub(super) async fn answer_sync_locally(&mut self) {
         self.txn.unsynced = false;
-        let failed = match self.local.as_deref_mut() {
+        let failed = match self.listening.local.as_deref_mut() {
             Some(l) => {
                 l.skip_to_sync = false;
                 l.end_of_transaction();
@@ -289,12 +291,12 @@ impl Session {
             }
             None => false,
         };
-        if !self.pending_listens.is_empty() {
+        if !self.listening.pending_listens.is_empty() {
             if let Err(e) = self.end_of_listen_transaction(!failed).await {
-                e.to_pg_error().encode(&mut self.to_client);
+                e.to_pg_error().encode(&mut self.io.to_client);
             }
         }
-        backend::ready_for_query(&mut self.to_client, b'I');
+        backend::ready_for_query(&mut self.io.to_client, b'I');
         let _ = self.flush_client();
     }
 }

@@ -28,7 +28,8 @@ impl Session {
         let hub = &self.state.listen;
         let target = &self.pool.target();
         let pid = self.cancel.slot.pid();
-        self.listen
+        self.listening
+            .listen
             .get_or_insert_with(|| Box::new(hub.subscriber(target, pid)))
     }
 
@@ -44,7 +45,7 @@ impl Session {
         let Some(key) = self.server.as_ref().map(|p| p.server.key) else {
             return;
         };
-        let body = &self.cbuf[at + 5..at + len];
+        let body = &self.io.cbuf[at + 5..at + len];
         let sql = match tag {
             b'Q' => read_cstr_bytes(body).ok().map(|(sql, _)| sql),
             _ => crate::protocol::frontend::parse_text(body),
@@ -58,9 +59,9 @@ impl Session {
         }
         let pid = self.cancel.slot.pid();
         let hub = &self.state.listen;
-        if self.noted_sender.is_none() {
+        if self.listening.noted_sender.is_none() {
             hub.note_server_pid(&key, pid);
-            self.noted_sender = Some(key);
+            self.listening.noted_sender = Some(key);
         }
         hub.note_notify(&key, pid, targets);
     }
@@ -74,7 +75,7 @@ impl Session {
         if self.txn.unsynced || self.txn.copy_in {
             return Err(Intercept::Forward);
         }
-        if self.txn.pending > 0 || !self.expect.is_empty() || !self.sscan.at_boundary() {
+        if self.txn.pending > 0 || !self.ext.expect.is_empty() || !self.io.sscan.at_boundary() {
             return Err(Intercept::Wait);
         }
         Ok(if self.server.is_some() {
@@ -105,26 +106,26 @@ impl Session {
             Err(not_now) => return not_now,
         };
         match cmds {
-            Err(e) => e.encode(&mut self.to_client),
+            Err(e) => e.encode(&mut self.io.to_client),
             Ok(_) if status == b'E' => PgError::error(
                 "25P02",
                 "current transaction is aborted, commands ignored until end of transaction block",
             )
-            .encode(&mut self.to_client),
+            .encode(&mut self.io.to_client),
             Ok(cmds) => {
                 for cmd in cmds {
                     let tag = cmd.tag();
                     if status == b'T' {
-                        self.pending_listens.push(cmd);
+                        self.listening.pending_listens.push(cmd);
                     } else if let Err(e) = self.apply_listen(cmd).await {
-                        e.to_pg_error().encode(&mut self.to_client);
+                        e.to_pg_error().encode(&mut self.io.to_client);
                         break;
                     }
-                    backend::command_complete(&mut self.to_client, tag);
+                    backend::command_complete(&mut self.io.to_client, tag);
                 }
             }
         }
-        backend::ready_for_query(&mut self.to_client, status);
+        backend::ready_for_query(&mut self.io.to_client, status);
         let _ = self.flush_client();
         Intercept::Handled
     }
@@ -146,10 +147,10 @@ impl Session {
         &mut self,
         committed: bool,
     ) -> Result<(), crate::listen::ListenError> {
-        if self.pending_listens.is_empty() {
+        if self.listening.pending_listens.is_empty() {
             return Ok(());
         }
-        let mut pending = std::mem::take(&mut self.pending_listens);
+        let mut pending = std::mem::take(&mut self.listening.pending_listens);
         let mut early = pending.take_early();
         early.retain(|ch| !committed || !pending.leaves_listening(ch));
         let result = if committed {
@@ -158,7 +159,7 @@ impl Session {
             pending.rollback();
             Ok(())
         };
-        if let Some(sub) = self.listen.as_deref_mut() {
+        if let Some(sub) = self.listening.listen.as_deref_mut() {
             for ch in early {
                 sub.unlisten(&ch);
                 sub.drop_queued(&ch);
@@ -178,7 +179,7 @@ impl Session {
         if !crate::listen::may_commit(sql, in_block) {
             return;
         }
-        let channels: Vec<String> = (self.pending_listens.commands().iter())
+        let channels: Vec<String> = (self.listening.pending_listens.commands().iter())
             .chain(more)
             .filter_map(|c| match c {
                 ListenCommand::Listen(ch) => Some(ch.clone()),
@@ -191,7 +192,7 @@ impl Session {
                 continue;
             }
             match sub.listen(&ch).await {
-                Ok(()) => self.pending_listens.heard_early(ch),
+                Ok(()) => self.listening.pending_listens.heard_early(ch),
                 // The LISTEN at the end of the transaction tries again.
                 Err(e) => tracing::debug!(error = %e, "LISTEN ahead of COMMIT failed"),
             }
@@ -201,15 +202,15 @@ impl Session {
     /// Puts a Query with `m`'s text in place of the one at the front of
     /// `cbuf` (`len` bytes long); returns the new Query's length.
     pub(super) fn rewrite_mixed_query(&mut self, len: usize, m: &MixedQuery) -> usize {
-        let rest = self.cbuf.len() - len;
+        let rest = self.io.cbuf.len() - len;
         let mut msg = BytesMut::with_capacity(6 + m.text.len() + rest);
         msg.put_u8(b'Q');
         msg.put_i32((4 + m.text.len() + 1) as i32);
         msg.put_slice(m.text.as_bytes());
         msg.put_u8(0);
         let new_len = msg.len();
-        msg.put_slice(&self.cbuf[len..]);
-        self.cbuf = msg;
+        msg.put_slice(&self.io.cbuf[len..]);
+        self.io.cbuf = msg;
         new_len
     }
 
@@ -226,7 +227,7 @@ impl Session {
                     listen: Some(cmd),
                 }
             });
-            self.expect.push_statement(local);
+            self.ext.expect.push_statement(local);
         }
     }
 }

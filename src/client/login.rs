@@ -110,7 +110,7 @@ impl Session {
         if rememberable && !remembered {
             self.pool.remember_settled(&settings, self.reported.clone());
         }
-        let out = &mut self.to_client;
+        let out = &mut self.io.to_client;
         out.reserve(shared.status.len() + LOGIN_REPLY_TAIL);
         out.extend_from_slice(&shared.status);
         backend::backend_key_data(out, self.cancel.slot.pid(), self.cancel.slot.secret());
@@ -136,7 +136,7 @@ impl Session {
             // After AuthenticationOk, before ParameterStatus: where
             // Postgres puts the notices of the startup's settings.
             for notice in s.server.sync_notices.drain(..) {
-                self.to_client.extend_from_slice(&notice);
+                self.io.to_client.extend_from_slice(&notice);
             }
         }
         if self.mode == PoolMode::Transaction {

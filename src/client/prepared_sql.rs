@@ -198,9 +198,9 @@ impl Session {
             return Intercept::Forward;
         };
         let here = match &kind {
-            Kind::Deallocate(name) => self.statements.contains_key(name.as_str()),
+            Kind::Deallocate(name) => self.ext.statements.contains_key(name.as_str()),
             // A pinned client's server holds its SQL-level statements.
-            Kind::DeallocateAll | Kind::DiscardAll => self.pinned.is_none(),
+            Kind::DeallocateAll | Kind::DiscardAll => self.txn.pinned.is_none(),
             Kind::Execute(_) => false,
         };
         if !here {
@@ -215,17 +215,17 @@ impl Session {
         }
         match kind {
             Kind::Deallocate(name) => {
-                self.statements.remove(name.as_str());
-                backend::command_complete(&mut self.to_client, "DEALLOCATE");
+                self.ext.statements.remove(name.as_str());
+                backend::command_complete(&mut self.io.to_client, "DEALLOCATE");
             }
             Kind::DeallocateAll => {
-                self.statements.clear();
-                backend::command_complete(&mut self.to_client, "DEALLOCATE ALL");
+                self.ext.statements.clear();
+                backend::command_complete(&mut self.io.to_client, "DEALLOCATE ALL");
             }
             Kind::DiscardAll => self.discard_all_here(),
             Kind::Execute(_) => return Intercept::Forward,
         }
-        backend::ready_for_query(&mut self.to_client, status);
+        backend::ready_for_query(&mut self.io.to_client, status);
         let _ = self.flush_client();
         Intercept::Handled
     }
@@ -235,11 +235,11 @@ impl Session {
     /// back to their values at login, each change reported after the
     /// CommandComplete, as Postgres does before its ReadyForQuery.
     fn discard_all_here(&mut self) {
-        self.statements.clear();
-        if let Some(sub) = self.listen.as_deref_mut() {
+        self.ext.statements.clear();
+        if let Some(sub) = self.listening.listen.as_deref_mut() {
             sub.unlisten_all();
         }
-        backend::command_complete(&mut self.to_client, "DISCARD ALL");
+        backend::command_complete(&mut self.io.to_client, "DISCARD ALL");
         let login = self.login_params.clone();
         let mut changed: Vec<(&String, &String)> = login
             .iter()
@@ -249,7 +249,7 @@ impl Session {
         // which ignores case.
         changed.sort_by_key(|(k, _)| k.to_ascii_lowercase());
         for (k, v) in changed {
-            backend::parameter_status(&mut self.to_client, k, v);
+            backend::parameter_status(&mut self.io.to_client, k, v);
         }
         self.reported = login;
     }
@@ -285,7 +285,7 @@ impl Session {
     /// (other names reach the server as sent: a pinned client's SQL-level
     /// statements, or Postgres's own 26000).
     fn plan_edit(&self, edits: &mut Vec<Edit>, name: String, at: Range<usize>, deallocate: bool) {
-        if let Some(st) = self.statements.get(name.as_str()) {
+        if let Some(st) = self.ext.statements.get(name.as_str()) {
             edits.push(Edit {
                 at,
                 statement: st.clone(),
@@ -313,9 +313,9 @@ impl Session {
                 p.server.applied.clear();
             }
         }
-        self.statements.clear();
+        self.ext.statements.clear();
         if drops == DropsAll::Discard {
-            if let Some(sub) = self.listen.as_deref_mut() {
+            if let Some(sub) = self.listening.listen.as_deref_mut() {
                 sub.unlisten_all();
             }
         }
@@ -326,7 +326,7 @@ impl Session {
     fn after_edits(&mut self, edits: &[Edit]) {
         for e in edits {
             if let Some(name) = &e.deallocate {
-                self.statements.remove(name.as_str());
+                self.ext.statements.remove(name.as_str());
                 if let Some(p) = self.server.as_mut() {
                     p.server.prepared.remove(&e.statement.name);
                 }
@@ -347,9 +347,9 @@ impl Session {
             }
         }
         if injected && query {
-            self.to_server.extend_from_slice(SYNC);
+            self.io.to_server.extend_from_slice(SYNC);
             self.txn.pending += 1;
-            self.expect.push(Reply::Ready, Action::Swallow);
+            self.ext.expect.push(Reply::Ready, Action::Swallow);
         }
     }
 
@@ -363,7 +363,7 @@ impl Session {
             return false;
         }
         // The relay checked the text ends in its NUL.
-        let body = &self.cbuf[at + 5..at + len - 1];
+        let body = &self.io.cbuf[at + 5..at + len - 1];
         let Some((sql, (found, count))) = std::str::from_utf8(body)
             .ok()
             .and_then(|sql| Some((sql, commands(sql)?)))
@@ -377,16 +377,16 @@ impl Session {
         }
         let text = replaced(&sql, &edits);
         self.forward_ready(at);
-        let _ = self.cbuf.split_to(len);
+        let _ = self.io.cbuf.split_to(len);
         self.prepare_edits(&edits, true);
         self.after_edits(&edits);
-        self.expect.push(Reply::Ready, Action::Forward);
-        let start = self.to_server.len();
-        self.to_server.put_u8(b'Q');
-        self.to_server.put_i32(0);
-        self.to_server.put_slice(text.as_bytes());
-        self.to_server.put_u8(0);
-        finish_len(&mut self.to_server, start);
+        self.ext.expect.push(Reply::Ready, Action::Forward);
+        let start = self.io.to_server.len();
+        self.io.to_server.put_u8(b'Q');
+        self.io.to_server.put_i32(0);
+        self.io.to_server.put_slice(text.as_bytes());
+        self.io.to_server.put_u8(0);
+        finish_len(&mut self.io.to_server, start);
         true
     }
 
@@ -417,7 +417,7 @@ impl Session {
         let text = replaced(&sql, &edits);
         self.prepare_edits(&edits, false);
         self.after_edits(&edits);
-        let out = &mut self.to_server;
+        let out = &mut self.io.to_server;
         let start = out.len();
         out.put_u8(b'P');
         out.put_i32(0);

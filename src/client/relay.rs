@@ -36,7 +36,7 @@ enum Turn {
 impl Session {
     fn at_safe_point(&self) -> bool {
         match self.mode {
-            PoolMode::Transaction if self.pinned.is_some() => self.txn.is_idle(),
+            PoolMode::Transaction if self.txn.pinned.is_some() => self.txn.is_idle(),
             PoolMode::Transaction => self.server.is_none(),
             PoolMode::Session => self.txn.is_idle(),
         }
@@ -55,9 +55,9 @@ impl Session {
         let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut shutdown_armed = false;
         loop {
-            let replay_armed = self.replay.as_ref().is_some_and(|r| r.armed);
-            let reading = !replay_armed && !self.shape_wait;
-            if !self.cbuf.is_empty() && self.to_server.len() < HIGH_WATER && reading {
+            let replay_armed = self.ext.replay.as_ref().is_some_and(|r| r.armed);
+            let reading = !replay_armed && !self.ext.shape_wait;
+            if !self.io.cbuf.is_empty() && self.io.to_server.len() < HIGH_WATER && reading {
                 if let Flow::End(end) = self.process_client_input().await {
                     return end;
                 }
@@ -68,7 +68,7 @@ impl Session {
                 wants,
                 client: &self.client,
                 server: self.server.as_ref().map(|p| &p.server.stream),
-                listen: self.listen.as_deref(),
+                listen: self.listening.listen.as_deref(),
                 shutdown: shutdown.as_mut(),
                 shutdown_armed: &mut shutdown_armed,
                 idle_timer: idle_timer.as_mut().map(|t| t.as_mut()),
@@ -93,15 +93,15 @@ impl Session {
     fn wants(&self, replay_armed: bool, idle_timeout: bool) -> Wants {
         let server_unsent = (self.server.as_ref()).is_some_and(|p| p.server.stream.has_unsent());
         Wants {
-            client_write: !self.to_client.is_empty() || self.client.has_unsent(),
-            server_read: self.to_client.len() < HIGH_WATER,
-            server_write: !self.to_server.is_empty() || server_unsent,
-            client_read: self.to_server.len() < HIGH_WATER && !replay_armed,
+            client_write: !self.io.to_client.is_empty() || self.client.has_unsent(),
+            server_read: self.io.to_client.len() < HIGH_WATER,
+            server_write: !self.io.to_server.is_empty() || server_unsent,
+            client_read: self.io.to_server.len() < HIGH_WATER && !replay_armed,
             shutdown: self.at_safe_point(),
-            notify: self.listen.is_some()
-                && self.sscan.at_boundary()
-                && !self.pending_listens.holds_delivery()
-                && self.to_client.len() < HIGH_WATER,
+            notify: self.listening.listen.is_some()
+                && self.io.sscan.at_boundary()
+                && !self.listening.pending_listens.holds_delivery()
+                && self.io.to_client.len() < HIGH_WATER,
             idle_timeout,
         }
     }
@@ -117,8 +117,8 @@ impl Session {
             Event::IdleTimeout => Ok(Turn::Fatal(Box::new(self.idle_timeout_error()))),
             Event::ClientWritable => self.flush_client().map(|()| Turn::Next),
             Event::Notify => {
-                if let Some(sub) = self.listen.as_mut() {
-                    sub.drain_into(&mut self.to_client);
+                if let Some(sub) = self.listening.listen.as_mut() {
+                    sub.drain_into(&mut self.io.to_client);
                     if let Some(e) = sub.take_fatal() {
                         return Ok(Turn::Fatal(Box::new(e)));
                     }
@@ -136,9 +136,9 @@ impl Session {
 
     /// Reads what the client sent; `false` at the end of its stream.
     fn read_client(&mut self) -> Result<bool, SessionError> {
-        let n_before = self.cbuf.len();
-        let open = try_fill(&mut self.client, &mut self.cbuf).map_err(SessionError::ClientIo)?;
-        let n = self.cbuf.len() - n_before;
+        let n_before = self.io.cbuf.len();
+        let open = try_fill(&mut self.client, &mut self.io.cbuf).map_err(SessionError::ClientIo)?;
+        let n = self.io.cbuf.len() - n_before;
         if n > 0 {
             self.pool.stats.bytes_received.inc_by(n as u64);
         }
@@ -187,7 +187,7 @@ impl Session {
 
     pub(super) fn flush_server(&mut self) -> Result<(), SessionError> {
         if let Some(p) = self.server.as_mut() {
-            if let Err(e) = try_flush(&mut p.server.stream, &mut self.to_server) {
+            if let Err(e) = try_flush(&mut p.server.stream, &mut self.io.to_server) {
                 return Err(SessionError::ServerLost(Box::new(e.into())));
             }
         }
@@ -195,9 +195,9 @@ impl Session {
     }
 
     pub(super) fn flush_client(&mut self) -> Result<(), SessionError> {
-        let before = self.to_client.len();
-        let r = try_flush(&mut self.client, &mut self.to_client).map_err(SessionError::ClientIo);
-        let sent = before - self.to_client.len();
+        let before = self.io.to_client.len();
+        let r = try_flush(&mut self.client, &mut self.io.to_client).map_err(SessionError::ClientIo);
+        let sent = before - self.io.to_client.len();
         if sent > 0 {
             self.pool.stats.bytes_sent.inc_by(sent as u64);
         }
@@ -207,9 +207,9 @@ impl Session {
     /// Sends a FATAL error and ends the session.
     pub(super) fn send_fatal(&mut self, e: PgError) -> Ending<'_> {
         Box::pin(async move {
-            e.encode(&mut self.to_client);
-            let _ = super::startup::send(&mut self.client, &self.to_client).await;
-            self.to_client.clear();
+            e.encode(&mut self.io.to_client);
+            let _ = super::startup::send(&mut self.client, &self.io.to_client).await;
+            self.io.to_client.clear();
             Err(SessionError::Refused(Box::new(e)))
         })
     }

@@ -168,7 +168,7 @@ impl Session {
     /// being dropped) and puts the client's messages back in front of
     /// whatever it sent since, to be processed again.
     pub(super) fn start_replay(&mut self) {
-        let Some(r) = self.replay.as_deref_mut() else {
+        let Some(r) = self.ext.replay.as_deref_mut() else {
             return;
         };
         r.armed = false;
@@ -184,7 +184,7 @@ impl Session {
             }
         }
         let mut cbuf = bytes;
-        cbuf.extend_from_slice(&self.cbuf);
-        self.cbuf = cbuf;
+        cbuf.extend_from_slice(&self.io.cbuf);
+        self.io.cbuf = cbuf;
     }
 }

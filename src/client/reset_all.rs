@@ -62,7 +62,7 @@ impl Session {
     /// expected. False: the caller forwards it as sent.
     pub(super) fn rewrite_reset_all(&mut self, at: usize, len: usize) -> bool {
         // The relay checked the text ends in its NUL.
-        let sql = &self.cbuf[at + 5..at + len - 1];
+        let sql = &self.io.cbuf[at + 5..at + len - 1];
         if !is_reset_all(sql) {
             return false;
         }
@@ -70,17 +70,18 @@ impl Session {
             return false;
         };
         self.forward_ready(at);
-        let _ = self.cbuf.split_to(len);
+        let _ = self.io.cbuf.split_to(len);
         // RESET ALL's reply goes to the client; the SELECT's row and
         // CommandComplete are replaced by nothing.
-        self.expect.push_statement(None);
-        self.expect.push_statement(Some(Local {
+        self.ext.expect.push_statement(None);
+        self.ext.expect.push_statement(Some(Local {
             bytes: Bytes::new(),
             listen: None,
         }));
-        self.expect
+        self.ext
+            .expect
             .push(Reply::Ready, super::expect::Action::Forward);
-        let out = &mut self.to_server;
+        let out = &mut self.io.to_server;
         let start = out.len();
         out.put_u8(b'Q');
         out.put_i32(0);

@@ -12,7 +12,6 @@
 
 use std::time::Instant;
 
-use super::buffers::append;
 use super::expect::{Action, Reply};
 use super::extended::{Forwarded, KnownParses};
 use super::listen_extended::LocalAction;
@@ -197,7 +196,7 @@ impl Session {
             let flow = match route {
                 Route::Incomplete | Route::Later => Flow::Pause,
                 Route::Skip { len } => {
-                    let _ = self.cbuf.split_to(len);
+                    let _ = self.io.cbuf.split_to(len);
                     Flow::Next
                 }
                 Route::Terminate => {
@@ -209,12 +208,12 @@ impl Session {
                     };
                 }
                 Route::SyncHere { len } => {
-                    let _ = self.cbuf.split_to(len);
+                    let _ = self.io.cbuf.split_to(len);
                     Box::pin(self.answer_sync_locally()).await;
                     Flow::Next
                 }
                 Route::FlushHere { len } => {
-                    let _ = self.cbuf.split_to(len);
+                    let _ = self.io.cbuf.split_to(len);
                     self.flush_client()
                         .map_or_else(|e| Flow::End(Err(e)), |()| Flow::Next)
                 }
@@ -252,7 +251,7 @@ impl Session {
                 Route::Local { len, action } => {
                     self.forward_ready(ready);
                     ready = 0;
-                    let _ = self.cbuf.split_to(len);
+                    let _ = self.io.cbuf.split_to(len);
                     self.answer_local(*action);
                     Flow::Next
                 }
@@ -279,10 +278,10 @@ impl Session {
         if let Err(e) = self.flush_server() {
             return Flow::End(Err(e));
         }
-        if self.cbuf.is_empty() {
+        if self.io.cbuf.is_empty() {
             // After the flush: what was forwarded from it is gone, so its
             // memory can be kept for the next read.
-            buffers::give_back(&mut self.cbuf);
+            buffers::give_back(&mut self.io.cbuf);
         }
         Flow::Next
     }
@@ -294,7 +293,7 @@ impl Session {
     #[inline(always)]
     fn route(&mut self, ready: usize) -> Result<Route, ProtocolError> {
         let tx = self.mode == PoolMode::Transaction;
-        let (skipping, local_portals) = match self.local.as_deref() {
+        let (skipping, local_portals) = match self.listening.local.as_deref() {
             Some(l) => (l.skip_to_sync, l.has_portals()),
             None => (false, false),
         };
@@ -302,10 +301,14 @@ impl Session {
             transaction_mode: tx,
             no_server: self.server.is_none(),
             skipping,
-            names: !self.statements.is_empty() || self.local.is_some() || !self.unnamed.here,
+            names: !self.ext.statements.is_empty()
+                || self.listening.local.is_some()
+                || !self.ext.unnamed.here,
             local_portals,
         };
-        let step = (self.cscan).step(&self.cbuf[ready..], self.max_message, |t| whole.wanted(t))?;
+        let step = (self.io.cscan).step(&self.io.cbuf[ready..], self.io.max_message, |t| {
+            whole.wanted(t)
+        })?;
         if skipping {
             // Nothing waits in `ready` while skipping.
             match step {
@@ -313,7 +316,7 @@ impl Session {
                 Step::Whole {
                     tag: b'S' | b'X', ..
                 } => {
-                    if let Some(l) = self.local.as_deref_mut() {
+                    if let Some(l) = self.listening.local.as_deref_mut() {
                         l.skip_to_sync = false;
                     }
                 }
@@ -348,10 +351,10 @@ impl Session {
     /// The route of a whole simple Query in transaction mode.
     #[inline(always)]
     fn route_query(&mut self, ready: usize, len: usize) -> Result<Route, ProtocolError> {
-        let (sql, _) = read_cstr_bytes(&self.cbuf[ready + 5..ready + len])?;
+        let (sql, _) = read_cstr_bytes(&self.io.cbuf[ready + 5..ready + len])?;
         // A simple Query destroys the unnamed statement, here and on the
         // server (answered here or not).
-        self.unnamed.destroyed();
+        self.ext.unnamed.destroyed();
         let scan = query_scan::scan(sql, true);
         let text = TextFacts {
             may_hold_state: scan.session_state,
@@ -368,7 +371,7 @@ impl Session {
                     Route::Query(QueryRoute::Listen { len, sql, text })
                 });
             }
-        } else if !self.pending_listens.is_empty() {
+        } else if !self.listening.pending_listens.is_empty() {
             if let Some(sql) = utf8() {
                 return Ok(Route::Query(QueryRoute::BeforeCommit { len, sql, text }));
             }
@@ -399,7 +402,7 @@ impl Session {
                 return Route::PrepareHere(parses);
             }
         }
-        let body = &self.cbuf[ready + 5..ready + len];
+        let body = &self.io.cbuf[ready + 5..ready + len];
         let mut may_listen = true;
         let mut text = TextFacts::UNREAD;
         if tag == b'P' {
@@ -415,9 +418,9 @@ impl Session {
         let mut action = self.classify_local(tag, body, may_listen);
         // Not when the server skips the message anyway.
         if matches!(action, LocalAction::NotLocal)
-            && !self.unnamed.here
-            && !self.unnamed.exists
-            && !self.expect.server_skipping()
+            && !self.ext.unnamed.here
+            && !self.ext.unnamed.exists
+            && !self.ext.expect.server_skipping()
             && unnamed::names_unnamed_statement(tag, body)
         {
             action = LocalAction::Fail(unnamed::missing_unnamed_statement());
@@ -428,8 +431,8 @@ impl Session {
                 action: Box::new(action),
             };
         }
-        if let Some(l) = self.local.as_deref_mut() {
-            l.forget_shadowed(tag, &self.cbuf[ready + 5..ready + len]);
+        if let Some(l) = self.listening.local.as_deref_mut() {
+            l.forget_shadowed(tag, &self.io.cbuf[ready + 5..ready + len]);
         }
         Route::Send { tag, len, text }
     }
@@ -477,7 +480,7 @@ impl Session {
         }
         match self.intercept_listen(sql.clone()).await {
             Intercept::Handled => {
-                let _ = self.cbuf.split_to(len);
+                let _ = self.io.cbuf.split_to(len);
                 Err(Flow::Next)
             }
             Intercept::Wait => Err(Flow::Pause),
@@ -503,7 +506,7 @@ impl Session {
         }
         match self.intercept_statement_sql(sql) {
             Intercept::Handled => {
-                let _ = self.cbuf.split_to(len);
+                let _ = self.io.cbuf.split_to(len);
                 Some(Flow::Next)
             }
             Intercept::Wait => Some(Flow::Pause),
@@ -547,7 +550,12 @@ impl Session {
         let at = *ready;
         if tx || tag == b'Q' {
             let idle = self.txn.is_idle();
-            keep_for_replay(&mut self.replay, idle, Some(tag), &self.cbuf[at..at + len]);
+            keep_for_replay(
+                &mut self.ext.replay,
+                idle,
+                Some(tag),
+                &self.io.cbuf[at..at + len],
+            );
         }
         if tx && matches!(tag, b'Q' | b'P') {
             self.note_notifies(tag, at, len);
@@ -593,15 +601,20 @@ impl Session {
         let at = *ready;
         if tx {
             let idle = self.txn.is_idle();
-            keep_for_replay(&mut self.replay, idle, Some(tag), &self.cbuf[at..at + len]);
+            keep_for_replay(
+                &mut self.ext.replay,
+                idle,
+                Some(tag),
+                &self.io.cbuf[at..at + len],
+            );
         }
         let owed = self.note_client_message(tag);
         if tx && owed {
             match tag {
-                b'B' => self.expect.push(Reply::BindComplete, Action::Forward),
-                b'D' => self.expect.push(Reply::Describe, Action::Forward),
-                b'E' => self.expect.push(Reply::Execute, Action::Forward),
-                b'S' | b'Q' | b'F' => self.expect.push(Reply::Ready, Action::Forward),
+                b'B' => self.ext.expect.push(Reply::BindComplete, Action::Forward),
+                b'D' => self.ext.expect.push(Reply::Describe, Action::Forward),
+                b'E' => self.ext.expect.push(Reply::Execute, Action::Forward),
+                b'S' | b'Q' | b'F' => self.ext.expect.push(Reply::Ready, Action::Forward),
                 _ => {}
             }
         }
@@ -611,9 +624,9 @@ impl Session {
 
     /// The rest of a message whose head passed on, at `cbuf[ready..]`.
     fn pass_continuation(&mut self, ready: usize, len: usize) {
-        if self.mode == PoolMode::Transaction && self.replay.is_some() {
-            let bytes = &self.cbuf[ready..ready + len];
-            keep_for_replay(&mut self.replay, false, None, bytes);
+        if self.mode == PoolMode::Transaction && self.ext.replay.is_some() {
+            let bytes = &self.io.cbuf[ready..ready + len];
+            keep_for_replay(&mut self.ext.replay, false, None, bytes);
         }
     }
 
@@ -622,16 +635,10 @@ impl Session {
         Flow::End(self.send_fatal(PgError::protocol_violation(e)).await)
     }
 
-    /// Moves `n` decided bytes from `cbuf` to the server's queue. Writing
-    /// is left to the end of the read burst: a Parse/Bind/Execute/Sync
-    /// batch leaves in one `send`, as the client sent it, not one per
-    /// message pgharbor had to look at.
+    /// See [`Io::forward_ready`](super::session::Io::forward_ready).
+    #[inline]
     pub(super) fn forward_ready(&mut self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let chunk = self.cbuf.split_to(n);
-        append(&mut self.to_server, chunk);
+        self.io.forward_ready(n);
     }
 
     /// Pinning bookkeeping for a client message about to be forwarded.

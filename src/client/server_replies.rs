@@ -116,7 +116,7 @@ impl Session {
             if let Err(e) = Box::pin(self.end_of_listen_transaction(committed)).await {
                 tracing::warn!(error = %e, "LISTEN at COMMIT failed");
             }
-            self.last_command_tag = None;
+            self.listening.last_command_tag = None;
         }
         if let Err(e) = self.flush_client() {
             return Some(Err(e));
@@ -125,7 +125,7 @@ impl Session {
             return Some(self.server_lost(*e).await);
         }
         if release && self.txn.is_idle() {
-            if !self.expect.is_empty() {
+            if !self.ext.expect.is_empty() {
                 tracing::warn!("replies still expected at the end of a transaction; dropping them");
             }
             let reusable = if std::mem::take(&mut self.txn.temp_check) {
@@ -161,7 +161,7 @@ impl Session {
         let scanned = self.scan_server_bytes(&mut rbuf, &mut burst, &mut statements);
         if scanned.is_ok() {
             let chunk = rbuf.split_to(burst.ready);
-            append(&mut self.to_client, chunk);
+            append(&mut self.io.to_client, chunk);
         }
         if let Some(pooled) = self.server.as_mut() {
             pooled.server.rbuf = rbuf;
@@ -187,14 +187,14 @@ impl Session {
         let tx = self.mode == PoolMode::Transaction;
         // While the server reads COPY data, the CommandComplete that ends
         // the COPY is looked at too.
-        let each = tx && self.expect.needs_each_reply();
-        if each && self.expect.replaces_next() {
+        let each = tx && self.ext.expect.needs_each_reply();
+        if each && self.ext.expect.replaces_next() {
             inspect_all
         } else if each || self.txn.server_copy_in {
             server_inspects_tx
         } else if !tx {
             server_inspects
-        } else if !self.pending_listens.is_empty() || self.pinned.is_none() {
+        } else if !self.listening.pending_listens.is_empty() || self.txn.pinned.is_none() {
             server_inspects_listen
         } else {
             server_inspects
@@ -214,10 +214,14 @@ impl Session {
     ) -> Result<(), ProtocolError> {
         loop {
             let inspects = self.server_inspects();
-            match self.sscan.step(&rbuf[burst.ready..], 1 << 30, inspects)? {
+            match self
+                .io
+                .sscan
+                .step(&rbuf[burst.ready..], 1 << 30, inspects)?
+            {
                 Step::Incomplete => return Ok(()),
                 Step::Pass { tag, len } => {
-                    if let (Some(r), Some(tag)) = (self.replay.as_deref_mut(), tag) {
+                    if let (Some(r), Some(tag)) = (self.ext.replay.as_deref_mut(), tag) {
                         r.note_forwarded(tag);
                     }
                     burst.ready += len;
@@ -259,14 +263,15 @@ impl Session {
             b'G' => {
                 let ignored = self.txn.copy_in_started();
                 if tx {
-                    self.expect.drop_ignored_syncs(ignored);
+                    self.ext.expect.drop_ignored_syncs(ignored);
                 }
             }
             b'C' => self.on_command_complete(body),
             _ => {}
         }
         let mut outcome = if tx {
-            self.expect
+            self.ext
+                .expect
                 .on_server_message(tag, &mut statements.undo, &mut statements.parsed)
         } else {
             Outcome::Forward
@@ -281,28 +286,32 @@ impl Session {
         if std::mem::take(&mut burst.drop_error) {
             outcome = Outcome::Swallow;
         }
-        if let (Some(r), Outcome::Forward) = (self.replay.as_deref_mut(), &outcome) {
+        if let (Some(r), Outcome::Forward) = (self.ext.replay.as_deref_mut(), &outcome) {
             r.note_forwarded(tag);
         }
         if matches!(outcome, Outcome::Swallow) || renamed.is_some() {
             // Send what came before, then drop this reply (or send it
             // renamed).
             let before = rbuf.split_to(burst.ready);
-            append(&mut self.to_client, before);
+            append(&mut self.io.to_client, before);
             let _ = rbuf.split_to(len);
             if let (Outcome::Forward, Some(msg)) = (&outcome, renamed) {
-                self.to_client.extend_from_slice(&msg);
+                self.io.to_client.extend_from_slice(&msg);
             }
             burst.ready = 0;
         } else {
             burst.ready += len;
         }
         if tx {
-            while let Some(reply) = self.expect.due_synthesized() {
+            while let Some(reply) = self.ext.expect.due_synthesized() {
                 let before = rbuf.split_to(burst.ready);
-                append(&mut self.to_client, before);
+                append(&mut self.io.to_client, before);
                 burst.ready = 0;
-                synthesize(&mut self.to_client, &mut self.pending_listens, reply);
+                synthesize(
+                    &mut self.io.to_client,
+                    &mut self.listening.pending_listens,
+                    reply,
+                );
             }
         }
     }
@@ -311,7 +320,7 @@ impl Session {
     /// statement, that statement's result shape (see `bind_fits` in
     /// `extended.rs`), for the client and for the server.
     fn on_row_shape(&mut self, tag: u8, body: &[u8]) {
-        let Some((st, to_client)) = self.expect.describing() else {
+        let Some((st, to_client)) = self.ext.expect.describing() else {
             return;
         };
         let shape = row_shape(tag, body);
@@ -322,7 +331,7 @@ impl Session {
         if let Some(p) = self.server.as_mut() {
             p.server.prepared.set_shape(&name, shape);
         }
-        self.shape_wait = false;
+        self.ext.shape_wait = false;
     }
 
     /// ReadyForQuery: the transaction's status, and whether the server
@@ -337,13 +346,13 @@ impl Session {
         self.txn.ready_answered();
         // [prepared statements] A Bind held for a Parse of an earlier group
         // is looked at again.
-        self.shape_wait = false;
+        self.ext.shape_wait = false;
         let idle = status == b'I';
-        if idle && !self.pending_listens.is_empty() {
+        if idle && !self.listening.pending_listens.is_empty() {
             // An explicit transaction ends with COMMIT or ROLLBACK (also
             // the tag of a failed COMMIT); an implicit one commits unless
             // it failed.
-            burst.listen_txn_end = Some(match self.last_command_tag.as_deref() {
+            burst.listen_txn_end = Some(match self.listening.last_command_tag.as_deref() {
                 Some("COMMIT") => true,
                 Some("ROLLBACK") => false,
                 _ => !self.txn.failed,
@@ -351,14 +360,14 @@ impl Session {
         }
         self.txn.failed = false;
         if idle {
-            if let Some(l) = self.local.as_deref_mut() {
+            if let Some(l) = self.listening.local.as_deref_mut() {
                 l.end_of_transaction();
             }
         }
         let ended = idle && self.txn.pending == 0 && !self.txn.unsynced;
         burst.txn_done |= ended;
-        burst.release = ended && self.mode == PoolMode::Transaction && self.pinned.is_none();
-        if self.replay.as_ref().is_some_and(|r| r.armed) {
+        burst.release = ended && self.mode == PoolMode::Transaction && self.txn.pinned.is_none();
+        if self.ext.replay.as_ref().is_some_and(|r| r.armed) {
             // The group runs again: this ReadyForQuery is not the
             // client's, and the server stays.
             burst.drop_error = true;
@@ -388,14 +397,14 @@ impl Session {
     fn on_error_response(&mut self, burst: &mut ServerBurst, body: &[u8]) -> bool {
         self.txn.failed = true;
         // A held Bind is looked at again (and skipped).
-        self.shape_wait = false;
-        let alone = self.txn.pending == 1 && !self.txn.unsynced && self.cscan.at_boundary();
-        if let Some(r) = self.replay.as_deref_mut() {
+        self.ext.shape_wait = false;
+        let alone = self.txn.pending == 1 && !self.txn.unsynced && self.io.cscan.at_boundary();
+        if let Some(r) = self.ext.replay.as_deref_mut() {
             burst.drop_error = r.arm(body, alone);
         }
         let fields = ServerErrorFields::parse(body);
         if fields.is_fatal() {
-            self.server_fatal_sent = true;
+            self.txn.server_fatal_sent = true;
         }
         // [prepared statements] A statement gone stale stays so on this
         // server: none of its statements is trusted, each is closed and
@@ -415,7 +424,7 @@ impl Session {
     /// LISTENs wait for their transaction's end, the tag says how it ended.
     fn on_command_complete(&mut self, body: &[u8]) {
         let tx = self.mode == PoolMode::Transaction;
-        if tx && self.pinned.is_none() && tag_may_create_temp(body) {
+        if tx && self.txn.pinned.is_none() && tag_may_create_temp(body) {
             self.txn.temp_check = true;
         }
         if tx && body == b"RESET\0" {
@@ -425,8 +434,8 @@ impl Session {
                 p.server.applied.clear();
             }
         }
-        if !self.pending_listens.is_empty() {
-            self.last_command_tag = crate::protocol::frame::read_cstr(body)
+        if !self.listening.pending_listens.is_empty() {
+            self.listening.last_command_tag = crate::protocol::frame::read_cstr(body)
                 .ok()
                 .map(|(t, _)| t.to_owned());
         }
@@ -439,8 +448,9 @@ impl Session {
         client_names_in_error(body, |server| {
             let restored = undo.iter().filter_map(|u| u.restore.as_ref());
             // [prepared statements] Or one closed after it.
-            let restored = restored.chain(self.expect.closing());
+            let restored = restored.chain(self.ext.expect.closing());
             let mut all = self
+                .ext
                 .statements
                 .iter()
                 .chain(restored.map(|(n, st)| (n, st)));
@@ -461,11 +471,11 @@ impl Session {
         for u in undo.into_iter().rev() {
             // [unnamed statement] A skipped unnamed Parse changed nothing.
             if let Some(before) = u.unnamed {
-                self.unnamed.undo_skipped(*before);
+                self.ext.unnamed.undo_skipped(*before);
                 continue;
             }
             if let Some((n, st)) = u.restore {
-                self.statements.insert(n, st);
+                self.ext.statements.insert(n, st);
                 continue;
             }
             if let Some(n) = &u.server_name {
@@ -478,7 +488,7 @@ impl Session {
                 self.state.known_statements.remove(n);
             }
             if let Some(n) = &u.client_name {
-                self.statements.remove(n);
+                self.ext.statements.remove(n);
             }
         }
     }
@@ -509,7 +519,7 @@ impl Session {
                 tracing::warn!(server_id = p.server.id, error = %cause, "server connection lost");
                 p.discard();
             }
-            if !self.server_fatal_sent {
+            if !self.txn.server_fatal_sent {
                 let e = PgError::fatal(
                     sqlstate::CONNECTION_FAILURE,
                     format!("pgharbor: server connection lost ({cause}); any open transaction was rolled back by the server"),
@@ -517,7 +527,7 @@ impl Session {
                 .with_hint("reconnect and retry the transaction");
                 return self.send_fatal(e).await;
             }
-            let _ = super::startup::send(&mut self.client, &self.to_client).await;
+            let _ = super::startup::send(&mut self.client, &self.io.to_client).await;
             Err(SessionError::ServerLost(Box::new(cause)))
         })
     }

@@ -84,6 +84,11 @@ pub(super) struct TxnState {
     /// its temporary schema is looked at before it goes back to the pool
     /// (see `temp_backstop.rs`).
     pub temp_check: bool,
+    /// Transaction mode with `session_state = "pin"`: why this client keeps
+    /// its server until it disconnects.
+    pub pinned: Option<String>,
+    /// A FATAL from the server was forwarded; no second one is added.
+    pub server_fatal_sent: bool,
 }
 
 impl TxnState {
@@ -97,6 +102,98 @@ impl TxnState {
     }
 }
 
+/// The client's connection as the relay drives it: what was read and not
+/// yet decided on, what waits to be written each way, and where each
+/// side's message stream stands. A message's way: read into `cbuf`,
+/// decided on (`route.rs`), moved to `to_server` (`forward_ready`),
+/// written; replies from the server's buffer to `to_client`, written.
+pub(super) struct Io {
+    /// Bytes read from the client, not yet decided on.
+    pub cbuf: BytesMut,
+    /// Client bytes decided on, waiting to be written to the server.
+    pub to_server: BytesMut,
+    /// Bytes waiting to be written to the client.
+    pub to_client: BytesMut,
+    /// Where the client's message stream stands (capped at
+    /// `max_message`).
+    pub cscan: FrameScanner,
+    /// Where the server's message stream stands.
+    pub sscan: FrameScanner,
+    /// `proxy.max_message_size`: the largest message read whole.
+    pub max_message: usize,
+}
+
+impl Io {
+    /// A client's buffers after login: `cbuf` holds what it sent after its
+    /// startup packet, `to_client` what goes before its first reply.
+    pub fn new(cbuf: BytesMut, to_client: BytesMut, max_message: usize) -> Io {
+        Io {
+            cbuf,
+            to_server: BytesMut::new(),
+            to_client,
+            cscan: FrameScanner::with_limit(max_message),
+            sscan: FrameScanner::default(),
+            max_message,
+        }
+    }
+
+    /// Moves `n` decided bytes from `cbuf` to the server's queue. Writing
+    /// is left to the end of the read burst: a Parse/Bind/Execute/Sync
+    /// batch leaves in one `send`, as the client sent it, not one per
+    /// message pgharbor had to look at.
+    #[inline]
+    pub fn forward_ready(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let chunk = self.cbuf.split_to(n);
+        super::buffers::append(&mut self.to_server, chunk);
+    }
+}
+
+/// Transaction mode's bookkeeping of the extended protocol (see
+/// docs/transaction-mode.md): the client's statements, the replies to
+/// swallow or synthesize in order, a Bind held for a result shape, and the
+/// Sync group kept for a retry.
+#[derive(Default)]
+pub(super) struct Extended {
+    /// The client's named statements.
+    pub statements: Statements,
+    /// The client's unnamed statement.
+    pub unnamed: super::unnamed::UnnamedStatement,
+    /// A Bind waits in `cbuf` until the server says the result shape of the
+    /// statement it names (see `rewrite` in `extended.rs`); the client's
+    /// messages are not read meanwhile.
+    pub shape_wait: bool,
+    /// Replies to swallow or synthesize, in order.
+    pub expect: Expectations,
+    /// The current Sync group, kept for a retry after a lone DROP
+    /// DATABASE (or CREATE DATABASE … TEMPLATE) failed with 55006.
+    pub replay: Option<Box<super::replay::Replay>>,
+}
+
+/// LISTEN in transaction mode: the client's subscriptions, what its open
+/// transaction issued, the LISTEN statements it prepared.
+#[derive(Default)]
+pub(super) struct Listening {
+    /// This client's LISTEN subscriptions (created at its first LISTEN;
+    /// dropping it unsubscribes). Boxed: most clients never listen, and
+    /// unboxed it would add ~180 bytes to every client.
+    pub listen: Option<Box<crate::listen::Subscriber>>,
+    /// LISTEN/UNLISTEN issued inside the open transaction.
+    pub pending_listens: crate::listen::PendingListens,
+    /// LISTEN statements sent with the extended protocol (created at the
+    /// first one).
+    pub local: Option<Box<super::listen_extended::LocalStatements>>,
+    /// Tag of the last CommandComplete, while LISTENs wait for COMMIT.
+    pub last_command_tag: Option<String>,
+    /// The server this client holds was announced to the LISTEN hub.
+    pub noted_sender: Option<crate::server::ServerKey>,
+}
+
+/// One logged-in client: who it is, the server it holds, and its state by
+/// concern (buffers, the transaction and pinning, the extended protocol,
+/// LISTEN).
 pub(super) struct Session {
     pub client: Stream,
     pub mode: PoolMode,
@@ -111,56 +208,46 @@ pub(super) struct Session {
     /// Unreported settings from the startup packet (lower-case names).
     pub other: BTreeMap<String, String>,
     pub cancel: CancelHandle,
-    /// Bytes read from the client, not yet decided on.
-    pub cbuf: BytesMut,
-    /// Client bytes decided on, waiting to be written to the server.
-    pub to_server: BytesMut,
-    /// Bytes waiting to be written to the client.
-    pub to_client: BytesMut,
     /// The server this client holds now, if any.
     pub server: Option<PooledServer>,
+    pub io: Io,
     pub txn: TxnState,
-    pub cscan: FrameScanner,
-    pub sscan: FrameScanner,
-    pub max_message: usize,
-    /// A FATAL from the server was forwarded; no second one is added.
-    pub server_fatal_sent: bool,
-    /// Transaction mode: the client's named statements.
-    pub statements: Statements,
-    /// Transaction mode: the client's unnamed statement.
-    pub unnamed: super::unnamed::UnnamedStatement,
-    /// Transaction mode: a Bind waits in `cbuf` until the server says the
-    /// result shape of the statement it names (see `rewrite` in
-    /// `extended.rs`); the client's messages are not read meanwhile.
-    pub shape_wait: bool,
-    /// Transaction mode: replies to swallow or synthesize, in order.
-    pub expect: Expectations,
-    /// Transaction mode with `session_state = "pin"`: why this client keeps
-    /// its server until it disconnects.
-    pub pinned: Option<String>,
-    /// Transaction mode: this client's LISTEN subscriptions (created at its
-    /// first LISTEN; dropping it unsubscribes). Boxed: most clients never
-    /// listen, and unboxed it would add ~180 bytes to every client.
-    pub listen: Option<Box<crate::listen::Subscriber>>,
-    /// LISTEN/UNLISTEN issued inside the open transaction.
-    pub pending_listens: crate::listen::PendingListens,
-    /// Transaction mode: LISTEN statements sent with the extended protocol
-    /// (created at the first one).
-    pub local: Option<Box<super::listen_extended::LocalStatements>>,
-    /// Transaction mode: the current Sync group, kept for a retry after its
-    /// statement's result type changed.
-    pub replay: Option<Box<super::replay::Replay>>,
-    /// Tag of the last CommandComplete, while LISTENs wait for COMMIT.
-    pub last_command_tag: Option<String>,
-    /// The server this client holds was announced to the LISTEN hub.
-    pub noted_sender: Option<crate::server::ServerKey>,
+    pub ext: Extended,
+    pub listening: Listening,
+}
+
+impl Session {
+    /// A client that passed authentication, before its login to `pool`.
+    pub fn new(
+        client: Stream,
+        pool: Arc<Pool>,
+        state: Arc<State>,
+        cancel: CancelHandle,
+        io: Io,
+    ) -> Session {
+        Session {
+            client,
+            mode: pool.settings().pool_mode,
+            pool,
+            state,
+            reported: crate::pool::no_params(),
+            login_params: crate::pool::no_params(),
+            other: BTreeMap::new(),
+            cancel,
+            server: None,
+            io,
+            txn: TxnState::default(),
+            ext: Extended::default(),
+            listening: Listening::default(),
+        }
+    }
 }
 
 impl Session {
     /// Gives the server back: to the pool if it is clean, closed otherwise.
     /// Tells the LISTEN hub this client no longer holds its server.
     pub fn forget_sender(&mut self) {
-        if let Some(key) = self.noted_sender.take() {
+        if let Some(key) = self.listening.noted_sender.take() {
             self.state.listen.forget_server_pid(&key);
         }
     }
@@ -185,22 +272,22 @@ impl Session {
         };
         // Before the client's next message is looked at: a Bind of its
         // unnamed statement must not pass unread to the next server.
-        self.unnamed.here = false;
-        self.shape_wait = false;
+        self.ext.unnamed.here = false;
+        self.ext.shape_wait = false;
         self.pool.stats.clients_active.dec();
         self.pool.stats.clients_idle.inc();
         if reusable
             && cancels == AfterCancels::Reusable
             && self.txn.is_idle()
             && pooled.server.rbuf.is_empty()
-            && self.sscan.at_boundary()
+            && self.io.sscan.at_boundary()
         {
             pooled.release(now.unwrap_or_else(Instant::now));
         } else {
             pooled.discard();
         }
-        self.sscan = FrameScanner::default();
-        self.expect.clear();
+        self.io.sscan = FrameScanner::default();
+        self.ext.expect.clear();
     }
 
     /// Clean-up when the client is gone or the session ends: a server still
@@ -218,7 +305,7 @@ impl Session {
             .settings()
             .server_connect_timeout
             .max(Duration::from_secs(2));
-        let clean_boundary = pooled.server.rbuf.is_empty() && self.sscan.at_boundary();
+        let clean_boundary = pooled.server.rbuf.is_empty() && self.io.sscan.at_boundary();
         let t = &self.txn;
         let mid_query = !clean_boundary || t.pending > 0 || t.unsynced || t.copy_in;
         if mid_query {
@@ -244,7 +331,7 @@ impl Session {
             // A server whose temporary schema was used is closed: after a
             // reset its `pg_temp` still exists, which a new session's
             // errors about `pg_temp.x` would show.
-            let dirty = self.pinned.is_some() || self.txn.temp_check;
+            let dirty = self.txn.pinned.is_some() || self.txn.temp_check;
             if dirty && super::temp_backstop::temp_schema_used(&mut pooled.server, timeout).await {
                 false
             } else if (self.mode == PoolMode::Session || dirty) && !reset.is_empty() {

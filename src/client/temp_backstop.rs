@@ -76,7 +76,7 @@ impl Session {
         let Some(pooled) = self.server.as_mut() else {
             return TempCheck::Clean;
         };
-        if !pooled.server.rbuf.is_empty() || !self.sscan.at_boundary() {
+        if !pooled.server.rbuf.is_empty() || !self.io.sscan.at_boundary() {
             // Not at rest: it will not go back to the pool anyway.
             return TempCheck::Clean;
         }
@@ -100,7 +100,7 @@ impl Session {
             "client pinned to its server: its temporary schema is in use (session_state = \"pin\")"
         );
         self.state.metrics.session_pins.inc();
-        self.pinned = Some(format!("{why} (temporary schema in use)"));
+        self.txn.pinned = Some(format!("{why} (temporary schema in use)"));
         TempCheck::Pinned
     }
 
@@ -116,7 +116,7 @@ impl Session {
             "set session_state = \"pin\" for this database, use session mode, \
              or create temporary tables ON COMMIT DROP",
         );
-        warning.encode(&mut self.to_client);
+        warning.encode(&mut self.io.to_client);
         let _ = self.flush_client();
     }
 }
