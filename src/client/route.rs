@@ -63,6 +63,25 @@ pub(super) enum Route {
     /// pgharbor answers this message itself, but only once what the
     /// client sent before it has been answered.
     Later,
+    /// The rest of a message whose head passed on.
+    Continuation { len: usize },
+    /// Passes as sent, read no further than its header.
+    Pass { tag: u8, len: usize },
+    /// A whole message for the server, passed as sent or rewritten.
+    Send {
+        tag: u8,
+        len: usize,
+        text: TextFacts,
+    },
+    /// pgharbor answers, refuses, or drops the message itself.
+    Here(Here),
+}
+
+/// The messages pgharbor answers, refuses or drops itself, and the end of
+/// the session.
+pub(super) enum Here {
+    /// The client broke the protocol: it gets a FATAL.
+    Broken(ProtocolError),
     /// Dropped unread: after an error pgharbor gave, the client's messages
     /// are ignored up to Sync, as Postgres ignores them.
     Skip { len: usize },
@@ -70,32 +89,22 @@ pub(super) enum Route {
     Terminate,
     /// A Sync while no server is held: everything since the last one was
     /// answered here, and so is this.
-    SyncHere { len: usize },
+    Sync { len: usize },
     /// A Flush while no server is held: only pgharbor's answers are due.
-    FlushHere { len: usize },
+    Flush { len: usize },
     /// A message type no client may send.
     Invalid { tag: u8 },
-    /// The rest of a message whose head passed on.
-    Continuation { len: usize },
-    /// Passes as sent, read no further than its header.
-    Pass { tag: u8, len: usize },
     /// A burst of Parse messages for texts a server accepted, and its
     /// Sync, answered without a server (see `answer_known_parses`).
-    PrepareHere(KnownParses),
+    Prepare(KnownParses),
     /// An extended-protocol message about a LISTEN statement or portal, or
-    /// one that fails here: answered by pgharbor.
+    /// one that fails here.
     Local {
         len: usize,
         action: Box<LocalAction>,
     },
     /// A Query pgharbor may answer itself (LISTEN, DEALLOCATE, DISCARD ALL).
     Query(QueryRoute),
-    /// A whole message for the server, passed as sent or rewritten.
-    Send {
-        tag: u8,
-        len: usize,
-        text: TextFacts,
-    },
 }
 
 /// The routes of a simple Query pgharbor may answer itself (transaction
@@ -189,41 +198,12 @@ impl Session {
         // Bytes at the front of `cbuf` decided on, to be forwarded.
         let mut ready = 0usize;
         loop {
-            let route = match self.route(ready) {
-                Ok(route) => route,
-                Err(e) => return self.protocol_violation(e).await,
-            };
-            let flow = match route {
+            // The routes every message takes are carried out here, the
+            // server taken in place rather than in a nested async fn: on
+            // the way of every message, nested futures and their drop cost
+            // instructions per transaction. The rest are boxed apart.
+            let flow = match self.route(ready) {
                 Route::Incomplete | Route::Later => Flow::Pause,
-                Route::Skip { len } => {
-                    let _ = self.io.cbuf.split_to(len);
-                    Flow::Next
-                }
-                Route::Terminate => {
-                    self.forward_ready(ready);
-                    // The server stays the client's, cleaned up by `finish`.
-                    return match self.flush_server() {
-                        Ok(()) => Flow::End(Ok(())),
-                        Err(e) => Flow::End(Err(e)),
-                    };
-                }
-                Route::SyncHere { len } => {
-                    let _ = self.io.cbuf.split_to(len);
-                    Box::pin(self.answer_sync_locally()).await;
-                    Flow::Next
-                }
-                Route::FlushHere { len } => {
-                    let _ = self.io.cbuf.split_to(len);
-                    self.flush_client()
-                        .map_or_else(|e| Flow::End(Err(e)), |()| Flow::Next)
-                }
-                Route::Invalid { tag } => {
-                    let e = PgError::fatal(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        format!("invalid frontend message type {tag}"),
-                    );
-                    Flow::End(self.send_fatal(e).await)
-                }
                 Route::Continuation { len } => {
                     self.pass_continuation(ready, len);
                     ready += len;
@@ -233,9 +213,6 @@ impl Session {
                     if self.server.is_none() {
                         self.forward_ready(ready);
                         ready = 0;
-                        // Awaited here rather than in a nested async fn:
-                        // on the path of every message, whose futures and
-                        // their drop cost instructions per transaction.
                         if let Some(slow) = self.ensure_server() {
                             if let Some(end) = slow.await {
                                 return Flow::End(end);
@@ -243,20 +220,6 @@ impl Session {
                         }
                     }
                     self.pass(&mut ready, tag, len)
-                }
-                Route::PrepareHere(parses) => {
-                    self.answer_known_parses(parses);
-                    Flow::Next
-                }
-                Route::Local { len, action } => {
-                    self.forward_ready(ready);
-                    ready = 0;
-                    let _ = self.io.cbuf.split_to(len);
-                    self.answer_local(*action);
-                    Flow::Next
-                }
-                Route::Query(query) => {
-                    Box::pin(self.query_pgharbor_may_answer(&mut ready, query)).await
                 }
                 Route::Send { tag, len, text } => {
                     if let Some(slow) = self.ensure_server() {
@@ -266,6 +229,7 @@ impl Session {
                     }
                     self.send(&mut ready, tag, len, text, None)
                 }
+                Route::Here(here) => Box::pin(self.answer_here(&mut ready, here)).await,
             };
             match flow {
                 Flow::Next => {}
@@ -286,12 +250,59 @@ impl Session {
         Flow::Next
     }
 
+    /// A message pgharbor answers, refuses or drops itself, or the end of
+    /// the session.
+    async fn answer_here(&mut self, ready: &mut usize, here: Here) -> Flow {
+        match here {
+            Here::Broken(e) => Flow::Violation(e),
+            Here::Skip { len } => {
+                let _ = self.io.cbuf.split_to(len);
+                Flow::Next
+            }
+            Here::Terminate => {
+                self.forward_ready(*ready);
+                *ready = 0;
+                // The server stays the client's, cleaned up by `finish`.
+                Flow::End(self.flush_server())
+            }
+            Here::Sync { len } => {
+                let _ = self.io.cbuf.split_to(len);
+                self.answer_sync_locally().await;
+                Flow::Next
+            }
+            Here::Flush { len } => {
+                let _ = self.io.cbuf.split_to(len);
+                self.flush_client()
+                    .map_or_else(|e| Flow::End(Err(e)), |()| Flow::Next)
+            }
+            Here::Invalid { tag } => {
+                let e = PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid frontend message type {tag}"),
+                );
+                Flow::End(self.send_fatal(e).await)
+            }
+            Here::Prepare(parses) => {
+                self.answer_known_parses(parses);
+                Flow::Next
+            }
+            Here::Local { len, action } => {
+                self.forward_ready(*ready);
+                *ready = 0;
+                let _ = self.io.cbuf.split_to(len);
+                self.answer_local(*action);
+                Flow::Next
+            }
+            Here::Query(query) => self.query_pgharbor_may_answer(ready, query).await,
+        }
+    }
+
     /// The route of the message at `cbuf[ready..]`. In transaction mode a
     /// Query's or Parse's text is looked at here, once, for LISTEN, session
     /// state and statement names.
     // Inlined, as the two below, into the loop: the way of every message.
     #[inline(always)]
-    fn route(&mut self, ready: usize) -> Result<Route, ProtocolError> {
+    fn route(&mut self, ready: usize) -> Route {
         let tx = self.mode == PoolMode::Transaction;
         let (skipping, local_portals) = match self.listening.local.as_deref() {
             Some(l) => (l.skip_to_sync, l.has_portals()),
@@ -308,11 +319,15 @@ impl Session {
         };
         let step = (self.io.cscan).step(&self.io.cbuf[ready..], self.io.max_message, |t| {
             whole.wanted(t)
-        })?;
+        });
+        let step = match step {
+            Ok(step) => step,
+            Err(e) => return Route::Here(Here::Broken(e)),
+        };
         if skipping {
             // Nothing waits in `ready` while skipping.
             match step {
-                Step::Incomplete => return Ok(Route::Incomplete),
+                Step::Incomplete => return Route::Incomplete,
                 Step::Whole {
                     tag: b'S' | b'X', ..
                 } => {
@@ -320,23 +335,27 @@ impl Session {
                         l.skip_to_sync = false;
                     }
                 }
-                Step::Whole { len, .. } | Step::Pass { len, .. } => return Ok(Route::Skip { len }),
+                Step::Whole { len, .. } | Step::Pass { len, .. } => {
+                    return Route::Here(Here::Skip { len })
+                }
             }
         }
-        Ok(match step {
+        match step {
             Step::Incomplete => Route::Incomplete,
             Step::Pass { tag: None, len } => Route::Continuation { len },
-            Step::Pass { tag: Some(tag), .. } if !is_frontend_tag(tag) => Route::Invalid { tag },
+            Step::Pass { tag: Some(tag), .. } if !is_frontend_tag(tag) => {
+                Route::Here(Here::Invalid { tag })
+            }
             Step::Pass {
                 tag: Some(tag),
                 len,
             } => Route::Pass { tag, len },
-            Step::Whole { tag: b'X', .. } => Route::Terminate,
+            Step::Whole { tag: b'X', .. } => Route::Here(Here::Terminate),
             // With no server held nothing waits in `ready`: every message
             // passed on unread takes a server first.
-            Step::Whole { tag: b'S', len } if whole.no_server => Route::SyncHere { len },
-            Step::Whole { tag: b'H', len } if whole.no_server => Route::FlushHere { len },
-            Step::Whole { tag: b'Q', len } if tx => self.route_query(ready, len)?,
+            Step::Whole { tag: b'S', len } if whole.no_server => Route::Here(Here::Sync { len }),
+            Step::Whole { tag: b'H', len } if whole.no_server => Route::Here(Here::Flush { len }),
+            Step::Whole { tag: b'Q', len } if tx => self.route_query(ready, len),
             Step::Whole { tag, len } if tx && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C') => {
                 self.route_extended(ready, tag, len, whole.no_server)
             }
@@ -345,13 +364,16 @@ impl Session {
                 len,
                 text: TextFacts::UNREAD,
             },
-        })
+        }
     }
 
     /// The route of a whole simple Query in transaction mode.
     #[inline(always)]
-    fn route_query(&mut self, ready: usize, len: usize) -> Result<Route, ProtocolError> {
-        let (sql, _) = read_cstr_bytes(&self.io.cbuf[ready + 5..ready + len])?;
+    fn route_query(&mut self, ready: usize, len: usize) -> Route {
+        let sql = match read_cstr_bytes(&self.io.cbuf[ready + 5..ready + len]) {
+            Ok((sql, _)) => sql,
+            Err(e) => return Route::Here(Here::Broken(e)),
+        };
         // A simple Query destroys the unnamed statement, here and on the
         // server (answered here or not).
         self.ext.unnamed.destroyed();
@@ -365,31 +387,31 @@ impl Session {
         if scan.listen {
             if let Some(sql) = utf8() {
                 // Answered only after what came before is answered.
-                return Ok(if ready > 0 {
+                return if ready > 0 {
                     Route::Later
                 } else {
-                    Route::Query(QueryRoute::Listen { len, sql, text })
-                });
+                    Route::Here(Here::Query(QueryRoute::Listen { len, sql, text }))
+                };
             }
         } else if !self.listening.pending_listens.is_empty() {
             if let Some(sql) = utf8() {
-                return Ok(Route::Query(QueryRoute::BeforeCommit { len, sql, text }));
+                return Route::Here(Here::Query(QueryRoute::BeforeCommit { len, sql, text }));
             }
         }
         if text.names_statements {
             if let Some(sql) = utf8() {
-                return Ok(if ready > 0 {
+                return if ready > 0 {
                     Route::Later
                 } else {
-                    Route::Query(QueryRoute::StatementSql { len, sql, text })
-                });
+                    Route::Here(Here::Query(QueryRoute::StatementSql { len, sql, text }))
+                };
             }
         }
-        Ok(Route::Send {
+        Route::Send {
             tag: b'Q',
             len,
             text,
-        })
+        }
     }
 
     /// The route of a whole Parse, Bind, Describe, Execute or Close in
@@ -399,7 +421,7 @@ impl Session {
     fn route_extended(&mut self, ready: usize, tag: u8, len: usize, no_server: bool) -> Route {
         if no_server && tag == b'P' && ready == 0 {
             if let Some(parses) = self.known_parses() {
-                return Route::PrepareHere(parses);
+                return Route::Here(Here::Prepare(parses));
             }
         }
         let body = &self.io.cbuf[ready + 5..ready + len];
@@ -426,10 +448,10 @@ impl Session {
             action = LocalAction::Fail(unnamed::missing_unnamed_statement());
         }
         if !matches!(action, LocalAction::NotLocal) {
-            return Route::Local {
+            return Route::Here(Here::Local {
                 len,
                 action: Box::new(action),
-            };
+            });
         }
         if let Some(l) = self.listening.local.as_deref_mut() {
             l.forget_shadowed(tag, &self.io.cbuf[ready + 5..ready + len]);
