@@ -17,6 +17,7 @@ use super::startup::{self, Handshake, LoginRequest, StartupError};
 use crate::admin::registry::ClientEntry;
 use crate::net::Stream;
 use crate::protocol::{sqlstate, PgError};
+use crate::users::UserEntry;
 use crate::State;
 
 /// The whole startup (first packet to AuthenticationOk) must fit in this.
@@ -211,47 +212,19 @@ async fn run(
         local,
         login,
     } = greeted;
-    let known = state.users().get(login.user());
-    let user = match known {
-        Some(user) => Some(user),
-        None => {
-            let lookup = state
-                .auth_cache
-                .user(&state, login.database(), login.user());
-            tokio::time::timeout_at(deadline, lookup)
-                .await
-                .ok()
-                .flatten()
-        }
-    };
-    let (hba, allow_plaintext_password) = {
-        let config = state.config();
-        let tls = &config.client_tls;
-        (config.hba.clone(), tls.allow_plaintext_password)
-    };
-    let access = super::authenticate::Access {
-        end_point: end_point.as_ref(),
-        hba: hba.as_deref(),
+    let auth = authenticate_client(
+        &state,
+        &mut stream,
+        &mut buf,
+        &login,
         addr,
-        allow_plaintext_password,
-    };
-    let auth =
-        super::authenticate::authenticate(&mut stream, &mut buf, &login, user.as_deref(), &access);
+        end_point,
+        deadline,
+    );
     // AuthenticationOk, sent with whatever follows it.
-    let auth_ok = match tokio::time::timeout_at(deadline, auth).await {
-        Ok(Ok(auth_ok)) => auth_ok,
-        Ok(Err(e)) => {
-            super::authenticate::count_failure(&state, &login, user.is_some(), &e);
-            let msg = e.to_string();
-            refuse(&mut stream, addr, e).await;
-            return Err(SessionError::Refused(Box::new(PgError::fatal(
-                sqlstate::INVALID_PASSWORD,
-                msg,
-            ))));
-        }
-        Err(_) => return Ok(None),
+    let Some((auth_ok, user)) = auth.await? else {
+        return Ok(None);
     };
-    let Some(user) = user else { return Ok(None) };
     let config = state.config();
     if matches!(login.database(), "pgharbor" | "pgbouncer") {
         startup::send(&mut stream, &auth_ok)
@@ -269,20 +242,14 @@ async fn run(
             format!("database \"{}\" does not exist", login.database()),
         )
         .with_hint("pgharbor serves only the databases listed in its [[databases]] config");
-        let _ = startup::send(&mut stream, &auth_ok).await;
-        refuse(&mut stream, addr, StartupError::Refuse(e.clone())).await;
-        return Err(SessionError::Refused(Box::new(e)));
+        return Err(refuse_after_auth(&mut stream, &auth_ok, addr, e).await);
     };
     let pool = state
         .pools
         .get_or_create(&db, &user, &config.pool, &state.tls().server);
     let counted = match state.pools.limits.admit_client(&pool.key, &pool.settings()) {
         Ok(counted) => counted,
-        Err(e) => {
-            let _ = startup::send(&mut stream, &auth_ok).await;
-            refuse(&mut stream, addr, StartupError::Refuse(e.clone())).await;
-            return Err(SessionError::Refused(Box::new(e)));
-        }
+        Err(e) => return Err(refuse_after_auth(&mut stream, &auth_ok, addr, e).await),
     };
     let cancel = state.cancel.register();
     let listed = (state.clients).register(
@@ -298,13 +265,89 @@ async fn run(
     let io = Io::new(buf, auth_ok, config.proxy.max_message_size);
     let mut session = Session::new(stream, pool, state.clone(), cancel, io);
     drop(config);
+    log_in(&mut session, &login).await?;
+    Ok(Some(Box::new(LoggedIn {
+        session,
+        _listed: listed,
+        _permit: permit,
+        _counted: counted,
+    })))
+}
+
+/// Finds the client's user (`[[users]]`, else auth_query) and runs the
+/// authentication its access rules ask for. `Some`: the AuthenticationOk
+/// to send and the user; `None`: the client is gone or timed out.
+async fn authenticate_client(
+    state: &Arc<State>,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    login: &LoginRequest,
+    addr: SocketAddr,
+    end_point: Option<Arc<[u8]>>,
+    deadline: tokio::time::Instant,
+) -> Result<Option<(BytesMut, Arc<UserEntry>)>, SessionError> {
+    let user = match state.users().get(login.user()) {
+        Some(user) => Some(user),
+        None => {
+            let lookup = state.auth_cache.user(state, login.database(), login.user());
+            tokio::time::timeout_at(deadline, lookup)
+                .await
+                .ok()
+                .flatten()
+        }
+    };
+    let (hba, allow_plaintext_password) = {
+        let config = state.config();
+        (
+            config.hba.clone(),
+            config.client_tls.allow_plaintext_password,
+        )
+    };
+    let access = super::authenticate::Access {
+        end_point: end_point.as_ref(),
+        hba: hba.as_deref(),
+        addr,
+        allow_plaintext_password,
+    };
+    let auth = super::authenticate::authenticate(stream, buf, login, user.as_deref(), &access);
+    match tokio::time::timeout_at(deadline, auth).await {
+        Ok(Ok(auth_ok)) => Ok(user.map(|user| (auth_ok, user))),
+        Ok(Err(e)) => {
+            super::authenticate::count_failure(state, login, user.is_some(), &e);
+            let msg = e.to_string();
+            refuse(stream, addr, e).await;
+            Err(SessionError::Refused(Box::new(PgError::fatal(
+                sqlstate::INVALID_PASSWORD,
+                msg,
+            ))))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// Refuses an authenticated client: AuthenticationOk, then why it cannot
+/// go on, as Postgres does.
+async fn refuse_after_auth(
+    stream: &mut Stream,
+    auth_ok: &BytesMut,
+    addr: SocketAddr,
+    e: PgError,
+) -> SessionError {
+    let _ = startup::send(stream, auth_ok).await;
+    refuse(stream, addr, StartupError::Refuse(e.clone())).await;
+    SessionError::Refused(Box::new(e))
+}
+
+/// The client's login to its pool; a refusal is sent after its
+/// AuthenticationOk.
+async fn log_in(session: &mut Session, login: &LoginRequest) -> Result<(), SessionError> {
     if session.io.cbuf.is_empty() {
         // The startup buffer is not needed while the client is idle.
         session.io.cbuf = BytesMut::new();
     }
     session.pool.stats.clients_idle.inc();
     let auth_ok_len = session.io.to_client.len();
-    if let Err(e) = session.login(&login).await {
+    if let Err(e) = session.login(login).await {
         session.pool.stats.clients_idle.dec();
         // AuthenticationOk stays: the client was authenticated, and learns
         // next why it cannot go on, as from Postgres.
@@ -313,10 +356,5 @@ async fn run(
         let _ = startup::send(&mut session.client, &session.io.to_client).await;
         return Err(SessionError::Refused(Box::new(e)));
     }
-    Ok(Some(Box::new(LoggedIn {
-        session,
-        _listed: listed,
-        _permit: permit,
-        _counted: counted,
-    })))
+    Ok(())
 }
