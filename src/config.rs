@@ -746,6 +746,19 @@ impl Config {
         if self.proxy.max_message_size < 1024 {
             return Err(invalid("proxy.max_message_size", "must be at least 1024"));
         }
+        self.validate_peers()?;
+        validate_pool("pool", &self.pool)?;
+        self.validate_client_certs()?;
+        if self.listen.client_buffer == 0 {
+            return Err(invalid("listen.client_buffer", "must be at least 1"));
+        }
+        self.validate_databases()?;
+        self.validate_users()?;
+        self.validate_auth_users()
+    }
+
+    /// `[[peers]]`: ids in range, unique, and not this replica's own.
+    fn validate_peers(&self) -> Result<(), ConfigError> {
         let mut peer_ids = HashSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             if p.id > 127 {
@@ -767,11 +780,12 @@ impl Config {
                 return Err(invalid(format!("peers[{i}].addr"), "must not be empty"));
             }
         }
-        validate_pool("pool", &self.pool)?;
-        self.validate_client_certs()?;
-        if self.listen.client_buffer == 0 {
-            return Err(invalid("listen.client_buffer", "must be at least 1"));
-        }
+        Ok(())
+    }
+
+    /// `[[databases]]`: names given, not the console's, each once; each
+    /// entry's pool settings.
+    fn validate_databases(&self) -> Result<(), ConfigError> {
         let mut names = HashSet::new();
         for (i, db) in self.databases.iter().enumerate() {
             let key = format!("databases[{i}]");
@@ -798,6 +812,12 @@ impl Config {
             }
             validate_pool(&key, &db.pool_settings(&self.pool))?;
         }
+        Ok(())
+    }
+
+    /// `[[users]]`: names given, each once, and a secret that can check the
+    /// user's auth_type.
+    fn validate_users(&self) -> Result<(), ConfigError> {
         let mut users = HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             let key = format!("users[{i}]");
@@ -832,7 +852,7 @@ impl Config {
                 ));
             }
         }
-        self.validate_auth_users()
+        Ok(())
     }
 
     /// Client certificates need TLS, and a `cert` line in hba_file needs

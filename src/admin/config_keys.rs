@@ -87,55 +87,8 @@ pub fn entries(c: &Config) -> Vec<Entry> {
             c.metrics.listen_addr.clone(),
             Restart,
         ),
-        // TLS is read again at each reload: new clients get the new
-        // certificate, new server connections the new settings.
-        e(
-            "client_tls.mode",
-            c.client_tls.mode.as_str(),
-            NewConnections,
-        ),
-        e(
-            "client_tls.cert_file",
-            c.client_tls.cert_file.clone(),
-            NewConnections,
-        ),
-        e(
-            "client_tls.key_file",
-            c.client_tls.key_file.clone(),
-            NewConnections,
-        ),
-        // Client certificates: checked at each new client's handshake.
-        e(
-            "client_tls.ca_file",
-            c.client_tls.ca_file.clone(),
-            NewConnections,
-        ),
-        e(
-            "client_tls.client_cert",
-            c.client_tls.client_cert.as_str(),
-            NewConnections,
-        ),
-        e(
-            "client_tls.crl_file",
-            c.client_tls.crl_file.clone(),
-            NewConnections,
-        ),
-        e(
-            "client_tls.allow_plaintext_password",
-            c.client_tls.allow_plaintext_password.to_string(),
-            NewConnections,
-        ),
-        e(
-            "server_tls.mode",
-            c.server_tls.mode.as_str(),
-            NewConnections,
-        ),
-        e(
-            "server_tls.ca_file",
-            c.server_tls.ca_file.clone(),
-            NewConnections,
-        ),
     ];
+    v.extend(tls_entries(c));
     v.extend(pool_entries(&c.pool));
     let l = &c.listen;
     v.extend([
@@ -210,6 +163,72 @@ fn pool_entries(d: &PoolDefaults) -> Vec<Entry> {
             format!("{:?}", d.session_state).to_lowercase(),
             Reload,
         ),
+    ]
+    .into_iter()
+    .chain(access_entries(d))
+    .collect()
+}
+
+/// `[client_tls]` and `[server_tls]`.
+fn tls_entries(c: &Config) -> Vec<Entry> {
+    use Applies::*;
+    vec![
+        // TLS is read again at each reload: new clients get the new
+        // certificate, new server connections the new settings.
+        e(
+            "client_tls.mode",
+            c.client_tls.mode.as_str(),
+            NewConnections,
+        ),
+        e(
+            "client_tls.cert_file",
+            c.client_tls.cert_file.clone(),
+            NewConnections,
+        ),
+        e(
+            "client_tls.key_file",
+            c.client_tls.key_file.clone(),
+            NewConnections,
+        ),
+        // Client certificates: checked at each new client's handshake.
+        e(
+            "client_tls.ca_file",
+            c.client_tls.ca_file.clone(),
+            NewConnections,
+        ),
+        e(
+            "client_tls.client_cert",
+            c.client_tls.client_cert.as_str(),
+            NewConnections,
+        ),
+        e(
+            "client_tls.crl_file",
+            c.client_tls.crl_file.clone(),
+            NewConnections,
+        ),
+        e(
+            "client_tls.allow_plaintext_password",
+            c.client_tls.allow_plaintext_password.to_string(),
+            NewConnections,
+        ),
+        e(
+            "server_tls.mode",
+            c.server_tls.mode.as_str(),
+            NewConnections,
+        ),
+        e(
+            "server_tls.ca_file",
+            c.server_tls.ca_file.clone(),
+            NewConnections,
+        ),
+    ]
+}
+
+/// Who may log in, how, and how many: auth_query, the access rules and the
+/// connection limits.
+fn access_entries(d: &PoolDefaults) -> Vec<Entry> {
+    use Applies::*;
+    vec![
         e("pool.auth_user", d.auth_user.clone(), NewConnections),
         e("pool.auth_query", d.auth_query.clone(), NewConnections),
         e(

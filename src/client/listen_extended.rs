@@ -152,6 +152,48 @@ impl Session {
         }
     }
 
+    /// Binds `portal` to the client's LISTEN statement `statement` and
+    /// writes the BindComplete; `Ok(false)`: no such statement, nothing to
+    /// answer; `Err`: the parameter count is wrong, as Postgres says.
+    fn bind_local(
+        &mut self,
+        out: &mut BytesMut,
+        portal: String,
+        statement: &str,
+        params: usize,
+    ) -> Result<bool, PgError> {
+        let Some(local) = self.listening.local.as_deref_mut() else {
+            return Ok(false);
+        };
+        let Some(st) = local.statements.get(statement) else {
+            return Ok(false);
+        };
+        if st.param_types.len() != params {
+            return Err(PgError::error(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "bind message supplies {params} parameters, but prepared statement \"{statement}\" requires {}",
+                    st.param_types.len()
+                ),
+            ));
+        }
+        let cmd = st.cmd.clone();
+        local.portals.insert(portal, cmd);
+        backend::bind_complete(out);
+        Ok(true)
+    }
+
+    /// The Describe of the client's LISTEN statement `name`: its parameter
+    /// types, and no rows.
+    fn describe_local(&self, out: &mut BytesMut, name: &str) {
+        let types = (self.listening.local.as_deref())
+            .and_then(|l| l.statements.get(name))
+            .map(|st| st.param_types.clone())
+            .unwrap_or_default();
+        parameter_description(out, &types);
+        backend::no_data(out);
+    }
+
     /// Answers a message `classify_local` claimed. Everything the client
     /// sent before it has been passed on.
     pub(super) fn answer_local(&mut self, action: LocalAction) {
@@ -179,38 +221,13 @@ impl Session {
                 portal,
                 statement,
                 params,
-            } => {
-                let Some(local) = self.listening.local.as_deref_mut() else {
-                    return;
-                };
-                let Some(st) = local.statements.get(&statement) else {
-                    return;
-                };
-                if st.param_types.len() != params {
-                    let e = PgError::error(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        format!(
-                            "bind message supplies {params} parameters, but prepared statement \"{statement}\" requires {}",
-                            st.param_types.len()
-                        ),
-                    );
-                    return self.fail_local(e);
-                }
-                let cmd = st.cmd.clone();
-                local.portals.insert(portal, cmd);
-                backend::bind_complete(&mut out);
-                Reply::BindComplete
-            }
+            } => match self.bind_local(&mut out, portal, &statement, params) {
+                Ok(true) => Reply::BindComplete,
+                Ok(false) => return,
+                Err(e) => return self.fail_local(e),
+            },
             LocalAction::DescribeStatement(name) => {
-                let types = self
-                    .listening
-                    .local
-                    .as_deref()
-                    .and_then(|l| l.statements.get(&name))
-                    .map(|st| st.param_types.clone())
-                    .unwrap_or_default();
-                parameter_description(&mut out, &types);
-                backend::no_data(&mut out);
+                self.describe_local(&mut out, &name);
                 Reply::Describe
             }
             LocalAction::DescribePortal => {

@@ -19,16 +19,8 @@ pub const DURATION_BUCKETS: &[f64] = &[
 /// Every metric pgharbor exports.
 pub struct Metrics {
     pub registry: Registry,
-    pool_size: IntGaugeVec,
-    pool_servers: IntGaugeVec,
-    pool_clients: IntGaugeVec,
-    pool_wait: HistogramVec,
-    transactions: IntCounterVec,
-    queries: IntCounterVec,
-    transaction_duration: HistogramVec,
-    bytes_received: IntCounterVec,
-    bytes_sent: IntCounterVec,
-    server_connect_errors: IntCounterVec,
+    /// The families of the per-pool series.
+    pool: PoolFamilies,
     /// Client connections accepted.
     pub clients_total: IntCounter,
     pub cancel_requests: IntCounterVec,
@@ -52,6 +44,104 @@ pub struct Metrics {
     pub config_last_reload: IntGauge,
     /// 1 if that RELOAD was applied, 0 if the file was refused.
     pub config_last_reload_success: IntGauge,
+}
+
+/// `pgharbor_cancel_requests_total`, with a series for every outcome from
+/// the start (a rate over a series that appears later misses its first
+/// count).
+fn cancel_requests(r: &Registry) -> IntCounterVec {
+    let cancel_requests = counter_vec(
+        r,
+        "pgharbor_cancel_requests_total",
+        "CancelRequests received, by outcome",
+        &["result"],
+    );
+    for result in [
+        "forwarded",
+        "no_query",
+        "unknown_key",
+        "bad_secret",
+        "to_peers",
+    ] {
+        cancel_requests.with_label_values(&[result]);
+    }
+    cancel_requests
+}
+
+/// The families of the per-pool series (labels `database`, `user`).
+struct PoolFamilies {
+    pool_size: IntGaugeVec,
+    pool_servers: IntGaugeVec,
+    pool_clients: IntGaugeVec,
+    pool_wait: HistogramVec,
+    transactions: IntCounterVec,
+    queries: IntCounterVec,
+    transaction_duration: HistogramVec,
+    bytes_received: IntCounterVec,
+    bytes_sent: IntCounterVec,
+    server_connect_errors: IntCounterVec,
+}
+
+impl PoolFamilies {
+    fn register(r: &Registry) -> PoolFamilies {
+        PoolFamilies {
+            pool_size: gauge_vec(r, "pgharbor_pool_size", "Configured pool_size", POOL),
+            pool_servers: gauge_vec(
+                r,
+                "pgharbor_pool_servers",
+                "Server connections by state",
+                &["database", "user", "state"],
+            ),
+            pool_clients: gauge_vec(
+                r,
+                "pgharbor_pool_clients",
+                "Client connections by state",
+                &["database", "user", "state"],
+            ),
+            pool_wait: histogram_vec(
+                r,
+                "pgharbor_pool_wait_seconds",
+                "Time a client waited for a server connection",
+                POOL,
+            ),
+            transactions: counter_vec(
+                r,
+                "pgharbor_transactions_total",
+                "Transactions completed (each return of a server to idle state)",
+                POOL,
+            ),
+            queries: counter_vec(
+                r,
+                "pgharbor_queries_total",
+                "Queries forwarded (simple Query and extended Execute messages)",
+                POOL,
+            ),
+            transaction_duration: histogram_vec(
+                r,
+                "pgharbor_transaction_duration_seconds",
+                "Time from a transaction's first message to its final ReadyForQuery",
+                POOL,
+            ),
+            bytes_received: counter_vec(
+                r,
+                "pgharbor_bytes_received_total",
+                "Bytes received from clients",
+                POOL,
+            ),
+            bytes_sent: counter_vec(
+                r,
+                "pgharbor_bytes_sent_total",
+                "Bytes sent to clients",
+                POOL,
+            ),
+            server_connect_errors: counter_vec(
+                r,
+                "pgharbor_server_connect_errors_total",
+                "Failed attempts to open a server connection",
+                POOL,
+            ),
+        }
+    }
 }
 
 /// Handles for one pool's series (labels `database`, `user`).
@@ -125,77 +215,9 @@ impl Metrics {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             let _ = r.register(Box::new(pc));
         }
-        let cancel_requests = counter_vec(
-            &r,
-            "pgharbor_cancel_requests_total",
-            "CancelRequests received, by outcome",
-            &["result"],
-        );
-        for result in [
-            "forwarded",
-            "no_query",
-            "unknown_key",
-            "bad_secret",
-            "to_peers",
-        ] {
-            cancel_requests.with_label_values(&[result]);
-        }
+        let cancel_requests = cancel_requests(&r);
         Metrics {
-            pool_size: gauge_vec(&r, "pgharbor_pool_size", "Configured pool_size", POOL),
-            pool_servers: gauge_vec(
-                &r,
-                "pgharbor_pool_servers",
-                "Server connections by state",
-                &["database", "user", "state"],
-            ),
-            pool_clients: gauge_vec(
-                &r,
-                "pgharbor_pool_clients",
-                "Client connections by state",
-                &["database", "user", "state"],
-            ),
-            pool_wait: histogram_vec(
-                &r,
-                "pgharbor_pool_wait_seconds",
-                "Time a client waited for a server connection",
-                POOL,
-            ),
-            transactions: counter_vec(
-                &r,
-                "pgharbor_transactions_total",
-                "Transactions completed (each return of a server to idle state)",
-                POOL,
-            ),
-            queries: counter_vec(
-                &r,
-                "pgharbor_queries_total",
-                "Queries forwarded (simple Query and extended Execute messages)",
-                POOL,
-            ),
-            transaction_duration: histogram_vec(
-                &r,
-                "pgharbor_transaction_duration_seconds",
-                "Time from a transaction's first message to its final ReadyForQuery",
-                POOL,
-            ),
-            bytes_received: counter_vec(
-                &r,
-                "pgharbor_bytes_received_total",
-                "Bytes received from clients",
-                POOL,
-            ),
-            bytes_sent: counter_vec(
-                &r,
-                "pgharbor_bytes_sent_total",
-                "Bytes sent to clients",
-                POOL,
-            ),
-            server_connect_errors: counter_vec(
-                &r,
-                "pgharbor_server_connect_errors_total",
-                "Failed attempts to open a server connection",
-                POOL,
-            ),
+            pool: PoolFamilies::register(&r),
             clients_total: counter(&r, "pgharbor_clients_total", "Client connections accepted"),
             cancel_requests,
             listen_channels: gauge(
@@ -265,35 +287,42 @@ impl Metrics {
             [database, user, state]
         }
         PoolStats {
-            pool_size: self.pool_size.with_label_values(&l),
+            pool_size: self.pool.pool_size.with_label_values(&l),
             servers_active: self
+                .pool
                 .pool_servers
                 .with_label_values(&s(database, user, "active")),
             servers_idle: self
+                .pool
                 .pool_servers
                 .with_label_values(&s(database, user, "idle")),
             servers_login: self
+                .pool
                 .pool_servers
                 .with_label_values(&s(database, user, "login")),
             servers_testing: self
+                .pool
                 .pool_servers
                 .with_label_values(&s(database, user, "testing")),
             clients_active: self
+                .pool
                 .pool_clients
                 .with_label_values(&s(database, user, "active")),
             clients_waiting: self
+                .pool
                 .pool_clients
                 .with_label_values(&s(database, user, "waiting")),
             clients_idle: self
+                .pool
                 .pool_clients
                 .with_label_values(&s(database, user, "idle")),
-            wait_seconds: self.pool_wait.with_label_values(&l),
-            transactions: self.transactions.with_label_values(&l),
-            queries: self.queries.with_label_values(&l),
-            transaction_seconds: self.transaction_duration.with_label_values(&l),
-            bytes_received: self.bytes_received.with_label_values(&l),
-            bytes_sent: self.bytes_sent.with_label_values(&l),
-            server_connect_errors: self.server_connect_errors.with_label_values(&l),
+            wait_seconds: self.pool.pool_wait.with_label_values(&l),
+            transactions: self.pool.transactions.with_label_values(&l),
+            queries: self.pool.queries.with_label_values(&l),
+            transaction_seconds: self.pool.transaction_duration.with_label_values(&l),
+            bytes_received: self.pool.bytes_received.with_label_values(&l),
+            bytes_sent: self.pool.bytes_sent.with_label_values(&l),
+            server_connect_errors: self.pool.server_connect_errors.with_label_values(&l),
         }
     }
 
@@ -302,25 +331,27 @@ impl Metrics {
     /// without leaving series behind.
     pub fn forget_pool(&self, database: &str, user: &str) {
         let l = [database, user];
-        let _ = self.pool_size.remove_label_values(&l);
-        let _ = self.pool_wait.remove_label_values(&l);
-        let _ = self.transaction_duration.remove_label_values(&l);
+        let _ = self.pool.pool_size.remove_label_values(&l);
+        let _ = self.pool.pool_wait.remove_label_values(&l);
+        let _ = self.pool.transaction_duration.remove_label_values(&l);
         for v in [
-            &self.transactions,
-            &self.queries,
-            &self.bytes_received,
-            &self.bytes_sent,
-            &self.server_connect_errors,
+            &self.pool.transactions,
+            &self.pool.queries,
+            &self.pool.bytes_received,
+            &self.pool.bytes_sent,
+            &self.pool.server_connect_errors,
         ] {
             let _ = v.remove_label_values(&l);
         }
         for state in ["active", "idle", "login", "testing"] {
             let _ = self
+                .pool
                 .pool_servers
                 .remove_label_values(&[database, user, state]);
         }
         for state in ["active", "waiting", "idle"] {
             let _ = self
+                .pool
                 .pool_clients
                 .remove_label_values(&[database, user, state]);
         }
