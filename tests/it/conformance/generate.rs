@@ -586,8 +586,8 @@ async fn random_conversations_from_a_fixed_seed_get_what_postgres_sends_in_trans
     fixed_seed_run(Mode::Transaction).await;
 }
 
-/// `PGHARBOR_CONFORMANCE_SECONDS=1800 cargo test --test conformance --
-/// --ignored random_conversations_for_a_while` (seed from
+/// `PGHARBOR_CONFORMANCE_SECONDS=1800 cargo test --test it --
+/// --ignored conformance::generate::random_conversations_for_a_while` (seed from
 /// `PGHARBOR_CONFORMANCE_SEED`, else the clock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long run: PGHARBOR_CONFORMANCE_SECONDS sets its length"]
