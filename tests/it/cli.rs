@@ -1,5 +1,5 @@
 //! The command line: `check-config`, `demo`, and the example config file
-//! staying in step with `src/config.rs`.
+//! staying in step with `src/config/mod.rs`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -89,10 +89,11 @@ const SECTIONS: &[(&str, &str)] = &[
     ("UserConfig", "users"),
 ];
 
-/// The `pub` fields of each config struct in src/config.rs.
+/// The `pub` fields of each config struct in src/config/mod.rs.
 fn config_struct_fields() -> Vec<(String, Vec<String>)> {
-    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config.rs"))
-        .unwrap();
+    let src =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config/mod.rs"))
+            .unwrap();
     let mut out = Vec::new();
     let mut current: Option<(String, Vec<String>)> = None;
     for line in src.lines() {
@@ -152,7 +153,7 @@ fn example_config_documents_every_key() {
     let mut checked = 0;
     for (name, fields) in &structs {
         let Some((_, section)) = SECTIONS.iter().find(|(s, _)| s == name) else {
-            panic!("src/config.rs has a new struct `{name}`: add it to SECTIONS in tests/it/cli.rs and document it in config/pgharbor.toml");
+            panic!("src/config/mod.rs has a new struct `{name}`: add it to SECTIONS in tests/it/cli.rs and document it in config/pgharbor.toml");
         };
         for field in fields {
             let found = keys.iter().any(|(s, k)| s == section && k == field);
