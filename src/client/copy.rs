@@ -143,10 +143,11 @@ impl TxnState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::tag::TxStatus;
 
     fn txn() -> TxnState {
         TxnState {
-            status: b'I',
+            status: TxStatus::Idle,
             ..TxnState::default()
         }
     }

@@ -19,6 +19,7 @@ use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::frontend::{
     build_bind, build_parse, build_target, parse_bind, parse_parse, parse_target,
 };
+use crate::protocol::tag::TxStatus;
 use crate::protocol::ProtocolError;
 use crate::sql::session_state::{detect, refusal_parse, refusal_query};
 
@@ -400,7 +401,7 @@ impl Session {
                 match st.drops_all {
                     DropsAll::No => {}
                     // Postgres refuses it in a transaction block.
-                    DropsAll::Discard if self.txn.status != b'I' => {}
+                    DropsAll::Discard if self.txn.status != TxStatus::Idle => {}
                     drops => self.server_drops_all(drops),
                 }
             }
@@ -558,7 +559,7 @@ impl Session {
             self.ext.statements.insert(client_name, st);
             backend::parse_complete(&mut self.io.to_client);
         }
-        backend::ready_for_query(&mut self.io.to_client, b'I');
+        backend::ready_for_query(&mut self.io.to_client, TxStatus::Idle.byte());
         let _ = self.flush_client();
     }
 

@@ -25,6 +25,7 @@ use crate::protocol::frame::{read_cstr, read_cstr_bytes};
 use crate::protocol::frontend::{
     bind_params, parameter_types, parse_bind, parse_parse, parse_target,
 };
+use crate::protocol::tag::TxStatus;
 use crate::protocol::{sqlstate, PgError};
 
 /// A Parse that always fails with a syntax error and stores nothing, so the
@@ -313,7 +314,7 @@ impl Session {
                 e.to_pg_error().encode(&mut self.io.to_client);
             }
         }
-        backend::ready_for_query(&mut self.io.to_client, b'I');
+        backend::ready_for_query(&mut self.io.to_client, TxStatus::Idle.byte());
         let _ = self.flush_client();
     }
 }

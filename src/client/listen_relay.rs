@@ -8,6 +8,7 @@ use super::expect::Local;
 use super::session::Session;
 use crate::listen::{ListenCommand, MixedQuery, QueryListens, Subscriber};
 use crate::protocol::frame::read_cstr_bytes;
+use crate::protocol::tag::TxStatus;
 use crate::protocol::{backend, PgError};
 
 /// What to do with a simple Query.
@@ -71,7 +72,7 @@ impl Session {
     /// Query is mixed into an unfinished extended-protocol batch or a COPY,
     /// with no place to answer in order, so the server refuses or runs it.
     /// `Wait`: replies to earlier messages are still to come.
-    pub(super) fn turn_to_answer_a_query(&self) -> Result<u8, Intercept> {
+    pub(super) fn turn_to_answer_a_query(&self) -> Result<TxStatus, Intercept> {
         if self.txn.unsynced || self.txn.copy_in {
             return Err(Intercept::Forward);
         }
@@ -81,7 +82,7 @@ impl Session {
         Ok(if self.server.is_some() {
             self.txn.status
         } else {
-            b'I'
+            TxStatus::Idle
         })
     }
 
@@ -107,7 +108,7 @@ impl Session {
         };
         match cmds {
             Err(e) => e.encode(&mut self.io.to_client),
-            Ok(_) if status == b'E' => PgError::error(
+            Ok(_) if status == TxStatus::Failed => PgError::error(
                 "25P02",
                 "current transaction is aborted, commands ignored until end of transaction block",
             )
@@ -115,7 +116,7 @@ impl Session {
             Ok(cmds) => {
                 for cmd in cmds {
                     let tag = cmd.tag();
-                    if status == b'T' {
+                    if status == TxStatus::InTransaction {
                         self.listening.pending_listens.push(cmd);
                     } else if let Err(e) = self.apply_listen(cmd).await {
                         e.to_pg_error().encode(&mut self.io.to_client);
@@ -125,7 +126,7 @@ impl Session {
                 }
             }
         }
-        backend::ready_for_query(&mut self.io.to_client, status);
+        backend::ready_for_query(&mut self.io.to_client, status.byte());
         let _ = self.flush_client();
         Intercept::Handled
     }
@@ -175,7 +176,7 @@ impl Session {
     /// as on Postgres. Their notifications wait for the end of the
     /// transaction (see `PendingListens::holds_delivery`).
     pub(super) async fn hear_before_commit(&mut self, sql: &str, more: &[ListenCommand]) {
-        let in_block = self.server.is_some() && matches!(self.txn.status, b'T' | b'E');
+        let in_block = self.server.is_some() && self.txn.status.in_block();
         if !crate::listen::may_commit(sql, in_block) {
             return;
         }

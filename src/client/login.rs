@@ -10,6 +10,7 @@ use super::session::Session;
 use super::startup::LoginRequest;
 use crate::config::PoolMode;
 use crate::protocol::startup::parse_options;
+use crate::protocol::tag::TxStatus;
 use crate::protocol::{backend, sqlstate, PgError};
 use crate::server::is_read_only_param;
 
@@ -114,8 +115,8 @@ impl Session {
         out.reserve(shared.status.len() + LOGIN_REPLY_TAIL);
         out.extend_from_slice(&shared.status);
         backend::backend_key_data(out, self.cancel.slot.pid(), self.cancel.slot.secret());
-        backend::ready_for_query(out, b'I');
-        self.txn.status = b'I';
+        backend::ready_for_query(out, TxStatus::Idle.byte());
+        self.txn.status = TxStatus::Idle;
         Ok(())
     }
 

@@ -24,6 +24,7 @@ use super::session::Session;
 use crate::protocol::backend::{self, finish_len};
 use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::frontend::parse_parse;
+use crate::protocol::tag::TxStatus;
 use crate::sql::lex::{lex_spans, quoted, Tok};
 use crate::sql::query_scan::statement_may_name;
 
@@ -210,7 +211,7 @@ impl Session {
             Ok(status) => status,
             Err(not_now) => return not_now,
         };
-        if status == b'E' || (status != b'I' && kind == Kind::DiscardAll) {
+        if status == TxStatus::Failed || (status != TxStatus::Idle && kind == Kind::DiscardAll) {
             return Intercept::Forward;
         }
         match kind {
@@ -225,7 +226,7 @@ impl Session {
             Kind::DiscardAll => self.discard_all_here(),
             Kind::Execute(_) => return Intercept::Forward,
         }
-        backend::ready_for_query(&mut self.io.to_client, status);
+        backend::ready_for_query(&mut self.io.to_client, status.byte());
         let _ = self.flush_client();
         Intercept::Handled
     }
@@ -257,7 +258,7 @@ impl Session {
     /// Whether the server would refuse whatever the client sends next
     /// (a failed transaction): then nothing is rewritten or forgotten.
     fn in_failed_transaction(&self) -> bool {
-        self.server.is_some() && self.txn.status == b'E'
+        self.server.is_some() && self.txn.status == TxStatus::Failed
     }
 
     /// Applies what the commands of a text about to reach the server do to
@@ -270,7 +271,7 @@ impl Session {
                 // A lone one in a simple Query of an unpinned client
                 // outside a transaction was answered here; in a transaction
                 // block or a multi-statement Query Postgres refuses it.
-                Kind::DiscardAll if count == 1 && self.txn.status == b'I' => {
+                Kind::DiscardAll if count == 1 && self.txn.status == TxStatus::Idle => {
                     self.server_drops_all(DropsAll::Discard)
                 }
                 Kind::DiscardAll => {}

@@ -169,7 +169,7 @@ impl Session {
         let settings = self.pool.hot();
         let timeout = if self.server.is_none() {
             settings.client_idle_timeout()
-        } else if self.txn.pending == 0 && (self.txn.status == b'T' || self.txn.status == b'E') {
+        } else if self.txn.pending == 0 && self.txn.status.in_block() {
             settings.idle_transaction_timeout()
         } else {
             return false;

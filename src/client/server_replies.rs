@@ -19,6 +19,7 @@ use super::temp_backstop::{tag_may_create_temp, TempCheck};
 use crate::config::PoolMode;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::frame::Step;
+use crate::protocol::tag::TxStatus;
 use crate::protocol::ProtocolError;
 use crate::protocol::{backend, sqlstate, PgError};
 use crate::server::ServerError;
@@ -338,7 +339,7 @@ impl Session {
     /// may go back to the pool.
     #[inline(always)]
     fn on_ready_for_query(&mut self, burst: &mut ServerBurst, body: &[u8]) {
-        let status = body.first().copied().unwrap_or(b'I');
+        let status = TxStatus::from_ready(body.first().copied());
         if let Some(p) = self.server.as_mut() {
             p.server.status = status;
         }
@@ -347,7 +348,7 @@ impl Session {
         // [prepared statements] A Bind held for a Parse of an earlier group
         // is looked at again.
         self.ext.shape_wait = false;
-        let idle = status == b'I';
+        let idle = status == TxStatus::Idle;
         if idle && !self.listening.pending_listens.is_empty() {
             // An explicit transaction ends with COMMIT or ROLLBACK (also
             // the tag of a failed COMMIT); an implicit one commits unless

@@ -18,6 +18,7 @@ use crate::cancel::{AfterCancels, CancelHandle};
 use crate::config::PoolMode;
 use crate::net::Stream;
 use crate::pool::{Pool, PooledServer};
+use crate::protocol::tag::TxStatus;
 use crate::protocol::{FrameScanner, PgError};
 use crate::server::ServerError;
 use crate::State;
@@ -75,7 +76,7 @@ pub(super) struct TxnState {
     /// only clients that pipeline a COPY's data ever have one.
     pub copy_ends: Option<Box<super::copy::CopyEnds>>,
     /// Transaction status from the last ReadyForQuery.
-    pub status: u8,
+    pub status: TxStatus,
     /// When the current unit of work began (for the duration histogram).
     pub started: Option<Instant>,
     /// The server sent an ErrorResponse since its last ReadyForQuery.
@@ -94,11 +95,7 @@ pub(super) struct TxnState {
 impl TxnState {
     /// Nothing in flight and no transaction open: the server may go back.
     pub fn is_idle(&self) -> bool {
-        self.pending == 0
-            && !self.unsynced
-            && !self.copy_in
-            && self.status != b'T'
-            && self.status != b'E'
+        self.pending == 0 && !self.unsynced && !self.copy_in && !self.status.in_block()
     }
 }
 
@@ -318,9 +315,9 @@ impl Session {
             // Closed rather than reused: it is busy, or a cancel of ours
             // that was never confirmed may still land on it.
             false
-        } else if t.status == b'T' || t.status == b'E' {
+        } else if t.status.in_block() {
             let r = tokio::time::timeout(timeout, pooled.server.simple_query("ROLLBACK")).await;
-            matches!(r, Ok(Ok(()))) && pooled.server.status == b'I'
+            matches!(r, Ok(Ok(()))) && pooled.server.status == TxStatus::Idle
         } else {
             true
         };
@@ -337,7 +334,7 @@ impl Session {
             } else if (self.mode == PoolMode::Session || dirty) && !reset.is_empty() {
                 let r = tokio::time::timeout(timeout, pooled.server.simple_query(reset)).await;
                 pooled.server.forget_applied();
-                matches!(r, Ok(Ok(()))) && pooled.server.status == b'I'
+                matches!(r, Ok(Ok(()))) && pooled.server.status == TxStatus::Idle
             } else {
                 !dirty
             }

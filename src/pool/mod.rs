@@ -460,7 +460,7 @@ impl Pool {
 
     fn reusable(&self, server: &mut Server, generation: u64, now: Instant) -> bool {
         !past_lifetime(server, now)
-            && server.status == TxStatus::Idle.byte()
+            && server.status == TxStatus::Idle
             && self.server_generation_ok(server, generation)
             && server.is_alive()
     }
@@ -481,7 +481,7 @@ impl Pool {
         matches!(
             tokio::time::timeout(timeout, server.simple_query(q)).await,
             Ok(Ok(()))
-        ) && server.status == TxStatus::Idle.byte()
+        ) && server.status == TxStatus::Idle
     }
 
     /// Server parameters for a login: from the first server ever opened, or
@@ -513,7 +513,7 @@ impl Pool {
             || self.above_size()
             || generation != self.generation.load(Ordering::Acquire)
             || past_lifetime(&server, now)
-            || server.status != TxStatus::Idle.byte()
+            || server.status != TxStatus::Idle
             || !server.rbuf.is_empty()
         {
             return;

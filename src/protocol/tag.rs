@@ -77,6 +77,13 @@ pub enum TxStatus {
     Failed,
 }
 
+impl Default for TxStatus {
+    /// A connection before its first ReadyForQuery counts as idle.
+    fn default() -> TxStatus {
+        TxStatus::Idle
+    }
+}
+
 impl TxStatus {
     /// The status of a ReadyForQuery's byte; `None` for a byte Postgres
     /// never sends.
@@ -95,6 +102,20 @@ impl TxStatus {
             TxStatus::Idle => b'I',
             TxStatus::InTransaction => b'T',
             TxStatus::Failed => b'E',
+        }
+    }
+
+    /// The status a ReadyForQuery carries (`byte`, its body's first byte).
+    /// A missing byte reads as idle; a byte Postgres never sends as inside
+    /// a block, so that a server in an unknown state is never taken as
+    /// free.
+    pub const fn from_ready(byte: Option<u8>) -> TxStatus {
+        match byte {
+            None => TxStatus::Idle,
+            Some(b) => match TxStatus::from_byte(b) {
+                Some(status) => status,
+                None => TxStatus::InTransaction,
+            },
         }
     }
 

@@ -111,7 +111,7 @@ impl Server {
             created: Instant::now(),
             retire_at: None,
             last_used: Instant::now(),
-            status: TxStatus::Idle.byte(),
+            status: TxStatus::Idle,
             prepared: Default::default(),
             params_version: 0,
             synced: None,
@@ -139,7 +139,7 @@ impl Server {
                     server.key.secret = i32::from_be_bytes([msg[9], msg[10], msg[11], msg[12]]);
                 }
                 tag::READY_FOR_QUERY => {
-                    server.status = msg.get(5).copied().unwrap_or(TxStatus::Idle.byte());
+                    server.status = TxStatus::from_ready(msg.get(5).copied());
                     return Ok(server);
                 }
                 tag::ERROR_RESPONSE => {

@@ -176,7 +176,7 @@ pub struct Server {
     pub last_used: Instant,
     /// Transaction status from the last ReadyForQuery: its byte (`I`, `T`
     /// or `E`, see [`TxStatus`]).
-    pub status: u8,
+    pub status: TxStatus,
     /// Bumped whenever `params` changes.
     pub params_version: u64,
     /// The client parameter map this server was last synced to, and
@@ -326,7 +326,7 @@ impl Server {
                     first_error.get_or_insert(f);
                 }
                 tag::READY_FOR_QUERY => {
-                    self.status = msg.get(5).copied().unwrap_or(TxStatus::Idle.byte());
+                    self.status = TxStatus::from_ready(msg.get(5).copied());
                     return match first_error {
                         Some(f) => Err(ServerError::Query(f)),
                         None => Ok(row),
