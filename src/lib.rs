@@ -46,6 +46,41 @@ pub mod tls;
 pub mod users;
 mod watch;
 
+/// The crate-private SQL readers, for the fuzz targets in `fuzz/` (a
+/// separate crate). Not an API: wrappers only, so the readers themselves
+/// keep their visibility.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// What `sql::query_scan::scan` answers: (listen, session state,
+    /// names statements).
+    pub fn query_scan(sql: &[u8], listen: bool) -> (bool, bool, bool) {
+        let s = crate::sql::query_scan::scan(sql, listen);
+        (s.listen, s.session_state, s.names_statements)
+    }
+
+    /// Whether `sql::query_scan::statement_may_name` says a Parse's
+    /// statement may be DEALLOCATE, DISCARD or EXECUTE.
+    pub fn statement_may_name(sql: &[u8]) -> bool {
+        crate::sql::query_scan::statement_may_name(sql)
+    }
+
+    /// `sql::session_state::detect` without its first look.
+    pub fn detect_closely(sql: &[u8]) -> Option<String> {
+        crate::sql::session_state::detect_closely(sql, |_| false)
+    }
+
+    /// The byte span of every token the lexer reads, and its error.
+    pub fn lex_spans(sql: &str) -> (Vec<(usize, usize)>, Option<String>) {
+        let (tokens, error) = crate::sql::lex::lex_spanned(sql);
+        (tokens.iter().map(|t| (t.start, t.end)).collect(), error)
+    }
+
+    /// What the first statement creating a temporary object creates.
+    pub fn temp_object(sql: &str) -> Option<&'static str> {
+        crate::sql::temp_objects::temp_object(sql)
+    }
+}
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
