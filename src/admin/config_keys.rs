@@ -238,17 +238,16 @@ fn access_entries(d: &PoolDefaults) -> Vec<Entry> {
         ),
         // Read with the config, so RELOAD re-reads the file for new logins.
         e("pool.hba_file", d.hba_file.clone(), NewConnections),
-        // A limit is taken when a pool is made: pools opened after a
-        // RELOAD get the new one.
+        // Open pools take a new server limit at once (pool/limits.rs).
         e(
             "pool.max_db_connections",
             d.max_db_connections.to_string(),
-            NewConnections,
+            Reload,
         ),
         e(
             "pool.max_user_connections",
             d.max_user_connections.to_string(),
-            NewConnections,
+            Reload,
         ),
         e(
             "pool.max_db_client_connections",

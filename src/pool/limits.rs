@@ -8,10 +8,16 @@
 //! the limit is reached closes an idle server of another pool under the
 //! same limit, or waits (within `query_wait_timeout`) until one is closed
 //! or becomes idle. A client limit refuses the login with 53300 naming the
-//! key. With no limit configured nothing here is touched per transaction.
+//! key.
+//!
+//! Every pool counts its servers under its database's and its user's limit
+//! even while no maximum is set (an atomic add when a server opens, one
+//! when it closes), so that a limit a RELOAD sets or lowers starts from the
+//! true count: a lowered limit closes idle servers above it at once and
+//! busy ones wait, as for a smaller `pool_size`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
@@ -53,15 +59,24 @@ impl Limit {
         max != 0 && self.count.load(Ordering::Acquire) >= max
     }
 
+    /// Servers counted beyond the maximum (after a RELOAD lowered it).
+    fn excess(&self) -> usize {
+        match self.max.load(Ordering::Relaxed) {
+            0 => 0,
+            max => self.count.load(Ordering::Acquire).saturating_sub(max),
+        }
+    }
+
     /// Takes one idle server of a pool under this limit other than
     /// `except`, to be closed.
-    fn take_an_idle_server(&self, except: &Pool) -> Option<Box<Server>> {
+    fn take_an_idle_server(&self, except: Option<&Pool>) -> Option<Box<Server>> {
         let pools: Vec<Arc<Pool>> = {
             let mut list = self.pools.lock().unwrap_or_else(|e| e.into_inner());
             list.retain(|p| p.strong_count() > 0);
             list.iter().filter_map(Weak::upgrade).collect()
         };
-        for pool in pools.iter().filter(|p| !std::ptr::eq(p.as_ref(), except)) {
+        let other = |p: &&Arc<Pool>| except.is_none_or(|e| !std::ptr::eq(p.as_ref(), e));
+        for pool in pools.iter().filter(other) {
             let server = pool.idle_list().pop();
             if let Some(server) = server {
                 pool.stats.servers_idle.dec();
@@ -83,6 +98,9 @@ pub struct Limits {
     room: Arc<Notify>,
     /// Pools waiting for room now; a returned server notifies only then.
     waiting: Arc<AtomicUsize>,
+    /// Set while a RELOAD left more servers open than a lowered limit
+    /// allows, so that a server given back checks its limits only then.
+    lowered: Arc<AtomicBool>,
     /// Client counts, apart from the server ones.
     client_databases: Mutex<HashMap<String, Arc<Limit>>>,
     client_users: Mutex<HashMap<String, Arc<Limit>>>,
@@ -97,28 +115,60 @@ fn limit_of(map: &Mutex<HashMap<String, Arc<Limit>>>, name: &str, max: usize) ->
 }
 
 impl Limits {
-    /// The server limits of a new pool, if it has any; the pool is listed
-    /// under them, so others may close its idle servers for room.
-    pub(super) fn for_pool(&self, pool: &Arc<Pool>) -> Option<PoolLimits> {
+    /// The server limits of a new pool; the pool is listed under them, so
+    /// others may close its idle servers for room.
+    pub(super) fn for_pool(&self, pool: &Arc<Pool>) -> PoolLimits {
         let s = pool.settings();
-        if s.max_db_connections == 0 && s.max_user_connections == 0 {
-            return None;
-        }
-        let pick = |map, name: &str, max: usize| {
-            (max > 0).then(|| {
-                let limit = limit_of(map, name, max);
-                let mut pools = limit.pools.lock().unwrap_or_else(|e| e.into_inner());
-                pools.push(Arc::downgrade(pool));
-                drop(pools);
-                limit
-            })
+        let listed = |map, name: &str, max: usize| {
+            let limit = limit_of(map, name, max);
+            let mut pools = limit.pools.lock().unwrap_or_else(|e| e.into_inner());
+            pools.push(Arc::downgrade(pool));
+            drop(pools);
+            limit
         };
-        Some(PoolLimits {
-            database: pick(&self.databases, &pool.key.database, s.max_db_connections),
-            user: pick(&self.users, &pool.key.user, s.max_user_connections),
+        PoolLimits {
+            database: listed(&self.databases, &pool.key.database, s.max_db_connections),
+            user: listed(&self.users, &pool.key.user, s.max_user_connections),
             room: self.room.clone(),
             waiting: self.waiting.clone(),
-        })
+            lowered: self.lowered.clone(),
+        }
+    }
+
+    /// A RELOAD's `max_db_connections` and `max_user_connections` for the
+    /// open pool `key`. Call [`Limits::settle`] once all pools are done.
+    pub(super) fn apply(&self, key: &PoolKey, settings: &PoolDefaults) {
+        limit_of(&self.databases, &key.database, settings.max_db_connections);
+        limit_of(&self.users, &key.user, settings.max_user_connections);
+    }
+
+    /// After a RELOAD: closes idle servers above a lowered limit (busy
+    /// ones are closed as they come back, see [`PoolLimits::over`]), and
+    /// wakes pools waiting for room a raised limit may give them.
+    pub(super) fn settle(&self) -> usize {
+        let limits: Vec<Arc<Limit>> = [&self.databases, &self.users]
+            .iter()
+            .flat_map(|map| {
+                let map = map.lock().unwrap_or_else(|e| e.into_inner());
+                map.values().cloned().collect::<Vec<_>>()
+            })
+            .collect();
+        let mut closed = 0;
+        let mut still_over = false;
+        for limit in limits {
+            for _ in 0..limit.excess() {
+                match limit.take_an_idle_server(None) {
+                    // Dropping the server closes it and gives its room back.
+                    Some(server) => drop(server),
+                    None => break,
+                }
+                closed += 1;
+            }
+            still_over |= limit.excess() > 0;
+        }
+        self.lowered.store(still_over, Ordering::Release);
+        self.room.notify_waiters();
+        closed
     }
 
     /// Counts a client of `key` against the client limits of `settings`
@@ -182,47 +232,43 @@ impl Drop for ClientCount {
 
 /// The server limits one pool is under.
 pub(super) struct PoolLimits {
-    database: Option<Arc<Limit>>,
-    user: Option<Arc<Limit>>,
+    database: Arc<Limit>,
+    user: Arc<Limit>,
     room: Arc<Notify>,
     waiting: Arc<AtomicUsize>,
+    lowered: Arc<AtomicBool>,
 }
 
 /// Room for one server under a pool's limits, kept by the server (in its
 /// ticket) and given back when it closes.
 pub(super) struct Hold {
-    limits: [Option<Arc<Limit>>; 2],
+    limits: [Arc<Limit>; 2],
     room: Arc<Notify>,
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.limits.iter().flatten().for_each(|l| l.give_back());
+        self.limits.iter().for_each(|l| l.give_back());
         self.room.notify_waiters();
     }
 }
 
 impl PoolLimits {
-    fn limits(&self) -> impl Iterator<Item = &Arc<Limit>> {
-        self.database.iter().chain(self.user.iter())
+    fn limits(&self) -> [&Arc<Limit>; 2] {
+        [&self.database, &self.user]
     }
 
     /// Room for one more server, if every limit has it.
     pub(super) fn try_hold(&self) -> Option<Hold> {
-        let db = match &self.database {
-            Some(l) if !l.try_take() => return None,
-            db => db.clone(),
-        };
-        if let Some(l) = &self.user {
-            if !l.try_take() {
-                if let Some(db) = &db {
-                    db.give_back();
-                }
-                return None;
-            }
+        if !self.database.try_take() {
+            return None;
+        }
+        if !self.user.try_take() {
+            self.database.give_back();
+            return None;
         }
         Some(Hold {
-            limits: [db, self.user.clone()],
+            limits: [self.database.clone(), self.user.clone()],
             room: self.room.clone(),
         })
     }
@@ -231,8 +277,15 @@ impl PoolLimits {
     /// (with [`close_and_wait`]) to make room.
     pub(super) fn take_an_idle_server(&self, except: &Pool) -> Option<Box<Server>> {
         self.limits()
+            .into_iter()
             .filter(|l| l.is_full())
-            .find_map(|l| l.take_an_idle_server(except))
+            .find_map(|l| l.take_an_idle_server(Some(except)))
+    }
+
+    /// Whether a server given back now is to be closed because a RELOAD
+    /// lowered a limit below the servers open under it.
+    pub(super) fn over(&self) -> bool {
+        self.lowered.load(Ordering::Acquire) && self.limits().into_iter().any(|l| l.excess() > 0)
     }
 
     /// A server went idle: pools waiting for room may take it.

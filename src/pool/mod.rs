@@ -511,6 +511,7 @@ impl Pool {
     fn put_idle(&self, mut server: Box<Server>, generation: u64, now: Instant) {
         if self.closed.load(Ordering::Acquire)
             || self.above_size()
+            || self.limits.get().is_some_and(limits::PoolLimits::over)
             || generation != self.generation.load(Ordering::Acquire)
             || past_lifetime(&server, now)
             || server.status != TxStatus::Idle

@@ -117,9 +117,7 @@ impl Pools {
                     let mut f = self.fallbacks.write().unwrap_or_else(|e| e.into_inner());
                     f.insert(db.name.clone());
                 }
-                if let Some(limits) = self.limits.for_pool(&pool) {
-                    let _ = pool.limits.set(limits);
-                }
+                let _ = pool.limits.set(self.limits.for_pool(&pool));
                 if paused {
                     pool.pause();
                 }
@@ -221,6 +219,7 @@ impl Pools {
                 db.server_dbname().clone_into(&mut target.dbname);
                 target.connect_timeout = settings.server_connect_timeout;
                 target.tls = tls.for_database(&db.name);
+                self.limits.apply(&pool.key, &settings);
                 let applied = pool.apply(settings.clone(), target);
                 if let Some(from) = applied.moved_from {
                     tracing::info!(pool = %pool.key, host = %db.host, port = db.port, "pool moved to a new server by RELOAD; servers to the old one close as they are given back");
@@ -230,6 +229,14 @@ impl Pools {
             });
             !users.is_empty()
         });
+        drop(map);
+        let closed = self.limits.settle();
+        if closed > 0 {
+            tracing::info!(
+                idle_closed = closed,
+                "idle servers above a lowered connection limit closed by RELOAD"
+            );
+        }
         moves
     }
 

@@ -193,9 +193,23 @@ async fn one_user_on_two_databases_never_holds_more_servers_than_max_user_connec
     let databases = [("one", "app"), ("two", "postgres")];
     let proxy = start_proxy_with(&config("max_user_connections = 2", &databases, &[user])).await;
     let direct = connect_direct().await;
-    let clients: Vec<_> = (0..6)
+    let clients = sleepers(proxy.addr(), user, &["one", "two"], 6);
+    let most = most_sessions_of(&direct, user, clients).await;
+    assert!(most > 0, "no server connection was ever seen");
+    assert!(most <= 2, "Postgres saw {most} sessions of {user}");
+}
+
+/// `n` clients of `user` at `addr`, on `databases` in turn, each running
+/// five short sleeps.
+fn sleepers(
+    addr: std::net::SocketAddr,
+    user: &str,
+    databases: &[&str],
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
         .map(|i| {
-            let dsn = dsn_at(proxy.addr(), user, PASSWORD, ["one", "two"][i % 2]);
+            let dsn = dsn_at(addr, user, PASSWORD, databases[i % databases.len()]);
             tokio::spawn(async move {
                 let c = try_connect(&dsn).await.expect("login");
                 for _ in 0..5 {
@@ -205,18 +219,20 @@ async fn one_user_on_two_databases_never_holds_more_servers_than_max_user_connec
                 }
             })
         })
-        .collect();
+        .collect()
+}
+
+/// The most sessions of `user` Postgres showed while `clients` ran; panics
+/// if a client failed.
+async fn most_sessions_of(
+    direct: &tokio_postgres::Client,
+    user: &str,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+) -> i64 {
     let mut most = 0;
     // At most 60 s of samples, one every 20 ms, until every client is done.
     for _ in 0..3000 {
-        let row = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-                &[&user],
-            )
-            .await
-            .expect("pg_stat_activity");
-        most = most.max(row.get::<_, i64>(0));
+        most = most.max(sessions_of(direct, user).await);
         if clients.iter().all(|c| c.is_finished()) {
             break;
         }
@@ -225,6 +241,64 @@ async fn one_user_on_two_databases_never_holds_more_servers_than_max_user_connec
     for c in clients {
         c.await.expect("every client's queries succeeded");
     }
+    most
+}
+
+async fn sessions_of(direct: &tokio_postgres::Client, user: &str) -> i64 {
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+            &[&user],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_lowers_max_user_connections_closes_idle_servers_and_holds_under_load() {
+    setup();
+    // A role of this test alone: Postgres's count of its sessions is ours.
+    let user = "limits_d";
+    pg().create_user(user, PASSWORD, "scram-sha-256")
+        .expect("role");
+    let text = |limit: &str| {
+        let admin = "\n[[users]]\nname = \"admin\"\npassword = \"admin-pw\"\n";
+        config(limit, &[("one", "app")], &[user]).replacen(
+            "[proxy]\n",
+            "[proxy]\nadmin_users = [\"admin\"]\n",
+            1,
+        ) + admin
+    };
+    let fp = FileProxy::start(&text("")).await;
+    let direct = connect_direct().await;
+    let before =
+        most_sessions_of(&direct, user, sleepers(fp.proxy.addr(), user, &["one"], 5)).await;
+    assert!(
+        before >= 3,
+        "five clients at once opened only {before} servers"
+    );
+    let idle = sessions_of(&direct, user).await;
+    assert!(idle >= 3, "the servers stay open, idle: {idle}");
+
+    fp.write(&text("max_user_connections = 2"));
+    let (admin, _) = connect_admin(&fp.proxy).await;
+    admin.simple_query("RELOAD").await.expect("RELOAD");
+    let mut now = idle;
+    // Up to 5 s for Postgres to see the closed servers leave.
+    for _ in 0..50 {
+        now = sessions_of(&direct, user).await;
+        if now <= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(now <= 2, "the lowered limit left {now} idle servers open");
+
+    let most = most_sessions_of(&direct, user, sleepers(fp.proxy.addr(), user, &["one"], 6)).await;
     assert!(most > 0, "no server connection was ever seen");
-    assert!(most <= 2, "Postgres saw {most} sessions of {user}");
+    assert!(
+        most <= 2,
+        "after RELOAD Postgres saw {most} sessions of {user}"
+    );
 }
