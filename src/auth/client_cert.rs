@@ -17,28 +17,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 
 use crate::protocol::{sqlstate, PgError};
 
-/// `client_cert`: whether a client must present a certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientCertMode {
-    /// No certificate is asked for.
-    #[default]
-    Disable,
-    /// Asked for; a client without one may still log in by password.
-    Optional,
-    /// Every client must present one that chains to `ca_file`.
-    Require,
-}
-
-impl ClientCertMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientCertMode::Disable => "disable",
-            ClientCertMode::Optional => "optional",
-            ClientCertMode::Require => "require",
-        }
-    }
-}
+pub use crate::config::ClientCertMode;
 
 /// What pgharbor uses of a verified client certificate.
 #[derive(Debug, Clone)]

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::auth::client_cert::ClientCertMode;
-
 mod error;
 mod validate;
 
@@ -157,7 +155,7 @@ pub struct ClientTlsConfig {
     /// Client certificates must chain to the CA certificates in this file.
     pub ca_file: String,
     /// Whether a client certificate is asked for (`optional`) or required.
-    pub client_cert: crate::auth::client_cert::ClientCertMode,
+    pub client_cert: ClientCertMode,
     /// Certificate revocation lists (PEM) of the CAs in `ca_file`: a
     /// certificate they list is refused. Empty: revocation is not checked.
     pub crl_file: String,
@@ -626,6 +624,29 @@ impl Config {
 
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.name == name)
+    }
+}
+
+/// `client_cert`: whether a client must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertMode {
+    /// No certificate is asked for.
+    #[default]
+    Disable,
+    /// Asked for; a client without one may still log in by password.
+    Optional,
+    /// Every client must present one that chains to `ca_file`.
+    Require,
+}
+
+impl ClientCertMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientCertMode::Disable => "disable",
+            ClientCertMode::Optional => "optional",
+            ClientCertMode::Require => "require",
+        }
     }
 }
 

@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 /// of a higher layer; a module belongs to its longest entry here.
 const LAYERS: &[&[&str]] = &[
     &["protocol", "id_map", "shutdown", "metrics"],
-    &["sql"],
+    // `auth::hba` reads the text of a pg_hba.conf file given to it and
+    // matches a login against it: no I/O, as `sql` reads SQL text.
+    &["sql", "auth::hba"],
     &["config"],
     &["tls", "net", "auth", "users", "listener"],
     &["server"],
@@ -48,13 +50,6 @@ const ALLOWED_UPWARD: &[(&str, &str)] = &[
     // both, with the split of accepting from the relay.
     ("client::accept", "admin"),
     ("client::accept", "admin::registry"),
-    // The config parses `hba_file` and the client-certificate files as it
-    // loads, so RELOAD re-reads them: to go, as the TLS files went
-    // (`TlsSettings::from_config`), to settings resolved once from a
-    // validated config.
-    ("config", "auth::client_cert"),
-    ("config", "auth::hba"),
-    ("config::validate", "auth::hba"),
 ];
 
 /// Cycles still to be broken, each as its sorted member list joined by
