@@ -5,15 +5,10 @@
 //! one hop.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 
-use super::registry::CancelRegistry;
-use super::{CancelOutcome, PEER_MARK, SECRET_LEN};
-use crate::server::cancel::ForwardError;
+use super::{PEER_MARK, SECRET_LEN};
 
 /// The replicas this one passes cancels on to.
 pub(super) struct Peers {
@@ -82,87 +77,11 @@ pub(super) fn marked(secret: &[u8]) -> Vec<u8> {
     marked
 }
 
-impl CancelRegistry {
-    /// Passes a request for a key of replica `owner` on to it.
-    pub(super) async fn pass_to_owner(&self, owner: u8, pid: i32, secret: &[u8]) -> CancelOutcome {
-        let Some(addr) = self.peers.addr(owner) else {
-            return CancelOutcome::UnknownKey;
-        };
-        if secret.len() != SECRET_LEN {
-            return CancelOutcome::BadSecret;
-        }
-        match self.forward(addr, pid, &marked(secret), None).await {
-            Ok(()) => CancelOutcome::Forwarded,
-            Err(e) => {
-                tracing::warn!(peer = owner, %addr, error = %e, "cannot forward cancel to peer");
-                match e {
-                    // The owner could not be asked: as if the key were unknown.
-                    ForwardError::NotSent(_) => CancelOutcome::UnknownKey,
-                    ForwardError::Unconfirmed(_) => CancelOutcome::Forwarded,
-                }
-            }
-        }
-    }
-
-    /// Offers a request for a key that is not ours, and whose owner we do
-    /// not know, to every replica `peers_dns` found, at once: the one that
-    /// issued the key cancels, the others find nothing. Returns `otherwise`
-    /// when no peer could be asked.
-    pub(super) async fn offer_to_all(
-        &self,
-        pid: i32,
-        secret: &[u8],
-        otherwise: CancelOutcome,
-    ) -> CancelOutcome {
-        let Some(addrs) = self.peers.resolved() else {
-            return otherwise;
-        };
-        if addrs.is_empty() || secret.len() != SECRET_LEN {
-            return otherwise;
-        }
-        let marked = marked(secret);
-        let mut offers: Vec<Pin<Box<dyn Future<Output = bool> + Send + '_>>> = addrs
-            .iter()
-            .map(|addr| Box::pin(self.offer(*addr, pid, &marked)) as Pin<Box<_>>)
-            .collect();
-        let mut reached = false;
-        std::future::poll_fn(|cx| {
-            offers.retain_mut(|offer| match offer.as_mut().poll(cx) {
-                Poll::Ready(sent) => {
-                    reached |= sent;
-                    false
-                }
-                Poll::Pending => true,
-            });
-            if offers.is_empty() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
-        if reached {
-            CancelOutcome::ToPeers
-        } else {
-            otherwise
-        }
-    }
-
-    /// One peer's offer; `true` when the request may have reached it.
-    async fn offer(&self, addr: SocketAddr, pid: i32, marked: &[u8]) -> bool {
-        match self.forward(addr, pid, marked, None).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(%addr, error = %e, "cannot offer cancel to peer");
-                matches!(e, ForwardError::Unconfirmed(_))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cancel::registry::CancelRegistry;
+    use crate::cancel::CancelOutcome;
     use crate::metrics::Metrics;
     use crate::server::cancel::tests::one_packet;
     use std::sync::Arc;

@@ -3,22 +3,26 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::task::Poll;
 
 use subtle::ConstantTimeEq;
 use tokio::net::ToSocketAddrs;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use super::peers::marked;
 use super::peers::Peers;
-use super::slot::{CancelHandle, CancelSlot};
+use super::slot::{CancelHandle, CancelSlot, SlotTable};
 use super::{CancelOutcome, FORWARD_TIMEOUT, PEER_MARK, SECRET_LEN};
 use crate::id_map::IdMap;
 use crate::metrics::Metrics;
 use crate::server::cancel::{send_cancel, CancelTls, ForwardError};
 
-const SHARDS: usize = 16;
 /// Outgoing cancel connections (to servers and peers) open at once; more
 /// wait for a turn (within [`FORWARD_TIMEOUT`]), so a flood of cancel
 /// requests cannot turn into a flood of connections.
@@ -29,7 +33,7 @@ pub struct CancelRegistry {
     peer_id: u8,
     /// Next process id (low 24 bits); starts at a random point.
     next: AtomicU32,
-    shards: Vec<Mutex<IdMap<i32, Arc<CancelSlot>>>>,
+    slots: Arc<SlotTable>,
     /// Other replicas.
     pub(super) peers: Peers,
     /// Bounds the outgoing cancel connections ([`MAX_FORWARDS`]).
@@ -42,17 +46,15 @@ impl CancelRegistry {
         CancelRegistry {
             peer_id,
             next: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            slots: Arc::new(SlotTable::new()),
             peers: Peers::new(peers),
             forwards: Semaphore::new(MAX_FORWARDS),
             metrics,
         }
     }
 
-    pub(super) fn shard(&self, pid: i32) -> std::sync::MutexGuard<'_, IdMap<i32, Arc<CancelSlot>>> {
-        self.shards[(pid as usize) % SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn shard(&self, pid: i32) -> std::sync::MutexGuard<'_, IdMap<i32, Arc<CancelSlot>>> {
+        self.slots.shard(pid)
     }
 
     /// Issues a new key: a positive process id, unique among live clients,
@@ -80,7 +82,7 @@ impl CancelRegistry {
             };
             return CancelHandle {
                 slot,
-                registry: self.clone(),
+                table: self.slots.clone(),
             };
         }
     }
@@ -192,6 +194,85 @@ impl CancelRegistry {
             }
         };
         send_cancel(addr, pid, secret, tls, deadline).await
+    }
+}
+
+/// Passing requests on to other replicas ([`Peers`]).
+impl CancelRegistry {
+    /// Passes a request for a key of replica `owner` on to it.
+    pub(super) async fn pass_to_owner(&self, owner: u8, pid: i32, secret: &[u8]) -> CancelOutcome {
+        let Some(addr) = self.peers.addr(owner) else {
+            return CancelOutcome::UnknownKey;
+        };
+        if secret.len() != SECRET_LEN {
+            return CancelOutcome::BadSecret;
+        }
+        match self.forward(addr, pid, &marked(secret), None).await {
+            Ok(()) => CancelOutcome::Forwarded,
+            Err(e) => {
+                tracing::warn!(peer = owner, %addr, error = %e, "cannot forward cancel to peer");
+                match e {
+                    // The owner could not be asked: as if the key were unknown.
+                    ForwardError::NotSent(_) => CancelOutcome::UnknownKey,
+                    ForwardError::Unconfirmed(_) => CancelOutcome::Forwarded,
+                }
+            }
+        }
+    }
+
+    /// Offers a request for a key that is not ours, and whose owner we do
+    /// not know, to every replica `peers_dns` found, at once: the one that
+    /// issued the key cancels, the others find nothing. Returns `otherwise`
+    /// when no peer could be asked.
+    pub(super) async fn offer_to_all(
+        &self,
+        pid: i32,
+        secret: &[u8],
+        otherwise: CancelOutcome,
+    ) -> CancelOutcome {
+        let Some(addrs) = self.peers.resolved() else {
+            return otherwise;
+        };
+        if addrs.is_empty() || secret.len() != SECRET_LEN {
+            return otherwise;
+        }
+        let marked = marked(secret);
+        let mut offers: Vec<Pin<Box<dyn Future<Output = bool> + Send + '_>>> = addrs
+            .iter()
+            .map(|addr| Box::pin(self.offer(*addr, pid, &marked)) as Pin<Box<_>>)
+            .collect();
+        let mut reached = false;
+        std::future::poll_fn(|cx| {
+            offers.retain_mut(|offer| match offer.as_mut().poll(cx) {
+                Poll::Ready(sent) => {
+                    reached |= sent;
+                    false
+                }
+                Poll::Pending => true,
+            });
+            if offers.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        if reached {
+            CancelOutcome::ToPeers
+        } else {
+            otherwise
+        }
+    }
+
+    /// One peer's offer; `true` when the request may have reached it.
+    async fn offer(&self, addr: SocketAddr, pid: i32, marked: &[u8]) -> bool {
+        match self.forward(addr, pid, marked, None).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot offer cancel to peer");
+                matches!(e, ForwardError::Unconfirmed(_))
+            }
+        }
     }
 }
 

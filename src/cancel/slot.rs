@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::registry::CancelRegistry;
+use crate::id_map::IdMap;
 use crate::server::cancel::CancelTarget;
 use crate::server::ServerKey;
 
@@ -155,10 +155,32 @@ impl Drop for InFlight {
     }
 }
 
-/// Removes the slot from the registry when the client session ends.
+const SHARDS: usize = 16;
+
+/// The live slots by process id, in shards so that logins and cancels of
+/// different clients rarely wait for one lock.
+pub(super) struct SlotTable {
+    shards: Vec<Mutex<IdMap<i32, Arc<CancelSlot>>>>,
+}
+
+impl SlotTable {
+    pub(super) fn new() -> SlotTable {
+        SlotTable {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    pub(super) fn shard(&self, pid: i32) -> std::sync::MutexGuard<'_, IdMap<i32, Arc<CancelSlot>>> {
+        self.shards[(pid as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Removes the slot from the table when the client session ends.
 pub struct CancelHandle {
     pub slot: Arc<CancelSlot>,
-    pub(super) registry: Arc<CancelRegistry>,
+    pub(super) table: Arc<SlotTable>,
 }
 
 impl CancelHandle {
@@ -174,12 +196,12 @@ impl CancelHandle {
         if pid <= 0 || pid == old {
             return pid == old;
         }
-        match self.registry.shard(pid).entry(pid) {
+        match self.table.shard(pid).entry(pid) {
             Entry::Occupied(_) => return false,
             Entry::Vacant(v) => v.insert(self.slot.clone()),
         };
         self.slot.pid.store(pid, Ordering::Relaxed);
-        self.registry.shard(old).remove(&old);
+        self.table.shard(old).remove(&old);
         true
     }
 }
@@ -187,13 +209,14 @@ impl CancelHandle {
 impl Drop for CancelHandle {
     fn drop(&mut self) {
         let pid = self.slot.pid();
-        self.registry.shard(pid).remove(&pid);
+        self.table.shard(pid).remove(&pid);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cancel::registry::CancelRegistry;
     use crate::metrics::Metrics;
     use crate::server::cancel::tests::server_key;
     use std::collections::HashMap;

@@ -59,11 +59,6 @@ const ALLOWED_CYCLES: &[&str] = &[
     // The upward imports above, seen as cycles.
     "admin auth::query client lib watch",
     "lib auth::query watch",
-    // Cancel's registry, the per-client slots and the peers call each
-    // other (a slot reaches the registry to forward, the registry the
-    // peers and the slots): to be undone by passing the registry's pieces
-    // down instead of the registry.
-    "cancel::peers cancel::registry cancel::slot",
     // `Session`'s methods spread over files that call each other (the
     // session's state and the expectation queue, the statement
     // bookkeeping, LISTEN, COPY, the DROP DATABASE replay): to go with
