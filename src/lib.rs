@@ -10,7 +10,8 @@
 //!
 //! 1. [`protocol`] (the wire protocol, no I/O), `id_map`, [`shutdown`] (the
 //!    drain signal), [`metrics`] (the registry and its HTTP endpoint).
-//! 2. [`sql`]: SQL text read the way Postgres reads it, no I/O.
+//! 2. [`sql`]: SQL text read the way Postgres reads it, no I/O; and
+//!    `auth::hba`, the rules of a pg_hba.conf text.
 //! 3. [`config`]: the TOML file and its validation.
 //! 4. [`tls`], [`net`] (one socket, plaintext or TLS), [`auth`] (SCRAM and
 //!    md5), [`users`], `listener` (the accept loop).
@@ -23,6 +24,10 @@
 //! 9. [`admin`]: the console.
 //! 10. This file ([`State`], [`Proxy`]), `run` (signals), [`demo`] and
 //!     [`scratch_pg`] (a throwaway Postgres for the demo and the tests).
+
+// Peer data never reaches an `unwrap`: outside tests, a failure is an error
+// the caller turns into an ErrorResponse or a log line.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admin;
 pub mod auth;
