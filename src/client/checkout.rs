@@ -191,9 +191,9 @@ impl Session {
 /// Settings errors keep the server's code when it names a client mistake.
 fn leak_code(code: &str) -> &'static str {
     match code {
-        "22023" => "22023",
-        "42704" => "42704",
-        "22P02" => "22P02",
+        sqlstate::INVALID_PARAMETER_VALUE => sqlstate::INVALID_PARAMETER_VALUE,
+        sqlstate::UNDEFINED_OBJECT => sqlstate::UNDEFINED_OBJECT,
+        sqlstate::INVALID_TEXT_REPRESENTATION => sqlstate::INVALID_TEXT_REPRESENTATION,
         _ => sqlstate::CONNECTION_EXCEPTION,
     }
 }
@@ -214,7 +214,7 @@ pub(super) fn checkout_error(e: CheckoutError) -> PgError {
             source: ServerError::Login(f),
             ..
         } => {
-            let code = if f.code == "3D000" {
+            let code = if f.code == sqlstate::INVALID_CATALOG_NAME {
                 sqlstate::INVALID_CATALOG_NAME
             } else {
                 sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION

@@ -123,7 +123,7 @@ impl Session {
                     !p.name.is_empty() && local.is_some_and(|l| l.statements.contains_key(p.name));
                 if taken {
                     return LocalAction::Fail(PgError::error(
-                        "42P05",
+                        sqlstate::DUPLICATE_PREPARED_STATEMENT,
                         format!("prepared statement \"{}\" already exists", p.name),
                     ));
                 }

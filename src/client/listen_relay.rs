@@ -9,7 +9,7 @@ use super::session::Session;
 use crate::listen::{ListenCommand, MixedQuery, QueryListens, Subscriber};
 use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::tag::TxStatus;
-use crate::protocol::{backend, PgError};
+use crate::protocol::{backend, sqlstate, PgError};
 
 /// What to do with a simple Query.
 pub(super) enum Intercept {
@@ -109,7 +109,7 @@ impl Session {
         match cmds {
             Err(e) => e.encode(&mut self.io.to_client),
             Ok(_) if status == TxStatus::Failed => PgError::error(
-                "25P02",
+                sqlstate::IN_FAILED_SQL_TRANSACTION,
                 "current transaction is aborted, commands ignored until end of transaction block",
             )
             .encode(&mut self.io.to_client),

@@ -273,7 +273,10 @@ mod tests {
         statements.insert("_pg3_0".to_string(), st.clone());
         let mut body = BytesMut::new();
         body.put_u8(b'C');
-        put_cstr(&mut body, "26000");
+        put_cstr(
+            &mut body,
+            crate::protocol::sqlstate::INVALID_SQL_STATEMENT_NAME,
+        );
         body.put_u8(b'M');
         put_cstr(
             &mut body,

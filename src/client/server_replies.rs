@@ -410,7 +410,8 @@ impl Session {
         // [prepared statements] A statement gone stale stays so on this
         // server: none of its statements is trusted, each is closed and
         // prepared again when next used.
-        let stale = fields.code == "0A000" && fields.message == CHANGED_RESULT_TYPE;
+        let stale =
+            fields.code == sqlstate::FEATURE_NOT_SUPPORTED && fields.message == CHANGED_RESULT_TYPE;
         if stale && self.mode == PoolMode::Transaction {
             if let Some(p) = self.server.as_mut() {
                 p.server.prepared.forget_all();

@@ -23,3 +23,7 @@ pub const SYNTAX_ERROR: &str = "42601";
 pub const INVALID_PARAMETER_VALUE: &str = "22023";
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const INTERNAL_ERROR: &str = "XX000";
+pub const UNDEFINED_OBJECT: &str = "42704";
+pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
