@@ -85,6 +85,21 @@ impl CancelRegistry {
         }
     }
 
+    /// Registers a key another process issued: a client handed over by a
+    /// binary upgrade keeps the key it was told. `None` when a client of
+    /// this process already holds that pid.
+    pub fn register_key(self: &Arc<Self>, pid: i32, secret: i32) -> Option<CancelHandle> {
+        let slot = Arc::new(CancelSlot::new(pid, secret));
+        match self.shard(pid).entry(pid) {
+            Entry::Occupied(_) => return None,
+            Entry::Vacant(v) => v.insert(slot.clone()),
+        };
+        Some(CancelHandle {
+            slot,
+            registry: self.clone(),
+        })
+    }
+
     /// A positive random secret; with peers, its top 7 bits (below the sign
     /// bit) are this replica's `peer_id`.
     fn new_secret(&self) -> i32 {

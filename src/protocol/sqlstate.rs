@@ -23,3 +23,4 @@ pub const SYNTAX_ERROR: &str = "42601";
 pub const INVALID_PARAMETER_VALUE: &str = "22023";
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const INTERNAL_ERROR: &str = "XX000";
+pub const SYSTEM_ERROR: &str = "58000";

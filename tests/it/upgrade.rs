@@ -1,0 +1,334 @@
+//! Binary upgrade: SIGUSR2 (or the console's UPGRADE) starts the binary now
+//! at the running one's path and hands it the listeners and the idle
+//! clients, with their cancel keys, prepared statements, settings and
+//! LISTENs; a binary that cannot start leaves the old process serving.
+//!
+//! The "new build" is a script put in the binary's place that starts the
+//! same executable with `PGHARBOR_BUILD_TAG` set, so SHOW VERSION tells
+//! the two processes apart without a second cargo build.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::support::*;
+
+/// pgharbor run from a copy of the test binary in a directory of its own,
+/// so that the test can replace the file the process was started from.
+struct Upgradable {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+    user: String,
+}
+
+impl Upgradable {
+    /// Starts it in transaction mode with `pool_size` servers for `user`'s
+    /// own database, and waits until a client can log in.
+    async fn start(user: &str, pool_size: usize) -> Upgradable {
+        let port = free_port();
+        let metrics_port = free_port();
+        let text = config_text_for_own_database("transaction", pool_size, user)
+            .replace(
+                "listen_addr = \"127.0.0.1:0\"",
+                &format!("listen_addr = \"127.0.0.1:{port}\""),
+            )
+            .replace("shutdown_timeout = \"10s\"", "shutdown_timeout = \"20s\"")
+            + &format!("\n[metrics]\nlisten_addr = \"127.0.0.1:{metrics_port}\"\n");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pgharbor.toml"), text).unwrap();
+        let exe = dir.path().join("pgharbor");
+        std::fs::copy(env!("CARGO_BIN_EXE_pgharbor"), &exe).expect("copy the binary");
+        let child = Command::new(&exe)
+            .arg("-c")
+            .arg(dir.path().join("pgharbor.toml"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("pgharbor.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .expect("start pgharbor");
+        let proxy = Upgradable {
+            child,
+            dir,
+            port,
+            user: user.to_string(),
+        };
+        let dsn = proxy.dsn();
+        let up = eventually(Duration::from_secs(10), || async {
+            tokio_postgres::connect(&dsn, NoTls).await.is_ok()
+        })
+        .await;
+        assert!(up, "pgharbor did not start: {}", proxy.log());
+        proxy
+    }
+
+    fn exe(&self) -> PathBuf {
+        self.dir.path().join("pgharbor")
+    }
+
+    fn dsn(&self) -> String {
+        let (port, user) = (self.port, &self.user);
+        format!("host=127.0.0.1 port={port} user={user} password={PASSWORD} dbname={user} connect_timeout=10")
+    }
+
+    fn admin_dsn(&self) -> String {
+        let port = self.port;
+        format!("host=127.0.0.1 port={port} user=admin password=admin-pw dbname=pgharbor connect_timeout=10")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgharbor.log")).unwrap_or_default()
+    }
+
+    /// Puts `contents` (with `mode`) where the binary was, the way an
+    /// upgrade does: a new file renamed over the old one.
+    fn replace_binary(&self, contents: &[u8], mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        let staged = self.dir.path().join("pgharbor.new");
+        std::fs::write(&staged, contents).unwrap();
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::rename(&staged, self.exe()).unwrap();
+    }
+
+    /// Replaces the binary with a build that reports `tag` in SHOW VERSION.
+    fn replace_with_tagged_build(&self, tag: &str) {
+        let real = Path::new(env!("CARGO_BIN_EXE_pgharbor"))
+            .display()
+            .to_string();
+        let script = format!("#!/bin/sh\nPGHARBOR_BUILD_TAG={tag} exec '{real}' \"$@\"\n");
+        self.replace_binary(script.as_bytes(), 0o755);
+    }
+
+    fn signal(&self, name: &str) {
+        let kill = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
+
+    /// Whether the process started by the test is still running.
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Upgradable {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The new process, started by the old one, is not the test's
+        // child: the old one logged its pid when it took over.
+        let log = self.log();
+        let taken = log
+            .lines()
+            .filter(|l| l.contains("the new process serves the listeners"));
+        for line in taken {
+            let Some(pid) = line.rsplit("pid ").next() else {
+                continue;
+            };
+            let pid: String = pid.chars().take_while(char::is_ascii_digit).collect();
+            if !pid.is_empty() {
+                let _ = Command::new("kill").arg(&pid).status();
+            }
+        }
+    }
+}
+
+async fn version(admin_dsn: &str) -> Option<String> {
+    let (admin, conn) = tokio_postgres::connect(admin_dsn, NoTls).await.ok()?;
+    tokio::spawn(conn);
+    simple_value(&admin, "SHOW VERSION").await
+}
+
+/// The console's SHOW CLIENTS rows of `user`.
+async fn clients_of(admin_dsn: &str, user: &str) -> usize {
+    let Ok((admin, conn)) = tokio_postgres::connect(admin_dsn, NoTls).await else {
+        return 0;
+    };
+    tokio::spawn(conn);
+    let Ok(rows) = admin.simple_query("SHOW CLIENTS").await else {
+        return 0;
+    };
+    rows.iter()
+        .filter(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get("user") == Some(user),
+            _ => false,
+        })
+        .count()
+}
+
+#[track_caller]
+fn assert_no_failed_transactions_nor_reconnects(out: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        pgbench_number(&stdout, "number of failed transactions"),
+        Some(0),
+        "{stdout}"
+    );
+    // Without -C a client that lost its connection is aborted, and says so.
+    assert!(!stderr.contains("aborted"), "{stderr}");
+    assert!(!stderr.contains("connection"), "{stderr}");
+}
+
+async fn upgrade_under_pgbench_keeps_every_client(user: &'static str, protocol: &'static str) {
+    let _tables = PUBLIC_PGBENCH_TABLES.lock().await;
+    let mut proxy = Upgradable::start(user, 5).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], proxy.port));
+    let init = pgbench_at(addr, user, &["-i", "-s", "1", "-q"]).await;
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let old_version = version(&proxy.admin_dsn()).await.expect("SHOW VERSION");
+
+    // Clients with state to keep: a LISTEN, a setting, a prepared
+    // statement, and a cancel key.
+    let (listener, mut notes) = listening_client(&proxy.dsn()).await;
+    listener.batch_execute("LISTEN upgraded").await.unwrap();
+    let (worker, conn) = tokio_postgres::connect(&proxy.dsn(), NoTls).await.unwrap();
+    tokio::spawn(conn);
+    worker
+        .batch_execute("SET application_name = 'kept-setting'")
+        .await
+        .unwrap();
+    let statement = worker.prepare("select $1::int + 1").await.unwrap();
+    let cancel = worker.cancel_token();
+
+    proxy.replace_with_tagged_build("second-build");
+    let bench = tokio::spawn(async move {
+        let args = ["-c", "50", "-j", "2", "-T", "16", "-M", protocol, "-S"];
+        pgbench_at(addr, user, &args).await
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.signal("USR2");
+
+    let admin = proxy.admin_dsn();
+    let upgraded = eventually(Duration::from_secs(30), || async {
+        version(&admin)
+            .await
+            .is_some_and(|v| v.contains("second-build"))
+    })
+    .await;
+    assert!(upgraded, "the new build serves the port: {}", proxy.log());
+    let exited = eventually(Duration::from_secs(30), || {
+        let gone = !proxy.running();
+        async move { gone }
+    })
+    .await;
+    assert!(exited, "the old process exits: {}", proxy.log());
+    assert_ne!(version(&admin).await.unwrap(), old_version);
+    // The last clients sent may still be on their way in.
+    let all_listed = eventually(Duration::from_secs(10), || async {
+        clients_of(&admin, user).await >= 52
+    })
+    .await;
+    let listed = clients_of(&admin, user).await;
+    assert!(
+        all_listed,
+        "the new process lists pgbench's 50 clients and ours: {listed}"
+    );
+
+    // The clients from before go on where they were.
+    let row = worker
+        .query_one(&statement, &[&41])
+        .await
+        .expect("prepared statement");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let setting = simple_value(&worker, "SHOW application_name").await;
+    assert_eq!(setting.as_deref(), Some("kept-setting"));
+    let sleeping = tokio::spawn(async move { worker.simple_query("select pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cancel
+        .cancel_query(NoTls)
+        .await
+        .expect("cancel with the old key");
+    let slept = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await
+        .expect("the cancel ends the sleep")
+        .unwrap();
+    let e = slept.expect_err("the sleep is cancelled");
+    assert_eq!(sqlstate(&e).as_deref(), Some("57014"), "{e}");
+    let (notifier, conn) = tokio_postgres::connect(&proxy.dsn(), NoTls).await.unwrap();
+    tokio::spawn(conn);
+    notifier
+        .batch_execute("NOTIFY upgraded, 'after'")
+        .await
+        .unwrap();
+    let note = tokio::time::timeout(Duration::from_secs(10), notes.recv()).await;
+    let log = proxy.log();
+    let note = note
+        .unwrap_or_else(|_| panic!("the LISTEN from before the upgrade still receives: {log}"))
+        .expect("a notification");
+    assert_eq!((note.channel(), note.payload()), ("upgraded", "after"));
+    drop(listener);
+
+    let out = bench.await.expect("pgbench task");
+    assert_no_failed_transactions_nor_reconnects(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigusr2_moves_50_prepared_pgbench_clients_to_the_new_build_without_a_failure() {
+    upgrade_under_pgbench_keeps_every_client("upgrade_prepared", "prepared").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigusr2_moves_50_simple_pgbench_clients_to_the_new_build_without_a_failure() {
+    upgrade_under_pgbench_keeps_every_client("upgrade_simple", "simple").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_binary_that_cannot_start_leaves_the_old_process_serving_and_says_why() {
+    let mut proxy = Upgradable::start("upgrade_broken", 2).await;
+    let (client, conn) = tokio_postgres::connect(&proxy.dsn(), NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let real = std::fs::read(env!("CARGO_BIN_EXE_pgharbor")).unwrap();
+    proxy.replace_binary(&real, 0o644);
+
+    let (admin, conn) = tokio_postgres::connect(&proxy.admin_dsn(), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let e = admin
+        .simple_query("UPGRADE")
+        .await
+        .expect_err("UPGRADE fails");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert!(
+        db.message().contains("cannot start the new binary"),
+        "{db:?}"
+    );
+    assert!(db.message().contains("ermission denied"), "{db:?}");
+
+    proxy.signal("USR2");
+    let logged = eventually(Duration::from_secs(10), || {
+        let log = proxy.log();
+        async move {
+            log.matches("upgrade failed; this process keeps serving")
+                .count()
+                >= 2
+        }
+    })
+    .await;
+    assert!(
+        logged,
+        "both failures are logged with their reason: {}",
+        proxy.log()
+    );
+    assert!(proxy.log().contains("ermission denied"), "{}", proxy.log());
+    assert!(proxy.running(), "the old process keeps running");
+    assert_eq!(
+        simple_value(&client, "select 1").await.as_deref(),
+        Some("1")
+    );
+    let (fresh, conn) = tokio_postgres::connect(&proxy.dsn(), NoTls).await.unwrap();
+    tokio::spawn(conn);
+    assert_eq!(simple_value(&fresh, "select 2").await.as_deref(), Some("2"));
+    let still = version(&proxy.admin_dsn()).await.expect("SHOW VERSION");
+    assert!(!still.contains('('), "no other build took over: {still}");
+}
