@@ -332,3 +332,81 @@ async fn a_binary_that_cannot_start_leaves_the_old_process_serving_and_says_why(
     let still = version(&proxy.admin_dsn()).await.expect("SHOW VERSION");
     assert!(!still.contains('('), "no other build took over: {still}");
 }
+
+/// The replies up to ReadyForQuery, with no ErrorResponse among them; the
+/// transaction status ReadyForQuery reports.
+async fn answered(client: &mut raw::RawClient, sql: &str) -> u8 {
+    client.send(&raw::query(sql)).await;
+    let got = client.until_ready().await;
+    let error = got.iter().find(|m| m.tag == b'E');
+    assert!(
+        error.is_none(),
+        "{sql}: {:?}",
+        error.and_then(|e| e.field(b'M'))
+    );
+    got.last().map_or(0, |z| z.body[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_open_at_the_upgrade_ends_where_it_began_and_then_moves_or_is_told_to_reconnect(
+) {
+    let user = "upgrade_in_txn";
+    let mut proxy = Upgradable::start(user, 2).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], proxy.port));
+    let mut pooled = raw::RawClient::login(addr, user, PASSWORD, user).await;
+    let mut session = raw::RawClient::login(addr, USER, PASSWORD, "app_session").await;
+    for client in [&mut pooled, &mut session] {
+        assert_eq!(answered(client, "BEGIN").await, b'T');
+        assert_eq!(answered(client, "select 1").await, b'T');
+    }
+
+    proxy.replace_with_tagged_build("second-build");
+    proxy.signal("USR2");
+    let admin = proxy.admin_dsn();
+    let upgraded = eventually(Duration::from_secs(30), || async {
+        version(&admin)
+            .await
+            .is_some_and(|v| v.contains("second-build"))
+    })
+    .await;
+    assert!(upgraded, "the new build serves the port: {}", proxy.log());
+    assert!(
+        proxy.running(),
+        "the old process waits for the open transactions"
+    );
+
+    // Both transactions go on, and end, on the process they began on.
+    for client in [&mut pooled, &mut session] {
+        assert_eq!(answered(client, "select 2").await, b'T');
+        assert_eq!(answered(client, "COMMIT").await, b'I');
+    }
+    // The transaction-mode client then moves, and goes on.
+    assert_eq!(answered(&mut pooled, "select 3").await, b'I');
+    let listed = eventually(Duration::from_secs(10), || async {
+        clients_of(&admin, user).await == 1
+    })
+    .await;
+    assert!(listed, "the new process lists the moved client");
+    // The session-mode client is told to reconnect, after its COMMIT.
+    let last = session.until_closed(Duration::from_secs(10)).await;
+    let fatal = last
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("an ErrorResponse");
+    assert_eq!(fatal.sqlstate().as_deref(), Some("57P01"));
+    assert!(
+        fatal.field(b'M').unwrap_or_default().contains("reconnect"),
+        "{fatal:?}"
+    );
+    let exited = eventually(Duration::from_secs(30), || {
+        let gone = !proxy.running();
+        async move { gone }
+    })
+    .await;
+    assert!(
+        exited,
+        "the old process exits once its clients left: {}",
+        proxy.log()
+    );
+    assert_eq!(answered(&mut pooled, "select 4").await, b'I');
+}
