@@ -314,6 +314,15 @@ fn keep_listeners(
     };
     let listeners = crate::upgrade::Listeners { client, metrics };
     state.upgrader.keep_listeners(listeners);
+    if let Ok(mut addr) = listener.local_addr() {
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = state.upgrader.listen_addr.set(addr);
+    }
     let stop = state.stop_accepting.cancelled_owned();
     let shutdown = state.shutdown.cancelled_owned();
     let weak = Arc::downgrade(state);

@@ -175,6 +175,11 @@ fn hand_over(state: &Arc<State>, taken: Taken) {
     tracing::info!(new = %taken.hello, "upgrade: the new process serves the listeners; handing over clients");
     let (tx, rx) = std::sync::mpsc::channel::<upgrade::Leaving>();
     state.handover.open(tx);
+    if let Some(&addr) = state.upgrader.listen_addr.get() {
+        // The new process accepts there now; the cancels of the clients
+        // that left reach it, also those this one still takes.
+        state.cancel.hand_over_to(addr);
+    }
     let sock = taken.sock;
     let sender = std::thread::spawn(move || {
         let mut sent = 0u64;

@@ -104,6 +104,27 @@ impl CancelRegistry {
         }
     }
 
+    /// Passes a request for a key this process does not hold to the
+    /// process it was handed over to by a binary upgrade, which holds the
+    /// keys of the clients that left.
+    pub(super) async fn pass_to_successor(
+        &self,
+        addr: std::net::SocketAddr,
+        pid: i32,
+        secret: &[u8],
+    ) -> CancelOutcome {
+        if secret.len() != SECRET_LEN {
+            return CancelOutcome::BadSecret;
+        }
+        match self.forward(addr, pid, &marked(secret), None).await {
+            Ok(()) | Err(ForwardError::Unconfirmed(_)) => CancelOutcome::Forwarded,
+            Err(e @ ForwardError::NotSent(_)) => {
+                tracing::warn!(%addr, error = %e, "cannot pass a cancel to the new process");
+                CancelOutcome::UnknownKey
+            }
+        }
+    }
+
     /// Offers a request for a key that is not ours, and whose owner we do
     /// not know, to every replica `peers_dns` found, at once: the one that
     /// issued the key cancels, the others find nothing. Returns `otherwise`

@@ -34,6 +34,9 @@ pub struct CancelRegistry {
     pub(super) peers: Peers,
     /// Bounds the outgoing cancel connections ([`MAX_FORWARDS`]).
     forwards: Semaphore,
+    /// Where the process this one was handed over to by a binary upgrade
+    /// listens: it holds the keys of the clients that left.
+    successor: std::sync::OnceLock<std::net::SocketAddr>,
     metrics: Arc<Metrics>,
 }
 
@@ -45,6 +48,7 @@ impl CancelRegistry {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             peers: Peers::new(peers),
             forwards: Semaphore::new(MAX_FORWARDS),
+            successor: std::sync::OnceLock::new(),
             metrics,
         }
     }
@@ -100,6 +104,12 @@ impl CancelRegistry {
         })
     }
 
+    /// From now on, cancels for keys this process does not hold go to the
+    /// process at `addr`, which took its clients over.
+    pub fn hand_over_to(&self, addr: std::net::SocketAddr) {
+        let _ = self.successor.set(addr);
+    }
+
     /// A positive random secret; with peers, its top 7 bits (below the sign
     /// bit) are this replica's `peer_id`.
     fn new_secret(&self) -> i32 {
@@ -153,6 +163,9 @@ impl CancelRegistry {
         let not_ours = matches!(local, CancelOutcome::UnknownKey | CancelOutcome::BadSecret);
         if from_peer || !not_ours {
             return local;
+        }
+        if let Some(&next) = self.successor.get() {
+            return self.pass_to_successor(next, pid, secret).await;
         }
         self.offer_to_all(pid, secret, local).await
     }

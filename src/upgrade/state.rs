@@ -73,6 +73,9 @@ pub struct Upgrader {
     /// What to start: set when the process runs as the `pgharbor` command
     /// (not for instances inside tests or the demo).
     pub launch: OnceLock<Launch>,
+    /// Where the client listener accepts, as a peer on this host reaches
+    /// it (the loopback address for a wildcard one).
+    pub listen_addr: OnceLock<std::net::SocketAddr>,
     /// Copies of the listening sockets for the new process, kept until
     /// the instance stops accepting: a draining instance's port must hold
     /// no queue nobody reads.

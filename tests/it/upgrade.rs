@@ -137,10 +137,16 @@ impl Drop for Upgradable {
     }
 }
 
+/// SHOW VERSION of the process that accepts this connection; `None` if
+/// it closes the console (an old process stopping).
 async fn version(admin_dsn: &str) -> Option<String> {
     let (admin, conn) = tokio_postgres::connect(admin_dsn, NoTls).await.ok()?;
     tokio::spawn(conn);
-    simple_value(&admin, "SHOW VERSION").await
+    let rows = admin.simple_query("SHOW VERSION").await.ok()?;
+    rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
 }
 
 /// The console's SHOW CLIENTS rows of `user`.
@@ -409,4 +415,57 @@ async fn a_transaction_open_at_the_upgrade_ends_where_it_began_and_then_moves_or
         proxy.log()
     );
     assert_eq!(answered(&mut pooled, "select 4").await, b'I');
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_reaching_the_old_process_after_its_client_moved_still_cancels() {
+    let user = "upgrade_cancel";
+    let mut proxy = Upgradable::start(user, 2).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], proxy.port));
+    let mut sleeper = raw::RawClient::login(addr, user, PASSWORD, user).await;
+    let (pid, secret) = sleeper.backend_key.expect("BackendKeyData");
+    // Accepted by the old process (the only one listening yet), which
+    // waits for its first packet.
+    let mut late = raw::RawClient::open(addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    proxy.replace_with_tagged_build("second-build");
+    proxy.signal("USR2");
+    let admin = proxy.admin_dsn();
+    let moved = eventually(Duration::from_secs(30), || async {
+        version(&admin)
+            .await
+            .is_some_and(|v| v.contains("second-build"))
+            && clients_of(&admin, user).await == 1
+    })
+    .await;
+    assert!(moved, "the client moved to the new build: {}", proxy.log());
+    assert!(
+        proxy.running(),
+        "the old process waits for the connection it accepted"
+    );
+
+    sleeper.send(&raw::query("select pg_sleep(30)")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut cancel = Vec::with_capacity(16);
+    cancel.extend_from_slice(&16i32.to_be_bytes());
+    cancel.extend_from_slice(&80_877_102i32.to_be_bytes());
+    cancel.extend_from_slice(&pid.to_be_bytes());
+    cancel.extend_from_slice(&secret.to_be_bytes());
+    late.send(&cancel).await;
+    let replies = tokio::time::timeout(Duration::from_secs(10), sleeper.until_ready())
+        .await
+        .expect("the cancel ends the sleep");
+    let error = replies
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("an ErrorResponse");
+    assert_eq!(error.sqlstate().as_deref(), Some("57014"), "{error:?}");
+    // The old process passed it on and the new one cancelled: both log it.
+    let logged = eventually(Duration::from_secs(5), || {
+        let log = proxy.log();
+        async move { log.matches("cancel request").count() >= 2 }
+    })
+    .await;
+    assert!(logged, "{}", proxy.log());
 }
