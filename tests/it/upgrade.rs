@@ -113,6 +113,18 @@ impl Upgradable {
     fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// Waits up to `limit` for the process started by the test to exit.
+    async fn exits_within(&mut self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.running() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
 }
 
 impl Drop for Upgradable {
@@ -147,6 +159,15 @@ async fn version(admin_dsn: &str) -> Option<String> {
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
         _ => None,
     })
+}
+
+/// Waits until the process accepting on the port reports `tag` in SHOW
+/// VERSION.
+async fn serves_build(admin_dsn: &str, tag: &str) -> bool {
+    eventually(Duration::from_secs(30), || async {
+        version(admin_dsn).await.is_some_and(|v| v.contains(tag))
+    })
+    .await
 }
 
 /// The console's SHOW CLIENTS rows of `user`.
@@ -215,18 +236,9 @@ async fn upgrade_under_pgbench_keeps_every_client(user: &'static str, protocol: 
     proxy.signal("USR2");
 
     let admin = proxy.admin_dsn();
-    let upgraded = eventually(Duration::from_secs(30), || async {
-        version(&admin)
-            .await
-            .is_some_and(|v| v.contains("second-build"))
-    })
-    .await;
+    let upgraded = serves_build(&admin, "second-build").await;
     assert!(upgraded, "the new build serves the port: {}", proxy.log());
-    let exited = eventually(Duration::from_secs(30), || {
-        let gone = !proxy.running();
-        async move { gone }
-    })
-    .await;
+    let exited = proxy.exits_within(Duration::from_secs(30)).await;
     assert!(exited, "the old process exits: {}", proxy.log());
     assert_ne!(version(&admin).await.unwrap(), old_version);
     // The last clients sent may still be on their way in.
@@ -369,12 +381,7 @@ async fn a_transaction_open_at_the_upgrade_ends_where_it_began_and_then_moves_or
     proxy.replace_with_tagged_build("second-build");
     proxy.signal("USR2");
     let admin = proxy.admin_dsn();
-    let upgraded = eventually(Duration::from_secs(30), || async {
-        version(&admin)
-            .await
-            .is_some_and(|v| v.contains("second-build"))
-    })
-    .await;
+    let upgraded = serves_build(&admin, "second-build").await;
     assert!(upgraded, "the new build serves the port: {}", proxy.log());
     assert!(
         proxy.running(),
@@ -404,11 +411,7 @@ async fn a_transaction_open_at_the_upgrade_ends_where_it_began_and_then_moves_or
         fatal.field(b'M').unwrap_or_default().contains("reconnect"),
         "{fatal:?}"
     );
-    let exited = eventually(Duration::from_secs(30), || {
-        let gone = !proxy.running();
-        async move { gone }
-    })
-    .await;
+    let exited = proxy.exits_within(Duration::from_secs(30)).await;
     assert!(
         exited,
         "the old process exits once its clients left: {}",
@@ -432,13 +435,11 @@ async fn a_cancel_reaching_the_old_process_after_its_client_moved_still_cancels(
     proxy.replace_with_tagged_build("second-build");
     proxy.signal("USR2");
     let admin = proxy.admin_dsn();
-    let moved = eventually(Duration::from_secs(30), || async {
-        version(&admin)
-            .await
-            .is_some_and(|v| v.contains("second-build"))
-            && clients_of(&admin, user).await == 1
-    })
-    .await;
+    let moved = serves_build(&admin, "second-build").await
+        && eventually(Duration::from_secs(10), || async {
+            clients_of(&admin, user).await == 1
+        })
+        .await;
     assert!(moved, "the client moved to the new build: {}", proxy.log());
     assert!(
         proxy.running(),
