@@ -70,6 +70,10 @@ impl Session {
     }
 
     fn freeze(&mut self) -> FrozenClient {
+        // Notifications queued for it go with the bytes it is owed.
+        if let Some(sub) = self.listening.listen.as_mut() {
+            sub.drain_into(&mut self.io.to_client);
+        }
         let statements = self
             .ext
             .statements

@@ -21,6 +21,7 @@ struct Upgradable {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
+    metrics_port: u16,
     user: String,
 }
 
@@ -53,6 +54,7 @@ impl Upgradable {
             child,
             dir,
             port,
+            metrics_port,
             user: user.to_string(),
         };
         let dsn = proxy.dsn();
@@ -418,6 +420,12 @@ async fn a_transaction_open_at_the_upgrade_ends_where_it_began_and_then_moves_or
         proxy.log()
     );
     assert_eq!(answered(&mut pooled, "select 4").await, b'I');
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], proxy.metrics_port));
+    let (status, _) = http_get(metrics, "/healthz").await;
+    assert_eq!(
+        status, 200,
+        "the new process serves the metrics endpoint it took over"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
