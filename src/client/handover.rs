@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -123,14 +124,32 @@ impl Session {
         }
         self.txn.status = TxStatus::Idle;
         for channel in frozen.channels {
-            if let Err(e) = self.subscriber().listen(&channel).await {
-                tracing::warn!(channel, error = %e, "LISTEN not renewed after the upgrade");
-            }
+            self.renew_listen(&channel).await;
         }
         self.io.cbuf = BytesMut::from(&frozen.unread[..]);
         self.io.to_client = BytesMut::from(&frozen.unsent[..]);
     }
 }
+
+impl Session {
+    /// LISTENs again on the new process. The client listened long ago and
+    /// has no way to learn of a failure, so a listener connection that
+    /// cannot be opened at once is tried a few more times.
+    async fn renew_listen(&mut self, channel: &str) {
+        for attempt in 1..=LISTEN_ATTEMPTS {
+            match self.subscriber().listen(channel).await {
+                Ok(()) => return,
+                Err(e) if attempt == LISTEN_ATTEMPTS => {
+                    tracing::warn!(channel, error = %e, "LISTEN not renewed after the upgrade");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
+/// How many times a LISTEN is tried again after an upgrade.
+const LISTEN_ATTEMPTS: u32 = 5;
 
 /// A Parse message's body after its statement name.
 fn definition(parse: &[u8]) -> &[u8] {
