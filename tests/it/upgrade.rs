@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
+use crate::support::tls;
 use crate::support::*;
 
 /// pgharbor run from a copy of the test binary in a directory of its own,
@@ -29,6 +30,11 @@ impl Upgradable {
     /// Starts it in transaction mode with `pool_size` servers for `user`'s
     /// own database, and waits until a client can log in.
     async fn start(user: &str, pool_size: usize) -> Upgradable {
+        Self::start_with(user, pool_size, "").await
+    }
+
+    /// [`Upgradable::start`] with more config sections.
+    async fn start_with(user: &str, pool_size: usize, sections: &str) -> Upgradable {
         let port = free_port();
         let metrics_port = free_port();
         let text = config_text_for_own_database("transaction", pool_size, user)
@@ -37,7 +43,7 @@ impl Upgradable {
                 &format!("listen_addr = \"127.0.0.1:{port}\""),
             )
             .replace("shutdown_timeout = \"10s\"", "shutdown_timeout = \"20s\"")
-            + &format!("\n[metrics]\nlisten_addr = \"127.0.0.1:{metrics_port}\"\n");
+            + &format!("\n[metrics]\nlisten_addr = \"127.0.0.1:{metrics_port}\"\n{sections}");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pgharbor.toml"), text).unwrap();
         let exe = dir.path().join("pgharbor");
@@ -477,4 +483,64 @@ async fn a_cancel_reaching_the_old_process_after_its_client_moved_still_cancels(
     })
     .await;
     assert!(logged, "{}", proxy.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_client_finishes_its_transaction_then_is_told_to_reconnect() {
+    use std::io::{BufRead, Write};
+    let user = "upgrade_tls";
+    let files = tls::PkiFiles::write(&tls::issue("pgharbor upgrade CA", &["localhost"]));
+    let tls_section = tls::client_tls("allow", &files);
+    let mut proxy = Upgradable::start_with(user, 2, &tls_section).await;
+    let conninfo = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user={user} dbname={user} connect_timeout=10 {}",
+        proxy.port,
+        tls::verify_full(&files.ca())
+    );
+    let mut psql = tls::psql_args(&conninfo, PASSWORD, &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    let mut stdin = psql.stdin.take().unwrap();
+    let stdout = psql.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next_line = || lines.recv_timeout(Duration::from_secs(20)).ok();
+    writeln!(stdin, "BEGIN;\nselect 'in-transaction';").unwrap();
+    assert_eq!(next_line().as_deref(), Some("in-transaction"));
+
+    proxy.replace_with_tagged_build("second-build");
+    proxy.signal("USR2");
+    let upgraded = serves_build(&proxy.admin_dsn(), "second-build").await;
+    assert!(upgraded, "the new build serves the port: {}", proxy.log());
+    writeln!(stdin, "select 'still-in-it';\nCOMMIT;\nselect 'after';").unwrap();
+    drop(stdin);
+    assert_eq!(next_line().as_deref(), Some("still-in-it"));
+    let mut stderr = psql.stderr.take().unwrap();
+    let ended = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        let _ = psql.wait();
+        text
+    });
+    let stderr = tokio::time::timeout(Duration::from_secs(20), ended)
+        .await
+        .expect("psql ends")
+        .unwrap();
+    assert!(
+        stderr.contains("cannot move this connection; reconnect"),
+        "{stderr}"
+    );
+    assert_eq!(next_line(), None, "nothing ran after the COMMIT: {stderr}");
+    let exited = proxy.exits_within(Duration::from_secs(30)).await;
+    assert!(exited, "the old process exits: {}", proxy.log());
 }
