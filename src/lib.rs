@@ -9,7 +9,8 @@
 //! above it (`tests/it/layering.rs` holds the order and checks it):
 //!
 //! 1. [`protocol`] (the wire protocol, no I/O), `id_map`, [`shutdown`] (the
-//!    drain signal), [`metrics`] (the registry and its HTTP endpoint).
+//!    drain signal), [`metrics`] (the registry and its HTTP endpoint),
+//!    [`upgrade`] (the binary upgrade's messages and socket passing).
 //! 2. [`sql`]: SQL text read the way Postgres reads it, no I/O; and
 //!    `auth::hba`, the rules of a pg_hba.conf text.
 //! 3. [`config`]: the TOML file and its validation.
@@ -22,7 +23,8 @@
 //! 7. [`listen`]: LISTEN multiplexing for transaction mode.
 //! 8. [`client`]: one client connection, from accept to close.
 //! 9. [`admin`]: the console.
-//! 10. This file ([`State`], [`Proxy`]), `run` (signals), [`demo`] and
+//! 10. This file ([`State`], [`Proxy`]), `run` (signals), `takeover` (the
+//!     binary upgrade, both sides), [`demo`] and
 //!     [`scratch_pg`] (a throwaway Postgres for the demo and the tests).
 
 // Peer data never reaches an `unwrap`: outside tests, a failure is an error
@@ -47,7 +49,9 @@ pub mod scratch_pg;
 pub mod server;
 pub mod shutdown;
 pub mod sql;
+mod takeover;
 pub mod tls;
+pub mod upgrade;
 pub mod users;
 mod watch;
 
@@ -138,7 +142,20 @@ pub struct State {
     pub started: Instant,
     /// Users looked up with auth_query.
     pub auth_cache: crate::auth::query::AuthCache,
+    /// Where clients go during a binary upgrade.
+    pub handover: crate::upgrade::Handover,
+    /// How this instance was started, and its listeners, for an upgrade.
+    pub upgrader: crate::upgrade::Upgrader,
+    /// Starts a binary upgrade: set by `run` when the instance runs as the
+    /// pgharbor process (not inside tests or the demo).
+    pub(crate) upgrade_with: OnceLock<UpgradeFn>,
 }
+
+/// What starts a binary upgrade of an instance (see [`State::upgrade`]).
+pub(crate) type UpgradeFn =
+    fn(
+        Arc<State>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
 impl State {
     /// The current configuration snapshot.
@@ -210,6 +227,16 @@ impl State {
         Ok(Reloaded { needs_restart })
     }
 
+    /// Starts the new binary at this process's path and hands it the
+    /// listeners and the clients (SIGUSR2, admin UPGRADE). `Err` says why
+    /// the new process did not take over; this one then keeps serving.
+    pub async fn upgrade(self: &Arc<Self>) -> Result<(), String> {
+        match self.upgrade_with.get() {
+            Some(upgrade) => upgrade(self.clone()).await,
+            None => Err("this instance was not started by the pgharbor command".into()),
+        }
+    }
+
     /// Re-reads [`State::config_path`] and applies it (admin RELOAD,
     /// SIGHUP, a watched file's change).
     pub fn reload_from_file(&self) -> Result<Reloaded, ConfigError> {
@@ -267,6 +294,54 @@ impl crate::metrics::http::Instance for State {
     }
 }
 
+/// The version SHOW VERSION reports: the package's, then
+/// `PGHARBOR_BUILD_TAG` when the environment sets one (a packager's
+/// build id; the upgrade test tells two builds apart by it).
+pub fn version() -> String {
+    let tag = std::env::var("PGHARBOR_BUILD_TAG").unwrap_or_default();
+    let tag = tag.trim();
+    if tag.is_empty() {
+        format!("pgharbor {}", env!("CARGO_PKG_VERSION"))
+    } else {
+        format!("pgharbor {} ({tag})", env!("CARGO_PKG_VERSION"))
+    }
+}
+
+/// Keeps copies of the listening sockets for a binary upgrade until the
+/// instance stops accepting.
+fn keep_listeners(
+    state: &Arc<State>,
+    listener: &tokio::net::TcpListener,
+    metrics: Option<std::os::fd::OwnedFd>,
+) {
+    let Ok(client) = std::os::fd::AsFd::as_fd(listener).try_clone_to_owned() else {
+        return;
+    };
+    let listeners = crate::upgrade::Listeners { client, metrics };
+    state.upgrader.keep_listeners(listeners);
+    if let Ok(mut addr) = listener.local_addr() {
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = state.upgrader.listen_addr.set(addr);
+    }
+    let stop = state.stop_accepting.cancelled_owned();
+    let shutdown = state.shutdown.cancelled_owned();
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop => {}
+            _ = shutdown => {}
+        }
+        if let Some(state) = weak.upgrade() {
+            state.upgrader.forget_listeners();
+        }
+    });
+}
+
 /// What a successful RELOAD could not apply.
 #[derive(Debug, Default)]
 pub struct Reloaded {
@@ -305,6 +380,26 @@ impl Proxy {
     /// Validates the config, binds the listeners and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         config.validate()?;
+        let bind_error = |source| StartError::Bind {
+            addr: config.proxy.listen_addr.clone(),
+            source,
+        };
+        let listener = listener::bind(&config.proxy.listen_addr, config.proxy.listen_reuseport)
+            .map_err(bind_error)?;
+        let metrics = crate::metrics::http::bind(&config.metrics.listen_addr)
+            .await
+            .map_err(|(addr, source)| StartError::Bind { addr, source })?;
+        Proxy::start_on(config, listener, metrics).await
+    }
+
+    /// Starts serving on listeners already bound (by [`Proxy::start`], or
+    /// handed over by the process this one upgrades).
+    pub(crate) async fn start_on(
+        config: Config,
+        listener: tokio::net::TcpListener,
+        metrics_listener: Option<tokio::net::TcpListener>,
+    ) -> Result<Proxy, StartError> {
+        config.validate()?;
         let users = Users::from_config(&config, None)?;
         let tls = TlsSettings::from_config(&config)?;
         let metrics = Arc::new(Metrics::new());
@@ -317,11 +412,6 @@ impl Proxy {
             .iter()
             .map(|p| (p.id, p.addr.clone()))
             .collect();
-        let listener = listener::bind(&config.proxy.listen_addr, config.proxy.listen_reuseport)
-            .map_err(|source| StartError::Bind {
-                addr: config.proxy.listen_addr.clone(),
-                source,
-            })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.proxy.listen_addr.clone(),
             source,
@@ -343,6 +433,9 @@ impl Proxy {
             config_path: OnceLock::new(),
             started: Instant::now(),
             auth_cache: Default::default(),
+            handover: Default::default(),
+            upgrader: Default::default(),
+            upgrade_with: OnceLock::new(),
             users: ArcSwap::from_pointee(users),
             tls: ArcSwap::from_pointee(tls),
             metrics,
@@ -357,10 +450,19 @@ impl Proxy {
                 state.shutdown.cancelled_owned(),
             );
         }
-        let metrics_listen = state.config().metrics.listen_addr.clone();
-        let metrics_addr = crate::metrics::http::start(&metrics_listen, &state)
-            .await
-            .map_err(|(addr, source)| StartError::Bind { addr, source })?;
+        let metrics_fd = (metrics_listener.as_ref())
+            .and_then(|l| std::os::fd::AsFd::as_fd(l).try_clone_to_owned().ok());
+        let metrics_addr = match metrics_listener {
+            Some(l) => {
+                let local = crate::metrics::http::start(l, &state);
+                Some(local.map_err(|source| StartError::Bind {
+                    addr: state.config().metrics.listen_addr.clone(),
+                    source,
+                })?)
+            }
+            None => None,
+        };
+        keep_listeners(&state, &listener, metrics_fd);
         tokio::spawn(listener::accept_loop(listener, state.clone()));
         tracing::info!(%addr, "pgharbor listening");
         Ok(Proxy {

@@ -21,12 +21,21 @@ pub enum RunError {
     Signal(std::io::Error),
     #[error("{0}")]
     Demo(String),
+    #[error("{0}")]
+    Upgrade(String),
 }
 
 /// Runs `config` (loaded from `path`) until SIGTERM or SIGINT (then drains
-/// for up to `shutdown_timeout`), and reloads from `path` on SIGHUP.
+/// for up to `shutdown_timeout`), reloads from `path` on SIGHUP, and
+/// upgrades to the binary at its own path on SIGUSR2. Started by such an
+/// upgrade ([`crate::upgrade::SOCKET_ENV`] set), it takes over the old
+/// process's listeners and clients instead of binding.
 pub async fn run_with_signals(path: PathBuf, config: Config) -> Result<(), RunError> {
-    let proxy = Proxy::start(config).await?;
+    let proxy = match std::env::var_os(crate::upgrade::SOCKET_ENV) {
+        Some(socket) => crate::takeover::take_over(config, socket.into()).await?,
+        None => Proxy::start(config).await?,
+    };
+    crate::takeover::remember_launch(proxy.state());
     proxy.set_config_file(path.clone());
     serve_until_signal(&proxy, Some(&path)).await
 }
@@ -36,6 +45,7 @@ pub async fn serve_until_signal(proxy: &Proxy, reload_from: Option<&Path>) -> Re
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(RunError::Signal)?;
     if let Some(path) = reload_from {
         proxy.set_config_file(path.to_owned());
     }
@@ -44,6 +54,12 @@ pub async fn serve_until_signal(proxy: &Proxy, reload_from: Option<&Path>) -> Re
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break }
             _ = proxy.shutdown_requested() => { tracing::info!("shutdown requested: draining"); break }
+            _ = usr2.recv() => {
+                // Logged by the upgrade, which may take a while: signals
+                // are still served meanwhile.
+                let state = proxy.state().clone();
+                tokio::spawn(async move { state.upgrade().await });
+            }
             _ = hup.recv() => {
                 // Logged, and counted in the reload metrics, by the reload.
                 if proxy.state().config_path.get().is_some() {
@@ -61,6 +77,7 @@ pub async fn serve_until_signal(proxy: &Proxy, reload_from: Option<&Path>) -> Re
     }
     proxy.begin_shutdown();
     proxy.drain().await;
+    crate::takeover::finish(proxy.state()).await;
     tracing::info!("stopped");
     Ok(())
 }

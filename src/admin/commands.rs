@@ -26,10 +26,11 @@ pub enum Command {
     Reconnect(Option<String>),
     Reload,
     Shutdown,
+    Upgrade,
 }
 
 const HINT: &str = "commands: SHOW POOLS|CLIENTS|SERVERS|STATS|DATABASES|CONFIG|LISTS|VERSION, \
-                    PAUSE [db], RESUME [db], RECONNECT [db], RELOAD, SHUTDOWN";
+                    PAUSE [db], RESUME [db], RECONNECT [db], RELOAD, SHUTDOWN, UPGRADE";
 
 fn syntax(message: String) -> PgError {
     PgError::error(sqlstate::SYNTAX_ERROR, message).with_hint(HINT)
@@ -148,6 +149,7 @@ pub fn parse(stmt: &str) -> Result<Command, PgError> {
         "RECONNECT" => Ok(Command::Reconnect(db_arg(args)?)),
         "RELOAD" => no_args(Command::Reload),
         "SHUTDOWN" => no_args(Command::Shutdown),
+        "UPGRADE" => no_args(Command::Upgrade),
         _ => Err(syntax(format!(
             "pgharbor: unknown admin command \"{}\"",
             stmt.chars().take(64).collect::<String>()

@@ -331,6 +331,16 @@ impl Console {
                 state.shutdown.cancel();
                 "SHUTDOWN"
             }
+            Command::Upgrade => {
+                tracing::info!(admin = %self.user, "UPGRADE from the admin console");
+                if let Err(e) = state.upgrade().await {
+                    return Ok(Err(PgError::error(
+                        sqlstate::SYSTEM_ERROR,
+                        format!("pgharbor: upgrade failed, this process keeps serving: {e}"),
+                    )));
+                }
+                "UPGRADE"
+            }
         };
         backend::command_complete(&mut self.out, tag);
         Ok(Ok(()))

@@ -25,10 +25,7 @@ pub fn show(state: &State, what: Show, out: &mut BytesMut) {
         Show::Databases => databases(state),
         Show::Config => config(state),
         Show::Lists => lists(state),
-        Show::Version => (
-            &["version"][..],
-            vec![vec![format!("pgharbor {}", env!("CARGO_PKG_VERSION"))]],
-        ),
+        Show::Version => (&["version"][..], vec![vec![crate::version()]]),
     };
     backend::row_description(out, columns);
     for row in &rows {

@@ -38,6 +38,9 @@ pub struct CancelRegistry {
     pub(super) peers: Peers,
     /// Bounds the outgoing cancel connections ([`MAX_FORWARDS`]).
     forwards: Semaphore,
+    /// Where the process this one was handed over to by a binary upgrade
+    /// listens: it holds the keys of the clients that left.
+    successor: std::sync::OnceLock<std::net::SocketAddr>,
     metrics: Arc<Metrics>,
 }
 
@@ -49,6 +52,7 @@ impl CancelRegistry {
             slots: Arc::new(SlotTable::new()),
             peers: Peers::new(peers),
             forwards: Semaphore::new(MAX_FORWARDS),
+            successor: std::sync::OnceLock::new(),
             metrics,
         }
     }
@@ -85,6 +89,27 @@ impl CancelRegistry {
                 table: self.slots.clone(),
             };
         }
+    }
+
+    /// Registers a key another process issued: a client handed over by a
+    /// binary upgrade keeps the key it was told. `None` when a client of
+    /// this process already holds that pid.
+    pub fn register_key(self: &Arc<Self>, pid: i32, secret: i32) -> Option<CancelHandle> {
+        let slot = Arc::new(CancelSlot::new(pid, secret));
+        match self.shard(pid).entry(pid) {
+            Entry::Occupied(_) => return None,
+            Entry::Vacant(v) => v.insert(slot.clone()),
+        };
+        Some(CancelHandle {
+            slot,
+            table: self.slots.clone(),
+        })
+    }
+
+    /// From now on, cancels for keys this process does not hold go to the
+    /// process at `addr`, which took its clients over.
+    pub fn hand_over_to(&self, addr: std::net::SocketAddr) {
+        let _ = self.successor.set(addr);
     }
 
     /// A positive random secret; with peers, its top 7 bits (below the sign
@@ -140,6 +165,9 @@ impl CancelRegistry {
         let not_ours = matches!(local, CancelOutcome::UnknownKey | CancelOutcome::BadSecret);
         if from_peer || !not_ours {
             return local;
+        }
+        if let Some(&next) = self.successor.get() {
+            return self.pass_to_successor(next, pid, secret).await;
         }
         self.offer_to_all(pid, secret, local).await
     }
@@ -216,6 +244,27 @@ impl CancelRegistry {
                     ForwardError::NotSent(_) => CancelOutcome::UnknownKey,
                     ForwardError::Unconfirmed(_) => CancelOutcome::Forwarded,
                 }
+            }
+        }
+    }
+
+    /// Passes a request for a key this process does not hold to the
+    /// process it was handed over to by a binary upgrade, which holds the
+    /// keys of the clients that left.
+    pub(super) async fn pass_to_successor(
+        &self,
+        addr: std::net::SocketAddr,
+        pid: i32,
+        secret: &[u8],
+    ) -> CancelOutcome {
+        if secret.len() != SECRET_LEN {
+            return CancelOutcome::BadSecret;
+        }
+        match self.forward(addr, pid, &marked(secret), None).await {
+            Ok(()) | Err(ForwardError::Unconfirmed(_)) => CancelOutcome::Forwarded,
+            Err(e @ ForwardError::NotSent(_)) => {
+                tracing::warn!(%addr, error = %e, "cannot pass a cancel to the new process");
+                CancelOutcome::UnknownKey
             }
         }
     }

@@ -358,3 +358,125 @@ async fn log_in(session: &mut Session, login: &LoginRequest) -> Result<(), Sessi
     }
     Ok(())
 }
+
+/// Serves a client a binary upgrade handed over (see `handover.rs`): its
+/// socket and the state the old process froze, taken over with its cancel
+/// key and without a second login, then the relay as after a login.
+pub async fn resume(
+    frozen: crate::upgrade::FrozenClient,
+    fd: std::os::fd::OwnedFd,
+    state: Arc<State>,
+) {
+    let tcp = std::net::TcpStream::from(fd);
+    let addr = tcp.peer_addr();
+    let tcp = (tcp.set_nonblocking(true)).and_then(|()| TcpStream::from_std(tcp));
+    let (Ok(addr), Ok(tcp)) = (addr, tcp) else {
+        tracing::info!(user = %frozen.user, "a handed-over client left before it was resumed");
+        return;
+    };
+    let span = tracing::info_span!("client", client = %addr, user = %frozen.user, database = %frozen.database);
+    // Boxed, as a login is (see `serve`): freed once the client runs.
+    let resumed = Box::pin(thaw(Stream::from(tcp), addr, frozen, state));
+    let Some(client) = resumed.instrument(span.clone()).await else {
+        return;
+    };
+    client.run().instrument(span).await;
+}
+
+/// What a resumed client counts against, checked as at a login.
+struct Admitted {
+    pool: Arc<crate::pool::Pool>,
+    counted: Option<crate::pool::ClientCount>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// The checks a login makes, for a handed-over client: its user and
+/// database still exist and the limits admit it.
+async fn admit(
+    state: &Arc<State>,
+    frozen: &crate::upgrade::FrozenClient,
+) -> Result<Admitted, PgError> {
+    let user = match state.users().get(&frozen.user) {
+        Some(user) => Some(user),
+        None => {
+            (state.auth_cache)
+                .user(state, &frozen.database, &frozen.user)
+                .await
+        }
+    };
+    let Some(user) = user else {
+        return Err(PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("pgharbor: user \"{}\" is no longer configured", frozen.user),
+        ));
+    };
+    let config = state.config();
+    let Some(db) = config.database_for(&frozen.database) else {
+        return Err(PgError::fatal(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("database \"{}\" does not exist", frozen.database),
+        ));
+    };
+    let pool = (state.pools).get_or_create(&db, &user, &config.pool, &state.tls().server);
+    drop(config);
+    let counted = (state.pools.limits).admit_client(&pool.key, &pool.settings())?;
+    let Ok(permit) = state.client_permits.clone().try_acquire_owned() else {
+        return Err(PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already (max_client_conn)",
+        ));
+    };
+    // The parameters clients are told come from the pool's first server.
+    (pool.template_params().await).map_err(super::checkout::checkout_error)?;
+    Ok(Admitted {
+        pool,
+        counted,
+        permit,
+    })
+}
+
+async fn thaw(
+    mut stream: Stream,
+    addr: SocketAddr,
+    frozen: crate::upgrade::FrozenClient,
+    state: Arc<State>,
+) -> Option<Box<LoggedIn>> {
+    let admitted = match admit(&state, &frozen).await {
+        Ok(a) => a,
+        Err(e) => {
+            refuse(&mut stream, addr, StartupError::Refuse(e)).await;
+            return None;
+        }
+    };
+    let cancel = (state.cancel.register_key(frozen.pid, frozen.secret)).unwrap_or_else(|| {
+        tracing::warn!(
+            pid = frozen.pid,
+            "cancel key taken here; the client's old key no longer cancels"
+        );
+        state.cancel.register()
+    });
+    let app = (frozen.login_params.iter())
+        .find(|(k, _)| k == "application_name")
+        .map_or("", |(_, v)| v.as_str());
+    let login = LoginRequest::handed_over(&frozen.user, &frozen.database, app)?;
+    let Admitted {
+        pool,
+        counted,
+        permit,
+    } = admitted;
+    let local = frozen.local_addr.or_else(|| stream.local_addr().ok());
+    let tls = stream.tls_description();
+    let listed = (state.clients).register(&login, pool.key.clone(), addr, local, tls, &cancel.slot);
+    let max_message = state.config().proxy.max_message_size;
+    let io = Io::new(BytesMut::new(), BytesMut::new(), max_message);
+    let mut session = Session::new(stream, pool, state, cancel, io);
+    session.thaw(frozen).await;
+    session.pool.stats.clients_idle.inc();
+    tracing::info!("client resumed after the upgrade");
+    Some(Box::new(LoggedIn {
+        session,
+        _listed: listed,
+        _permit: permit,
+        _counted: counted,
+    }))
+}

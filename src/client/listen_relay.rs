@@ -25,7 +25,7 @@ pub(super) enum Intercept {
 }
 
 impl Session {
-    fn subscriber(&mut self) -> &mut Subscriber {
+    pub(super) fn subscriber(&mut self) -> &mut Subscriber {
         let hub = &self.state.listen;
         let target = &self.pool.target();
         let pid = self.cancel.slot.pid();

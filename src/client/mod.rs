@@ -8,6 +8,7 @@ mod checkout;
 mod copy;
 mod expect;
 mod extended;
+mod handover;
 mod listen_extended;
 mod listen_relay;
 mod login;
@@ -24,5 +25,5 @@ mod temp_backstop;
 mod unnamed;
 mod wait;
 
-pub use accept::serve;
+pub use accept::{resume, serve};
 pub use session::SessionError;

@@ -31,6 +31,8 @@ enum Turn {
     ClientLeft,
     /// End the session with this FATAL.
     Fatal(Box<PgError>),
+    /// A binary upgrade: move the client to the new process.
+    HandOver,
 }
 
 impl Session {
@@ -85,6 +87,7 @@ impl Session {
                 }
                 Turn::ClientLeft => return Ok(()),
                 Turn::Fatal(e) => return self.send_fatal(*e).await,
+                Turn::HandOver => return self.hand_over().await,
             }
         }
     }
@@ -110,6 +113,7 @@ impl Session {
     /// `on_server_readable`, which may await.
     fn on_event(&mut self, ev: Event) -> Result<Turn, SessionError> {
         match ev {
+            Event::Shutdown if self.state.handover.is_open() => Ok(Turn::HandOver),
             Event::Shutdown => Ok(Turn::Fatal(Box::new(PgError::fatal(
                 sqlstate::ADMIN_SHUTDOWN,
                 "pgharbor is shutting down; reconnect to another instance",

@@ -51,6 +51,45 @@ impl LoginRequest {
     pub fn certificate(&self) -> Option<&ClientCertificate> {
         self.certificate.as_deref()
     }
+
+    /// The login of a client handed over by a binary upgrade, as the
+    /// console lists it: its user, database and application_name.
+    pub(crate) fn handed_over(user: &str, database: &str, app: &str) -> Option<LoginRequest> {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(&0x0003_0000u32.to_be_bytes());
+        for (k, v) in [
+            ("user", user),
+            ("database", database),
+            ("application_name", app),
+        ] {
+            for s in [k, v] {
+                buf.extend_from_slice(s.as_bytes());
+                buf.extend_from_slice(b"\0");
+            }
+        }
+        buf.extend_from_slice(b"\0");
+        let len = (buf.len() as u32).to_be_bytes();
+        buf[..4].copy_from_slice(&len);
+        let Ok(Some(StartupPacket::Startup { mut params, .. })) = split_startup(&mut buf) else {
+            return None;
+        };
+        let (mut user, mut database) = (None, None);
+        params.retain(|pair, k, _| {
+            match k {
+                "user" => user = Some(pair),
+                "database" => database = Some(pair),
+                _ => return true,
+            }
+            false
+        });
+        Some(LoginRequest {
+            params,
+            user: user?,
+            database,
+            certificate: None,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -38,20 +38,18 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many HTTP connections at once.
 const MAX_HTTP_CONNECTIONS: usize = 64;
 
-/// Binds `addr` (`[metrics] listen_addr`, if set) and serves it in the
-/// background.
-pub async fn start<I: Instance>(
-    addr: &str,
-    state: &Arc<I>,
-) -> Result<Option<SocketAddr>, (String, std::io::Error)> {
-    let addr = addr.to_string();
+/// Binds `addr` (`[metrics] listen_addr`), unless it is empty.
+pub async fn bind(addr: &str) -> Result<Option<TcpListener>, (String, std::io::Error)> {
     if addr.is_empty() {
         return Ok(None);
     }
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|e| (addr.clone(), e))?;
-    let local = listener.local_addr().map_err(|e| (addr.clone(), e))?;
+    let listener = TcpListener::bind(addr).await;
+    listener.map(Some).map_err(|e| (addr.to_string(), e))
+}
+
+/// Serves the endpoint on `listener` in the background.
+pub fn start<I: Instance>(listener: TcpListener, state: &Arc<I>) -> std::io::Result<SocketAddr> {
+    let local = listener.local_addr()?;
     let st = state.clone();
     tokio::spawn(async move {
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
@@ -80,7 +78,7 @@ pub async fn start<I: Instance>(
             });
         }
     });
-    Ok(Some(local))
+    Ok(local)
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Response<Full<Bytes>> {

@@ -27,3 +27,4 @@ pub const UNDEFINED_OBJECT: &str = "42704";
 pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
 pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
 pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+pub const SYSTEM_ERROR: &str = "58000";

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 /// module may import modules of its own layer or of a lower one, never one
 /// of a higher layer; a module belongs to its longest entry here.
 const LAYERS: &[&[&str]] = &[
-    &["protocol", "id_map", "shutdown", "metrics"],
+    &["protocol", "id_map", "shutdown", "metrics", "upgrade"],
     // `auth::hba` reads the text of a pg_hba.conf file given to it and
     // matches a login against it: no I/O, as `sql` reads SQL text.
     &["sql", "auth::hba"],
@@ -30,7 +30,7 @@ const LAYERS: &[&[&str]] = &[
     &["listen"],
     &["client"],
     &["admin"],
-    &["lib", "run", "demo", "scratch_pg", "watch"],
+    &["lib", "run", "demo", "scratch_pg", "watch", "takeover"],
 ];
 
 /// Imports from a lower layer to a higher one that are still to be removed,

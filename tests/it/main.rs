@@ -36,3 +36,4 @@ mod temp_objects;
 mod tls_clients;
 mod tls_servers;
 mod transaction;
+mod upgrade;
