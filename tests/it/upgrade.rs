@@ -237,10 +237,10 @@ async fn upgrade_under_pgbench_keeps_every_client(user: &'static str, protocol: 
 
     proxy.replace_with_tagged_build("second-build");
     let bench = tokio::spawn(async move {
-        let args = ["-c", "50", "-j", "2", "-T", "16", "-M", protocol, "-S"];
+        let args = ["-c", "50", "-j", "2", "-T", "30", "-M", protocol, "-S"];
         pgbench_at(addr, user, &args).await
     });
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     proxy.signal("USR2");
 
     let admin = proxy.admin_dsn();
