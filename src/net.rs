@@ -135,6 +135,21 @@ impl Stream {
         }
     }
 
+    /// What [`Stream::poll_read_ready`] would say now, without registering
+    /// a waker: `true` when it would be ready. A plain load of the
+    /// socket's readiness, for a caller whose waker is still registered
+    /// from an earlier pending poll (`client/wait.rs`).
+    #[inline(always)]
+    pub fn read_ready_now(&self) -> bool {
+        match self {
+            Stream::Plain(s) => readiness_set(s),
+            Stream::Tls(s) => {
+                let (tcp, state) = s.get_ref();
+                !state.wants_read() || readiness_set(tcp)
+            }
+        }
+    }
+
     /// Ready when the socket takes bytes.
     #[inline(always)]
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -194,6 +209,21 @@ impl Stream {
                 let mut cx = Context::from_waker(Waker::noop());
                 Pin::new(&mut **s).poll_read(&mut cx, &mut rb).is_pending()
             }
+        }
+    }
+}
+
+/// Whether tokio holds read readiness for `stream`: `try_io` with an
+/// operation that does nothing, which tokio runs only when it does.
+#[inline(always)]
+fn readiness_set(stream: &TcpStream) -> bool {
+    match stream.try_io(Interest::READABLE, || Ok(())) {
+        Ok(()) => true,
+        // The WouldBlock tokio gives without running the operation: a bare
+        // error kind, nothing to free, and dropping it is a call per wait.
+        Err(e) => {
+            std::mem::forget(e);
+            false
         }
     }
 }

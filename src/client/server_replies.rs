@@ -130,6 +130,8 @@ impl Session {
                 tracing::warn!("replies still expected at the end of a transaction; dropping them");
             }
             let reusable = if std::mem::take(&mut self.txn.temp_check) {
+                // The check reads from the server.
+                self.io.armed.server = false;
                 match Box::pin(self.check_temp_schema()).await {
                     TempCheck::Pinned => return None,
                     TempCheck::Clean => true,
@@ -146,6 +148,7 @@ impl Session {
     /// Reads what the server sent, scans it, and queues it for the client.
     fn read_server(&mut self) -> Option<ServerRead> {
         let pooled = self.server.as_mut()?;
+        self.io.armed.server = false;
         let open = try_fill(&mut pooled.server.stream, &mut pooled.server.rbuf);
         // Boxed: kept across `on_server_readable`'s awaits, so its size
         // would be every client task's.

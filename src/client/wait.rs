@@ -35,6 +35,56 @@ pub(super) struct Wants {
     pub(super) idle_timeout: bool,
 }
 
+/// Which sockets' read readiness has this task's waker registered from a
+/// pending poll, read from neither since. Such a socket needs no new
+/// registration: until it turns readable the waker stays in tokio's slot,
+/// and when it does, tokio sets its readiness before it takes the waker. A
+/// plain load of the readiness ([`Stream::read_ready_now`]) answers for
+/// it, where a poll takes the slot's lock and the task's budget: without
+/// this the relay polled each socket again at every wait, about seven
+/// polls per statement where two register anything.
+///
+/// A read of a socket (or a new server) disarms it: a read that empties
+/// the socket clears its readiness, and a waker taken before that is gone.
+#[derive(Default)]
+pub(super) struct Armed {
+    pub(super) client: bool,
+    pub(super) server: bool,
+    /// The waker registered (its data and vtable addresses): another one
+    /// (a poll from another context) disarms both.
+    waker: (usize, usize),
+}
+
+impl Armed {
+    fn check_waker(&mut self, waker: &std::task::Waker) {
+        let id = (waker.data() as usize, waker.vtable() as *const _ as usize);
+        if self.waker != id {
+            *self = Armed {
+                client: false,
+                server: false,
+                waker: id,
+            };
+        }
+    }
+}
+
+/// Whether `stream` is readable: a load of its readiness when `armed`,
+/// otherwise a poll that registers the waker (`armed` is set when it did).
+/// Not for TLS: rustls's reads and writes poll the socket with a no-op
+/// waker of their own, which may take the slot.
+#[inline(always)]
+fn read_ready(stream: &Stream, armed: &mut bool, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    if *armed {
+        return match stream.read_ready_now() {
+            true => Poll::Ready(Ok(())),
+            false => Poll::Pending,
+        };
+    }
+    let r = stream.poll_read_ready(cx);
+    *armed = r.is_pending() && !stream.is_tls();
+    r
+}
+
 /// The wait of one relay turn, written out rather than built with
 /// `tokio::select!`: the relay waits twice per transaction, and the macro
 /// builds and walks its branch state at every wait (about 7 % of
@@ -61,6 +111,7 @@ pub(super) struct Wait<'a> {
     /// for the waiter.
     pub(super) listen_wait: Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>,
     pub(super) cancelled: &'a crate::shutdown::Shutdown,
+    pub(super) armed: &'a mut Armed,
 }
 
 impl Future for Wait<'_> {
@@ -75,6 +126,7 @@ impl Future for Wait<'_> {
         if w.wants.shutdown && w.cancelled.is_cancelled() {
             return Poll::Ready(Ok(Event::Shutdown));
         }
+        w.armed.check_waker(cx.waker());
         if w.wants.client_write {
             if let Poll::Ready(r) = w.client.poll_write_ready(cx) {
                 return Poll::Ready(
@@ -85,7 +137,7 @@ impl Future for Wait<'_> {
         }
         if let Some(server) = w.server {
             if w.wants.server_read {
-                if let Poll::Ready(r) = server.poll_read_ready(cx) {
+                if let Poll::Ready(r) = read_ready(server, &mut w.armed.server, cx) {
                     return Poll::Ready(r.map(|()| Event::ServerReadable).map_err(lost));
                 }
             }
@@ -96,7 +148,7 @@ impl Future for Wait<'_> {
             }
         }
         if w.wants.client_read {
-            if let Poll::Ready(r) = w.client.poll_read_ready(cx) {
+            if let Poll::Ready(r) = read_ready(w.client, &mut w.armed.client, cx) {
                 return Poll::Ready(
                     r.map(|()| Event::ClientReadable)
                         .map_err(SessionError::ClientIo),
