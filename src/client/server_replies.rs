@@ -122,6 +122,11 @@ impl Session {
         if let Err(e) = self.flush_client() {
             return Some(Err(e));
         }
+        if self.io.cbuf.capacity() > 0 && self.io.cbuf.is_empty() && !self.txn.status.in_block() {
+            // Kept through the transaction block (`process_client_input`):
+            // an idle client holds no buffer.
+            super::buffers::give_back(&mut self.io.cbuf);
+        }
         if let Some(e) = lost {
             return Some(self.server_lost(*e).await);
         }
