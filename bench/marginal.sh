@@ -115,6 +115,13 @@ count() {
 
 printf '%s\n' "$workload -M $mode, scale $scratch_scale, $clients clients, $t1 -> $t2 transactions per client$([[ $tls == 1 ]] && echo ', TLS')"
 for bin in "${bins[@]}"; do
+    if [[ "$bin" == pgbouncer && "$mode" == prepared ]] && ! "$(pgbouncer_path)" --version \
+        | awk '/^PgBouncer/ { split($2, v, "."); exit !(v[1] > 1 || v[2] >= 21) }'; then
+        # Named statements in transaction mode came with PgBouncer 1.21
+        # (max_prepared_statements); before, pgbench -M prepared fails.
+        printf 'pgbouncer\tskipped: -M prepared needs PgBouncer 1.21 or later\n'
+        continue
+    fi
     a="$(count "$bin" "$t1")"
     b="$(count "$bin" "$t2")"
     per_txn=$(( (b - a) / ((t2 - t1) * clients) ))
