@@ -222,6 +222,12 @@ impl Session {
         statements: &mut StatementReplies,
     ) -> Result<(), ProtocolError> {
         loop {
+            // Every byte of the read decided on: `step` would find nothing
+            // (whatever the scanner's state), so the usual end of a read
+            // does not ask which messages to look at once more.
+            if burst.ready == rbuf.len() {
+                return Ok(());
+            }
             let inspects = self.server_inspects();
             match self
                 .io
