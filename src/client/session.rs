@@ -119,7 +119,7 @@ pub(super) struct Io {
     /// `proxy.max_message_size`: the largest message read whole.
     pub max_message: usize,
     /// Which sockets' read wakers the relay's wait left registered.
-    pub armed: super::wait::Armed,
+    pub armed: crate::net::ArmedReads,
 }
 
 impl Io {
@@ -133,7 +133,7 @@ impl Io {
             cscan: FrameScanner::with_limit(max_message),
             sscan: FrameScanner::default(),
             max_message,
-            armed: super::wait::Armed::default(),
+            armed: crate::net::ArmedReads::default(),
         }
     }
 

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::session::SessionError;
-use crate::net::Stream;
+use crate::net::{ArmedReads, Stream};
 
 /// What ended a turn's wait.
 pub(super) enum Event {
@@ -33,39 +33,6 @@ pub(super) struct Wants {
     pub(super) shutdown: bool,
     pub(super) notify: bool,
     pub(super) idle_timeout: bool,
-}
-
-/// Which sockets' read readiness has this task's waker registered from a
-/// pending poll, read from neither since. Such a socket needs no new
-/// registration: until it turns readable the waker stays in tokio's slot,
-/// and when it does, tokio sets its readiness before it takes the waker. A
-/// plain load of the readiness ([`Stream::read_ready_now`]) answers for
-/// it, where a poll takes the slot's lock and the task's budget: without
-/// this the relay polled each socket again at every wait, about seven
-/// polls per statement where two register anything.
-///
-/// A read of a socket (or a new server) disarms it: a read that empties
-/// the socket clears its readiness, and a waker taken before that is gone.
-#[derive(Default)]
-pub(super) struct Armed {
-    pub(super) client: bool,
-    pub(super) server: bool,
-    /// The waker registered (its data and vtable addresses): another one
-    /// (a poll from another context) disarms both.
-    waker: (usize, usize),
-}
-
-impl Armed {
-    fn check_waker(&mut self, waker: &std::task::Waker) {
-        let id = (waker.data() as usize, waker.vtable() as *const _ as usize);
-        if self.waker != id {
-            *self = Armed {
-                client: false,
-                server: false,
-                waker: id,
-            };
-        }
-    }
 }
 
 /// Whether `stream` is readable: a load of its readiness when `armed`,
@@ -111,7 +78,7 @@ pub(super) struct Wait<'a> {
     /// for the waiter.
     pub(super) listen_wait: Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>,
     pub(super) cancelled: &'a crate::shutdown::Shutdown,
-    pub(super) armed: &'a mut Armed,
+    pub(super) armed: &'a mut ArmedReads,
 }
 
 impl Future for Wait<'_> {
