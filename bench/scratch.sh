@@ -14,6 +14,9 @@
 #                        a pgharbor configuration: transaction mode, pool 20,
 #                        SCRAM, server TLS off, listening on PORT; EXTRA is
 #                        appended (TOML sections)
+#   pgbouncer_path       the PgBouncer binary (apt-get installs it if missing)
+#   pgbouncer_config FILE PORT [AUTH]
+#                        PgBouncer set up as pgharbor_config sets pgharbor
 #   release_pgharbor     builds pgharbor (cargo build --release) and prints
 #                        the binary's path
 #   start_both_poolers BIN
@@ -91,31 +94,23 @@ auth_type = "scram-sha-256"
 EOT
 }
 
-# start_both_poolers BIN [AUTH]: pgharbor (BIN, pgharbor_config) and
-# PgBouncer (the same: transaction mode, pool 20, SCRAM with the plain
-# secret; installed with apt-get when missing) in front of the scratch
-# Postgres, each on a free loopback port, stopped on exit; sets
-# $harbor_port, $harbor_pid, $bouncer_port and $bouncer_pid. AUTH `trust`
-# makes Postgres and both poolers take clients without a password.
-start_both_poolers() {
-    local bin="$1" auth="${2:-scram-sha-256}" pgbouncer_bin
-    if [[ "$auth" == trust ]]; then
-        sed -i 's/scram-sha-256$/trust/' "$tmp/data/pg_hba.conf"
-        "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/data" reload >/dev/null
-    fi
+# The PgBouncer binary (installed with apt-get when missing).
+pgbouncer_path() {
     command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || apt-get install -y pgbouncer >/dev/null
-    pgbouncer_bin="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
-    scratch_on_exit '[[ -f "$tmp/pgbouncer.pid" ]] && kill "$(cat "$tmp/pgbouncer.pid")" 2>/dev/null'
-    harbor_port="$(free_port)"
-    bouncer_port="$(free_port)"
-    pgharbor_config "$tmp/pgharbor.toml" "$harbor_port"
-    sed -i "s/^auth_type = .*/auth_type = \"$auth\"/" "$tmp/pgharbor.toml"
-    cat > "$tmp/pgbouncer.ini" <<EOF
+    command -v pgbouncer || echo /usr/sbin/pgbouncer
+}
+
+# pgbouncer_config FILE PORT [AUTH]: PgBouncer as pgharbor_config sets
+# pgharbor up (transaction mode, pool 20, SCRAM with the plain secret or
+# AUTH), listening on PORT, its pid in $tmp/pgbouncer.pid.
+pgbouncer_config() {
+    local auth="${3:-scram-sha-256}"
+    cat > "$1" <<EOF
 [databases]
 app = host=127.0.0.1 port=$pg_port dbname=app
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $bouncer_port
+listen_port = $2
 unix_socket_dir =
 auth_type = $auth
 auth_file = $tmp/users.txt
@@ -128,7 +123,28 @@ logfile = $tmp/pgbouncer.log
 pidfile = $tmp/pgbouncer.pid
 EOF
     echo '"app" "secret"' > "$tmp/users.txt"
-    [[ ${#as_pg[@]} -gt 0 ]] && chown postgres: "$tmp/pgbouncer.ini" "$tmp/users.txt"
+    [[ ${#as_pg[@]} -gt 0 ]] && chown postgres: "$1" "$tmp/users.txt"
+}
+
+# start_both_poolers BIN [AUTH]: pgharbor (BIN, pgharbor_config) and
+# PgBouncer (the same: transaction mode, pool 20, SCRAM with the plain
+# secret; installed with apt-get when missing) in front of the scratch
+# Postgres, each on a free loopback port, stopped on exit; sets
+# $harbor_port, $harbor_pid, $bouncer_port and $bouncer_pid. AUTH `trust`
+# makes Postgres and both poolers take clients without a password.
+start_both_poolers() {
+    local bin="$1" auth="${2:-scram-sha-256}" pgbouncer_bin
+    if [[ "$auth" == trust ]]; then
+        sed -i 's/scram-sha-256$/trust/' "$tmp/data/pg_hba.conf"
+        "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/data" reload >/dev/null
+    fi
+    pgbouncer_bin="$(pgbouncer_path)"
+    scratch_on_exit '[[ -f "$tmp/pgbouncer.pid" ]] && kill "$(cat "$tmp/pgbouncer.pid")" 2>/dev/null'
+    harbor_port="$(free_port)"
+    bouncer_port="$(free_port)"
+    pgharbor_config "$tmp/pgharbor.toml" "$harbor_port"
+    sed -i "s/^auth_type = .*/auth_type = \"$auth\"/" "$tmp/pgharbor.toml"
+    pgbouncer_config "$tmp/pgbouncer.ini" "$bouncer_port" "$auth"
 
     PGHARBOR_LOG=warn "$bin" -c "$tmp/pgharbor.toml" >"$tmp/pgharbor.log" 2>&1 &
     harbor_pid=$!

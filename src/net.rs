@@ -36,6 +36,41 @@ pub enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// Which of a relay's two sockets (the client's, the server's) have its
+/// task's read waker registered from a pending poll, read from neither
+/// since (`client/wait.rs`). Such a socket needs no new
+/// registration: until it turns readable the waker stays in tokio's slot,
+/// and when it does, tokio sets its readiness before it takes the waker. A
+/// plain load of the readiness ([`Stream::read_ready_now`]) answers for
+/// it, where a poll takes the slot's lock and the task's budget: without
+/// this the relay polled each socket again at every wait, about seven
+/// polls per statement where two register anything.
+///
+/// A read of a socket (or a new server) disarms it: a read that empties
+/// the socket clears its readiness, and a waker taken before that is gone.
+#[derive(Default)]
+pub struct ArmedReads {
+    pub client: bool,
+    pub server: bool,
+    /// The waker registered (its data and vtable addresses): another one
+    /// (a poll from another context) disarms both.
+    waker: (usize, usize),
+}
+
+impl ArmedReads {
+    /// Disarms both when `waker` is not the one registered.
+    pub fn check_waker(&mut self, waker: &Waker) {
+        let id = (waker.data() as usize, waker.vtable() as *const _ as usize);
+        if self.waker != id {
+            *self = ArmedReads {
+                client: false,
+                server: false,
+                waker: id,
+            };
+        }
+    }
+}
+
 impl fmt::Debug for Stream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = if self.is_tls() { "tls" } else { "plain" };
@@ -135,6 +170,21 @@ impl Stream {
         }
     }
 
+    /// What [`Stream::poll_read_ready`] would say now, without registering
+    /// a waker: `true` when it would be ready. A plain load of the
+    /// socket's readiness, for a caller whose waker is still registered
+    /// from an earlier pending poll (`client/wait.rs`).
+    #[inline(always)]
+    pub fn read_ready_now(&self) -> bool {
+        match self {
+            Stream::Plain(s) => readiness_set(s),
+            Stream::Tls(s) => {
+                let (tcp, state) = s.get_ref();
+                !state.wants_read() || readiness_set(tcp)
+            }
+        }
+    }
+
     /// Ready when the socket takes bytes.
     #[inline(always)]
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -194,6 +244,21 @@ impl Stream {
                 let mut cx = Context::from_waker(Waker::noop());
                 Pin::new(&mut **s).poll_read(&mut cx, &mut rb).is_pending()
             }
+        }
+    }
+}
+
+/// Whether tokio holds read readiness for `stream`: `try_io` with an
+/// operation that does nothing, which tokio runs only when it does.
+#[inline(always)]
+fn readiness_set(stream: &TcpStream) -> bool {
+    match stream.try_io(Interest::READABLE, || Ok(())) {
+        Ok(()) => true,
+        // The WouldBlock tokio gives without running the operation: a bare
+        // error kind, nothing to free, and dropping it is a call per wait.
+        Err(e) => {
+            std::mem::forget(e);
+            false
         }
     }
 }

@@ -114,6 +114,8 @@ impl Session {
             self.listening.noted_sender = Some(pooled.server.key);
         }
         self.txn.status = pooled.server.status;
+        // Its readiness was last asked for by another client.
+        self.io.armed.server = false;
         self.server = Some(pooled);
     }
 

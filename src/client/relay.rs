@@ -76,6 +76,7 @@ impl Session {
                 idle_timer: idle_timer.as_mut().map(|t| t.as_mut()),
                 listen_wait: None,
                 cancelled: &self.state.shutdown,
+                armed: &mut self.io.armed,
             }
             .await?;
             match self.on_event(ev)? {
@@ -141,6 +142,7 @@ impl Session {
     /// Reads what the client sent; `false` at the end of its stream.
     fn read_client(&mut self) -> Result<bool, SessionError> {
         let n_before = self.io.cbuf.len();
+        self.io.armed.client = false;
         let open = try_fill(&mut self.client, &mut self.io.cbuf).map_err(SessionError::ClientIo)?;
         let n = self.io.cbuf.len() - n_before;
         if n > 0 {

@@ -105,10 +105,13 @@ pub(super) fn keep_for_replay(
     tag: Option<u8>,
     bytes: &[u8],
 ) {
-    // A new group is kept only when it is a simple Query that only drops
-    // a database: every other message, with no group kept, has nothing
-    // to do here.
-    if replay.is_some() || tag == Some(b'Q') {
+    // A new group is kept only when it is a simple Query of an idle client
+    // that only drops (or copies) a database: every other message, with no
+    // group kept, has nothing to do here. The first byte of the text rules
+    // out the rest (every Query comes here).
+    let may_start =
+        tag == Some(b'Q') && idle && bytes.get(5..).is_some_and(drop_database::may_be_one);
+    if replay.is_some() || may_start {
         keep_or_start(replay, idle, tag, bytes);
     }
 }

@@ -122,6 +122,11 @@ impl Session {
         if let Err(e) = self.flush_client() {
             return Some(Err(e));
         }
+        if self.io.cbuf.capacity() > 0 && self.io.cbuf.is_empty() && !self.txn.status.in_block() {
+            // Kept through the transaction block (`process_client_input`):
+            // an idle client holds no buffer.
+            super::buffers::give_back(&mut self.io.cbuf);
+        }
         if let Some(e) = lost {
             return Some(self.server_lost(*e).await);
         }
@@ -130,6 +135,8 @@ impl Session {
                 tracing::warn!("replies still expected at the end of a transaction; dropping them");
             }
             let reusable = if std::mem::take(&mut self.txn.temp_check) {
+                // The check reads from the server.
+                self.io.armed.server = false;
                 match Box::pin(self.check_temp_schema()).await {
                     TempCheck::Pinned => return None,
                     TempCheck::Clean => true,
@@ -146,6 +153,7 @@ impl Session {
     /// Reads what the server sent, scans it, and queues it for the client.
     fn read_server(&mut self) -> Option<ServerRead> {
         let pooled = self.server.as_mut()?;
+        self.io.armed.server = false;
         let open = try_fill(&mut pooled.server.stream, &mut pooled.server.rbuf);
         // Boxed: kept across `on_server_readable`'s awaits, so its size
         // would be every client task's.
@@ -214,6 +222,12 @@ impl Session {
         statements: &mut StatementReplies,
     ) -> Result<(), ProtocolError> {
         loop {
+            // Every byte of the read decided on: `step` would find nothing
+            // (whatever the scanner's state), so the usual end of a read
+            // does not ask which messages to look at once more.
+            if burst.ready == rbuf.len() {
+                return Ok(());
+            }
             let inspects = self.server_inspects();
             match self
                 .io

@@ -118,6 +118,8 @@ pub(super) struct Io {
     pub sscan: FrameScanner,
     /// `proxy.max_message_size`: the largest message read whole.
     pub max_message: usize,
+    /// Which sockets' read wakers the relay's wait left registered.
+    pub armed: crate::net::ArmedReads,
 }
 
 impl Io {
@@ -131,6 +133,7 @@ impl Io {
             cscan: FrameScanner::with_limit(max_message),
             sscan: FrameScanner::default(),
             max_message,
+            armed: crate::net::ArmedReads::default(),
         }
     }
 

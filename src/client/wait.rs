@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::session::SessionError;
-use crate::net::Stream;
+use crate::net::{ArmedReads, Stream};
 
 /// What ended a turn's wait.
 pub(super) enum Event {
@@ -33,6 +33,23 @@ pub(super) struct Wants {
     pub(super) shutdown: bool,
     pub(super) notify: bool,
     pub(super) idle_timeout: bool,
+}
+
+/// Whether `stream` is readable: a load of its readiness when `armed`,
+/// otherwise a poll that registers the waker (`armed` is set when it did).
+/// Not for TLS: rustls's reads and writes poll the socket with a no-op
+/// waker of their own, which may take the slot.
+#[inline(always)]
+fn read_ready(stream: &Stream, armed: &mut bool, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    if *armed {
+        return match stream.read_ready_now() {
+            true => Poll::Ready(Ok(())),
+            false => Poll::Pending,
+        };
+    }
+    let r = stream.poll_read_ready(cx);
+    *armed = r.is_pending() && !stream.is_tls();
+    r
 }
 
 /// The wait of one relay turn, written out rather than built with
@@ -61,6 +78,7 @@ pub(super) struct Wait<'a> {
     /// for the waiter.
     pub(super) listen_wait: Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>,
     pub(super) cancelled: &'a crate::shutdown::Shutdown,
+    pub(super) armed: &'a mut ArmedReads,
 }
 
 impl Future for Wait<'_> {
@@ -75,6 +93,7 @@ impl Future for Wait<'_> {
         if w.wants.shutdown && w.cancelled.is_cancelled() {
             return Poll::Ready(Ok(Event::Shutdown));
         }
+        w.armed.check_waker(cx.waker());
         if w.wants.client_write {
             if let Poll::Ready(r) = w.client.poll_write_ready(cx) {
                 return Poll::Ready(
@@ -85,7 +104,7 @@ impl Future for Wait<'_> {
         }
         if let Some(server) = w.server {
             if w.wants.server_read {
-                if let Poll::Ready(r) = server.poll_read_ready(cx) {
+                if let Poll::Ready(r) = read_ready(server, &mut w.armed.server, cx) {
                     return Poll::Ready(r.map(|()| Event::ServerReadable).map_err(lost));
                 }
             }
@@ -96,7 +115,7 @@ impl Future for Wait<'_> {
             }
         }
         if w.wants.client_read {
-            if let Poll::Ready(r) = w.client.poll_read_ready(cx) {
+            if let Poll::Ready(r) = read_ready(w.client, &mut w.armed.client, cx) {
                 return Poll::Ready(
                     r.map(|()| Event::ClientReadable)
                         .map_err(SessionError::ClientIo),

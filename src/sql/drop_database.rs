@@ -34,6 +34,16 @@ pub fn target(sql: &[u8]) -> Option<String> {
     (!options.contains(&b';')).then_some(name)
 }
 
+/// Whether `sql` may be what [`target`] or [`template`] recognizes: its
+/// first byte after white space starts DROP, CREATE or a comment. One
+/// look at every Query of an idle client.
+pub fn may_be_one(sql: &[u8]) -> bool {
+    matches!(
+        skip_space(sql).first(),
+        Some(b'd' | b'D' | b'c' | b'C' | b'-' | b'/')
+    )
+}
+
 fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
 }
@@ -170,6 +180,22 @@ mod tests {
         assert_eq!(t("DROP DATABASE x WITH (FORCE)").as_deref(), Some("x"));
         assert_eq!(t("drop database exists").as_deref(), Some("exists"));
         assert_eq!(t("drop database if").as_deref(), Some("if"));
+    }
+
+    #[test]
+    fn the_first_look_lets_every_recognized_text_through() {
+        for sql in [
+            "DROP DATABASE shop",
+            "  drop database x",
+            "\ncreate database x template t",
+            "/* c */ create database x template t",
+            "-- c\ncreate database x template t",
+        ] {
+            assert!(super::may_be_one(sql.as_bytes()), "{sql}");
+        }
+        for sql in ["select 1", "  update t set a = 1", "begin", ""] {
+            assert!(!super::may_be_one(sql.as_bytes()), "{sql}");
+        }
     }
 
     #[test]
