@@ -271,9 +271,12 @@ impl Session {
             _ => {}
         }
         let mut outcome = if tx {
-            self.ext
-                .expect
-                .on_server_message(tag, &mut statements.undo, &mut statements.parsed)
+            self.ext.expect.on_server_message(
+                tag,
+                &mut statements.undo,
+                &mut statements.parsed,
+                &mut self.ext.unnamed,
+            )
         } else {
             Outcome::Forward
         };
@@ -470,11 +473,6 @@ impl Session {
             self.state.known_statements.insert(name);
         }
         for u in undo.into_iter().rev() {
-            // [unnamed statement] A skipped unnamed Parse changed nothing.
-            if let Some(before) = u.unnamed {
-                self.ext.unnamed.undo_skipped(*before);
-                continue;
-            }
             if let Some((n, st)) = u.restore {
                 self.ext.statements.insert(n, st);
                 continue;

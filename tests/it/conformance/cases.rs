@@ -89,6 +89,13 @@ cases! {
     a_prepared_deallocate_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
     an_unnamed_discard_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
     a_bind_of_a_missing_unnamed_statement_after_an_error_is_skipped { session: [], transaction: [] }
+    a_failed_unnamed_parse_leaves_no_unnamed_statement { session: [], transaction: [] }
+    a_failed_unnamed_parse_after_a_good_one_leaves_none { session: [], transaction: [] }
+    an_unnamed_parse_that_fails_after_a_bind_of_its_group_leaves_none { session: [], transaction: [] }
+    an_unnamed_parse_of_a_failed_transaction_stays_on_its_server { session: [], transaction: [] }
+    unnamed_parses_skipped_in_two_pipelined_groups_leave_none { session: [], transaction: [] }
+    unnamed_parses_skipped_after_a_bind_and_an_execute_leave_none { session: [], transaction: [] }
+    a_long_pipeline_of_unnamed_parses_binds_and_executes { session: [], transaction: [] }
 }
 
 pub fn a_plain_simple_query() -> Conversation {
@@ -1005,6 +1012,174 @@ pub fn a_second_parse_of_a_name_then_its_close() -> Conversation {
         .parse("s0", "SELECT 2 AS two", &[])
         .sync()
         .close_statement("s0")
+        .sync()
+        .ready()
+        .ready()
+}
+
+/// Found by the generator (seeds 0x700004, 0x7000a8): Postgres drops the
+/// unnamed statement before it parses a new one, so after a failed
+/// unnamed Parse there is none, and a Bind or Describe of it gets 26000.
+pub fn a_failed_unnamed_parse_leaves_no_unnamed_statement() -> Conversation {
+    Conversation::new("a_failed_unnamed_parse_leaves_no_unnamed_statement", 1)
+        .on(0)
+        .parse("", "SELECT * FROM conf_no_such_table", &[])
+        .sync()
+        .ready()
+        .bind("p0", "", &["1999-12-31 23:59:59.5-08"])
+        .sync()
+        .ready()
+        .bind_full("", "", &[], true)
+        .sync()
+        .ready()
+        .describe_statement("")
+        .sync()
+        .ready()
+}
+
+/// Found by the generator (seed 0x700049).
+pub fn a_failed_unnamed_parse_after_a_good_one_leaves_none() -> Conversation {
+    Conversation::new("a_failed_unnamed_parse_after_a_good_one_leaves_none", 1)
+        .on(0)
+        .parse("", "SELECT pg_notify($1, $2)", &[])
+        .sync()
+        .ready()
+        .parse(
+            "s0",
+            "SELECT 1 AS one, 'a'::char(3) AS c, 2.5::float8 AS f, true AS b, NULL::uuid AS u",
+            &[],
+        )
+        .parse("", "SELECT * FROM conf_no_such_table", &[])
+        .sync()
+        .bind("p0", "", &[])
+        .sync()
+        .ready()
+        .ready()
+}
+
+/// Found by the generator (seed 0x7003c8): the unnamed Parse comes after
+/// a Bind of its group and fails itself.
+pub fn an_unnamed_parse_that_fails_after_a_bind_of_its_group_leaves_none() -> Conversation {
+    Conversation::new(
+        "an_unnamed_parse_that_fails_after_a_bind_of_its_group_leaves_none",
+        1,
+    )
+    .on(0)
+    .parse("", "SET application_name = 'gen_extended'", &[])
+    .sync()
+    .parse("s1", "SET application_name = 'gen_extended'", &[])
+    .sync()
+    .ready()
+    .ready()
+    .bind("", "s1", &[])
+    .parse("", "SELECT * FROM conf_no_such_table", &[])
+    .sync()
+    .bind("", "", &[])
+    .sync()
+    .ready()
+    .ready()
+}
+
+/// Found by the generator (seed 0x700249): in a transaction that failed
+/// after it, the unnamed statement is still there for a Bind (whose error
+/// about the parameter count comes before the one about the transaction).
+pub fn an_unnamed_parse_of_a_failed_transaction_stays_on_its_server() -> Conversation {
+    Conversation::new(
+        "an_unnamed_parse_of_a_failed_transaction_stays_on_its_server",
+        1,
+    )
+    .on(0)
+    .query("BEGIN")
+    .ready()
+    .parse("", "SELECT repeat('y', $1::int) AS big", &[])
+    .parse("", "SET application_name = 'gen_extended'", &[])
+    .execute("", 0)
+    .sync()
+    .ready()
+    .bind_full("", "", &[Some("2")], true)
+    .sync()
+    .ready()
+    .query("ROLLBACK")
+    .ready()
+}
+
+/// Found by the generator (seed 0x7007ba): both groups fail before their
+/// unnamed Parse, so neither takes effect, whichever way the replies of
+/// the two groups come.
+pub fn unnamed_parses_skipped_in_two_pipelined_groups_leave_none() -> Conversation {
+    Conversation::new(
+        "unnamed_parses_skipped_in_two_pipelined_groups_leave_none",
+        1,
+    )
+    .on(0)
+    .execute("p0", 0)
+    .parse("", "SELECT repeat('y', $1::int) AS big", &[])
+    .sync()
+    .execute("", 0)
+    .parse("", "SET application_name = 'gen_extended'", &[])
+    .sync()
+    .sync()
+    .ready()
+    .ready()
+    .ready()
+    .describe_statement("")
+    .bind("", "", &["gen_7007ba_0", "x62"])
+    .sync()
+    .ready()
+}
+
+/// Found by the generator (seed 0x70048e).
+pub fn unnamed_parses_skipped_after_a_bind_and_an_execute_leave_none() -> Conversation {
+    Conversation::new(
+        "unnamed_parses_skipped_after_a_bind_and_an_execute_leave_none",
+        1,
+    )
+    .on(0)
+    .bind("", "s1", &["gen_70048e_0", "x2"])
+    .parse("", "SELECT $1::int + 1 AS next", &[])
+    .sync()
+    .execute("", 0)
+    .parse("", "SELECT $1::int + 1 AS next", &[23])
+    .sync()
+    .bind("", "", &["not a time"])
+    .execute("", 0)
+    .execute("", 1)
+    .sync()
+    .ready()
+    .ready()
+    .ready()
+}
+
+/// Found by the generator (seed 0x7000ea).
+pub fn a_long_pipeline_of_unnamed_parses_binds_and_executes() -> Conversation {
+    Conversation::new("a_long_pipeline_of_unnamed_parses_binds_and_executes", 1)
+        .on(0)
+        .execute("", 0)
+        .parse("", "SHOW TimeZone", &[])
+        .sync()
+        .execute("", 0)
+        .parse("", "SELECT 10 / $1::int AS q", &[])
+        .parse(
+            "",
+            "SELECT $1::timestamptz AS ts, $1::timestamptz::date AS d",
+            &[],
+        )
+        .bind("", "", &["1999-12-31 23:59:59.5-08"])
+        .describe_portal("")
+        .execute("", 0)
+        .sync()
+        .ready()
+        .ready()
+        .bind("", "", &["x\ty"])
+        .sync()
+        .parse("", "SELECT pg_notify($1, $2)", &[])
+        .describe_statement("")
+        .bind("", "", &["gen_7000ea_0", "x84"])
+        .execute("", 0)
+        .bind_full("", "s0", &[], true)
+        .describe_portal("")
+        .execute("", 2)
+        .execute("", 0)
         .sync()
         .ready()
         .ready()
