@@ -66,6 +66,9 @@ struct ServerBurst {
     drop_error: bool,
     /// The group runs again once the read is done.
     replay_now: bool,
+    /// Where the ReadyForQuery ending a transaction that may have
+    /// notified the client's channels starts in `to_client`.
+    notified_ready_at: Option<usize>,
 }
 
 /// The statement bookkeeping of one read, settled once it is scanned. Apart
@@ -92,6 +95,8 @@ enum ServerRead {
         ended: Option<Instant>,
         /// LISTENs of the transaction take effect (`true`) or are dropped.
         listen_txn_end: Option<bool>,
+        /// See `ServerBurst::notified_ready_at`.
+        notified_ready_at: Option<usize>,
     },
 }
 
@@ -101,23 +106,24 @@ impl Session {
     pub(super) async fn on_server_readable(&mut self) -> Option<Result<(), SessionError>> {
         // The reading and scanning is a plain function, so its locals are
         // not part of this future's state (and of every client task's).
-        let (lost, release, ended, listen_txn_end) = match self.read_server()? {
+        let (lost, release, ended, listen_txn_end, notified_ready_at) = match self.read_server()? {
             ServerRead::Broken(e) => return Some(self.server_lost(*e).await),
             ServerRead::Done {
                 lost,
                 release,
                 ended,
                 listen_txn_end,
-            } => (lost, release, ended, listen_txn_end),
+                notified_ready_at,
+            } => (lost, release, ended, listen_txn_end, notified_ready_at),
         };
-        if let Some(committed) = listen_txn_end {
-            // Before the ReadyForQuery reaches the client: a NOTIFY it sends
-            // next must find the LISTEN in place, as on Postgres.
-            // Boxed: a rare path kept out of the relay future's size.
-            if let Err(e) = Box::pin(self.end_of_listen_transaction(committed)).await {
-                tracing::warn!(error = %e, "LISTEN at COMMIT failed");
-            }
-            self.listening.last_command_tag = None;
+        // Before the ReadyForQuery reaches the client: a NOTIFY it sends
+        // next must find the LISTEN in place, and what the transaction
+        // notified comes before it, as on Postgres.
+        // Boxed: a rare path kept out of the relay future's size.
+        if let Some(at) = notified_ready_at {
+            Box::pin(self.deliver_before_ready(at, listen_txn_end)).await;
+        } else if listen_txn_end.is_some() {
+            Box::pin(self.listen_transaction_end(listen_txn_end)).await;
         }
         if let Err(e) = self.flush_client() {
             return Some(Err(e));
@@ -180,6 +186,7 @@ impl Session {
             release: burst.release,
             ended,
             listen_txn_end: burst.listen_txn_end,
+            notified_ready_at: burst.notified_ready_at,
         })
     }
 
@@ -367,6 +374,9 @@ impl Session {
             if let Some(l) = self.listening.local.as_deref_mut() {
                 l.end_of_transaction();
             }
+            if std::mem::take(&mut self.listening.notified) && burst.notified_ready_at.is_none() {
+                burst.notified_ready_at = Some(self.io.to_client.len() + burst.ready);
+            }
         }
         let ended = idle && self.txn.pending == 0 && !self.txn.unsynced;
         burst.txn_done |= ended;
@@ -379,6 +389,7 @@ impl Session {
             burst.release = false;
             burst.txn_done = false;
             burst.listen_txn_end = None;
+            burst.notified_ready_at = None;
         }
     }
 

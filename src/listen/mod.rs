@@ -222,14 +222,17 @@ impl Subscriber {
     }
 
     /// UNLISTEN `channel`. Takes effect at once for this client; the
-    /// listener's UNLISTEN (if it was the last subscriber) follows.
+    /// listener's UNLISTEN (if it was the last subscriber) follows. What
+    /// was queued for it and not delivered goes: Postgres reads its
+    /// notifications after the UNLISTEN has committed, and drops those of
+    /// channels it no longer listens to.
     pub fn unlisten(&mut self, channel: &str) {
         let ch = truncate_channel(channel);
         if !self.channels.remove(ch) {
             return;
         }
         self.hub.shared.metrics.listen_subscriptions.dec();
-        self.queue.forget_channel(ch);
+        self.queue.drop_channel(ch);
         if let Some(l) = &self.listener {
             if l.registry().remove(ch, self.id) {
                 l.sync(None);
@@ -247,7 +250,7 @@ impl Subscriber {
             let mut reg = l.registry();
             for ch in &self.channels {
                 poke |= reg.remove(ch, self.id);
-                self.queue.forget_channel(ch);
+                self.queue.drop_channel(ch);
             }
         }
         self.hub
@@ -259,6 +262,22 @@ impl Subscriber {
         if poke {
             l.sync(None);
         }
+    }
+
+    /// Returns once every notification committed before the call has
+    /// been queued for its subscribers (at most `LIMIT` later: a listener
+    /// connection that does not answer holds no client up for longer).
+    pub async fn barrier(&self) {
+        const LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+        let Some(l) = &self.listener else {
+            return;
+        };
+        if self.channels.is_empty() {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        l.barrier(tx);
+        let _ = tokio::time::timeout(LIMIT, rx).await;
     }
 
     /// Whether this client listens to `channel`.

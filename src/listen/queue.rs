@@ -148,14 +148,9 @@ impl Queue {
         self.notify.notify_one();
     }
 
-    /// After UNLISTEN: the channel no longer owes a marker. Notifications
-    /// already queued for it stay (they arrived while the client listened).
-    pub(crate) fn forget_channel(&self, channel: &str) {
-        self.lock().owed.retain(|c| c != channel);
-    }
-
-    /// A subscription made ahead of its COMMIT did not take effect: what it
-    /// queued for `channel` goes, as if never heard.
+    /// An UNLISTEN, or a subscription made ahead of its COMMIT that did
+    /// not take effect: what was queued for `channel` goes, as if never
+    /// heard.
     pub(crate) fn drop_channel(&self, channel: &str) {
         let mut inner = self.lock();
         inner.owed.retain(|c| c != channel);

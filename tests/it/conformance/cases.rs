@@ -45,10 +45,7 @@ cases! {
     copy_out_in_simple_and_extended_protocol { session: [], transaction: [] }
     copy_fail_ends_a_copy_in { session: [], transaction: [] }
     listen_and_notify_to_oneself { session: [], transaction: [] }
-    listen_and_notify_in_one_query {
-        session: [],
-        transaction: [#[ignore = "known race, issue 21: `LISTEN x; NOTIFY x` in one Query in transaction mode loses the notification in about one run of four under load (seen on the code before the relay's restructuring too); the fixed-seed generator run hits it as well"]]
-    }
+    listen_and_notify_in_one_query { session: [], transaction: [] }
     asyncpg_reset_query_on_release {
         session: [],
         transaction: []
@@ -96,6 +93,10 @@ cases! {
     unnamed_parses_skipped_in_two_pipelined_groups_leave_none { session: [], transaction: [] }
     unnamed_parses_skipped_after_a_bind_and_an_execute_leave_none { session: [], transaction: [] }
     a_long_pipeline_of_unnamed_parses_binds_and_executes { session: [], transaction: [] }
+    an_unlisten_committed_with_a_notify_hears_nothing { session: [], transaction: [] }
+    an_unlisten_in_a_block_commits_with_the_blocks_notify { session: [], transaction: [] }
+    a_notify_to_oneself_arrives_before_the_next_query_unlistens { session: [], transaction: [] }
+    a_notify_then_unlisten_all_while_another_client_waits { session: [], transaction: [] }
 }
 
 pub fn a_plain_simple_query() -> Conversation {
@@ -1182,5 +1183,84 @@ pub fn a_long_pipeline_of_unnamed_parses_binds_and_executes() -> Conversation {
         .execute("", 0)
         .sync()
         .ready()
+        .ready()
+}
+
+/// Found by the generator (seeds 0x700026, 0x70065f, 0x70012c): an
+/// UNLISTEN takes effect at the commit that sends the NOTIFY, before the
+/// backend reads its own notifications, so none is delivered.
+pub fn an_unlisten_committed_with_a_notify_hears_nothing() -> Conversation {
+    Conversation::new("an_unlisten_committed_with_a_notify_hears_nothing", 1)
+        .on(0)
+        .query("LISTEN conf_unl_{m}")
+        .ready()
+        .query("NOTIFY conf_unl_{m}, 'p275'; UNLISTEN *; SELECT 1 AS one")
+        .ready()
+        .query("LISTEN conf_unl_{m}; SELECT 304 AS n")
+        .ready()
+        .query("UNLISTEN conf_unl_{m}; SELECT pg_notify('conf_unl_{m}', 'q563'); SELECT 2 AS two")
+        .ready()
+        .query("LISTEN conf_unl_{m}")
+        .ready()
+        .query("SELECT pg_notify('conf_unl_{m}', 'q770'); SELECT 3 AS three; UNLISTEN conf_unl_{m}")
+        .ready()
+        .query("SELECT 'after'")
+        .ready()
+}
+
+/// Found by the generator (seed 0x700924).
+pub fn an_unlisten_in_a_block_commits_with_the_blocks_notify() -> Conversation {
+    Conversation::new("an_unlisten_in_a_block_commits_with_the_blocks_notify", 1)
+        .on(0)
+        .query("LISTEN conf_blk_{m}")
+        .ready()
+        .query("BEGIN")
+        .ready()
+        .query("UNLISTEN conf_blk_{m}; SELECT g FROM generate_series(1, 2) AS g")
+        .ready()
+        .query("SELECT pg_notify('conf_blk_{m}', 'q289')")
+        .ready()
+        .query("COMMIT")
+        .ready()
+        .query("SELECT 'after'")
+        .ready()
+}
+
+/// Found by the generator (seed 0x7003df): Postgres sends its own
+/// notification before the ReadyForQuery of the NOTIFY, so the next
+/// Query's UNLISTEN comes too late to drop it.
+pub fn a_notify_to_oneself_arrives_before_the_next_query_unlistens() -> Conversation {
+    Conversation::new(
+        "a_notify_to_oneself_arrives_before_the_next_query_unlistens",
+        1,
+    )
+    .on(0)
+    .query("SET application_name = 'gen_750'; LISTEN conf_self_{m}")
+    .ready()
+    .query("NOTIFY conf_self_{m}, 'p571'; RESET DateStyle")
+    .ready()
+    .query("SHOW TimeZone; UNLISTEN conf_self_{m}")
+    .ready()
+    .parse("", "SELECT pg_notify('conf_self_{m}', 'x34')", &[])
+    .bind("", "", &[])
+    .execute("", 0)
+    .sync()
+    .ready()
+}
+
+/// Found by the generator (seeds 0x70070c, 0x700817).
+pub fn a_notify_then_unlisten_all_while_another_client_waits() -> Conversation {
+    Conversation::new("a_notify_then_unlisten_all_while_another_client_waits", 2)
+        .on(0)
+        .query("LISTEN conf_all_{m}; SET application_name = 'gen_345'")
+        .ready()
+        .query("SELECT pg_notify('conf_all_{m}', 'q247'); SELECT ARRAY[1,2,3] AS a; UNLISTEN *")
+        .ready()
+        .on(1)
+        .query("SET LOCAL TimeZone = 'America/New_York'; SELECT 1 AS one; LISTEN conf_all_{m}")
+        .ready()
+        .query("SELECT pg_notify('conf_all_{m}', 'q717'); UNLISTEN *")
+        .ready()
+        .query("COMMIT")
         .ready()
 }
