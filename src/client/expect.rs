@@ -250,6 +250,17 @@ impl Expectations {
         pending == Some(true)
     }
 
+    /// Whether a Parse of the client's statement `client_name` waits for
+    /// its reply (looked at only for an error naming a statement).
+    pub fn parse_pending(&self, client_name: &str) -> bool {
+        self.queue.iter().any(|e| {
+            e.reply == Reply::ParseComplete
+                && e.undo
+                    .as_ref()
+                    .is_some_and(|u| u.client_name.as_deref() == Some(client_name))
+        })
+    }
+
     /// Whether an unnamed Parse that may be skipped (see `Undo::unnamed`)
     /// waits for its reply: `Some(true)` in an earlier Sync group than the
     /// message sent now, `Some(false)` in the same one.

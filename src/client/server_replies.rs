@@ -458,16 +458,23 @@ impl Session {
 
     /// The ErrorResponse `body` with the client's statement names in
     /// place of pgharbor's, counting statements the burst's `undo` gives
-    /// back; `None` when it names none.
+    /// back; `None` when it names none. Of two names for one server
+    /// statement, not one whose Parse came after the failed message (it
+    /// was skipped with this error, or waits for its reply still).
     fn client_names_in(&self, body: &[u8], undo: &[Undo]) -> Option<BytesMut> {
         client_names_in_error(body, |server| {
             let restored = undo.iter().filter_map(|u| u.restore.as_ref());
             // [prepared statements] Or one closed after it.
             let restored = restored.chain(self.ext.expect.closing());
+            let parsed_later = |name: &str| {
+                undo.iter().any(|u| u.client_name.as_deref() == Some(name))
+                    || self.ext.expect.parse_pending(name)
+            };
             let mut all = self
                 .ext
                 .statements
                 .iter()
+                .filter(|(n, _)| !parsed_later(n))
                 .chain(restored.map(|(n, st)| (n, st)));
             all.find(|(_, st)| &*st.name == server)
                 .map(|(n, _)| n.clone())

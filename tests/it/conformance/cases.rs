@@ -97,6 +97,8 @@ cases! {
     an_unlisten_in_a_block_commits_with_the_blocks_notify { session: [], transaction: [] }
     a_notify_to_oneself_arrives_before_the_next_query_unlistens { session: [], transaction: [] }
     a_notify_then_unlisten_all_while_another_client_waits { session: [], transaction: [] }
+    an_error_names_the_closed_one_of_two_names_for_one_text { session: [], transaction: [] }
+    an_error_names_the_first_of_two_names_for_one_text_when_the_second_comes_later { session: [], transaction: [] }
 }
 
 pub fn a_plain_simple_query() -> Conversation {
@@ -1263,4 +1265,42 @@ pub fn a_notify_then_unlisten_all_while_another_client_waits() -> Conversation {
         .ready()
         .query("COMMIT")
         .ready()
+}
+
+/// Found by the generator (seed 0x70027d): the Bind's error names the
+/// statement it bound, not the one parsed later with the same text.
+pub fn an_error_names_the_closed_one_of_two_names_for_one_text() -> Conversation {
+    Conversation::new("an_error_names_the_closed_one_of_two_names_for_one_text", 1)
+        .on(0)
+        .parse("s1", "SELECT $1::int + 1 AS next", &[])
+        .sync()
+        .ready()
+        .bind("", "s1", &[])
+        .close_statement("s1")
+        .parse("s0", "SELECT $1::int + 1 AS next", &[])
+        .sync()
+        .ready()
+}
+
+/// Found by the generator (seed 0x7004a6).
+pub fn an_error_names_the_first_of_two_names_for_one_text_when_the_second_comes_later(
+) -> Conversation {
+    Conversation::new(
+        "an_error_names_the_first_of_two_names_for_one_text_when_the_second_comes_later",
+        1,
+    )
+    .on(0)
+    .parse("s0", "SELECT pg_notify($1, $2)", &[])
+    .bind_full(
+        "",
+        "s0",
+        &[Some("gen_7004a6_1"), Some("x14"), Some("1")],
+        true,
+    )
+    .close_statement("s0")
+    .sync()
+    .parse("s1", "SELECT pg_notify($1, $2)", &[])
+    .sync()
+    .ready()
+    .ready()
 }
