@@ -97,6 +97,7 @@ cases! {
     an_unlisten_in_a_block_commits_with_the_blocks_notify { session: [], transaction: [] }
     a_notify_to_oneself_arrives_before_the_next_query_unlistens { session: [], transaction: [] }
     a_notify_then_unlisten_all_while_another_client_waits { session: [], transaction: [] }
+    a_bind_in_the_next_group_after_a_skipped_close_and_an_unnamed_parse { session: [], transaction: [] }
     an_error_names_the_closed_one_of_two_names_for_one_text { session: [], transaction: [] }
     an_error_names_the_first_of_two_names_for_one_text_when_the_second_comes_later { session: [], transaction: [] }
 }
@@ -1265,6 +1266,33 @@ pub fn a_notify_then_unlisten_all_while_another_client_waits() -> Conversation {
         .ready()
         .query("COMMIT")
         .ready()
+}
+
+/// Found by the generator (seed 0x7002f9): the Close is skipped, so the
+/// Bind of the next group finds the statement (and fails on its value).
+pub fn a_bind_in_the_next_group_after_a_skipped_close_and_an_unnamed_parse() -> Conversation {
+    Conversation::new(
+        "a_bind_in_the_next_group_after_a_skipped_close_and_an_unnamed_parse",
+        1,
+    )
+    .on(0)
+    .parse(
+        "s0",
+        "SELECT $1::timestamptz AS ts, $1::timestamptz::date AS d",
+        &[],
+    )
+    .execute("", 0)
+    .close_statement("s0")
+    .sync()
+    .parse(
+        "",
+        "SELECT g, g * 2 AS twice FROM generate_series(1, $1::int) AS g",
+        &[],
+    )
+    .bind_full("p0", "s0", &[Some("120001")], true)
+    .sync()
+    .ready()
+    .ready()
 }
 
 /// Found by the generator (seed 0x70027d): the Bind's error names the
