@@ -125,6 +125,9 @@ impl Session {
                     }
                     backend::command_complete(&mut self.io.to_client, tag);
                 }
+                if let Some(sub) = self.listening.listen.as_deref() {
+                    sub.drop_unlistened();
+                }
             }
         }
         backend::ready_for_query(&mut self.io.to_client, status.byte());
@@ -166,6 +169,7 @@ impl Session {
                 sub.unlisten(&ch);
                 sub.drop_queued(&ch);
             }
+            sub.drop_unlistened();
         }
         result
     }

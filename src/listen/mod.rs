@@ -223,16 +223,14 @@ impl Subscriber {
 
     /// UNLISTEN `channel`. Takes effect at once for this client; the
     /// listener's UNLISTEN (if it was the last subscriber) follows. What
-    /// was queued for it and not delivered goes: Postgres reads its
-    /// notifications after the UNLISTEN has committed, and drops those of
-    /// channels it no longer listens to.
+    /// was queued for it goes with [`Subscriber::drop_unlistened`].
     pub fn unlisten(&mut self, channel: &str) {
         let ch = truncate_channel(channel);
         if !self.channels.remove(ch) {
             return;
         }
         self.hub.shared.metrics.listen_subscriptions.dec();
-        self.queue.drop_channel(ch);
+        self.queue.forget_channel(ch);
         if let Some(l) = &self.listener {
             if l.registry().remove(ch, self.id) {
                 l.sync(None);
@@ -250,7 +248,7 @@ impl Subscriber {
             let mut reg = l.registry();
             for ch in &self.channels {
                 poke |= reg.remove(ch, self.id);
-                self.queue.drop_channel(ch);
+                self.queue.forget_channel(ch);
             }
         }
         self.hub
@@ -278,6 +276,13 @@ impl Subscriber {
         let (tx, rx) = oneshot::channel();
         l.barrier(tx);
         let _ = tokio::time::timeout(LIMIT, rx).await;
+    }
+
+    /// After the UNLISTENs of a transaction or command took effect: what
+    /// is queued for channels no longer listened to goes. Postgres reads
+    /// its notifications after they have committed, and drops those.
+    pub fn drop_unlistened(&self) {
+        self.queue.keep_channels(|c| self.channels.contains(c));
     }
 
     /// Whether this client listens to `channel`.

@@ -100,6 +100,7 @@ cases! {
     a_bind_in_the_next_group_after_a_skipped_close_and_an_unnamed_parse { session: [], transaction: [] }
     an_error_names_the_closed_one_of_two_names_for_one_text { session: [], transaction: [] }
     an_error_names_the_first_of_two_names_for_one_text_when_the_second_comes_later { session: [], transaction: [] }
+    unlisten_all_then_listen_in_one_query_hears_its_notify { session: [], transaction: [] }
 }
 
 pub fn a_plain_simple_query() -> Conversation {
@@ -1331,4 +1332,16 @@ pub fn an_error_names_the_first_of_two_names_for_one_text_when_the_second_comes_
     .sync()
     .ready()
     .ready()
+}
+
+/// Found by the generator (seed 0x710076): the LISTEN after the
+/// UNLISTEN * stands at the commit, so the NOTIFY committed with both is
+/// heard.
+pub fn unlisten_all_then_listen_in_one_query_hears_its_notify() -> Conversation {
+    Conversation::new("unlisten_all_then_listen_in_one_query_hears_its_notify", 1)
+        .on(0)
+        .query("UNLISTEN *; LISTEN conf_again_{m}; NOTIFY conf_again_{m}, 'p809'")
+        .ready()
+        .query("SELECT 'after'")
+        .ready()
 }
