@@ -80,7 +80,8 @@ pub struct Undo {
     /// A Close of the name went just before the Parse: when the Parse is
     /// skipped, so was the Close, and the server still has the statement;
     /// when the Parse failed, it does not. Its list is then unsure (see
-    /// `PreparedSet::forget_all`).
+    /// `PreparedSet::forget_all`). Also set on the Close of a statement
+    /// evicted from the list: skipped, it leaves the statement there.
     pub closed_first: bool,
     /// A Close of the client's statement (name and statement) that
     /// pgharbor answered: when it is skipped after an error of its group,

@@ -651,9 +651,17 @@ impl Session {
         if let Some(victim) = p.server.prepared.insert(st.name.clone(), cap) {
             let mut close = BytesMut::new();
             build_target(&mut close, b'C', b'S', &victim);
-            // The eviction reaches the server before the new Parse.
+            // The eviction reaches the server before the new Parse. When
+            // an error before it makes the server skip it, the server
+            // keeps the statement the list no longer has.
             self.io.to_server.extend_from_slice(&close);
-            self.ext.expect.push(Reply::CloseComplete, Action::Swallow);
+            let undo = Undo {
+                closed_first: true,
+                ..Undo::default()
+            };
+            self.ext
+                .expect
+                .push_undo(Reply::CloseComplete, Action::Swallow, undo);
         }
         if p.server.prepared.is_unsure() {
             // The server may still have it (see `PreparedSet::forget_all`).

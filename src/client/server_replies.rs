@@ -495,12 +495,14 @@ impl Session {
                 self.ext.statements.insert(n, st);
                 continue;
             }
+            if u.closed_first {
+                if let Some(p) = self.server.as_mut() {
+                    p.server.prepared.mark_unsure();
+                }
+            }
             if let Some(n) = &u.server_name {
                 if let Some(p) = self.server.as_mut() {
                     p.server.prepared.remove(n);
-                    if u.closed_first {
-                        p.server.prepared.mark_unsure();
-                    }
                 }
                 self.state.known_statements.remove(n);
             }
