@@ -525,7 +525,9 @@ impl Expectations {
         }
         if tag == b'1' {
             if let Some(generation) = done.unnamed_parse {
-                unnamed.confirmed(generation);
+                if !unnamed.confirmed(generation) {
+                    self.patch_unnamed(generation, |s| s.here = true);
+                }
             }
             if let Some(name) = done.undo.and_then(|u| u.server_name) {
                 parsed.push(name);

@@ -80,12 +80,15 @@ impl UnnamedStatement {
     }
 
     /// The server answered the Parse `generation` with ParseComplete: the
-    /// statement is on the server held now, unless it changed since.
+    /// statement is on the server held now. `false` when it changed since
+    /// (a later Parse's snapshot is then what to correct).
     #[inline]
-    pub fn confirmed(&mut self, generation: u32) {
-        if self.generation == generation {
-            self.here = true;
+    pub fn confirmed(&mut self, generation: u32) -> bool {
+        if self.generation != generation {
+            return false;
         }
+        self.here = true;
+        true
     }
 
     /// The Parse `generation` failed: with `injected` (pgharbor prepared

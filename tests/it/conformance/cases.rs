@@ -101,6 +101,7 @@ cases! {
     an_error_names_the_closed_one_of_two_names_for_one_text { session: [], transaction: [] }
     an_error_names_the_first_of_two_names_for_one_text_when_the_second_comes_later { session: [], transaction: [] }
     unlisten_all_then_listen_in_one_query_hears_its_notify { session: [], transaction: [] }
+    an_unnamed_parse_confirmed_before_a_later_one_is_skipped_stays_on_its_server { session: [], transaction: [] }
 }
 
 pub fn a_plain_simple_query() -> Conversation {
@@ -1344,4 +1345,31 @@ pub fn unlisten_all_then_listen_in_one_query_hears_its_notify() -> Conversation 
         .ready()
         .query("SELECT 'after'")
         .ready()
+}
+
+/// Found by the generator (seed 0x73007c): the second unnamed Parse
+/// succeeds, the third is skipped after the Bind between them fails; in
+/// the failed transaction a Bind of the unnamed statement then finds the
+/// second on the server (its error is about the parameter count).
+pub fn an_unnamed_parse_confirmed_before_a_later_one_is_skipped_stays_on_its_server() -> Conversation
+{
+    Conversation::new(
+        "an_unnamed_parse_confirmed_before_a_later_one_is_skipped_stays_on_its_server",
+        1,
+    )
+    .on(0)
+    .query("BEGIN")
+    .ready()
+    .parse("", "SELECT $1::int + 1 AS next", &[])
+    .bind("p0", "", &["0"])
+    .parse("", "SELECT $1::text || '!' AS shout", &[])
+    .bind("p0", "", &["hello"])
+    .parse("", "SELECT * FROM conf_no_such_table", &[])
+    .sync()
+    .ready()
+    .bind("p0", "", &[])
+    .sync()
+    .ready()
+    .query("ROLLBACK")
+    .ready()
 }
