@@ -80,7 +80,8 @@ pub struct Undo {
     /// A Close of the name went just before the Parse: when the Parse is
     /// skipped, so was the Close, and the server still has the statement;
     /// when the Parse failed, it does not. Its list is then unsure (see
-    /// `PreparedSet::forget_all`).
+    /// `PreparedSet::forget_all`). Also set on the Close of a statement
+    /// evicted from the list: skipped, it leaves the statement there.
     pub closed_first: bool,
     /// A Close of the client's statement (name and statement) that
     /// pgharbor answered: when it is skipped after an error of its group,
@@ -110,6 +111,9 @@ pub struct Expected {
     /// shape its reply tells (the client's own when `action` is
     /// `Forward`, only the server's when pgharbor injected it).
     pub describes: Option<Arc<Statement>>,
+    /// For a Parse of the unnamed statement: its generation, so that its
+    /// outcome updates the client's unnamed statement (`unnamed.rs`).
+    unnamed_parse: Option<u32>,
     readies: u32,
     replies: u32,
 }
@@ -205,6 +209,16 @@ impl Expectations {
         self.queue_entry(Reply::Statement, action, None, local.map(Box::new));
     }
 
+    /// Queues a Parse of the unnamed statement, of `generation`: its
+    /// outcome is the client's unnamed statement's (see `unnamed.rs`).
+    /// `undo`: it may be skipped after an error of its group.
+    pub fn push_unnamed_parse(&mut self, action: Action, undo: Option<Undo>, generation: u32) {
+        self.queue_entry(Reply::ParseComplete, action, undo.map(Box::new), None);
+        if let Some(e) = self.queue.back_mut() {
+            e.unnamed_parse = Some(generation);
+        }
+    }
+
     /// Queues a Describe of the named statement `st` (its server name).
     pub fn push_describe(&mut self, action: Action, st: Arc<Statement>) {
         self.queue_entry(Reply::Describe, action, None, None);
@@ -235,6 +249,17 @@ impl Expectations {
                 || u.restore.as_ref().is_some_and(|(n, _)| n == client_name)
         });
         pending == Some(true)
+    }
+
+    /// Whether a Parse of the client's statement `client_name` waits for
+    /// its reply (looked at only for an error naming a statement).
+    pub fn parse_pending(&self, client_name: &str) -> bool {
+        self.queue.iter().any(|e| {
+            e.reply == Reply::ParseComplete
+                && e.undo
+                    .as_ref()
+                    .is_some_and(|u| u.client_name.as_deref() == Some(client_name))
+        })
     }
 
     /// Whether an unnamed Parse that may be skipped (see `Undo::unnamed`)
@@ -300,6 +325,7 @@ impl Expectations {
             undo,
             local,
             describes: None,
+            unnamed_parse: None,
             readies: std::mem::take(&mut self.tail_readies),
             replies: std::mem::take(&mut self.tail_replies),
         });
@@ -415,12 +441,14 @@ impl Expectations {
 
     /// Accounts for a server message with `tag`; `undo` collects the
     /// statements whose Parse did not take effect.
-    /// `parsed` collects the server names of Parses that succeeded.
+    /// `parsed` collects the server names of Parses that succeeded;
+    /// `unnamed` follows the outcome of unnamed Parses.
     pub fn on_server_message(
         &mut self,
         tag: u8,
         undo: &mut Vec<Undo>,
         parsed: &mut Vec<Arc<str>>,
+        unnamed: &mut UnnamedStatement,
     ) -> Outcome {
         match self.front() {
             Front::Nothing => Outcome::Forward,
@@ -432,13 +460,13 @@ impl Expectations {
             }
             Front::Replies => {
                 if tag == b'E' {
-                    self.skip_to_sync(undo);
+                    self.skip_to_sync(undo, unnamed, false);
                 } else if ends_step(tag) {
                     *self.front_counts().1 -= 1;
                 }
                 Outcome::Forward
             }
-            Front::Entry => self.on_entry_reply(tag, undo, parsed),
+            Front::Entry => self.on_entry_reply(tag, undo, parsed, unnamed),
         }
     }
 
@@ -448,6 +476,7 @@ impl Expectations {
         tag: u8,
         undo: &mut Vec<Undo>,
         parsed: &mut Vec<Arc<str>>,
+        unnamed: &mut UnnamedStatement,
     ) -> Outcome {
         let Some(front) = self.queue.front() else {
             return Outcome::Forward;
@@ -470,7 +499,7 @@ impl Expectations {
                 // injected Parse: it explains why the client's Bind could
                 // not run), unless pgharbor gave the client its own.
                 let aborted = front.action == Action::Abort;
-                self.skip_to_sync(undo);
+                self.skip_to_sync(undo, unnamed, true);
                 return if aborted {
                     Outcome::Swallow
                 } else {
@@ -495,6 +524,11 @@ impl Expectations {
             return Outcome::Swallow;
         }
         if tag == b'1' {
+            if let Some(generation) = done.unnamed_parse {
+                if !unnamed.confirmed(generation) {
+                    self.patch_unnamed(generation, |s| s.here = true);
+                }
+            }
             if let Some(name) = done.undo.and_then(|u| u.server_name) {
                 parsed.push(name);
             }
@@ -507,15 +541,30 @@ impl Expectations {
 
     /// An extended-protocol message failed: Postgres skips every message
     /// up to the next Sync, so what is expected of them is dropped (their
-    /// undo collected) up to the next Sync's count.
-    fn skip_to_sync(&mut self, undo: &mut Vec<Undo>) {
+    /// undo collected) up to the next Sync's count. `front_failed`: the
+    /// first queued entry is the message that failed, the rest skipped.
+    fn skip_to_sync(
+        &mut self,
+        undo: &mut Vec<Undo>,
+        unnamed: &mut UnnamedStatement,
+        mut front_failed: bool,
+    ) {
         loop {
             match self.queue.front() {
                 // The next Sync comes before this entry, or is this entry
                 // (one pgharbor injected): the rest is of later groups.
                 Some(e) if e.readies > 0 || e.reply == Reply::Ready => return,
                 Some(_) => {
-                    if let Some(u) = self.queue.pop_front().and_then(|e| e.undo) {
+                    let Some(mut e) = self.queue.pop_front() else {
+                        return;
+                    };
+                    let failed = std::mem::take(&mut front_failed);
+                    if let Some(generation) = e.unnamed_parse {
+                        let before = e.undo.as_mut().and_then(|u| u.unnamed.take());
+                        let injected = e.action == Action::Swallow;
+                        self.unnamed_outcome(unnamed, generation, failed, injected, before);
+                    }
+                    if let Some(u) = e.undo {
                         undo.push(*u);
                     }
                 }
@@ -529,6 +578,50 @@ impl Expectations {
                     return;
                 }
             }
+        }
+    }
+}
+
+impl Expectations {
+    /// The unnamed Parse `generation` failed (`failed`) or was skipped,
+    /// made while the statement was `before`. When the statement changed
+    /// since, the snapshot a later unnamed Parse took of it right after
+    /// this one is corrected instead: that is what the later one's skip
+    /// would bring back.
+    fn unnamed_outcome(
+        &mut self,
+        unnamed: &mut UnnamedStatement,
+        generation: u32,
+        failed: bool,
+        injected: bool,
+        before: Option<Box<UnnamedStatement>>,
+    ) {
+        if failed {
+            if !unnamed.failed(generation, injected) && !injected {
+                self.patch_unnamed(generation, |s| {
+                    s.exists = false;
+                    s.here = false;
+                });
+            }
+            return;
+        }
+        let Some(before) = before else {
+            return;
+        };
+        if let Some(before) = unnamed.skipped(generation, *before) {
+            self.patch_unnamed(generation, |s| *s = before.clone());
+        }
+    }
+
+    /// Applies `fix` to the queued snapshots taken right after the event
+    /// `generation`.
+    fn patch_unnamed(&mut self, generation: u32, fix: impl Fn(&mut UnnamedStatement)) {
+        let snapshots = self.queue.iter_mut().filter_map(|e| {
+            let s = e.undo.as_mut()?.unnamed.as_mut()?;
+            (s.generation() == generation).then_some(s)
+        });
+        for s in snapshots {
+            fix(s);
         }
     }
 }

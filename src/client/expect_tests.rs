@@ -13,11 +13,21 @@ fn injected_parse_is_swallowed_and_synthesized_replies_wait_their_turn() {
     q.push(Reply::Ready, Action::Forward);
     assert!(q.due_synthesized().is_none());
     assert!(matches!(
-        q.on_server_message(b'D', &mut undo, &mut Vec::new()),
+        q.on_server_message(
+            b'D',
+            &mut undo,
+            &mut Vec::new(),
+            &mut UnnamedStatement::default()
+        ),
         Outcome::Forward
     ));
     assert!(matches!(
-        q.on_server_message(b'C', &mut undo, &mut Vec::new()),
+        q.on_server_message(
+            b'C',
+            &mut undo,
+            &mut Vec::new(),
+            &mut UnnamedStatement::default()
+        ),
         Outcome::Forward
     ));
     assert_eq!(
@@ -26,15 +36,30 @@ fn injected_parse_is_swallowed_and_synthesized_replies_wait_their_turn() {
     );
     assert!(q.due_synthesized().is_none());
     assert!(matches!(
-        q.on_server_message(b'1', &mut undo, &mut Vec::new()),
+        q.on_server_message(
+            b'1',
+            &mut undo,
+            &mut Vec::new(),
+            &mut UnnamedStatement::default()
+        ),
         Outcome::Swallow
     ));
     assert!(matches!(
-        q.on_server_message(b'2', &mut undo, &mut Vec::new()),
+        q.on_server_message(
+            b'2',
+            &mut undo,
+            &mut Vec::new(),
+            &mut UnnamedStatement::default()
+        ),
         Outcome::Forward
     ));
     assert!(matches!(
-        q.on_server_message(b'Z', &mut undo, &mut Vec::new()),
+        q.on_server_message(
+            b'Z',
+            &mut undo,
+            &mut Vec::new(),
+            &mut UnnamedStatement::default()
+        ),
         Outcome::Forward
     ));
     assert!(q.is_empty());
@@ -57,16 +82,31 @@ fn an_error_skips_to_the_sync_and_undoes_parses() {
     q.push(Reply::Ready, Action::Forward);
     q.push(Reply::ParseComplete, Action::Forward);
     assert!(matches!(
-        q.on_server_message(b'E', &mut undo, &mut Vec::new()),
+        q.on_server_message(
+            b'E',
+            &mut undo,
+            &mut Vec::new(),
+            &mut UnnamedStatement::default()
+        ),
         Outcome::Forward
     ));
     assert_eq!(undo.len(), 2);
     assert!(matches!(
-        q.on_server_message(b'Z', &mut undo, &mut Vec::new()),
+        q.on_server_message(
+            b'Z',
+            &mut undo,
+            &mut Vec::new(),
+            &mut UnnamedStatement::default()
+        ),
         Outcome::Forward
     ));
     assert!(matches!(
-        q.on_server_message(b'1', &mut undo, &mut Vec::new()),
+        q.on_server_message(
+            b'1',
+            &mut undo,
+            &mut Vec::new(),
+            &mut UnnamedStatement::default()
+        ),
         Outcome::Forward
     ));
     assert!(q.is_empty());
@@ -91,12 +131,22 @@ fn a_plain_group_allocates_nothing_and_its_replies_need_no_look() {
     // An error inside the group does not end it: its Sync does.
     for tag in [b'1', b'2', b'T', b'C', b'E'] {
         assert!(matches!(
-            q.on_server_message(tag, &mut undo, &mut Vec::new()),
+            q.on_server_message(
+                tag,
+                &mut undo,
+                &mut Vec::new(),
+                &mut UnnamedStatement::default()
+            ),
             Outcome::Forward
         ));
         assert!(!q.is_empty());
     }
-    q.on_server_message(b'Z', &mut undo, &mut Vec::new());
+    q.on_server_message(
+        b'Z',
+        &mut undo,
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    );
     assert!(q.is_empty());
     assert!(!q.needs_each_reply());
 }
@@ -110,11 +160,26 @@ fn a_synthesized_reply_waits_for_the_plain_messages_sent_before_it() {
     q.push(Reply::CloseComplete, Action::Synthesize);
     q.push(Reply::BindComplete, Action::Forward);
     assert!(q.needs_each_reply());
-    q.on_server_message(b'2', &mut undo, &mut Vec::new());
+    q.on_server_message(
+        b'2',
+        &mut undo,
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    );
     assert!(q.due_synthesized().is_none());
-    q.on_server_message(b'D', &mut undo, &mut Vec::new());
+    q.on_server_message(
+        b'D',
+        &mut undo,
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    );
     assert!(q.due_synthesized().is_none());
-    q.on_server_message(b'C', &mut undo, &mut Vec::new());
+    q.on_server_message(
+        b'C',
+        &mut undo,
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    );
     assert_eq!(
         q.due_synthesized().map(|s| s.reply),
         Some(Reply::CloseComplete)
@@ -122,7 +187,12 @@ fn a_synthesized_reply_waits_for_the_plain_messages_sent_before_it() {
     // The Bind sent after it is counted until its reply comes.
     assert!(!q.is_empty());
     assert!(q.needs_each_reply());
-    q.on_server_message(b'2', &mut undo, &mut Vec::new());
+    q.on_server_message(
+        b'2',
+        &mut undo,
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    );
     assert!(q.is_empty());
 }
 
@@ -132,18 +202,33 @@ fn an_error_before_any_sync_drops_the_count_of_the_skipped_messages() {
     let mut undo = Vec::new();
     q.push(Reply::BindComplete, Action::Forward);
     q.push(Reply::Execute, Action::Forward);
-    q.on_server_message(b'E', &mut undo, &mut Vec::new());
+    q.on_server_message(
+        b'E',
+        &mut undo,
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    );
     assert!(q.is_empty());
     assert!(!q.needs_each_reply());
     // The group's Sync is then the only reply to wait for.
     q.push(Reply::Ready, Action::Forward);
-    q.on_server_message(b'Z', &mut undo, &mut Vec::new());
+    q.on_server_message(
+        b'Z',
+        &mut undo,
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    );
     assert!(q.is_empty());
 }
 
 /// The server's next message, when no Parse's undo matters.
 fn answer(q: &mut Expectations, tag: u8) -> Outcome {
-    q.on_server_message(tag, &mut Vec::new(), &mut Vec::new())
+    q.on_server_message(
+        tag,
+        &mut Vec::new(),
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    )
 }
 
 /// tokio-postgres's `copy_in`: Bind/Execute/Sync, then, after the
@@ -243,17 +328,42 @@ fn an_error_skips_only_its_own_group() {
     q.push(Reply::Execute, Action::Forward);
     q.push(Reply::CloseComplete, Action::Synthesize);
     q.push(Reply::Ready, Action::Forward);
-    q.on_server_message(b'E', &mut undo, &mut Vec::new());
+    q.on_server_message(
+        b'E',
+        &mut undo,
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    );
     assert_eq!(undo.len(), 1);
-    q.on_server_message(b'Z', &mut undo, &mut Vec::new());
+    q.on_server_message(
+        b'Z',
+        &mut undo,
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    );
     assert!(q.needs_each_reply(), "the second group's replies count");
-    q.on_server_message(b'2', &mut undo, &mut Vec::new());
+    q.on_server_message(
+        b'2',
+        &mut undo,
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    );
     assert!(q.due_synthesized().is_none());
-    q.on_server_message(b'C', &mut undo, &mut Vec::new());
+    q.on_server_message(
+        b'C',
+        &mut undo,
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    );
     assert_eq!(
         q.due_synthesized().map(|s| s.reply),
         Some(Reply::CloseComplete)
     );
-    q.on_server_message(b'Z', &mut undo, &mut Vec::new());
+    q.on_server_message(
+        b'Z',
+        &mut undo,
+        &mut Vec::new(),
+        &mut UnnamedStatement::default(),
+    );
     assert!(q.is_empty());
 }

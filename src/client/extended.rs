@@ -42,6 +42,14 @@ pub(super) struct KnownParses {
     statements: Vec<(String, Arc<Statement>)>,
 }
 
+/// A Parse of the unnamed statement on its way: its generation and, when
+/// an error of an earlier message of its group may make the server skip
+/// it, what the statement was before (see `unnamed.rs`).
+struct UnnamedParse {
+    generation: u32,
+    before: Option<Box<super::unnamed::UnnamedStatement>>,
+}
+
 /// What became of a whole client message the relay looked at.
 pub(super) enum Forwarded {
     /// It goes to the server as the client sent it: it stays in `cbuf`
@@ -134,17 +142,22 @@ impl Session {
             return Ok(Forwarded::Rewritten);
         }
         let body = &self.io.cbuf[at + 5..at + len];
-        // What the client's unnamed statement was, when an unnamed Parse
-        // may yet be skipped after an error of an earlier message.
-        let mut unnamed_before = None;
+        // An unnamed Parse: its generation, and what the client's unnamed
+        // statement was when the Parse may yet be skipped after an error
+        // of an earlier message.
+        let mut unnamed_parse = None;
         match tag {
             // An unnamed Parse: its name is the body's first NUL.
             b'P' if body.first() == Some(&0) => {
-                if self.ext.expect.group_has_earlier_messages() {
-                    unnamed_before = Some(Box::new(self.ext.unnamed.clone()));
-                }
-                self.ext.unnamed.parsed(&self.io.cbuf[at..at + len]);
-                if unnamed_before.is_some() {
+                let before = self
+                    .ext
+                    .expect
+                    .group_has_earlier_messages()
+                    .then(|| Box::new(self.ext.unnamed.clone()));
+                let skippable = before.is_some();
+                let generation = self.ext.unnamed.parsed(&self.io.cbuf[at..at + len]);
+                unnamed_parse = Some(UnnamedParse { generation, before });
+                if skippable {
                     // A Bind of it is looked at: passed in this group,
                     // held in a later one until the Parse is answered,
                     // and after that prepared again (one more Parse).
@@ -175,17 +188,16 @@ impl Session {
         let body = &self.io.cbuf[at + 5..at + len];
         let forwarded = match self.reply_as_sent(tag, body, may_hold_state, names_statements)? {
             Some(reply) => {
-                let undo = unnamed_before.map(|before| Undo {
-                    unnamed: Some(before),
-                    ..Undo::default()
-                });
-                self.ext.expect.push_with(reply, Action::Forward, undo);
+                match unnamed_parse {
+                    Some(p) => self.push_unnamed_parse(Action::Forward, p),
+                    None => self.ext.expect.push(reply, Action::Forward),
+                }
                 Forwarded::AsSent
             }
             None => {
                 self.forward_ready(at);
                 let msg = self.io.cbuf.split_to(len);
-                self.rewrite(tag, msg, names_statements)?;
+                self.rewrite(tag, msg, names_statements, unnamed_parse)?;
                 if self.ext.shape_wait {
                     Forwarded::Held
                 } else {
@@ -207,14 +219,13 @@ impl Session {
             .extend_from_slice(self.ext.unnamed.parse_message());
         // After other messages of its group, the Parse may be skipped:
         // then the server still lacks it (see `unnamed.rs`).
-        let undo = self.ext.expect.group_has_earlier_messages().then(|| Undo {
-            unnamed: Some(Box::new(self.ext.unnamed.clone())),
-            ..Undo::default()
-        });
-        self.ext.unnamed.prepared_again(undo.is_none());
-        self.ext
+        let before = self
+            .ext
             .expect
-            .push_with(Reply::ParseComplete, Action::Swallow, undo);
+            .group_has_earlier_messages()
+            .then(|| Box::new(self.ext.unnamed.clone()));
+        let generation = self.ext.unnamed.prepared_again(before.is_none());
+        self.push_unnamed_parse(Action::Swallow, UnnamedParse { generation, before });
         self.forward_ready(len);
         let reply = if tag == b'B' {
             Reply::BindComplete
@@ -224,6 +235,17 @@ impl Session {
         self.ext.expect.push(reply, Action::Forward);
         self.emit_due_synthesized();
         Forwarded::Rewritten
+    }
+
+    /// Queues the reply of an unnamed Parse (see `unnamed.rs`).
+    fn push_unnamed_parse(&mut self, action: Action, p: UnnamedParse) {
+        let undo = p.before.map(|before| Undo {
+            unnamed: Some(before),
+            ..Undo::default()
+        });
+        self.ext
+            .expect
+            .push_unnamed_parse(action, undo, p.generation);
     }
 
     /// The reply a message produces when it can pass as sent: it names
@@ -279,6 +301,7 @@ impl Session {
         tag: u8,
         msg: BytesMut,
         names_statements: bool,
+        unnamed_parse: Option<UnnamedParse>,
     ) -> Result<(), ProtocolError> {
         // Room for what is written in place of `msg` and for the Execute
         // and Sync copied in behind it, at once rather than grown part by
@@ -292,7 +315,7 @@ impl Session {
         }
         self.io.to_server.reserve(msg.len() + 256);
         match tag {
-            b'P' => self.rewrite_parse(msg, names_statements)?,
+            b'P' => self.rewrite_parse(msg, names_statements, unnamed_parse)?,
             b'B' => self.rewrite_bind(msg)?,
             b'D' => self.rewrite_describe(msg)?,
             b'C' => self.rewrite_close(msg)?,
@@ -318,6 +341,7 @@ impl Session {
         &mut self,
         msg: BytesMut,
         names_statements: bool,
+        unnamed_parse: Option<UnnamedParse>,
     ) -> Result<(), ProtocolError> {
         let p = parse_parse(&msg[5..])?;
         if !p.name.is_empty() && self.ext.expect.name_pending_in_earlier_group(p.name) {
@@ -330,14 +354,19 @@ impl Session {
                 // Refused: the error comes from the server in place of
                 // this Parse; the extended pipeline then skips to Sync.
                 refusal_parse(&mut self.io.to_server, &text);
-                self.ext.expect.push(Reply::ParseComplete, Action::Forward);
+                match unnamed_parse {
+                    Some(p) => self.push_unnamed_parse(Action::Forward, p),
+                    None => self.ext.expect.push(Reply::ParseComplete, Action::Forward),
+                }
                 return Ok(());
             }
         }
-        if p.name.is_empty() {
+        if let Some(unnamed) = unnamed_parse {
             if !(names_statements && self.rewrite_parse_names(&msg)) {
                 append(&mut self.io.to_server, msg);
             }
+            self.push_unnamed_parse(Action::Forward, unnamed);
+            return Ok(());
         } else if let Some(existing) = self.ext.statements.get(p.name).cloned() {
             // Postgres refuses a second Parse of a live name with 42P05,
             // after it has analysed the new text (whose own error comes
@@ -622,9 +651,17 @@ impl Session {
         if let Some(victim) = p.server.prepared.insert(st.name.clone(), cap) {
             let mut close = BytesMut::new();
             build_target(&mut close, b'C', b'S', &victim);
-            // The eviction reaches the server before the new Parse.
+            // The eviction reaches the server before the new Parse. When
+            // an error before it makes the server skip it, the server
+            // keeps the statement the list no longer has.
             self.io.to_server.extend_from_slice(&close);
-            self.ext.expect.push(Reply::CloseComplete, Action::Swallow);
+            let undo = Undo {
+                closed_first: true,
+                ..Undo::default()
+            };
+            self.ext
+                .expect
+                .push_undo(Reply::CloseComplete, Action::Swallow, undo);
         }
         if p.server.prepared.is_unsure() {
             // The server may still have it (see `PreparedSet::forget_all`).

@@ -54,6 +54,7 @@ impl Session {
         let Some(sql) = sql.filter(|sql| crate::listen::may_notify(sql)) else {
             return;
         };
+        self.listening.notified |= self.listening.listen.is_some();
         let targets = crate::listen::notify_targets(&String::from_utf8_lossy(sql));
         if targets.is_empty() {
             return;
@@ -124,6 +125,9 @@ impl Session {
                     }
                     backend::command_complete(&mut self.io.to_client, tag);
                 }
+                if let Some(sub) = self.listening.listen.as_deref() {
+                    sub.drop_unlistened();
+                }
             }
         }
         backend::ready_for_query(&mut self.io.to_client, status.byte());
@@ -165,8 +169,42 @@ impl Session {
                 sub.unlisten(&ch);
                 sub.drop_queued(&ch);
             }
+            sub.drop_unlistened();
         }
         result
+    }
+
+    /// A transaction that may have notified a channel the client listens
+    /// to ended with the ReadyForQuery at `to_client[at..]`: once the
+    /// listener connection has heard everything committed so far (and the
+    /// LISTEN/UNLISTENs of the transaction took effect, `txn_end`), the
+    /// notifications are put before it, where Postgres sends its own.
+    pub(super) async fn deliver_before_ready(&mut self, at: usize, txn_end: Option<bool>) {
+        if let Some(sub) = self.listening.listen.as_deref() {
+            sub.barrier().await;
+        }
+        self.listen_transaction_end(txn_end).await;
+        let Some(sub) = self.listening.listen.as_deref_mut() else {
+            return;
+        };
+        if at > self.io.to_client.len() || sub.queued() == 0 {
+            return;
+        }
+        let ready = self.io.to_client.split_off(at);
+        sub.drain_into(&mut self.io.to_client);
+        self.io.to_client.unsplit(ready);
+    }
+
+    /// LISTENs held in the transaction take effect (`Some(true)`) or are
+    /// dropped (`Some(false)`).
+    pub(super) async fn listen_transaction_end(&mut self, txn_end: Option<bool>) {
+        let Some(committed) = txn_end else {
+            return;
+        };
+        if let Err(e) = self.end_of_listen_transaction(committed).await {
+            tracing::warn!(error = %e, "LISTEN at COMMIT failed");
+        }
+        self.listening.last_command_tag = None;
     }
 
     /// Before a Query that may commit the transaction (`sql`) goes to the

@@ -102,10 +102,14 @@ impl Session {
             server_write: !self.io.to_server.is_empty() || server_unsent,
             client_read: self.io.to_server.len() < HIGH_WATER && !replay_armed,
             shutdown: self.at_safe_point(),
+            // As Postgres: only between transactions, never in the middle
+            // of a command's replies (what the transaction itself notified
+            // comes before its ReadyForQuery, `deliver_before_ready`).
             notify: self.listening.listen.is_some()
                 && self.io.sscan.at_boundary()
                 && !self.listening.pending_listens.holds_delivery()
-                && self.io.to_client.len() < HIGH_WATER,
+                && self.io.to_client.len() < HIGH_WATER
+                && (self.server.is_none() || self.txn.is_idle()),
             idle_timeout,
         }
     }

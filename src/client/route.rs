@@ -165,7 +165,8 @@ struct WholeMessages {
     skipping: bool,
     /// A Bind or Describe may name a statement pgharbor renamed or
     /// answers for: the client has named statements or LISTEN statements,
-    /// or its unnamed statement was parsed on another server (`unnamed.rs`).
+    /// or its unnamed statement was parsed on another server (`unnamed.rs`),
+    /// or a Close of one it had may yet be skipped (then it still has it).
     /// Without, it passes as sent (drivers that use only the unnamed
     /// statement: pgbench -M extended, libpq's PQexecParams).
     names: bool,
@@ -322,7 +323,8 @@ impl Session {
             skipping,
             names: !self.ext.statements.is_empty()
                 || self.listening.local.is_some()
-                || !self.ext.unnamed.here,
+                || !self.ext.unnamed.here
+                || self.ext.expect.closing().next().is_some(),
             local_portals,
         };
         let step = (self.io.cscan).step(&self.io.cbuf[ready..], self.io.max_message, |t| {

@@ -66,6 +66,9 @@ struct ServerBurst {
     drop_error: bool,
     /// The group runs again once the read is done.
     replay_now: bool,
+    /// Where the ReadyForQuery ending a transaction that may have
+    /// notified the client's channels starts in `to_client`.
+    notified_ready_at: Option<usize>,
 }
 
 /// The statement bookkeeping of one read, settled once it is scanned. Apart
@@ -92,6 +95,8 @@ enum ServerRead {
         ended: Option<Instant>,
         /// LISTENs of the transaction take effect (`true`) or are dropped.
         listen_txn_end: Option<bool>,
+        /// See `ServerBurst::notified_ready_at`.
+        notified_ready_at: Option<usize>,
     },
 }
 
@@ -101,23 +106,24 @@ impl Session {
     pub(super) async fn on_server_readable(&mut self) -> Option<Result<(), SessionError>> {
         // The reading and scanning is a plain function, so its locals are
         // not part of this future's state (and of every client task's).
-        let (lost, release, ended, listen_txn_end) = match self.read_server()? {
+        let (lost, release, ended, listen_txn_end, notified_ready_at) = match self.read_server()? {
             ServerRead::Broken(e) => return Some(self.server_lost(*e).await),
             ServerRead::Done {
                 lost,
                 release,
                 ended,
                 listen_txn_end,
-            } => (lost, release, ended, listen_txn_end),
+                notified_ready_at,
+            } => (lost, release, ended, listen_txn_end, notified_ready_at),
         };
-        if let Some(committed) = listen_txn_end {
-            // Before the ReadyForQuery reaches the client: a NOTIFY it sends
-            // next must find the LISTEN in place, as on Postgres.
-            // Boxed: a rare path kept out of the relay future's size.
-            if let Err(e) = Box::pin(self.end_of_listen_transaction(committed)).await {
-                tracing::warn!(error = %e, "LISTEN at COMMIT failed");
-            }
-            self.listening.last_command_tag = None;
+        // Before the ReadyForQuery reaches the client: a NOTIFY it sends
+        // next must find the LISTEN in place, and what the transaction
+        // notified comes before it, as on Postgres.
+        // Boxed: a rare path kept out of the relay future's size.
+        if let Some(at) = notified_ready_at {
+            Box::pin(self.deliver_before_ready(at, listen_txn_end)).await;
+        } else if listen_txn_end.is_some() {
+            Box::pin(self.listen_transaction_end(listen_txn_end)).await;
         }
         if let Err(e) = self.flush_client() {
             return Some(Err(e));
@@ -188,6 +194,7 @@ impl Session {
             release: burst.release,
             ended,
             listen_txn_end: burst.listen_txn_end,
+            notified_ready_at: burst.notified_ready_at,
         })
     }
 
@@ -285,9 +292,12 @@ impl Session {
             _ => {}
         }
         let mut outcome = if tx {
-            self.ext
-                .expect
-                .on_server_message(tag, &mut statements.undo, &mut statements.parsed)
+            self.ext.expect.on_server_message(
+                tag,
+                &mut statements.undo,
+                &mut statements.parsed,
+                &mut self.ext.unnamed,
+            )
         } else {
             Outcome::Forward
         };
@@ -378,6 +388,9 @@ impl Session {
             if let Some(l) = self.listening.local.as_deref_mut() {
                 l.end_of_transaction();
             }
+            if std::mem::take(&mut self.listening.notified) && burst.notified_ready_at.is_none() {
+                burst.notified_ready_at = Some(self.io.to_client.len() + burst.ready);
+            }
         }
         let ended = idle && self.txn.pending == 0 && !self.txn.unsynced;
         burst.txn_done |= ended;
@@ -390,6 +403,7 @@ impl Session {
             burst.release = false;
             burst.txn_done = false;
             burst.listen_txn_end = None;
+            burst.notified_ready_at = None;
         }
     }
 
@@ -459,16 +473,23 @@ impl Session {
 
     /// The ErrorResponse `body` with the client's statement names in
     /// place of pgharbor's, counting statements the burst's `undo` gives
-    /// back; `None` when it names none.
+    /// back; `None` when it names none. Of two names for one server
+    /// statement, not one whose Parse came after the failed message (it
+    /// was skipped with this error, or waits for its reply still).
     fn client_names_in(&self, body: &[u8], undo: &[Undo]) -> Option<BytesMut> {
         client_names_in_error(body, |server| {
             let restored = undo.iter().filter_map(|u| u.restore.as_ref());
             // [prepared statements] Or one closed after it.
             let restored = restored.chain(self.ext.expect.closing());
+            let parsed_later = |name: &str| {
+                undo.iter().any(|u| u.client_name.as_deref() == Some(name))
+                    || self.ext.expect.parse_pending(name)
+            };
             let mut all = self
                 .ext
                 .statements
                 .iter()
+                .filter(|(n, _)| !parsed_later(n))
                 .chain(restored.map(|(n, st)| (n, st)));
             all.find(|(_, st)| &*st.name == server)
                 .map(|(n, _)| n.clone())
@@ -485,21 +506,18 @@ impl Session {
             self.state.known_statements.insert(name);
         }
         for u in undo.into_iter().rev() {
-            // [unnamed statement] A skipped unnamed Parse changed nothing.
-            if let Some(before) = u.unnamed {
-                self.ext.unnamed.undo_skipped(*before);
-                continue;
-            }
             if let Some((n, st)) = u.restore {
                 self.ext.statements.insert(n, st);
                 continue;
             }
+            if u.closed_first {
+                if let Some(p) = self.server.as_mut() {
+                    p.server.prepared.mark_unsure();
+                }
+            }
             if let Some(n) = &u.server_name {
                 if let Some(p) = self.server.as_mut() {
                     p.server.prepared.remove(n);
-                    if u.closed_first {
-                        p.server.prepared.mark_unsure();
-                    }
                 }
                 self.state.known_statements.remove(n);
             }

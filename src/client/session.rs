@@ -189,6 +189,10 @@ pub(super) struct Listening {
     pub last_command_tag: Option<String>,
     /// The server this client holds was announced to the LISTEN hub.
     pub noted_sender: Option<crate::server::ServerKey>,
+    /// The open transaction may have sent a NOTIFY while the client
+    /// listens: at its end, what it notified is delivered before its
+    /// ReadyForQuery, as on Postgres (`Subscriber::barrier`).
+    pub notified: bool,
 }
 
 /// One logged-in client: who it is, the server it holds, and its state by

@@ -11,15 +11,17 @@
 //! -M extended, libpq's PQexecParams) binds in the same hold, so its Binds
 //! pass as sent.
 //!
-//! An unnamed Parse sent after other messages of its Sync group waits for
-//! its reply in the expectation queue with what the unnamed statement was
-//! before it: when an earlier error makes the server skip it, that comes
-//! back, as on Postgres. Known limits: an unnamed Parse that fails on the
-//! server is still taken as the client's unnamed statement (its outcome
-//! reaches the client in the counted path, unread); a later Bind on
-//! another server then runs that text's Parse again, whose own error the
-//! client gets. So is one skipped that pgharbor rewrote (a DEALLOCATE,
-//! DISCARD or EXECUTE in its text, or session state).
+//! Every unnamed Parse waits for its reply in the expectation queue, so
+//! that pgharbor knows its outcome as Postgres does: a ParseComplete
+//! makes it the statement on the server held now; an error leaves none
+//! (Postgres drops the previous unnamed statement before it parses a new
+//! one); a Parse the server skips after an earlier error of its Sync
+//! group changes nothing, so what the statement was before comes back.
+//! Each change is one event with its own generation, so an outcome that
+//! comes after later changes undoes only what is still its own, and the
+//! snapshot a later Parse took of it (`Expectations::patch_unnamed`).
+//! Known limit: an unnamed Parse that pgharbor rewrote (a DEALLOCATE,
+//! DISCARD or EXECUTE in its text) is taken as parsed once answered.
 
 use bytes::BytesMut;
 
@@ -37,36 +39,84 @@ pub struct UnnamedStatement {
     /// another server. Reused: no allocation per Parse after the first
     /// (unless a longer text comes).
     parse: BytesMut,
-    /// Counts its Parses and destructions, so that undoing a skipped
-    /// Parse never overrides a later one (`undo_skipped`).
+    /// The event (a Parse, a Parse again, a destruction) that made it
+    /// what it is: an outcome reported for an older one is stale.
     generation: u32,
+    /// Events so far. Never restored with a snapshot, so that a
+    /// generation names one event.
+    events: u32,
 }
 
 impl UnnamedStatement {
-    /// An unnamed Parse (`msg`, whole) goes to the server held now.
+    /// An unnamed Parse (`msg`, whole) goes to the server held now; its
+    /// generation.
     #[inline]
-    pub fn parsed(&mut self, msg: &[u8]) {
+    pub fn parsed(&mut self, msg: &[u8]) -> u32 {
         self.parse.clear();
         self.parse.extend_from_slice(msg);
         self.exists = true;
         self.here = true;
-        self.generation = self.generation.wrapping_add(1);
+        self.next_event()
+    }
+
+    #[inline]
+    fn next_event(&mut self) -> u32 {
+        self.events = self.events.wrapping_add(1);
+        self.generation = self.events;
+        self.generation
+    }
+
+    /// The event that made it what it is.
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// Its Parse was sent again to the server held now. `settled`: the
     /// Parse cannot be skipped; otherwise a Bind of it is looked at
-    /// until then (see `Undo::unnamed`).
-    pub fn prepared_again(&mut self, settled: bool) {
+    /// until then (see `Undo::unnamed`). Its generation.
+    pub fn prepared_again(&mut self, settled: bool) -> u32 {
         self.here = settled;
-        self.generation = self.generation.wrapping_add(1);
+        self.next_event()
     }
 
-    /// A Parse made while it was `before` was skipped by the server: it
-    /// is `before` again, unless a later Parse or Query changed it since.
-    pub fn undo_skipped(&mut self, before: UnnamedStatement) {
-        if self.generation == before.generation.wrapping_add(1) {
-            *self = before;
+    /// The server answered the Parse `generation` with ParseComplete: the
+    /// statement is on the server held now. `false` when it changed since
+    /// (a later Parse's snapshot is then what to correct).
+    #[inline]
+    pub fn confirmed(&mut self, generation: u32) -> bool {
+        if self.generation != generation {
+            return false;
         }
+        self.here = true;
+        true
+    }
+
+    /// The Parse `generation` failed: with `injected` (pgharbor prepared
+    /// it again) the client still has it, as on Postgres, but this server
+    /// does not; otherwise Postgres dropped it. `false` when it changed
+    /// since (a later Parse's snapshot is then what to correct).
+    pub fn failed(&mut self, generation: u32, injected: bool) -> bool {
+        if self.generation != generation {
+            return false;
+        }
+        self.here = false;
+        if !injected {
+            self.exists = false;
+        }
+        true
+    }
+
+    /// The Parse `generation`, made while it was `before`, was skipped by
+    /// the server: it is `before` again. When it changed since, `before`
+    /// is given back (a later Parse's snapshot is then what to correct).
+    pub fn skipped(&mut self, generation: u32, before: UnnamedStatement) -> Option<Self> {
+        if self.generation != generation {
+            return Some(before);
+        }
+        let events = self.events;
+        *self = before;
+        self.events = events;
+        None
     }
 
     /// A simple Query or a Close of it destroyed it (on the server too).
@@ -74,7 +124,7 @@ impl UnnamedStatement {
     pub fn destroyed(&mut self) {
         self.exists = false;
         self.here = false;
-        self.generation = self.generation.wrapping_add(1);
+        self.next_event();
     }
 
     /// The Parse to send before a Bind or Describe of it on a server

@@ -38,6 +38,10 @@ const MAX_MESSAGE: usize = 1024 * 1024;
 pub(crate) enum Cmd {
     /// Apply the dirty channels; answer once the server has done so.
     Sync(Option<oneshot::Sender<()>>),
+    /// Answer once every notification committed before now has been
+    /// fanned out (a round trip: the server delivers what it has before
+    /// its ReadyForQuery). Answered at once without a connection.
+    Barrier(oneshot::Sender<()>),
     /// The database moved to another server (RELOAD): leave the current
     /// connection and listen again on the new server.
     Move,
@@ -131,6 +135,11 @@ impl Listener {
         let _ = self.cmd.send(Cmd::Sync(done));
     }
 
+    /// See [`Cmd::Barrier`].
+    pub(crate) fn barrier(&self, done: oneshot::Sender<()>) {
+        let _ = self.cmd.send(Cmd::Barrier(done));
+    }
+
     pub(crate) fn target(&self) -> ServerTarget {
         self.target
             .lock()
@@ -191,6 +200,9 @@ async fn run(
                 c = rx.recv() => match c {
                     None => return,
                     Some(Cmd::Sync(w)) => waiters.extend(w),
+                    Some(Cmd::Barrier(w)) => {
+                        let _ = w.send(());
+                    }
                     // The next connection goes to the new target anyway.
                     Some(Cmd::Move) => {}
                 },
@@ -253,6 +265,9 @@ async fn backoff_wait(
             c = rx.recv() => match c {
                 None => return false,
                 Some(Cmd::Sync(w)) => waiters.extend(w),
+                Some(Cmd::Barrier(w)) => {
+                    let _ = w.send(());
+                }
                 Some(Cmd::Move) => {}
             },
         }
@@ -320,6 +335,14 @@ async fn session(
                             }
                         }
                     }
+                }
+                Some(Cmd::Barrier(w)) => {
+                    let _ = frontend::query("", &mut wbuf);
+                    inflight.push_back(InFlight {
+                        op: Op::Barrier { markers: false },
+                        error: None,
+                        waiters: vec![w],
+                    });
                 }
             },
             r = rd.read_buf(&mut rbuf) => match r {

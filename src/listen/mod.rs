@@ -222,7 +222,8 @@ impl Subscriber {
     }
 
     /// UNLISTEN `channel`. Takes effect at once for this client; the
-    /// listener's UNLISTEN (if it was the last subscriber) follows.
+    /// listener's UNLISTEN (if it was the last subscriber) follows. What
+    /// was queued for it goes with [`Subscriber::drop_unlistened`].
     pub fn unlisten(&mut self, channel: &str) {
         let ch = truncate_channel(channel);
         if !self.channels.remove(ch) {
@@ -259,6 +260,29 @@ impl Subscriber {
         if poke {
             l.sync(None);
         }
+    }
+
+    /// Returns once every notification committed before the call has
+    /// been queued for its subscribers (at most `LIMIT` later: a listener
+    /// connection that does not answer holds no client up for longer).
+    pub async fn barrier(&self) {
+        const LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+        let Some(l) = &self.listener else {
+            return;
+        };
+        if self.channels.is_empty() {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        l.barrier(tx);
+        let _ = tokio::time::timeout(LIMIT, rx).await;
+    }
+
+    /// After the UNLISTENs of a transaction or command took effect: what
+    /// is queued for channels no longer listened to goes. Postgres reads
+    /// its notifications after they have committed, and drops those.
+    pub fn drop_unlistened(&self) {
+        self.queue.keep_channels(|c| self.channels.contains(c));
     }
 
     /// Whether this client listens to `channel`.

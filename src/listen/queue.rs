@@ -148,25 +148,33 @@ impl Queue {
         self.notify.notify_one();
     }
 
-    /// After UNLISTEN: the channel no longer owes a marker. Notifications
-    /// already queued for it stay (they arrived while the client listened).
-    pub(crate) fn forget_channel(&self, channel: &str) {
-        self.lock().owed.retain(|c| c != channel);
+    /// An UNLISTEN, or a subscription made ahead of its COMMIT that did
+    /// not take effect: what was queued for `channel` goes, as if never
+    /// heard.
+    pub(crate) fn drop_channel(&self, channel: &str) {
+        self.keep_channels(|c| c != channel);
     }
 
-    /// A subscription made ahead of its COMMIT did not take effect: what it
-    /// queued for `channel` goes, as if never heard.
-    pub(crate) fn drop_channel(&self, channel: &str) {
+    /// Drops what is queued (and owed) for every channel `keep` refuses.
+    pub(crate) fn keep_channels(&self, keep: impl Fn(&str) -> bool) {
         let mut inner = self.lock();
-        inner.owed.retain(|c| c != channel);
+        inner.owed.retain(|c| keep(c));
         inner.entries.retain(|e| match e {
             // NotificationResponse: tag, length, sender pid, channel.
             Entry::Notification(b) => {
                 let name = b.get(9..).and_then(|r| r.split(|&c| c == 0).next());
-                name != Some(channel.as_bytes())
+                name.and_then(|n| std::str::from_utf8(n).ok())
+                    .is_none_or(&keep)
             }
-            Entry::Marker(c) => c != channel,
+            Entry::Marker(c) => keep(c),
         });
+    }
+
+    /// After UNLISTEN: the channel no longer owes a marker. What is queued
+    /// for it waits for the end of the client's transaction or command
+    /// (`Subscriber::drop_unlistened`): a LISTEN after it may keep it.
+    pub(crate) fn forget_channel(&self, channel: &str) {
+        self.lock().owed.retain(|c| c != channel);
     }
 
     /// Appends everything queued (and owed markers) to `out`; returns the

@@ -343,3 +343,41 @@ async fn execute_prepares_the_statement_on_a_server_that_lost_it() {
     assert_eq!(through, direct);
     no_internal_names(&through);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_skipped_after_an_error_leaves_the_statement_usable() {
+    // Two statements per server: a third, parsed after a failed Execute of
+    // its group, evicts the first with a Close the server skips; the
+    // server keeps that statement, which a later Bind must still find
+    // (not be refused with 42P05 when it is prepared again).
+    let proxy = start_proxy_with(&config_text(
+        "transaction",
+        1,
+        "max_prepared_statements = 2",
+    ))
+    .await;
+    let steps = [
+        [
+            raw::parse_named("p1", "select $1::int + 11", &[23]),
+            raw::sync(),
+        ]
+        .concat(),
+        [
+            raw::parse_named("p2", "select $1::int * 12", &[23]),
+            raw::sync(),
+        ]
+        .concat(),
+        run_named("p2", &["1"]),
+        [
+            raw::execute(),
+            raw::parse_named("p3", "select $1::int - 13", &[23]),
+            raw::sync(),
+        ]
+        .concat(),
+        run_named("p1", &["5"]),
+        run_named("p3", &["5"]),
+    ];
+    let (through, direct) = through_and_direct(&proxy, &steps).await;
+    assert_eq!(through, direct);
+    no_internal_names(&through);
+}

@@ -45,10 +45,7 @@ cases! {
     copy_out_in_simple_and_extended_protocol { session: [], transaction: [] }
     copy_fail_ends_a_copy_in { session: [], transaction: [] }
     listen_and_notify_to_oneself { session: [], transaction: [] }
-    listen_and_notify_in_one_query {
-        session: [],
-        transaction: [#[ignore = "known race, issue 21: `LISTEN x; NOTIFY x` in one Query in transaction mode loses the notification in about one run of four under load (seen on the code before the relay's restructuring too); the fixed-seed generator run hits it as well"]]
-    }
+    listen_and_notify_in_one_query { session: [], transaction: [] }
     asyncpg_reset_query_on_release {
         session: [],
         transaction: []
@@ -89,6 +86,22 @@ cases! {
     a_prepared_deallocate_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
     an_unnamed_discard_all_drops_only_its_own_clients_statements { session: [], transaction: [] }
     a_bind_of_a_missing_unnamed_statement_after_an_error_is_skipped { session: [], transaction: [] }
+    a_failed_unnamed_parse_leaves_no_unnamed_statement { session: [], transaction: [] }
+    a_failed_unnamed_parse_after_a_good_one_leaves_none { session: [], transaction: [] }
+    an_unnamed_parse_that_fails_after_a_bind_of_its_group_leaves_none { session: [], transaction: [] }
+    an_unnamed_parse_of_a_failed_transaction_stays_on_its_server { session: [], transaction: [] }
+    unnamed_parses_skipped_in_two_pipelined_groups_leave_none { session: [], transaction: [] }
+    unnamed_parses_skipped_after_a_bind_and_an_execute_leave_none { session: [], transaction: [] }
+    a_long_pipeline_of_unnamed_parses_binds_and_executes { session: [], transaction: [] }
+    an_unlisten_committed_with_a_notify_hears_nothing { session: [], transaction: [] }
+    an_unlisten_in_a_block_commits_with_the_blocks_notify { session: [], transaction: [] }
+    a_notify_to_oneself_arrives_before_the_next_query_unlistens { session: [], transaction: [] }
+    a_notify_then_unlisten_all_while_another_client_waits { session: [], transaction: [] }
+    a_bind_in_the_next_group_after_a_skipped_close_and_an_unnamed_parse { session: [], transaction: [] }
+    an_error_names_the_closed_one_of_two_names_for_one_text { session: [], transaction: [] }
+    an_error_names_the_first_of_two_names_for_one_text_when_the_second_comes_later { session: [], transaction: [] }
+    unlisten_all_then_listen_in_one_query_hears_its_notify { session: [], transaction: [] }
+    an_unnamed_parse_confirmed_before_a_later_one_is_skipped_stays_on_its_server { session: [], transaction: [] }
 }
 
 pub fn a_plain_simple_query() -> Conversation {
@@ -1008,4 +1021,355 @@ pub fn a_second_parse_of_a_name_then_its_close() -> Conversation {
         .sync()
         .ready()
         .ready()
+}
+
+/// Found by the generator (seeds 0x700004, 0x7000a8): Postgres drops the
+/// unnamed statement before it parses a new one, so after a failed
+/// unnamed Parse there is none, and a Bind or Describe of it gets 26000.
+pub fn a_failed_unnamed_parse_leaves_no_unnamed_statement() -> Conversation {
+    Conversation::new("a_failed_unnamed_parse_leaves_no_unnamed_statement", 1)
+        .on(0)
+        .parse("", "SELECT * FROM conf_no_such_table", &[])
+        .sync()
+        .ready()
+        .bind("p0", "", &["1999-12-31 23:59:59.5-08"])
+        .sync()
+        .ready()
+        .bind_full("", "", &[], true)
+        .sync()
+        .ready()
+        .describe_statement("")
+        .sync()
+        .ready()
+}
+
+/// Found by the generator (seed 0x700049).
+pub fn a_failed_unnamed_parse_after_a_good_one_leaves_none() -> Conversation {
+    Conversation::new("a_failed_unnamed_parse_after_a_good_one_leaves_none", 1)
+        .on(0)
+        .parse("", "SELECT pg_notify($1, $2)", &[])
+        .sync()
+        .ready()
+        .parse(
+            "s0",
+            "SELECT 1 AS one, 'a'::char(3) AS c, 2.5::float8 AS f, true AS b, NULL::uuid AS u",
+            &[],
+        )
+        .parse("", "SELECT * FROM conf_no_such_table", &[])
+        .sync()
+        .bind("p0", "", &[])
+        .sync()
+        .ready()
+        .ready()
+}
+
+/// Found by the generator (seed 0x7003c8): the unnamed Parse comes after
+/// a Bind of its group and fails itself.
+pub fn an_unnamed_parse_that_fails_after_a_bind_of_its_group_leaves_none() -> Conversation {
+    Conversation::new(
+        "an_unnamed_parse_that_fails_after_a_bind_of_its_group_leaves_none",
+        1,
+    )
+    .on(0)
+    .parse("", "SET application_name = 'gen_extended'", &[])
+    .sync()
+    .parse("s1", "SET application_name = 'gen_extended'", &[])
+    .sync()
+    .ready()
+    .ready()
+    .bind("", "s1", &[])
+    .parse("", "SELECT * FROM conf_no_such_table", &[])
+    .sync()
+    .bind("", "", &[])
+    .sync()
+    .ready()
+    .ready()
+}
+
+/// Found by the generator (seed 0x700249): in a transaction that failed
+/// after it, the unnamed statement is still there for a Bind (whose error
+/// about the parameter count comes before the one about the transaction).
+pub fn an_unnamed_parse_of_a_failed_transaction_stays_on_its_server() -> Conversation {
+    Conversation::new(
+        "an_unnamed_parse_of_a_failed_transaction_stays_on_its_server",
+        1,
+    )
+    .on(0)
+    .query("BEGIN")
+    .ready()
+    .parse("", "SELECT repeat('y', $1::int) AS big", &[])
+    .parse("", "SET application_name = 'gen_extended'", &[])
+    .execute("", 0)
+    .sync()
+    .ready()
+    .bind_full("", "", &[Some("2")], true)
+    .sync()
+    .ready()
+    .query("ROLLBACK")
+    .ready()
+}
+
+/// Found by the generator (seed 0x7007ba): both groups fail before their
+/// unnamed Parse, so neither takes effect, whichever way the replies of
+/// the two groups come.
+pub fn unnamed_parses_skipped_in_two_pipelined_groups_leave_none() -> Conversation {
+    Conversation::new(
+        "unnamed_parses_skipped_in_two_pipelined_groups_leave_none",
+        1,
+    )
+    .on(0)
+    .execute("p0", 0)
+    .parse("", "SELECT repeat('y', $1::int) AS big", &[])
+    .sync()
+    .execute("", 0)
+    .parse("", "SET application_name = 'gen_extended'", &[])
+    .sync()
+    .sync()
+    .ready()
+    .ready()
+    .ready()
+    .describe_statement("")
+    .bind("", "", &["gen_7007ba_0", "x62"])
+    .sync()
+    .ready()
+}
+
+/// Found by the generator (seed 0x70048e).
+pub fn unnamed_parses_skipped_after_a_bind_and_an_execute_leave_none() -> Conversation {
+    Conversation::new(
+        "unnamed_parses_skipped_after_a_bind_and_an_execute_leave_none",
+        1,
+    )
+    .on(0)
+    .bind("", "s1", &["gen_70048e_0", "x2"])
+    .parse("", "SELECT $1::int + 1 AS next", &[])
+    .sync()
+    .execute("", 0)
+    .parse("", "SELECT $1::int + 1 AS next", &[23])
+    .sync()
+    .bind("", "", &["not a time"])
+    .execute("", 0)
+    .execute("", 1)
+    .sync()
+    .ready()
+    .ready()
+    .ready()
+}
+
+/// Found by the generator (seed 0x7000ea).
+pub fn a_long_pipeline_of_unnamed_parses_binds_and_executes() -> Conversation {
+    Conversation::new("a_long_pipeline_of_unnamed_parses_binds_and_executes", 1)
+        .on(0)
+        .execute("", 0)
+        .parse("", "SHOW TimeZone", &[])
+        .sync()
+        .execute("", 0)
+        .parse("", "SELECT 10 / $1::int AS q", &[])
+        .parse(
+            "",
+            "SELECT $1::timestamptz AS ts, $1::timestamptz::date AS d",
+            &[],
+        )
+        .bind("", "", &["1999-12-31 23:59:59.5-08"])
+        .describe_portal("")
+        .execute("", 0)
+        .sync()
+        .ready()
+        .ready()
+        .bind("", "", &["x\ty"])
+        .sync()
+        .parse("", "SELECT pg_notify($1, $2)", &[])
+        .describe_statement("")
+        .bind("", "", &["gen_7000ea_0", "x84"])
+        .execute("", 0)
+        .bind_full("", "s0", &[], true)
+        .describe_portal("")
+        .execute("", 2)
+        .execute("", 0)
+        .sync()
+        .ready()
+        .ready()
+}
+
+/// Found by the generator (seeds 0x700026, 0x70065f, 0x70012c): an
+/// UNLISTEN takes effect at the commit that sends the NOTIFY, before the
+/// backend reads its own notifications, so none is delivered.
+pub fn an_unlisten_committed_with_a_notify_hears_nothing() -> Conversation {
+    Conversation::new("an_unlisten_committed_with_a_notify_hears_nothing", 1)
+        .on(0)
+        .query("LISTEN conf_unl_{m}")
+        .ready()
+        .query("NOTIFY conf_unl_{m}, 'p275'; UNLISTEN *; SELECT 1 AS one")
+        .ready()
+        .query("LISTEN conf_unl_{m}; SELECT 304 AS n")
+        .ready()
+        .query("UNLISTEN conf_unl_{m}; SELECT pg_notify('conf_unl_{m}', 'q563'); SELECT 2 AS two")
+        .ready()
+        .query("LISTEN conf_unl_{m}")
+        .ready()
+        .query("SELECT pg_notify('conf_unl_{m}', 'q770'); SELECT 3 AS three; UNLISTEN conf_unl_{m}")
+        .ready()
+        .query("SELECT 'after'")
+        .ready()
+}
+
+/// Found by the generator (seed 0x700924).
+pub fn an_unlisten_in_a_block_commits_with_the_blocks_notify() -> Conversation {
+    Conversation::new("an_unlisten_in_a_block_commits_with_the_blocks_notify", 1)
+        .on(0)
+        .query("LISTEN conf_blk_{m}")
+        .ready()
+        .query("BEGIN")
+        .ready()
+        .query("UNLISTEN conf_blk_{m}; SELECT g FROM generate_series(1, 2) AS g")
+        .ready()
+        .query("SELECT pg_notify('conf_blk_{m}', 'q289')")
+        .ready()
+        .query("COMMIT")
+        .ready()
+        .query("SELECT 'after'")
+        .ready()
+}
+
+/// Found by the generator (seed 0x7003df): Postgres sends its own
+/// notification before the ReadyForQuery of the NOTIFY, so the next
+/// Query's UNLISTEN comes too late to drop it.
+pub fn a_notify_to_oneself_arrives_before_the_next_query_unlistens() -> Conversation {
+    Conversation::new(
+        "a_notify_to_oneself_arrives_before_the_next_query_unlistens",
+        1,
+    )
+    .on(0)
+    .query("SET application_name = 'gen_750'; LISTEN conf_self_{m}")
+    .ready()
+    .query("NOTIFY conf_self_{m}, 'p571'; RESET DateStyle")
+    .ready()
+    .query("SHOW TimeZone; UNLISTEN conf_self_{m}")
+    .ready()
+    .parse("", "SELECT pg_notify('conf_self_{m}', 'x34')", &[])
+    .bind("", "", &[])
+    .execute("", 0)
+    .sync()
+    .ready()
+}
+
+/// Found by the generator (seeds 0x70070c, 0x700817).
+pub fn a_notify_then_unlisten_all_while_another_client_waits() -> Conversation {
+    Conversation::new("a_notify_then_unlisten_all_while_another_client_waits", 2)
+        .on(0)
+        .query("LISTEN conf_all_{m}; SET application_name = 'gen_345'")
+        .ready()
+        .query("SELECT pg_notify('conf_all_{m}', 'q247'); SELECT ARRAY[1,2,3] AS a; UNLISTEN *")
+        .ready()
+        .on(1)
+        .query("SET LOCAL TimeZone = 'America/New_York'; SELECT 1 AS one; LISTEN conf_all_{m}")
+        .ready()
+        .query("SELECT pg_notify('conf_all_{m}', 'q717'); UNLISTEN *")
+        .ready()
+        .query("COMMIT")
+        .ready()
+}
+
+/// Found by the generator (seed 0x7002f9): the Close is skipped, so the
+/// Bind of the next group finds the statement (and fails on its value).
+pub fn a_bind_in_the_next_group_after_a_skipped_close_and_an_unnamed_parse() -> Conversation {
+    Conversation::new(
+        "a_bind_in_the_next_group_after_a_skipped_close_and_an_unnamed_parse",
+        1,
+    )
+    .on(0)
+    .parse(
+        "s0",
+        "SELECT $1::timestamptz AS ts, $1::timestamptz::date AS d",
+        &[],
+    )
+    .execute("", 0)
+    .close_statement("s0")
+    .sync()
+    .parse(
+        "",
+        "SELECT g, g * 2 AS twice FROM generate_series(1, $1::int) AS g",
+        &[],
+    )
+    .bind_full("p0", "s0", &[Some("120001")], true)
+    .sync()
+    .ready()
+    .ready()
+}
+
+/// Found by the generator (seed 0x70027d): the Bind's error names the
+/// statement it bound, not the one parsed later with the same text.
+pub fn an_error_names_the_closed_one_of_two_names_for_one_text() -> Conversation {
+    Conversation::new("an_error_names_the_closed_one_of_two_names_for_one_text", 1)
+        .on(0)
+        .parse("s1", "SELECT $1::int + 1 AS next", &[])
+        .sync()
+        .ready()
+        .bind("", "s1", &[])
+        .close_statement("s1")
+        .parse("s0", "SELECT $1::int + 1 AS next", &[])
+        .sync()
+        .ready()
+}
+
+/// Found by the generator (seed 0x7004a6).
+pub fn an_error_names_the_first_of_two_names_for_one_text_when_the_second_comes_later(
+) -> Conversation {
+    Conversation::new(
+        "an_error_names_the_first_of_two_names_for_one_text_when_the_second_comes_later",
+        1,
+    )
+    .on(0)
+    .parse("s0", "SELECT pg_notify($1, $2)", &[])
+    .bind_full(
+        "",
+        "s0",
+        &[Some("gen_7004a6_1"), Some("x14"), Some("1")],
+        true,
+    )
+    .close_statement("s0")
+    .sync()
+    .parse("s1", "SELECT pg_notify($1, $2)", &[])
+    .sync()
+    .ready()
+    .ready()
+}
+
+/// Found by the generator (seed 0x710076): the LISTEN after the
+/// UNLISTEN * stands at the commit, so the NOTIFY committed with both is
+/// heard.
+pub fn unlisten_all_then_listen_in_one_query_hears_its_notify() -> Conversation {
+    Conversation::new("unlisten_all_then_listen_in_one_query_hears_its_notify", 1)
+        .on(0)
+        .query("UNLISTEN *; LISTEN conf_again_{m}; NOTIFY conf_again_{m}, 'p809'")
+        .ready()
+        .query("SELECT 'after'")
+        .ready()
+}
+
+/// Found by the generator (seed 0x73007c): the second unnamed Parse
+/// succeeds, the third is skipped after the Bind between them fails; in
+/// the failed transaction a Bind of the unnamed statement then finds the
+/// second on the server (its error is about the parameter count).
+pub fn an_unnamed_parse_confirmed_before_a_later_one_is_skipped_stays_on_its_server() -> Conversation
+{
+    Conversation::new(
+        "an_unnamed_parse_confirmed_before_a_later_one_is_skipped_stays_on_its_server",
+        1,
+    )
+    .on(0)
+    .query("BEGIN")
+    .ready()
+    .parse("", "SELECT $1::int + 1 AS next", &[])
+    .bind("p0", "", &["0"])
+    .parse("", "SELECT $1::text || '!' AS shout", &[])
+    .bind("p0", "", &["hello"])
+    .parse("", "SELECT * FROM conf_no_such_table", &[])
+    .sync()
+    .ready()
+    .bind("p0", "", &[])
+    .sync()
+    .ready()
+    .query("ROLLBACK")
+    .ready()
 }
