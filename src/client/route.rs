@@ -186,6 +186,8 @@ impl WholeMessages {
             b'B' | b'D' => self.names,
             b'S' => self.no_server || self.skipping,
             b'H' => self.no_server,
+            // Copy messages with no server held belong to no COPY.
+            b'd' | b'c' | b'f' => self.no_server,
             b'E' => self.local_portals,
             _ => false,
         }
@@ -365,6 +367,16 @@ impl Session {
             // passed on unread takes a server first.
             Step::Whole { tag: b'S', len } if whole.no_server => Route::Here(Here::Sync { len }),
             Step::Whole { tag: b'H', len } if whole.no_server => Route::Here(Here::Flush { len }),
+            // CopyData, CopyDone or CopyFail with no server held: no COPY
+            // runs (its server would be held), e.g. the client sends the
+            // data of a COPY that failed before its CopyInResponse.
+            // Postgres ignores them outside a COPY, and so does pgharbor:
+            // a server taken for them would wait for a ReadyForQuery that
+            // never comes.
+            Step::Whole {
+                tag: b'd' | b'c' | b'f',
+                len,
+            } if tx && whole.no_server => Route::Here(Here::Skip { len }),
             Step::Whole { tag: b'Q', len } if tx => self.route_query(ready, len),
             Step::Whole { tag, len } if tx && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C') => {
                 self.route_extended(ready, tag, len, whole.no_server)

@@ -101,6 +101,7 @@ cases! {
     an_error_names_the_closed_one_of_two_names_for_one_text { session: [], transaction: [] }
     an_error_names_the_first_of_two_names_for_one_text_when_the_second_comes_later { session: [], transaction: [] }
     unlisten_all_then_listen_in_one_query_hears_its_notify { session: [], transaction: [] }
+    copy_messages_after_a_failed_copy_are_ignored { session: [], transaction: [] }
     an_unnamed_parse_confirmed_before_a_later_one_is_skipped_stays_on_its_server { session: [], transaction: [] }
 }
 
@@ -1372,4 +1373,30 @@ pub fn an_unnamed_parse_confirmed_before_a_later_one_is_skipped_stays_on_its_ser
     .ready()
     .query("ROLLBACK")
     .ready()
+}
+
+/// A COPY FROM STDIN that fails before its CopyInResponse (here the
+/// client's role may not write the table, made by `postgres` before each
+/// run): a client may still send its data and CopyDone, or a
+/// CopyFail, which Postgres ignores outside a COPY. Through pgharbor no
+/// server is held by then, so they are dropped: a server taken for them
+/// would wait for a ReadyForQuery that never comes, and another client
+/// for that server (generator, seed 0x75016a).
+pub fn copy_messages_after_a_failed_copy_are_ignored() -> Conversation {
+    Conversation::new("copy_messages_after_a_failed_copy_are_ignored", 3)
+        .before_each_run("DROP TABLE IF EXISTS conf_copy_denied_{m}; CREATE TABLE conf_copy_denied_{m} (a int, b text)")
+        .before_each_run("DROP TABLE IF EXISTS conf_copy_other_{m}; CREATE TABLE conf_copy_other_{m} (a int, b text)")
+        .on(0)
+        .query("BEGIN")
+        .ready()
+        .on(1)
+        .query("COPY conf_copy_denied_{m} (a, b) FROM STDIN")
+        .replies(1)
+        .copy_data(b"263\tcopied 263\n")
+        .copy_data(b"7\t\\N\n")
+        .copy_done()
+        .ready()
+        .on(2)
+        .query("INSERT INTO conf_copy_other_{m} (a, b) VALUES (118, 'v118')")
+        .ready()
 }
