@@ -7,9 +7,9 @@ use bytes::BytesMut;
 
 use super::expect::{Action, Reply, Undo};
 use super::prepared::{changed_result_type_error, Statement};
-use super::prepared_sql::DropsAll;
 use super::session::Session;
 use super::unnamed::names_unnamed_statement;
+use crate::sql::prepared_commands::DropsAll;
 
 use super::buffers::append;
 use super::expect::synthesize;

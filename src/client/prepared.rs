@@ -22,9 +22,9 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
-use super::prepared_sql::{drops_all, DropsAll};
 use crate::protocol::backend::{finish_len, put_cstr};
 use crate::protocol::frame::{read_cstr, read_cstr_bytes};
+use crate::sql::prepared_commands::{drops_all, DropsAll};
 
 /// One distinct statement, shared by every client that prepared it.
 #[derive(Debug)]

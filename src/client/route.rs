@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use super::expect::{Action, Reply};
 use super::extended::{Forwarded, KnownParses};
-use super::listen_extended::LocalAction;
 use super::listen_relay::Intercept;
-use super::replay::keep_for_replay;
+use super::session::listen_extended::LocalAction;
+use super::session::replay::keep_for_replay;
 use super::session::{Session, SessionError};
 use super::{buffers, unnamed};
 use crate::config::PoolMode;

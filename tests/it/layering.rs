@@ -59,11 +59,6 @@ const ALLOWED_CYCLES: &[&str] = &[
     // The upward imports above, seen as cycles.
     "admin auth::query client lib watch",
     "lib auth::query watch",
-    // `Session`'s methods spread over files that call each other (the
-    // session's state and the expectation queue, the statement
-    // bookkeeping, LISTEN, COPY, the DROP DATABASE replay): to go with
-    // Session's fields grouped by concern, each group a type of its own.
-    "client::copy client::expect client::listen_extended client::listen_relay client::prepared client::prepared_sql client::replay client::session client::temp_backstop",
 ];
 
 #[test]

@@ -3,6 +3,11 @@
 //! transaction is ever left on a server that goes back to the pool. How a
 //! client gets here is in `accept.rs`; the relay loop in `relay.rs`.
 
+pub(super) mod copy;
+pub(super) mod listen_extended;
+pub(super) mod replay;
+pub(super) mod temp_backstop;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -74,7 +79,7 @@ pub(super) struct TxnState {
     /// CopyDone/CopyFail messages sent while no COPY was known to run: for
     /// each, how many of the `pending` messages were sent before it. Boxed:
     /// only clients that pipeline a COPY's data ever have one.
-    pub copy_ends: Option<Box<super::copy::CopyEnds>>,
+    pub copy_ends: Option<Box<copy::CopyEnds>>,
     /// Transaction status from the last ReadyForQuery.
     pub status: TxStatus,
     /// When the current unit of work began (for the duration histogram).
@@ -169,7 +174,7 @@ pub(super) struct Extended {
     pub expect: Expectations,
     /// The current Sync group, kept for a retry after a lone DROP
     /// DATABASE (or CREATE DATABASE … TEMPLATE) failed with 55006.
-    pub replay: Option<Box<super::replay::Replay>>,
+    pub replay: Option<Box<replay::Replay>>,
 }
 
 /// LISTEN in transaction mode: the client's subscriptions, what its open
@@ -184,7 +189,7 @@ pub(super) struct Listening {
     pub pending_listens: crate::listen::PendingListens,
     /// LISTEN statements sent with the extended protocol (created at the
     /// first one).
-    pub local: Option<Box<super::listen_extended::LocalStatements>>,
+    pub local: Option<Box<listen_extended::LocalStatements>>,
     /// Tag of the last CommandComplete, while LISTENs wait for COMMIT.
     pub last_command_tag: Option<String>,
     /// The server this client holds was announced to the LISTEN hub.
@@ -336,7 +341,7 @@ impl Session {
             // reset its `pg_temp` still exists, which a new session's
             // errors about `pg_temp.x` would show.
             let dirty = self.txn.pinned.is_some() || self.txn.temp_check;
-            if dirty && super::temp_backstop::temp_schema_used(&mut pooled.server, timeout).await {
+            if dirty && temp_backstop::temp_schema_used(&mut pooled.server, timeout).await {
                 false
             } else if (self.mode == PoolMode::Session || dirty) && !reset.is_empty() {
                 let r = tokio::time::timeout(timeout, pooled.server.simple_query(reset)).await;

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 
 use bytes::BytesMut;
 
-use super::expect::{Action, Local, Reply};
-use super::session::Session;
+use super::Session;
+use crate::client::expect::{Action, Local, Reply};
 use crate::listen::ListenCommand;
 use crate::protocol::backend::{self, parameter_description};
 use crate::protocol::frame::{read_cstr, read_cstr_bytes};
@@ -41,7 +41,7 @@ struct LocalStatement {
 
 /// One client's LISTEN statements and portals.
 #[derive(Debug, Default)]
-pub(super) struct LocalStatements {
+pub(in crate::client) struct LocalStatements {
     statements: HashMap<String, LocalStatement>,
     portals: HashMap<String, ListenCommand>,
     /// pgharbor sent an error: the client's messages are dropped up to Sync.
@@ -83,7 +83,7 @@ impl LocalStatements {
 
 /// What pgharbor does with one extended-protocol message.
 #[derive(Debug)]
-pub(super) enum LocalAction {
+pub(in crate::client) enum LocalAction {
     /// Not a LISTEN statement or portal: the server handles it.
     NotLocal,
     Parse {
@@ -109,7 +109,12 @@ pub(super) enum LocalAction {
 
 impl Session {
     /// Decides whether the whole message `tag`/`body` is answered here.
-    pub(super) fn classify_local(&self, tag: u8, body: &[u8], may_listen: bool) -> LocalAction {
+    pub(in crate::client) fn classify_local(
+        &self,
+        tag: u8,
+        body: &[u8],
+        may_listen: bool,
+    ) -> LocalAction {
         let local = self.listening.local.as_deref();
         match tag {
             b'P' => {
@@ -197,7 +202,7 @@ impl Session {
 
     /// Answers a message `classify_local` claimed. Everything the client
     /// sent before it has been passed on.
-    pub(super) fn answer_local(&mut self, action: LocalAction) {
+    pub(in crate::client) fn answer_local(&mut self, action: LocalAction) {
         self.txn.unsynced = true;
         // A group with messages answered here is not retried.
         self.ext.replay = None;
@@ -270,14 +275,14 @@ impl Session {
     }
 
     /// Gives the client `e` in its place, then skips to Sync.
-    pub(super) fn fail_local(&mut self, e: PgError) {
+    pub(in crate::client) fn fail_local(&mut self, e: PgError) {
         let mut out = BytesMut::new();
         e.encode(&mut out);
         self.fail_local_with(out);
     }
 
     /// [`Session::fail_local`] with the ErrorResponse already encoded.
-    pub(super) fn fail_local_with(&mut self, error: BytesMut) {
+    pub(in crate::client) fn fail_local_with(&mut self, error: BytesMut) {
         self.ext.expect.push_local(
             Reply::Execute,
             Local {
@@ -299,7 +304,7 @@ impl Session {
     /// was answered here. LISTENs executed since then take effect now unless
     /// the group failed; then ReadyForQuery, as Postgres ends an implicit
     /// transaction.
-    pub(super) async fn answer_sync_locally(&mut self) {
+    pub(in crate::client) async fn answer_sync_locally(&mut self) {
         self.txn.unsynced = false;
         let failed = match self.listening.local.as_deref_mut() {
             Some(l) => {

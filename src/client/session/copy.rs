@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 
-use super::session::TxnState;
+use super::TxnState;
 
 /// CopyDone/CopyFail messages remembered ahead of their CopyInResponse:
 /// more than any client pipelines; further ones are not tracked.
@@ -31,7 +31,7 @@ const MAX_COPY_ENDS: usize = 16;
 /// For each CopyDone/CopyFail sent while no COPY was known to run, how
 /// many of the owed messages were sent before it.
 #[derive(Debug, Default)]
-pub(super) struct CopyEnds(VecDeque<u32>);
+pub(in crate::client) struct CopyEnds(VecDeque<u32>);
 
 impl TxnState {
     /// The server will read a Sync or Flush sent now as part of COPY data

@@ -11,7 +11,7 @@
 
 use bytes::BytesMut;
 
-use super::session::Session;
+use super::Session;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::sqlstate;
 use crate::sql::drop_database;
@@ -31,7 +31,7 @@ enum Retry {
 
 /// The client's messages of the current Sync group, kept for a retry.
 #[derive(Debug)]
-pub(super) struct Replay {
+pub(in crate::client) struct Replay {
     bytes: BytesMut,
     retry: Retry,
     /// The group's Sync was kept: the group is whole.
@@ -99,7 +99,7 @@ impl Replay {
 /// Called before the message is accounted for; `idle`: the client has
 /// nothing in flight and no transaction open.
 #[inline]
-pub(super) fn keep_for_replay(
+pub(in crate::client) fn keep_for_replay(
     replay: &mut Option<Box<Replay>>,
     idle: bool,
     tag: Option<u8>,
@@ -170,7 +170,7 @@ impl Session {
     /// statement on the server (or pgharbor's idle servers to the database
     /// being dropped) and puts the client's messages back in front of
     /// whatever it sent since, to be processed again.
-    pub(super) fn start_replay(&mut self) {
+    pub(in crate::client) fn start_replay(&mut self) {
         let Some(r) = self.ext.replay.as_deref_mut() else {
             return;
         };

@@ -21,7 +21,7 @@
 
 use std::time::Duration;
 
-use super::session::Session;
+use super::Session;
 use crate::config::SessionState;
 use crate::protocol::{sqlstate, PgError};
 use crate::server::Server;
@@ -37,13 +37,13 @@ const TEMP_SCHEMA_IN_USE: &str = "SELECT EXISTS (SELECT FROM pg_catalog.pg_class
 
 /// A CommandComplete tag (its body) after which the temporary schema may
 /// hold something the statement's text did not show.
-pub(super) fn tag_may_create_temp(tag: &[u8]) -> bool {
+pub(in crate::client) fn tag_may_create_temp(tag: &[u8]) -> bool {
     tag.starts_with(b"CREATE") || tag == b"DO\0" || tag == b"CALL\0"
 }
 
 /// What becomes of the server after the check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum TempCheck {
+pub(in crate::client) enum TempCheck {
     /// Its temporary schema is empty: it may go back to the pool.
     Clean,
     /// The client is now pinned to it.
@@ -57,7 +57,7 @@ pub(super) enum TempCheck {
 /// its client leaves: `DISCARD ALL` empties `pg_temp` but keeps it, and
 /// a new session would see `type "pg_temp.x" does not exist` where
 /// Postgres says `schema "pg_temp" does not exist`.
-pub(super) async fn temp_schema_used(server: &mut Server, timeout: Duration) -> bool {
+pub(in crate::client) async fn temp_schema_used(server: &mut Server, timeout: Duration) -> bool {
     let used = server.query_first_value("SELECT pg_catalog.pg_my_temp_schema() <> 0");
     !matches!(tokio::time::timeout(timeout, used).await, Ok(Ok(Some(v))) if v == b"f")
 }
@@ -67,7 +67,7 @@ impl Session {
     /// the server's temporary schema before the server goes back to the
     /// pool. A check that fails pins the client, whose server is then
     /// closed when it leaves, rather than risk handing the objects on.
-    pub(super) async fn check_temp_schema(&mut self) -> TempCheck {
+    pub(in crate::client) async fn check_temp_schema(&mut self) -> TempCheck {
         let timeout = self
             .pool
             .settings()
