@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A map from an id this instance assigned.
-pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// Fibonacci hashing: the id times 2^64 / φ, so that consecutive ids land
 /// in different buckets and differ in the top bits the map's probe reads.
 #[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 const PHI: u64 = 0x9e37_79b9_7f4a_7c15;
 

@@ -30,6 +30,9 @@
 // Peer data never reaches an `unwrap`: outside tests, a failure is an error
 // the caller turns into an ErrorResponse or a log line.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
+// Nothing is `pub` that the crate does not export: a reader sees from the
+// keyword alone whether an item is API.
+#![warn(unreachable_pub)]
 
 pub mod admin;
 pub mod auth;

@@ -68,7 +68,7 @@ fn contents(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
 
 /// Starts watching, if `proxy.watch_config` is on and the instance knows
 /// its config file. The task ends when the instance shuts down.
-pub fn spawn(state: &Arc<State>) {
+pub(crate) fn spawn(state: &Arc<State>) {
     let Some(path) = state.config_path.get().cloned() else {
         return;
     };

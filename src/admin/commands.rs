@@ -38,7 +38,7 @@ fn syntax(message: String) -> PgError {
 
 /// Splits a Query message's text into statements (on `;` outside double
 /// quotes), dropping empty ones.
-pub fn split_statements(text: &str) -> Vec<&str> {
+pub(super) fn split_statements(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut quoted = false;
@@ -97,7 +97,7 @@ fn words(stmt: &str) -> Result<Vec<String>, PgError> {
 }
 
 /// Parses one statement (without its `;`).
-pub fn parse(stmt: &str) -> Result<Command, PgError> {
+pub(super) fn parse(stmt: &str) -> Result<Command, PgError> {
     let w = words(stmt)?;
     let Some(verb) = w.first() else {
         return Err(syntax("empty command".into()));

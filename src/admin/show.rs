@@ -16,7 +16,7 @@ use crate::protocol::backend;
 use crate::State;
 
 /// Appends RowDescription, the rows and CommandComplete `SHOW`.
-pub fn show(state: &State, what: Show, out: &mut BytesMut) {
+pub(super) fn show(state: &State, what: Show, out: &mut BytesMut) {
     let (columns, rows) = match what {
         Show::Pools => pools(state),
         Show::Clients => clients(state),

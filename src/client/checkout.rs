@@ -23,7 +23,7 @@ impl Session {
     /// client's) runs without a nested future; waiting, connecting, health
     /// checks and applying settings are boxed, so their state is not part
     /// of every client task (a task is as large as its largest state).
-    pub async fn acquire_server(&mut self) -> Result<(), PgError> {
+    pub(super) async fn acquire_server(&mut self) -> Result<(), PgError> {
         match self.acquire_server_now(Instant::now()) {
             Ok(()) => Ok(()),
             Err(attempt) => Box::pin(self.acquire_server_slow(attempt)).await,
@@ -34,7 +34,7 @@ impl Session {
     /// with the clock read by the caller.
     /// `Err` hands what the fast checkout got to
     /// [`Session::acquire_server_slow`].
-    pub fn acquire_server_now(
+    pub(super) fn acquire_server_now(
         &mut self,
         now: Instant,
     ) -> Result<(), Result<PooledServer, SlowCheckout>> {
@@ -67,7 +67,7 @@ impl Session {
 
     /// Waits for a server, connects, checks or syncs one, after
     /// [`Session::acquire_server_now`] could not.
-    pub async fn acquire_server_slow(
+    pub(super) async fn acquire_server_slow(
         &mut self,
         attempt: Result<PooledServer, SlowCheckout>,
     ) -> Result<(), PgError> {

@@ -15,7 +15,7 @@ use crate::protocol::backend;
 
 /// The kind of reply a message produces when it succeeds, by what ends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply {
+pub(super) enum Reply {
     ParseComplete,
     BindComplete,
     CloseComplete,
@@ -36,7 +36,7 @@ pub(super) fn ends_step(tag: u8) -> bool {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(super) enum Action {
     /// A client message: its reply goes to the client.
     Forward,
     /// A message pgharbor injected: its reply is dropped.
@@ -58,21 +58,21 @@ pub enum Action {
 /// A reply pgharbor gives itself, already encoded, and the LISTEN/UNLISTEN
 /// that takes effect (at the end of the transaction) once it is sent.
 #[derive(Debug, Clone)]
-pub struct Local {
+pub(super) struct Local {
     pub bytes: Bytes,
     pub listen: Option<ListenCommand>,
 }
 
 /// A synthesized reply now due.
 #[derive(Debug)]
-pub struct Synthesized {
+pub(super) struct Synthesized {
     pub reply: Reply,
     pub local: Option<Box<Local>>,
 }
 
 /// Undo information for a named statement whose Parse never took effect.
 #[derive(Debug, Clone, Default)]
-pub struct Undo {
+pub(super) struct Undo {
     /// Drop from the server's prepared set (the server does not have it).
     pub server_name: Option<Arc<str>>,
     /// Drop from the client's statement map (Postgres would not have it).
@@ -99,7 +99,7 @@ pub struct Undo {
 /// other messages (a Sync's count takes in the plain messages before it,
 /// so they always come in this shape).
 #[derive(Debug)]
-pub struct Expected {
+pub(super) struct Expected {
     pub reply: Reply,
     pub action: Action,
     /// Boxed: rare (named Parses).
@@ -120,7 +120,7 @@ pub struct Expected {
 
 /// How a server message relates to the queue.
 #[derive(Debug)]
-pub enum Outcome {
+pub(super) enum Outcome {
     /// Forward the message.
     Forward,
     /// Drop the message.
@@ -146,7 +146,7 @@ enum Front {
 /// next, the server's replies before its ReadyForQuery need no look at all
 /// (`needs_each_reply`).
 #[derive(Debug, Default)]
-pub struct Expectations {
+pub(super) struct Expectations {
     queue: VecDeque<Expected>,
     /// Plain Sync/Query/FunctionCall messages after the last queued entry.
     tail_readies: u32,
@@ -162,7 +162,7 @@ impl Expectations {
     /// message, nearly always with a reply to forward, which is two
     /// counters.
     #[inline]
-    pub fn push(&mut self, reply: Reply, action: Action) {
+    pub(super) fn push(&mut self, reply: Reply, action: Action) {
         if reply == Reply::Ready {
             self.server_skipping = false;
         }
@@ -182,7 +182,7 @@ impl Expectations {
 
     /// [`Expectations::push`] for a message whose effect is undone if the
     /// server skips or refuses it (see [`Undo`]): it gets a place of its own.
-    pub fn push_undo(&mut self, reply: Reply, action: Action, undo: Undo) {
+    pub(super) fn push_undo(&mut self, reply: Reply, action: Action, undo: Undo) {
         if reply == Reply::Ready {
             self.server_skipping = false;
         }
@@ -190,7 +190,7 @@ impl Expectations {
     }
 
     /// [`Expectations::push`] or [`Expectations::push_undo`], as `undo` says.
-    pub fn push_with(&mut self, reply: Reply, action: Action, undo: Option<Undo>) {
+    pub(super) fn push_with(&mut self, reply: Reply, action: Action, undo: Option<Undo>) {
         match undo {
             Some(undo) => self.push_undo(reply, action, undo),
             None => self.push(reply, action),
@@ -200,7 +200,7 @@ impl Expectations {
     /// Queues one statement of a simple Query: forwarded, or replaced by
     /// `local` (see [`Action::Replace`]). The Query's ReadyForQuery is
     /// pushed after its statements.
-    pub fn push_statement(&mut self, local: Option<Local>) {
+    pub(super) fn push_statement(&mut self, local: Option<Local>) {
         let action = if local.is_some() {
             Action::Replace
         } else {
@@ -212,7 +212,12 @@ impl Expectations {
     /// Queues a Parse of the unnamed statement, of `generation`: its
     /// outcome is the client's unnamed statement's (see `unnamed.rs`).
     /// `undo`: it may be skipped after an error of its group.
-    pub fn push_unnamed_parse(&mut self, action: Action, undo: Option<Undo>, generation: u32) {
+    pub(super) fn push_unnamed_parse(
+        &mut self,
+        action: Action,
+        undo: Option<Undo>,
+        generation: u32,
+    ) {
         self.queue_entry(Reply::ParseComplete, action, undo.map(Box::new), None);
         if let Some(e) = self.queue.back_mut() {
             e.unnamed_parse = Some(generation);
@@ -220,7 +225,7 @@ impl Expectations {
     }
 
     /// Queues a Describe of the named statement `st` (its server name).
-    pub fn push_describe(&mut self, action: Action, st: Arc<Statement>) {
+    pub(super) fn push_describe(&mut self, action: Action, st: Arc<Statement>) {
         self.queue_entry(Reply::Describe, action, None, None);
         if let Some(e) = self.queue.back_mut() {
             e.describes = Some(st);
@@ -229,7 +234,7 @@ impl Expectations {
 
     /// The statement whose Describe the server's `T` or `n` now answers,
     /// and whether the client gets that reply.
-    pub fn describing(&self) -> Option<(&Arc<Statement>, bool)> {
+    pub(super) fn describing(&self) -> Option<(&Arc<Statement>, bool)> {
         let e = self.queue.front()?;
         if e.readies > 0 || e.replies > 0 || e.reply != Reply::Describe {
             return None;
@@ -243,7 +248,7 @@ impl Expectations {
     /// if the server skips it after an error of its group, what the name
     /// stands for is undone then (see `Undo`). An empty queue (every plain
     /// group) answers at once.
-    pub fn name_pending_in_earlier_group(&self, client_name: &str) -> bool {
+    pub(super) fn name_pending_in_earlier_group(&self, client_name: &str) -> bool {
         let pending = self.pending_in_group(|u| {
             u.client_name.as_deref() == Some(client_name)
                 || u.restore.as_ref().is_some_and(|(n, _)| n == client_name)
@@ -253,7 +258,7 @@ impl Expectations {
 
     /// Whether a Parse of the client's statement `client_name` waits for
     /// its reply (looked at only for an error naming a statement).
-    pub fn parse_pending(&self, client_name: &str) -> bool {
+    pub(super) fn parse_pending(&self, client_name: &str) -> bool {
         self.queue.iter().any(|e| {
             e.reply == Reply::ParseComplete
                 && e.undo
@@ -265,7 +270,7 @@ impl Expectations {
     /// Whether an unnamed Parse that may be skipped (see `Undo::unnamed`)
     /// waits for its reply: `Some(true)` in an earlier Sync group than the
     /// message sent now, `Some(false)` in the same one.
-    pub fn unnamed_parse_pending(&self) -> Option<bool> {
+    pub(super) fn unnamed_parse_pending(&self) -> Option<bool> {
         self.pending_in_group(|u| u.unnamed.is_some())
     }
 
@@ -292,7 +297,7 @@ impl Expectations {
     /// Whether messages of the current Sync group went before the one
     /// sent now: an error of theirs makes the server skip it.
     #[inline]
-    pub fn group_has_earlier_messages(&self) -> bool {
+    pub(super) fn group_has_earlier_messages(&self) -> bool {
         self.tail_replies > 0
             || (self.tail_readies == 0
                 && self.queue.back().is_some_and(|e| e.reply != Reply::Ready))
@@ -301,14 +306,14 @@ impl Expectations {
     /// The client's statements whose Close pgharbor answered and whose
     /// reply still waits its turn: an error of a message sent before the
     /// Close may name one of them.
-    pub fn closing(&self) -> impl Iterator<Item = &(String, Arc<Statement>)> {
+    pub(super) fn closing(&self) -> impl Iterator<Item = &(String, Arc<Statement>)> {
         self.queue
             .iter()
             .filter_map(|e| e.undo.as_ref()?.restore.as_ref())
     }
 
     /// Queues a reply pgharbor gives itself, encoded in `local`.
-    pub fn push_local(&mut self, reply: Reply, local: Local) {
+    pub(super) fn push_local(&mut self, reply: Reply, local: Local) {
         self.queue_entry(reply, Action::Synthesize, None, Some(Box::new(local)));
     }
 
@@ -332,17 +337,17 @@ impl Expectations {
     }
 
     /// No reply is outstanding.
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.queue.is_empty() && self.tail_readies == 0 && self.tail_replies == 0
     }
 
     /// See `server_skipping`: a message sent now gets no reply.
     #[inline]
-    pub fn server_skipping(&self) -> bool {
+    pub(super) fn server_skipping(&self) -> bool {
         self.server_skipping
     }
 
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.server_skipping = false;
         self.queue.clear();
         self.tail_readies = 0;
@@ -381,7 +386,7 @@ impl Expectations {
     /// by the run's first Sync when it has one (or counted as its Query). If
     /// none of the run's Syncs is left, the message's own reply (the COPY's
     /// CommandComplete or ErrorResponse) is counted in their place.
-    pub fn drop_ignored_syncs(&mut self, mut n: u32) {
+    pub(super) fn drop_ignored_syncs(&mut self, mut n: u32) {
         let Expectations {
             queue,
             tail_readies,
@@ -411,13 +416,13 @@ impl Expectations {
     /// expected), when only ReadyForQuery and ErrorResponse matter, and the
     /// relay reads those anyway.
     #[inline]
-    pub fn needs_each_reply(&self) -> bool {
+    pub(super) fn needs_each_reply(&self) -> bool {
         matches!(self.front(), Front::Replies | Front::Entry)
     }
 
     /// Whether the server's next messages answer a replaced statement, all
     /// of which must be looked at to be dropped.
-    pub fn replaces_next(&self) -> bool {
+    pub(super) fn replaces_next(&self) -> bool {
         matches!(self.front(), Front::Entry)
             && self
                 .queue
@@ -427,7 +432,7 @@ impl Expectations {
 
     /// Pops the synthesized replies now due (everything before them has
     /// been answered), in order.
-    pub fn due_synthesized(&mut self) -> Option<Synthesized> {
+    pub(super) fn due_synthesized(&mut self) -> Option<Synthesized> {
         match self.queue.front() {
             Some(e) if e.readies == 0 && e.replies == 0 && e.action == Action::Synthesize => {
                 self.queue.pop_front().map(|e| Synthesized {
@@ -443,7 +448,7 @@ impl Expectations {
     /// statements whose Parse did not take effect.
     /// `parsed` collects the server names of Parses that succeeded;
     /// `unnamed` follows the outcome of unnamed Parses.
-    pub fn on_server_message(
+    pub(super) fn on_server_message(
         &mut self,
         tag: u8,
         undo: &mut Vec<Undo>,

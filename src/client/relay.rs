@@ -45,7 +45,7 @@ impl Session {
     }
 
     /// Runs until the client leaves, breaks the protocol, or shutdown.
-    pub async fn relay(&mut self) -> Result<(), SessionError> {
+    pub(super) async fn relay(&mut self) -> Result<(), SessionError> {
         // One future for the whole session: building (and dropping) a
         // cancellation future on every turn of the loop takes the token's
         // lock each time.

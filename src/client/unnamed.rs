@@ -29,7 +29,7 @@ use crate::protocol::{sqlstate, PgError};
 
 /// What pgharbor knows of the client's unnamed statement.
 #[derive(Debug, Default, Clone)]
-pub struct UnnamedStatement {
+pub(super) struct UnnamedStatement {
     /// The client has an unnamed statement (as Postgres would).
     pub exists: bool,
     /// It was parsed on the server the client holds now (cleared when
@@ -51,7 +51,7 @@ impl UnnamedStatement {
     /// An unnamed Parse (`msg`, whole) goes to the server held now; its
     /// generation.
     #[inline]
-    pub fn parsed(&mut self, msg: &[u8]) -> u32 {
+    pub(super) fn parsed(&mut self, msg: &[u8]) -> u32 {
         self.parse.clear();
         self.parse.extend_from_slice(msg);
         self.exists = true;
@@ -67,14 +67,14 @@ impl UnnamedStatement {
     }
 
     /// The event that made it what it is.
-    pub fn generation(&self) -> u32 {
+    pub(super) fn generation(&self) -> u32 {
         self.generation
     }
 
     /// Its Parse was sent again to the server held now. `settled`: the
     /// Parse cannot be skipped; otherwise a Bind of it is looked at
     /// until then (see `Undo::unnamed`). Its generation.
-    pub fn prepared_again(&mut self, settled: bool) -> u32 {
+    pub(super) fn prepared_again(&mut self, settled: bool) -> u32 {
         self.here = settled;
         self.next_event()
     }
@@ -83,7 +83,7 @@ impl UnnamedStatement {
     /// statement is on the server held now. `false` when it changed since
     /// (a later Parse's snapshot is then what to correct).
     #[inline]
-    pub fn confirmed(&mut self, generation: u32) -> bool {
+    pub(super) fn confirmed(&mut self, generation: u32) -> bool {
         if self.generation != generation {
             return false;
         }
@@ -95,7 +95,7 @@ impl UnnamedStatement {
     /// it again) the client still has it, as on Postgres, but this server
     /// does not; otherwise Postgres dropped it. `false` when it changed
     /// since (a later Parse's snapshot is then what to correct).
-    pub fn failed(&mut self, generation: u32, injected: bool) -> bool {
+    pub(super) fn failed(&mut self, generation: u32, injected: bool) -> bool {
         if self.generation != generation {
             return false;
         }
@@ -109,7 +109,7 @@ impl UnnamedStatement {
     /// The Parse `generation`, made while it was `before`, was skipped by
     /// the server: it is `before` again. When it changed since, `before`
     /// is given back (a later Parse's snapshot is then what to correct).
-    pub fn skipped(&mut self, generation: u32, before: UnnamedStatement) -> Option<Self> {
+    pub(super) fn skipped(&mut self, generation: u32, before: UnnamedStatement) -> Option<Self> {
         if self.generation != generation {
             return Some(before);
         }
@@ -121,7 +121,7 @@ impl UnnamedStatement {
 
     /// A simple Query or a Close of it destroyed it (on the server too).
     #[inline]
-    pub fn destroyed(&mut self) {
+    pub(super) fn destroyed(&mut self) {
         self.exists = false;
         self.here = false;
         self.next_event();
@@ -129,7 +129,7 @@ impl UnnamedStatement {
 
     /// The Parse to send before a Bind or Describe of it on a server
     /// that lacks it.
-    pub fn parse_message(&self) -> &[u8] {
+    pub(super) fn parse_message(&self) -> &[u8] {
         &self.parse
     }
 }

@@ -17,11 +17,11 @@ use super::Pool;
 use crate::protocol::backend;
 
 /// Parameter name to value, as a server reports them.
-pub type Params = BTreeMap<String, String>;
+pub(super) type Params = BTreeMap<String, String>;
 
 /// Startup settings: known, writable parameters under the names the
 /// server reports them by, with the client's values, in the client's order.
-pub type Settings = Vec<(String, String)>;
+pub(super) type Settings = Vec<(String, String)>;
 
 /// How many distinct maps, and how many sets of startup settings, a pool
 /// remembers.

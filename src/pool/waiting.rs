@@ -25,7 +25,7 @@ const PERIOD: Duration = Duration::from_secs(1);
 
 /// The right to hold one of the pool's servers; given back when dropped
 /// (to the first waiting client, if any).
-pub struct Permit {
+pub(crate) struct Permit {
     pub(super) pool: Arc<Pool>,
 }
 

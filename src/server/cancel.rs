@@ -194,7 +194,7 @@ pub(crate) mod tests {
     use crate::server::ServerKey;
 
     /// A plaintext server's key as a test names it.
-    pub fn server_key(addr: std::net::SocketAddr) -> super::CancelTarget {
+    pub(crate) fn server_key(addr: std::net::SocketAddr) -> super::CancelTarget {
         super::CancelTarget {
             key: ServerKey {
                 addr,
@@ -206,7 +206,7 @@ pub(crate) mod tests {
     }
 
     /// Accepts one connection, returns the packet it carried, closes.
-    pub async fn one_packet(listener: tokio::net::TcpListener) -> Vec<u8> {
+    pub(crate) async fn one_packet(listener: tokio::net::TcpListener) -> Vec<u8> {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut len = [0u8; 4];
         s.read_exact(&mut len).await.unwrap();

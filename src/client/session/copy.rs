@@ -37,14 +37,14 @@ impl TxnState {
     /// The server will read a Sync or Flush sent now as part of COPY data
     /// and ignore it: it owes it nothing, and the bookkeeping skips it.
     #[inline]
-    pub fn copy_ignores(&self) -> bool {
+    pub(crate) fn copy_ignores(&self) -> bool {
         self.copy_in && self.server_copy_in
     }
 
     /// A Sync, FunctionCall or Query (`query`) goes to the server: its
     /// ReadyForQuery is owed.
     #[inline]
-    pub fn ready_sent(&mut self, query: bool) {
+    pub(crate) fn ready_sent(&mut self, query: bool) {
         if query && self.pending < u32::BITS {
             self.ready_queries |= 1 << self.pending;
         }
@@ -54,7 +54,7 @@ impl TxnState {
 
     /// A ReadyForQuery came: the oldest owed one.
     #[inline]
-    pub fn ready_answered(&mut self) {
+    pub(crate) fn ready_answered(&mut self) {
         self.pending = self.pending.saturating_sub(1);
         self.ready_queries >>= 1;
         if let Some(CopyEnds(ends)) = self.copy_ends.as_deref_mut() {
@@ -69,7 +69,7 @@ impl TxnState {
     }
 
     /// The client sends CopyDone or CopyFail.
-    pub fn copy_end_sent(&mut self) {
+    pub(crate) fn copy_end_sent(&mut self) {
         if self.copy_in {
             self.copy_in = false;
             return;
@@ -90,7 +90,7 @@ impl TxnState {
     /// that message up to the client's CopyDone or CopyFail, or up to now
     /// if the client has not sent one yet (it is then in the COPY, and its
     /// Syncs are not counted until it ends it). They are owed nothing now.
-    pub fn copy_in_started(&mut self) -> u32 {
+    pub(crate) fn copy_in_started(&mut self) -> u32 {
         self.server_copy_in = true;
         // 1 when the COPY's message is a Query: it is itself owed a
         // ReadyForQuery, and the Syncs read as data come after it.
@@ -131,7 +131,7 @@ impl TxnState {
     /// ErrorResponse. After an error the client may still be sending data
     /// (`copy_in` stays until its CopyDone or CopyFail, so the server stays
     /// with it), but the server reads no more of it as COPY data.
-    pub fn copy_in_ended(&mut self, completed: bool) {
+    pub(crate) fn copy_in_ended(&mut self, completed: bool) {
         self.server_copy_in = false;
         if completed {
             // The server read the client's copy end, wherever it was.

@@ -51,18 +51,18 @@ pub(in crate::client) struct LocalStatements {
 }
 
 impl LocalStatements {
-    pub fn has_portals(&self) -> bool {
+    pub(crate) fn has_portals(&self) -> bool {
         !self.portals.is_empty()
     }
 
     /// The transaction ended: its portals are gone, as in Postgres.
-    pub fn end_of_transaction(&mut self) {
+    pub(crate) fn end_of_transaction(&mut self) {
         self.portals.clear();
     }
 
     /// A message that is not ours replaces an unnamed statement or a portal
     /// of the same name.
-    pub fn forget_shadowed(&mut self, tag: u8, body: &[u8]) {
+    pub(crate) fn forget_shadowed(&mut self, tag: u8, body: &[u8]) {
         match tag {
             b'P' => {
                 if let Ok(p) = parse_parse(body) {

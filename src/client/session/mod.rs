@@ -99,7 +99,7 @@ pub(super) struct TxnState {
 
 impl TxnState {
     /// Nothing in flight and no transaction open: the server may go back.
-    pub fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.pending == 0 && !self.unsynced && !self.copy_in && !self.status.in_block()
     }
 }
@@ -130,7 +130,7 @@ pub(super) struct Io {
 impl Io {
     /// A client's buffers after login: `cbuf` holds what it sent after its
     /// startup packet, `to_client` what goes before its first reply.
-    pub fn new(cbuf: BytesMut, to_client: BytesMut, max_message: usize) -> Io {
+    pub(super) fn new(cbuf: BytesMut, to_client: BytesMut, max_message: usize) -> Io {
         Io {
             cbuf,
             to_server: BytesMut::new(),
@@ -147,7 +147,7 @@ impl Io {
     /// batch leaves in one `send`, as the client sent it, not one per
     /// message pgharbor had to look at.
     #[inline]
-    pub fn forward_ready(&mut self, n: usize) {
+    pub(super) fn forward_ready(&mut self, n: usize) {
         if n == 0 {
             return;
         }
@@ -227,7 +227,7 @@ pub(super) struct Session {
 
 impl Session {
     /// A client that passed authentication, before its login to `pool`.
-    pub fn new(
+    pub(super) fn new(
         client: Stream,
         pool: Arc<Pool>,
         state: Arc<State>,
@@ -255,20 +255,20 @@ impl Session {
 impl Session {
     /// Gives the server back: to the pool if it is clean, closed otherwise.
     /// Tells the LISTEN hub this client no longer holds its server.
-    pub fn forget_sender(&mut self) {
+    pub(super) fn forget_sender(&mut self) {
         if let Some(key) = self.listening.noted_sender.take() {
             self.state.listen.forget_server_pid(&key);
         }
     }
 
     /// `now`: the clock read at the end of the transaction, if it was.
-    pub async fn release_server(&mut self, now: Option<Instant>) {
+    pub(super) async fn release_server(&mut self, now: Option<Instant>) {
         self.hand_back_server(now, true).await;
     }
 
     /// Gives the server back to the pool, or closes it when `reusable` is
     /// false or it is not at rest.
-    pub async fn hand_back_server(&mut self, now: Option<Instant>, reusable: bool) {
+    pub(super) async fn hand_back_server(&mut self, now: Option<Instant>, reusable: bool) {
         if self.server.is_none() {
             return;
         }

@@ -69,7 +69,7 @@ impl Replay {
     /// the group is kept for and the group can run again, so the error is
     /// dropped. `alone`: nothing of a later group has reached the server
     /// (the retry must run before it).
-    pub fn arm(&mut self, body: &[u8], alone: bool) -> bool {
+    pub(crate) fn arm(&mut self, body: &[u8], alone: bool) -> bool {
         if self.armed || self.retried || self.replied || !self.complete || !alone {
             return false;
         }
@@ -86,7 +86,7 @@ impl Replay {
     }
 
     /// A server message with `tag` goes to the client.
-    pub fn note_forwarded(&mut self, tag: u8) {
+    pub(crate) fn note_forwarded(&mut self, tag: u8) {
         // ParameterStatus, notices and notifications are not replies.
         if !matches!(tag, b'S' | b'N' | b'A' | b'E' | b'Z') {
             self.replied = true;
