@@ -149,20 +149,7 @@ impl Session {
         match tag {
             // An unnamed Parse: its name is the body's first NUL.
             b'P' if body.first() == Some(&0) => {
-                let before = self
-                    .ext
-                    .expect
-                    .group_has_earlier_messages()
-                    .then(|| Box::new(self.ext.unnamed.clone()));
-                let skippable = before.is_some();
-                let generation = self.ext.unnamed.parsed(&self.io.cbuf[at..at + len]);
-                unnamed_parse = Some(UnnamedParse { generation, before });
-                if skippable {
-                    // A Bind of it is looked at: passed in this group,
-                    // held in a later one until the Parse is answered,
-                    // and after that prepared again (one more Parse).
-                    self.ext.unnamed.here = false;
-                }
+                unnamed_parse = Some(self.note_unnamed_parse(at, len));
             }
             b'B' | b'D' if !self.ext.unnamed.here && names_unnamed_statement(tag, body) => {
                 match self.ext.expect.unnamed_parse_pending() {
@@ -207,6 +194,28 @@ impl Session {
         };
         self.emit_due_synthesized();
         Ok(forwarded)
+    }
+
+    /// An unnamed Parse at `cbuf[at..at + len]` goes to the server: its
+    /// generation, and what the client's unnamed statement was, when the
+    /// Parse may yet be skipped after an error of an earlier message of
+    /// its group.
+    #[inline(always)]
+    fn note_unnamed_parse(&mut self, at: usize, len: usize) -> UnnamedParse {
+        let before = self
+            .ext
+            .expect
+            .group_has_earlier_messages()
+            .then(|| Box::new(self.ext.unnamed.clone()));
+        let skippable = before.is_some();
+        let generation = self.ext.unnamed.parsed(&self.io.cbuf[at..at + len]);
+        if skippable {
+            // A Bind of it is looked at: passed in this group, held in a
+            // later one until the Parse is answered, and after that
+            // prepared again (one more Parse).
+            self.ext.unnamed.here = false;
+        }
+        UnnamedParse { generation, before }
     }
 
     /// A Bind or Describe of the client's unnamed statement, parsed on an

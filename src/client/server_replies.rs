@@ -328,16 +328,23 @@ impl Session {
             burst.ready += len;
         }
         if tx {
-            while let Some(reply) = self.ext.expect.due_synthesized() {
-                let before = rbuf.split_to(burst.ready);
-                append(&mut self.io.to_client, before);
-                burst.ready = 0;
-                synthesize(
-                    &mut self.io.to_client,
-                    &mut self.listening.pending_listens,
-                    reply,
-                );
-            }
+            self.emit_due_in_burst(rbuf, burst);
+        }
+    }
+
+    /// pgharbor's own replies due after the server's last one: what the
+    /// burst forwards so far goes first, then each of them.
+    #[inline(always)]
+    fn emit_due_in_burst(&mut self, rbuf: &mut BytesMut, burst: &mut ServerBurst) {
+        while let Some(reply) = self.ext.expect.due_synthesized() {
+            let before = rbuf.split_to(burst.ready);
+            append(&mut self.io.to_client, before);
+            burst.ready = 0;
+            synthesize(
+                &mut self.io.to_client,
+                &mut self.listening.pending_listens,
+                reply,
+            );
         }
     }
 

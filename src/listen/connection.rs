@@ -304,13 +304,8 @@ async fn session(
         reg.dirty.extend(all);
     }
     reconcile(l, hub, &mut actual, &mut inflight, &mut wbuf);
-    // An empty query: its ReadyForQuery marks the end of the first batch.
-    let _ = frontend::query("", &mut wbuf);
-    inflight.push_back(InFlight {
-        op: Op::Barrier { markers },
-        error: None,
-        waiters,
-    });
+    // Its ReadyForQuery marks the end of the first batch.
+    push_barrier(&mut wbuf, &mut inflight, markers, waiters);
     let mut rbuf = std::mem::take(&mut server.rbuf);
     let (mut rd, mut wr) = tokio::io::split(&mut server.stream);
     // Written bytes not yet pushed out (TLS holds them until flushed).
@@ -336,14 +331,7 @@ async fn session(
                         }
                     }
                 }
-                Some(Cmd::Barrier(w)) => {
-                    let _ = frontend::query("", &mut wbuf);
-                    inflight.push_back(InFlight {
-                        op: Op::Barrier { markers: false },
-                        error: None,
-                        waiters: vec![w],
-                    });
-                }
+                Some(Cmd::Barrier(w)) => push_barrier(&mut wbuf, &mut inflight, false, vec![w]),
             },
             r = rd.read_buf(&mut rbuf) => match r {
                 Ok(0) => break lost(l, hub, &mut actual, inflight, "server closed the connection".into()),
@@ -362,16 +350,37 @@ async fn session(
         }
     };
     if matches!(outcome, Outcome::Idle | Outcome::Shutdown) {
-        let mut bye = BytesMut::new();
-        frontend::terminate(&mut bye);
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            wr.write_all(&bye).await?;
-            wr.flush().await
-        })
-        .await;
+        say_goodbye(&mut wr).await;
         hub.metrics.listen_channels.sub(actual.len() as i64);
     }
     outcome
+}
+
+/// An empty query whose ReadyForQuery wakes `waiters`: everything sent
+/// before it has been answered by then.
+fn push_barrier(
+    wbuf: &mut BytesMut,
+    inflight: &mut VecDeque<InFlight>,
+    markers: bool,
+    waiters: Vec<oneshot::Sender<()>>,
+) {
+    let _ = frontend::query("", wbuf);
+    inflight.push_back(InFlight {
+        op: Op::Barrier { markers },
+        error: None,
+        waiters,
+    });
+}
+
+/// A Terminate, given a second to reach the server.
+async fn say_goodbye<W: AsyncWrite + Unpin>(wr: &mut W) {
+    let mut bye = BytesMut::new();
+    frontend::terminate(&mut bye);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        wr.write_all(&bye).await?;
+        wr.flush().await
+    })
+    .await;
 }
 
 /// Writes some of `wbuf`, or, once it is all written, flushes. `Ok(true)`:
