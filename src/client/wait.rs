@@ -48,7 +48,10 @@ fn read_ready(stream: &Stream, armed: &mut bool, cx: &mut Context<'_>) -> Poll<i
         };
     }
     let r = stream.poll_read_ready(cx);
-    *armed = r.is_pending() && !stream.is_tls();
+    // A Pending that tokio's task budget gave registered no waker (the task
+    // is only woken to yield), so a later plain load would wait for a wake
+    // that never comes: arm only when the poll really waits on the socket.
+    *armed = r.is_pending() && !stream.is_tls() && tokio::task::coop::has_budget_remaining();
     r
 }
 
