@@ -16,10 +16,12 @@ mod relay;
 mod reset_all;
 mod route;
 mod server_replies;
+mod server_statements;
 mod session;
 pub mod startup;
 mod unnamed;
 mod wait;
+mod whole_messages;
 
 pub use accept::{resume, serve};
 pub use session::SessionError;

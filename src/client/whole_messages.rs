@@ -1,0 +1,62 @@
+//! Which client messages the relay reads whole before it routes them
+//! (`route.rs`), and which message types a client may send at all.
+
+/// Message types a client may send after login.
+pub(super) fn is_frontend_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Q' | b'P'
+            | b'B'
+            | b'E'
+            | b'D'
+            | b'C'
+            | b'H'
+            | b'S'
+            | b'F'
+            | b'd'
+            | b'c'
+            | b'f'
+            | b'X'
+            | b'p'
+    )
+}
+
+/// Which client messages the relay must see whole before it routes them;
+/// the others pass as they arrive, read no further than their header.
+#[derive(Clone, Copy)]
+pub(super) struct WholeMessages {
+    pub(super) transaction_mode: bool,
+    /// No server is held: Sync and Flush are answered here.
+    pub(super) no_server: bool,
+    /// Messages are dropped up to Sync (see [`Route::Skip`]).
+    pub(super) skipping: bool,
+    /// A Bind or Describe may name a statement pgharbor renamed or
+    /// answers for: the client has named statements or LISTEN statements,
+    /// or its unnamed statement was parsed on another server (`unnamed.rs`),
+    /// or a Close of one it had may yet be skipped (then it still has it).
+    /// Without, it passes as sent (drivers that use only the unnamed
+    /// statement: pgbench -M extended, libpq's PQexecParams).
+    pub(super) names: bool,
+    /// An Execute may name a LISTEN portal.
+    pub(super) local_portals: bool,
+}
+
+impl WholeMessages {
+    pub(super) fn wanted(self, tag: u8) -> bool {
+        if !self.transaction_mode {
+            // In session mode a Query is read whole only for the DROP
+            // DATABASE retry (`replay.rs`).
+            return matches!(tag, b'X' | b'Q');
+        }
+        match tag {
+            b'X' | b'P' | b'C' | b'Q' => true,
+            b'B' | b'D' => self.names,
+            b'S' => self.no_server || self.skipping,
+            b'H' => self.no_server,
+            // Copy messages with no server held belong to no COPY.
+            b'd' | b'c' | b'f' => self.no_server,
+            b'E' => self.local_portals,
+            _ => false,
+        }
+    }
+}
