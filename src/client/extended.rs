@@ -542,6 +542,11 @@ impl Session {
     /// transaction (no server is held), so never where Postgres would
     /// refuse the Parse with 25P02 or skip it after an error.
     pub(super) fn known_parses(&self) -> Option<KnownParses> {
+        if self.io.cbuf.get(5) == Some(&0) {
+            // The first Parse is of the unnamed statement: never answered
+            // here (below), and the common case of the extended protocol.
+            return None;
+        }
         let mut offset = 0;
         let mut statements: Vec<(String, Arc<Statement>)> = Vec::new();
         loop {
