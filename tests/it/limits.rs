@@ -232,7 +232,7 @@ async fn most_sessions_of(
     let mut most = 0;
     // At most 60 s of samples, one every 20 ms, until every client is done.
     for _ in 0..3000 {
-        most = most.max(sessions_of(direct, user).await);
+        most = most.max(backends_of_user(direct, user).await);
         if clients.iter().all(|c| c.is_finished()) {
             break;
         }
@@ -242,17 +242,6 @@ async fn most_sessions_of(
         c.await.expect("every client's queries succeeded");
     }
     most
-}
-
-async fn sessions_of(direct: &tokio_postgres::Client, user: &str) -> i64 {
-    direct
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-            &[&user],
-        )
-        .await
-        .expect("pg_stat_activity")
-        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +267,7 @@ async fn a_reload_that_lowers_max_user_connections_closes_idle_servers_and_holds
         before >= 3,
         "five clients at once opened only {before} servers"
     );
-    let idle = sessions_of(&direct, user).await;
+    let idle = backends_of_user(&direct, user).await;
     assert!(idle >= 3, "the servers stay open, idle: {idle}");
 
     fp.write(&text("max_user_connections = 2"));
@@ -287,7 +276,7 @@ async fn a_reload_that_lowers_max_user_connections_closes_idle_servers_and_holds
     let mut now = idle;
     // Up to 5 s for Postgres to see the closed servers leave.
     for _ in 0..50 {
-        now = sessions_of(&direct, user).await;
+        now = backends_of_user(&direct, user).await;
         if now <= 2 {
             break;
         }
