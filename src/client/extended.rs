@@ -422,6 +422,9 @@ impl Session {
         }
         match self.ext.statements.get(b.statement).cloned() {
             Some(st) if !b.statement.is_empty() => {
+                if self.refused_in_failed_transaction(&st, b.statement, b.rest) {
+                    return Ok(());
+                }
                 let shape = st.client_shape();
                 if shape == 0 {
                     self.ensure_prepared(&st);
@@ -446,6 +449,28 @@ impl Session {
         }
         self.ext.expect.push(Reply::BindComplete, Action::Forward);
         Ok(())
+    }
+
+    /// In a failed transaction, a Bind of a statement its server lacks
+    /// gets Postgres's answer from here: the Parse pgharbor would send
+    /// first would fail with 25P02 before the Bind's own checks ran. True
+    /// if the Bind was answered so (the rest of its group is skipped).
+    fn refused_in_failed_transaction(&mut self, st: &Statement, name: &str, bind: &[u8]) -> bool {
+        if self.txn.status != TxStatus::Failed {
+            return false;
+        }
+        let on_server = self.server_has(st);
+        let Some(error) = st
+            .needs_parse(on_server)
+            .then(|| st.bind_error_in_failed_transaction(name, bind))
+            .flatten()
+        else {
+            return false;
+        };
+        let mut out = BytesMut::new();
+        error.encode(&mut out);
+        self.fail_local_with(out);
+        true
     }
 
     /// A Describe: of a client's statement, sent under the server's name

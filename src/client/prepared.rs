@@ -23,7 +23,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 use crate::protocol::backend::{finish_len, put_cstr};
+use crate::protocol::error::PgError;
 use crate::protocol::frame::{read_cstr, read_cstr_bytes};
+use crate::protocol::sqlstate;
+use crate::sql::parameters;
 use crate::sql::prepared_commands::{drops_all, DropsAll};
 
 /// One distinct statement, shared by every client that prepared it.
@@ -129,6 +132,66 @@ impl Statement {
     pub fn take_fresh(&self) -> bool {
         self.fresh.load(Ordering::Relaxed) && self.fresh.swap(false, Ordering::Relaxed)
     }
+
+    /// Whether a Bind of it needs its Parse sent first: the server lacks
+    /// it (`on_server`), or pgharbor answered the client's Parse itself.
+    pub fn needs_parse(&self, on_server: bool) -> bool {
+        !on_server || self.fresh.load(Ordering::Relaxed)
+    }
+
+    /// What Postgres answers a Bind (`bind`: the body after the statement
+    /// name) of this statement, known to the client as `client_name`, in a
+    /// failed transaction, where pgharbor cannot prepare it on its server
+    /// (the Parse would get 25P02 before the Bind's own checks): the
+    /// Bind's parameter-count errors, else 25P02 (exec_bind_message's
+    /// order). `None` for a statement that ends the transaction, which
+    /// Postgres parses and binds there.
+    pub fn bind_error_in_failed_transaction(
+        &self,
+        client_name: &str,
+        bind: &[u8],
+    ) -> Option<PgError> {
+        let (sql, declared) = self.text_and_declared_types()?;
+        if parameters::is_transaction_exit(sql) {
+            return None;
+        }
+        let (formats, params) = bind_counts(bind)?;
+        let required = parameters::parameter_count(sql, declared);
+        let violation =
+            |message: String| Some(PgError::error(sqlstate::PROTOCOL_VIOLATION, message));
+        if formats > 1 && formats != params {
+            return violation(format!(
+                "bind message has {formats} parameter formats but {params} parameters"
+            ));
+        }
+        if params != required {
+            return violation(format!(
+                "bind message supplies {params} parameters, but prepared statement \"{client_name}\" requires {required}"
+            ));
+        }
+        Some(PgError::error(
+            sqlstate::IN_FAILED_SQL_TRANSACTION,
+            "current transaction is aborted, commands ignored until end of transaction block",
+        ))
+    }
+
+    /// The query text of its Parse and how many parameter types it
+    /// declares.
+    fn text_and_declared_types(&self) -> Option<(&str, usize)> {
+        let (_, rest) = read_cstr(self.parse.get(5..)?).ok()?;
+        let (sql, rest) = read_cstr(rest).ok()?;
+        let declared = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
+        Some((sql, usize::from(declared)))
+    }
+}
+
+/// The parameter format count and parameter count of a Bind body after
+/// its statement name.
+fn bind_counts(bind: &[u8]) -> Option<(usize, usize)> {
+    let formats = usize::from(u16::from_be_bytes([*bind.first()?, *bind.get(1)?]));
+    let at = 2 + 2 * formats;
+    let params = u16::from_be_bytes([*bind.get(at)?, *bind.get(at + 1)?]);
+    Some((formats, usize::from(params)))
 }
 
 /// The shape of a statement's result, from the reply to a Describe of it

@@ -5,6 +5,7 @@
 pub mod drop_database;
 pub mod lex;
 pub mod listen;
+pub(crate) mod parameters;
 pub(crate) mod prepared_commands;
 pub mod query_scan;
 pub mod quote;

@@ -78,6 +78,7 @@ cases! {
     a_close_and_parse_after_a_group_whose_close_was_skipped { session: [], transaction: [] }
     an_unnamed_parse_skipped_after_a_failed_execute_leaves_none { session: [], transaction: [] }
     an_unnamed_parse_in_the_next_group_stands_after_one_was_skipped { session: [], transaction: [] }
+    a_bind_in_a_failed_transaction_checks_its_parameters_first { session: [], transaction: [] }
     errors_name_the_right_one_of_two_names_for_one_text { session: [], transaction: [] }
     a_bind_after_a_group_whose_close_was_skipped { session: [], transaction: [] }
     an_unnamed_statement_of_an_earlier_transaction_after_a_skipped_bind { session: [], transaction: [] }
@@ -1399,4 +1400,52 @@ pub fn copy_messages_after_a_failed_copy_are_ignored() -> Conversation {
         .on(2)
         .query("INSERT INTO conf_copy_other_{m} (a, b) VALUES (118, 'v118')")
         .ready()
+}
+
+/// Found by the generator (seed 0x5eed0270): in a failed transaction, a
+/// Bind of a statement prepared before it gets the Bind's own errors
+/// (the parameter count first, then 25P02), and a statement that ends
+/// the transaction still runs. Through pgharbor the transaction's server
+/// may lack the statement (client 1 held the other one while it was
+/// prepared), and a Parse of it would be refused there with 25P02.
+pub fn a_bind_in_a_failed_transaction_checks_its_parameters_first() -> Conversation {
+    Conversation::new(
+        "a_bind_in_a_failed_transaction_checks_its_parameters_first",
+        2,
+    )
+    .tx_pool(2)
+    .on(1)
+    .query("BEGIN")
+    .ready()
+    .on(0)
+    .parse(
+        "s1",
+        "SELECT a FROM generate_series(1, 3) AS a WHERE a > $1::int",
+        &[],
+    )
+    .parse("s2", "ROLLBACK", &[])
+    .sync()
+    .ready()
+    .on(1)
+    .query("COMMIT")
+    .ready()
+    .on(0)
+    .query("BEGIN")
+    .ready()
+    .query("SELECT 1/0")
+    .ready()
+    .bind("", "s1", &[])
+    .execute("", 0)
+    .sync()
+    .ready()
+    .bind("", "s1", &["1"])
+    .execute("", 0)
+    .sync()
+    .ready()
+    .bind("", "s2", &[])
+    .execute("", 0)
+    .sync()
+    .ready()
+    .query("SELECT 'after'")
+    .ready()
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use super::conversation::{Conversation, Step};
 use super::runner::{play, postgres_addr, Harbor, Mode, Outcome};
 use super::wire::Front;
+use crate::support::USER;
 
 /// The seed of the run in `cargo test`.
 const FIXED_SEED: u64 = 0x5eed_0022;
@@ -507,7 +508,8 @@ fn names_table(unit: &Unit, table: &str) -> bool {
 
 /// The units as a conversation. Each client table they name is made
 /// afresh before each run (named by the conversation's seed, which
-/// `name` ends with; a shrunk conversation keeps its clients' tables).
+/// `name` ends with; a shrunk conversation keeps its clients' tables),
+/// owned by the role the clients log in as, so their COPY and DDL run.
 fn render(name: &str, clients: usize, units: &[Placed]) -> Conversation {
     let mut c = Conversation::new(name, clients);
     let seed = name.trim_start_matches("random_");
@@ -515,7 +517,7 @@ fn render(name: &str, clients: usize, units: &[Placed]) -> Conversation {
         let t = table(&format!("gen_{seed}_{k}"));
         if units.iter().any(|p| names_table(&p.unit, &t)) {
             c = c.before_each_run(&format!(
-                "DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (a int, b text); INSERT INTO {t} VALUES (1, 'one'), (2, NULL)"
+                "DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (a int, b text); INSERT INTO {t} VALUES (1, 'one'), (2, NULL); ALTER TABLE {t} OWNER TO {USER}"
             ));
         }
     }
