@@ -294,6 +294,16 @@ impl Expectations {
         )
     }
 
+    /// Whether a Sync sent before the message sent now still waits for
+    /// its ReadyForQuery: the transaction's status may change before it.
+    pub(super) fn sync_pending(&self) -> bool {
+        self.tail_readies > 0
+            || self
+                .queue
+                .iter()
+                .any(|e| e.readies > 0 || e.reply == Reply::Ready)
+    }
+
     /// Whether messages of the current Sync group went before the one
     /// sent now: an error of theirs makes the server skip it.
     #[inline]

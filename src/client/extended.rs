@@ -15,10 +15,12 @@ use super::buffers::append;
 use super::expect::synthesize;
 use crate::config::SessionState;
 use crate::protocol::backend;
+use crate::protocol::error::PgError;
 use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::frontend::{
     build_bind, build_parse, build_target, parse_bind, parse_parse, parse_target,
 };
+use crate::protocol::sqlstate;
 use crate::protocol::tag::TxStatus;
 use crate::protocol::ProtocolError;
 use crate::sql::session_state::{detect, refusal_parse, refusal_query};
@@ -31,6 +33,22 @@ fn session_state_message(what: &str) -> String {
          (SET LOCAL, pg_advisory_xact_lock, ON COMMIT DROP)"
     )
 }
+
+/// What becomes of a Bind of a client's statement before it is sent
+/// (see [`Session::bind_check_in_transaction`]).
+enum BindCheck {
+    /// Sent, after its Parse or shape check if it needs them.
+    Go,
+    /// Looked at again once an earlier group is answered.
+    Hold,
+    /// Answered here with Postgres's error.
+    Answered,
+}
+
+/// The server-side name under which a second Parse of a live name has its
+/// text analysed (see [`Session::refuse_live_name`]). Client names never
+/// reach a server in transaction mode, so none can take it.
+const TEXT_CHECK: &str = "pgharbor_text_check";
 
 /// A burst of Parse messages, and its Sync, that pgharbor answers without
 /// a server: the burst's length, and each statement under the client's name.
@@ -341,8 +359,9 @@ impl Session {
     }
 
     /// A Parse: refused for session state, an unnamed one passed (its
-    /// statement names rewritten), a second one of a live name sent under
-    /// the server's name for Postgres's 42P05, a new one prepared.
+    /// statement names rewritten), a second one of a live name refused
+    /// with Postgres's 42P05 after its text is analysed, a new one
+    /// prepared.
     fn rewrite_parse(
         &mut self,
         msg: BytesMut,
@@ -372,21 +391,32 @@ impl Session {
                 append(&mut self.io.to_server, msg);
             }
             self.push_unnamed_parse(Action::Forward, unnamed);
-            return Ok(());
-        } else if let Some(existing) = self.ext.statements.get(p.name).cloned() {
-            // Postgres refuses a second Parse of a live name with 42P05,
-            // after it has analysed the new text (whose own error comes
-            // first): the server does both, given the new text under the
-            // name of the statement it holds.
-            self.ensure_prepared(&existing);
-            build_parse(&mut self.io.to_server, &existing.name, p.rest);
+        } else if self.ext.statements.contains_key(p.name) {
+            self.refuse_live_name(p.name, p.rest);
         } else {
-            let client_name = p.name.to_string();
-            self.parse_new_statement(client_name, p.rest);
-            return Ok(());
+            self.parse_new_statement(p.name.to_string(), p.rest);
         }
-        self.ext.expect.push(Reply::ParseComplete, Action::Forward);
         Ok(())
+    }
+
+    /// A second Parse of a live name: Postgres analyses the new text
+    /// (whose own error comes first), then refuses the name with 42P05.
+    /// The server analyses it under a name of pgharbor's own, closed at
+    /// once; the 42P05 is given here. Never under the name of the
+    /// statement the server holds: where the server lacked it, the new
+    /// text would be prepared under that name, for every client.
+    fn refuse_live_name(&mut self, name: &str, rest: &[u8]) {
+        build_parse(&mut self.io.to_server, TEXT_CHECK, rest);
+        self.ext.expect.push(Reply::ParseComplete, Action::Swallow);
+        build_target(&mut self.io.to_server, b'C', b'S', TEXT_CHECK);
+        self.ext.expect.push(Reply::CloseComplete, Action::Swallow);
+        let mut error = BytesMut::new();
+        PgError::error(
+            sqlstate::DUPLICATE_PREPARED_STATEMENT,
+            format!("prepared statement \"{name}\" already exists"),
+        )
+        .encode(&mut error);
+        self.fail_local_with(error);
     }
 
     /// A fresh Parse of a name the client does not have reaches the
@@ -422,8 +452,13 @@ impl Session {
         }
         match self.ext.statements.get(b.statement).cloned() {
             Some(st) if !b.statement.is_empty() => {
-                if self.refused_in_failed_transaction(&st, b.statement, b.rest) {
-                    return Ok(());
+                match self.bind_check_in_transaction(&st, b.statement, b.rest) {
+                    BindCheck::Go => {}
+                    BindCheck::Hold => {
+                        self.hold(msg);
+                        return Ok(());
+                    }
+                    BindCheck::Answered => return Ok(()),
                 }
                 let shape = st.client_shape();
                 if shape == 0 {
@@ -451,26 +486,36 @@ impl Session {
         Ok(())
     }
 
-    /// In a failed transaction, a Bind of a statement its server lacks
-    /// gets Postgres's answer from here: the Parse pgharbor would send
-    /// first would fail with 25P02 before the Bind's own checks ran. True
-    /// if the Bind was answered so (the rest of its group is skipped).
-    fn refused_in_failed_transaction(&mut self, st: &Statement, name: &str, bind: &[u8]) -> bool {
-        if self.txn.status != TxStatus::Failed {
-            return false;
+    /// In a failed transaction, a Bind of a statement its server lacks,
+    /// or holds with a result shape not yet compared with the client's,
+    /// gets Postgres's answer from here: the Parse or Describe pgharbor
+    /// would send first would fail with 25P02 before the Bind's own checks
+    /// ran. While an earlier group's ReadyForQuery is still to come, the
+    /// status is not known yet, and such a Bind waits for it.
+    fn bind_check_in_transaction(&mut self, st: &Statement, name: &str, bind: &[u8]) -> BindCheck {
+        let on_server = self
+            .server
+            .as_mut()
+            .and_then(|p| p.server.prepared.touch_shape(&st.name));
+        let shape = st.client_shape();
+        let server_ready = on_server
+            .is_some_and(|server_shape| !st.is_fresh() && (shape == 0 || server_shape == shape));
+        if server_ready {
+            return BindCheck::Go;
         }
-        let on_server = self.server_has(st);
-        let Some(error) = st
-            .needs_parse(on_server)
-            .then(|| st.bind_error_in_failed_transaction(name, bind))
-            .flatten()
-        else {
-            return false;
+        if self.ext.expect.sync_pending() {
+            return BindCheck::Hold;
+        }
+        if self.txn.status != TxStatus::Failed {
+            return BindCheck::Go;
+        }
+        let Some(error) = st.bind_error_in_failed_transaction(name, bind) else {
+            return BindCheck::Go;
         };
         let mut out = BytesMut::new();
         error.encode(&mut out);
         self.fail_local_with(out);
-        true
+        BindCheck::Answered
     }
 
     /// A Describe: of a client's statement, sent under the server's name

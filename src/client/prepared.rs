@@ -133,10 +133,9 @@ impl Statement {
         self.fresh.load(Ordering::Relaxed) && self.fresh.swap(false, Ordering::Relaxed)
     }
 
-    /// Whether a Bind of it needs its Parse sent first: the server lacks
-    /// it (`on_server`), or pgharbor answered the client's Parse itself.
-    pub fn needs_parse(&self, on_server: bool) -> bool {
-        !on_server || self.fresh.load(Ordering::Relaxed)
+    /// Whether it is still to be prepared afresh, leaving it so.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh.load(Ordering::Relaxed)
     }
 
     /// What Postgres answers a Bind (`bind`: the body after the statement

@@ -79,6 +79,8 @@ cases! {
     an_unnamed_parse_skipped_after_a_failed_execute_leaves_none { session: [], transaction: [] }
     an_unnamed_parse_in_the_next_group_stands_after_one_was_skipped { session: [], transaction: [] }
     a_bind_in_a_failed_transaction_checks_its_parameters_first { session: [], transaction: [] }
+    a_bind_in_a_failed_transaction_of_a_described_statement { session: [], transaction: [] }
+    a_bind_pipelined_after_a_group_that_fails_its_transaction { session: [], transaction: [] }
     errors_name_the_right_one_of_two_names_for_one_text { session: [], transaction: [] }
     a_bind_after_a_group_whose_close_was_skipped { session: [], transaction: [] }
     an_unnamed_statement_of_an_earlier_transaction_after_a_skipped_bind { session: [], transaction: [] }
@@ -1447,5 +1449,107 @@ pub fn a_bind_in_a_failed_transaction_checks_its_parameters_first() -> Conversat
     .sync()
     .ready()
     .query("SELECT 'after'")
+    .ready()
+}
+
+/// Found by the generator (seed 0x6b16c26300116): as above, for a
+/// statement the client described. Through pgharbor the transaction's
+/// server holds the statement (client 1 prepared the same text there)
+/// with a result shape not yet compared with what client 0 was told, and
+/// the Describe that would compare it is refused in a failed
+/// transaction; client 2 holds the other server meanwhile.
+pub fn a_bind_in_a_failed_transaction_of_a_described_statement() -> Conversation {
+    let text = "SELECT $1::text || '!' AS shout";
+    Conversation::new("a_bind_in_a_failed_transaction_of_a_described_statement", 3)
+        .tx_pool(2)
+        .on(1)
+        .query("BEGIN")
+        .ready()
+        .parse("s9", text, &[])
+        .bind("", "s9", &["x"])
+        .execute("", 0)
+        .sync()
+        .ready()
+        .on(0)
+        .parse("s1", text, &[])
+        .describe_statement("s1")
+        .sync()
+        .ready()
+        .on(2)
+        .query("BEGIN")
+        .ready()
+        .on(1)
+        .query("COMMIT")
+        .ready()
+        .on(0)
+        .query("BEGIN")
+        .ready()
+        .query("SELECT 1/0")
+        .ready()
+        .bind("", "s1", &[])
+        .execute("", 0)
+        .sync()
+        .ready()
+        .bind("", "s1", &["x"])
+        .execute("", 0)
+        .sync()
+        .ready()
+        .query("ROLLBACK")
+        .ready()
+        .on(2)
+        .query("COMMIT")
+        .ready()
+}
+
+/// Found by the generator (seed 0x6b16c26300116): the Bind of the cases
+/// above sent in the Sync group after the one that fails the transaction,
+/// before its ReadyForQuery came.
+pub fn a_bind_pipelined_after_a_group_that_fails_its_transaction() -> Conversation {
+    let text = "SELECT $1::text || '!' AS shout";
+    Conversation::new(
+        "a_bind_pipelined_after_a_group_that_fails_its_transaction",
+        3,
+    )
+    .tx_pool(2)
+    .on(1)
+    .query("BEGIN")
+    .ready()
+    .parse("s9", text, &[])
+    .bind("", "s9", &["x"])
+    .execute("", 0)
+    .sync()
+    .ready()
+    .on(0)
+    .parse("s1", text, &[])
+    .describe_statement("s1")
+    .parse("s2", "SELECT $1::int * 2 AS twice", &[])
+    .sync()
+    .ready()
+    .on(2)
+    .query("BEGIN")
+    .ready()
+    .on(1)
+    .query("COMMIT")
+    .ready()
+    .on(0)
+    .query("BEGIN")
+    .ready()
+    .parse("", "SELECT 1/0", &[])
+    .bind("", "", &[])
+    .execute("", 0)
+    .sync()
+    .bind("", "s1", &[])
+    .execute("", 0)
+    .sync()
+    .bind("", "s2", &["1", "2"])
+    .execute("", 0)
+    .sync()
+    .ready()
+    .ready()
+    .ready()
+    .query("ROLLBACK")
+    .ready()
+    .on(2)
+    .query("COMMIT")
     .ready()
 }

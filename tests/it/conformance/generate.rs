@@ -469,7 +469,11 @@ fn render_copy(c: Conversation, kind: usize, table: &str, n: usize) -> Conversat
             "COPY (SELECT a, b FROM {table} ORDER BY a) TO STDOUT"
         )),
         // The Sync sent with the Execute comes during the copy: Postgres
-        // ignores it, and answers only the one after CopyDone.
+        // ignores it, and answers only the one after CopyDone. The
+        // unnamed statement is closed after it: a later pipeline that
+        // binds and runs it would start a copy-in and send it other
+        // messages, and Postgres closes a connection that does (protocol
+        // synchronization lost).
         4 => c
             .parse("", &copy_in, &[])
             .bind("", "", &[])
@@ -478,6 +482,9 @@ fn render_copy(c: Conversation, kind: usize, table: &str, n: usize) -> Conversat
             .replies(3)
             .copy_data(&row)
             .copy_done()
+            .sync()
+            .ready()
+            .close_statement("")
             .sync()
             .ready(),
         _ => c
