@@ -108,7 +108,7 @@ pub async fn authenticate(
 /// in `pgharbor_login_failures_total`. Names pgharbor does not know are
 /// counted under "", so that a stranger trying names cannot add series.
 pub fn count_failure(
-    state: &crate::State,
+    state: &crate::state::State,
     login: &LoginRequest,
     known_user: bool,
     error: &StartupError,

@@ -26,7 +26,7 @@ pub(super) enum Intercept {
 
 impl Session {
     pub(super) fn subscriber(&mut self) -> &mut Subscriber {
-        let hub = &self.state.listen;
+        let hub = &self.state.listen();
         let target = &self.pool.target();
         let pid = self.cancel.slot.pid();
         self.listening
@@ -40,7 +40,7 @@ impl Session {
     /// `listen/senders.rs`). A text without the word `notify` costs one
     /// `memchr` pass.
     pub(super) fn note_notifies(&mut self, tag: u8, at: usize, len: usize) {
-        if self.state.metrics.listen_subscriptions.get() == 0 {
+        if self.state.metrics().listen_subscriptions.get() == 0 {
             return;
         }
         let Some(key) = self.server.as_ref().map(|p| p.server.key) else {
@@ -60,7 +60,7 @@ impl Session {
             return;
         }
         let pid = self.cancel.slot.pid();
-        let hub = &self.state.listen;
+        let hub = &self.state.listen();
         if self.listening.noted_sender.is_none() {
             hub.note_server_pid(&key, pid);
             self.listening.noted_sender = Some(key);

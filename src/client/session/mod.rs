@@ -26,7 +26,7 @@ use crate::pool::{Pool, PooledServer};
 use crate::protocol::tag::TxStatus;
 use crate::protocol::{FrameScanner, PgError};
 use crate::server::ServerError;
-use crate::State;
+use crate::state::State;
 
 /// How a session ends when it ends early (a FATAL sent, the server lost).
 /// Boxed: these rare paths await writes and a cancel's clean-up, and as
@@ -257,7 +257,7 @@ impl Session {
     /// Tells the LISTEN hub this client no longer holds its server.
     pub(super) fn forget_sender(&mut self) {
         if let Some(key) = self.listening.noted_sender.take() {
-            self.state.listen.forget_server_pid(&key);
+            self.state.listen().forget_server_pid(&key);
         }
     }
 

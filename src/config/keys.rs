@@ -4,7 +4,7 @@
 //! checks that table, and that the list names every key the config structs
 //! accept).
 
-use crate::config::{Config, PoolDefaults};
+use super::{Config, PoolDefaults};
 
 /// When a changed key takes effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
