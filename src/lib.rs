@@ -13,17 +13,23 @@
 //!    [`upgrade`] (the binary upgrade's messages and socket passing).
 //! 2. [`sql`]: SQL text read the way Postgres reads it, no I/O; and
 //!    `auth::hba`, the rules of a pg_hba.conf text.
-//! 3. [`config`]: the TOML file and its validation.
+//! 3. [`config`]: the TOML file, its validation and its keys (when a
+//!    change to each applies).
 //! 4. [`tls`], [`net`] (one socket, plaintext or TLS), [`auth`] (SCRAM and
-//!    md5), [`users`], `listener` (the accept loop).
+//!    md5), [`users`], `listener` (the accept loop), [`settings`] (the
+//!    config, users and TLS as the last reload left them).
 //! 5. [`server`]: one connection to Postgres, its prepared statements and
 //!    its entry in the console's listing.
 //! 6. [`pool`], [`cancel`] (cancel keys and forwarding), and `auth::query`
 //!    (users looked up on a server).
 //! 7. [`listen`]: LISTEN multiplexing for transaction mode.
-//! 8. [`client`]: one client connection, from accept to close.
-//! 9. [`admin`]: the console.
-//! 10. This file ([`State`], [`Proxy`]), `run` (signals), `takeover` (the
+//! 8. [`state`]: [`State`], what the tasks of an instance share (its
+//!    reload included), and the list of logged-in clients.
+//! 9. [`client`]: one client connection, from accept to close; a console
+//!    login is handed back to the accept loop's task.
+//! 10. [`admin`]: the console.
+//! 11. This file ([`Proxy`], and the accept loop's task, which sends a
+//!     console login to the console), `run` (signals), `takeover` (the
 //!     binary upgrade, both sides), [`demo`] and
 //!     [`scratch_pg`] (a throwaway Postgres for the demo and the tests).
 

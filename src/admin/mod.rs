@@ -4,8 +4,11 @@
 //! exporters written for PgBouncer work.
 //!
 //! - `commands` parses a statement,
-//! - `show` builds the SHOW result sets,
-//! - this file runs one console session.
+//! - `show` builds the SHOW result sets (the clients from
+//!   `state::clients`, the servers from their pools, the keys from
+//!   `config::keys`),
+//! - this file runs one console session; the accept loop's task
+//!   (`lib.rs`) sends it the clients that logged in to it.
 
 mod commands;
 mod show;

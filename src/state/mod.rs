@@ -6,7 +6,8 @@
 //!
 //! - `clients` lists the logged-in clients for the console: a client
 //!   enters itself at login, the console reads the list.
-//! - this file holds the state, its reload and the start of an upgrade.
+//! - this file holds the state, its reload, the start of an upgrade and
+//!   the version the instance reports.
 
 pub mod clients;
 
