@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::session::{Io, Session, SessionError};
 use super::startup::{self, Handshake, LoginRequest, StartupError};
+use crate::metrics::Metrics;
 use crate::net::Stream;
 use crate::protocol::{sqlstate, PgError};
 use crate::state::clients::ClientEntry;
@@ -97,9 +98,10 @@ impl ConsoleLogin {
             span,
             _permit,
         } = *self;
+        let metrics = state.metrics().clone();
         let served = console(stream, buf, login, state);
         let result = served.instrument(span.clone()).await;
-        span.in_scope(|| log_end(result));
+        span.in_scope(|| log_end(&metrics, result));
     }
 }
 
@@ -166,14 +168,14 @@ async fn start(
             local,
             login,
         };
-        match run(greeted, state, permit, end_point, deadline).await {
+        match run(greeted, &state, permit, end_point, deadline).await {
             Ok(Some(client)) => Some(client),
             Ok(None) => {
-                log_end(Ok(()));
+                log_end(state.metrics(), Ok(()));
                 None
             }
             Err(e) => {
-                log_end(Err(e));
+                log_end(state.metrics(), Err(e));
                 None
             }
         }
@@ -183,10 +185,15 @@ async fn start(
     Some((logged_in, span))
 }
 
-fn log_end(result: Result<(), SessionError>) {
+/// The log line of a client's end; an error is counted by who failed.
+fn log_end(metrics: &Metrics, result: Result<(), SessionError>) {
     match result {
         Ok(()) => tracing::info!("client disconnected"),
-        Err(e) => tracing::info!(reason = %e, "client disconnected"),
+        Err(e) => {
+            let side = e.side();
+            metrics.client_error(side);
+            tracing::info!(reason = %e, side = side.label(), "client disconnected");
+        }
     }
 }
 
@@ -213,7 +220,7 @@ impl LoggedIn {
         self.session.pool.stats.clients_idle.dec();
         // Logged before the clean-up, so the result is not kept across its
         // await (which would add its size to every client task).
-        log_end(result);
+        log_end(self.session.state.metrics(), result);
         // Boxed, like the relay's rare paths (see `relay::Ending`).
         Box::pin(self.session.finish()).await;
         drop(self);
@@ -253,7 +260,7 @@ struct Greeted {
 
 async fn run(
     greeted: Greeted,
-    state: Arc<State>,
+    state: &Arc<State>,
     permit: OwnedSemaphorePermit,
     end_point: Option<Arc<[u8]>>,
     deadline: tokio::time::Instant,
@@ -266,7 +273,7 @@ async fn run(
         login,
     } = greeted;
     let auth = authenticate_client(
-        &state,
+        state,
         &mut stream,
         &mut buf,
         &login,

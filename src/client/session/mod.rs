@@ -24,7 +24,7 @@ use crate::config::PoolMode;
 use crate::net::Stream;
 use crate::pool::{Pool, PooledServer};
 use crate::protocol::tag::TxStatus;
-use crate::protocol::{FrameScanner, PgError};
+use crate::protocol::{FrameScanner, PgError, Side};
 use crate::server::ServerError;
 use crate::state::State;
 
@@ -49,6 +49,22 @@ pub enum SessionError {
     ClientProtocol(#[from] crate::protocol::ProtocolError),
     #[error("server connection lost: {0}")]
     ServerLost(Box<ServerError>),
+}
+
+impl SessionError {
+    /// Who failed: the client (its connection, or the protocol), the
+    /// server connection, or pgharbor, which refused or ended the session.
+    pub fn side(&self) -> Side {
+        match self {
+            SessionError::Startup(e) => match &**e {
+                StartupError::Refuse(e) => e.side(),
+                _ => Side::Client,
+            },
+            SessionError::Refused(e) => e.side(),
+            SessionError::ClientIo(_) | SessionError::ClientProtocol(_) => Side::Client,
+            SessionError::ServerLost(_) => Side::Server,
+        }
+    }
 }
 
 impl From<StartupError> for SessionError {
