@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::support::raw::{msg, RawClient};
+use crate::support::raw::{first_column, msg, query, RawClient};
 use crate::support::*;
 
 /// The count of `pgharbor_client_errors_total{side="…"}`.
@@ -47,19 +47,23 @@ async fn a_failed_client_connection_is_counted_under_who_failed() {
     assert!(refused.is_err(), "a database pgharbor does not serve");
     counts_become(&proxy, [("client", 1), ("server", 0), ("pgharbor", 1)]).await;
 
-    // The server dies under a client in a transaction.
-    let client = connect(&proxy, "app").await;
-    client.batch_execute("begin").await.expect("begin");
-    let pid: i32 = (client.query_one("select pg_backend_pid()", &[]).await)
-        .expect("pid")
-        .get(0);
+    // The server dies under a client in a transaction. The raw client
+    // keeps its socket open, so pgharbor sees the server go first.
+    let mut raw = RawClient::login(proxy.addr(), USER, PASSWORD, "app").await;
+    raw.send(&query("begin")).await;
+    raw.until_ready().await;
+    raw.send(&query("select pg_backend_pid()")).await;
+    let pid: i32 = first_column(&raw.until_ready().await)[0]
+        .as_deref()
+        .and_then(|p| p.parse().ok())
+        .expect("the server's pid");
     let direct = connect_direct().await;
     let row = (direct
         .query_one("select pg_terminate_backend($1)", &[&pid])
         .await)
         .expect("pg_terminate_backend");
     assert!(row.get::<_, bool>(0), "the client's server was terminated");
-    let lost = client.simple_query("select 1").await;
-    assert!(lost.is_err(), "the server was terminated");
+    let seen = raw.until_closed(Duration::from_secs(10)).await;
+    assert!(seen.iter().any(|m| m.tag == b'E'), "{seen:?}");
     counts_become(&proxy, [("client", 1), ("server", 1), ("pgharbor", 1)]).await;
 }
