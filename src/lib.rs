@@ -13,17 +13,23 @@
 //!    [`upgrade`] (the binary upgrade's messages and socket passing).
 //! 2. [`sql`]: SQL text read the way Postgres reads it, no I/O; and
 //!    `auth::hba`, the rules of a pg_hba.conf text.
-//! 3. [`config`]: the TOML file and its validation.
+//! 3. [`config`]: the TOML file, its validation and its keys (when a
+//!    change to each applies).
 //! 4. [`tls`], [`net`] (one socket, plaintext or TLS), [`auth`] (SCRAM and
-//!    md5), [`users`], `listener` (the accept loop).
+//!    md5), [`users`], `listener` (the accept loop), [`settings`] (the
+//!    config, users and TLS as the last reload left them).
 //! 5. [`server`]: one connection to Postgres, its prepared statements and
 //!    its entry in the console's listing.
 //! 6. [`pool`], [`cancel`] (cancel keys and forwarding), and `auth::query`
 //!    (users looked up on a server).
 //! 7. [`listen`]: LISTEN multiplexing for transaction mode.
-//! 8. [`client`]: one client connection, from accept to close.
-//! 9. [`admin`]: the console.
-//! 10. This file ([`State`], [`Proxy`]), `run` (signals), `takeover` (the
+//! 8. [`state`]: [`State`], what the tasks of an instance share (its
+//!    reload included), and the list of logged-in clients.
+//! 9. [`client`]: one client connection, from accept to close; a console
+//!    login is handed back to the accept loop's task.
+//! 10. [`admin`]: the console.
+//! 11. This file ([`Proxy`], and the accept loop's task, which sends a
+//!     console login to the console), `run` (signals), `takeover` (the
 //!     binary upgrade, both sides), [`demo`] and
 //!     [`scratch_pg`] (a throwaway Postgres for the demo and the tests).
 
@@ -50,8 +56,10 @@ pub mod protocol;
 mod run;
 pub mod scratch_pg;
 pub mod server;
+pub mod settings;
 pub mod shutdown;
 pub mod sql;
+pub mod state;
 mod takeover;
 pub mod tls;
 pub mod upgrade;
@@ -93,220 +101,43 @@ pub mod fuzzing {
     }
 }
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use tokio::sync::Semaphore;
-use tokio_util::task::TaskTracker;
-
-use crate::admin::registry::ClientRegistry;
-use crate::cancel::CancelRegistry;
 use crate::config::{Config, ConfigError};
-use crate::metrics::Metrics;
-use crate::pool::Pools;
 use crate::tls::TlsSettings;
 use crate::users::Users;
 
 pub use crate::run::{run_with_signals, serve_until_signal, RunError};
-
-/// Everything shared by the tasks of one instance.
-pub struct State {
-    config: ArcSwap<Config>,
-    users: ArcSwap<Users>,
-    /// `[client_tls]` and `[server_tls]`, rebuilt at each reload.
-    tls: ArcSwap<TlsSettings>,
-    pub pools: Pools,
-    pub metrics: Arc<Metrics>,
-    pub cancel: Arc<CancelRegistry>,
-    /// Cancelled when the instance starts draining.
-    pub shutdown: crate::shutdown::Shutdown,
-    /// Cancelled when the instance stops accepting connections: with the
-    /// drain, or a moment before it with `listen_reuseport` (see
-    /// `run.rs`).
-    pub stop_accepting: crate::shutdown::Shutdown,
-    /// One permit per client connection (`max_client_conn`).
-    pub client_permits: Arc<Semaphore>,
-    /// Every client task, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-    /// LISTEN multiplexing for transaction-mode clients.
-    pub listen: Arc<crate::listen::ListenHub>,
-    /// Named statements some server accepted (transaction mode).
-    pub known_statements: crate::server::prepared::KnownStatements,
-    /// Logged-in clients, for the admin console (touched on login/logout).
-    pub clients: Arc<ClientRegistry>,
-    /// The file the config came from; RELOAD and SIGHUP re-read it. Unset
-    /// when the instance was started from an in-memory config.
-    pub config_path: OnceLock<PathBuf>,
-    /// When this instance started (SHOW STATS averages).
-    pub started: Instant,
-    /// Users looked up with auth_query.
-    pub auth_cache: crate::auth::query::AuthCache,
-    /// Where clients go during a binary upgrade.
-    pub handover: crate::upgrade::Handover,
-    /// How this instance was started, and its listeners, for an upgrade.
-    pub upgrader: crate::upgrade::Upgrader,
-    /// Starts a binary upgrade: set by `run` when the instance runs as the
-    /// pgharbor process (not inside tests or the demo).
-    pub(crate) upgrade_with: OnceLock<UpgradeFn>,
-}
-
-/// What starts a binary upgrade of an instance (see [`State::upgrade`]).
-pub(crate) type UpgradeFn =
-    fn(
-        Arc<State>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
-
-impl State {
-    /// The current configuration snapshot.
-    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
-        self.config.load()
-    }
-
-    pub fn users(&self) -> arc_swap::Guard<Arc<Users>> {
-        self.users.load()
-    }
-
-    /// The TLS acceptor and connector of the current configuration.
-    pub fn tls(&self) -> arc_swap::Guard<Arc<TlsSettings>> {
-        self.tls.load()
-    }
-
-    /// Applies a new configuration to the running instance: open pools
-    /// take their new settings, size and server at once (see
-    /// `pool/reload.rs`), users and TLS apply to the next logins and server
-    /// connections. Settings only a restart can change keep their running
-    /// value; their keys are returned. A config that fails validation
-    /// changes nothing.
-    pub fn reload(&self, config: Config) -> Result<Reloaded, ConfigError> {
-        let result = self.apply(config);
-        self.record_reload(&result);
-        result
-    }
-
-    /// The reload metrics and log line of an attempted reload.
-    fn record_reload(&self, result: &Result<Reloaded, ConfigError>) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        self.metrics.config_last_reload.set(now);
-        self.metrics
-            .config_last_reload_success
-            .set(i64::from(result.is_ok()));
-        match result {
-            Ok(r) if r.needs_restart.is_empty() => tracing::info!("configuration reloaded"),
-            Ok(r) => tracing::warn!(
-                keys = ?r.needs_restart,
-                "configuration reloaded; these keys need a restart and keep their running value"
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "reload failed; keeping the running configuration")
-            }
-        }
-    }
-
-    fn apply(&self, mut config: Config) -> Result<Reloaded, ConfigError> {
-        config.validate()?;
-        let users = Users::from_config(&config, Some(&self.users()))?;
-        let tls = TlsSettings::from_config(&config)?;
-        let running = self.config.load_full();
-        let needs_restart = crate::admin::config_keys::restart_keys_changed(&running, &config);
-        config.keep_restart_settings(&running);
-        self.metrics
-            .client_tls_cert_expiry
-            .set(tls.client.not_after.unwrap_or(0));
-        let server_tls = tls.server.clone();
-        self.users.store(Arc::new(users));
-        self.tls.store(Arc::new(tls));
-        let config = Arc::new(config);
-        self.config.store(config.clone());
-        for (from, to) in self.pools.apply_config(&running, &config, &server_tls) {
-            self.listen.retarget(&from, &to);
-        }
-        self.listen.set_config(config.listen.clone());
-        Ok(Reloaded { needs_restart })
-    }
-
-    /// Starts the new binary at this process's path and hands it the
-    /// listeners and the clients (SIGUSR2, admin UPGRADE). `Err` says why
-    /// the new process did not take over; this one then keeps serving.
-    pub async fn upgrade(self: &Arc<Self>) -> Result<(), String> {
-        match self.upgrade_with.get() {
-            Some(upgrade) => upgrade(self.clone()).await,
-            None => Err("this instance was not started by the pgharbor command".into()),
-        }
-    }
-
-    /// Re-reads [`State::config_path`] and applies it (admin RELOAD,
-    /// SIGHUP, a watched file's change).
-    pub fn reload_from_file(&self) -> Result<Reloaded, ConfigError> {
-        let Some(path) = self.config_path.get() else {
-            return Err(ConfigError::Invalid {
-                key: "(config file)".into(),
-                reason: "this instance was started without a config file; nothing to reload".into(),
-            });
-        };
-        // Errors of the file and of what it names (TLS files) name the
-        // file and the line.
-        let result = Config::load_then(path, |config| self.apply(config));
-        self.record_reload(&result);
-        result
-    }
-}
+pub use crate::state::{version, Reloaded, State};
 
 impl crate::listener::Serve for State {
     fn shutdown(&self) -> &crate::shutdown::Shutdown {
-        &self.shutdown
+        State::shutdown(self)
     }
 
     fn stop_accepting(&self) -> &crate::shutdown::Shutdown {
-        &self.stop_accepting
+        State::stop_accepting(self)
     }
 
+    /// A client's task: the client, and the console when it logged in to
+    /// it. The dispatch is here, above both.
     fn serve(
         self: Arc<Self>,
         stream: tokio::net::TcpStream,
         addr: SocketAddr,
         local: Option<SocketAddr>,
     ) {
-        let tracker = self.tracker.clone();
-        tracker.spawn(crate::client::serve(stream, addr, local, self));
-    }
-}
-
-impl crate::metrics::http::Instance for State {
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    fn shutdown(&self) -> &crate::shutdown::Shutdown {
-        &self.shutdown
-    }
-
-    fn databases(&self) -> Vec<crate::metrics::http::Probe> {
-        let config = self.config();
-        let probe = |db: &config::DatabaseConfig| crate::metrics::http::Probe {
-            name: db.name.clone(),
-            host: db.host.clone(),
-            port: db.port,
-        };
-        config.databases.iter().map(probe).collect()
-    }
-}
-
-/// The version SHOW VERSION reports: the package's, then
-/// `PGHARBOR_BUILD_TAG` when the environment sets one (a packager's
-/// build id; the upgrade test tells two builds apart by it).
-pub fn version() -> String {
-    let tag = std::env::var("PGHARBOR_BUILD_TAG").unwrap_or_default();
-    let tag = tag.trim();
-    if tag.is_empty() {
-        format!("pgharbor {}", env!("CARGO_PKG_VERSION"))
-    } else {
-        format!("pgharbor {} ({tag})", env!("CARGO_PKG_VERSION"))
+        let tracker = self.tracker().clone();
+        let client = crate::client::serve(stream, addr, local, self);
+        tracker.spawn(async move {
+            if let Some(console) = client.await {
+                // Boxed: the console's future is large and would otherwise
+                // size every client task.
+                Box::pin(console.serve_with(crate::admin::serve)).await;
+            }
+        });
     }
 }
 
@@ -321,7 +152,7 @@ fn keep_listeners(
         return;
     };
     let listeners = crate::upgrade::Listeners { client, metrics };
-    state.upgrader.keep_listeners(listeners);
+    state.upgrader().keep_listeners(listeners);
     if let Ok(mut addr) = listener.local_addr() {
         if addr.ip().is_unspecified() {
             addr.set_ip(match addr {
@@ -329,10 +160,10 @@ fn keep_listeners(
                 SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        let _ = state.upgrader.listen_addr.set(addr);
+        let _ = state.upgrader().listen_addr.set(addr);
     }
-    let stop = state.stop_accepting.cancelled_owned();
-    let shutdown = state.shutdown.cancelled_owned();
+    let stop = state.stop_accepting().cancelled_owned();
+    let shutdown = state.shutdown().cancelled_owned();
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
         tokio::select! {
@@ -340,16 +171,9 @@ fn keep_listeners(
             _ = shutdown => {}
         }
         if let Some(state) = weak.upgrade() {
-            state.upgrader.forget_listeners();
+            state.upgrader().forget_listeners();
         }
     });
-}
-
-/// What a successful RELOAD could not apply.
-#[derive(Debug, Default)]
-pub struct Reloaded {
-    /// Keys whose new value needs a restart; the running value is kept.
-    pub needs_restart: Vec<&'static str>,
 }
 
 /// `pgharbor check-config`: the file parses and validates, and the TLS
@@ -405,52 +229,18 @@ impl Proxy {
         config.validate()?;
         let users = Users::from_config(&config, None)?;
         let tls = TlsSettings::from_config(&config)?;
-        let metrics = Arc::new(Metrics::new());
-        metrics
-            .client_tls_cert_expiry
-            .set(tls.client.not_after.unwrap_or(0));
-        metrics.config_last_reload_success.set(1);
-        let peers: HashMap<u8, String> = config
-            .peers
-            .iter()
-            .map(|p| (p.id, p.addr.clone()))
-            .collect();
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.proxy.listen_addr.clone(),
             source,
         })?;
-        let state = Arc::new(State {
-            cancel: Arc::new(CancelRegistry::new(
-                config.proxy.peer_id,
-                peers,
-                metrics.clone(),
-            )),
-            pools: Pools::new(metrics.clone()),
-            client_permits: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
-            shutdown: Default::default(),
-            stop_accepting: Default::default(),
-            tracker: TaskTracker::new(),
-            known_statements: Default::default(),
-            listen: crate::listen::ListenHub::new(config.listen.clone(), metrics.clone()),
-            clients: Arc::new(ClientRegistry::new()),
-            config_path: OnceLock::new(),
-            started: Instant::now(),
-            auth_cache: Default::default(),
-            handover: Default::default(),
-            upgrader: Default::default(),
-            upgrade_with: OnceLock::new(),
-            users: ArcSwap::from_pointee(users),
-            tls: ArcSwap::from_pointee(tls),
-            metrics,
-            config: ArcSwap::from_pointee(config),
-        });
+        let state = Arc::new(State::new(config, users, tls));
         let proxy_config = &state.config().proxy;
         if !proxy_config.peers_dns.is_empty() {
-            state.cancel.discover_peers(
+            state.cancel().discover_peers(
                 proxy_config.peers_dns.clone(),
                 proxy_config.peers_dns_interval,
                 addr,
-                state.shutdown.cancelled_owned(),
+                state.shutdown().cancelled_owned(),
             );
         }
         let metrics_fd = (metrics_listener.as_ref())
@@ -479,7 +269,7 @@ impl Proxy {
     /// it, and with `proxy.watch_config` its changes are reloaded by
     /// themselves. Only the first call counts.
     pub fn set_config_file(&self, path: PathBuf) {
-        if self.state.config_path.set(path).is_ok() {
+        if self.state.set_config_path(path).is_ok() {
             crate::watch::spawn(&self.state);
         }
     }
@@ -499,32 +289,32 @@ impl Proxy {
 
     /// Stops accepting; sessions end at their next safe point.
     pub fn begin_shutdown(&self) {
-        self.state.stop_accepting.cancel();
-        self.state.shutdown.cancel();
+        self.state.stop_accepting().cancel();
+        self.state.shutdown().cancel();
     }
 
     /// Resolves once shutdown was requested (by a signal handler, or by the
     /// admin console's SHUTDOWN).
     pub async fn shutdown_requested(&self) {
-        self.state.shutdown.cancelled().await
+        self.state.shutdown().cancelled().await
     }
 
     /// Drains: waits for open transactions up to `shutdown_timeout`, then
     /// closes every pool. Call after [`Proxy::begin_shutdown`].
     pub async fn drain(&self) {
-        self.state.shutdown.cancel();
-        self.state.tracker.close();
+        self.state.shutdown().cancel();
+        self.state.tracker().close();
         let timeout = self.state.config().proxy.shutdown_timeout;
-        if tokio::time::timeout(timeout, self.state.tracker.wait())
+        if tokio::time::timeout(timeout, self.state.tracker().wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                remaining = self.state.tracker.len(),
+                remaining = self.state.tracker().len(),
                 "shutdown_timeout reached; closing remaining connections"
             );
         }
-        self.state.pools.close_all();
-        self.state.listen.shutdown();
+        self.state.pools().close_all();
+        self.state.listen().shutdown();
     }
 }

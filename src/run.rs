@@ -62,7 +62,7 @@ pub async fn serve_until_signal(proxy: &Proxy, reload_from: Option<&Path>) -> Re
             }
             _ = hup.recv() => {
                 // Logged, and counted in the reload metrics, by the reload.
-                if proxy.state().config_path.get().is_some() {
+                if proxy.state().config_path().is_some() {
                     let _ = proxy.state().reload_from_file();
                 }
             }
@@ -72,7 +72,7 @@ pub async fn serve_until_signal(proxy: &Proxy, reload_from: Option<&Path>) -> Re
         // Another instance serves the port: close the listener first, and
         // give clients accepted a moment ago time to log in and send their
         // first transaction before idle clients are told to go.
-        proxy.state().stop_accepting.cancel();
+        proxy.state().stop_accepting().cancel();
         tokio::time::sleep(LOGIN_GRACE).await;
     }
     proxy.begin_shutdown();

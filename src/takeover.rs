@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::state::State;
 use crate::upgrade::{self, Launch, Listeners, Message, SOCKET_ENV};
-use crate::{Proxy, RunError, State};
+use crate::{Proxy, RunError};
 
 /// How long the new binary has to connect, greet and serve.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,10 +28,8 @@ pub(crate) fn remember_launch(state: &State) {
     match std::env::current_exe() {
         Ok(exe) => {
             let args = std::env::args_os().skip(1).collect();
-            let _ = state.upgrader.launch.set(Launch { exe, args });
-            let _ = state
-                .upgrade_with
-                .set(|state| Box::pin(async move { upgrade(&state).await }));
+            let _ = state.upgrader().launch.set(Launch { exe, args });
+            state.set_upgrade(|state| Box::pin(async move { upgrade(&state).await }));
         }
         Err(e) => tracing::warn!(error = %e, "executable path unknown; binary upgrades are off"),
     }
@@ -39,7 +38,7 @@ pub(crate) fn remember_launch(state: &State) {
 /// Upgrades to the binary at this process's path; `Err` says why the new
 /// process did not take over, and this one keeps serving.
 pub(crate) async fn upgrade(state: &Arc<State>) -> Result<(), String> {
-    if !state.upgrader.begin() {
+    if !state.upgrader().begin() {
         return Err("an upgrade is already under way".into());
     }
     match start_new(state).await {
@@ -48,7 +47,7 @@ pub(crate) async fn upgrade(state: &Arc<State>) -> Result<(), String> {
             Ok(())
         }
         Err(e) => {
-            state.upgrader.abandon();
+            state.upgrader().abandon();
             tracing::error!(reason = %e, "upgrade failed; this process keeps serving");
             Err(e)
         }
@@ -63,15 +62,15 @@ struct Taken {
 }
 
 async fn start_new(state: &Arc<State>) -> Result<Taken, String> {
-    let Some(launch) = state.upgrader.launch.get().cloned() else {
+    let Some(launch) = state.upgrader().launch.get().cloned() else {
         return Err(
             "this instance was not started by the pgharbor command; no binary to start".into(),
         );
     };
-    if state.shutdown.is_cancelled() || state.stop_accepting.is_cancelled() {
+    if state.shutdown().is_cancelled() || state.stop_accepting().is_cancelled() {
         return Err("this process is shutting down".into());
     }
-    let listeners = state.upgrader.copy_listeners()?;
+    let listeners = state.upgrader().copy_listeners()?;
     tracing::info!(exe = %launch.exe.display(), "upgrade: starting the new binary");
     let launched = tokio::task::spawn_blocking(move || launch_and_greet(&launch, &listeners));
     launched.await.map_err(|e| e.to_string())?
@@ -174,11 +173,11 @@ fn accept_child(
 fn hand_over(state: &Arc<State>, taken: Taken) {
     tracing::info!(new = %taken.hello, "upgrade: the new process serves the listeners; handing over clients");
     let (tx, rx) = std::sync::mpsc::channel::<upgrade::Leaving>();
-    state.handover.open(tx);
-    if let Some(&addr) = state.upgrader.listen_addr.get() {
+    state.handover().open(tx);
+    if let Some(&addr) = state.upgrader().listen_addr.get() {
         // The new process accepts there now; the cancels of the clients
         // that left reach it, also those this one still takes.
-        state.cancel.hand_over_to(addr);
+        state.cancel().hand_over_to(addr);
     }
     let sock = taken.sock;
     let sender = std::thread::spawn(move || {
@@ -193,16 +192,16 @@ fn hand_over(state: &Arc<State>, taken: Taken) {
         }
         tracing::info!(clients = sent, "upgrade: clients handed over");
     });
-    state.upgrader.set_sender(sender);
-    state.stop_accepting.cancel();
-    state.shutdown.cancel();
+    state.upgrader().set_sender(sender);
+    state.stop_accepting().cancel();
+    state.shutdown().cancel();
 }
 
 /// After the drain: the last clients leave for the new process before
 /// this one exits.
 pub(crate) async fn finish(state: &Arc<State>) {
-    state.handover.close();
-    let sender = state.upgrader.take_sender();
+    state.handover().close();
+    let sender = state.upgrader().take_sender();
     if let Some(sender) = sender {
         let _ = tokio::task::spawn_blocking(move || sender.join()).await;
     }
@@ -244,7 +243,7 @@ type Received = (
 fn receive_listeners(socket: &std::path::Path) -> std::io::Result<Received> {
     let sock = UnixStream::connect(socket)?;
     let hello = Message::Hello {
-        version: crate::version(),
+        version: crate::state::version(),
         pid: std::process::id(),
     };
     upgrade::send(&sock, &hello, &[])?;
@@ -275,7 +274,7 @@ fn receive_clients(sock: &UnixStream, state: &Arc<State>, handle: &tokio::runtim
                     continue;
                 };
                 let serve = crate::client::resume(*client, fd, state.clone());
-                state.tracker.spawn_on(serve, handle);
+                state.tracker().spawn_on(serve, handle);
                 resumed += 1;
             }
             Ok(Some((msg, _))) => tracing::warn!(?msg, "upgrade: unexpected message"),

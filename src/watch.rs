@@ -20,7 +20,7 @@ use notify::Watcher;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::State;
+use crate::state::State;
 
 /// How long the directories must stay quiet before the files are read.
 const QUIET: Duration = Duration::from_millis(200);
@@ -69,7 +69,7 @@ fn contents(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
 /// Starts watching, if `proxy.watch_config` is on and the instance knows
 /// its config file. The task ends when the instance shuts down.
 pub(crate) fn spawn(state: &Arc<State>) {
-    let Some(path) = state.config_path.get().cloned() else {
+    let Some(path) = state.config_path().map(Path::to_path_buf) else {
         return;
     };
     if !state.config().proxy.watch_config {
@@ -98,7 +98,7 @@ async fn watch(state: &Arc<State>, path: &Path) -> notify::Result<()> {
     loop {
         tokio::select! {
             event = rx.recv() => if event.is_none() { return Ok(()) },
-            _ = state.shutdown.cancelled() => return Ok(()),
+            _ = state.shutdown().cancelled() => return Ok(()),
         }
         settle(&mut rx).await;
         let now = contents(&files);

@@ -4,13 +4,13 @@
 //! exporters written for PgBouncer work.
 //!
 //! - `commands` parses a statement,
-//! - `show` builds the SHOW result sets,
-//! - `registry` lists connected clients (servers are listed by their pools),
-//! - this file runs one console session.
+//! - `show` builds the SHOW result sets (the clients from
+//!   `state::clients`, the servers from their pools, the keys from
+//!   `config::keys`),
+//! - this file runs one console session; the accept loop's task
+//!   (`lib.rs`) sends it the clients that logged in to it.
 
 mod commands;
-pub mod config_keys;
-pub mod registry;
 mod show;
 
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use crate::pool::Pool;
 use crate::protocol::frame::{read_cstr, split_message};
 use crate::protocol::tag::{frontend, TxStatus};
 use crate::protocol::{backend, sqlstate, PgError};
-use crate::State;
+use crate::state::State;
 
 pub use commands::{Command, Show};
 
@@ -40,7 +40,7 @@ const PAUSE_POLL: Duration = Duration::from_millis(20);
 pub async fn serve(
     mut stream: Stream,
     buf: BytesMut,
-    login: &LoginRequest,
+    login: LoginRequest,
     state: Arc<State>,
 ) -> Result<(), SessionError> {
     let is_admin = state
@@ -63,14 +63,14 @@ pub async fn serve(
         let _ = crate::client::startup::send(&mut stream, &out).await;
         return Err(SessionError::Refused(Box::new(e)));
     }
-    let cancel = state.cancel.register();
+    let cancel = state.cancel().register();
     let names = crate::pool::PoolKey {
         database: login.database().to_owned(),
         user: login.user().to_owned(),
     };
     let peer = stream.peer_addr().map_err(SessionError::ClientIo)?;
-    let _listed = state.clients.register(
-        login,
+    let _listed = state.clients().register(
+        login.application_name(),
         Arc::new(names),
         peer,
         stream.local_addr().ok(),
@@ -87,7 +87,7 @@ pub async fn serve(
     };
     greet(
         &mut console.out,
-        login,
+        &login,
         cancel.slot.pid(),
         cancel.slot.secret(),
     );
@@ -157,7 +157,7 @@ impl Console {
             }
             self.flush().await?;
             let read = tokio::select! {
-                _ = self.state.shutdown.cancelled() => {
+                _ = self.state.shutdown().cancelled() => {
                     let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pgharbor is shutting down");
                     return self.fatal(e).await;
                 }
@@ -287,7 +287,7 @@ impl Console {
                     Ok(p) => p,
                     Err(e) => return Ok(Err(e)),
                 };
-                state.pools.pause(db.as_deref());
+                state.pools().pause(db.as_deref());
                 self.wait_released(&pools).await?;
                 "PAUSE"
             }
@@ -295,7 +295,7 @@ impl Console {
                 if let Err(e) = pools_of(&state, db.as_deref()) {
                     return Ok(Err(e));
                 }
-                state.pools.resume(db.as_deref());
+                state.pools().resume(db.as_deref());
                 "RESUME"
             }
             Command::Reconnect(db) => {
@@ -328,7 +328,7 @@ impl Console {
             },
             Command::Shutdown => {
                 tracing::info!(admin = %self.user, "SHUTDOWN from the admin console");
-                state.shutdown.cancel();
+                state.shutdown().cancel();
                 "SHUTDOWN"
             }
             Command::Upgrade => {
@@ -362,7 +362,7 @@ impl Console {
             }
             tokio::select! {
                 _ = tokio::time::sleep(PAUSE_POLL) => {}
-                _ = self.state.shutdown.cancelled() => return Ok(()),
+                _ = self.state.shutdown().cancelled() => return Ok(()),
                 r = self.stream.read_buf(&mut self.buf) => match r {
                     // Later messages wait in `buf` until PAUSE is done.
                     Ok(n) if n > 0 => {}
@@ -377,7 +377,7 @@ impl Console {
 /// The pools of `db` (every pool when `None`). A configured database with
 /// no pool yet is not an error: it has nothing to act on.
 fn pools_of(state: &State, db: Option<&str>) -> Result<Vec<Arc<Pool>>, PgError> {
-    let all = state.pools.all();
+    let all = state.pools().all();
     let Some(db) = db else { return Ok(all) };
     let pools: Vec<_> = all.into_iter().filter(|p| p.key.database == db).collect();
     if pools.is_empty() && state.config().database(db).is_none() {

@@ -9,11 +9,11 @@ use std::time::SystemTime;
 use bytes::BytesMut;
 
 use super::commands::Show;
-use super::config_keys;
+use crate::config::keys as config_keys;
 use crate::config::Config;
 use crate::pool::{Pool, ServerInfo, ServerState};
 use crate::protocol::backend;
-use crate::State;
+use crate::state::State;
 
 /// Appends RowDescription, the rows and CommandComplete `SHOW`.
 pub(super) fn show(state: &State, what: Show, out: &mut BytesMut) {
@@ -25,7 +25,7 @@ pub(super) fn show(state: &State, what: Show, out: &mut BytesMut) {
         Show::Databases => databases(state),
         Show::Config => config(state),
         Show::Lists => lists(state),
-        Show::Version => (&["version"][..], vec![vec![crate::version()]]),
+        Show::Version => (&["version"][..], vec![vec![crate::state::version()]]),
     };
     backend::row_description(out, columns);
     for row in &rows {
@@ -76,7 +76,7 @@ const POOLS: &[&str] = &[
 fn pools(state: &State) -> Rows {
     let now = std::time::Instant::now();
     let rows = state
-        .pools
+        .pools()
         .all()
         .iter()
         .map(|p| {
@@ -143,7 +143,7 @@ fn stats(state: &State) -> Rows {
         .iter()
         .map(|d| (d.name.clone(), Totals::default()))
         .collect();
-    for p in state.pools.all() {
+    for p in state.pools().all() {
         let s = &p.stats;
         let t = by_db.entry(p.key.database.clone()).or_default();
         t.xacts += s.transactions.get();
@@ -154,7 +154,7 @@ fn stats(state: &State) -> Rows {
         t.waits += s.wait_seconds.get_sample_count();
         t.wait_seconds += s.wait_seconds.get_sample_sum();
     }
-    let uptime = state.started.elapsed().as_secs().max(1);
+    let uptime = state.started().elapsed().as_secs().max(1);
     let us = |secs: f64| (secs * 1e6) as u64;
     let rows = by_db
         .into_iter()
@@ -205,7 +205,7 @@ const CONNECTIONS: &[&str] = &[
 /// Every open server of every pool.
 fn all_servers(state: &State) -> Vec<(std::sync::Arc<Pool>, ServerInfo, ServerState)> {
     let mut v = Vec::new();
-    for p in state.pools.all() {
+    for p in state.pools().all() {
         for (info, st) in p.server_snapshot() {
             v.push((p.clone(), info, st));
         }
@@ -272,7 +272,7 @@ fn clients(state: &State) -> Rows {
         .map(|(_, info, _)| ((info.addr, info.pid), info.id))
         .collect();
     let rows = state
-        .clients
+        .clients()
         .snapshot()
         .iter()
         .map(|c| {
@@ -304,7 +304,7 @@ fn clients(state: &State) -> Rows {
 /// `remote_pid` is the backend's process id.
 fn servers(state: &State) -> Rows {
     let holders: HashMap<(SocketAddr, i32), u64> = state
-        .clients
+        .clients()
         .snapshot()
         .iter()
         .filter_map(|c| c.slot.target().map(|k| ((k.addr, k.pid), c.id)))
@@ -355,7 +355,7 @@ const DATABASES: &[&str] = &[
 /// `paused` is 1 when any of the database's pools is paused.
 fn databases(state: &State) -> Rows {
     let config = state.config();
-    let pools = state.pools.all();
+    let pools = state.pools().all();
     let rows = config
         .databases
         .iter()
@@ -409,7 +409,7 @@ const LISTS: &[&str] = &["list", "items"];
 
 fn lists(state: &State) -> Rows {
     let config = state.config();
-    let pools = state.pools.all();
+    let pools = state.pools().all();
     let servers: usize = pools.iter().map(|p| p.open_servers()).sum();
     let items = [
         ("databases", config.databases.len()),
@@ -417,7 +417,7 @@ fn lists(state: &State) -> Rows {
         ("peers", config.peers.len()),
         ("pools", pools.len()),
         ("free_clients", 0),
-        ("used_clients", state.clients.len()),
+        ("used_clients", state.clients().len()),
         ("login_clients", 0),
         ("free_servers", 0),
         ("used_servers", servers),

@@ -18,8 +18,8 @@ use std::time::Instant;
 use super::credential::ServerCredential;
 use crate::config::{AuthType, DatabaseConfig, PoolDefaults, UserConfig};
 use crate::server::{Server, ServerError, ServerTarget};
+use crate::settings::Settings;
 use crate::users::UserEntry;
-use crate::State;
 
 /// Slots kept before unused ones are dropped: unknown names cannot grow
 /// the cache without bound.
@@ -48,24 +48,29 @@ struct Answer {
 impl AuthCache {
     /// The user `name` of `database` as auth_query describes it; `None`
     /// when the database has no auth_user, or no usable row came back.
-    pub async fn user(&self, state: &State, database: &str, name: &str) -> Option<Arc<UserEntry>> {
-        let (db, settings) = {
-            let config = state.config();
+    pub async fn user(
+        &self,
+        settings: &Settings,
+        database: &str,
+        name: &str,
+    ) -> Option<Arc<UserEntry>> {
+        let (db, pool) = {
+            let config = settings.config();
             let db = config.database_for(database)?.into_owned();
-            let settings = db.pool_settings(&config.pool);
-            (db, settings)
+            let pool = db.pool_settings(&config.pool);
+            (db, pool)
         };
-        if settings.auth_user.is_empty() {
+        if pool.auth_user.is_empty() {
             return None;
         }
         let slot = self.slot(database, name);
         let mut answer = slot.answer.lock().await;
         if let Some(a) = answer.as_ref() {
-            if a.at.elapsed() < settings.auth_query_cache_ttl {
+            if a.at.elapsed() < pool.auth_query_cache_ttl {
                 return a.user.clone();
             }
         }
-        match lookup(state, &db, &settings, name, &slot.server).await {
+        match lookup(settings, &db, &pool, name, &slot.server).await {
             Ok(user) => {
                 *answer = Some(Answer {
                     at: Instant::now(),
@@ -94,18 +99,18 @@ impl AuthCache {
 
 /// Runs auth_query for `name` on a connection of its own.
 async fn lookup(
-    state: &State,
+    settings: &Settings,
     db: &DatabaseConfig,
-    settings: &PoolDefaults,
+    pool: &PoolDefaults,
     name: &str,
     server: &Arc<ServerCredential>,
 ) -> Result<Option<Arc<UserEntry>>, ServerError> {
-    let Some(auth) = state.users().get(&settings.auth_user) else {
+    let Some(auth) = settings.users().get(&pool.auth_user) else {
         return Ok(None);
     };
-    let target = ServerTarget::new(db, settings, &auth, state.tls().server.clone());
+    let target = ServerTarget::new(db, pool, &auth, settings.tls().server.clone());
     let mut conn = Server::connect(&target, 0).await?;
-    let row = conn.query_row_with(&settings.auth_query, name).await;
+    let row = conn.query_row_with(&pool.auth_query, name).await;
     let mut bye = bytes::BytesMut::new();
     postgres_protocol::message::frontend::terminate(&mut bye);
     let _ = conn.send(&bye).await;

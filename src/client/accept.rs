@@ -1,6 +1,8 @@
 //! A client from its accepted socket to the relay: the handshake (TLS
 //! included), authentication, the checks that may refuse it, and the login
 //! to its pool. The relay and the clean-up after it are in `session.rs`.
+//! A console login is handed back to the caller: the console sits above
+//! the client layer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,16 +16,19 @@ use tracing::Instrument;
 
 use super::session::{Io, Session, SessionError};
 use super::startup::{self, Handshake, LoginRequest, StartupError};
-use crate::admin::registry::ClientEntry;
+use crate::metrics::Metrics;
 use crate::net::Stream;
 use crate::protocol::{sqlstate, PgError};
+use crate::state::clients::ClientEntry;
+use crate::state::State;
 use crate::users::UserEntry;
-use crate::State;
 
 /// The whole startup (first packet to AuthenticationOk) must fit in this.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves one accepted connection to its end, in one task.
+/// Serves one accepted connection to its end, in one task, unless it
+/// logged in to the console: that client is returned, for the caller to
+/// serve with the console ([`ConsoleLogin::serve_with`]).
 /// `local` is the address the client connected to when the listener knows
 /// it (bound to one address), else `None`, and the socket is asked.
 pub fn serve(
@@ -31,7 +36,7 @@ pub fn serve(
     addr: SocketAddr,
     local: Option<SocketAddr>,
     state: Arc<State>,
-) -> impl std::future::Future<Output = ()> + Send {
+) -> impl std::future::Future<Output = Option<Box<ConsoleLogin>>> + Send {
     // The startup's future is large (2.7 KB: TLS, authentication, the
     // timeouts) and boxed: it is freed at login, so an idle client's task
     // holds only what the relay needs. It is made here, outside the task's
@@ -44,21 +49,71 @@ pub fn serve(
     // login spent 1,400 of its 32,000 instructions on those copies).
     let startup = Box::pin(start(tcp, addr, local, state));
     async move {
-        let Some((client, span)) = startup.await else {
-            return;
-        };
-        client.run().instrument(span).await;
+        match startup.await? {
+            (Ready::Relay(client), span) => {
+                client.run().instrument(span).await;
+                None
+            }
+            (Ready::Console(console), _) => Some(console),
+        }
+    }
+}
+
+/// A client past its authentication, ready for what it logged in to.
+enum Ready {
+    /// A database of the config: the relay.
+    Relay(Box<LoggedIn>),
+    /// Database `pgharbor` or `pgbouncer`: the console.
+    Console(Box<ConsoleLogin>),
+}
+
+/// A client that logged in to the console, AuthenticationOk sent. The
+/// console is above the client layer; its caller runs it with
+/// [`ConsoleLogin::serve_with`].
+pub struct ConsoleLogin {
+    stream: Stream,
+    /// What the client sent after its startup packet, if anything.
+    buf: BytesMut,
+    login: LoginRequest,
+    state: Arc<State>,
+    /// The client's span, which its log lines go to.
+    span: tracing::Span,
+    /// Counts against max_client_conn until dropped.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ConsoleLogin {
+    /// Runs `console` for this client in the client's span, holding its
+    /// place in max_client_conn, and logs its end as a client's.
+    pub async fn serve_with<F, Fut>(self: Box<Self>, console: F)
+    where
+        F: FnOnce(Stream, BytesMut, LoginRequest, Arc<State>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), SessionError>>,
+    {
+        let ConsoleLogin {
+            stream,
+            buf,
+            login,
+            state,
+            span,
+            _permit,
+        } = *self;
+        let metrics = state.metrics().clone();
+        let served = console(stream, buf, login, state);
+        let result = served.instrument(span.clone()).await;
+        span.in_scope(|| log_end(&metrics, result));
     }
 }
 
 /// The handshake, authentication and login: the client ready for its
-/// relay, or `None` once it was answered (a cancel, a refusal).
+/// relay or the console, or `None` once it was answered (a cancel, a
+/// refusal).
 async fn start(
     tcp: TcpStream,
     addr: SocketAddr,
     local: Option<SocketAddr>,
     state: Arc<State>,
-) -> Option<(Box<LoggedIn>, tracing::Span)> {
+) -> Option<(Ready, tracing::Span)> {
     let _ = tcp.set_nodelay(true);
     let mut buf = BytesMut::new();
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
@@ -66,7 +121,7 @@ async fn start(
     let tls = state.tls().client.clone();
     let (mut stream, login) = match startup::handshake(tcp, &mut buf, &tls, deadline).await {
         Ok((_, Handshake::Cancel { pid, secret })) => {
-            let outcome = state.cancel.handle(pid, &secret).await;
+            let outcome = state.cancel().handle(pid, &secret).await;
             tracing::info!(client = %addr, pid, outcome = outcome.label(), "cancel request");
             return None;
         }
@@ -83,7 +138,7 @@ async fn start(
             error,
         }) => {
             if matches!(error, StartupError::Tls(_)) {
-                state.metrics.client_tls_handshake_errors.inc();
+                state.metrics().client_tls_handshake_errors.inc();
             }
             tracing::info!(client = %addr, error = %error, "client refused");
             return None;
@@ -91,7 +146,7 @@ async fn start(
     };
     // Cancel connections never get here, so they do not count against
     // max_client_conn and cannot exhaust it.
-    let Ok(permit) = state.client_permits.clone().try_acquire_owned() else {
+    let Ok(permit) = state.client_permits().clone().try_acquire_owned() else {
         let max = state.config().proxy.max_client_conn;
         let e = PgError::fatal(
             sqlstate::TOO_MANY_CONNECTIONS,
@@ -101,7 +156,7 @@ async fn start(
         refuse(&mut stream, addr, StartupError::Refuse(e)).await;
         return None;
     };
-    state.metrics.clients_total.inc();
+    state.metrics().clients_total.inc();
     let span = tracing::info_span!("client", client = %addr, user = %login.user(), database = %login.database());
     let logged_in = async move {
         tracing::info!("client connected");
@@ -113,14 +168,14 @@ async fn start(
             local,
             login,
         };
-        match run(greeted, state, permit, end_point, deadline).await {
+        match run(greeted, &state, permit, end_point, deadline).await {
             Ok(Some(client)) => Some(client),
             Ok(None) => {
-                log_end(Ok(()));
+                log_end(state.metrics(), Ok(()));
                 None
             }
             Err(e) => {
-                log_end(Err(e));
+                log_end(state.metrics(), Err(e));
                 None
             }
         }
@@ -130,10 +185,15 @@ async fn start(
     Some((logged_in, span))
 }
 
-fn log_end(result: Result<(), SessionError>) {
+/// The log line of a client's end; an error is counted by who failed.
+fn log_end(metrics: &Metrics, result: Result<(), SessionError>) {
     match result {
         Ok(()) => tracing::info!("client disconnected"),
-        Err(e) => tracing::info!(reason = %e, "client disconnected"),
+        Err(e) => {
+            let side = e.side();
+            metrics.client_error(side);
+            tracing::info!(reason = %e, side = side.label(), "client disconnected");
+        }
     }
 }
 
@@ -160,7 +220,7 @@ impl LoggedIn {
         self.session.pool.stats.clients_idle.dec();
         // Logged before the clean-up, so the result is not kept across its
         // await (which would add its size to every client task).
-        log_end(result);
+        log_end(self.session.state.metrics(), result);
         // Boxed, like the relay's rare paths (see `relay::Ending`).
         Box::pin(self.session.finish()).await;
         drop(self);
@@ -200,11 +260,11 @@ struct Greeted {
 
 async fn run(
     greeted: Greeted,
-    state: Arc<State>,
+    state: &Arc<State>,
     permit: OwnedSemaphorePermit,
     end_point: Option<Arc<[u8]>>,
     deadline: tokio::time::Instant,
-) -> Result<Option<Box<LoggedIn>>, SessionError> {
+) -> Result<Option<Ready>, SessionError> {
     let Greeted {
         mut stream,
         mut buf,
@@ -213,7 +273,7 @@ async fn run(
         login,
     } = greeted;
     let auth = authenticate_client(
-        &state,
+        state,
         &mut stream,
         &mut buf,
         &login,
@@ -230,11 +290,15 @@ async fn run(
         startup::send(&mut stream, &auth_ok)
             .await
             .map_err(SessionError::ClientIo)?;
-        // Boxed: the console's future is large and would otherwise size
-        // every client task.
-        return Box::pin(crate::admin::serve(stream, buf, &login, state.clone()))
-            .await
-            .map(|()| None);
+        return Ok(Some(Ready::Console(Box::new(ConsoleLogin {
+            stream,
+            buf,
+            login,
+            state: state.clone(),
+            // `run` runs in the client's span.
+            span: tracing::Span::current(),
+            _permit: permit,
+        }))));
     }
     let Some(db) = config.database_for(login.database()) else {
         let e = PgError::fatal(
@@ -245,15 +309,19 @@ async fn run(
         return Err(refuse_after_auth(&mut stream, &auth_ok, addr, e).await);
     };
     let pool = state
-        .pools
+        .pools()
         .get_or_create(&db, &user, &config.pool, &state.tls().server);
-    let counted = match state.pools.limits.admit_client(&pool.key, &pool.settings()) {
+    let counted = match state
+        .pools()
+        .limits
+        .admit_client(&pool.key, &pool.settings())
+    {
         Ok(counted) => counted,
         Err(e) => return Err(refuse_after_auth(&mut stream, &auth_ok, addr, e).await),
     };
-    let cancel = state.cancel.register();
-    let listed = (state.clients).register(
-        &login,
+    let cancel = state.cancel().register();
+    let listed = (state.clients()).register(
+        login.application_name(),
         pool.key.clone(),
         addr,
         local.or_else(|| stream.local_addr().ok()),
@@ -266,12 +334,12 @@ async fn run(
     let mut session = Session::new(stream, pool, state.clone(), cancel, io);
     drop(config);
     log_in(&mut session, &login).await?;
-    Ok(Some(Box::new(LoggedIn {
+    Ok(Some(Ready::Relay(Box::new(LoggedIn {
         session,
         _listed: listed,
         _permit: permit,
         _counted: counted,
-    })))
+    }))))
 }
 
 /// Finds the client's user (`[[users]]`, else auth_query) and runs the
@@ -289,7 +357,8 @@ async fn authenticate_client(
     let user = match state.users().get(login.user()) {
         Some(user) => Some(user),
         None => {
-            let lookup = state.auth_cache.user(state, login.database(), login.user());
+            let lookup =
+                (state.auth_cache()).user(state.settings(), login.database(), login.user());
             tokio::time::timeout_at(deadline, lookup)
                 .await
                 .ok()
@@ -399,8 +468,8 @@ async fn admit(
     let user = match state.users().get(&frozen.user) {
         Some(user) => Some(user),
         None => {
-            (state.auth_cache)
-                .user(state, &frozen.database, &frozen.user)
+            (state.auth_cache())
+                .user(state.settings(), &frozen.database, &frozen.user)
                 .await
         }
     };
@@ -417,10 +486,10 @@ async fn admit(
             format!("database \"{}\" does not exist", frozen.database),
         ));
     };
-    let pool = (state.pools).get_or_create(&db, &user, &config.pool, &state.tls().server);
+    let pool = (state.pools()).get_or_create(&db, &user, &config.pool, &state.tls().server);
     drop(config);
-    let counted = (state.pools.limits).admit_client(&pool.key, &pool.settings())?;
-    let Ok(permit) = state.client_permits.clone().try_acquire_owned() else {
+    let counted = (state.pools().limits).admit_client(&pool.key, &pool.settings())?;
+    let Ok(permit) = state.client_permits().clone().try_acquire_owned() else {
         return Err(PgError::fatal(
             sqlstate::TOO_MANY_CONNECTIONS,
             "sorry, too many clients already (max_client_conn)",
@@ -448,12 +517,12 @@ async fn thaw(
             return None;
         }
     };
-    let cancel = (state.cancel.register_key(frozen.pid, frozen.secret)).unwrap_or_else(|| {
+    let cancel = (state.cancel().register_key(frozen.pid, frozen.secret)).unwrap_or_else(|| {
         tracing::warn!(
             pid = frozen.pid,
             "cancel key taken here; the client's old key no longer cancels"
         );
-        state.cancel.register()
+        state.cancel().register()
     });
     let app = (frozen.login_params.iter())
         .find(|(k, _)| k == "application_name")
@@ -466,7 +535,14 @@ async fn thaw(
     } = admitted;
     let local = frozen.local_addr.or_else(|| stream.local_addr().ok());
     let tls = stream.tls_description();
-    let listed = (state.clients).register(&login, pool.key.clone(), addr, local, tls, &cancel.slot);
+    let listed = (state.clients()).register(
+        login.application_name(),
+        pool.key.clone(),
+        addr,
+        local,
+        tls,
+        &cancel.slot,
+    );
     let max_message = state.config().proxy.max_message_size;
     let io = Io::new(BytesMut::new(), BytesMut::new(), max_message);
     let mut session = Session::new(stream, pool, state, cancel, io);

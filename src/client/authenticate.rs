@@ -20,6 +20,7 @@ use crate::net::Stream;
 use crate::protocol::backend;
 use crate::protocol::frame::{read_cstr, split_message, ProtocolError};
 use crate::protocol::sqlstate;
+use crate::protocol::tag::frontend;
 use crate::protocol::PgError;
 use crate::users::UserEntry;
 
@@ -108,7 +109,7 @@ pub async fn authenticate(
 /// in `pgharbor_login_failures_total`. Names pgharbor does not know are
 /// counted under "", so that a stranger trying names cannot add series.
 pub fn count_failure(
-    state: &crate::State,
+    state: &crate::state::State,
     login: &LoginRequest,
     known_user: bool,
     error: &StartupError,
@@ -191,7 +192,7 @@ async fn read_password_message(
 ) -> Result<BytesMut, StartupError> {
     loop {
         if let Some(m) = split_message(buf, MAX_AUTH_MESSAGE)? {
-            if m[0] != b'p' {
+            if m[0] != frontend::PASSWORD {
                 return Err(ProtocolError::Unexpected {
                     tag: m[0],
                     context: "during authentication: expected a password response",

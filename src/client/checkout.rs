@@ -105,11 +105,11 @@ impl Session {
     /// The client holds `pooled` from now on.
     fn take_server(&mut self, pooled: PooledServer) {
         self.cancel.slot.set_target(pooled.server.cancel_target());
-        if self.state.metrics.listen_subscriptions.get() > 0 {
+        if self.state.metrics().listen_subscriptions.get() > 0 {
             // Someone listens: remember who holds this server, so a NOTIFY
             // it sends can carry the sending client's pid.
             self.state
-                .listen
+                .listen()
                 .note_server_pid(&pooled.server.key, self.cancel.slot.pid());
             self.listening.noted_sender = Some(pooled.server.key);
         }

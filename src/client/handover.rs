@@ -54,7 +54,7 @@ impl Session {
                 match self.client.tcp().as_fd().try_clone_to_owned() {
                     Ok(fd) => {
                         let frozen = self.freeze();
-                        if self.state.handover.send(frozen, fd) {
+                        if self.state.handover().send(frozen, fd) {
                             tracing::info!("client handed over to the new process");
                             return Ok(());
                         }

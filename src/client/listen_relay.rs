@@ -8,7 +8,7 @@ use super::expect::Local;
 use super::session::Session;
 use crate::listen::{ListenCommand, MixedQuery, QueryListens, Subscriber};
 use crate::protocol::frame::read_cstr_bytes;
-use crate::protocol::tag::TxStatus;
+use crate::protocol::tag::{frontend, TxStatus};
 use crate::protocol::{backend, sqlstate, PgError};
 
 /// What to do with a simple Query.
@@ -26,7 +26,7 @@ pub(super) enum Intercept {
 
 impl Session {
     pub(super) fn subscriber(&mut self) -> &mut Subscriber {
-        let hub = &self.state.listen;
+        let hub = &self.state.listen();
         let target = &self.pool.target();
         let pid = self.cancel.slot.pid();
         self.listening
@@ -40,7 +40,7 @@ impl Session {
     /// `listen/senders.rs`). A text without the word `notify` costs one
     /// `memchr` pass.
     pub(super) fn note_notifies(&mut self, tag: u8, at: usize, len: usize) {
-        if self.state.metrics.listen_subscriptions.get() == 0 {
+        if self.state.metrics().listen_subscriptions.get() == 0 {
             return;
         }
         let Some(key) = self.server.as_ref().map(|p| p.server.key) else {
@@ -48,7 +48,7 @@ impl Session {
         };
         let body = &self.io.cbuf[at + 5..at + len];
         let sql = match tag {
-            b'Q' => read_cstr_bytes(body).ok().map(|(sql, _)| sql),
+            frontend::QUERY => read_cstr_bytes(body).ok().map(|(sql, _)| sql),
             _ => crate::protocol::frontend::parse_text(body),
         };
         let Some(sql) = sql.filter(|sql| crate::listen::may_notify(sql)) else {
@@ -60,7 +60,7 @@ impl Session {
             return;
         }
         let pid = self.cancel.slot.pid();
-        let hub = &self.state.listen;
+        let hub = &self.state.listen();
         if self.listening.noted_sender.is_none() {
             hub.note_server_pid(&key, pid);
             self.listening.noted_sender = Some(key);
@@ -243,7 +243,7 @@ impl Session {
     pub(super) fn rewrite_mixed_query(&mut self, len: usize, m: &MixedQuery) -> usize {
         let rest = self.io.cbuf.len() - len;
         let mut msg = BytesMut::with_capacity(6 + m.text.len() + rest);
-        msg.put_u8(b'Q');
+        msg.put_u8(frontend::QUERY);
         msg.put_i32((4 + m.text.len() + 1) as i32);
         msg.put_slice(m.text.as_bytes());
         msg.put_u8(0);

@@ -23,5 +23,5 @@ mod unnamed;
 mod wait;
 mod whole_messages;
 
-pub use accept::{resume, serve};
+pub use accept::{resume, serve, ConsoleLogin};
 pub use session::SessionError;

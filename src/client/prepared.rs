@@ -26,6 +26,7 @@ use crate::protocol::backend::{finish_len, put_cstr};
 use crate::protocol::error::PgError;
 use crate::protocol::frame::{read_cstr, read_cstr_bytes};
 use crate::protocol::sqlstate;
+use crate::protocol::tag::{backend, error_field, frontend};
 use crate::sql::parameters;
 use crate::sql::prepared_commands::{drops_all, DropsAll};
 
@@ -91,7 +92,7 @@ impl Statement {
             name.push_str(&format!("{b:02x}"));
         }
         let mut parse = BytesMut::with_capacity(rest.len() + name.len() + 6);
-        parse.put_u8(b'P');
+        parse.put_u8(frontend::PARSE);
         parse.put_i32(0);
         put_cstr(&mut parse, &name);
         parse.put_slice(rest);
@@ -201,7 +202,7 @@ fn bind_counts(bind: &[u8]) -> Option<(usize, usize)> {
 /// (plancache.c compares the result's tuple descriptors).
 pub fn row_shape(tag: u8, body: &[u8]) -> u64 {
     use std::hash::Hasher;
-    if tag != b'T' {
+    if tag != backend::ROW_DESCRIPTION {
         return 1;
     }
     let mut h = std::hash::DefaultHasher::new();
@@ -229,15 +230,18 @@ pub const CHANGED_RESULT_TYPE: &str = "cached plan must not change result type";
 /// line number, which differs between Postgres versions, is left out.
 pub fn changed_result_type_error() -> BytesMut {
     let mut out = BytesMut::with_capacity(128);
-    out.put_u8(b'E');
+    out.put_u8(backend::ERROR_RESPONSE);
     out.put_i32(0);
     for (code, value) in [
-        (b'S', "ERROR"),
-        (b'V', "ERROR"),
-        (b'C', crate::protocol::sqlstate::FEATURE_NOT_SUPPORTED),
-        (b'M', CHANGED_RESULT_TYPE),
-        (b'F', "plancache.c"),
-        (b'R', "RevalidateCachedQuery"),
+        (error_field::SEVERITY, "ERROR"),
+        (error_field::SEVERITY_NONLOCALIZED, "ERROR"),
+        (
+            error_field::CODE,
+            crate::protocol::sqlstate::FEATURE_NOT_SUPPORTED,
+        ),
+        (error_field::MESSAGE, CHANGED_RESULT_TYPE),
+        (error_field::FILE, "plancache.c"),
+        (error_field::ROUTINE, "RevalidateCachedQuery"),
     ] {
         out.put_u8(code);
         put_cstr(&mut out, value);
@@ -261,7 +265,7 @@ pub fn client_names_in_error(
 ) -> Option<BytesMut> {
     memchr::memmem::find(body, b"ph_")?;
     let mut out = BytesMut::with_capacity(body.len() + 5);
-    out.put_u8(b'E');
+    out.put_u8(backend::ERROR_RESPONSE);
     out.put_i32(0);
     let mut changed = false;
     let mut rest = body;
@@ -302,7 +306,7 @@ mod tests {
         assert_eq!(a.name, b.name);
         assert_ne!(a.name, c.name);
         assert!(a.name.len() < 63);
-        assert_eq!(a.parse[0], b'P');
+        assert_eq!(a.parse[0], frontend::PARSE);
         let len = i32::from_be_bytes([a.parse[1], a.parse[2], a.parse[3], a.parse[4]]) as usize;
         assert_eq!(len + 1, a.parse.len());
     }
@@ -321,10 +325,13 @@ mod tests {
             b.put_i16(0);
             b
         };
-        let int = row_shape(b'T', &column(16400, 23));
-        assert_eq!(int, row_shape(b'T', &column(16500, 23)));
-        assert_ne!(int, row_shape(b'T', &column(16400, 700)));
-        assert_eq!(row_shape(b'n', b""), 1);
+        let int = row_shape(backend::ROW_DESCRIPTION, &column(16400, 23));
+        assert_eq!(int, row_shape(backend::ROW_DESCRIPTION, &column(16500, 23)));
+        assert_ne!(
+            int,
+            row_shape(backend::ROW_DESCRIPTION, &column(16400, 700))
+        );
+        assert_eq!(row_shape(backend::NO_DATA, b""), 1);
         assert!(int > 1);
     }
 
@@ -334,12 +341,12 @@ mod tests {
         let mut statements = Statements::default();
         statements.insert("_pg3_0".to_string(), st.clone());
         let mut body = BytesMut::new();
-        body.put_u8(b'C');
+        body.put_u8(error_field::CODE);
         put_cstr(
             &mut body,
             crate::protocol::sqlstate::INVALID_SQL_STATEMENT_NAME,
         );
-        body.put_u8(b'M');
+        body.put_u8(error_field::MESSAGE);
         put_cstr(
             &mut body,
             &format!("prepared statement \"{}\" does not exist", st.name),

@@ -24,7 +24,7 @@ use super::session::Session;
 use crate::protocol::backend::{self, finish_len};
 use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::frontend::parse_parse;
-use crate::protocol::tag::TxStatus;
+use crate::protocol::tag::{frontend, TxStatus};
 use crate::sql::prepared_commands::{commands, Command, DropsAll, Kind};
 
 /// A statement name in a text, to be replaced by the server's name.
@@ -251,7 +251,7 @@ impl Session {
         self.after_edits(&edits);
         self.ext.expect.push(Reply::Ready, Action::Forward);
         let start = self.io.to_server.len();
-        self.io.to_server.put_u8(b'Q');
+        self.io.to_server.put_u8(frontend::QUERY);
         self.io.to_server.put_i32(0);
         self.io.to_server.put_slice(text.as_bytes());
         self.io.to_server.put_u8(0);
@@ -288,7 +288,7 @@ impl Session {
         self.after_edits(&edits);
         let out = &mut self.io.to_server;
         let start = out.len();
-        out.put_u8(b'P');
+        out.put_u8(frontend::PARSE);
         out.put_i32(0);
         out.put_u8(0);
         out.put_slice(text.as_bytes());

@@ -16,6 +16,7 @@ use bytes::{BufMut, Bytes};
 use super::expect::{Local, Reply};
 use super::session::Session;
 use crate::protocol::backend::finish_len;
+use crate::protocol::tag::frontend;
 use crate::server::is_read_only_param;
 use crate::sql::quote::quote_literal;
 
@@ -83,7 +84,7 @@ impl Session {
             .push(Reply::Ready, super::expect::Action::Forward);
         let out = &mut self.io.to_server;
         let start = out.len();
-        out.put_u8(b'Q');
+        out.put_u8(frontend::QUERY);
         out.put_i32(0);
         out.put_slice(b"RESET ALL; ");
         out.put_slice(settings.as_bytes());

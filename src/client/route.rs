@@ -23,6 +23,7 @@ use super::{buffers, unnamed};
 use crate::config::PoolMode;
 use crate::listen::MixedQuery;
 use crate::protocol::frame::{read_cstr_bytes, Step};
+use crate::protocol::tag::frontend;
 use crate::protocol::{sqlstate, PgError, ProtocolError};
 use crate::sql::query_scan;
 
@@ -282,7 +283,8 @@ impl Session {
             match step {
                 Step::Incomplete => return Route::Incomplete,
                 Step::Whole {
-                    tag: b'S' | b'X', ..
+                    tag: frontend::SYNC | frontend::TERMINATE,
+                    ..
                 } => {
                     if let Some(l) = self.listening.local.as_deref_mut() {
                         l.skip_to_sync = false;
@@ -303,11 +305,20 @@ impl Session {
                 tag: Some(tag),
                 len,
             } => Route::Pass { tag, len },
-            Step::Whole { tag: b'X', .. } => Route::Here(Here::Terminate),
+            Step::Whole {
+                tag: frontend::TERMINATE,
+                ..
+            } => Route::Here(Here::Terminate),
             // With no server held nothing waits in `ready`: every message
             // passed on unread takes a server first.
-            Step::Whole { tag: b'S', len } if whole.no_server => Route::Here(Here::Sync { len }),
-            Step::Whole { tag: b'H', len } if whole.no_server => Route::Here(Here::Flush { len }),
+            Step::Whole {
+                tag: frontend::SYNC,
+                len,
+            } if whole.no_server => Route::Here(Here::Sync { len }),
+            Step::Whole {
+                tag: frontend::FLUSH,
+                len,
+            } if whole.no_server => Route::Here(Here::Flush { len }),
             // CopyData, CopyDone or CopyFail with no server held: no COPY
             // runs (its server would be held), e.g. the client sends the
             // data of a COPY that failed before its CopyInResponse.
@@ -315,11 +326,24 @@ impl Session {
             // a server taken for them would wait for a ReadyForQuery that
             // never comes.
             Step::Whole {
-                tag: b'd' | b'c' | b'f',
+                tag: frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL,
                 len,
             } if tx && whole.no_server => Route::Here(Here::Skip { len }),
-            Step::Whole { tag: b'Q', len } if tx => self.route_query(ready, len),
-            Step::Whole { tag, len } if tx && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C') => {
+            Step::Whole {
+                tag: frontend::QUERY,
+                len,
+            } if tx => self.route_query(ready, len),
+            Step::Whole { tag, len }
+                if tx
+                    && matches!(
+                        tag,
+                        frontend::PARSE
+                            | frontend::BIND
+                            | frontend::DESCRIBE
+                            | frontend::EXECUTE
+                            | frontend::CLOSE
+                    ) =>
+            {
                 self.route_extended(ready, tag, len, whole.no_server)
             }
             Step::Whole { tag, len } => Route::Send {
@@ -371,7 +395,7 @@ impl Session {
             }
         }
         Route::Send {
-            tag: b'Q',
+            tag: frontend::QUERY,
             len,
             text,
         }
@@ -382,7 +406,7 @@ impl Session {
     /// or a statement that is missing; otherwise sent.
     #[inline(always)]
     fn route_extended(&mut self, ready: usize, tag: u8, len: usize, no_server: bool) -> Route {
-        if no_server && tag == b'P' && ready == 0 {
+        if no_server && tag == frontend::PARSE && ready == 0 {
             if let Some(parses) = self.known_parses() {
                 return Route::Here(Here::Prepare(parses));
             }
@@ -390,7 +414,7 @@ impl Session {
         let body = &self.io.cbuf[ready + 5..ready + len];
         let mut may_listen = true;
         let mut text = TextFacts::UNREAD;
-        if tag == b'P' {
+        if tag == frontend::PARSE {
             if let Some(sql) = crate::protocol::frontend::parse_text(body) {
                 let scan = query_scan::scan(sql, true);
                 may_listen = scan.listen;
@@ -514,7 +538,7 @@ impl Session {
                 return Flow::End(end);
             }
         }
-        self.send(ready, b'Q', len, text, mixed)
+        self.send(ready, frontend::QUERY, len, text, mixed)
     }
 
     /// A whole message at `cbuf[*ready..]` for the server, which the client
@@ -533,7 +557,7 @@ impl Session {
     ) -> Flow {
         let tx = self.mode == PoolMode::Transaction;
         let at = *ready;
-        if tx || tag == b'Q' {
+        if tx || tag == frontend::QUERY {
             let idle = self.txn.is_idle();
             keep_for_replay(
                 &mut self.ext.replay,
@@ -542,14 +566,14 @@ impl Session {
                 &self.io.cbuf[at..at + len],
             );
         }
-        if tx && matches!(tag, b'Q' | b'P') {
+        if tx && matches!(tag, frontend::QUERY | frontend::PARSE) {
             self.note_notifies(tag, at, len);
         }
         self.note_client_message(tag);
         let forwarded = if !tx {
             // Session mode: the Query passes as sent.
             Ok(Forwarded::AsSent)
-        } else if tag == b'Q' {
+        } else if tag == frontend::QUERY {
             // A Query mixing LISTEN with other statements is not also
             // rewritten for statement names (a rare pair): the replies its
             // LISTENs get are queued before its ReadyForQuery.
@@ -596,10 +620,12 @@ impl Session {
         let owed = self.note_client_message(tag);
         if tx && owed {
             match tag {
-                b'B' => self.ext.expect.push(Reply::BindComplete, Action::Forward),
-                b'D' => self.ext.expect.push(Reply::Describe, Action::Forward),
-                b'E' => self.ext.expect.push(Reply::Execute, Action::Forward),
-                b'S' | b'Q' | b'F' => self.ext.expect.push(Reply::Ready, Action::Forward),
+                frontend::BIND => self.ext.expect.push(Reply::BindComplete, Action::Forward),
+                frontend::DESCRIBE => self.ext.expect.push(Reply::Describe, Action::Forward),
+                frontend::EXECUTE => self.ext.expect.push(Reply::Execute, Action::Forward),
+                frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL => {
+                    self.ext.expect.push(Reply::Ready, Action::Forward)
+                }
                 _ => {}
             }
         }
@@ -634,18 +660,22 @@ impl Session {
             self.txn.started = Some(Instant::now());
         }
         match tag {
-            b'S' | b'H' if self.txn.copy_ignores() => return false,
-            b'Q' => {
+            frontend::SYNC | frontend::FLUSH if self.txn.copy_ignores() => return false,
+            frontend::QUERY => {
                 self.txn.ready_sent(true);
                 self.pool.stats.queries.inc();
             }
-            b'S' | b'F' => self.txn.ready_sent(false),
-            b'E' => {
+            frontend::SYNC | frontend::FUNCTION_CALL => self.txn.ready_sent(false),
+            frontend::EXECUTE => {
                 self.txn.unsynced = true;
                 self.pool.stats.queries.inc();
             }
-            b'P' | b'B' | b'D' | b'C' | b'H' => self.txn.unsynced = true,
-            b'c' | b'f' => self.txn.copy_end_sent(),
+            frontend::PARSE
+            | frontend::BIND
+            | frontend::DESCRIBE
+            | frontend::CLOSE
+            | frontend::FLUSH => self.txn.unsynced = true,
+            frontend::COPY_DONE | frontend::COPY_FAIL => self.txn.copy_end_sent(),
             _ => {}
         }
         true

@@ -12,6 +12,7 @@ use super::expect::{Action, Reply, Undo};
 use super::prepared::{changed_result_type_error, Statement};
 use super::session::Session;
 use crate::protocol::frontend::build_target;
+use crate::protocol::tag::{frontend, target};
 
 /// A Flush: the server sends what it has answered so far.
 const FLUSH: &[u8] = b"H\0\0\0\x04";
@@ -32,7 +33,7 @@ impl Session {
         };
         if let Some(victim) = p.server.prepared.insert(st.name.clone(), cap) {
             let mut close = BytesMut::new();
-            build_target(&mut close, b'C', b'S', &victim);
+            build_target(&mut close, frontend::CLOSE, target::STATEMENT, &victim);
             // The eviction reaches the server before the new Parse. When
             // an error before it makes the server skip it, the server
             // keeps the statement the list no longer has.
@@ -47,7 +48,12 @@ impl Session {
         }
         if p.server.prepared.is_unsure() {
             // The server may still have it (see `PreparedSet::forget_all`).
-            build_target(&mut self.io.to_server, b'C', b'S', &st.name);
+            build_target(
+                &mut self.io.to_server,
+                frontend::CLOSE,
+                target::STATEMENT,
+                &st.name,
+            );
             self.ext.expect.push(Reply::CloseComplete, Action::Swallow);
         }
     }
@@ -72,7 +78,12 @@ impl Session {
         }
         if server.unwrap_or(0) == 0 {
             self.ensure_prepared(st);
-            build_target(&mut self.io.to_server, b'D', b'S', &st.name);
+            build_target(
+                &mut self.io.to_server,
+                frontend::DESCRIBE,
+                target::STATEMENT,
+                &st.name,
+            );
             self.ext.expect.push_describe(Action::Swallow, st.clone());
             self.io.to_server.extend_from_slice(FLUSH);
             self.ext.shape_wait = true;
@@ -91,7 +102,12 @@ impl Session {
         if let Some(p) = self.server.as_mut() {
             p.server.prepared.remove(&st.name);
         }
-        build_target(&mut self.io.to_server, b'C', b'S', &st.name);
+        build_target(
+            &mut self.io.to_server,
+            frontend::CLOSE,
+            target::STATEMENT,
+            &st.name,
+        );
         self.ext.expect.push(Reply::CloseComplete, Action::Swallow);
         true
     }

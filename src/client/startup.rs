@@ -48,6 +48,11 @@ impl LoginRequest {
         self.params.value(self.database.unwrap_or(self.user))
     }
 
+    /// The `application_name` the client gave, or "".
+    pub fn application_name(&self) -> &str {
+        self.params.get("application_name").unwrap_or("")
+    }
+
     pub fn certificate(&self) -> Option<&ClientCertificate> {
         self.certificate.as_deref()
     }

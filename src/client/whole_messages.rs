@@ -1,23 +1,26 @@
 //! Which client messages the relay reads whole before it routes them
 //! (`route.rs`), and which message types a client may send at all.
 
+use crate::protocol::tag::frontend;
+
 /// Message types a client may send after login.
 pub(super) fn is_frontend_tag(tag: u8) -> bool {
     matches!(
         tag,
-        b'Q' | b'P'
-            | b'B'
-            | b'E'
-            | b'D'
-            | b'C'
-            | b'H'
-            | b'S'
-            | b'F'
-            | b'd'
-            | b'c'
-            | b'f'
-            | b'X'
-            | b'p'
+        frontend::QUERY
+            | frontend::PARSE
+            | frontend::BIND
+            | frontend::EXECUTE
+            | frontend::DESCRIBE
+            | frontend::CLOSE
+            | frontend::FLUSH
+            | frontend::SYNC
+            | frontend::FUNCTION_CALL
+            | frontend::COPY_DATA
+            | frontend::COPY_DONE
+            | frontend::COPY_FAIL
+            | frontend::TERMINATE
+            | frontend::PASSWORD
     )
 }
 
@@ -46,16 +49,16 @@ impl WholeMessages {
         if !self.transaction_mode {
             // In session mode a Query is read whole only for the DROP
             // DATABASE retry (`replay.rs`).
-            return matches!(tag, b'X' | b'Q');
+            return matches!(tag, frontend::TERMINATE | frontend::QUERY);
         }
         match tag {
-            b'X' | b'P' | b'C' | b'Q' => true,
-            b'B' | b'D' => self.names,
-            b'S' => self.no_server || self.skipping,
-            b'H' => self.no_server,
+            frontend::TERMINATE | frontend::PARSE | frontend::CLOSE | frontend::QUERY => true,
+            frontend::BIND | frontend::DESCRIBE => self.names,
+            frontend::SYNC => self.no_server || self.skipping,
+            frontend::FLUSH => self.no_server,
             // Copy messages with no server held belong to no COPY.
-            b'd' | b'c' | b'f' => self.no_server,
-            b'E' => self.local_portals,
+            frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => self.no_server,
+            frontend::EXECUTE => self.local_portals,
             _ => false,
         }
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 mod error;
+pub mod keys;
 mod validate;
 
 use error::invalid;
@@ -584,7 +585,7 @@ impl Config {
     }
 
     /// Keeps `running`'s values of the settings only a restart can change
-    /// (see `admin::config_keys`): what SHOW CONFIG shows after a RELOAD is
+    /// (see `keys`): what SHOW CONFIG shows after a RELOAD is
     /// what runs.
     pub fn keep_restart_settings(&mut self, running: &Config) {
         let (p, r) = (&mut self.proxy, &running.proxy);

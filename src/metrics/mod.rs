@@ -10,6 +10,8 @@ use prometheus::{
     Registry,
 };
 
+use crate::protocol::Side;
+
 /// Buckets from 100 µs to 30 s, for wait and transaction durations.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -40,6 +42,8 @@ pub struct Metrics {
     /// Logins refused by authentication, by database and user (empty for
     /// names pgharbor does not know, so strangers cannot add series).
     pub login_failures: IntCounterVec,
+    /// Client connections that ended with an error, by who failed.
+    client_errors: IntCounterVec,
     /// When the last RELOAD (console, SIGHUP or a watched file) was tried.
     pub config_last_reload: IntGauge,
     /// 1 if that RELOAD was applied, 0 if the file was refused.
@@ -66,6 +70,21 @@ fn cancel_requests(r: &Registry) -> IntCounterVec {
         cancel_requests.with_label_values(&[result]);
     }
     cancel_requests
+}
+
+/// `pgharbor_client_errors_total`, with a series for every side from the
+/// start.
+fn client_errors(r: &Registry) -> IntCounterVec {
+    let client_errors = counter_vec(
+        r,
+        "pgharbor_client_errors_total",
+        "Client connections past their handshake that ended with an error, by who failed (client, server, pgharbor)",
+        &["side"],
+    );
+    for side in Side::ALL {
+        client_errors.with_label_values(&[side.label()]);
+    }
+    client_errors
 }
 
 /// The families of the per-pool series (labels `database`, `user`).
@@ -266,6 +285,7 @@ impl Metrics {
                 "Logins refused by authentication (wrong password, unknown user, access rules)",
                 &["database", "user"],
             ),
+            client_errors: client_errors(&r),
             config_last_reload: gauge(
                 &r,
                 "pgharbor_config_last_reload_timestamp_seconds",
@@ -278,6 +298,11 @@ impl Metrics {
             ),
             registry: r,
         }
+    }
+
+    /// Counts a client connection that ended with an error `side` caused.
+    pub fn client_error(&self, side: Side) {
+        self.client_errors.with_label_values(&[side.label()]).inc();
     }
 
     /// The handles of one pool, creating its series.

@@ -27,6 +27,31 @@ impl Severity {
     }
 }
 
+/// Who failed, when a client's connection ends with an error: the label
+/// of its log line and of `pgharbor_client_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client's connection failed or the client broke the protocol.
+    Client,
+    /// The server connection failed, or could not be opened.
+    Server,
+    /// pgharbor refused or ended the session: authentication, access
+    /// rules, limits, timeouts, shutdown.
+    Pgharbor,
+}
+
+impl Side {
+    pub const ALL: [Side; 3] = [Side::Client, Side::Server, Side::Pgharbor];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+            Side::Pgharbor => "pgharbor",
+        }
+    }
+}
+
 /// An ErrorResponse pgharbor builds. FATAL means the connection closes right
 /// after it, and no ReadyForQuery follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +71,23 @@ impl PgError {
             message: message.into(),
             detail: None,
             hint: None,
+        }
+    }
+
+    /// Who failed, by the error's SQLSTATE: a protocol violation is the
+    /// client's, the other connection exceptions pgharbor sends are the
+    /// server connection's, every other error is pgharbor's own refusal.
+    pub fn side(&self) -> Side {
+        use super::sqlstate::{
+            CONNECTION_EXCEPTION, CONNECTION_FAILURE, PROTOCOL_VIOLATION,
+            SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+        };
+        match self.code {
+            PROTOCOL_VIOLATION => Side::Client,
+            CONNECTION_EXCEPTION
+            | CONNECTION_FAILURE
+            | SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION => Side::Server,
+            _ => Side::Pgharbor,
         }
     }
 
@@ -205,5 +247,19 @@ mod tests {
         for junk in [&b""[..], b"S", b"SFATAL", b"\x00\x00", b"Mabc\x00C"] {
             let _ = ServerErrorFields::parse(junk);
         }
+    }
+
+    #[test]
+    fn a_protocol_violation_is_the_clients_a_lost_connection_the_servers_the_rest_pgharbors() {
+        use crate::protocol::sqlstate;
+        let side = |code| PgError::fatal(code, "").side();
+        assert_eq!(side(sqlstate::PROTOCOL_VIOLATION), Side::Client);
+        assert_eq!(side(sqlstate::CONNECTION_FAILURE), Side::Server);
+        assert_eq!(
+            side(sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+            Side::Server
+        );
+        assert_eq!(side(sqlstate::TOO_MANY_CONNECTIONS), Side::Pgharbor);
+        assert_eq!(side(sqlstate::INVALID_PASSWORD), Side::Pgharbor);
     }
 }

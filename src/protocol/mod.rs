@@ -9,5 +9,5 @@ pub mod sqlstate;
 pub mod startup;
 pub mod tag;
 
-pub use error::{PgError, Severity};
+pub use error::{PgError, Severity, Side};
 pub use frame::{FrameScanner, ProtocolError};

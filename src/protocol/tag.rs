@@ -64,6 +64,16 @@ pub mod error_field {
     pub const MESSAGE: u8 = b'M';
     pub const DETAIL: u8 = b'D';
     pub const HINT: u8 = b'H';
+    /// The source file that raised the error.
+    pub const FILE: u8 = b'F';
+    /// The source function that raised the error.
+    pub const ROUTINE: u8 = b'R';
+}
+
+/// What a Describe or Close names: a prepared statement or a portal.
+pub mod target {
+    pub const STATEMENT: u8 = b'S';
+    pub const PORTAL: u8 = b'P';
 }
 
 /// The transaction status a ReadyForQuery carries.

@@ -53,7 +53,7 @@ async fn start_from(path: &Path) -> Proxy {
     let config = Config::load(path).expect("valid config");
     let proxy = Proxy::start(config).await.expect("start pgharbor");
     // So that the console's RELOAD re-reads this file.
-    let _ = proxy.state().config_path.set(path.to_path_buf());
+    let _ = proxy.state().set_config_path(path.to_path_buf());
     proxy
 }
 

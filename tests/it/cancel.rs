@@ -69,7 +69,7 @@ async fn cancel_confirmed(token: &CancelToken, addr: std::net::SocketAddr) {
 fn cancel_count(proxy: &pgharbor::Proxy, result: &str) -> u64 {
     proxy
         .state()
-        .metrics
+        .metrics()
         .cancel_requests
         .with_label_values(&[result])
         .get()
@@ -168,7 +168,7 @@ async fn token_cancel_in(db: &str, marker: &str) {
         let released = eventually(Duration::from_secs(5), || async {
             proxy
                 .state()
-                .pools
+                .pools()
                 .all()
                 .iter()
                 .all(|p| p.stats.clients_active.get() == 0)

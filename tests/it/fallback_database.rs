@@ -80,7 +80,7 @@ password = "admin-pw"
         "pool not listed"
     );
     let series = format!("database=\"{db}\"");
-    assert!(proxy.state().metrics.render().contains(&series));
+    assert!(proxy.state().metrics().render().contains(&series));
     drop(client);
     // server_idle_timeout (1 s) closes its idle server, then the pool goes:
     // poll at most 100 times, 100 ms apart.
@@ -94,7 +94,7 @@ password = "admin-pw"
     }
     assert!(gone, "the unused pool of {db} is still listed");
     // Its series went with it.
-    let metrics = proxy.state().metrics.render();
+    let metrics = proxy.state().metrics().render();
     assert!(!metrics.contains(&series), "{metrics}");
     // Nothing of pgharbor's is left on it: Postgres drops it at once.
     pg().psql("app", &format!("DROP DATABASE {db}"))

@@ -108,7 +108,7 @@ async fn a_thousand_concurrent_wrong_passwords_fail_while_others_are_served_and_
     let proxy = start_proxy("transaction", 2).await;
     let before = proxy
         .state()
-        .metrics
+        .metrics()
         .login_failures
         .with_label_values(&["app", USER])
         .get();
@@ -159,7 +159,7 @@ async fn a_thousand_concurrent_wrong_passwords_fail_while_others_are_served_and_
     served.abort();
     let after = proxy
         .state()
-        .metrics
+        .metrics()
         .login_failures
         .with_label_values(&["app", USER])
         .get();

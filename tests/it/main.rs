@@ -10,6 +10,7 @@ mod auth_secrets;
 mod backend_pid;
 mod cancel;
 mod cli;
+mod client_errors;
 mod conformance;
 mod copy;
 mod deploy;

@@ -527,7 +527,7 @@ async fn reload_and_shutdown_from_the_console() {
     let text = config_text("transaction", 2, "");
     std::fs::write(&path, &text).unwrap();
     let proxy = start_proxy_with(&text).await;
-    proxy.state().config_path.set(path.clone()).unwrap();
+    proxy.state().set_config_path(path.clone()).unwrap();
     let e = tokio_postgres::connect(&dsn(&proxy, "pgharbor"), tokio_postgres::NoTls)
         .await
         .err()

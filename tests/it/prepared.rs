@@ -197,7 +197,7 @@ async fn session_state_pins_the_client_to_its_server() {
         let got = rows_text(&c.simple_query("select a from scratch").await.unwrap());
         assert_eq!(got, vec!["7".to_string()]);
     }
-    assert_eq!(proxy.state().metrics.session_pins.get(), 1);
+    assert_eq!(proxy.state().metrics().session_pins.get(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,14 +199,14 @@ async fn a_typo_in_the_file_names_line_and_key_and_the_old_settings_keep_working
         "the running config is kept"
     );
 
-    let metrics = fp.proxy.state().metrics.render();
+    let metrics = fp.proxy.state().metrics().render();
     assert!(
         metrics.contains("pgharbor_config_last_reload_success 0"),
         "{metrics}"
     );
     fp.write(&good);
     reload(&admin).await;
-    let metrics = fp.proxy.state().metrics.render();
+    let metrics = fp.proxy.state().metrics().render();
     assert!(
         metrics.contains("pgharbor_config_last_reload_success 1"),
         "{metrics}"
@@ -345,7 +345,7 @@ async fn watch_config_applies_a_configmap_update_and_ignores_an_invalid_one_unti
     let pool = fp
         .proxy
         .state()
-        .pools
+        .pools()
         .all()
         .into_iter()
         .find(|p| p.key.database == "app");
@@ -353,7 +353,7 @@ async fn watch_config_applies_a_configmap_update_and_ignores_an_invalid_one_unti
     let state = fp.proxy.state().clone();
     let reload_failed = || {
         state
-            .metrics
+            .metrics()
             .render()
             .contains("pgharbor_config_last_reload_success 0")
     };

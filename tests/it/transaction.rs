@@ -599,6 +599,6 @@ async fn reset_all_restores_the_clients_startup_settings_as_on_postgres() {
         "postgres: {seen:?}"
     );
     assert_eq!(seen[1], seen[0], "pgharbor answers as postgres does");
-    let pins = proxy.state().metrics.session_pins.get();
+    let pins = proxy.state().metrics().session_pins.get();
     assert_eq!(pins, 0, "RESET ALL does not pin");
 }

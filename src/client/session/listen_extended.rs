@@ -25,7 +25,7 @@ use crate::protocol::frame::{read_cstr, read_cstr_bytes};
 use crate::protocol::frontend::{
     bind_params, parameter_types, parse_bind, parse_parse, parse_target,
 };
-use crate::protocol::tag::TxStatus;
+use crate::protocol::tag::{frontend, target, TxStatus};
 use crate::protocol::{sqlstate, PgError};
 
 /// A Parse that always fails with a syntax error and stores nothing, so the
@@ -64,14 +64,14 @@ impl LocalStatements {
     /// of the same name.
     pub(crate) fn forget_shadowed(&mut self, tag: u8, body: &[u8]) {
         match tag {
-            b'P' => {
+            frontend::PARSE => {
                 if let Ok(p) = parse_parse(body) {
                     if p.name.is_empty() {
                         self.statements.remove("");
                     }
                 }
             }
-            b'B' => {
+            frontend::BIND => {
                 if let Ok(b) = parse_bind(body) {
                     self.portals.remove(b.portal);
                 }
@@ -117,7 +117,7 @@ impl Session {
     ) -> LocalAction {
         let local = self.listening.local.as_deref();
         match tag {
-            b'P' => {
+            frontend::PARSE => {
                 let Ok(p) = parse_parse(body) else {
                     return LocalAction::NotLocal;
                 };
@@ -256,7 +256,7 @@ impl Session {
             }
             LocalAction::Close { kind, name } => {
                 if let Some(local) = self.listening.local.as_deref_mut() {
-                    if kind == b'S' {
+                    if kind == target::STATEMENT {
                         local.statements.remove(&name);
                     } else {
                         local.portals.remove(&name);
@@ -327,7 +327,7 @@ impl Session {
 impl LocalStatements {
     fn classify(&self, tag: u8, body: &[u8]) -> LocalAction {
         match tag {
-            b'B' => match parse_bind(body) {
+            frontend::BIND => match parse_bind(body) {
                 Ok(b) if self.statements.contains_key(b.statement) => LocalAction::Bind {
                     portal: b.portal.to_string(),
                     statement: b.statement.to_string(),
@@ -335,23 +335,25 @@ impl LocalStatements {
                 },
                 _ => LocalAction::NotLocal,
             },
-            b'D' => match parse_target(body) {
-                Ok((b'S', name)) if self.statements.contains_key(name) => {
+            frontend::DESCRIBE => match parse_target(body) {
+                Ok((target::STATEMENT, name)) if self.statements.contains_key(name) => {
                     LocalAction::DescribeStatement(name.to_string())
                 }
-                Ok((b'P', name)) if self.portals.contains_key(name) => LocalAction::DescribePortal,
+                Ok((target::PORTAL, name)) if self.portals.contains_key(name) => {
+                    LocalAction::DescribePortal
+                }
                 _ => LocalAction::NotLocal,
             },
-            b'E' => match read_cstr(body) {
+            frontend::EXECUTE => match read_cstr(body) {
                 Ok((portal, _)) if self.portals.contains_key(portal) => {
                     LocalAction::Execute(portal.to_string())
                 }
                 _ => LocalAction::NotLocal,
             },
-            b'C' => match parse_target(body) {
+            frontend::CLOSE => match parse_target(body) {
                 Ok((kind, name))
-                    if (kind == b'S' && self.statements.contains_key(name))
-                        || (kind == b'P' && self.portals.contains_key(name)) =>
+                    if (kind == target::STATEMENT && self.statements.contains_key(name))
+                        || (kind == target::PORTAL && self.portals.contains_key(name)) =>
                 {
                     LocalAction::Close {
                         kind,
@@ -396,28 +398,28 @@ mod tests {
             },
         );
         assert!(matches!(
-            l.classify(b'B', b"\0s1\0\0\0\0\0\0\0"),
+            l.classify(frontend::BIND, b"\0s1\0\0\0\0\0\0\0"),
             LocalAction::Bind { .. }
         ));
         assert!(matches!(
-            l.classify(b'B', b"\0s2\0\0\0\0\0\0\0"),
+            l.classify(frontend::BIND, b"\0s2\0\0\0\0\0\0\0"),
             LocalAction::NotLocal
         ));
         assert!(matches!(
-            l.classify(b'D', b"Ss1\0"),
+            l.classify(frontend::DESCRIBE, b"Ss1\0"),
             LocalAction::DescribeStatement(_)
         ));
         assert!(matches!(
-            l.classify(b'E', b"\0\0\0\0\0"),
+            l.classify(frontend::EXECUTE, b"\0\0\0\0\0"),
             LocalAction::NotLocal
         ));
         l.portals
             .insert(String::new(), ListenCommand::Listen("a".into()));
         assert!(matches!(
-            l.classify(b'E', b"\0\0\0\0\0"),
+            l.classify(frontend::EXECUTE, b"\0\0\0\0\0"),
             LocalAction::Execute(_)
         ));
-        l.forget_shadowed(b'B', b"\0other\0\0\0\0\0\0\0");
+        l.forget_shadowed(frontend::BIND, b"\0other\0\0\0\0\0\0\0");
         assert!(!l.has_portals());
     }
 }

@@ -24,9 +24,9 @@ use crate::config::PoolMode;
 use crate::net::Stream;
 use crate::pool::{Pool, PooledServer};
 use crate::protocol::tag::TxStatus;
-use crate::protocol::{FrameScanner, PgError};
+use crate::protocol::{FrameScanner, PgError, Side};
 use crate::server::ServerError;
-use crate::State;
+use crate::state::State;
 
 /// How a session ends when it ends early (a FATAL sent, the server lost).
 /// Boxed: these rare paths await writes and a cancel's clean-up, and as
@@ -49,6 +49,22 @@ pub enum SessionError {
     ClientProtocol(#[from] crate::protocol::ProtocolError),
     #[error("server connection lost: {0}")]
     ServerLost(Box<ServerError>),
+}
+
+impl SessionError {
+    /// Who failed: the client (its connection, or the protocol), the
+    /// server connection, or pgharbor, which refused or ended the session.
+    pub fn side(&self) -> Side {
+        match self {
+            SessionError::Startup(e) => match &**e {
+                StartupError::Refuse(e) => e.side(),
+                _ => Side::Client,
+            },
+            SessionError::Refused(e) => e.side(),
+            SessionError::ClientIo(_) | SessionError::ClientProtocol(_) => Side::Client,
+            SessionError::ServerLost(_) => Side::Server,
+        }
+    }
 }
 
 impl From<StartupError> for SessionError {
@@ -257,7 +273,7 @@ impl Session {
     /// Tells the LISTEN hub this client no longer holds its server.
     pub(super) fn forget_sender(&mut self) {
         if let Some(key) = self.listening.noted_sender.take() {
-            self.state.listen.forget_server_pid(&key);
+            self.state.listen().forget_server_pid(&key);
         }
     }
 

@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use super::Session;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::sqlstate;
+use crate::protocol::tag::{backend, frontend};
 use crate::sql::drop_database;
 
 /// Groups larger than this are not kept for a retry.
@@ -88,7 +89,14 @@ impl Replay {
     /// A server message with `tag` goes to the client.
     pub(crate) fn note_forwarded(&mut self, tag: u8) {
         // ParameterStatus, notices and notifications are not replies.
-        if !matches!(tag, b'S' | b'N' | b'A' | b'E' | b'Z') {
+        if !matches!(
+            tag,
+            backend::PARAMETER_STATUS
+                | backend::NOTICE_RESPONSE
+                | backend::NOTIFICATION_RESPONSE
+                | backend::ERROR_RESPONSE
+                | backend::READY_FOR_QUERY
+        ) {
             self.replied = true;
         }
     }
@@ -109,8 +117,9 @@ pub(in crate::client) fn keep_for_replay(
     // that only drops (or copies) a database: every other message, with no
     // group kept, has nothing to do here. The first byte of the text rules
     // out the rest (every Query comes here).
-    let may_start =
-        tag == Some(b'Q') && idle && bytes.get(5..).is_some_and(drop_database::may_be_one);
+    let may_start = tag == Some(frontend::QUERY)
+        && idle
+        && bytes.get(5..).is_some_and(drop_database::may_be_one);
     if replay.is_some() || may_start {
         keep_or_start(replay, idle, tag, bytes);
     }
@@ -123,7 +132,7 @@ fn keep_or_start(replay: &mut Option<Box<Replay>>, idle: bool, tag: Option<u8>, 
     }
     let retry = match tag {
         // The relay checked that the text ends in its NUL.
-        Some(b'Q') if idle => bytes[5..]
+        Some(frontend::QUERY) if idle => bytes[5..]
             .strip_suffix(b"\0")
             .and_then(|sql| drop_database::target(sql).or_else(|| drop_database::template(sql)))
             .map(|db| Retry::DropDatabase(db.into())),
@@ -159,7 +168,8 @@ fn keep_message(replay: &mut Option<Box<Replay>>, tag: Option<u8>, bytes: &[u8])
     };
     if !r.keep(bytes) {
         *replay = None;
-    } else if tag == Some(b'S') || (tag == Some(b'Q') && matches!(r.retry, Retry::DropDatabase(_)))
+    } else if tag == Some(frontend::SYNC)
+        || (tag == Some(frontend::QUERY) && matches!(r.retry, Retry::DropDatabase(_)))
     {
         r.complete = true;
     }
@@ -182,7 +192,7 @@ impl Session {
         match r.retry.clone() {
             Retry::DropDatabase(db) => {
                 let t = self.pool.target();
-                let closed = self.state.pools.close_idle_to(&t.host, t.port, &db);
+                let closed = self.state.pools().close_idle_to(&t.host, t.port, &db);
                 tracing::info!(database = %db, idle_servers_closed = closed, "the database is in use (DROP DATABASE, or CREATE DATABASE from it as template); closed pgharbor's idle servers to it and retrying once");
             }
         }

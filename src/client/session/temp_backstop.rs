@@ -99,7 +99,7 @@ impl Session {
             reason = why,
             "client pinned to its server: its temporary schema is in use (session_state = \"pin\")"
         );
-        self.state.metrics.session_pins.inc();
+        self.state.metrics().session_pins.inc();
         self.txn.pinned = Some(format!("{why} (temporary schema in use)"));
         TempCheck::Pinned
     }

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::cancel::CancelSlot;
-use crate::client::startup::LoginRequest;
 use crate::id_map::IdMap;
 use crate::pool::PoolKey;
 
@@ -71,7 +70,7 @@ impl ClientRegistry {
     /// Lists a client until the returned entry is dropped.
     pub fn register(
         self: &Arc<Self>,
-        login: &LoginRequest,
+        application_name: &str,
         names: Arc<PoolKey>,
         addr: SocketAddr,
         local_addr: Option<SocketAddr>,
@@ -79,17 +78,12 @@ impl ClientRegistry {
         slot: &Arc<CancelSlot>,
     ) -> ClientEntry {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let application_name = login
-            .params
-            .get("application_name")
-            .map(str::to_owned)
-            .unwrap_or_default();
         let info = Arc::new(ClientInfo {
             id,
             addr,
             local_addr,
             names,
-            application_name,
+            application_name: application_name.to_owned(),
             connect_time: SystemTime::now(),
             tls,
             slot: slot.clone(),

@@ -4,7 +4,7 @@
 //! checks that table, and that the list names every key the config structs
 //! accept).
 
-use crate::config::{Config, PoolDefaults};
+use super::{Config, PoolDefaults};
 
 /// When a changed key takes effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,7 +370,7 @@ mod tests {
                 let pool_key = format!("pool.{field}");
                 let listed =
                     table.contains(&key) || (name == "databases" && table.contains(&pool_key));
-                assert!(listed, "`{key}` is missing from admin/config_keys.rs");
+                assert!(listed, "`{key}` is missing from config/keys.rs");
                 checked += 1;
             }
         }
