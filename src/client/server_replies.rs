@@ -210,7 +210,10 @@ impl Session {
             server_inspects_tx
         } else if !tx {
             server_inspects
-        } else if !self.listening.pending_listens.is_empty() || self.txn.pinned.is_none() {
+        } else if !self.listening.pending_listens.is_empty()
+            || self.txn.pinned.is_none()
+            || self.listening.notify_open
+        {
             server_inspects_listen
         } else {
             server_inspects
@@ -380,15 +383,23 @@ impl Session {
         // is looked at again.
         self.ext.shape_wait = false;
         let idle = status == TxStatus::Idle;
-        if idle && !self.listening.pending_listens.is_empty() {
+        if idle && (self.listening.notify_open || !self.listening.pending_listens.is_empty()) {
             // An explicit transaction ends with COMMIT or ROLLBACK (also
             // the tag of a failed COMMIT); an implicit one commits unless
             // it failed.
-            burst.listen_txn_end = Some(match self.listening.last_command_tag.as_deref() {
+            let committed = match self.listening.last_command_tag.as_deref() {
                 Some("COMMIT") => true,
                 Some("ROLLBACK") => false,
                 _ => !self.txn.failed,
-            });
+            };
+            if self.listening.notify_open {
+                self.end_notify_transaction(committed);
+            }
+            if self.listening.pending_listens.is_empty() {
+                self.listening.last_command_tag = None;
+            } else {
+                burst.listen_txn_end = Some(committed);
+            }
         }
         self.txn.failed = false;
         if idle {
@@ -471,7 +482,7 @@ impl Session {
                 p.server.applied.clear();
             }
         }
-        if !self.listening.pending_listens.is_empty() {
+        if self.listening.notify_open || !self.listening.pending_listens.is_empty() {
             self.listening.last_command_tag = crate::protocol::frame::read_cstr(body)
                 .ok()
                 .map(|(t, _)| t.to_owned());

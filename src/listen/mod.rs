@@ -123,6 +123,15 @@ impl ListenHub {
             .note_notify(server.addr, server.pid, client_pid, targets);
     }
 
+    /// The transaction of the client with `client_pid` on `server`, which
+    /// sent notifications ([`ListenHub::note_notify`]), ended: committed or
+    /// not (see `senders.rs`).
+    pub fn end_notify_transaction(&self, server: &ServerKey, client_pid: i32, committed: bool) {
+        self.shared
+            .senders
+            .end_transaction(server.addr, server.pid, client_pid, committed);
+    }
+
     /// The server went back to the pool or was closed (call at return).
     pub fn forget_server_pid(&self, server: &ServerKey) {
         self.shared.senders.forget(server.addr, server.pid);

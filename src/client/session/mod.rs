@@ -192,6 +192,9 @@ pub(super) struct Listening {
     pub local: Option<Box<listen_extended::LocalStatements>>,
     /// Tag of the last CommandComplete, while LISTENs wait for COMMIT.
     pub last_command_tag: Option<String>,
+    /// The open transaction sent notifications the LISTEN hub keeps
+    /// (`listen/senders.rs`): its end is told to the hub.
+    pub notify_open: bool,
     /// The server this client holds was announced to the LISTEN hub.
     pub noted_sender: Option<crate::server::ServerKey>,
     /// The open transaction may have sent a NOTIFY while the client
@@ -256,6 +259,8 @@ impl Session {
     /// Gives the server back: to the pool if it is clean, closed otherwise.
     /// Tells the LISTEN hub this client no longer holds its server.
     pub(super) fn forget_sender(&mut self) {
+        // What an open transaction sent there is dropped with it.
+        self.listening.notify_open = false;
         if let Some(key) = self.listening.noted_sender.take() {
             self.state.listen.forget_server_pid(&key);
         }
