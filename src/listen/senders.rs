@@ -22,7 +22,8 @@
 //! earlier, so heard already or never to be heard) are dropped with it.
 //! Two clients sending the same channel and payload through one server
 //! are told apart by that order. A transaction that rolled back takes its
-//! notifications with it.
+//! notifications with it, and one on a channel nobody listens to is not
+//! kept (`ListenHub::note_notify`): it would never be heard.
 //!
 //! A notification no kept NOTIFY names (a trigger, a function, a payload
 //! that is not a literal) falls back on the holders: among the clients
@@ -33,9 +34,9 @@
 //!
 //! What this cannot see: a kept NOTIFY that sent nothing although its
 //! transaction committed (`SELECT pg_notify('c', 'p') WHERE false`, a
-//! statement after `ROLLBACK TO SAVEPOINT`) may be taken, until it is
-//! dropped, for an identical notification a trigger sent later through
-//! the same server.
+//! statement after `ROLLBACK TO SAVEPOINT`, a channel unlistened before
+//! the COMMIT) may be taken, until it is dropped, for an identical
+//! notification sent later through the same server.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

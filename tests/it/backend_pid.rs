@@ -259,3 +259,46 @@ async fn in_transaction_mode_two_clients_notifying_one_channel_through_one_serve
         assert_eq!(pooled, direct, "pgharbor, a pool of {pool_size}");
     }
 }
+
+/// Client 0 notifies a channel nobody listens to; client 2 then listens
+/// to it and client 1 sends the very same notification (one server in
+/// transaction mode carries both). Whose pid the notification client 2
+/// hears carries.
+async fn a_notification_after_one_nobody_heard(addr: SocketAddr, db: &str) -> Vec<&'static str> {
+    const CHANNEL: &str = "unheard_then_heard";
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(login(addr, db).await);
+    }
+    let steps = [
+        // Some channel is listened to, so pgharbor's LISTEN hub runs.
+        (2, "LISTEN unheard_other".to_string()),
+        (0, format!("NOTIFY {CHANNEL}, 'same'")),
+        (2, format!("LISTEN {CHANNEL}")),
+        (1, format!("NOTIFY {CHANNEL}, 'same'")),
+    ];
+    let mut heard = Vec::new();
+    for (k, sql) in steps {
+        clients[k].send(&query(&sql)).await;
+        heard.extend(clients[k].until_ready().await);
+    }
+    await_notifications(&mut clients[2], &mut heard, 1).await;
+    let pids = [key_pid(&clients[0]), key_pid(&clients[1])];
+    (heard.iter().filter(|m| m.tag == b'A'))
+        .map(|m| match notification(m).0 {
+            p if p == pids[1] => "its sender's",
+            p if p == pids[0] => "the unheard sender's",
+            _ => "neither's",
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_transaction_mode_a_notification_nobody_heard_is_never_taken_for_a_later_one_as_on_postgres(
+) {
+    let direct = a_notification_after_one_nobody_heard(direct_addr(), "app").await;
+    assert_eq!(direct, vec!["its sender's"], "postgres");
+    let proxy = start_proxy("transaction", 1).await;
+    let pooled = a_notification_after_one_nobody_heard(proxy.addr(), "app_tx").await;
+    assert_eq!(pooled, direct, "pgharbor, one server");
+}
