@@ -55,9 +55,18 @@ impl Session {
             return;
         };
         self.listening.notified |= self.listening.listen.is_some();
-        let targets = crate::listen::notify_targets(&String::from_utf8_lossy(sql));
+        let mut targets = crate::listen::notify_targets(&String::from_utf8_lossy(sql));
         if targets.is_empty() {
             return;
+        }
+        if tag == b'P' {
+            // A prepared statement may run in none of this transaction's
+            // Executes, or in several transactions: its notifications are
+            // not counted, only possible.
+            targets
+                .sent
+                .iter_mut()
+                .for_each(|(_, payload)| *payload = None);
         }
         let pid = self.cancel.slot.pid();
         let hub = &self.state.listen();
@@ -66,6 +75,17 @@ impl Session {
             self.listening.noted_sender = Some(key);
         }
         hub.note_notify(&key, pid, targets);
+        self.listening.notify_open = true;
+    }
+
+    /// The transaction that sent notifications the hub keeps ended with the
+    /// ReadyForQuery being read: they stand if it committed.
+    pub(super) fn end_notify_transaction(&mut self, committed: bool) {
+        self.listening.notify_open = false;
+        if let Some(key) = self.server.as_ref().map(|p| p.server.key) {
+            let pid = self.cancel.slot.pid();
+            self.state.listen().end_notify_transaction(&key, pid, committed);
+        }
     }
 
     /// Whether pgharbor may answer a simple Query itself now, and the

@@ -104,6 +104,7 @@ impl Session {
             if needs_server || self.mode == PoolMode::Session {
                 self.apply_settings_at_login().await?;
             }
+            self.own_startup = needs_server && self.mode == PoolMode::Session;
         }
         let shared = self.pool.share_params(&self.reported);
         self.reported = shared.map;

@@ -569,19 +569,35 @@ impl Session {
         if tx && matches!(tag, frontend::QUERY | frontend::PARSE) {
             self.note_notifies(tag, at, len);
         }
+        // Session mode follows no replies but those of a Query it rewrote,
+        // which must then be the only ones owed.
+        let alone = self.txn.pending == 0 && !self.txn.unsynced;
         self.note_client_message(tag);
         let forwarded = if !tx {
-            // Session mode: the Query passes as sent.
-            Ok(Forwarded::AsSent)
+            // Session mode: the Query passes as sent, unless it resets the
+            // startup settings pgharbor applied (`reset_all.rs`).
+            if tag == frontend::QUERY
+                && self.own_startup
+                && alone
+                && self.rewrite_reset_all(at, len)
+            {
+                self.emit_due_synthesized();
+                Ok(Forwarded::Rewritten)
+            } else {
+                Ok(Forwarded::AsSent)
+            }
         } else if tag == frontend::QUERY {
             // A Query mixing LISTEN with other statements is not also
             // rewritten for statement names (a rare pair): the replies its
             // LISTENs get are queued before its ReadyForQuery.
             let names = text.names_statements && mixed.is_none();
             if let Some(m) = mixed {
+                self.listening.planned_statements = m.statements.len();
                 self.expect_statements(*m);
             }
-            Ok(self.forward_query(at, len, text.may_hold_state, names))
+            let forwarded = self.forward_query(at, len, text.may_hold_state, names);
+            self.listening.planned_statements = 0;
+            Ok(forwarded)
         } else {
             let (state, names) = (text.may_hold_state, text.names_statements);
             self.rewrite_extended(tag, at, len, state, names)

@@ -13,6 +13,7 @@ use super::buffers::{append, try_fill};
 use super::expect::synthesize;
 use super::expect::{Outcome, Undo};
 use super::prepared::{client_names_in_error, row_shape, CHANGED_RESULT_TYPE};
+use super::reset_all::error_at_client_position;
 use super::session::temp_backstop::{tag_may_create_temp, TempCheck};
 use super::session::Ending;
 use super::session::{Session, SessionError};
@@ -200,7 +201,9 @@ impl Session {
 
     /// Which server messages this scan must see whole.
     fn server_inspects(&self) -> fn(u8) -> bool {
-        let tx = self.mode == PoolMode::Transaction;
+        // Session mode follows the expectation queue too while a Query it
+        // rewrote is answered (`reset_all.rs`).
+        let tx = self.mode == PoolMode::Transaction || !self.ext.expect.is_empty();
         // While the server reads COPY data, the CommandComplete that ends
         // the COPY is looked at too.
         let each = tx && self.ext.expect.needs_each_reply();
@@ -210,7 +213,10 @@ impl Session {
             server_inspects_tx
         } else if !tx {
             server_inspects
-        } else if !self.listening.pending_listens.is_empty() || self.txn.pinned.is_none() {
+        } else if !self.listening.pending_listens.is_empty()
+            || self.txn.pinned.is_none()
+            || self.listening.notify_open
+        {
             server_inspects_listen
         } else {
             server_inspects
@@ -267,7 +273,7 @@ impl Session {
         tag: u8,
         len: usize,
     ) {
-        let tx = self.mode == PoolMode::Transaction;
+        let tx = self.mode == PoolMode::Transaction || !self.ext.expect.is_empty();
         let body = &rbuf[burst.ready + 5..burst.ready + len];
         if self.txn.server_copy_in && matches!(tag, b'C' | b'E') {
             self.txn.copy_in_ended(tag == b'C');
@@ -303,11 +309,15 @@ impl Session {
         };
         // After the skip: a statement whose Close it skipped is the
         // client's again.
-        let renamed = if error {
+        let mut renamed = if error {
             self.client_names_in(body, &statements.undo)
         } else {
             None
         };
+        if let (b'E', Some(insertions)) = (tag, self.ext.reset_insertions.as_deref()) {
+            let body = renamed.as_deref().map_or(body, |m| &m[5..]);
+            renamed = error_at_client_position(body, insertions).or(renamed);
+        }
         if std::mem::take(&mut burst.drop_error) {
             outcome = Outcome::Swallow;
         }
@@ -376,19 +386,28 @@ impl Session {
         }
         self.txn.status = status;
         self.txn.ready_answered();
+        self.ext.reset_insertions = None;
         // [prepared statements] A Bind held for a Parse of an earlier group
         // is looked at again.
         self.ext.shape_wait = false;
         let idle = status == TxStatus::Idle;
-        if idle && !self.listening.pending_listens.is_empty() {
+        if idle && (self.listening.notify_open || !self.listening.pending_listens.is_empty()) {
             // An explicit transaction ends with COMMIT or ROLLBACK (also
             // the tag of a failed COMMIT); an implicit one commits unless
             // it failed.
-            burst.listen_txn_end = Some(match self.listening.last_command_tag.as_deref() {
+            let committed = match self.listening.last_command_tag.as_deref() {
                 Some("COMMIT") => true,
                 Some("ROLLBACK") => false,
                 _ => !self.txn.failed,
-            });
+            };
+            if self.listening.notify_open {
+                self.end_notify_transaction(committed);
+            }
+            if self.listening.pending_listens.is_empty() {
+                self.listening.last_command_tag = None;
+            } else {
+                burst.listen_txn_end = Some(committed);
+            }
         }
         self.txn.failed = false;
         if idle {
@@ -471,7 +490,7 @@ impl Session {
                 p.server.applied.clear();
             }
         }
-        if !self.listening.pending_listens.is_empty() {
+        if self.listening.notify_open || !self.listening.pending_listens.is_empty() {
             self.listening.last_command_tag = crate::protocol::frame::read_cstr(body)
                 .ok()
                 .map(|(t, _)| t.to_owned());

@@ -541,7 +541,9 @@ fn fan_out(l: &Listener, hub: &HubShared, addr: std::net::SocketAddr, msg: Bytes
     let Some(queues) = l.registry().fanout(channel) else {
         return;
     };
-    let shared: Bytes = match hub.senders.sender(addr, pid, channel) {
+    let rest = &body[4 + end + 1..];
+    let payload = &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())];
+    let shared: Bytes = match hub.senders.sender(addr, pid, channel, payload) {
         Some(client_pid) if client_pid != pid => {
             let mut m = BytesMut::with_capacity(msg.len());
             m.put_slice(&msg[..5]);

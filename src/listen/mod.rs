@@ -116,11 +116,28 @@ impl ListenHub {
     }
 
     /// The client with `client_pid`, holding `server`, sent it statements
-    /// that notify `targets` (see `senders.rs`).
-    pub fn note_notify(&self, server: &ServerKey, client_pid: i32, targets: NotifyTargets) {
+    /// that notify `targets` (see `senders.rs`). A notification on a
+    /// channel nobody listens to is never heard, so it is not kept: it
+    /// would be taken for a later one, once the channel is listened to.
+    pub fn note_notify(&self, server: &ServerKey, client_pid: i32, mut targets: NotifyTargets) {
+        if !targets.sent.is_empty() {
+            let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            targets.sent.retain(|(channel, _)| {
+                (listeners.values()).any(|l| l.registry().channels.contains_key(&**channel))
+            });
+        }
         self.shared
             .senders
             .note_notify(server.addr, server.pid, client_pid, targets);
+    }
+
+    /// The transaction of the client with `client_pid` on `server`, which
+    /// sent notifications ([`ListenHub::note_notify`]), ended: committed or
+    /// not (see `senders.rs`).
+    pub fn end_notify_transaction(&self, server: &ServerKey, client_pid: i32, committed: bool) {
+        self.shared
+            .senders
+            .end_transaction(server.addr, server.pid, client_pid, committed);
     }
 
     /// The server went back to the pool or was closed (call at return).

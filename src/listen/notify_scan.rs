@@ -15,6 +15,10 @@ pub struct NotifyTargets {
     pub channels: Vec<Box<str>>,
     /// A channel could not be read (`pg_notify($1, …)`): any channel.
     pub any: bool,
+    /// Each notification the text sends by name, in the order of the text,
+    /// with its payload when that is a plain literal (`None`: any payload,
+    /// perhaps several notifications).
+    pub sent: Vec<(Box<str>, Option<Box<str>>)>,
 }
 
 impl NotifyTargets {
@@ -41,9 +45,14 @@ pub fn notify_targets(sql: &str) -> NotifyTargets {
     for statement in tokens.split(|t| *t == Tok::Semi) {
         if let [Tok::Word(kw), rest @ ..] = statement {
             if kw.eq_ignore_ascii_case("notify") {
+                let payload = match rest.get(1..) {
+                    Some([]) => Some(""),
+                    Some([Tok::Other, Tok::Str(p)]) => Some(p.as_str()),
+                    _ => None,
+                };
                 match rest.first() {
-                    Some(Tok::Word(w)) => push(&mut found, &w.to_ascii_lowercase()),
-                    Some(Tok::Quoted(q)) => push(&mut found, q),
+                    Some(Tok::Word(w)) => push(&mut found, &w.to_ascii_lowercase(), payload),
+                    Some(Tok::Quoted(q)) => push(&mut found, q, payload),
                     _ => found.any = true,
                 }
             }
@@ -54,7 +63,13 @@ pub fn notify_targets(sql: &str) -> NotifyTargets {
                 continue;
             }
             match (statement.get(i + 1), statement.get(i + 2)) {
-                (Some(Tok::Open), Some(Tok::Str(channel))) => push(&mut found, channel),
+                (Some(Tok::Open), Some(Tok::Str(channel))) => {
+                    let payload = match statement.get(i + 3..i + 6) {
+                        Some([Tok::Other, Tok::Str(p), Tok::Close]) => Some(p.as_str()),
+                        _ => None,
+                    };
+                    push(&mut found, channel, payload)
+                }
                 // `pg_notify` as a name of something else (a column).
                 (Some(Tok::Open), _) => found.any = true,
                 _ => {}
@@ -64,11 +79,12 @@ pub fn notify_targets(sql: &str) -> NotifyTargets {
     found
 }
 
-fn push(found: &mut NotifyTargets, channel: &str) {
+fn push(found: &mut NotifyTargets, channel: &str, payload: Option<&str>) {
     let channel = truncate_channel(channel);
     if !found.covers(channel) {
         found.channels.push(channel.into());
     }
+    found.sent.push((channel.into(), payload.map(Into::into)));
 }
 
 #[cfg(test)]
@@ -96,6 +112,27 @@ mod tests {
             (vec![], true)
         );
         assert_eq!(channels("select 1"), (vec![], false));
+    }
+
+    fn sent(sql: &str) -> Vec<(String, Option<String>)> {
+        let t = notify_targets(sql);
+        (t.sent.iter())
+            .map(|(c, p)| (c.to_string(), p.as_deref().map(String::from)))
+            .collect()
+    }
+
+    #[test]
+    fn reads_each_notification_with_its_payload_when_it_is_a_plain_literal() {
+        let some = |c: &str, p: &str| (c.to_string(), Some(p.to_string()));
+        let any = |c: &str| (c.to_string(), None);
+        assert_eq!(
+            sent("NOTIFY a; notify B, 'it''s'; select pg_notify('c', 'p')"),
+            vec![some("a", ""), some("b", "it's"), some("c", "p")]
+        );
+        assert_eq!(
+            sent("notify a, E'x'; select pg_notify('c', 'p' || 'q'), pg_notify('d', $1)"),
+            vec![any("a"), any("c"), any("d")]
+        );
     }
 
     #[test]

@@ -198,7 +198,7 @@ fn is_routine(s: &[Spanned]) -> bool {
 /// parentheses (CREATE RULE's action lists) nor inside the BEGIN … END body
 /// of a CREATE FUNCTION / PROCEDURE (psql's rule for the same question).
 /// Empty statements are left out: Postgres runs nothing for them.
-fn split_statements(tokens: &[Spanned]) -> Vec<&[Spanned]> {
+pub(crate) fn split_statements(tokens: &[Spanned]) -> Vec<&[Spanned]> {
     let mut out = Vec::new();
     let (mut start, mut parens, mut blocks) = (0, 0usize, 0usize);
     for (i, t) in tokens.iter().enumerate() {

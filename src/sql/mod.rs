@@ -9,5 +9,6 @@ pub(crate) mod parameters;
 pub(crate) mod prepared_commands;
 pub mod query_scan;
 pub mod quote;
+pub mod reset_all;
 pub mod session_state;
 pub mod temp_objects;

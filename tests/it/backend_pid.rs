@@ -110,12 +110,25 @@ async fn in_session_mode_a_notification_to_oneself_carries_the_key_pid_as_on_pos
     }
 }
 
-/// Each of `clients` listens on its own channel and notifies it `rounds`
-/// times, all at once; returns, per client, whether every notification it
-/// got carried its own key pid, and how many it got.
+/// Reads into `got` until it holds `count` notifications, for at most ten
+/// seconds.
+async fn await_notifications(c: &mut RawClient, got: &mut Vec<Msg>, count: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.iter().filter(|m| m.tag == b'A').count() < count {
+        match tokio::time::timeout_at(deadline, c.recv()).await {
+            Ok(Some(m)) => got.push(m),
+            _ => break,
+        }
+    }
+}
+
+/// Each of `clients` listens on its own channel (named from `prefix`) and
+/// notifies it `rounds` times, all at once; returns, per client, whether
+/// every notification it got carried its own key pid, and how many it got.
 async fn notify_own_channels(
     addr: SocketAddr,
     db: &str,
+    prefix: &'static str,
     clients: usize,
     rounds: usize,
 ) -> Vec<(bool, usize)> {
@@ -125,20 +138,14 @@ async fn notify_own_channels(
         tasks.push(tokio::spawn(async move {
             let mut c = login(addr, &db).await;
             let me = key_pid(&c);
-            let channel = format!("own_pid_{i}");
+            let channel = format!("{prefix}_{i}");
             c.send(&query(&format!("LISTEN {channel}"))).await;
             let mut got = c.until_ready().await;
             for n in 0..rounds {
                 c.send(&query(&format!("NOTIFY {channel}, '{n}'"))).await;
                 got.extend(c.until_ready().await);
             }
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while got.iter().filter(|m| m.tag == b'A').count() < rounds {
-                match tokio::time::timeout_at(deadline, c.recv()).await {
-                    Ok(Some(m)) => got.push(m),
-                    _ => break,
-                }
-            }
+            await_notifications(&mut c, &mut got, rounds).await;
             let notes: Vec<_> = got
                 .iter()
                 .filter(|m| m.tag == b'A')
@@ -160,8 +167,138 @@ async fn in_transaction_mode_each_clients_own_notifications_carry_its_pid_as_on_
     const CLIENTS: usize = 20;
     const ROUNDS: usize = 5;
     let proxy = start_proxy("transaction", 2).await;
-    let direct = notify_own_channels(direct_addr(), "app", CLIENTS, ROUNDS).await;
+    let direct = notify_own_channels(direct_addr(), "app", "own_pid", CLIENTS, ROUNDS).await;
     assert_eq!(direct, vec![(true, ROUNDS); CLIENTS], "postgres");
-    let pooled = notify_own_channels(proxy.addr(), "app_tx", CLIENTS, ROUNDS).await;
+    let pooled = notify_own_channels(proxy.addr(), "app_tx", "own_pid", CLIENTS, ROUNDS).await;
     assert_eq!(pooled, direct, "pgharbor, {CLIENTS} clients over 2 servers");
+}
+
+/// How a client sees one notification: whose pid it carries (its own key
+/// pid, its peer's, or neither) and its payload.
+type Seen = Vec<(&'static str, String)>;
+
+/// Two clients listen on one channel and notify it `rounds` times each, at
+/// once, alternately with a payload both send and one of their own; each
+/// returns what it saw, sorted.
+async fn notify_one_channel_in_pairs(addr: SocketAddr, db: &str, rounds: usize) -> [Seen; 2] {
+    const CHANNEL: &str = "shared_pid";
+    let mut pair = Vec::new();
+    for _ in 0..2 {
+        let mut c = login(addr, db).await;
+        c.send(&query(&format!("LISTEN {CHANNEL}"))).await;
+        c.until_ready().await;
+        pair.push(c);
+    }
+    let pids = [key_pid(&pair[0]), key_pid(&pair[1])];
+    let expected = 2 * 2 * rounds;
+    let mut tasks = Vec::new();
+    for (me, mut c) in pair.into_iter().enumerate() {
+        let (mine, peer) = (pids[me], pids[1 - me]);
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for n in 0..rounds {
+                for payload in ["same".to_string(), format!("{me}-{n}")] {
+                    c.send(&query(&format!("NOTIFY {CHANNEL}, '{payload}'")))
+                        .await;
+                    got.extend(c.until_ready().await);
+                }
+            }
+            await_notifications(&mut c, &mut got, expected).await;
+            let mut seen: Seen = (got.iter().filter(|m| m.tag == b'A'))
+                .map(|m| {
+                    let pid = m.body.clone().get_i32();
+                    let payload = m.body[4..].split(|&b| b == 0).nth(1).unwrap_or_default();
+                    let whose = match pid {
+                        p if p == mine => "mine",
+                        p if p == peer => "the peer's",
+                        _ => "neither's",
+                    };
+                    (whose, String::from_utf8_lossy(payload).into_owned())
+                })
+                .collect();
+            seen.sort();
+            seen
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("client task"));
+    }
+    out.try_into().expect("two clients")
+}
+
+/// Twenty clients on channels of their own and a pair on one channel, all
+/// at once: what each saw of the pids (see `notify_own_channels` and
+/// `notify_one_channel_in_pairs`).
+async fn own_channels_beside_a_shared_one(
+    addr: SocketAddr,
+    db: &str,
+) -> (Vec<(bool, usize)>, [Seen; 2]) {
+    tokio::join!(
+        notify_own_channels(addr, db, "beside_shared", 20, 3),
+        notify_one_channel_in_pairs(addr, db, 10)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_transaction_mode_two_clients_notifying_one_channel_through_one_server_get_their_own_pids_as_on_postgres(
+) {
+    let direct = own_channels_beside_a_shared_one(direct_addr(), "app").await;
+    assert_eq!(direct.0, vec![(true, 3); 20], "postgres");
+    assert!(
+        direct
+            .1
+            .iter()
+            .flatten()
+            .all(|(whose, _)| *whose != "neither's"),
+        "postgres: {direct:?}"
+    );
+    for pool_size in [1, 2] {
+        let proxy = start_proxy("transaction", pool_size).await;
+        let pooled = own_channels_beside_a_shared_one(proxy.addr(), "app_tx").await;
+        assert_eq!(pooled, direct, "pgharbor, a pool of {pool_size}");
+    }
+}
+
+/// Client 0 notifies a channel nobody listens to; client 2 then listens
+/// to it and client 1 sends the very same notification (one server in
+/// transaction mode carries both). Whose pid the notification client 2
+/// hears carries.
+async fn a_notification_after_one_nobody_heard(addr: SocketAddr, db: &str) -> Vec<&'static str> {
+    const CHANNEL: &str = "unheard_then_heard";
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(login(addr, db).await);
+    }
+    let steps = [
+        // Some channel is listened to, so pgharbor's LISTEN hub runs.
+        (2, "LISTEN unheard_other".to_string()),
+        (0, format!("NOTIFY {CHANNEL}, 'same'")),
+        (2, format!("LISTEN {CHANNEL}")),
+        (1, format!("NOTIFY {CHANNEL}, 'same'")),
+    ];
+    let mut heard = Vec::new();
+    for (k, sql) in steps {
+        clients[k].send(&query(&sql)).await;
+        heard.extend(clients[k].until_ready().await);
+    }
+    await_notifications(&mut clients[2], &mut heard, 1).await;
+    let pids = [key_pid(&clients[0]), key_pid(&clients[1])];
+    (heard.iter().filter(|m| m.tag == b'A'))
+        .map(|m| match notification(m).0 {
+            p if p == pids[1] => "its sender's",
+            p if p == pids[0] => "the unheard sender's",
+            _ => "neither's",
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_transaction_mode_a_notification_nobody_heard_is_never_taken_for_a_later_one_as_on_postgres(
+) {
+    let direct = a_notification_after_one_nobody_heard(direct_addr(), "app").await;
+    assert_eq!(direct, vec!["its sender's"], "postgres");
+    let proxy = start_proxy("transaction", 1).await;
+    let pooled = a_notification_after_one_nobody_heard(proxy.addr(), "app_tx").await;
+    assert_eq!(pooled, direct, "pgharbor, one server");
 }

@@ -397,7 +397,6 @@ async fn asyncpg_pool_with_a_listener_as_on_postgres_in_session_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a self-NOTIFY carries the server's pid: other pooled connections notify the same channel through the same server within the window, so pgharbor cannot tell which client sent it (listen/senders.rs)"]
 async fn asyncpg_pool_with_a_listener_as_on_postgres_in_transaction_mode() {
     check(ASYNCPG_POOL_LISTEN, Target::Transaction).await;
 }

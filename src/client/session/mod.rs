@@ -188,6 +188,10 @@ pub(super) struct Extended {
     pub shape_wait: bool,
     /// Replies to swallow or synthesize, in order.
     pub expect: Expectations,
+    /// The Query in flight had the client's startup settings put after its
+    /// RESET ALLs: where (in characters of the text sent, and how many), so
+    /// an error's position is told in the client's text (`reset_all.rs`).
+    pub reset_insertions: Option<Box<[(u32, u32)]>>,
     /// The current Sync group, kept for a retry after a lone DROP
     /// DATABASE (or CREATE DATABASE … TEMPLATE) failed with 55006.
     pub replay: Option<Box<replay::Replay>>,
@@ -208,6 +212,12 @@ pub(super) struct Listening {
     pub local: Option<Box<listen_extended::LocalStatements>>,
     /// Tag of the last CommandComplete, while LISTENs wait for COMMIT.
     pub last_command_tag: Option<String>,
+    /// How many statements of the Query being sent the plan of its
+    /// LISTENs already expects replies for (`reset_all.rs` goes on after).
+    pub planned_statements: usize,
+    /// The open transaction sent notifications the LISTEN hub keeps
+    /// (`listen/senders.rs`): its end is told to the hub.
+    pub notify_open: bool,
     /// The server this client holds was announced to the LISTEN hub.
     pub noted_sender: Option<crate::server::ServerKey>,
     /// The open transaction may have sent a NOTIFY while the client
@@ -232,6 +242,9 @@ pub(super) struct Session {
     pub login_params: Arc<BTreeMap<String, String>>,
     /// Unreported settings from the startup packet (lower-case names).
     pub other: BTreeMap<String, String>,
+    /// Session mode: the client's startup settings were applied on its
+    /// server, whose RESET ALL would not return to them (`reset_all.rs`).
+    pub own_startup: bool,
     pub cancel: CancelHandle,
     /// The server this client holds now, if any.
     pub server: Option<PooledServer>,
@@ -258,6 +271,7 @@ impl Session {
             reported: crate::pool::no_params(),
             login_params: crate::pool::no_params(),
             other: BTreeMap::new(),
+            own_startup: false,
             cancel,
             server: None,
             io,
@@ -272,6 +286,8 @@ impl Session {
     /// Gives the server back: to the pool if it is clean, closed otherwise.
     /// Tells the LISTEN hub this client no longer holds its server.
     pub(super) fn forget_sender(&mut self) {
+        // What an open transaction sent there is dropped with it.
+        self.listening.notify_open = false;
         if let Some(key) = self.listening.noted_sender.take() {
             self.state.listen().forget_server_pid(&key);
         }

@@ -1553,3 +1553,96 @@ pub fn a_bind_pipelined_after_a_group_that_fails_its_transaction() -> Conversati
     .query("COMMIT")
     .ready()
 }
+
+cases! {
+    reset_all_alone_after_settings_of_two_clients { session: [], transaction: [] }
+    reset_all_among_other_statements_in_one_query { session: [], transaction: [] }
+    asyncpg_reset_query_after_startup_settings { session: [], transaction: [] }
+}
+
+/// Client 0 logs in with startup settings, reported and not: on Postgres
+/// what RESET ALL returns to.
+fn with_startup_settings(c: Conversation) -> Conversation {
+    c.startup(0, "application_name", "conf_start_{m}").startup(
+        0,
+        "options",
+        "-c DateStyle=SQL,DMY -c work_mem=8MB",
+    )
+}
+
+/// A lone RESET ALL, for a client with startup settings, after reported
+/// settings were changed (an unreported one would pin the client in
+/// transaction mode), while another client changes its own: the
+/// ParameterStatus messages and values the client gets, and what it reads
+/// after.
+pub fn reset_all_alone_after_settings_of_two_clients() -> Conversation {
+    let show = "SELECT current_setting('application_name'), current_setting('DateStyle'), \
+                current_setting('TimeZone'), current_setting('IntervalStyle')";
+    with_startup_settings(Conversation::new(
+        "reset_all_alone_after_settings_of_two_clients",
+        2,
+    ))
+    .on(0)
+    .simple("SET application_name = 'conf_ra_{m}'")
+    .simple("SET DateStyle = 'SQL, DMY'")
+    .simple("SET IntervalStyle = 'iso_8601'")
+    .on(1)
+    .simple("SET TimeZone = 'Asia/Tokyo'")
+    .simple("SET application_name = 'conf_other_{m}'")
+    .on(0)
+    .simple("RESET ALL")
+    .simple(show)
+    .simple("RESET ALL;")
+    .simple(show)
+    .on(1)
+    .simple("RESET ALL")
+    .simple(show)
+}
+
+/// RESET ALL with other statements in one simple Query (asyncpg's reset
+/// query has it so), for a client with startup settings: before and after
+/// other SETs, in a Query that fails after it (with and without an error
+/// position), and inside a transaction block.
+pub fn reset_all_among_other_statements_in_one_query() -> Conversation {
+    let show = "SELECT current_setting('application_name'), current_setting('DateStyle'), \
+                current_setting('IntervalStyle')";
+    with_startup_settings(Conversation::new(
+        "reset_all_among_other_statements_in_one_query",
+        2,
+    ))
+    .on(0)
+    .simple("SET application_name = 'conf_rb_{m}'")
+    .simple("SET DateStyle = 'SQL, DMY'")
+    .on(1)
+    .simple("SET application_name = 'conf_other_{m}'")
+    .on(0)
+    .simple("SELECT 1; RESET ALL; SELECT current_setting('application_name')")
+    .simple(show)
+    .simple("SET DateStyle = 'German'; RESET ALL; SET application_name = 'conf_after_{m}'")
+    .simple(show)
+    .simple("SET IntervalStyle = 'sql_standard'; RESET ALL; SELECT 1/0")
+    .simple(show)
+    .simple("BEGIN; SET application_name = 'conf_in_tx_{m}'; RESET ALL; COMMIT")
+    .simple(show)
+    .simple("SET application_name = 'conf_before_error_{m}'; RESET ALL; SELECT conf_no_such_column")
+    .simple(show)
+    .on(1)
+    .simple("SELECT 1; RESET ALL")
+    .simple(show)
+}
+
+/// asyncpg's reset query on release (LISTEN answered by pgharbor, RESET
+/// ALL with the startup settings set again, in one Query) for a client
+/// with startup settings.
+pub fn asyncpg_reset_query_after_startup_settings() -> Conversation {
+    Conversation::new("asyncpg_reset_query_after_startup_settings", 1)
+        .startup(0, "application_name", "conf_start_{m}")
+        .startup(0, "options", "-c DateStyle=SQL,DMY")
+        .simple("LISTEN conf_reset_start_{m}")
+        .simple("SET application_name = 'conf_changed_{m}'")
+        .simple("SET DateStyle = 'German'")
+        .simple("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;")
+        .simple("SELECT current_setting('application_name'), current_setting('DateStyle')")
+        .simple("NOTIFY conf_reset_start_{m}, 'after unlisten'")
+        .simple("SELECT 'after'")
+}

@@ -44,6 +44,9 @@ pub struct Conversation {
     /// SQL run on Postgres directly before each run, not recorded: drops
     /// what an earlier run created, so every run starts alike.
     pub before_each_run: Vec<String>,
+    /// Startup parameters a client sends besides its user and database:
+    /// (client, name, value).
+    pub startup: Vec<(usize, String, String)>,
     pub steps: Vec<Step>,
 }
 
@@ -55,6 +58,7 @@ impl Conversation {
             clients,
             tx_pool: None,
             before_each_run: Vec::new(),
+            startup: Vec::new(),
             steps: Vec::new(),
         }
     }
@@ -76,6 +80,13 @@ impl Conversation {
         self
     }
 
+    /// Client `client` logs in with the startup parameter `name = value`.
+    pub fn startup(mut self, client: usize, name: &str, value: &str) -> Self {
+        assert!(client < self.clients, "client {client} of {}", self.clients);
+        self.startup.push((client, name.into(), value.into()));
+        self
+    }
+
     /// The conversation with `{m}` in its SQL replaced by `tag`: cases that
     /// run at the same time in both modes use their own tables and
     /// channels, while Postgres and pgharbor see the same names.
@@ -83,6 +94,9 @@ impl Conversation {
         let fill = |s: &str| s.replace("{m}", tag);
         let mut c = self.clone();
         c.before_each_run = c.before_each_run.iter().map(|s| fill(s)).collect();
+        for (_, _, value) in &mut c.startup {
+            *value = fill(value);
+        }
         for step in &mut c.steps {
             if let Step::Send(Front::Query(sql) | Front::Parse { sql, .. }) = step {
                 *sql = fill(sql);
@@ -225,6 +239,9 @@ impl Conversation {
         }
         for sql in &self.before_each_run {
             out.push_str(&format!("\n    .before_each_run({sql:?})"));
+        }
+        for (k, name, value) in &self.startup {
+            out.push_str(&format!("\n    .startup({k}, {name:?}, {value:?})"));
         }
         for step in &self.steps {
             out.push_str("\n    ");

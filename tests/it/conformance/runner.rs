@@ -248,8 +248,11 @@ pub async fn play(
         }
     }
     let mut players = Vec::new();
-    for _ in 0..conv.clients {
-        let conn = RawClient::login(addr, USER, PASSWORD, "app").await;
+    for k in 0..conv.clients {
+        let mut params = vec![("user", USER), ("database", "app")];
+        let extra = conv.startup.iter().filter(|(c, _, _)| *c == k);
+        params.extend(extra.map(|(_, name, value)| (name.as_str(), value.as_str())));
+        let conn = RawClient::login_with(addr, PASSWORD, &params).await.0;
         players.push(Player {
             conn,
             done: false,
