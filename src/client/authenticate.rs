@@ -125,7 +125,7 @@ pub fn count_failure(
         if known_user { login.user() } else { "" },
     ];
     state
-        .metrics
+        .metrics()
         .login_failures
         .with_label_values(&labels)
         .inc();

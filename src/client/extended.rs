@@ -641,7 +641,7 @@ impl Session {
                         self.has_server_name(name)
                             || statements.iter().any(|(_, s)| &*s.name == name)
                     });
-                    if !self.state.known_statements.contains(&st.name) {
+                    if !self.state.known_statements().contains(&st.name) {
                         return None;
                     }
                     statements.push((p.name.to_string(), Arc::new(st)));
@@ -697,7 +697,7 @@ impl Session {
         match self.pool.settings().session_state {
             SessionState::Pin => {
                 tracing::info!(statement = %what, "client pinned to its server (session_state = \"pin\")");
-                self.state.metrics.session_pins.inc();
+                self.state.metrics().session_pins.inc();
                 self.txn.pinned = Some(what);
                 None
             }

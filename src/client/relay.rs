@@ -49,7 +49,7 @@ impl Session {
         // One future for the whole session: building (and dropping) a
         // cancellation future on every turn of the loop takes the token's
         // lock each time.
-        let shutdown = self.state.shutdown.cancelled_owned();
+        let shutdown = self.state.shutdown().cancelled_owned();
         tokio::pin!(shutdown);
         self.flush_client()?;
         // One timer for the session's idle timeouts, made when first needed
@@ -75,7 +75,7 @@ impl Session {
                 shutdown_armed: &mut shutdown_armed,
                 idle_timer: idle_timer.as_mut().map(|t| t.as_mut()),
                 listen_wait: None,
-                cancelled: &self.state.shutdown,
+                cancelled: self.state.shutdown(),
                 armed: &mut self.io.armed,
             }
             .await?;
@@ -118,7 +118,7 @@ impl Session {
     /// `on_server_readable`, which may await.
     fn on_event(&mut self, ev: Event) -> Result<Turn, SessionError> {
         match ev {
-            Event::Shutdown if self.state.handover.is_open() => Ok(Turn::HandOver),
+            Event::Shutdown if self.state.handover().is_open() => Ok(Turn::HandOver),
             Event::Shutdown => Ok(Turn::Fatal(Box::new(PgError::fatal(
                 sqlstate::ADMIN_SHUTDOWN,
                 "pgharbor is shutting down; reconnect to another instance",

@@ -529,7 +529,7 @@ impl Session {
     fn settle_statements(&mut self, statements: StatementReplies) {
         let StatementReplies { undo, parsed } = statements;
         for name in parsed {
-            self.state.known_statements.insert(name);
+            self.state.known_statements().insert(name);
         }
         for u in undo.into_iter().rev() {
             if let Some((n, st)) = u.restore {
@@ -545,7 +545,7 @@ impl Session {
                 if let Some(p) = self.server.as_mut() {
                     p.server.prepared.remove(n);
                 }
-                self.state.known_statements.remove(n);
+                self.state.known_statements().remove(n);
             }
             if let Some(n) = &u.client_name {
                 self.ext.statements.remove(n);

@@ -37,16 +37,13 @@ use clients::ClientRegistry;
 pub struct State {
     settings: Settings,
     pools: Pools,
-    // The four fields below are also read as fields by the relay's own
-    // files (`relay.rs`, `server_replies.rs`, `extended.rs`); everything
-    // else goes through the accessors.
-    pub(crate) metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
     /// Cancelled when the instance starts draining.
-    pub(crate) shutdown: Shutdown,
+    shutdown: Shutdown,
     /// Named statements some server accepted (transaction mode).
-    pub(crate) known_statements: KnownStatements,
+    known_statements: KnownStatements,
     /// Where clients go during a binary upgrade.
-    pub(crate) handover: Handover,
+    handover: Handover,
     cancel: Arc<CancelRegistry>,
     /// Cancelled when the instance stops accepting connections: with the
     /// drain, or a moment before it with `listen_reuseport` (see
