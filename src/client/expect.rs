@@ -155,6 +155,12 @@ pub(super) struct Expectations {
     /// The server reported an error in a group whose Sync has not been
     /// sent yet: like Postgres, it ignores every message up to that Sync.
     server_skipping: bool,
+    /// The generation of an unnamed Parse of the client's sent while no
+    /// reply was outstanding: the server's next ParseComplete or
+    /// ErrorResponse is its reply, so it is only counted, without an
+    /// entry of its own (the common case: pgbench -M extended, libpq's
+    /// PQexecParams, one such Parse per statement).
+    first_unnamed_parse: Option<u32>,
 }
 
 impl Expectations {
@@ -218,6 +224,11 @@ impl Expectations {
         undo: Option<Undo>,
         generation: u32,
     ) {
+        if action == Action::Forward && undo.is_none() && self.is_empty() {
+            self.push(Reply::ParseComplete, Action::Forward);
+            self.first_unnamed_parse = Some(generation);
+            return;
+        }
         self.queue_entry(Reply::ParseComplete, action, undo.map(Box::new), None);
         if let Some(e) = self.queue.back_mut() {
             e.unnamed_parse = Some(generation);
@@ -349,6 +360,7 @@ impl Expectations {
 
     pub(super) fn clear(&mut self) {
         self.server_skipping = false;
+        self.first_unnamed_parse = None;
         self.queue.clear();
         self.tail_readies = 0;
         self.tail_replies = 0;
@@ -417,7 +429,8 @@ impl Expectations {
     /// relay reads those anyway.
     #[inline]
     pub(super) fn needs_each_reply(&self) -> bool {
-        matches!(self.front(), Front::Replies | Front::Entry)
+        // A ParseComplete settles `first_unnamed_parse`.
+        self.first_unnamed_parse.is_some() || matches!(self.front(), Front::Replies | Front::Entry)
     }
 
     /// Whether the server's next messages answer a replaced statement, all
@@ -455,6 +468,9 @@ impl Expectations {
         parsed: &mut Vec<Arc<str>>,
         unnamed: &mut UnnamedStatement,
     ) -> Outcome {
+        if self.first_unnamed_parse.is_some() && matches!(tag, b'1' | b'E') {
+            self.settle_first_unnamed_parse(tag == b'1', unnamed);
+        }
         match self.front() {
             Front::Nothing => Outcome::Forward,
             Front::Ready => {
@@ -588,6 +604,20 @@ impl Expectations {
 }
 
 impl Expectations {
+    /// The reply to `first_unnamed_parse` came: `parsed`, a ParseComplete,
+    /// or its error (the replies counted after it are then skipped as
+    /// usual).
+    fn settle_first_unnamed_parse(&mut self, parsed: bool, unnamed: &mut UnnamedStatement) {
+        let Some(generation) = self.first_unnamed_parse.take() else {
+            return;
+        };
+        if !parsed {
+            self.unnamed_outcome(unnamed, generation, true, false, None);
+        } else if !unnamed.confirmed(generation) {
+            self.patch_unnamed(generation, |s| s.here = true);
+        }
+    }
+
     /// The unnamed Parse `generation` failed (`failed`) or was skipped,
     /// made while the statement was `before`. When the statement changed
     /// since, the snapshot a later unnamed Parse took of it right after
