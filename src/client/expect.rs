@@ -444,8 +444,17 @@ impl Expectations {
     }
 
     /// Pops the synthesized replies now due (everything before them has
-    /// been answered), in order.
+    /// been answered), in order. Inlined: asked after every message looked
+    /// at, nearly always of an empty queue.
+    #[inline]
     pub(super) fn due_synthesized(&mut self) -> Option<Synthesized> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        self.pop_due_synthesized()
+    }
+
+    fn pop_due_synthesized(&mut self) -> Option<Synthesized> {
         match self.queue.front() {
             Some(e) if e.readies == 0 && e.replies == 0 && e.action == Action::Synthesize => {
                 self.queue.pop_front().map(|e| Synthesized {
@@ -461,7 +470,34 @@ impl Expectations {
     /// statements whose Parse did not take effect.
     /// `parsed` collects the server names of Parses that succeeded;
     /// `unnamed` follows the outcome of unnamed Parses.
+    /// Inlined: called for every message looked at whole, nearly always
+    /// while a plain Sync is next, which is one counter.
+    #[inline(always)]
     pub(super) fn on_server_message(
+        &mut self,
+        tag: u8,
+        undo: &mut Vec<Undo>,
+        parsed: &mut Vec<Arc<str>>,
+        unnamed: &mut UnnamedStatement,
+    ) -> Outcome {
+        if self.first_unnamed_parse.is_none() {
+            match self.front() {
+                Front::Nothing => return Outcome::Forward,
+                Front::Ready => {
+                    if tag == b'Z' {
+                        *self.front_counts().0 -= 1;
+                    }
+                    return Outcome::Forward;
+                }
+                Front::Replies | Front::Entry => {}
+            }
+        }
+        self.on_counted_reply(tag, undo, parsed, unnamed)
+    }
+
+    /// [`Expectations::on_server_message`] past its common case.
+    #[inline(never)]
+    fn on_counted_reply(
         &mut self,
         tag: u8,
         undo: &mut Vec<Undo>,
