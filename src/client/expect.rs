@@ -155,6 +155,12 @@ pub(super) struct Expectations {
     /// The server reported an error in a group whose Sync has not been
     /// sent yet: like Postgres, it ignores every message up to that Sync.
     server_skipping: bool,
+    /// The generation of an unnamed Parse of the client's sent while no
+    /// reply was outstanding: the server's next ParseComplete or
+    /// ErrorResponse is its reply, so it is only counted, without an
+    /// entry of its own (the common case: pgbench -M extended, libpq's
+    /// PQexecParams, one such Parse per statement).
+    first_unnamed_parse: Option<u32>,
 }
 
 impl Expectations {
@@ -218,6 +224,11 @@ impl Expectations {
         undo: Option<Undo>,
         generation: u32,
     ) {
+        if action == Action::Forward && undo.is_none() && self.is_empty() {
+            self.push(Reply::ParseComplete, Action::Forward);
+            self.first_unnamed_parse = Some(generation);
+            return;
+        }
         self.queue_entry(Reply::ParseComplete, action, undo.map(Box::new), None);
         if let Some(e) = self.queue.back_mut() {
             e.unnamed_parse = Some(generation);
@@ -359,6 +370,7 @@ impl Expectations {
 
     pub(super) fn clear(&mut self) {
         self.server_skipping = false;
+        self.first_unnamed_parse = None;
         self.queue.clear();
         self.tail_readies = 0;
         self.tail_replies = 0;
@@ -427,7 +439,8 @@ impl Expectations {
     /// relay reads those anyway.
     #[inline]
     pub(super) fn needs_each_reply(&self) -> bool {
-        matches!(self.front(), Front::Replies | Front::Entry)
+        // A ParseComplete settles `first_unnamed_parse`.
+        self.first_unnamed_parse.is_some() || matches!(self.front(), Front::Replies | Front::Entry)
     }
 
     /// Whether the server's next messages answer a replaced statement, all
@@ -441,8 +454,17 @@ impl Expectations {
     }
 
     /// Pops the synthesized replies now due (everything before them has
-    /// been answered), in order.
+    /// been answered), in order. Inlined: asked after every message looked
+    /// at, nearly always of an empty queue.
+    #[inline]
     pub(super) fn due_synthesized(&mut self) -> Option<Synthesized> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        self.pop_due_synthesized()
+    }
+
+    fn pop_due_synthesized(&mut self) -> Option<Synthesized> {
         match self.queue.front() {
             Some(e) if e.readies == 0 && e.replies == 0 && e.action == Action::Synthesize => {
                 self.queue.pop_front().map(|e| Synthesized {
@@ -458,6 +480,9 @@ impl Expectations {
     /// statements whose Parse did not take effect.
     /// `parsed` collects the server names of Parses that succeeded;
     /// `unnamed` follows the outcome of unnamed Parses.
+    /// Inlined: called for every message looked at whole, nearly always
+    /// while a plain Sync is next, which is one counter.
+    #[inline(always)]
     pub(super) fn on_server_message(
         &mut self,
         tag: u8,
@@ -465,6 +490,33 @@ impl Expectations {
         parsed: &mut Vec<Arc<str>>,
         unnamed: &mut UnnamedStatement,
     ) -> Outcome {
+        if self.first_unnamed_parse.is_none() {
+            match self.front() {
+                Front::Nothing => return Outcome::Forward,
+                Front::Ready => {
+                    if tag == b'Z' {
+                        *self.front_counts().0 -= 1;
+                    }
+                    return Outcome::Forward;
+                }
+                Front::Replies | Front::Entry => {}
+            }
+        }
+        self.on_counted_reply(tag, undo, parsed, unnamed)
+    }
+
+    /// [`Expectations::on_server_message`] past its common case.
+    #[inline(never)]
+    fn on_counted_reply(
+        &mut self,
+        tag: u8,
+        undo: &mut Vec<Undo>,
+        parsed: &mut Vec<Arc<str>>,
+        unnamed: &mut UnnamedStatement,
+    ) -> Outcome {
+        if self.first_unnamed_parse.is_some() && matches!(tag, b'1' | b'E') {
+            self.settle_first_unnamed_parse(tag == b'1', unnamed);
+        }
         match self.front() {
             Front::Nothing => Outcome::Forward,
             Front::Ready => {
@@ -598,6 +650,20 @@ impl Expectations {
 }
 
 impl Expectations {
+    /// The reply to `first_unnamed_parse` came: `parsed`, a ParseComplete,
+    /// or its error (the replies counted after it are then skipped as
+    /// usual).
+    fn settle_first_unnamed_parse(&mut self, parsed: bool, unnamed: &mut UnnamedStatement) {
+        let Some(generation) = self.first_unnamed_parse.take() else {
+            return;
+        };
+        if !parsed {
+            self.unnamed_outcome(unnamed, generation, true, false, None);
+        } else if !unnamed.confirmed(generation) {
+            self.patch_unnamed(generation, |s| s.here = true);
+        }
+    }
+
     /// The unnamed Parse `generation` failed (`failed`) or was skipped,
     /// made while the statement was `before`. When the statement changed
     /// since, the snapshot a later unnamed Parse took of it right after

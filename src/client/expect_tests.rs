@@ -367,3 +367,43 @@ fn an_error_skips_only_its_own_group() {
     );
     assert!(q.is_empty());
 }
+
+/// One group of a driver that parses the unnamed statement before each
+/// statement (pgbench -M extended), sent with no reply outstanding.
+fn first_unnamed_parse_group(u: &mut UnnamedStatement) -> Expectations {
+    let mut q = Expectations::default();
+    let generation = u.parsed(b"P\0\0\0\x08\0x\0\0\0");
+    q.push_unnamed_parse(Action::Forward, None, generation);
+    q.push(Reply::BindComplete, Action::Forward);
+    q.push(Reply::Execute, Action::Forward);
+    q.push(Reply::Ready, Action::Forward);
+    q
+}
+
+#[test]
+fn an_unnamed_parse_sent_with_nothing_outstanding_that_fails_leaves_no_unnamed_statement() {
+    let mut u = UnnamedStatement::default();
+    let mut q = first_unnamed_parse_group(&mut u);
+    assert!(q.needs_each_reply(), "its ParseComplete is looked at");
+    let mut undo = Vec::new();
+    q.on_server_message(b'E', &mut undo, &mut Vec::new(), &mut u);
+    assert!(!u.exists && !u.here);
+    q.on_server_message(b'Z', &mut undo, &mut Vec::new(), &mut u);
+    assert!(q.is_empty());
+}
+
+#[test]
+fn an_error_after_the_parse_complete_of_a_first_unnamed_parse_keeps_the_statement() {
+    let mut u = UnnamedStatement::default();
+    let mut q = first_unnamed_parse_group(&mut u);
+    let mut undo = Vec::new();
+    q.on_server_message(b'1', &mut undo, &mut Vec::new(), &mut u);
+    assert!(
+        !q.needs_each_reply(),
+        "only the Sync's ReadyForQuery is left"
+    );
+    q.on_server_message(b'E', &mut undo, &mut Vec::new(), &mut u);
+    assert!(u.exists && u.here);
+    q.on_server_message(b'Z', &mut undo, &mut Vec::new(), &mut u);
+    assert!(q.is_empty());
+}

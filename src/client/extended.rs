@@ -611,12 +611,18 @@ impl Session {
     /// prepares it on a server, rather than at the Parse. Never inside a
     /// transaction (no server is held), so never where Postgres would
     /// refuse the Parse with 25P02 or skip it after an error.
+    #[inline]
     pub(super) fn known_parses(&self) -> Option<KnownParses> {
         if self.io.cbuf.get(5) == Some(&0) {
             // The first Parse is of the unnamed statement: never answered
             // here (below), and the common case of the extended protocol.
             return None;
         }
+        self.known_parses_burst()
+    }
+
+    /// [`Session::known_parses`] of a burst that begins with a named Parse.
+    fn known_parses_burst(&self) -> Option<KnownParses> {
         let mut offset = 0;
         let mut statements: Vec<(String, Arc<Statement>)> = Vec::new();
         loop {

@@ -526,7 +526,16 @@ impl Session {
     /// failed or was skipped is undone, latest first (a Parse skipped after
     /// a Close of the same name, both skipped, leaves the statement the
     /// Close would have closed).
+    #[inline(always)]
     fn settle_statements(&mut self, statements: StatementReplies) {
+        // Nearly every read: no Parse answered, none undone.
+        if statements.undo.is_empty() && statements.parsed.is_empty() {
+            return;
+        }
+        self.settle_statement_replies(statements);
+    }
+
+    fn settle_statement_replies(&mut self, statements: StatementReplies) {
         let StatementReplies { undo, parsed } = statements;
         for name in parsed {
             self.state.known_statements().insert(name);

@@ -11,8 +11,8 @@
 //! -M extended, libpq's PQexecParams) binds in the same hold, so its Binds
 //! pass as sent.
 //!
-//! Every unnamed Parse waits for its reply in the expectation queue, so
-//! that pgharbor knows its outcome as Postgres does: a ParseComplete
+//! Every unnamed Parse's reply is followed (`Expectations`), so that
+//! pgharbor knows its outcome as Postgres does: a ParseComplete
 //! makes it the statement on the server held now; an error leaves none
 //! (Postgres drops the previous unnamed statement before it parses a new
 //! one); a Parse the server skips after an earlier error of its Sync

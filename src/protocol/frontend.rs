@@ -37,6 +37,7 @@ pub struct ParseMsg<'a> {
 }
 
 /// The SQL text of a Parse message's `body`, if it is well formed.
+#[inline(always)]
 pub fn parse_text(body: &[u8]) -> Option<&[u8]> {
     let p = parse_parse(body).ok()?;
     crate::protocol::frame::read_cstr_bytes(p.rest)
