@@ -493,6 +493,11 @@ impl Session {
     /// ran. While an earlier group's ReadyForQuery is still to come, the
     /// status is not known yet, and such a Bind waits for it.
     fn bind_check_in_transaction(&mut self, st: &Statement, name: &str, bind: &[u8]) -> BindCheck {
+        let pending = self.ext.expect.sync_pending();
+        if !pending && self.txn.status != TxStatus::Failed {
+            // The common case, looked at first: no lookup.
+            return BindCheck::Go;
+        }
         let on_server = self
             .server
             .as_mut()
@@ -503,11 +508,8 @@ impl Session {
         if server_ready {
             return BindCheck::Go;
         }
-        if self.ext.expect.sync_pending() {
+        if pending {
             return BindCheck::Hold;
-        }
-        if self.txn.status != TxStatus::Failed {
-            return BindCheck::Go;
         }
         let Some(error) = st.bind_error_in_failed_transaction(name, bind) else {
             return BindCheck::Go;

@@ -84,7 +84,9 @@ impl Session {
         self.listening.notify_open = false;
         if let Some(key) = self.server.as_ref().map(|p| p.server.key) {
             let pid = self.cancel.slot.pid();
-            self.state.listen().end_notify_transaction(&key, pid, committed);
+            self.state
+                .listen()
+                .end_notify_transaction(&key, pid, committed);
         }
     }
 
