@@ -11,7 +11,8 @@ use bytes::{Bytes, BytesMut};
 use super::prepared::Statement;
 use super::unnamed::UnnamedStatement;
 use crate::listen::{ListenCommand, PendingListens};
-use crate::protocol::backend;
+use crate::protocol::backend::{close_complete, parse_complete};
+use crate::protocol::tag::backend;
 
 /// The kind of reply a message produces when it succeeds, by what ends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +33,17 @@ pub(super) enum Reply {
 
 /// Ends the reply to one Parse, Bind, Close, Describe or Execute.
 pub(super) fn ends_step(tag: u8) -> bool {
-    matches!(tag, b'1' | b'2' | b'3' | b'T' | b'n' | b'C' | b'I' | b's')
+    matches!(
+        tag,
+        backend::PARSE_COMPLETE
+            | backend::BIND_COMPLETE
+            | backend::CLOSE_COMPLETE
+            | backend::ROW_DESCRIPTION
+            | backend::NO_DATA
+            | backend::COMMAND_COMPLETE
+            | backend::EMPTY_QUERY_RESPONSE
+            | backend::PORTAL_SUSPENDED
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -494,7 +505,7 @@ impl Expectations {
             match self.front() {
                 Front::Nothing => return Outcome::Forward,
                 Front::Ready => {
-                    if tag == b'Z' {
+                    if tag == backend::READY_FOR_QUERY {
                         *self.front_counts().0 -= 1;
                     }
                     return Outcome::Forward;
@@ -514,19 +525,21 @@ impl Expectations {
         parsed: &mut Vec<Arc<str>>,
         unnamed: &mut UnnamedStatement,
     ) -> Outcome {
-        if self.first_unnamed_parse.is_some() && matches!(tag, b'1' | b'E') {
-            self.settle_first_unnamed_parse(tag == b'1', unnamed);
+        if self.first_unnamed_parse.is_some()
+            && matches!(tag, backend::PARSE_COMPLETE | backend::ERROR_RESPONSE)
+        {
+            self.settle_first_unnamed_parse(tag == backend::PARSE_COMPLETE, unnamed);
         }
         match self.front() {
             Front::Nothing => Outcome::Forward,
             Front::Ready => {
-                if tag == b'Z' {
+                if tag == backend::READY_FOR_QUERY {
                     *self.front_counts().0 -= 1;
                 }
                 Outcome::Forward
             }
             Front::Replies => {
-                if tag == b'E' {
+                if tag == backend::ERROR_RESPONSE {
                     self.skip_to_sync(undo, unnamed, false);
                 } else if ends_step(tag) {
                     *self.front_counts().1 -= 1;
@@ -549,19 +562,26 @@ impl Expectations {
             return Outcome::Forward;
         };
         let completes = match (front.reply, tag) {
-            (Reply::ParseComplete, b'1')
-            | (Reply::BindComplete, b'2')
-            | (Reply::CloseComplete, b'3')
-            | (Reply::Describe, b'T' | b'n')
-            | (Reply::Execute, b'C' | b'I' | b's')
-            | (Reply::Statement, b'C')
-            | (Reply::Ready, b'Z') => true,
+            (Reply::ParseComplete, backend::PARSE_COMPLETE)
+            | (Reply::BindComplete, backend::BIND_COMPLETE)
+            | (Reply::CloseComplete, backend::CLOSE_COMPLETE)
+            | (Reply::Describe, backend::ROW_DESCRIPTION | backend::NO_DATA)
+            | (
+                Reply::Execute,
+                backend::COMMAND_COMPLETE
+                | backend::EMPTY_QUERY_RESPONSE
+                | backend::PORTAL_SUSPENDED,
+            )
+            | (Reply::Statement, backend::COMMAND_COMPLETE)
+            | (Reply::Ready, backend::READY_FOR_QUERY) => true,
             (Reply::Ready, _) => false,
             // The ParameterDescription of a Describe pgharbor injected.
-            (Reply::Describe, b't') if front.action == Action::Swallow => {
+            (Reply::Describe, backend::PARAMETER_DESCRIPTION)
+                if front.action == Action::Swallow =>
+            {
                 return Outcome::Swallow;
             }
-            (_, b'E') => {
+            (_, backend::ERROR_RESPONSE) => {
                 // The failed one's error goes to the client (even for an
                 // injected Parse: it explains why the client's Bind could
                 // not run), unless pgharbor gave the client its own.
@@ -577,7 +597,7 @@ impl Expectations {
         };
         if !completes {
             return match (front.action, tag) {
-                (Action::Replace, b'T' | b'D') => Outcome::Swallow,
+                (Action::Replace, backend::ROW_DESCRIPTION | backend::DATA_ROW) => Outcome::Swallow,
                 _ => Outcome::Forward,
             };
         }
@@ -590,7 +610,7 @@ impl Expectations {
             self.queue.push_front(done);
             return Outcome::Swallow;
         }
-        if tag == b'1' {
+        if tag == backend::PARSE_COMPLETE {
             if let Some(generation) = done.unnamed_parse {
                 if !unnamed.confirmed(generation) {
                     self.patch_unnamed(generation, |s| s.here = true);
@@ -718,8 +738,8 @@ pub(super) fn synthesize(out: &mut BytesMut, pending: &mut PendingListens, s: Sy
         return;
     }
     match s.reply {
-        Reply::ParseComplete => backend::parse_complete(out),
-        Reply::CloseComplete => backend::close_complete(out),
+        Reply::ParseComplete => parse_complete(out),
+        Reply::CloseComplete => close_complete(out),
         // Other replies are synthesized only with their bytes (`local`).
         Reply::BindComplete
         | Reply::Describe

@@ -14,14 +14,14 @@ use crate::sql::prepared_commands::DropsAll;
 use super::buffers::append;
 use super::expect::synthesize;
 use crate::config::SessionState;
-use crate::protocol::backend;
+use crate::protocol::backend::{parse_complete, ready_for_query};
 use crate::protocol::error::PgError;
 use crate::protocol::frame::read_cstr_bytes;
 use crate::protocol::frontend::{
     build_bind, build_parse, build_target, parse_bind, parse_parse, parse_target,
 };
 use crate::protocol::sqlstate;
-use crate::protocol::tag::TxStatus;
+use crate::protocol::tag::{frontend, target, TxStatus};
 use crate::protocol::ProtocolError;
 use crate::sql::session_state::{detect, refusal_parse, refusal_query};
 
@@ -148,7 +148,7 @@ impl Session {
         may_hold_state: bool,
         names_statements: bool,
     ) -> Result<Forwarded, ProtocolError> {
-        if tag != b'S' && self.ext.expect.server_skipping() {
+        if tag != frontend::SYNC && self.ext.expect.server_skipping() {
             // After an error of its group the server ignores everything up
             // to Sync, as Postgres: nothing pgharbor would answer or inject
             // for this message may take effect either.
@@ -163,10 +163,12 @@ impl Session {
         let mut unnamed_parse = None;
         match tag {
             // An unnamed Parse: its name is the body's first NUL.
-            b'P' if body.first() == Some(&0) => {
+            frontend::PARSE if body.first() == Some(&0) => {
                 unnamed_parse = Some(self.note_unnamed_parse(at, len));
             }
-            b'B' | b'D' if !self.ext.unnamed.here && names_unnamed_statement(tag, body) => {
+            frontend::BIND | frontend::DESCRIBE
+                if !self.ext.unnamed.here && names_unnamed_statement(tag, body) =>
+            {
                 match self.ext.expect.unnamed_parse_pending() {
                     // Its Parse may yet be skipped: looked at again once
                     // it is answered.
@@ -184,7 +186,7 @@ impl Session {
                     None => {}
                 }
             }
-            b'C' if body.starts_with(b"S\0") => self.ext.unnamed.destroyed(),
+            frontend::CLOSE if body.starts_with(b"S\0") => self.ext.unnamed.destroyed(),
             _ => {}
         }
         let body = &self.io.cbuf[at + 5..at + len];
@@ -251,7 +253,7 @@ impl Session {
         let generation = self.ext.unnamed.prepared_again(before.is_none());
         self.push_unnamed_parse(Action::Swallow, UnnamedParse { generation, before });
         self.forward_ready(len);
-        let reply = if tag == b'B' {
+        let reply = if tag == frontend::BIND {
             Reply::BindComplete
         } else {
             Reply::Describe
@@ -292,7 +294,7 @@ impl Session {
                     || self.ext.expect.name_pending_in_earlier_group(name))
         };
         Ok(match tag {
-            b'P' => {
+            frontend::PARSE => {
                 let p = parse_parse(body)?;
                 let holds_state = || {
                     may_hold_state
@@ -303,17 +305,17 @@ impl Session {
                 (p.name.is_empty() && !names_statements && !holds_state())
                     .then_some(Reply::ParseComplete)
             }
-            b'B' => (!named(parse_bind(body)?.statement)).then_some(Reply::BindComplete),
-            b'D' => {
+            frontend::BIND => (!named(parse_bind(body)?.statement)).then_some(Reply::BindComplete),
+            frontend::DESCRIBE => {
                 let (kind, name) = parse_target(body)?;
-                (kind != b'S' || !named(name)).then_some(Reply::Describe)
+                (kind != target::STATEMENT || !named(name)).then_some(Reply::Describe)
             }
-            b'C' => {
+            frontend::CLOSE => {
                 let (kind, name) = parse_target(body)?;
-                (kind != b'S' || name.is_empty()).then_some(Reply::CloseComplete)
+                (kind != target::STATEMENT || name.is_empty()).then_some(Reply::CloseComplete)
             }
-            b'E' => Some(Reply::Execute),
-            b'S' => Some(Reply::Ready),
+            frontend::EXECUTE => Some(Reply::Execute),
+            frontend::SYNC => Some(Reply::Ready),
             _ => None,
         })
     }
@@ -339,17 +341,17 @@ impl Session {
         }
         self.io.to_server.reserve(msg.len() + 256);
         match tag {
-            b'P' => self.rewrite_parse(msg, names_statements, unnamed_parse)?,
-            b'B' => self.rewrite_bind(msg)?,
-            b'D' => self.rewrite_describe(msg)?,
-            b'C' => self.rewrite_close(msg)?,
+            frontend::PARSE => self.rewrite_parse(msg, names_statements, unnamed_parse)?,
+            frontend::BIND => self.rewrite_bind(msg)?,
+            frontend::DESCRIBE => self.rewrite_describe(msg)?,
+            frontend::CLOSE => self.rewrite_close(msg)?,
             // Execute and Sync come here whole only while LISTEN portals
             // exist or the client's messages are being skipped.
-            b'E' => {
+            frontend::EXECUTE => {
                 append(&mut self.io.to_server, msg);
                 self.ext.expect.push(Reply::Execute, Action::Forward);
             }
-            b'S' => {
+            frontend::SYNC => {
                 append(&mut self.io.to_server, msg);
                 self.ext.expect.push(Reply::Ready, Action::Forward);
             }
@@ -408,7 +410,12 @@ impl Session {
     fn refuse_live_name(&mut self, name: &str, rest: &[u8]) {
         build_parse(&mut self.io.to_server, TEXT_CHECK, rest);
         self.ext.expect.push(Reply::ParseComplete, Action::Swallow);
-        build_target(&mut self.io.to_server, b'C', b'S', TEXT_CHECK);
+        build_target(
+            &mut self.io.to_server,
+            frontend::CLOSE,
+            target::STATEMENT,
+            TEXT_CHECK,
+        );
         self.ext.expect.push(Reply::CloseComplete, Action::Swallow);
         let mut error = BytesMut::new();
         PgError::error(
@@ -524,14 +531,22 @@ impl Session {
     /// after its Parse; otherwise as sent.
     fn rewrite_describe(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
         let (kind, name) = parse_target(&msg[5..])?;
-        if kind == b'S' && !name.is_empty() && self.ext.expect.name_pending_in_earlier_group(name) {
+        if kind == target::STATEMENT
+            && !name.is_empty()
+            && self.ext.expect.name_pending_in_earlier_group(name)
+        {
             self.hold(msg);
             return Ok(());
         }
         match self.ext.statements.get(name).cloned() {
-            Some(st) if kind == b'S' && !name.is_empty() => {
+            Some(st) if kind == target::STATEMENT && !name.is_empty() => {
                 self.ensure_prepared(&st);
-                build_target(&mut self.io.to_server, b'D', b'S', &st.name);
+                build_target(
+                    &mut self.io.to_server,
+                    frontend::DESCRIBE,
+                    target::STATEMENT,
+                    &st.name,
+                );
                 // Its reply tells the client's shape and the server's.
                 self.ext.expect.push_describe(Action::Forward, st);
             }
@@ -548,7 +563,7 @@ impl Session {
     /// same text next); of a portal or the unnamed statement, as sent.
     fn rewrite_close(&mut self, msg: BytesMut) -> Result<(), ProtocolError> {
         let (kind, name) = parse_target(&msg[5..])?;
-        if kind != b'S' || name.is_empty() {
+        if kind != target::STATEMENT || name.is_empty() {
             append(&mut self.io.to_server, msg);
             self.ext.expect.push(Reply::CloseComplete, Action::Forward);
             return Ok(());
@@ -639,7 +654,7 @@ impl Session {
             }
             let total = len as usize + 1;
             match tag {
-                b'P' => {
+                frontend::PARSE => {
                     let p = parse_parse(&buf[5..total]).ok()?;
                     let again = statements.iter().any(|(n, _)| n == p.name);
                     if p.name.is_empty() || again || self.ext.statements.contains_key(p.name) {
@@ -654,7 +669,7 @@ impl Session {
                     }
                     statements.push((p.name.to_string(), Arc::new(st)));
                 }
-                b'S' if !statements.is_empty() => {
+                frontend::SYNC if !statements.is_empty() => {
                     offset += total;
                     break;
                 }
@@ -675,9 +690,9 @@ impl Session {
         for (client_name, st) in parses.statements {
             st.fresh.store(true, std::sync::atomic::Ordering::Relaxed);
             self.ext.statements.insert(client_name, st);
-            backend::parse_complete(&mut self.io.to_client);
+            parse_complete(&mut self.io.to_client);
         }
-        backend::ready_for_query(&mut self.io.to_client, TxStatus::Idle.byte());
+        ready_for_query(&mut self.io.to_client, TxStatus::Idle.byte());
         let _ = self.flush_client();
     }
 

@@ -59,7 +59,7 @@ impl Session {
         if targets.is_empty() {
             return;
         }
-        if tag == b'P' {
+        if tag == frontend::PARSE {
             // A prepared statement may run in none of this transaction's
             // Executes, or in several transactions: its notifications are
             // not counted, only possible.

@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::expect::{Local, Reply};
 use super::session::Session;
 use crate::protocol::backend::finish_len;
-use crate::protocol::tag::frontend;
+use crate::protocol::tag::{backend, error_field, frontend};
 use crate::server::is_read_only_param;
 use crate::sql::lex::mentions;
 use crate::sql::quote::quote_literal;
@@ -55,7 +55,7 @@ fn with_settings_after(
 /// it has none to move.
 pub(super) fn error_at_client_position(body: &[u8], insertions: &[(u32, u32)]) -> Option<BytesMut> {
     let mut out = BytesMut::with_capacity(body.len() + 5);
-    out.put_u8(b'E');
+    out.put_u8(backend::ERROR_RESPONSE);
     out.put_i32(0);
     let mut moved = false;
     let mut rest = body;
@@ -66,7 +66,7 @@ pub(super) fn error_at_client_position(body: &[u8], insertions: &[(u32, u32)]) -
         let end = fields.iter().position(|&b| b == 0)?;
         let value = &fields[..end];
         out.put_u8(code);
-        let position = (code == b'P')
+        let position = (code == error_field::POSITION)
             .then(|| std::str::from_utf8(value).ok()?.parse::<u32>().ok())
             .flatten();
         match position {

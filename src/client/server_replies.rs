@@ -18,16 +18,24 @@ use super::session::temp_backstop::{tag_may_create_temp, TempCheck};
 use super::session::Ending;
 use super::session::{Session, SessionError};
 use crate::config::PoolMode;
+use crate::protocol::backend::parse_parameter_status;
 use crate::protocol::error::ServerErrorFields;
 use crate::protocol::frame::Step;
-use crate::protocol::tag::TxStatus;
+use crate::protocol::tag::{backend, TxStatus};
 use crate::protocol::ProtocolError;
-use crate::protocol::{backend, sqlstate, PgError};
+use crate::protocol::{sqlstate, PgError};
 use crate::server::ServerError;
 
 /// Server messages the relay must see whole.
 fn server_inspects(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'S' | b'E' | b'G' | b'W')
+    matches!(
+        tag,
+        backend::READY_FOR_QUERY
+            | backend::PARAMETER_STATUS
+            | backend::ERROR_RESPONSE
+            | backend::COPY_IN_RESPONSE
+            | backend::COPY_BOTH_RESPONSE
+    )
 }
 
 /// In transaction mode also every reply that ends an extended-protocol
@@ -35,7 +43,7 @@ fn server_inspects(tag: u8) -> bool {
 /// swallowed or synthesized between whole messages (and the
 /// ParameterDescription of a Describe pgharbor injected, swallowed too).
 fn server_inspects_tx(tag: u8) -> bool {
-    server_inspects(tag) || super::expect::ends_step(tag) || tag == b't'
+    server_inspects(tag) || super::expect::ends_step(tag) || tag == backend::PARAMETER_DESCRIPTION
 }
 
 /// In transaction mode also CommandComplete: with a LISTEN waiting for its
@@ -43,7 +51,7 @@ fn server_inspects_tx(tag: u8) -> bool {
 /// tag saying CREATE, DO or CALL has the server's temporary schema checked
 /// before it goes back to the pool (`temp_backstop.rs`).
 fn server_inspects_listen(tag: u8) -> bool {
-    server_inspects(tag) || tag == b'C'
+    server_inspects(tag) || tag == backend::COMMAND_COMPLETE
 }
 
 /// While the server answers a statement pgharbor replaced: its row too.
@@ -275,26 +283,28 @@ impl Session {
     ) {
         let tx = self.mode == PoolMode::Transaction || !self.ext.expect.is_empty();
         let body = &rbuf[burst.ready + 5..burst.ready + len];
-        if self.txn.server_copy_in && matches!(tag, b'C' | b'E') {
-            self.txn.copy_in_ended(tag == b'C');
+        if self.txn.server_copy_in
+            && matches!(tag, backend::COMMAND_COMPLETE | backend::ERROR_RESPONSE)
+        {
+            self.txn.copy_in_ended(tag == backend::COMMAND_COMPLETE);
         }
-        if tx && matches!(tag, b'T' | b'n') {
+        if tx && matches!(tag, backend::ROW_DESCRIPTION | backend::NO_DATA) {
             self.on_row_shape(tag, body);
         }
         // An error that may name a statement by pgharbor's name
         // (transaction mode): the client's goes in its place.
         let mut error = false;
         match tag {
-            b'Z' => self.on_ready_for_query(burst, body),
-            b'S' => self.on_parameter_status(body),
-            b'E' => error = self.on_error_response(burst, body) && tx,
-            b'G' => {
+            backend::READY_FOR_QUERY => self.on_ready_for_query(burst, body),
+            backend::PARAMETER_STATUS => self.on_parameter_status(body),
+            backend::ERROR_RESPONSE => error = self.on_error_response(burst, body) && tx,
+            backend::COPY_IN_RESPONSE => {
                 let ignored = self.txn.copy_in_started();
                 if tx {
                     self.ext.expect.drop_ignored_syncs(ignored);
                 }
             }
-            b'C' => self.on_command_complete(body),
+            backend::COMMAND_COMPLETE => self.on_command_complete(body),
             _ => {}
         }
         let mut outcome = if tx {
@@ -314,7 +324,9 @@ impl Session {
         } else {
             None
         };
-        if let (b'E', Some(insertions)) = (tag, self.ext.reset_insertions.as_deref()) {
+        if let (backend::ERROR_RESPONSE, Some(insertions)) =
+            (tag, self.ext.reset_insertions.as_deref())
+        {
             let body = renamed.as_deref().map_or(body, |m| &m[5..]);
             renamed = error_at_client_position(body, insertions).or(renamed);
         }
@@ -435,7 +447,7 @@ impl Session {
 
     /// ParameterStatus: the server's value, and the client's view of it.
     fn on_parameter_status(&mut self, body: &[u8]) {
-        let Some((k, v)) = backend::parse_parameter_status(body) else {
+        let Some((k, v)) = parse_parameter_status(body) else {
             return;
         };
         if let Some(p) = self.server.as_mut() {

@@ -25,6 +25,7 @@
 
 use bytes::BytesMut;
 
+use crate::protocol::tag::frontend;
 use crate::protocol::{sqlstate, PgError};
 
 /// What pgharbor knows of the client's unnamed statement.
@@ -139,8 +140,8 @@ impl UnnamedStatement {
 pub(super) fn names_unnamed_statement(tag: u8, body: &[u8]) -> bool {
     match tag {
         // Portal name, then the statement's: empty when its NUL follows.
-        b'B' => memchr::memchr(0, body).is_some_and(|end| body.get(end + 1) == Some(&0)),
-        b'D' => body.starts_with(b"S\0"),
+        frontend::BIND => memchr::memchr(0, body).is_some_and(|end| body.get(end + 1) == Some(&0)),
+        frontend::DESCRIBE => body.starts_with(b"S\0"),
         _ => false,
     }
 }
@@ -159,13 +160,13 @@ mod tests {
 
     #[test]
     fn only_a_bind_or_describe_of_the_unnamed_statement_names_it() {
-        assert!(names_unnamed_statement(b'B', b"\0\0\0\0"));
-        assert!(names_unnamed_statement(b'B', b"portal\0\0\0\0"));
-        assert!(!names_unnamed_statement(b'B', b"\0s1\0\0\0"));
-        assert!(!names_unnamed_statement(b'B', b"no-nul"));
-        assert!(names_unnamed_statement(b'D', b"S\0"));
-        assert!(!names_unnamed_statement(b'D', b"P\0"));
-        assert!(!names_unnamed_statement(b'D', b"Ss1\0"));
-        assert!(!names_unnamed_statement(b'E', b"\0\0"));
+        assert!(names_unnamed_statement(frontend::BIND, b"\0\0\0\0"));
+        assert!(names_unnamed_statement(frontend::BIND, b"portal\0\0\0\0"));
+        assert!(!names_unnamed_statement(frontend::BIND, b"\0s1\0\0\0"));
+        assert!(!names_unnamed_statement(frontend::BIND, b"no-nul"));
+        assert!(names_unnamed_statement(frontend::DESCRIBE, b"S\0"));
+        assert!(!names_unnamed_statement(frontend::DESCRIBE, b"P\0"));
+        assert!(!names_unnamed_statement(frontend::DESCRIBE, b"Ss1\0"));
+        assert!(!names_unnamed_statement(frontend::EXECUTE, b"\0\0"));
     }
 }

@@ -64,6 +64,8 @@ pub mod error_field {
     pub const MESSAGE: u8 = b'M';
     pub const DETAIL: u8 = b'D';
     pub const HINT: u8 = b'H';
+    /// Where in the query text the error is: a 1-based character index.
+    pub const POSITION: u8 = b'P';
     /// The source file that raised the error.
     pub const FILE: u8 = b'F';
     /// The source function that raised the error.
