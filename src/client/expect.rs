@@ -278,6 +278,15 @@ impl Expectations {
         pending == Some(true)
     }
 
+    /// Whether a Parse pgharbor sent of the server statement
+    /// `server_name` waits for its reply in a Sync group before the
+    /// message sent now: if the server skips it after an error of its
+    /// group, the server lacks the statement after all.
+    pub(super) fn server_parse_pending_in_earlier_group(&self, server_name: &str) -> bool {
+        let pending = self.pending_in_group(|u| u.server_name.as_deref() == Some(server_name));
+        pending == Some(true)
+    }
+
     /// Whether a Parse of the client's statement `client_name` waits for
     /// its reply (looked at only for an error naming a statement).
     pub(super) fn parse_pending(&self, client_name: &str) -> bool {

@@ -498,12 +498,22 @@ impl Session {
     /// gets Postgres's answer from here: the Parse or Describe pgharbor
     /// would send first would fail with 25P02 before the Bind's own checks
     /// ran. While an earlier group's ReadyForQuery is still to come, the
-    /// status is not known yet, and such a Bind waits for it.
+    /// status is not known yet, and such a Bind waits for it; so does one
+    /// whose statement's Parse in an earlier group may yet be skipped.
     fn bind_check_in_transaction(&mut self, st: &Statement, name: &str, bind: &[u8]) -> BindCheck {
         let pending = self.ext.expect.sync_pending();
         if !pending && self.txn.status != TxStatus::Failed {
             // The common case, looked at first: no lookup.
             return BindCheck::Go;
+        }
+        if pending
+            && self
+                .ext
+                .expect
+                .server_parse_pending_in_earlier_group(&st.name)
+        {
+            // Its Parse may yet be skipped after an error of its group.
+            return BindCheck::Hold;
         }
         let on_server = self
             .server
@@ -540,6 +550,15 @@ impl Session {
         }
         match self.ext.statements.get(name).cloned() {
             Some(st) if kind == target::STATEMENT && !name.is_empty() => {
+                if self
+                    .ext
+                    .expect
+                    .server_parse_pending_in_earlier_group(&st.name)
+                {
+                    // As for a Bind (see `bind_check_in_transaction`).
+                    self.hold(msg);
+                    return Ok(());
+                }
                 self.ensure_prepared(&st);
                 build_target(
                     &mut self.io.to_server,

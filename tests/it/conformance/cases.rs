@@ -81,6 +81,7 @@ cases! {
     a_bind_in_a_failed_transaction_checks_its_parameters_first { session: [], transaction: [] }
     a_bind_in_a_failed_transaction_of_a_described_statement { session: [], transaction: [] }
     a_bind_pipelined_after_a_group_that_fails_its_transaction { session: [], transaction: [] }
+    a_statement_whose_first_bind_was_skipped_binds_in_the_next_group { session: [], transaction: [] }
     errors_name_the_right_one_of_two_names_for_one_text { session: [], transaction: [] }
     a_bind_after_a_group_whose_close_was_skipped { session: [], transaction: [] }
     an_unnamed_statement_of_an_earlier_transaction_after_a_skipped_bind { session: [], transaction: [] }
@@ -1548,6 +1549,52 @@ pub fn a_bind_pipelined_after_a_group_that_fails_its_transaction() -> Conversati
     .ready()
     .ready()
     .query("ROLLBACK")
+    .ready()
+    .on(2)
+    .query("COMMIT")
+    .ready()
+}
+
+/// A statement's first Bind on a server is skipped after an error of its
+/// group, and the client binds it again in the next group, sent before
+/// the first is answered: on Postgres the second Bind runs. Through
+/// pgharbor the Parse it sent before the first Bind (the server lacked
+/// the statement: client 2 held the one that prepared it) is skipped too,
+/// so the second Bind must not count on it (found in the Postgres log of
+/// a generator run, seed 0x6b16c26300096).
+pub fn a_statement_whose_first_bind_was_skipped_binds_in_the_next_group() -> Conversation {
+    Conversation::new(
+        "a_statement_whose_first_bind_was_skipped_binds_in_the_next_group",
+        3,
+    )
+    .tx_pool(2)
+    .on(1)
+    .query("BEGIN")
+    .ready()
+    .on(0)
+    .parse("s2", "SELECT $1::int * 3 AS thrice", &[])
+    .sync()
+    .ready()
+    .on(2)
+    .query("BEGIN")
+    .ready()
+    .on(1)
+    .query("COMMIT")
+    .ready()
+    .on(0)
+    .parse("", "SELECT 1/0", &[])
+    .bind("", "", &[])
+    .execute("", 0)
+    .bind("", "s2", &["1"])
+    .execute("", 0)
+    .sync()
+    .bind("", "s2", &["2"])
+    .execute("", 0)
+    .sync()
+    .describe_statement("s2")
+    .sync()
+    .ready()
+    .ready()
     .ready()
     .on(2)
     .query("COMMIT")
