@@ -275,23 +275,36 @@ fn client_certificate(
     policy.check(presented)
 }
 
+/// A connection whose next byte can be looked at without taking it, so
+/// that a TLS handshake's bytes stay in the socket for rustls to read.
+/// Generic so that the unit tests can drive [`first_packet`] over an
+/// in-memory pipe.
+trait PeekByte: AsyncRead + AsyncWrite + Unpin {
+    /// The next byte, or `None` when the peer closed.
+    async fn peek_byte(&mut self) -> std::io::Result<Option<u8>>;
+}
+
+impl PeekByte for TcpStream {
+    async fn peek_byte(&mut self) -> std::io::Result<Option<u8>> {
+        let mut first = [0u8; 1];
+        Ok((self.peek(&mut first).await? != 0).then_some(first[0]))
+    }
+}
+
 /// Reads the first packet, answering GSSENCRequest with `N` (no GSSAPI
 /// here), and SSLRequest with `S` when TLS is offered, else `N`.
-async fn first_packet(
-    stream: &mut TcpStream,
+async fn first_packet<S: PeekByte>(
+    stream: &mut S,
     buf: &mut BytesMut,
     tls: &ClientTls,
 ) -> Result<FirstPacket, StartupError> {
     let mut refused_encryption = 0;
     loop {
         if let (true, Some(acceptor)) = (buf.is_empty(), &tls.acceptor) {
-            // A peek, so that a TLS handshake's bytes stay in the socket
-            // for rustls to read.
-            let mut first = [0u8; 1];
-            if stream.peek(&mut first).await? == 0 {
+            let Some(first) = stream.peek_byte().await? else {
                 return Err(StartupError::Closed);
-            }
-            if first[0] == TLS_HANDSHAKE_RECORD {
+            };
+            if first == TLS_HANDSHAKE_RECORD {
                 return Ok(FirstPacket::Tls {
                     acceptor: acceptor.clone(),
                     direct: true,
@@ -364,8 +377,8 @@ pub(crate) async fn send<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-async fn login_request(
-    stream: &mut Stream,
+async fn login_request<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     version: u32,
     mut params: StartupParams,
 ) -> Result<LoginRequest, StartupError> {
@@ -421,3 +434,7 @@ async fn login_request(
         certificate: None,
     })
 }
+
+#[cfg(test)]
+#[path = "startup_tests.rs"]
+mod tests;
