@@ -12,7 +12,9 @@ use crate::net::Stream;
 use crate::protocol::backend;
 use crate::protocol::frame::ProtocolError;
 use crate::protocol::sqlstate;
-use crate::protocol::startup::{split_startup, Pair, StartupPacket, StartupParams, POSTGRES_ALPN};
+use crate::protocol::startup::{
+    split_startup, Pair, StartupPacket, StartupParams, POSTGRES_ALPN, PROTOCOL_3_0,
+};
 use crate::protocol::PgError;
 use crate::tls::ClientTls;
 
@@ -418,7 +420,7 @@ async fn login_request<S: AsyncWrite + Unpin>(
     if minor > 0 || !unrecognized.is_empty() {
         let mut out = BytesMut::new();
         let names: Vec<&str> = unrecognized.iter().map(|&p| params.name(p)).collect();
-        backend::negotiate_protocol_version(&mut out, 0, &names);
+        backend::negotiate_protocol_version(&mut out, PROTOCOL_3_0, &names);
         send(stream, &out).await?;
     }
     let Some(user) = user else {

@@ -296,6 +296,12 @@ fn negotiated_options(sent: &[u8]) -> Vec<String> {
     );
     let len = u32::from_be_bytes(sent[1..5].try_into().expect("4 bytes")) as usize;
     assert_eq!(sent.len(), 1 + len, "one whole message");
+    // Postgres 15 sends its whole newest version, 3.0, as 0x00030000.
+    let version = u32::from_be_bytes(sent[5..9].try_into().expect("4 bytes"));
+    assert_eq!(
+        version, PROTOCOL_3_0,
+        "the newest version, as Postgres sends it"
+    );
     let count = u32::from_be_bytes(sent[9..13].try_into().expect("4 bytes")) as usize;
     let names: Vec<String> = sent[13..]
         .split(|&b| b == 0)

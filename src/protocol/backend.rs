@@ -164,11 +164,14 @@ pub fn notification(buf: &mut BytesMut, pid: i32, channel: &str, payload: &str) 
     finish_len(buf, start);
 }
 
-/// NegotiateProtocolVersion: the newest minor version we speak and the
-/// protocol options (`_pq_.*`) we did not recognise.
-pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unrecognized: &[&str]) {
+/// NegotiateProtocolVersion: the newest version we speak and the
+/// protocol options (`_pq_.*`) we did not recognise. The protocol's text
+/// calls the first field the newest minor version, but Postgres sends the
+/// whole version number (major in the high 16 bits), and libpq reads it
+/// so: a bare minor number reads as version 0.0.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, version: u32, unrecognized: &[&str]) {
     let start = begin(buf, NEGOTIATE_PROTOCOL_VERSION);
-    buf.put_i32(minor);
+    buf.put_u32(version);
     buf.put_i32(unrecognized.len() as i32);
     for o in unrecognized {
         put_cstr(buf, o);
