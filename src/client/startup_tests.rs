@@ -203,6 +203,9 @@ async fn a_startup_packet_longer_than_the_maximum_is_refused_before_its_body_arr
 
 #[tokio::test]
 async fn a_startup_packet_of_the_maximum_length_is_read() {
+    // Postgres 15 reads a startup packet of 10004 bytes (10000 after the
+    // length word), and refuses 10005.
+    assert_eq!(MAX_STARTUP_PACKET, 10_004);
     let fixed = startup_message(PROTOCOL_3_0, &[("user", "alice"), ("application_name", "")]);
     let name = "a".repeat(MAX_STARTUP_PACKET - fixed.len());
     let full = startup_message(

@@ -7,8 +7,10 @@ use bytes::{Buf, BytesMut};
 
 use super::frame::ProtocolError;
 
-/// Postgres caps the startup packet at 10000 bytes; so do we.
-pub const MAX_STARTUP_PACKET: usize = 10_000;
+/// The longest startup packet, its length word included: Postgres takes
+/// up to 10000 bytes after the length word (`MAX_STARTUP_PACKET_LENGTH`,
+/// checked once the 4 bytes of the length are taken off); so do we.
+pub const MAX_STARTUP_PACKET: usize = 10_004;
 
 pub const PROTOCOL_3_0: u32 = 3 << 16;
 
