@@ -287,18 +287,8 @@ async fn run(
     };
     let config = state.config();
     if matches!(login.database(), "pgharbor" | "pgbouncer") {
-        startup::send(&mut stream, &auth_ok)
-            .await
-            .map_err(SessionError::ClientIo)?;
-        return Ok(Some(Ready::Console(Box::new(ConsoleLogin {
-            stream,
-            buf,
-            login,
-            state: state.clone(),
-            // `run` runs in the client's span.
-            span: tracing::Span::current(),
-            _permit: permit,
-        }))));
+        let console = console_login(stream, buf, login, state, permit, &auth_ok).await?;
+        return Ok(Some(console));
     }
     let Some(db) = config.database_for(login.database()) else {
         let e = PgError::fatal(
@@ -340,6 +330,30 @@ async fn run(
         _permit: permit,
         _counted: counted,
     }))))
+}
+
+/// A login to the console: AuthenticationOk sent, the connection handed
+/// to the caller, which runs the console above this layer.
+async fn console_login(
+    mut stream: Stream,
+    buf: BytesMut,
+    login: LoginRequest,
+    state: &Arc<State>,
+    permit: OwnedSemaphorePermit,
+    auth_ok: &[u8],
+) -> Result<Ready, SessionError> {
+    startup::send(&mut stream, auth_ok)
+        .await
+        .map_err(SessionError::ClientIo)?;
+    Ok(Ready::Console(Box::new(ConsoleLogin {
+        stream,
+        buf,
+        login,
+        state: state.clone(),
+        // `run` runs in the client's span.
+        span: tracing::Span::current(),
+        _permit: permit,
+    })))
 }
 
 /// Finds the client's user (`[[users]]`, else auth_query) and runs the

@@ -8,6 +8,7 @@ mod checkout;
 mod expect;
 mod extended;
 mod handover;
+mod known_parses;
 mod listen_relay;
 mod login;
 pub mod prepared;

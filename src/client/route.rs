@@ -13,7 +13,8 @@
 use std::time::Instant;
 
 use super::expect::{Action, Reply};
-use super::extended::{Forwarded, KnownParses};
+use super::extended::Forwarded;
+use super::known_parses::KnownParses;
 use super::listen_relay::Intercept;
 use super::session::listen_extended::LocalAction;
 use super::session::replay::keep_for_replay;
@@ -279,22 +280,40 @@ impl Session {
             Err(e) => return Route::Here(Here::Broken(e)),
         };
         if skipping {
-            // Nothing waits in `ready` while skipping.
-            match step {
-                Step::Incomplete => return Route::Incomplete,
-                Step::Whole {
-                    tag: frontend::SYNC | frontend::TERMINATE,
-                    ..
-                } => {
-                    if let Some(l) = self.listening.local.as_deref_mut() {
-                        l.skip_to_sync = false;
-                    }
-                }
-                Step::Whole { len, .. } | Step::Pass { len, .. } => {
-                    return Route::Here(Here::Skip { len })
-                }
+            if let Some(route) = self.route_while_skipping(&step) {
+                return route;
             }
         }
+        self.route_step(ready, step, &whole)
+    }
+
+    /// While the rest of a failed Sync group is skipped: every message up
+    /// to the Sync is dropped here (`None` for the Sync or a Terminate,
+    /// which end the skip and take their own route).
+    #[inline(always)]
+    fn route_while_skipping(&mut self, step: &Step) -> Option<Route> {
+        // Nothing waits in `ready` while skipping.
+        match *step {
+            Step::Incomplete => Some(Route::Incomplete),
+            Step::Whole {
+                tag: frontend::SYNC | frontend::TERMINATE,
+                ..
+            } => {
+                if let Some(l) = self.listening.local.as_deref_mut() {
+                    l.skip_to_sync = false;
+                }
+                None
+            }
+            Step::Whole { len, .. } | Step::Pass { len, .. } => {
+                Some(Route::Here(Here::Skip { len }))
+            }
+        }
+    }
+
+    /// The route of a message `step` found at `cbuf[ready..]`.
+    #[inline(always)]
+    fn route_step(&mut self, ready: usize, step: Step, whole: &WholeMessages) -> Route {
+        let tx = whole.transaction_mode;
         match step {
             Step::Incomplete => Route::Incomplete,
             Step::Pass { tag: None, len } => Route::Continuation { len },
