@@ -91,7 +91,15 @@ async fn reload_grows_and_shrinks_open_pools_under_pgbench_without_a_failed_tran
         "RELOAD to pool_size 3 closes servers as they come back: {shrunk}"
     );
 
-    assert_no_failed_transactions(&bench.await.expect("pgbench task"));
+    // pgbench runs for 25 s: a client still waiting long after that would
+    // hang the suite, so the wait is bounded and says where the pools are.
+    let Ok(ended) = tokio::time::timeout(Duration::from_secs(90), bench).await else {
+        let pools = admin.simple_query("SHOW POOLS").await;
+        panic!(
+            "pgbench -T 25 still runs after 90 s, a client waits for good; SHOW POOLS: {pools:?}"
+        );
+    };
+    assert_no_failed_transactions(&ended.expect("pgbench task"));
     let after = wait_for_backends(user, Duration::from_secs(2), |n| n <= 3).await;
     assert!(after <= 3, "still at most 3 once pgbench is done: {after}");
 }
