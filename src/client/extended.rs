@@ -402,13 +402,7 @@ impl Session {
     fn refuse_live_name(&mut self, name: &str, rest: &[u8]) {
         build_parse(&mut self.io.to_server, TEXT_CHECK, rest);
         self.ext.expect.push(Reply::ParseComplete, Action::Swallow);
-        build_target(
-            &mut self.io.to_server,
-            frontend::CLOSE,
-            target::STATEMENT,
-            TEXT_CHECK,
-        );
-        self.ext.expect.push(Reply::CloseComplete, Action::Swallow);
+        self.close_on_server(TEXT_CHECK);
         let mut error = BytesMut::new();
         PgError::error(
             sqlstate::DUPLICATE_PREPARED_STATEMENT,

@@ -48,13 +48,7 @@ impl Session {
         }
         if p.server.prepared.is_unsure() {
             // The server may still have it (see `PreparedSet::forget_all`).
-            build_target(
-                &mut self.io.to_server,
-                frontend::CLOSE,
-                target::STATEMENT,
-                &st.name,
-            );
-            self.ext.expect.push(Reply::CloseComplete, Action::Swallow);
+            self.close_on_server(&st.name);
         }
     }
 
@@ -102,14 +96,20 @@ impl Session {
         if let Some(p) = self.server.as_mut() {
             p.server.prepared.remove(&st.name);
         }
+        self.close_on_server(&st.name);
+        true
+    }
+
+    /// Sends a Close of the server statement `name`, its reply swallowed
+    /// (closing a statement the server lacks is no error).
+    pub(super) fn close_on_server(&mut self, name: &str) {
         build_target(
             &mut self.io.to_server,
             frontend::CLOSE,
             target::STATEMENT,
-            &st.name,
+            name,
         );
         self.ext.expect.push(Reply::CloseComplete, Action::Swallow);
-        true
     }
 
     /// Injects a Parse for `st` if the server lacks it, or if pgharbor
