@@ -223,6 +223,17 @@ pub(super) fn checkout_error(e: CheckoutError) -> PgError {
             };
             PgError::fatal(code, e.to_string())
         }
+        CheckoutError::Connect {
+            source: ServerError::NoMatchingServer { .. },
+            ..
+        } => PgError::fatal(
+            sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            e.to_string(),
+        )
+        .with_hint(
+            "a failover may be under way (no standby promoted yet); otherwise the database's \
+             host list has no server of the kind target_session_attrs asks for",
+        ),
         CheckoutError::Connect { .. } => PgError::fatal(
             sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             e.to_string(),

@@ -269,6 +269,8 @@ pub const ENTRY_KEYS: &[(&str, &str, Applies)] = &[
     ("databases.name", "", Applies::Reload),
     ("databases.host", "127.0.0.1", Applies::Reload),
     ("databases.port", "5432", Applies::Reload),
+    ("databases.target_session_attrs", "any", Applies::Reload),
+    ("databases.load_balance_hosts", "disable", Applies::Reload),
     ("databases.dbname", "(name)", Applies::Reload),
     (
         "databases.server_tls",

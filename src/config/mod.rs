@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 mod error;
+mod hosts;
 pub mod keys;
 mod validate;
 
@@ -17,6 +18,7 @@ use error::invalid;
 #[cfg(test)]
 use error::line_of_key;
 pub use error::ConfigError;
+pub use hosts::{parse_hosts, Endpoint, LoadBalanceHosts, TargetSessionAttrs};
 
 /// Parses durations written with a unit (`500ms`, `30s`, `5m`, `1h`).
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -339,10 +341,16 @@ pub const FALLBACK_DATABASE: &str = "*";
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub name: String,
+    /// One server or several (`"pg-a,pg-b:5433"`), see `hosts.rs`.
     #[serde(default = "default_host")]
     pub host: String,
+    /// The port of each `host` entry that names none.
     #[serde(default = "default_port")]
     pub port: u16,
+    #[serde(default)]
+    pub target_session_attrs: TargetSessionAttrs,
+    #[serde(default)]
+    pub load_balance_hosts: LoadBalanceHosts,
     pub dbname: Option<String>,
     pub pool_mode: Option<PoolMode>,
     pub pool_size: Option<usize>,
@@ -388,6 +396,18 @@ fn default_port() -> u16 {
 }
 
 impl DatabaseConfig {
+    /// The servers `host` lists. A `host` that does not read (which
+    /// `validate` refuses) is taken whole as one name, so the connect
+    /// error names it.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        parse_hosts(&self.host, self.port).unwrap_or_else(|_| {
+            vec![Endpoint {
+                host: self.host.clone(),
+                port: self.port,
+            }]
+        })
+    }
+
     /// The database name on the real server.
     pub fn server_dbname(&self) -> &str {
         self.dbname.as_deref().unwrap_or(&self.name)

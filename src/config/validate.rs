@@ -98,6 +98,7 @@ impl Config {
                     "the fallback entry \"*\" passes the client's database name on; remove dbname",
                 ));
             }
+            parse_hosts(&db.host, db.port).map_err(|e| invalid(format!("{key}.host"), e))?;
             validate_pool(&key, &db.pool_settings(&self.pool))?;
         }
         Ok(())

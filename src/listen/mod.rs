@@ -27,7 +27,7 @@ use bytes::BytesMut;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ListenConfig;
+use crate::config::{Endpoint, ListenConfig};
 use crate::metrics::Metrics;
 use crate::protocol::{sqlstate, PgError};
 use crate::server::{ServerKey, ServerTarget};
@@ -68,8 +68,12 @@ pub(crate) struct HubShared {
     pub(crate) senders: senders::Senders,
 }
 
-/// Listener connections are per (host, port, dbname, user).
-type ListenerKey = (String, u16, String, String);
+/// Listener connections are per (servers, dbname, user).
+type ListenerKey = (Arc<[Endpoint]>, String, String);
+
+fn listener_key(t: &ServerTarget) -> ListenerKey {
+    (t.endpoints.clone(), t.dbname.clone(), t.user.clone())
+}
 
 pub struct ListenHub {
     shared: Arc<HubShared>,
@@ -156,7 +160,7 @@ impl ListenHub {
     /// notifications may have been missed meanwhile. A listener already
     /// open to `new` is left as it is.
     pub fn retarget(&self, old: &ServerTarget, new: &ServerTarget) {
-        let key = |t: &ServerTarget| (t.host.clone(), t.port, t.dbname.clone(), t.user.clone());
+        let key = listener_key;
         let mut map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         if map.contains_key(&key(new)) {
             return;
@@ -173,7 +177,7 @@ impl ListenHub {
     }
 
     fn listener(&self, t: &ServerTarget) -> Arc<Listener> {
-        let key = (t.host.clone(), t.port, t.dbname.clone(), t.user.clone());
+        let key = listener_key(t);
         let mut map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(key)
             .or_insert_with(|| {

@@ -28,8 +28,9 @@ pub trait Instance: Send + Sync + 'static {
 /// A database `/readyz` connects to.
 pub struct Probe {
     pub name: String,
-    pub host: String,
-    pub port: u16,
+    /// The database's servers (host, port): it is ready when one of them
+    /// accepts a connection.
+    pub servers: Vec<(String, u16)>,
 }
 
 /// How long one HTTP connection may take to send its request headers: slow
@@ -118,8 +119,23 @@ async fn handle<I: Instance>(
     Ok(resp)
 }
 
-/// Ready when every configured database accepts TCP connections and is not
-/// shutting down.
+/// Whether one of `db`'s servers accepts a TCP connection; if none does,
+/// what each answered.
+async fn probe_servers(db: &Probe) -> Result<(), String> {
+    let mut failures = Vec::new();
+    for (host, port) in &db.servers {
+        let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
+        match tokio::time::timeout(Duration::from_secs(2), connect).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => failures.push(format!("{host}:{port}: {e}")),
+            Err(_) => failures.push(format!("{host}:{port}: connect timed out")),
+        }
+    }
+    Err(failures.join("; "))
+}
+
+/// Ready when every configured database accepts TCP connections (one of
+/// its servers, for a database with several) and is not shutting down.
 async fn readyz<I: Instance>(state: &Arc<I>) -> Response<Full<Bytes>> {
     if state.shutdown().is_cancelled() {
         return text(
@@ -130,21 +146,8 @@ async fn readyz<I: Instance>(state: &Arc<I>) -> Response<Full<Bytes>> {
     }
     let mut problems = Vec::new();
     for db in &state.databases() {
-        let probe = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect((db.host.as_str(), db.port)),
-        )
-        .await;
-        match probe {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => problems.push(format!(
-                "database {}: {}:{}: {e}",
-                db.name, db.host, db.port
-            )),
-            Err(_) => problems.push(format!(
-                "database {}: {}:{}: connect timed out",
-                db.name, db.host, db.port
-            )),
+        if let Err(why) = probe_servers(db).await {
+            problems.push(format!("database {}: {why}", db.name));
         }
     }
     if problems.is_empty() {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use super::{Pool, PoolKey, Retired};
-use crate::config::{Config, DatabaseConfig, PoolDefaults};
+use crate::config::{Config, DatabaseConfig, Endpoint, PoolDefaults};
 use crate::metrics::Metrics;
 use crate::server::ServerTarget;
 use crate::tls::ServerTls;
@@ -147,12 +147,12 @@ impl Pools {
     /// database `dbname` at `host`:`port` (as RECONNECT does), so that
     /// `DROP DATABASE` does not find pgharbor's sessions in its way; servers
     /// in use close when they are returned. Returns how many were closed.
-    pub fn close_idle_to(&self, host: &str, port: u16, dbname: &str) -> usize {
+    pub fn close_idle_to(&self, servers: &[Endpoint], dbname: &str) -> usize {
         self.all()
             .iter()
             .filter(|p| {
                 let t = p.target();
-                t.port == port && t.host == host && t.dbname == dbname
+                t.dbname == dbname && t.shares_a_server_with(servers)
             })
             .map(|p| p.reconnect())
             .sum()
@@ -214,15 +214,14 @@ impl Pools {
                     return false;
                 }
                 let mut target = ServerTarget::clone(&pool.target());
-                target.host.clone_from(&db.host);
-                target.port = db.port;
+                target.set_servers(&db);
                 db.server_dbname().clone_into(&mut target.dbname);
                 target.connect_timeout = settings.server_connect_timeout;
                 target.tls = tls.for_database(&db.name);
                 self.limits.apply(&pool.key, &settings);
                 let applied = pool.apply(settings.clone(), target);
                 if let Some(from) = applied.moved_from {
-                    tracing::info!(pool = %pool.key, host = %db.host, port = db.port, "pool moved to a new server by RELOAD; servers to the old one close as they are given back");
+                    tracing::info!(pool = %pool.key, host = %db.host, "pool moved to a new server by RELOAD; servers to the old one close as they are given back");
                     moves.push((from, pool.target()));
                 }
                 true

@@ -52,7 +52,9 @@ impl Pool {
     pub fn apply(&self, settings: PoolDefaults, target: ServerTarget) -> Applied {
         let old = self.target.swap(Arc::new(target));
         let new = self.target.load();
-        let retargeted = old.host != new.host || old.port != new.port || old.dbname != new.dbname;
+        let retargeted = old.endpoints != new.endpoints
+            || old.session_attrs != new.session_attrs
+            || old.dbname != new.dbname;
         drop(new);
         if retargeted {
             // Servers opened before this generation close when seen; the

@@ -36,6 +36,7 @@ use tempfile::TempDir;
 mod error;
 mod helpers;
 mod ssl;
+mod standby;
 
 pub use error::ScratchPgError;
 use helpers::*;
@@ -114,29 +115,7 @@ impl ScratchPostgres {
             ensure_postgres_user()?;
         }
 
-        let dir = tempfile::Builder::new()
-            .prefix("pgharbor-pg-")
-            .tempdir()
-            .map_err(|source| ScratchPgError::Io {
-                context: "creating a temporary directory".into(),
-                source,
-            })?;
-        let socket_len = dir.path().as_os_str().len() + "/.s.PGSQL.65535".len();
-        if socket_len > MAX_SOCKET_PATH {
-            return Err(ScratchPgError::BadTempDir {
-                path: dir.path().to_path_buf(),
-                reason: format!(
-                    "the unix socket path would be {socket_len} bytes, more than the \
-                     {MAX_SOCKET_PATH} the kernel allows"
-                ),
-            });
-        }
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).map_err(|source| {
-            ScratchPgError::Io {
-                context: format!("chmod 0755 {}", dir.path().display()),
-                source,
-            }
-        })?;
+        let dir = Self::new_dir("pgharbor-pg-")?;
         let pwfile = dir.path().join("superuser.pw");
         fs::write(&pwfile, format!("{SUPERUSER_PASSWORD}\n")).map_err(|source| {
             ScratchPgError::Io {
@@ -165,27 +144,62 @@ impl ScratchPostgres {
         // The password is in the cluster now; do not leave it lying around.
         let _ = fs::remove_file(&pwfile);
         pg.write_config()?;
+        pg.start_on_a_free_port()?;
+        Ok(pg)
+    }
 
+    /// A temporary directory for a cluster, reachable by the `postgres`
+    /// user and short enough for the socket path.
+    fn new_dir(prefix: &str) -> Result<TempDir, ScratchPgError> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .map_err(|source| ScratchPgError::Io {
+                context: "creating a temporary directory".into(),
+                source,
+            })?;
+        let socket_len = dir.path().as_os_str().len() + "/.s.PGSQL.65535".len();
+        if socket_len > MAX_SOCKET_PATH {
+            return Err(ScratchPgError::BadTempDir {
+                path: dir.path().to_path_buf(),
+                reason: format!(
+                    "the unix socket path would be {socket_len} bytes, more than the \
+                     {MAX_SOCKET_PATH} the kernel allows"
+                ),
+            });
+        }
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).map_err(|source| {
+            ScratchPgError::Io {
+                context: format!("chmod 0755 {}", dir.path().display()),
+                source,
+            }
+        })?;
+        Ok(dir)
+    }
+
+    /// Starts the configured server on a free port, trying another when
+    /// the one picked was taken meanwhile.
+    fn start_on_a_free_port(&mut self) -> Result<(), ScratchPgError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            pg.port = free_port()?;
-            match pg.pg_ctl_start(attempt) {
+            self.port = free_port()?;
+            match self.pg_ctl_start(attempt) {
                 Ok(()) => break,
                 Err(ScratchPgError::StartFailed { ref log_tail, .. })
                     if attempt < START_ATTEMPTS && log_tail.contains("Address already in use") =>
                 {
-                    tracing::debug!(port = pg.port, "port taken meanwhile, retrying");
+                    tracing::debug!(port = self.port, "port taken meanwhile, retrying");
                 }
                 Err(e) => return Err(e),
             }
         }
         tracing::info!(
-            port = pg.port,
-            dir = %pg.dir.path().display(),
+            port = self.port,
+            dir = %self.dir.path().display(),
             "scratch PostgreSQL started"
         );
-        Ok(pg)
+        Ok(())
     }
 
     /// The TCP port the server listens on at [`ScratchPostgres::host`];

@@ -33,10 +33,11 @@ pub struct CancelTls {
 }
 
 impl CancelTls {
-    /// The TLS of `target`'s connections (call for one that uses TLS).
-    pub fn for_target(target: &ServerTarget) -> Option<Arc<CancelTls>> {
+    /// The TLS of `target`'s connections to `host` (call for one that
+    /// uses TLS).
+    pub fn for_target(target: &ServerTarget, host: &str) -> Option<Arc<CancelTls>> {
         let connector = target.tls.connector.clone()?;
-        let name = ServerName::try_from(target.host.clone()).ok()?;
+        let name = ServerName::try_from(host.to_owned()).ok()?;
         Some(Arc::new(CancelTls {
             connector,
             name,

@@ -68,21 +68,30 @@ impl SaslClient {
 }
 
 impl Server {
-    /// Opens and authenticates a connection within `connect_timeout`.
-    pub async fn connect(target: &ServerTarget, id: u64) -> Result<Server, ServerError> {
-        let addr_text = format!("{}:{}", target.host, target.port);
-        match tokio::time::timeout(target.connect_timeout, Self::connect_inner(target, id)).await {
+    /// Opens and authenticates a connection to `endpoint`, one of
+    /// `target`'s servers, within `connect_timeout`.
+    pub(super) async fn connect_to(
+        target: &ServerTarget,
+        endpoint: &Endpoint,
+        id: u64,
+    ) -> Result<Server, ServerError> {
+        let login = Self::connect_inner(target, endpoint, id);
+        match tokio::time::timeout(target.connect_timeout, login).await {
             Ok(r) => r,
             Err(_) => Err(ServerError::ConnectTimeout {
-                addr: addr_text,
+                addr: endpoint.to_string(),
                 timeout: target.connect_timeout,
             }),
         }
     }
 
-    async fn connect_inner(target: &ServerTarget, id: u64) -> Result<Server, ServerError> {
-        let addr_text = format!("{}:{}", target.host, target.port);
-        let stream = TcpStream::connect((target.host.as_str(), target.port))
+    async fn connect_inner(
+        target: &ServerTarget,
+        endpoint: &Endpoint,
+        id: u64,
+    ) -> Result<Server, ServerError> {
+        let addr_text = endpoint.to_string();
+        let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
             .await
             .map_err(|source| ServerError::Connect {
                 addr: addr_text.clone(),
@@ -90,9 +99,9 @@ impl Server {
             })?;
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
-        let stream = negotiate_tls(stream, target, &addr_text).await?;
+        let stream = negotiate_tls(stream, target, endpoint, &addr_text).await?;
         let cancel_tls = match stream {
-            Stream::Tls(_) => cancel::CancelTls::for_target(target),
+            Stream::Tls(_) => cancel::CancelTls::for_target(target, &endpoint.host),
             Stream::Plain(_) => None,
         };
         let mut server = Server {
@@ -270,6 +279,7 @@ impl Server {
 async fn negotiate_tls(
     mut tcp: TcpStream,
     target: &ServerTarget,
+    endpoint: &Endpoint,
     addr: &str,
 ) -> Result<Stream, ServerError> {
     let tls = &target.tls;
@@ -301,7 +311,7 @@ async fn negotiate_tls(
             .into())
         }
     }
-    let name = rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|e| {
+    let name = rustls::pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|e| {
         ServerError::Tls {
             addr: addr.into(),
             source: io::Error::new(io::ErrorKind::InvalidInput, e),

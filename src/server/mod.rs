@@ -3,6 +3,7 @@
 //! sync, health check, reset, rollback).
 
 pub mod cancel;
+mod hosts;
 pub mod listing;
 mod login;
 pub mod prepared;
@@ -21,6 +22,7 @@ use tokio::net::TcpStream;
 
 use crate::auth::credential::{ServerCredential, ServerLogin};
 use crate::auth::scram_client::KeyClient;
+use crate::config::{Endpoint, LoadBalanceHosts, TargetSessionAttrs};
 use crate::net::Stream;
 use crate::tls::ServerTls;
 
@@ -37,8 +39,15 @@ const MAX_SERVER_MESSAGE: usize = 64 * 1024 * 1024;
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct ServerTarget {
-    pub host: String,
-    pub port: u16,
+    /// The database's servers, in the order `host` lists them.
+    pub endpoints: Arc<[Endpoint]>,
+    /// Which of them a new connection may use.
+    pub session_attrs: TargetSessionAttrs,
+    pub load_balance: LoadBalanceHosts,
+    /// The endpoint of the last connection that matched, tried first by
+    /// the next (shared by the target's copies): after a failover, new
+    /// connections do not wait on the old primary first.
+    pub last_good: Arc<std::sync::atomic::AtomicUsize>,
     pub dbname: String,
     pub user: String,
     /// The user's password or learnt ClientKey, read at each login so a
@@ -59,14 +68,38 @@ impl ServerTarget {
         tls: Arc<ServerTls>,
     ) -> ServerTarget {
         ServerTarget {
-            host: db.host.clone(),
-            port: db.port,
+            endpoints: db.endpoints().into(),
+            session_attrs: db.target_session_attrs,
+            load_balance: db.load_balance_hosts,
+            last_good: Default::default(),
             dbname: db.server_dbname().to_owned(),
             user: user.config.name.clone(),
             credential: user.server.clone(),
             connect_timeout: settings.server_connect_timeout,
             tls: tls.for_database(&db.name),
         }
+    }
+
+    /// Takes `db`'s servers and how to choose among them (a RELOAD).
+    pub fn set_servers(&mut self, db: &crate::config::DatabaseConfig) {
+        let endpoints: Arc<[Endpoint]> = db.endpoints().into();
+        if endpoints != self.endpoints {
+            self.endpoints = endpoints;
+            self.last_good = Default::default();
+        }
+        self.session_attrs = db.target_session_attrs;
+        self.load_balance = db.load_balance_hosts;
+    }
+
+    /// Whether a server of this target may be one of `endpoints`.
+    pub fn shares_a_server_with(&self, endpoints: &[Endpoint]) -> bool {
+        self.endpoints.iter().any(|e| endpoints.contains(e))
+    }
+
+    /// The servers as `host` lists them, for logs.
+    pub fn servers_text(&self) -> String {
+        let names: Vec<String> = self.endpoints.iter().map(Endpoint::to_string).collect();
+        names.join(",")
     }
 }
 
@@ -109,6 +142,12 @@ pub enum ServerError {
     TlsRefused { addr: String, mode: &'static str },
     #[error("TLS handshake with server {addr} failed: {source}; check server_tls.mode and server_tls.ca_file")]
     Tls { addr: String, source: io::Error },
+    #[error("no server of `{servers}` is {wanted} (target_session_attrs): {tried}")]
+    NoMatchingServer {
+        servers: String,
+        wanted: &'static str,
+        tried: String,
+    },
     #[error("server i/o error: {0}")]
     Io(#[from] io::Error),
 }

@@ -325,8 +325,9 @@ impl crate::metrics::http::Instance for State {
         let config = self.config();
         let probe = |db: &crate::config::DatabaseConfig| crate::metrics::http::Probe {
             name: db.name.clone(),
-            host: db.host.clone(),
-            port: db.port,
+            servers: (db.endpoints().into_iter())
+                .map(|e| (e.host, e.port))
+                .collect(),
         };
         config.databases.iter().map(probe).collect()
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 use bytes::BytesMut;
 use pgharbor::auth::credential::ServerCredential;
-use pgharbor::config::{ListenConfig, OverflowPolicy};
+use pgharbor::config::{Endpoint, ListenConfig, OverflowPolicy};
 use pgharbor::listen::{self, ListenCommand, ListenHub, PendingListens, Subscriber};
 use pgharbor::metrics::Metrics;
 use pgharbor::server::{ServerKey, ServerTarget};
@@ -19,8 +19,14 @@ fn role(name: &str) -> ServerTarget {
     let pg = pg();
     pg.create_user(name, "pw", "scram-sha-256").expect("role");
     ServerTarget {
-        host: pg.host().to_string(),
-        port: pg.port(),
+        endpoints: vec![Endpoint {
+            host: pg.host().to_string(),
+            port: pg.port(),
+        }]
+        .into(),
+        session_attrs: Default::default(),
+        load_balance: Default::default(),
+        last_good: Default::default(),
         dbname: "app".into(),
         user: name.into(),
         credential: Arc::new(ServerCredential::new("pw")),

@@ -192,7 +192,7 @@ impl Session {
         match r.retry.clone() {
             Retry::DropDatabase(db) => {
                 let t = self.pool.target();
-                let closed = self.state.pools().close_idle_to(&t.host, t.port, &db);
+                let closed = self.state.pools().close_idle_to(&t.endpoints, &db);
                 tracing::info!(database = %db, idle_servers_closed = closed, "the database is in use (DROP DATABASE, or CREATE DATABASE from it as template); closed pgharbor's idle servers to it and retrying once");
             }
         }

@@ -1,0 +1,234 @@
+//! Choosing among a database's servers, as libpq does with a host list:
+//! each is tried in turn (or in a shuffled order with `load_balance_hosts =
+//! "random"`), and a server that logs in but is not what
+//! `target_session_attrs` asks for (a standby where writes are wanted, say)
+//! is closed and the next one tried. After a failover, the promoted
+//! standby is the one that matches `read-write`, and the old primary, down
+//! or back as something else, is passed over.
+
+use std::sync::atomic::Ordering;
+
+use rand::seq::SliceRandom as _;
+
+use super::*;
+
+/// What a logged-in server is, as far as `target_session_attrs` asks.
+#[derive(Debug, Clone, Copy)]
+struct Role {
+    /// In recovery: a hot standby.
+    in_recovery: bool,
+    /// Refuses writes by default: in recovery, or
+    /// `default_transaction_read_only` on.
+    read_only: bool,
+}
+
+/// One pass over the servers looks for this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Any,
+    ReadWrite,
+    ReadOnly,
+    Primary,
+    Standby,
+}
+
+impl Want {
+    fn accepts(self, role: Role) -> bool {
+        match self {
+            Want::Any => true,
+            Want::ReadWrite => !role.read_only,
+            Want::ReadOnly => role.read_only,
+            Want::Primary => !role.in_recovery,
+            Want::Standby => role.in_recovery,
+        }
+    }
+
+    /// What a server that did not match was, in an error's words.
+    fn refusal(self) -> &'static str {
+        match self {
+            Want::ReadWrite => "is read-only",
+            Want::ReadOnly => "accepts writes",
+            Want::Primary => "is a standby",
+            Want::Standby => "is not a standby",
+            Want::Any => "",
+        }
+    }
+}
+
+/// The passes `attrs` makes: `prefer-standby` looks for a standby first,
+/// then takes any server.
+fn passes(attrs: TargetSessionAttrs) -> &'static [Want] {
+    match attrs {
+        TargetSessionAttrs::Any => &[Want::Any],
+        TargetSessionAttrs::ReadWrite => &[Want::ReadWrite],
+        TargetSessionAttrs::ReadOnly => &[Want::ReadOnly],
+        TargetSessionAttrs::Primary => &[Want::Primary],
+        TargetSessionAttrs::Standby => &[Want::Standby],
+        TargetSessionAttrs::PreferStandby => &[Want::Standby, Want::Any],
+    }
+}
+
+impl ServerTarget {
+    /// The order this connection tries the servers in: from the last one
+    /// that matched, or shuffled.
+    fn order(&self) -> Vec<usize> {
+        let n = self.endpoints.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        match self.load_balance {
+            LoadBalanceHosts::Random => order.shuffle(&mut rand::rng()),
+            LoadBalanceHosts::Disable => {
+                let first = self.last_good.load(Ordering::Relaxed);
+                if first < n {
+                    order.rotate_left(first);
+                }
+            }
+        }
+        order
+    }
+}
+
+impl Server {
+    /// Opens a connection to one of `target`'s servers that is what its
+    /// `target_session_attrs` asks for. With one server and `any`, its
+    /// error is returned as it is; otherwise every server is tried, and
+    /// the error says what each was.
+    pub async fn connect(target: &ServerTarget, id: u64) -> Result<Server, ServerError> {
+        if target.endpoints.len() == 1 && target.session_attrs == TargetSessionAttrs::Any {
+            return Self::connect_to(target, &target.endpoints[0], id).await;
+        }
+        let order = target.order();
+        let mut tried: Vec<String> = Vec::new();
+        let mut last_error = None;
+        let mut mismatched = false;
+        for &want in passes(target.session_attrs) {
+            for &i in &order {
+                let endpoint = &target.endpoints[i];
+                match Self::connect_matching(target, endpoint, id, want).await {
+                    Ok(Some(server)) => {
+                        target.last_good.store(i, Ordering::Relaxed);
+                        return Ok(server);
+                    }
+                    Ok(None) => {
+                        mismatched = true;
+                        tried.push(format!("{endpoint} {}", want.refusal()));
+                    }
+                    Err(e) => {
+                        tracing::debug!(server = %endpoint, error = %e, "server not usable, trying the next");
+                        tried.push(format!("{endpoint}: {e}"));
+                        last_error = Some(e);
+                    }
+                }
+            }
+        }
+        match last_error {
+            Some(e) if !mismatched && target.endpoints.len() == 1 => Err(e),
+            _ => Err(ServerError::NoMatchingServer {
+                servers: target.servers_text(),
+                wanted: target.session_attrs.as_str(),
+                tried: tried.join("; "),
+            }),
+        }
+    }
+
+    /// A connection to `endpoint` if its server is what `want` asks for;
+    /// `None` (the connection closed) if not.
+    async fn connect_matching(
+        target: &ServerTarget,
+        endpoint: &Endpoint,
+        id: u64,
+        want: Want,
+    ) -> Result<Option<Server>, ServerError> {
+        let mut server = Self::connect_to(target, endpoint, id).await?;
+        if want == Want::Any {
+            return Ok(Some(server));
+        }
+        let role = tokio::time::timeout(target.connect_timeout, server.role())
+            .await
+            .map_err(|_| ServerError::ConnectTimeout {
+                addr: endpoint.to_string(),
+                timeout: target.connect_timeout,
+            })??;
+        if want.accepts(role) {
+            return Ok(Some(server));
+        }
+        server.terminate().await;
+        Ok(None)
+    }
+
+    /// What this server is: from the ParameterStatus Postgres 14 and later
+    /// send at login (`in_hot_standby`, `default_transaction_read_only`),
+    /// else asked, as libpq asks an older server.
+    async fn role(&mut self) -> Result<Role, ServerError> {
+        let in_recovery = match self.params.get("in_hot_standby") {
+            Some(v) => v == "on",
+            None => {
+                let v = self
+                    .query_first_value("SELECT pg_catalog.pg_is_in_recovery()")
+                    .await?;
+                v.as_deref() == Some(b"t")
+            }
+        };
+        let default_read_only = match self.params.get("default_transaction_read_only") {
+            Some(v) => v == "on",
+            None => {
+                let v = self.query_first_value("SHOW transaction_read_only").await?;
+                v.as_deref() == Some(b"on")
+            }
+        };
+        Ok(Role {
+            in_recovery,
+            read_only: in_recovery || default_read_only,
+        })
+    }
+
+    /// Ends the session politely: Terminate, then the connection closes.
+    async fn terminate(mut self) {
+        let mut out = BytesMut::new();
+        frontend::terminate(&mut out);
+        let _ = self.send(&out).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STANDBY: Role = Role {
+        in_recovery: true,
+        read_only: true,
+    };
+    const PRIMARY: Role = Role {
+        in_recovery: false,
+        read_only: false,
+    };
+    const FENCED_PRIMARY: Role = Role {
+        in_recovery: false,
+        read_only: true,
+    };
+
+    #[test]
+    fn each_attribute_takes_the_servers_libpq_takes() {
+        let takes = |attrs, role| passes(attrs).iter().any(|w| w.accepts(role));
+        use TargetSessionAttrs::*;
+        for (attrs, primary, fenced, standby) in [
+            (Any, true, true, true),
+            (ReadWrite, true, false, false),
+            (ReadOnly, false, true, true),
+            (Primary, true, true, false),
+            (Standby, false, false, true),
+            (PreferStandby, true, true, true),
+        ] {
+            assert_eq!(takes(attrs, PRIMARY), primary, "{attrs:?} primary");
+            assert_eq!(takes(attrs, FENCED_PRIMARY), fenced, "{attrs:?} fenced");
+            assert_eq!(takes(attrs, STANDBY), standby, "{attrs:?} standby");
+        }
+    }
+
+    #[test]
+    fn prefer_standby_looks_for_a_standby_before_taking_any() {
+        assert_eq!(
+            passes(TargetSessionAttrs::PreferStandby),
+            &[Want::Standby, Want::Any]
+        );
+    }
+}
