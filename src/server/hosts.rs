@@ -104,8 +104,9 @@ impl Server {
             for &i in &order {
                 let endpoint = &target.endpoints[i];
                 match Self::connect_matching(target, endpoint, id, want).await {
-                    Ok(Some(server)) => {
+                    Ok(Some(mut server)) => {
                         target.last_good.store(i, Ordering::Relaxed);
+                        server.session_attrs = target.session_attrs;
                         return Ok(server);
                     }
                     Ok(None) => {
@@ -181,12 +182,41 @@ impl Server {
         })
     }
 
+    /// A reported parameter said what this server is now (Postgres
+    /// reports `in_hot_standby` after a promotion and
+    /// `default_transaction_read_only` after a reload, at the next
+    /// ReadyForQuery): one that is no longer what its connection was
+    /// opened for retires, so it is closed when it is given back.
+    pub(super) fn check_role(&mut self) {
+        let (Some(standby), Some(read_only)) = (
+            self.params.get("in_hot_standby"),
+            self.params.get("default_transaction_read_only"),
+        ) else {
+            return;
+        };
+        let in_recovery = standby == "on";
+        let role = Role {
+            in_recovery,
+            read_only: in_recovery || read_only == "on",
+        };
+        let still = passes(self.session_attrs).iter().any(|w| w.accepts(role));
+        if !still {
+            tracing::info!(server = self.id, addr = %self.key.addr, attrs = self.session_attrs.as_str(), "the server is no longer what target_session_attrs asks for; closing it when it is given back");
+            self.retire_at = Some(Instant::now());
+        }
+    }
+
     /// Ends the session politely: Terminate, then the connection closes.
     async fn terminate(mut self) {
         let mut out = BytesMut::new();
         frontend::terminate(&mut out);
         let _ = self.send(&out).await;
     }
+}
+
+/// Whether a reported parameter tells what the server is.
+pub(super) fn is_role_param(name: &str) -> bool {
+    matches!(name, "in_hot_standby" | "default_transaction_read_only")
 }
 
 #[cfg(test)]

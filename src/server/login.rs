@@ -125,6 +125,7 @@ impl Server {
             params_version: 0,
             synced: None,
             sync_notices: Vec::new(),
+            session_attrs: TargetSessionAttrs::Any,
         };
         let mut out = BytesMut::new();
         frontend::startup_message(

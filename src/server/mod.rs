@@ -227,6 +227,10 @@ pub struct Server {
     pub sync_notices: Vec<BytesMut>,
     /// Proxy-named statements prepared on this server (transaction mode).
     pub prepared: prepared::PreparedSet,
+    /// What `target_session_attrs` this connection was opened for: a
+    /// server that stops being that (a standby promoted, a primary made
+    /// read-only) is closed when it is given back.
+    pub session_attrs: TargetSessionAttrs,
 }
 
 impl Server {
@@ -270,8 +274,12 @@ impl Server {
     /// Records a reported parameter value.
     pub fn set_param(&mut self, name: String, value: String) {
         if self.params.get(&name) != Some(&value) {
+            let role_param = hosts::is_role_param(&name);
             self.params.insert(name, value);
             self.params_version += 1;
+            if role_param {
+                self.check_role();
+            }
         }
     }
 

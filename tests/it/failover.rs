@@ -274,3 +274,32 @@ async fn a_read_write_database_follows_the_promoted_standby_after_its_primary_cr
         .get(0);
     assert_eq!(n, 101);
 }
+
+#[tokio::test]
+async fn a_standby_pool_leaves_a_server_once_it_is_promoted() {
+    let p = pair();
+    let other = p.primary.start_standby().expect("a second standby");
+    let proxy = start_proxy_with(&config(
+        &servers(&[&p.standby, &other]),
+        "standby",
+        "disable",
+        1,
+    ))
+    .await;
+    let client = connect(&proxy, "app").await;
+    assert_eq!(where_it_ran(&client).await, (p.standby.port() as i32, true));
+
+    p.standby.promote().expect("promote the first standby");
+    // A server of a standby that is promoted is closed (at once if it
+    // told pgharbor while idle, else when the transaction that learnt it
+    // gives it back); the client is then served by a standby again.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(where_it_ran(&client).await);
+    }
+    assert_eq!(seen[1], (other.port() as i32, true), "{seen:?}");
+    assert!(
+        seen[0] == (other.port() as i32, true) || seen[0] == (p.standby.port() as i32, false),
+        "{seen:?}"
+    );
+}
