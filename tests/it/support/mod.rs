@@ -966,6 +966,8 @@ pub async fn pgbench_at(addr: std::net::SocketAddr, user: &str, args: &[&str]) -
         .env("PGPASSWORD", PASSWORD)
         .env("PGCONNECT_TIMEOUT", "10")
         .stdin(std::process::Stdio::null())
+        // A test that gives up on pgbench (a bounded wait) ends it too.
+        .kill_on_drop(true)
         .output()
         .await
         .expect("run pgbench")
