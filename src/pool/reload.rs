@@ -76,23 +76,22 @@ impl Pool {
     /// smaller pool closes idle servers beyond its size now, and busy ones
     /// as they are given back (see [`Pool::put_idle`]).
     fn resize(&self, size: usize) -> bool {
-        let (woken, over, room) = {
+        let (woken, room) = {
             let mut slots = self.slots();
             if slots.size() == size {
                 return false;
             }
             let woken = slots.resize(size);
-            (
-                woken,
-                slots.over_size(),
-                size.saturating_sub(slots.in_use()),
-            )
+            let over = slots.over_size();
+            // Under the slots lock, as `above_size` clears it: a clear
+            // that saw the old size can never undo this newer shrink.
+            if over {
+                self.shrinking.store(true, Ordering::Release);
+            }
+            (woken, size.saturating_sub(slots.in_use()))
         };
         wake_all(woken);
         self.stats.pool_size.set(size as i64);
-        if over {
-            self.shrinking.store(true, Ordering::Release);
-        }
         let closed = self.trim_idle(room);
         tracing::info!(pool = %self.key, pool_size = size, idle_closed = closed, "pool resized by RELOAD");
         true
@@ -117,7 +116,8 @@ impl Pool {
         if !self.shrinking.load(Ordering::Acquire) {
             return false;
         }
-        let over = self.slots().over_size();
+        let slots = self.slots();
+        let over = slots.over_size();
         if !over {
             self.shrinking.store(false, Ordering::Release);
         }
