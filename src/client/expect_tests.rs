@@ -372,7 +372,7 @@ fn an_error_skips_only_its_own_group() {
 /// statement (pgbench -M extended), sent with no reply outstanding.
 fn first_unnamed_parse_group(u: &mut UnnamedStatement) -> Expectations {
     let mut q = Expectations::default();
-    let generation = u.parsed(b"P\0\0\0\x08\0x\0\0\0");
+    let generation = u.parsed(b"P\0\0\0\x08\0x\0\0\0", None);
     q.push_unnamed_parse(Action::Forward, None, generation);
     q.push(Reply::BindComplete, Action::Forward);
     q.push(Reply::Execute, Action::Forward);

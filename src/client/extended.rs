@@ -217,7 +217,9 @@ impl Session {
             .group_has_earlier_messages()
             .then(|| Box::new(self.ext.unnamed.clone()));
         let skippable = before.is_some();
-        let generation = self.ext.unnamed.parsed(&self.io.cbuf[at..at + len]);
+        let msg = &self.io.cbuf[at..at + len];
+        let notify = self.unnamed_parse_notifies(msg);
+        let generation = self.ext.unnamed.parsed(msg, notify);
         if skippable {
             // A Bind of it is looked at: passed in this group, held in a
             // later one until the Parse is answered, and after that
@@ -464,6 +466,9 @@ impl Session {
                     return Ok(());
                 }
                 build_bind(&mut self.io.to_server, b.portal, &st.name, b.rest);
+                if st.notify.is_some() || !self.listening.notify_portals.is_empty() {
+                    self.bind_notify_portal(b.portal, st.notify.as_deref(), b.rest);
+                }
                 match st.drops_all {
                     DropsAll::No => {}
                     // Postgres refuses it in a transaction block.

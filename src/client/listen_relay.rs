@@ -35,39 +35,34 @@ impl Session {
     }
 
     /// Transaction mode, while any client listens: the channels the Query
-    /// or Parse at `cbuf[at..at + len]` notifies are noted with the server
-    /// that runs it, so its notifications carry this client's pid (see
+    /// at `cbuf[at..at + len]` notifies are noted with the server that runs
+    /// it, so its notifications carry this client's pid (see
     /// `listen/senders.rs`). A text without the word `notify` costs one
-    /// `memchr` pass.
-    pub(super) fn note_notifies(&mut self, tag: u8, at: usize, len: usize) {
-        if self.state.metrics().listen_subscriptions.get() == 0 {
+    /// `memchr` pass. A prepared statement's are noted when it is executed
+    /// (`session/notify_portals.rs`).
+    pub(super) fn note_query_notifies(&mut self, at: usize, len: usize) {
+        if !self.anyone_listens() {
+            return;
+        }
+        let body = &self.io.cbuf[at + 5..at + len];
+        let sql = read_cstr_bytes(body).ok().map(|(sql, _)| sql);
+        let Some(sql) = sql.filter(|sql| crate::listen::may_notify(sql)) else {
+            return;
+        };
+        self.listening.notified |= self.listening.listen.is_some();
+        let targets = crate::listen::notify_targets(&String::from_utf8_lossy(sql));
+        self.note_notify_targets(targets);
+    }
+
+    /// A statement sent to the server the client holds notifies `targets`:
+    /// noted with the LISTEN hub until its transaction ends.
+    pub(super) fn note_notify_targets(&mut self, targets: crate::listen::NotifyTargets) {
+        if targets.is_empty() || !self.anyone_listens() {
             return;
         }
         let Some(key) = self.server.as_ref().map(|p| p.server.key) else {
             return;
         };
-        let body = &self.io.cbuf[at + 5..at + len];
-        let sql = match tag {
-            frontend::QUERY => read_cstr_bytes(body).ok().map(|(sql, _)| sql),
-            _ => crate::protocol::frontend::parse_text(body),
-        };
-        let Some(sql) = sql.filter(|sql| crate::listen::may_notify(sql)) else {
-            return;
-        };
-        self.listening.notified |= self.listening.listen.is_some();
-        let mut targets = crate::listen::notify_targets(&String::from_utf8_lossy(sql));
-        if targets.is_empty() {
-            return;
-        }
-        if tag == frontend::PARSE {
-            // A prepared statement may run in none of this transaction's
-            // Executes, or in several transactions: its notifications are
-            // not counted, only possible.
-            targets
-                .sent
-                .iter_mut()
-                .for_each(|(_, payload)| *payload = None);
-        }
         let pid = self.cancel.slot.pid();
         let hub = &self.state.listen();
         if self.listening.noted_sender.is_none() {

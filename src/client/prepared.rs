@@ -22,6 +22,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
+use crate::listen::{statement_notifies, NotifyTemplate};
 use crate::protocol::backend::{finish_len, put_cstr};
 use crate::protocol::error::PgError;
 use crate::protocol::frame::{read_cstr, read_cstr_bytes};
@@ -50,6 +51,9 @@ pub struct Statement {
     /// `DISCARD ALL`): a Bind of it is accounted for
     /// (`Session::bind_drops_all`).
     pub drops_all: DropsAll,
+    /// The notifications running it sends, read from its text once here
+    /// (`session/notify_portals.rs`); `None` for nearly every statement.
+    pub notify: Option<Box<NotifyTemplate>>,
 }
 
 impl Statement {
@@ -97,13 +101,17 @@ impl Statement {
         put_cstr(&mut parse, &name);
         parse.put_slice(rest);
         finish_len(&mut parse, 0);
-        let drops_all = read_cstr_bytes(rest).map_or(DropsAll::No, |(sql, _)| drops_all(sql));
+        let (drops_all, notify) = match read_cstr_bytes(rest) {
+            Ok((sql, types)) => (drops_all(sql), statement_notifies(sql, types)),
+            Err(_) => (DropsAll::No, None),
+        };
         Statement {
             name: name.into(),
             parse: parse.freeze(),
             shape: AtomicU64::new(0),
             fresh: AtomicBool::new(false),
             drops_all,
+            notify,
         }
     }
 }

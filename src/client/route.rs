@@ -262,6 +262,7 @@ impl Session {
             Some(l) => (l.skip_to_sync, l.has_portals()),
             None => (false, false),
         };
+        let notify_portals = !self.listening.notify_portals.is_empty();
         let whole = WholeMessages {
             transaction_mode: tx,
             no_server: self.server.is_none(),
@@ -270,7 +271,8 @@ impl Session {
                 || self.listening.local.is_some()
                 || !self.ext.unnamed.here
                 || self.ext.expect.closing().next().is_some(),
-            local_portals,
+            notify_binds: notify_portals || self.ext.unnamed.notify.is_some(),
+            local_portals: local_portals || notify_portals,
         };
         let step = (self.io.cscan).step(&self.io.cbuf[ready..], self.io.max_message, |t| {
             whole.wanted(t)
@@ -585,7 +587,7 @@ impl Session {
                 &self.io.cbuf[at..at + len],
             );
         }
-        if tx && matches!(tag, frontend::QUERY | frontend::PARSE) {
+        if tx {
             self.note_notifies(tag, at, len);
         }
         // Session mode follows no replies but those of a Query it rewrote,
@@ -635,6 +637,27 @@ impl Session {
                 Flow::Pause
             }
             Err(e) => Flow::Violation(e),
+        }
+    }
+
+    /// Transaction mode: what the whole message at `cbuf[at..at + len]`
+    /// notifies is noted with the server that runs it (`listen_relay.rs`,
+    /// `session/notify_portals.rs`). A Bind or an Execute costs a look
+    /// only while a statement or portal of the client notifies.
+    #[inline(always)]
+    fn note_notifies(&mut self, tag: u8, at: usize, len: usize) {
+        match tag {
+            frontend::QUERY => self.note_query_notifies(at, len),
+            frontend::BIND
+                if self.ext.unnamed.notify.is_some()
+                    || !self.listening.notify_portals.is_empty() =>
+            {
+                self.note_notify_bind(at, len)
+            }
+            frontend::EXECUTE if !self.listening.notify_portals.is_empty() => {
+                self.note_notify_execute(at, len)
+            }
+            _ => {}
         }
     }
 

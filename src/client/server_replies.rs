@@ -431,6 +431,10 @@ impl Session {
             }
         }
         let ended = idle && self.txn.pending == 0 && !self.txn.unsynced;
+        if ended {
+            // Nothing was sent after it: the transaction's portals are gone.
+            self.listening.notify_portals.clear();
+        }
         burst.txn_done |= ended;
         burst.release = ended && self.mode == PoolMode::Transaction && self.txn.pinned.is_none();
         if self.ext.replay.as_ref().is_some_and(|r| r.armed) {

@@ -13,7 +13,8 @@ use crate::protocol::backend;
 use crate::protocol::frame::ProtocolError;
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{
-    split_startup, Pair, StartupPacket, StartupParams, POSTGRES_ALPN, PROTOCOL_3_0,
+    split_startup, Pair, StartupPacket, StartupParams, GSSENC_REQUEST, POSTGRES_ALPN, PROTOCOL_3_0,
+    SSL_REQUEST,
 };
 use crate::protocol::PgError;
 use crate::tls::ClientTls;
@@ -295,12 +296,19 @@ impl PeekByte for TcpStream {
 
 /// Reads the first packet, answering GSSENCRequest with `N` (no GSSAPI
 /// here), and SSLRequest with `S` when TLS is offered, else `N`.
+///
+/// As Postgres 15 (`ProcessStartupPacket`): after an `N` a request of the
+/// same kind is taken for a StartupMessage of an unsupported protocol
+/// (its code read as the version 1234.5679 or 1234.5680), while the other
+/// kind may follow, and after it the first kind again. Bytes that came
+/// with a request get its `N`, then a FATAL: they were sent in the clear
+/// before the answer said whether to encrypt.
 async fn first_packet<S: PeekByte>(
     stream: &mut S,
     buf: &mut BytesMut,
     tls: &ClientTls,
 ) -> Result<FirstPacket, StartupError> {
-    let mut refused_encryption = 0;
+    let (mut ssl_done, mut gss_done) = (false, false);
     loop {
         if let (true, Some(acceptor)) = (buf.is_empty(), &tls.acceptor) {
             let Some(first) = stream.peek_byte().await? else {
@@ -317,26 +325,30 @@ async fn first_packet<S: PeekByte>(
             fill(stream, buf).await?;
             continue;
         };
-        match packet {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                // Bytes already sent after the request would arrive in the
-                // clear before our answer (and, with TLS, be taken as if
-                // they came through it): Postgres refuses that too.
-                if !buf.is_empty() {
-                    return Err(ProtocolError::Malformed("SSLRequest").into());
-                }
-                if let (StartupPacket::SslRequest, Some(acceptor)) = (&packet, &tls.acceptor) {
+        let refused = match packet {
+            StartupPacket::SslRequest if ssl_done => return Err(unsupported_protocol(SSL_REQUEST)),
+            StartupPacket::GssEncRequest if gss_done => {
+                return Err(unsupported_protocol(GSSENC_REQUEST))
+            }
+            StartupPacket::SslRequest => {
+                if let Some(acceptor) = &tls.acceptor {
+                    // Bytes already sent after the request would be taken
+                    // as if they came through TLS: refused before the `S`.
+                    if !buf.is_empty() {
+                        return Err(ProtocolError::Malformed("SSLRequest").into());
+                    }
                     stream.write_all(b"S").await?;
                     return Ok(FirstPacket::Tls {
                         acceptor: acceptor.clone(),
                         direct: false,
                     });
                 }
-                refused_encryption += 1;
-                if refused_encryption > 2 {
-                    return Err(ProtocolError::Malformed("startup packet").into());
-                }
-                stream.write_all(b"N").await?;
+                (ssl_done, gss_done) = (true, false);
+                "received unencrypted data after SSL request"
+            }
+            StartupPacket::GssEncRequest => {
+                (ssl_done, gss_done) = (false, true);
+                "received unencrypted data after GSSAPI encryption request"
             }
             StartupPacket::Cancel { pid, secret } => {
                 return Ok(FirstPacket::Plain(Request::Cancel { pid, secret }))
@@ -344,12 +356,31 @@ async fn first_packet<S: PeekByte>(
             StartupPacket::Startup { version, params } => {
                 return Ok(FirstPacket::Plain(Request::Startup { version, params }))
             }
+        };
+        stream.write_all(b"N").await?;
+        if !buf.is_empty() {
+            return Err(StartupError::Refuse(
+                PgError::fatal(sqlstate::PROTOCOL_VIOLATION, refused).with_detail(
+                    "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.",
+                ),
+            ));
         }
     }
 }
 
+/// Postgres 15's refusal of a StartupMessage of protocol `version`.
+fn unsupported_protocol(version: u32) -> StartupError {
+    let (major, minor) = (version >> 16, version & 0xffff);
+    StartupError::Refuse(PgError::fatal(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"),
+    ))
+}
+
 /// The packet that follows the TLS handshake: a StartupMessage or a
-/// CancelRequest; asking for encryption again breaks the protocol.
+/// CancelRequest. A request for encryption again is, as in Postgres 15, a
+/// StartupMessage of an unsupported protocol (both kinds are done once
+/// TLS is on).
 async fn packet_after_tls(
     stream: &mut Stream,
     buf: &mut BytesMut,
@@ -360,9 +391,8 @@ async fn packet_after_tls(
             continue;
         };
         return match packet {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                Err(ProtocolError::Malformed("encryption requested inside TLS").into())
-            }
+            StartupPacket::SslRequest => Err(unsupported_protocol(SSL_REQUEST)),
+            StartupPacket::GssEncRequest => Err(unsupported_protocol(GSSENC_REQUEST)),
             StartupPacket::Cancel { pid, secret } => Ok(Request::Cancel { pid, secret }),
             StartupPacket::Startup { version, params } => Ok(Request::Startup { version, params }),
         };
@@ -384,12 +414,9 @@ async fn login_request<S: AsyncWrite + Unpin>(
     version: u32,
     mut params: StartupParams,
 ) -> Result<LoginRequest, StartupError> {
-    let (major, minor) = (version >> 16, version & 0xffff);
-    if major != 3 {
-        return Err(StartupError::Refuse(PgError::fatal(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"),
-        )));
+    let minor = version & 0xffff;
+    if version >> 16 != 3 {
+        return Err(unsupported_protocol(version));
     }
     let mut user = None;
     let mut database = None;

@@ -17,8 +17,6 @@ use crate::protocol::startup::{MAX_STARTUP_PACKET, PROTOCOL_3_0};
 /// Every wait is bounded: a step that hangs fails its test instead.
 const WAIT: Duration = Duration::from_secs(5);
 
-const SSL_REQUEST: u32 = 80_877_103;
-const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
 
 impl PeekByte for DuplexStream {
@@ -159,6 +157,74 @@ async fn an_ssl_request_without_tls_is_answered_n_and_the_startup_message_after_
 #[tokio::test]
 async fn a_gssenc_request_is_answered_n_and_the_startup_message_after_it_is_read() {
     check_refused_then_started(GSSENC_REQUEST).await;
+}
+
+/// A client that sends `writes`, reading the one-byte answer after each
+/// but the last, then everything up to the close; returns all it read.
+async fn send_in_turn(mut c: DuplexStream, writes: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut answered = Vec::new();
+    for (i, bytes) in writes.iter().enumerate() {
+        c.write_all(bytes).await.expect("sent");
+        if i + 1 < writes.len() {
+            let mut one = [0u8; 1];
+            c.read_exact(&mut one).await.expect("a one-byte answer");
+            answered.push(one[0]);
+        }
+    }
+    c.read_to_end(&mut answered).await.expect("the rest reads");
+    answered
+}
+
+// The Postgres the integration tests run answers a GSSENCRequest with `G`
+// (it is built with GSSAPI), so what a Postgres 15 without GSSAPI answers,
+// as pgharbor must, is checked here: its `ProcessStartupPacket` tracks an
+// SSLRequest and a GSSENCRequest apart. After an `N` the other kind may
+// come, and after that the first again; the same kind twice in a row is
+// read as a StartupMessage of protocol 1234.5679 (SSL) or 1234.5680
+// (GSSENC). The words are those of its `unsupported frontend protocol`
+// refusal, which the integration tests compare for the SSLRequest.
+
+/// Sends `writes` in turn and checks that the client read `answered`, then
+/// was refused with a FATAL of `code` and `message`.
+async fn check_refused_in_turn(writes: Vec<Vec<u8>>, answered: &[u8], code: &str, message: &str) {
+    let (read, got) = first_packet_with(|c| send_in_turn(c, writes)).await;
+    assert_eq!(got, answered);
+    let e = refusal(read);
+    assert_eq!((e.code, e.message.as_str()), (code, message));
+    assert!(e.is_fatal());
+}
+
+#[tokio::test]
+async fn a_gssenc_request_after_its_n_is_refused_as_protocol_1234_5680() {
+    let writes = vec![packet(GSSENC_REQUEST, &[]), packet(GSSENC_REQUEST, &[])];
+    let words = "unsupported frontend protocol 1234.5680: server supports 3.0 to 3.0";
+    check_refused_in_turn(writes, b"N", sqlstate::FEATURE_NOT_SUPPORTED, words).await;
+}
+
+#[tokio::test]
+async fn ssl_and_gssenc_requests_taking_turns_are_each_answered_n() {
+    let (ssl, gss) = (packet(SSL_REQUEST, &[]), packet(GSSENC_REQUEST, &[]));
+    let start = startup_message(PROTOCOL_3_0, &[("user", "alice")]);
+    let writes = vec![ssl.clone(), gss.clone(), ssl, gss, start];
+    let (read, answered) = first_packet_with(|c| send_in_turn(c, writes)).await;
+    assert_eq!(answered, b"NNNN");
+    assert_eq!(read_startup(read), (PROTOCOL_3_0, "alice".to_owned()));
+}
+
+#[tokio::test]
+async fn an_ssl_request_right_after_its_n_is_refused_even_after_a_gssenc_request() {
+    let (ssl, gss) = (packet(SSL_REQUEST, &[]), packet(GSSENC_REQUEST, &[]));
+    let words = "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0";
+    let writes = vec![gss, ssl.clone(), ssl];
+    check_refused_in_turn(writes, b"NN", sqlstate::FEATURE_NOT_SUPPORTED, words).await;
+}
+
+#[tokio::test]
+async fn plaintext_sent_with_a_gssenc_request_gets_the_n_then_a_fatal() {
+    let mut both = packet(GSSENC_REQUEST, &[]);
+    both.extend(startup_message(PROTOCOL_3_0, &[("user", "alice")]));
+    let words = "received unencrypted data after GSSAPI encryption request";
+    check_refused_in_turn(vec![both], b"N", sqlstate::PROTOCOL_VIOLATION, words).await;
 }
 
 #[tokio::test]

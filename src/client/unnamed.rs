@@ -36,6 +36,9 @@ pub(super) struct UnnamedStatement {
     /// It was parsed on the server the client holds now (cleared when
     /// the server is released).
     pub here: bool,
+    /// The notifications running it sends, read from its text when it was
+    /// parsed while some client listened (`session/notify_portals.rs`).
+    pub notify: Option<Box<crate::listen::NotifyTemplate>>,
     /// The client's last unnamed Parse, whole, to prepare it again on
     /// another server. Reused: no allocation per Parse after the first
     /// (unless a longer text comes).
@@ -49,10 +52,15 @@ pub(super) struct UnnamedStatement {
 }
 
 impl UnnamedStatement {
-    /// An unnamed Parse (`msg`, whole) goes to the server held now; its
-    /// generation.
+    /// An unnamed Parse (`msg`, whole), which sends `notify`, goes to the
+    /// server held now; its generation.
     #[inline]
-    pub(super) fn parsed(&mut self, msg: &[u8]) -> u32 {
+    pub(super) fn parsed(
+        &mut self,
+        msg: &[u8],
+        notify: Option<Box<crate::listen::NotifyTemplate>>,
+    ) -> u32 {
+        self.notify = notify;
         self.parse.clear();
         self.parse.extend_from_slice(msg);
         self.exists = true;
@@ -123,6 +131,7 @@ impl UnnamedStatement {
     /// A simple Query or a Close of it destroyed it (on the server too).
     #[inline]
     pub(super) fn destroyed(&mut self) {
+        self.notify = None;
         self.exists = false;
         self.here = false;
         self.next_event();

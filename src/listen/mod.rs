@@ -37,7 +37,9 @@ pub use crate::sql::listen::{
     may_commit, parse, parse_many, plan, ListenCommand, ListenParseError, MixedQuery, QueryListens,
 };
 pub use connection::APPLICATION_NAME;
-pub use notify_scan::{may_notify, notify_targets, NotifyTargets};
+pub use notify_scan::{
+    may_notify, notify_targets, statement_notifies, NotifyTargets, NotifyTemplate,
+};
 pub use pending::PendingListens;
 
 use connection::Listener;

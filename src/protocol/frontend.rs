@@ -138,6 +138,44 @@ pub fn bind_params(rest: &[u8]) -> Option<usize> {
     usize::try_from(n).ok()
 }
 
+/// Parameter `index` (from 0) of a Bind body after the statement name:
+/// its format code and its value (`None`: NULL). `None` when the Bind has
+/// no such parameter or is cut short.
+pub fn bind_param(rest: &[u8], index: usize) -> Option<(i16, Option<&[u8]>)> {
+    let word = |at: usize| Some(i16::from_be_bytes([*rest.get(at)?, *rest.get(at + 1)?]));
+    let formats = usize::try_from(word(0)?).ok()?;
+    let format = match formats {
+        0 => 0,
+        1 => word(2)?,
+        _ if index < formats => word(2 + 2 * index)?,
+        _ => return None,
+    };
+    let mut at = 2 + 2 * formats;
+    let count = usize::try_from(word(at)?).ok()?;
+    if index >= count {
+        return None;
+    }
+    at += 2;
+    for i in 0..=index {
+        let len = rest.get(at..at + 4)?;
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        at += 4;
+        let value = match usize::try_from(len) {
+            Ok(len) => {
+                let value = rest.get(at..at + len)?;
+                at += len;
+                Some(value)
+            }
+            // -1: NULL, no bytes follow.
+            Err(_) => None,
+        };
+        if i == index {
+            return Some((format, value));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +188,27 @@ mod tests {
         assert_eq!((b.portal, b.statement), ("p", "ph_x"));
         assert!(parse_target(b"X\0").is_err());
         assert!(parse_bind(b"no-nul").is_err());
+    }
+
+    #[test]
+    fn a_bind_parameter_is_read_with_its_format_and_null_told_apart() {
+        // one format code (binary) for all, three values: "ab", NULL, "c"
+        let rest = [
+            0u8, 1, 0, 1, 0, 3, 0, 0, 0, 2, b'a', b'b', 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, b'c',
+        ];
+        assert_eq!(bind_param(&rest, 0), Some((1, Some(&b"ab"[..]))));
+        assert_eq!(bind_param(&rest, 1), Some((1, None)));
+        assert_eq!(bind_param(&rest, 2), Some((1, Some(&b"c"[..]))));
+        assert_eq!(bind_param(&rest, 3), None);
+        // no format codes: text; two codes, one per value
+        assert_eq!(
+            bind_param(&[0, 0, 0, 1, 0, 0, 0, 0], 0),
+            Some((0, Some(&b""[..])))
+        );
+        let two = [0u8, 2, 0, 0, 0, 1, 0, 2, 0, 0, 0, 1, b'x', 0, 0, 0, 1, b'y'];
+        assert_eq!(bind_param(&two, 1), Some((1, Some(&b"y"[..]))));
+        // cut short
+        assert_eq!(bind_param(&two[..14], 1), None);
     }
 
     #[test]

@@ -17,8 +17,11 @@ pub const PROTOCOL_3_0: u32 = 3 << 16;
 /// The ALPN protocol name Postgres registered, which a direct TLS
 /// connection must negotiate.
 pub const POSTGRES_ALPN: &[u8] = b"postgresql";
-const SSL_REQUEST: u32 = 80_877_103;
-const GSSENC_REQUEST: u32 = 80_877_104;
+/// The request codes of SSLRequest and GSSENCRequest, in place of a
+/// protocol version (read as one, 1234.5679 and 1234.5680, where the
+/// request may not come).
+pub const SSL_REQUEST: u32 = 80_877_103;
+pub const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -116,7 +116,37 @@ def prepared_max_eviction():
     return {"connections": outcomes}
 
 
+def notify_each_other():
+    """Two connections listen on one channel and notify it by the extended
+    protocol, taking turns: `NOTIFY chan, 'lit'` and
+    `SELECT pg_notify(%s, %s)` with a payload of their own. Each tells, per
+    notification it hears, whose backend pid it carries."""
+    channel = "drv_psy_notify"
+    rounds = 5
+    cons = [psycopg.connect(autocommit=True) for _ in range(2)]
+    try:
+        for con in cons:
+            con.execute(f"LISTEN {channel}")
+        for n in range(rounds):
+            for me, con in enumerate(cons):
+                con.execute(f"NOTIFY {channel}, 'lit'")
+                con.execute("SELECT pg_notify(%s, %s)", (channel, f"{me}-{n}"))
+        heard = []
+        for me, con in enumerate(cons):
+            pids = {con.info.backend_pid: "mine", cons[1 - me].info.backend_pid: "the peer's"}
+            seen = [
+                [pids.get(note.pid, "neither's"), note.payload]
+                for note in con.notifies(timeout=10, stop_after=4 * rounds)
+            ]
+            heard.append(sorted(seen))
+        return {"heard": heard}
+    finally:
+        for con in cons:
+            con.close()
+
+
 SCENARIOS = {
+    "notify_each_other": notify_each_other,
     "concurrent_prepared_with_resets": lambda: concurrent_prepared_with_resets(0),
     "concurrent_auto_prepared_with_resets": lambda: concurrent_prepared_with_resets(5),
     "prepared_max_eviction": prepared_max_eviction,

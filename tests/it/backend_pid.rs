@@ -6,11 +6,15 @@
 //! pgharbor after, and asserts the same of both.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::support::raw::{first_column, query, Msg, RawClient};
 use crate::support::*;
 use bytes::Buf;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 fn direct_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], pg().port()))
@@ -177,6 +181,25 @@ async fn in_transaction_mode_each_clients_own_notifications_carry_its_pid_as_on_
 /// pid, its peer's, or neither) and its payload.
 type Seen = Vec<(&'static str, String)>;
 
+/// Whose a notification's `pid` is, to the client `mine` whose peer is
+/// `peer`.
+fn whose(pid: i32, mine: i32, peer: i32) -> &'static str {
+    match pid {
+        p if p == mine => "mine",
+        p if p == peer => "the peer's",
+        _ => "neither's",
+    }
+}
+
+/// What each of the two clients' tasks saw.
+async fn both(tasks: Vec<tokio::task::JoinHandle<Seen>>) -> [Seen; 2] {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("client task"));
+    }
+    out.try_into().expect("two clients")
+}
+
 /// Two clients listen on one channel and notify it `rounds` times each, at
 /// once, alternately with a payload both send and one of their own; each
 /// returns what it saw, sorted.
@@ -208,23 +231,15 @@ async fn notify_one_channel_in_pairs(addr: SocketAddr, db: &str, rounds: usize) 
                 .map(|m| {
                     let pid = m.body.clone().get_i32();
                     let payload = m.body[4..].split(|&b| b == 0).nth(1).unwrap_or_default();
-                    let whose = match pid {
-                        p if p == mine => "mine",
-                        p if p == peer => "the peer's",
-                        _ => "neither's",
-                    };
-                    (whose, String::from_utf8_lossy(payload).into_owned())
+                    let payload = String::from_utf8_lossy(payload).into_owned();
+                    (whose(pid, mine, peer), payload)
                 })
                 .collect();
             seen.sort();
             seen
         }));
     }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.expect("client task"));
-    }
-    out.try_into().expect("two clients")
+    both(tasks).await
 }
 
 /// Twenty clients on channels of their own and a pair on one channel, all
@@ -301,4 +316,177 @@ async fn in_transaction_mode_a_notification_nobody_heard_is_never_taken_for_a_la
     let proxy = start_proxy("transaction", 1).await;
     let pooled = a_notification_after_one_nobody_heard(proxy.addr(), "app_tx").await;
     assert_eq!(pooled, direct, "pgharbor, one server");
+}
+
+/// A socket that reads the pid of the BackendKeyData going by at login,
+/// for a driver that does not tell it (tokio-postgres keeps it private).
+struct KeySniffer {
+    inner: tokio::net::TcpStream,
+    /// The server's bytes read so far, until the login's ReadyForQuery.
+    head: Vec<u8>,
+    pid: Arc<OnceLock<i32>>,
+    done: bool,
+}
+
+impl KeySniffer {
+    /// Looks at the whole messages of `head` for the key's pid, up to the
+    /// first ReadyForQuery.
+    fn look(&mut self) {
+        let mut at = 0;
+        while let Some(header) = self.head.get(at..at + 5) {
+            let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            let Some(body) = self.head.get(at + 5..at + 1 + len) else {
+                return;
+            };
+            match header[0] {
+                b'K' if body.len() >= 4 => {
+                    let _ =
+                        (self.pid).set(i32::from_be_bytes([body[0], body[1], body[2], body[3]]));
+                }
+                b'Z' => {
+                    self.done = true;
+                    self.head = Vec::new();
+                    return;
+                }
+                _ => {}
+            }
+            at += 1 + len;
+        }
+    }
+}
+
+impl AsyncRead for KeySniffer {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.done {
+            let new = buf.filled()[before..].to_vec();
+            self.head.extend_from_slice(&new);
+            self.look();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for KeySniffer {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A tokio-postgres client, the pid its BackendKeyData gave, and the
+/// notifications it gets.
+async fn driver_client(
+    addr: SocketAddr,
+    db: &str,
+) -> (
+    tokio_postgres::Client,
+    i32,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    let mut config = tokio_postgres::Config::new();
+    config.user(USER).password(PASSWORD).dbname(db);
+    let inner = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let pid = Arc::new(OnceLock::new());
+    let socket = KeySniffer {
+        inner,
+        head: Vec::new(),
+        pid: pid.clone(),
+        done: false,
+    };
+    let (client, mut conn) = (config.connect_raw(socket, tokio_postgres::NoTls).await)
+        .unwrap_or_else(|e| panic!("login to {addr}: {e}"));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = futures_util::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n);
+            }
+        }
+    });
+    let pid = *pid.get().expect("a BackendKeyData at login");
+    (client, pid, rx)
+}
+
+/// Two tokio-postgres clients listen on one channel and notify it
+/// `rounds` times each, at once, by the extended protocol: with
+/// `pg_notify($1, $2)` (a payload both send and one of their own, in the
+/// binary format the driver sends text in) and with a prepared `NOTIFY`
+/// of a literal payload both send. Each returns what it saw, sorted.
+async fn notify_by_driver_in_pairs(addr: SocketAddr, db: &str, rounds: usize) -> [Seen; 2] {
+    const CHANNEL: &str = "driver_pid";
+    let mut pair = Vec::new();
+    for _ in 0..2 {
+        let (c, pid, notes) = driver_client(addr, db).await;
+        c.batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .expect("listen");
+        pair.push((c, pid, notes));
+    }
+    let pids = [pair[0].1, pair[1].1];
+    let expected = 2 * 3 * rounds;
+    let mut tasks = Vec::new();
+    for (me, (c, _, mut notes)) in pair.into_iter().enumerate() {
+        let (mine, peer) = (pids[me], pids[1 - me]);
+        tasks.push(tokio::spawn(async move {
+            let literal =
+                (c.prepare(&format!("NOTIFY {CHANNEL}, 'lit'")).await).expect("prepare NOTIFY");
+            for n in 0..rounds {
+                for payload in ["same".to_string(), format!("{me}-{n}")] {
+                    (c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                        .await)
+                        .expect("pg_notify");
+                }
+                c.execute(&literal, &[]).await.expect("NOTIFY");
+            }
+            let mut seen: Seen = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while seen.len() < expected {
+                let Ok(Some(note)) = tokio::time::timeout_at(deadline, notes.recv()).await else {
+                    break;
+                };
+                let pid = note.process_id();
+                seen.push((whose(pid, mine, peer), note.payload().to_string()));
+            }
+            seen.sort();
+            seen
+        }));
+    }
+    both(tasks).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_transaction_mode_notifications_a_driver_sends_by_the_extended_protocol_carry_the_senders_pid_as_on_postgres(
+) {
+    const ROUNDS: usize = 5;
+    let direct = notify_by_driver_in_pairs(direct_addr(), "app", ROUNDS).await;
+    for seen in &direct {
+        assert_eq!(seen.len(), 2 * 3 * ROUNDS, "postgres: {direct:?}");
+        assert!(
+            seen.iter().all(|(whose, _)| *whose != "neither's"),
+            "postgres: {direct:?}"
+        );
+    }
+    for pool_size in [1, 2] {
+        let proxy = start_proxy("transaction", pool_size).await;
+        let pooled = notify_by_driver_in_pairs(proxy.addr(), "app_tx", ROUNDS).await;
+        assert_eq!(pooled, direct, "pgharbor, a pool of {pool_size}");
+    }
 }

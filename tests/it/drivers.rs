@@ -354,6 +354,10 @@ const PSYCOPG_EVICT_CLOSE: Scenario = Scenario {
     env: &[("PSYCOPG_IMPL", "binary")],
     ..python("psycopg_evict_close", PSYCOPG, "prepared_max_eviction")
 };
+/// Two connections listening on one channel notify it by the extended
+/// protocol (`NOTIFY` and `pg_notify(%s, %s)`): whose pid each notification
+/// carries.
+const PSYCOPG_NOTIFY: Scenario = python("psycopg_notify", PSYCOPG, "notify_each_other");
 /// `client.connect(); client.end()` 100 times: the Terminate reaches the
 /// server before the startup packet.
 const NODE_CONNECT_END: Scenario = Scenario {
@@ -439,6 +443,16 @@ async fn psycopg_auto_prepared_beside_resets_as_on_postgres_in_session_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_auto_prepared_beside_resets_as_on_postgres_in_transaction_mode() {
     check(PSYCOPG_AUTO_RESETS, Target::Transaction).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_notifications_carry_the_senders_pid_as_on_postgres_in_session_mode() {
+    check(PSYCOPG_NOTIFY, Target::Session).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_notifications_carry_the_senders_pid_as_on_postgres_in_transaction_mode() {
+    check(PSYCOPG_NOTIFY, Target::Transaction).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

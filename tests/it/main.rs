@@ -15,6 +15,7 @@ mod conformance;
 mod copy;
 mod deploy;
 mod drivers;
+mod encryption_requests;
 mod failover;
 mod fallback_database;
 mod layering;

@@ -5,6 +5,7 @@
 
 pub(super) mod copy;
 pub(super) mod listen_extended;
+pub(super) mod notify_portals;
 pub(super) mod replay;
 pub(super) mod temp_backstop;
 
@@ -220,6 +221,9 @@ pub(super) struct Listening {
     pub notify_open: bool,
     /// The server this client holds was announced to the LISTEN hub.
     pub noted_sender: Option<crate::server::ServerKey>,
+    /// Portals of statements that notify, with what each sends when it is
+    /// executed (`notify_portals.rs`).
+    pub notify_portals: notify_portals::NotifyPortals,
     /// The open transaction may have sent a NOTIFY while the client
     /// listens: at its end, what it notified is delivered before its
     /// ReadyForQuery, as on Postgres (`Subscriber::barrier`).
@@ -286,8 +290,10 @@ impl Session {
     /// Gives the server back: to the pool if it is clean, closed otherwise.
     /// Tells the LISTEN hub this client no longer holds its server.
     pub(super) fn forget_sender(&mut self) {
-        // What an open transaction sent there is dropped with it.
+        // What an open transaction sent there is dropped with it, and so
+        // are its portals.
         self.listening.notify_open = false;
+        self.listening.notify_portals.clear();
         if let Some(key) = self.listening.noted_sender.take() {
             self.state.listen().forget_server_pid(&key);
         }
