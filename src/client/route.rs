@@ -267,11 +267,14 @@ impl Session {
             transaction_mode: tx,
             no_server: self.server.is_none(),
             skipping,
+            // Most often settled by the first test (a driver with named
+            // statements) or the last ones (one without).
             names: !self.ext.statements.is_empty()
                 || self.listening.local.is_some()
                 || !self.ext.unnamed.here
-                || self.ext.expect.closing().next().is_some(),
-            notify_binds: notify_portals || self.ext.unnamed.notify.is_some(),
+                || self.ext.expect.closing().next().is_some()
+                || notify_portals
+                || self.ext.unnamed.notify.is_some(),
             local_portals: local_portals || notify_portals,
         };
         let step = (self.io.cscan).step(&self.io.cbuf[ready..], self.io.max_message, |t| {

@@ -37,12 +37,11 @@ pub(super) struct WholeMessages {
     /// answers for: the client has named statements or LISTEN statements,
     /// or its unnamed statement was parsed on another server (`unnamed.rs`),
     /// or a Close of one it had may yet be skipped (then it still has it).
+    /// Also while a Bind may bind a statement that notifies, or bind
+    /// again a portal that does (`session/notify_portals.rs`).
     /// Without, it passes as sent (drivers that use only the unnamed
     /// statement: pgbench -M extended, libpq's PQexecParams).
     pub(super) names: bool,
-    /// A Bind may bind a statement that notifies, or bind again a portal
-    /// that does (`session/notify_portals.rs`).
-    pub(super) notify_binds: bool,
     /// An Execute may name a LISTEN portal, or a portal that notifies.
     pub(super) local_portals: bool,
 }
@@ -56,8 +55,7 @@ impl WholeMessages {
         }
         match tag {
             frontend::TERMINATE | frontend::PARSE | frontend::CLOSE | frontend::QUERY => true,
-            frontend::BIND => self.names || self.notify_binds,
-            frontend::DESCRIBE => self.names,
+            frontend::BIND | frontend::DESCRIBE => self.names,
             frontend::SYNC => self.no_server || self.skipping,
             frontend::FLUSH => self.no_server,
             // Copy messages with no server held belong to no COPY.
