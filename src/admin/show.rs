@@ -230,6 +230,8 @@ struct ConnectionRow<'a> {
     addr: Option<SocketAddr>,
     local_addr: Option<SocketAddr>,
     connect_time: SystemTime,
+    /// How long a client has waited in line for a server, if it waits.
+    wait: Option<std::time::Duration>,
     ptr: String,
     link: String,
     remote_pid: String,
@@ -252,8 +254,8 @@ fn connection_row(r: ConnectionRow<'_>) -> Vec<String> {
         lport,
         t.clone(),
         t,
-        "0".into(),
-        "0".into(),
+        r.wait.map_or(0, |w| w.as_secs()).to_string(),
+        r.wait.map_or(0, |w| w.subsec_micros()).to_string(),
         "0".into(),
         r.ptr,
         r.link,
@@ -264,7 +266,8 @@ fn connection_row(r: ConnectionRow<'_>) -> Vec<String> {
 }
 
 /// A client is `active` while it holds a server (the server is its `link`),
-/// `idle` otherwise. `request_time` is not tracked (the connect time is
+/// `waiting` while it waits in line for one (`wait` and `wait_us` say how
+/// long, as PgBouncer's), `idle` otherwise. `request_time` is not tracked (the connect time is
 /// shown, as PgBouncer does before a client's first request).
 fn clients(state: &State) -> Rows {
     let servers: HashMap<(SocketAddr, i32), u64> = all_servers(state)
@@ -277,6 +280,12 @@ fn clients(state: &State) -> Rows {
         .iter()
         .map(|c| {
             let target = c.slot.target();
+            let waiting = c.slot.waiting_since().filter(|_| target.is_none());
+            let state = match (target, waiting) {
+                (Some(_), _) => "active",
+                (None, Some(_)) => "waiting",
+                (None, None) => "idle",
+            };
             let link = target
                 .and_then(|k| servers.get(&(k.addr, k.pid)))
                 .map(|&id| server_ptr(id))
@@ -285,10 +294,12 @@ fn clients(state: &State) -> Rows {
                 kind: "C",
                 user: &c.names.user,
                 database: &c.names.database,
-                state: if target.is_some() { "active" } else { "idle" },
+                state,
                 addr: Some(c.addr),
                 local_addr: c.local_addr,
                 connect_time: c.connect_time,
+                wait: waiting
+                    .map(|since| SystemTime::now().duration_since(since).unwrap_or_default()),
                 ptr: client_ptr(c.id),
                 link,
                 remote_pid: "0".into(),
@@ -324,6 +335,7 @@ fn servers(state: &State) -> Rows {
                 addr: Some(info.addr),
                 local_addr: info.local_addr,
                 connect_time: info.connect_time,
+                wait: None,
                 ptr: server_ptr(info.id),
                 link,
                 remote_pid: info.pid.to_string(),

@@ -3,8 +3,9 @@
 //! for why `clear_target` waits for them).
 
 use std::collections::hash_map::Entry;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
@@ -23,6 +24,10 @@ pub struct CancelSlot {
     state: Mutex<SlotState>,
     /// Woken when the last in-flight forward ends (`clear_target` waits).
     forwards_done: Notify,
+    /// When the client began to wait in line for a server, in
+    /// microseconds since the Unix epoch; 0 while it does not wait. Shown
+    /// by SHOW CLIENTS; written only by a client that has to wait.
+    waiting_since_us: AtomicU64,
 }
 
 #[derive(Default)]
@@ -53,6 +58,26 @@ impl CancelSlot {
             secret,
             state: Mutex::new(SlotState::default()),
             forwards_done: Notify::new(),
+            waiting_since_us: AtomicU64::new(0),
+        }
+    }
+
+    /// The client waits in line for a server from now on (`true`), or no
+    /// longer does.
+    pub fn set_waiting(&self, waiting: bool) {
+        let since = match waiting {
+            true => (SystemTime::now().duration_since(SystemTime::UNIX_EPOCH))
+                .map_or(1, |d| d.as_micros().max(1) as u64),
+            false => 0,
+        };
+        self.waiting_since_us.store(since, Ordering::Relaxed);
+    }
+
+    /// Since when the client waits in line for a server, if it does.
+    pub fn waiting_since(&self) -> Option<SystemTime> {
+        match self.waiting_since_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(SystemTime::UNIX_EPOCH + Duration::from_micros(us)),
         }
     }
 

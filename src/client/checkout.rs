@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use super::session::{Session, SessionError};
-use crate::pool::{CheckoutError, PooledServer, Retired, SlowCheckout};
+use crate::pool::{CheckoutError, InLine, Permit, PooledServer, Retired, SlowCheckout};
 use crate::protocol::{sqlstate, PgError};
 use crate::server::ServerError;
 
@@ -74,10 +74,20 @@ impl Session {
         let stats = &self.pool.stats;
         let mut pooled = match attempt {
             Ok(pooled) => pooled,
-            Err(slow) => match self.pool.checkout_slow(slow).await {
-                Ok(pooled) => pooled,
-                Err(e) => return Err(self.checkout_failed(e)),
-            },
+            Err(slow) => {
+                let waits = matches!(slow, SlowCheckout::Wait(_));
+                if waits {
+                    self.cancel.slot.set_waiting(true);
+                }
+                let checkout = self.pool.checkout_slow(slow).await;
+                if waits {
+                    self.cancel.slot.set_waiting(false);
+                }
+                match checkout {
+                    Ok(pooled) => pooled,
+                    Err(e) => return Err(self.checkout_failed(e)),
+                }
+            }
         };
         stats.clients_active.inc();
         if let Err(e) = pooled.server.sync_params(&self.reported, &self.other).await {
@@ -153,7 +163,7 @@ impl Session {
         attempt: Result<PooledServer, SlowCheckout>,
     ) -> Option<Result<(), SessionError>> {
         let attempt = match attempt {
-            Err(SlowCheckout::Wait(line)) => match line.await {
+            Err(SlowCheckout::Wait(line)) => match self.wait_in(line).await {
                 Ok((permit, then)) => self.pool.lend_now(permit, then),
                 Err(e) => {
                     let e = self.checkout_failed(e);
@@ -173,6 +183,15 @@ impl Session {
             other => other,
         };
         Box::pin(self.checkout_slow_path(now, attempt)).await
+    }
+
+    /// Waits in `line` for a server, shown as `waiting` by SHOW CLIENTS
+    /// meanwhile.
+    async fn wait_in(&self, line: InLine) -> Result<(Permit, Instant), CheckoutError> {
+        self.cancel.slot.set_waiting(true);
+        let waited = line.await;
+        self.cancel.slot.set_waiting(false);
+        waited
     }
 
     async fn checkout_slow_path(

@@ -662,3 +662,54 @@ async fn pause_holds_pools_opened_after_it() {
         .unwrap()
         .expect("its query succeeds");
 }
+
+/// SHOW CLIENTS names a client waiting in line for a server `waiting`, with
+/// how long it has waited, as PgBouncer does; `active` once it has one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_clients_names_a_client_waiting_for_a_server() {
+    let proxy = start_proxy_with(&with_metrics("transaction", 1)).await;
+    let admin = admin(&proxy).await;
+    let holder = connect(&proxy, "app").await;
+    holder.batch_execute("BEGIN").await.expect("begin");
+    let waiter = connect(&proxy, "app").await;
+    let query = tokio::spawn(async move {
+        waiter.simple_query("SELECT 1").await.map(drop)?;
+        Ok::<_, tokio_postgres::Error>(waiter)
+    });
+    let app_clients = |rows: Vec<HashMap<String, String>>| -> Vec<HashMap<String, String>> {
+        rows.into_iter().filter(|r| r["user"] == USER).collect()
+    };
+    // Bounded: the waiter queues within moments of its query being sent.
+    let mut waiting = None;
+    for _ in 0..200 {
+        let rows = app_clients(show(&admin, "SHOW CLIENTS").await);
+        waiting = rows.into_iter().find(|r| r["state"] == "waiting");
+        if waiting.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let row = waiting.expect("no client shown waiting");
+    assert!(num(&row, "wait") < 10, "{row:?}");
+    assert!(num(&row, "wait_us") < 1_000_000, "{row:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let rows = app_clients(show(&admin, "SHOW CLIENTS").await);
+    let still = rows
+        .iter()
+        .find(|r| r["ptr"] == row["ptr"])
+        .expect("same client");
+    assert_eq!(still["state"], "waiting");
+    assert!(num(still, "wait") >= 1, "the wait grows: {still:?}");
+
+    holder.batch_execute("COMMIT").await.expect("commit");
+    let _waiter = query
+        .await
+        .expect("join")
+        .expect("served once the server is free");
+    let rows = app_clients(show(&admin, "SHOW CLIENTS").await);
+    assert!(
+        rows.iter()
+            .all(|r| r["state"] != "waiting" && r["wait"] == "0"),
+        "{rows:?}"
+    );
+}
