@@ -1203,6 +1203,13 @@ def main() -> int:
             env.pgharbor_bin = os.path.join(tdir, "release", "pgharbor")
             env.relay_bin = os.path.join(tdir, "release", "examples", "relay")
             env.idle_bin = os.path.join(tdir, "release", "examples", "idle_clients")
+            wanted = ([env.pgharbor_bin] + ([env.relay_bin] if "relay" in targets else [])
+                      + ([env.idle_bin] if args.idle else []))
+            missing = [b for b in wanted if not os.path.exists(b)]
+            if missing:
+                raise BenchError(f"--no-build, but {', '.join(missing)} not built: run "
+                                 "`cargo build --release --bin pgharbor --examples` first, "
+                                 "or pass --idle '' to skip the idle-memory test")
         else:
             env.pgharbor_bin, env.relay_bin, env.idle_bin = build(args)
         if args.bin:
