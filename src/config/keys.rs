@@ -126,6 +126,11 @@ fn pool_entries(d: &PoolDefaults) -> Vec<Entry> {
             dur(d.server_connect_timeout),
             Reload,
         ),
+        e(
+            "pool.server_failover_timeout",
+            dur(d.server_failover_timeout),
+            Reload,
+        ),
         e("pool.server_check_delay", dur(d.server_check_delay), Reload),
         e(
             "pool.server_idle_timeout",

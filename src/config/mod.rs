@@ -234,6 +234,11 @@ pub struct PoolDefaults {
     pub query_wait_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub server_connect_timeout: Duration,
+    /// How long a new server connection keeps looking for a server of the
+    /// host list that is what target_session_attrs asks for, when none is
+    /// (a failover under way); zero: not at all.
+    #[serde(deserialize_with = "de_duration")]
+    pub server_failover_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub server_check_delay: Duration,
     #[serde(deserialize_with = "de_duration")]
@@ -285,6 +290,7 @@ impl Default for PoolDefaults {
             min_pool_size: 0,
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(5),
+            server_failover_timeout: Duration::ZERO,
             server_check_delay: Duration::from_secs(30),
             server_idle_timeout: Duration::from_secs(600),
             server_lifetime: Duration::from_secs(3600),
@@ -360,6 +366,8 @@ pub struct DatabaseConfig {
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub server_connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_duration")]
+    pub server_failover_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
     pub server_check_delay: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub server_idle_timeout: Option<Duration>,
@@ -423,6 +431,9 @@ impl DatabaseConfig {
             server_connect_timeout: self
                 .server_connect_timeout
                 .unwrap_or(d.server_connect_timeout),
+            server_failover_timeout: self
+                .server_failover_timeout
+                .unwrap_or(d.server_failover_timeout),
             server_check_delay: self.server_check_delay.unwrap_or(d.server_check_delay),
             server_idle_timeout: self.server_idle_timeout.unwrap_or(d.server_idle_timeout),
             server_lifetime: self.server_lifetime.unwrap_or(d.server_lifetime),

@@ -217,6 +217,7 @@ impl Pools {
                 target.set_servers(&db);
                 db.server_dbname().clone_into(&mut target.dbname);
                 target.connect_timeout = settings.server_connect_timeout;
+                target.failover_timeout = settings.server_failover_timeout;
                 target.tls = tls.for_database(&db.name);
                 self.limits.apply(&pool.key, &settings);
                 let applied = pool.apply(settings.clone(), target);

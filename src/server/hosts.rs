@@ -12,6 +12,9 @@ use rand::seq::SliceRandom as _;
 
 use super::*;
 
+/// How often the servers are tried again while none is what is asked for.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What a logged-in server is, as far as `target_session_attrs` asks.
 #[derive(Debug, Clone, Copy)]
 struct Role {
@@ -91,11 +94,34 @@ impl Server {
     /// Opens a connection to one of `target`'s servers that is what its
     /// `target_session_attrs` asks for. With one server and `any`, its
     /// error is returned as it is; otherwise every server is tried, and
-    /// the error says what each was.
+    /// the error says what each was. When none is what is asked for, the
+    /// servers are tried again every [`RETRY_EVERY`] for up to
+    /// `server_failover_timeout`: a failover's promotion ends the wait.
     pub async fn connect(target: &ServerTarget, id: u64) -> Result<Server, ServerError> {
         if target.endpoints.len() == 1 && target.session_attrs == TargetSessionAttrs::Any {
             return Self::connect_to(target, &target.endpoints[0], id).await;
         }
+        let deadline = tokio::time::Instant::now() + target.failover_timeout;
+        let mut round = 0u32;
+        loop {
+            let error = match Self::connect_any(target, id).await {
+                Ok(server) => return Ok(server),
+                Err(e) => e,
+            };
+            let next = tokio::time::Instant::now() + RETRY_EVERY;
+            if !matches!(error, ServerError::NoMatchingServer { .. }) || next > deadline {
+                return Err(error);
+            }
+            if round == 0 {
+                tracing::info!(servers = %target.servers_text(), attrs = target.session_attrs.as_str(), error = %error, "no server is what target_session_attrs asks for; trying again until server_failover_timeout");
+            }
+            round += 1;
+            tokio::time::sleep_until(next).await;
+        }
+    }
+
+    /// One round over `target`'s servers.
+    async fn connect_any(target: &ServerTarget, id: u64) -> Result<Server, ServerError> {
         let order = target.order();
         let mut tried: Vec<String> = Vec::new();
         let mut last_error = None;

@@ -54,6 +54,8 @@ pub struct ServerTarget {
     /// reload or a client's SCRAM login reaches pools already open.
     pub credential: Arc<ServerCredential>,
     pub connect_timeout: Duration,
+    /// How long to keep looking for a matching server (`hosts.rs`).
+    pub failover_timeout: Duration,
     /// `[server_tls]` as it was when the pool was made.
     pub tls: Arc<ServerTls>,
 }
@@ -76,6 +78,7 @@ impl ServerTarget {
             user: user.config.name.clone(),
             credential: user.server.clone(),
             connect_timeout: settings.server_connect_timeout,
+            failover_timeout: settings.server_failover_timeout,
             tls: tls.for_database(&db.name),
         }
     }

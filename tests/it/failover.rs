@@ -28,6 +28,10 @@ fn pair() -> Pair {
 }
 
 fn config(servers: &str, attrs: &str, balance: &str, pool_size: usize) -> String {
+    config_with(servers, attrs, balance, pool_size, "")
+}
+
+fn config_with(servers: &str, attrs: &str, balance: &str, pool_size: usize, pool: &str) -> String {
     format!(
         r#"
 [proxy]
@@ -38,6 +42,7 @@ pool_mode = "transaction"
 pool_size = {pool_size}
 query_wait_timeout = "30s"
 server_connect_timeout = "5s"
+{pool}
 
 [[databases]]
 name = "app"
@@ -302,4 +307,55 @@ async fn a_standby_pool_leaves_a_server_once_it_is_promoted() {
         seen[0] == (other.port() as i32, true) || seen[0] == (p.standby.port() as i32, false),
         "{seen:?}"
     );
+}
+
+#[tokio::test]
+async fn a_transaction_begun_during_a_failover_waits_for_the_promotion_and_runs_there() {
+    let p = pair();
+    let proxy = start_proxy_with(&config_with(
+        &servers(&[&p.primary, &p.standby]),
+        "read-write",
+        "disable",
+        2,
+        "server_failover_timeout = \"60s\"",
+    ))
+    .await;
+    let client = connect(&proxy, "app").await;
+    client
+        .batch_execute(
+            "CREATE TABLE failover_t (n int PRIMARY KEY); INSERT INTO failover_t VALUES (1)",
+        )
+        .await
+        .expect("write on the primary");
+    assert!(
+        caught_up(&p.standby, 1).await,
+        "the standby replays the row"
+    );
+
+    p.primary.crash().expect("crash the primary");
+    let writer = tokio::spawn(async move {
+        let r = client
+            .batch_execute("INSERT INTO failover_t VALUES (2)")
+            .await;
+        (client, r)
+    });
+    // No read-write server: the client waits rather than fail.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!writer.is_finished(), "the write waits for a primary");
+    p.standby.promote().expect("promote the standby");
+    let (client, r) = tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("served once promoted")
+        .expect("join");
+    r.expect("the write runs on the promoted standby");
+    assert_eq!(
+        where_it_ran(&client).await,
+        (p.standby.port() as i32, false)
+    );
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM failover_t", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 2);
 }

@@ -31,6 +31,7 @@ fn role(name: &str) -> ServerTarget {
         user: name.into(),
         credential: Arc::new(ServerCredential::new("pw")),
         connect_timeout: Duration::from_secs(5),
+        failover_timeout: Duration::ZERO,
         tls: Default::default(),
     }
 }
