@@ -267,8 +267,9 @@ fn connection_row(r: ConnectionRow<'_>) -> Vec<String> {
 
 /// A client is `active` while it holds a server (the server is its `link`),
 /// `waiting` while it waits in line for one (`wait` and `wait_us` say how
-/// long, as PgBouncer's), `idle` otherwise. `request_time` is not tracked (the connect time is
-/// shown, as PgBouncer does before a client's first request).
+/// long, as PgBouncer's), `idle` otherwise. `request_time` is not tracked
+/// (the connect time is shown, as PgBouncer does before a client's first
+/// request).
 fn clients(state: &State) -> Rows {
     let servers: HashMap<(SocketAddr, i32), u64> = all_servers(state)
         .into_iter()

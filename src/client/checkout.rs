@@ -75,18 +75,17 @@ impl Session {
         let mut pooled = match attempt {
             Ok(pooled) => pooled,
             Err(slow) => {
-                let waits = matches!(slow, SlowCheckout::Wait(_));
-                if waits {
-                    self.cancel.slot.set_waiting(true);
-                }
-                let checkout = self.pool.checkout_slow(slow).await;
-                if waits {
-                    self.cancel.slot.set_waiting(false);
-                }
-                match checkout {
-                    Ok(pooled) => pooled,
-                    Err(e) => return Err(self.checkout_failed(e)),
-                }
+                let checkout = match slow {
+                    SlowCheckout::Wait(line) => match self.wait_in(line).await {
+                        Ok((permit, _)) => {
+                            let slow = SlowCheckout::Permit(permit, None);
+                            self.pool.checkout_slow(slow).await
+                        }
+                        Err(e) => Err(e),
+                    },
+                    slow => self.pool.checkout_slow(slow).await,
+                };
+                checkout.map_err(|e| self.checkout_failed(e))?
             }
         };
         stats.clients_active.inc();
