@@ -120,11 +120,14 @@ impl Server {
         }
     }
 
-    /// One round over `target`'s servers.
+    /// One round over `target`'s servers. A refusal no failover explains
+    /// (a wrong password, a missing database) is returned as it is when
+    /// no server matched, and is not tried again.
     async fn connect_any(target: &ServerTarget, id: u64) -> Result<Server, ServerError> {
         let order = target.order();
         let mut tried: Vec<String> = Vec::new();
         let mut last_error = None;
+        let mut refused = None;
         let mut mismatched = false;
         for &want in passes(target.session_attrs) {
             for &i in &order {
@@ -142,10 +145,16 @@ impl Server {
                     Err(e) => {
                         tracing::debug!(server = %endpoint, error = %e, "server not usable, trying the next");
                         tried.push(format!("{endpoint}: {e}"));
-                        last_error = Some(e);
+                        match passes_with_a_failover(&e) {
+                            true => last_error = Some(e),
+                            false => refused = Some(e),
+                        }
                     }
                 }
             }
+        }
+        if let Some(e) = refused {
+            return Err(e);
         }
         match last_error {
             Some(e) if !mismatched && target.endpoints.len() == 1 => Err(e),
@@ -240,6 +249,24 @@ impl Server {
     }
 }
 
+/// Whether `e` may pass once a failover is over: the server is down,
+/// unreachable, starting up or shutting down (57P03), or full (53300);
+/// not a refused login or a missing database, which another round would
+/// only meet again.
+fn passes_with_a_failover(e: &ServerError) -> bool {
+    match e {
+        ServerError::Connect { .. }
+        | ServerError::ConnectTimeout { .. }
+        | ServerError::Closed
+        | ServerError::Io(_)
+        | ServerError::Protocol(_) => true,
+        ServerError::Login(f) | ServerError::Query(f) => {
+            f.code.starts_with("57") || f.code.starts_with("53") || f.code.starts_with("08")
+        }
+        _ => false,
+    }
+}
+
 /// Whether a reported parameter tells what the server is.
 pub(super) fn is_role_param(name: &str) -> bool {
     matches!(name, "in_hot_standby" | "default_transaction_read_only")
@@ -278,6 +305,25 @@ mod tests {
             assert_eq!(takes(attrs, FENCED_PRIMARY), fenced, "{attrs:?} fenced");
             assert_eq!(takes(attrs, STANDBY), standby, "{attrs:?} standby");
         }
+    }
+
+    #[test]
+    fn only_a_failure_a_failover_can_end_is_tried_again() {
+        let login = |code: &str| {
+            let body = format!("SFATAL\0C{code}\0Mrefused\0\0");
+            ServerError::Login(ServerErrorFields::parse(body.as_bytes()))
+        };
+        assert!(passes_with_a_failover(&login("57P03")), "starting up");
+        assert!(
+            passes_with_a_failover(&login("53300")),
+            "too many connections"
+        );
+        assert!(passes_with_a_failover(&ServerError::Closed));
+        assert!(!passes_with_a_failover(&login("28P01")), "wrong password");
+        assert!(!passes_with_a_failover(&login("3D000")), "no such database");
+        assert!(!passes_with_a_failover(&ServerError::NoPassword(
+            "u".into()
+        )));
     }
 
     #[test]

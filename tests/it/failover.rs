@@ -359,3 +359,47 @@ async fn a_transaction_begun_during_a_failover_waits_for_the_promotion_and_runs_
         .get(0);
     assert_eq!(n, 2);
 }
+
+#[tokio::test]
+async fn a_missing_database_behind_a_host_list_is_told_at_once_not_waited_for() {
+    let p = pair();
+    let text = config_with(
+        &servers(&[&p.primary, &p.standby]),
+        "read-write",
+        "disable",
+        2,
+        "server_failover_timeout = \"60s\"",
+    )
+    .replacen(
+        "target_session_attrs",
+        "dbname = \"no_such_db\"\ntarget_session_attrs",
+        1,
+    );
+    let proxy = start_proxy_with(&text).await;
+    // What Postgres itself tells a client asking for that database.
+    let direct = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=no_such_db",
+            p.primary.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .map(drop)
+    .expect_err("no such database");
+    let asked = tokio::time::timeout(Duration::from_secs(20), async {
+        match tokio_postgres::connect(&dsn(&proxy, "app"), tokio_postgres::NoTls).await {
+            Err(e) => e,
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                client
+                    .simple_query("SELECT 1")
+                    .await
+                    .expect_err("no such database")
+            }
+        }
+    })
+    .await
+    .expect("told within the failover timeout's first round, not after it");
+    assert_eq!(asked.code(), direct.code(), "{asked:?} vs {direct:?}");
+}
