@@ -143,8 +143,8 @@ impl Pools {
         v
     }
 
-    /// Closes the idle servers of every pool whose servers are connected to
-    /// database `dbname` at `host`:`port` (as RECONNECT does), so that
+    /// Closes the idle servers of every pool whose servers may be connected
+    /// to database `dbname` on one of `servers` (as RECONNECT does), so that
     /// `DROP DATABASE` does not find pgharbor's sessions in its way; servers
     /// in use close when they are returned. Returns how many were closed.
     pub fn close_idle_to(&self, servers: &[Endpoint], dbname: &str) -> usize {
@@ -214,11 +214,7 @@ impl Pools {
                     return false;
                 }
                 let mut target = ServerTarget::clone(&pool.target());
-                target.set_servers(&db);
-                db.server_dbname().clone_into(&mut target.dbname);
-                target.connect_timeout = settings.server_connect_timeout;
-                target.failover_timeout = settings.server_failover_timeout;
-                target.tls = tls.for_database(&db.name);
+                target.set_database(&db, &settings, tls);
                 self.limits.apply(&pool.key, &settings);
                 let applied = pool.apply(settings.clone(), target);
                 if let Some(from) = applied.moved_from {

@@ -25,6 +25,15 @@ struct Role {
     read_only: bool,
 }
 
+impl Role {
+    fn new(in_recovery: bool, default_read_only: bool) -> Role {
+        Role {
+            in_recovery,
+            read_only: in_recovery || default_read_only,
+        }
+    }
+}
+
 /// One pass over the servers looks for this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Want {
@@ -195,8 +204,8 @@ impl Server {
     /// send at login (`in_hot_standby`, `default_transaction_read_only`),
     /// else asked, as libpq asks an older server.
     async fn role(&mut self) -> Result<Role, ServerError> {
-        let in_recovery = match self.params.get("in_hot_standby") {
-            Some(v) => v == "on",
+        let in_recovery = match self.reported_on("in_hot_standby") {
+            Some(on) => on,
             None => {
                 let v = self
                     .query_first_value("SELECT pg_catalog.pg_is_in_recovery()")
@@ -204,17 +213,20 @@ impl Server {
                 v.as_deref() == Some(b"t")
             }
         };
-        let default_read_only = match self.params.get("default_transaction_read_only") {
-            Some(v) => v == "on",
+        let default_read_only = match self.reported_on("default_transaction_read_only") {
+            Some(on) => on,
             None => {
                 let v = self.query_first_value("SHOW transaction_read_only").await?;
                 v.as_deref() == Some(b"on")
             }
         };
-        Ok(Role {
-            in_recovery,
-            read_only: in_recovery || default_read_only,
-        })
+        Ok(Role::new(in_recovery, default_read_only))
+    }
+
+    /// Whether a parameter the server reported is `on`; `None` if it was
+    /// never reported.
+    fn reported_on(&self, name: &str) -> Option<bool> {
+        self.params.get(name).map(|v| v == "on")
     }
 
     /// A reported parameter said what this server is now (Postgres
@@ -223,17 +235,13 @@ impl Server {
     /// ReadyForQuery): one that is no longer what its connection was
     /// opened for retires, so it is closed when it is given back.
     pub(super) fn check_role(&mut self) {
-        let (Some(standby), Some(read_only)) = (
-            self.params.get("in_hot_standby"),
-            self.params.get("default_transaction_read_only"),
+        let (Some(in_recovery), Some(default_read_only)) = (
+            self.reported_on("in_hot_standby"),
+            self.reported_on("default_transaction_read_only"),
         ) else {
             return;
         };
-        let in_recovery = standby == "on";
-        let role = Role {
-            in_recovery,
-            read_only: in_recovery || read_only == "on",
-        };
+        let role = Role::new(in_recovery, default_read_only);
         let still = passes(self.session_attrs).iter().any(|w| w.accepts(role));
         if !still {
             tracing::info!(server = self.id, addr = %self.key.addr, attrs = self.session_attrs.as_str(), "the server is no longer what target_session_attrs asks for; closing it when it is given back");

@@ -69,22 +69,32 @@ impl ServerTarget {
         user: &crate::users::UserEntry,
         tls: Arc<ServerTls>,
     ) -> ServerTarget {
-        ServerTarget {
-            endpoints: db.endpoints().into(),
-            session_attrs: db.target_session_attrs,
-            load_balance: db.load_balance_hosts,
+        // Where and how: filled in by `set_database`, as a RELOAD does.
+        let mut target = ServerTarget {
+            endpoints: Arc::from([]),
+            session_attrs: Default::default(),
+            load_balance: Default::default(),
             last_good: Default::default(),
-            dbname: db.server_dbname().to_owned(),
+            dbname: String::new(),
             user: user.config.name.clone(),
             credential: user.server.clone(),
-            connect_timeout: settings.server_connect_timeout,
-            failover_timeout: settings.server_failover_timeout,
-            tls: tls.for_database(&db.name),
-        }
+            connect_timeout: Duration::ZERO,
+            failover_timeout: Duration::ZERO,
+            tls: tls.clone(),
+        };
+        target.set_database(db, settings, &tls);
+        target
     }
 
-    /// Takes `db`'s servers and how to choose among them (a RELOAD).
-    pub fn set_servers(&mut self, db: &crate::config::DatabaseConfig) {
+    /// Takes what `db` (with its pool `settings` and `tls`) says of where
+    /// and how to connect: at creation, and at a RELOAD. The user and
+    /// credential stay.
+    pub fn set_database(
+        &mut self,
+        db: &crate::config::DatabaseConfig,
+        settings: &crate::config::PoolDefaults,
+        tls: &Arc<ServerTls>,
+    ) {
         let endpoints: Arc<[Endpoint]> = db.endpoints().into();
         if endpoints != self.endpoints {
             self.endpoints = endpoints;
@@ -92,6 +102,10 @@ impl ServerTarget {
         }
         self.session_attrs = db.target_session_attrs;
         self.load_balance = db.load_balance_hosts;
+        db.server_dbname().clone_into(&mut self.dbname);
+        self.connect_timeout = settings.server_connect_timeout;
+        self.failover_timeout = settings.server_failover_timeout;
+        self.tls = tls.for_database(&db.name);
     }
 
     /// Whether a server of this target may be one of `endpoints`.
