@@ -116,7 +116,8 @@ async fn hba_rules_refuse_plaintext_admit_tls_and_change_on_reload() {
     let tls = psql_tls(
         &conninfo(&proxy, USER, "app", "sslmode=require"),
         "select 'in'",
-    );
+    )
+    .await;
     assert_succeeded(&tls);
     assert_eq!(stdout(&tls), "in");
 
@@ -135,7 +136,8 @@ async fn hba_rules_refuse_plaintext_admit_tls_and_change_on_reload() {
     let tls = psql_tls(
         &conninfo(&proxy, USER, "app", "sslmode=require"),
         "select 1",
-    );
+    )
+    .await;
     assert!(!tls.status.success(), "TLS still admitted");
     assert!(stderr(&tls).contains("SSL encryption"), "{}", stderr(&tls));
     // The password is still checked.
@@ -249,11 +251,14 @@ ca_file = "{ca}"
 
 /// psql as `role` over TLS with the certificate options `cert`; the
 /// password it has is a wrong one, never asked for.
-fn cert_login(proxy: &Proxy, role: &str, cert: &str) -> std::process::Output {
+async fn cert_login(proxy: &Proxy, role: &str, cert: &str) -> std::process::Output {
     let info = conninfo(proxy, role, "app", &format!("sslmode=require {cert}"));
-    psql_args(&info, "not-the-password", &["-c", "select current_user"])
-        .output()
-        .expect("psql")
+    output(psql_args(
+        &info,
+        "not-the-password",
+        &["-c", "select current_user"],
+    ))
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,9 +270,8 @@ async fn cert_logs_in_the_user_its_cn_names_and_refuses_every_other_certificate(
     let role = "cert_user";
     let tls = "mode = \"allow\"\nclient_cert = \"optional\"";
     let (proxy, _files) = cert_proxy(role, &ca_file, tls).await;
-    let login = |cert: &str| cert_login(&proxy, role, cert);
 
-    let own = login(&client_cert(&ca, role, dir.path()));
+    let own = cert_login(&proxy, role, &client_cert(&ca, role, dir.path())).await;
     assert_succeeded(&own);
     assert_eq!(stdout(&own), role);
 
@@ -286,7 +290,7 @@ async fn cert_logs_in_the_user_its_cn_names_and_refuses_every_other_certificate(
         ),
     ];
     for (cert, why) in refusals {
-        let out = login(&cert);
+        let out = cert_login(&proxy, role, &cert).await;
         assert!(!out.status.success(), "{cert}: logged in");
         assert!(stderr(&out).contains(why), "{cert}: {}", stderr(&out));
     }
@@ -305,7 +309,8 @@ async fn cert_logs_in_the_user_its_cn_names_and_refuses_every_other_certificate(
     let pw = psql_tls(
         &conninfo(&proxy, USER, "app", "sslmode=require"),
         "select 1",
-    );
+    )
+    .await;
     assert_succeeded(&pw);
 }
 
@@ -347,16 +352,16 @@ allow_plaintext_password = {allow}
     let tls = psql_tls(
         &conninfo(&strict, USER, "app", "sslmode=require"),
         "select 'tls'",
-    );
+    )
+    .await;
     assert_succeeded(&tls);
     assert_eq!(stdout(&tls), "tls");
-    let wrong = psql_args(
+    let wrong = output(psql_args(
         &conninfo(&strict, USER, "app", "sslmode=require"),
         "wrong",
         &["-c", "select 1"],
-    )
-    .output()
-    .expect("psql");
+    ))
+    .await;
     assert!(
         stderr(&wrong).contains("password authentication failed"),
         "{}",
@@ -402,11 +407,20 @@ async fn a_certificate_on_the_revocation_list_is_refused() {
         crl_file.display()
     );
     let (proxy, _files) = cert_proxy(role, &ca_file, &tls).await;
-    let login = |cert: &str| cert_login(&proxy, role, cert);
-    let good = login(&client_cert_numbered(&ca, role, dir.path(), 65));
+    let good = cert_login(
+        &proxy,
+        role,
+        &client_cert_numbered(&ca, role, dir.path(), 65),
+    )
+    .await;
     assert_succeeded(&good);
     assert_eq!(stdout(&good), role);
-    let revoked = login(&client_cert_numbered(&ca, role, dir.path(), 66));
+    let revoked = cert_login(
+        &proxy,
+        role,
+        &client_cert_numbered(&ca, role, dir.path(), 66),
+    )
+    .await;
     assert!(!revoked.status.success(), "a revoked certificate logged in");
     assert!(
         stderr(&revoked).contains("the client certificate was refused")

@@ -99,7 +99,7 @@ async fn a_role_created_after_start_logs_in_and_a_new_password_works_after_the_t
             "{db}"
         );
     }
-    let out = psql(&proxy, &role, "first-pw", "app", "SELECT current_user");
+    let out = psql(&proxy, &role, "first-pw", "app", "SELECT current_user").await;
     assert_succeeded(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), role);
 

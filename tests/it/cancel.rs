@@ -254,7 +254,7 @@ async fn psql_ctrl_c_in(db: &str, marker: &str) {
         "{stderr}"
     );
     servers_are_clean(&direct, marker).await;
-    let out = psql(&proxy, USER, PASSWORD, db, "select 1");
+    let out = psql(&proxy, USER, PASSWORD, db, "select 1").await;
     assert!(out.status.success());
 }
 

@@ -467,14 +467,14 @@ async fn console_refuses_non_admins_and_survives_odd_input() {
         .err()
         .expect("a non-admin is refused");
     assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e}");
-    let out = psql(&proxy, USER, PASSWORD, "pgbouncer", "SHOW POOLS");
+    let out = psql(&proxy, USER, PASSWORD, "pgbouncer", "SHOW POOLS").await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("may not use the admin console"), "{err}");
     assert!(err.contains("admin_users"), "hint names the setting: {err}");
 
     // psql, through the `pgbouncer` alias.
-    let out = psql(&proxy, ADMIN, ADMIN_PASSWORD, "pgbouncer", "show lists;");
+    let out = psql(&proxy, ADMIN, ADMIN_PASSWORD, "pgbouncer", "show lists;").await;
     assert_succeeded(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("databases|3"));
 

@@ -7,11 +7,11 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_select_works_and_bad_logins_are_refused() {
     let proxy = start_proxy("transaction", 2).await;
-    let out = psql(&proxy, USER, PASSWORD, "app", "select 1");
+    let out = psql(&proxy, USER, PASSWORD, "app", "select 1").await;
     assert_succeeded(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 
-    let out = psql(&proxy, USER, "wrong", "app", "select 1");
+    let out = psql(&proxy, USER, "wrong", "app", "select 1").await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -19,7 +19,7 @@ async fn psql_select_works_and_bad_logins_are_refused() {
         "{err}"
     );
 
-    let out = psql(&proxy, "nobody", "x", "app", "select 1");
+    let out = psql(&proxy, "nobody", "x", "app", "select 1").await;
     assert!(!out.status.success());
 
     // The SQLSTATEs, seen by a driver.
@@ -39,10 +39,10 @@ async fn psql_select_works_and_bad_logins_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn md5_users_log_in() {
     let proxy = start_proxy("transaction", 2).await;
-    let out = psql(&proxy, MD5_USER, MD5_PASSWORD, "app", "select current_user");
+    let out = psql(&proxy, MD5_USER, MD5_PASSWORD, "app", "select current_user").await;
     assert_succeeded(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "legacy");
-    let out = psql(&proxy, MD5_USER, "nope", "app", "select 1");
+    let out = psql(&proxy, MD5_USER, "nope", "app", "select 1").await;
     assert!(!out.status.success());
 }
 
@@ -367,11 +367,11 @@ async fn drop_database_with_an_idle_server(mode: &str, user: &str, db: &str) {
 
     // Postgres answers 55006 (after waiting 5 s for the session to leave);
     // pgharbor closes its idle servers to the database and runs it once more.
-    let out = psql(&proxy, user, PASSWORD, user, &format!("DROP DATABASE {db}"));
+    let out = psql(&proxy, user, PASSWORD, user, &format!("DROP DATABASE {db}")).await;
     assert_succeeded(&out);
     assert!(!database_exists(&direct, db).await);
     assert_eq!(
-        psql(&proxy, user, PASSWORD, user, "select 2").stdout,
+        psql(&proxy, user, PASSWORD, user, "select 2").await.stdout,
         b"2\n",
         "the dropping client's pool works on"
     );

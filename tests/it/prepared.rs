@@ -86,46 +86,29 @@ async fn same_name_different_sql_and_reprepare() {
 async fn pgbench_prepared_mode_has_no_failures() {
     let _tables = PUBLIC_PGBENCH_TABLES.lock().await;
     let proxy = start_proxy("transaction", 5).await;
-    let a = proxy.addr();
-    let common = |args: &[&str]| {
-        std::process::Command::new(bin("pgbench"))
-            .args([
-                "-h",
-                &a.ip().to_string(),
-                "-p",
-                &a.port().to_string(),
-                "-U",
-                USER,
-            ])
-            .args(args)
-            .arg("app")
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .expect("run pgbench")
-    };
-    let init = common(&["-i", "-s", "1", "-q", "--foreign-keys"]);
+    let init = pgbench_at(
+        proxy.addr(),
+        USER,
+        &["-i", "-s", "1", "-q", "--foreign-keys"],
+    )
+    .await;
     assert_succeeded(&init);
-    let run = common(&["-M", "prepared", "-c", "50", "-j", "2", "-T", "5"]);
+    let run = pgbench_at(
+        proxy.addr(),
+        USER,
+        &["-M", "prepared", "-c", "50", "-j", "2", "-T", "5"],
+    )
+    .await;
     let out = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
         "{out}\n{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let processed = out
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .expect("processed count");
-    assert!(processed > 0);
-    let failed = out
-        .lines()
-        .find_map(|l| l.strip_prefix("number of failed transactions: "))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    assert_eq!(failed, 0, "{out}");
+    let processed = pgbench_number(&out, "number of transactions actually processed");
+    assert!(processed > Some(0), "{out}");
+    let failed = pgbench_number(&out, "number of failed transactions");
+    assert_eq!(failed, Some(0), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

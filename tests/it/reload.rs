@@ -161,11 +161,28 @@ async fn server_port(client: &tokio_postgres::Client) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_port_moves_new_transactions_while_an_open_one_finishes_where_it_began() {
+    // A role of its own, on both servers: the count of backends left on
+    // the first server must not see other tests' clients of `app`.
+    let user = "reload_port";
+    pg2()
+        .create_user(user, PASSWORD, "scram-sha-256")
+        .expect("the role on the second server");
     let (first, second) = (pg().port(), pg2().port());
-    let fp = FileProxy::start(&config_on_port(first)).await;
+    let on_port = |port: u16| {
+        config_text_for_user("transaction", 4, "", user).replacen(
+            &format!(
+                "name = \"{user}\"\ndbname = \"app\"\nport = {}",
+                pg().port()
+            ),
+            &format!("name = \"{user}\"\ndbname = \"app\"\nport = {port}"),
+            1,
+        )
+    };
+    let fp = FileProxy::start(&on_port(first)).await;
     let (admin, _) = connect_admin(&fp.proxy).await;
-    let in_txn = connect(&fp.proxy, "app").await;
-    let idle = connect(&fp.proxy, "app").await;
+    let as_user = dsn_as(&fp.proxy, user, user);
+    let in_txn = connect_dsn(&as_user).await;
+    let idle = connect_dsn(&as_user).await;
     assert_eq!(server_port(&idle).await, first);
     in_txn
         .batch_execute("begin; create temporary table t_reload(x int) on commit drop")
@@ -173,7 +190,7 @@ async fn a_new_port_moves_new_transactions_while_an_open_one_finishes_where_it_b
         .expect("begin");
     assert_eq!(server_port(&in_txn).await, first);
 
-    fp.write(&config_on_port(second));
+    fp.write(&on_port(second));
     reload(&admin).await;
 
     // The open transaction goes on, on its own server, to its end.
@@ -187,15 +204,21 @@ async fn a_new_port_moves_new_transactions_while_an_open_one_finishes_where_it_b
         .await
         .expect("the open transaction commits on the first server");
     // Every new transaction, of old clients and new ones, lands on the second.
-    let fresh = connect(&fp.proxy, "app").await;
+    let fresh = connect_dsn(&as_user).await;
     for c in [&in_txn, &idle, &fresh] {
         assert_eq!(server_port(c).await, second);
     }
-    let left = eventually(Duration::from_secs(10), || async {
-        backends_at(first, USER).await == 0
+    let left = std::cell::Cell::new(-1);
+    let closed = eventually(Duration::from_secs(10), || async {
+        left.set(backends_at(first, user).await);
+        left.get() == 0
     })
     .await;
-    assert!(left, "servers to the old port are closed once given back");
+    assert!(
+        closed,
+        "servers to the old port are closed once given back: {} left",
+        left.get()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

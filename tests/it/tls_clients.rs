@@ -18,9 +18,12 @@ async fn require_serves_tls_clients_with_the_configured_certificate_and_refuses_
     let proxy = start_proxy_with(&config("127.0.0.1", &client_tls("require", &files))).await;
 
     let tls = conninfo(&proxy, USER, "app", &verify_full(&files.ca()));
-    let out = psql_args(&tls, PASSWORD, &["-c", "\\conninfo", "-c", "select 40 + 2"])
-        .output()
-        .expect("psql");
+    let out = output(psql_args(
+        &tls,
+        PASSWORD,
+        &["-c", "\\conninfo", "-c", "select 40 + 2"],
+    ))
+    .await;
     assert_succeeded(&out);
     let text = stdout(&out);
     assert!(text.contains("SSL connection"), "{text}");
@@ -28,15 +31,13 @@ async fn require_serves_tls_clients_with_the_configured_certificate_and_refuses_
 
     // SCRAM-SHA-256-PLUS: libpq hashes the certificate it was shown and
     // pgharbor the one it serves; the login succeeds only if they agree.
-    let bound = psql_tls(&format!("{tls} channel_binding=require"), "select 'bound'");
+    let bound = psql_tls(&format!("{tls} channel_binding=require"), "select 'bound'").await;
     assert_succeeded(&bound);
     assert_eq!(stdout(&bound), "bound");
 
     // The console lists the client with its TLS version and cipher.
     let admin = conninfo(&proxy, "admin", "pgharbor", &verify_full(&files.ca()));
-    let out = psql_args(&admin, "admin-pw", &["-c", "SHOW CLIENTS"])
-        .output()
-        .expect("psql");
+    let out = output(psql_args(&admin, "admin-pw", &["-c", "SHOW CLIENTS"])).await;
     assert_succeeded(&out);
     assert!(
         stdout(&out).contains("|TLSv1.3/TLS_AES_"),
@@ -47,7 +48,8 @@ async fn require_serves_tls_clients_with_the_configured_certificate_and_refuses_
     let plain = psql_tls(
         &conninfo(&proxy, USER, "app", "sslmode=disable"),
         "select 1",
-    );
+    )
+    .await;
     assert!(!plain.status.success());
     assert!(
         stderr(&plain)
@@ -60,7 +62,8 @@ async fn require_serves_tls_clients_with_the_configured_certificate_and_refuses_
     let wrong_ca = psql_tls(
         &conninfo(&proxy, USER, "app", &verify_full(&stranger.ca())),
         "select 1",
-    );
+    )
+    .await;
     assert!(!wrong_ca.status.success());
     assert!(
         stderr(&wrong_ca).contains("certificate verify failed"),
@@ -93,13 +96,12 @@ async fn allow_serves_tls_and_plaintext_clients_alike() {
         ("sslmode=require", true),
         (verify_full(&files.ca()).as_str(), true),
     ] {
-        let out = psql_args(
+        let out = output(psql_args(
             &conninfo(&proxy, USER, "app", ssl),
             PASSWORD,
             &["-c", "\\conninfo", "-c", "select 'served'"],
-        )
-        .output()
-        .expect("psql");
+        ))
+        .await;
         assert_succeeded(&out);
         let text = stdout(&out);
         assert!(text.ends_with("served"), "{ssl}: {text}");
@@ -115,7 +117,8 @@ async fn allow_serves_tls_and_plaintext_clients_alike() {
             "sslmode=disable channel_binding=require",
         ),
         "select 1",
-    );
+    )
+    .await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("channel binding"), "{}", stderr(&out));
 }
@@ -131,7 +134,8 @@ async fn reload_picks_up_a_renewed_certificate() {
     let before = psql_tls(
         &conninfo(&proxy, USER, "app", &verify_full(&old_ca)),
         "select 1",
-    );
+    )
+    .await;
     assert_succeeded(&before);
 
     // The certificate is renewed in place (as cert-manager does), then the
@@ -144,12 +148,14 @@ async fn reload_picks_up_a_renewed_certificate() {
     let renewed = psql_tls(
         &conninfo(&proxy, USER, "app", &verify_full(&files.ca())),
         "select 1",
-    );
+    )
+    .await;
     assert_succeeded(&renewed);
     let stale = psql_tls(
         &conninfo(&proxy, USER, "app", &verify_full(&old_ca)),
         "select 1",
-    );
+    )
+    .await;
     assert!(
         !stale.status.success(),
         "the old certificate is no longer served"
@@ -196,11 +202,8 @@ async fn a_tls_client_that_vanishes_mid_transaction_leaves_nothing_behind() {
     let files = PkiFiles::write(&issue("pgharbor test client CA", &["localhost"]));
     let proxy = start_proxy_with(&config("127.0.0.1", &client_tls("require", &files))).await;
     let tls = conninfo(&proxy, USER, "app", &verify_full(&files.ca()));
-    assert_succeeded(&psql_tls(
-        &tls,
-        "create table if not exists tls_vanish (n int)",
-    ));
-    assert_succeeded(&psql_tls(&tls, "truncate tls_vanish"));
+    assert_succeeded(&psql_tls(&tls, "create table if not exists tls_vanish (n int)").await);
+    assert_succeeded(&psql_tls(&tls, "truncate tls_vanish").await);
     // Killed with SIGKILL, psql sends no close_notify: the TLS stream just
     // ends, inside the transaction, while its query runs.
     let mut child = psql_args(

@@ -156,24 +156,18 @@ async fn tls_on_both_sides_carries_large_results_copies_and_pipelines() {
     let tls = conninfo(&proxy, USER, "app", &verify_full(&files.ca()));
 
     // About 20 MB from the server, through two TLS connections.
-    let out = tokio::task::spawn_blocking({
-        let tls = tls.clone();
-        move || {
-            psql_tls(
-                &tls,
-                "select repeat('x', 1000) from generate_series(1, 20000)",
-            )
-        }
-    })
-    .await
-    .expect("psql");
+    let out = psql_tls(
+        &tls,
+        "select repeat('x', 1000) from generate_series(1, 20000)",
+    )
+    .await;
     assert_succeeded(&out);
     assert_eq!(out.stdout.len(), 20000 * 1001);
     assert!(out.stdout.iter().all(|&b| b == b'x' || b == b'\n'));
 
     // About 10 MB toward the server with COPY FROM STDIN.
-    psql_tls(&tls, "create table if not exists tls_copy (line text)");
-    psql_tls(&tls, "truncate tls_copy");
+    psql_tls(&tls, "create table if not exists tls_copy (line text)").await;
+    psql_tls(&tls, "truncate tls_copy").await;
     let line = "y".repeat(999);
     let out = tokio::task::spawn_blocking({
         let tls = tls.clone();
@@ -196,7 +190,7 @@ async fn tls_on_both_sides_carries_large_results_copies_and_pipelines() {
     .await
     .expect("copy");
     assert_succeeded(&out);
-    let out = psql_tls(&tls, "select count(*), sum(length(line)) from tls_copy");
+    let out = psql_tls(&tls, "select count(*), sum(length(line)) from tls_copy").await;
     assert_succeeded(&out);
     assert_eq!(stdout(&out), "10000|9990000");
 

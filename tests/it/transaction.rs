@@ -11,34 +11,12 @@ use crate::support::raw::{self, RawClient};
 use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 
-fn pgbench(proxy: &pgharbor::Proxy, user: &str, args: &[&str]) -> std::process::Output {
-    let a = proxy.addr();
-    std::process::Command::new(bin("pgbench"))
-        .args(["-h", &a.ip().to_string(), "-p", &a.port().to_string()])
-        .args(["-U", user])
-        .args(args)
-        .arg(user)
-        .env("PGPASSWORD", PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run pgbench")
-}
-
-/// A `name: value` line of pgbench's summary, as a number.
-fn pgbench_number(out: &str, label: &str) -> Option<u64> {
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix(label))
-        .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pgbench_50_clients_on_a_pool_of_5_in_simple_and_extended_mode() {
     // A role of its own, so other tests' servers do not count.
     let user = "bench";
     let proxy = start_proxy_with(&config_text_for_own_database("transaction", 5, user)).await;
-    let init = pgbench(&proxy, user, &["-i", "-s", "1", "-q"]);
+    let init = pgbench_at(proxy.addr(), user, &["-i", "-s", "1", "-q"]).await;
     assert!(
         init.status.success(),
         "pgbench -i: {}",
@@ -62,19 +40,8 @@ async fn pgbench_50_clients_on_a_pool_of_5_in_simple_and_extended_mode() {
                 }
             })
         };
-        let run = {
-            let a = proxy.addr();
-            tokio::process::Command::new(bin("pgbench"))
-                .args(["-h", &a.ip().to_string(), "-p", &a.port().to_string()])
-                .args(["-U", user, "-c", "50", "-j", "2", "-T", "10", "-M", mode])
-                .arg(user)
-                .env("PGPASSWORD", PASSWORD)
-                .env("PGCONNECT_TIMEOUT", "10")
-                .stdin(Stdio::null())
-                .output()
-                .await
-                .expect("run pgbench")
-        };
+        let args = ["-c", "50", "-j", "2", "-T", "10", "-M", mode];
+        let run = pgbench_at(proxy.addr(), user, &args).await;
         stop.store(true, Ordering::Relaxed);
         sampler.await.unwrap();
         let stdout = String::from_utf8_lossy(&run.stdout);
@@ -378,14 +345,13 @@ async fn copy_in_and_out_of_10_mb_is_byte_identical() {
     );
     let script = dir.path().join("copy.sql");
     std::fs::write(&script, sql).unwrap();
-    let out = std::process::Command::new(bin("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+    let mut psql = std::process::Command::new(bin("psql"));
+    psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
         .args(["-h", &a.ip().to_string(), "-p", &a.port().to_string()])
         .args(["-U", USER, "-d", "app", "-f"])
         .arg(&script)
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .unwrap();
+        .env("PGPASSWORD", PASSWORD);
+    let out = output(psql).await;
     assert_succeeded(&out);
     assert!(
         std::fs::read(&dst).unwrap() == data,

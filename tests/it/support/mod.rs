@@ -164,18 +164,37 @@ pub fn bin(name: &str) -> PathBuf {
     pg().bin_dir().join(name)
 }
 
+/// How long a client program (psql, pgbench) may run before its test
+/// fails, rather than hanging the whole suite.
+pub const PROGRAM_LIMIT: Duration = Duration::from_secs(180);
+
+/// Runs `cmd` (stdin closed, stdout and stderr captured) without blocking
+/// the test's runtime, for at most [`PROGRAM_LIMIT`]. A blocking wait in a
+/// test would hold up its worker thread, and with it the task tokio keeps
+/// in that worker's LIFO slot, which other workers never steal: when that
+/// task is one of the in-process pgharbor's, a client waiting on it never
+/// ends and neither does the wait.
+pub async fn output(cmd: Command) -> Output {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    match tokio::time::timeout(PROGRAM_LIMIT, cmd.output()).await {
+        Ok(out) => out.unwrap_or_else(|e| panic!("run {program}: {e}")),
+        Err(_) => panic!("{program} still runs after {PROGRAM_LIMIT:?}; killed"),
+    }
+}
+
 /// psql against pgharbor with -X -qAt; returns the raw output.
-pub fn psql(proxy: &Proxy, user: &str, password: &str, db: &str, sql: &str) -> Output {
+pub async fn psql(proxy: &Proxy, user: &str, password: &str, db: &str, sql: &str) -> Output {
     let a = proxy.addr();
-    Command::new(bin("psql"))
-        .args(["-X", "-qAt", "-v", "ON_ERROR_STOP=1"])
+    let mut cmd = Command::new(bin("psql"));
+    cmd.args(["-X", "-qAt", "-v", "ON_ERROR_STOP=1"])
         .args(["-h", &a.ip().to_string(), "-p", &a.port().to_string()])
         .args(["-U", user, "-d", db, "-c", sql])
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
-        .env_remove("PGSERVICE")
-        .output()
-        .expect("run psql")
+        .env_remove("PGSERVICE");
+    output(cmd).await
 }
 
 /// Held by tests that make pgbench's tables in `app`'s own (public) schema
@@ -958,19 +977,15 @@ pub async fn connect_admin(
 /// pgbench through `proxy` as `user` (password [`PASSWORD`]) on database
 /// `user`, as a child process that may run alongside the test.
 pub async fn pgbench_at(addr: std::net::SocketAddr, user: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(bin("pgbench"))
-        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+    let mut cmd = Command::new(bin("pgbench"));
+    cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
         .args(["-U", user])
         .args(args)
         .arg(user)
         .env("PGPASSWORD", PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(std::process::Stdio::null())
-        // A test that gives up on pgbench (a bounded wait) ends it too.
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run pgbench")
+        .env("PGCONNECT_TIMEOUT", "10");
+    // A test that gives up on pgbench (a bounded wait) ends it too.
+    output(cmd).await
 }
 
 /// A `name: value` line of pgbench's summary, as a number.

@@ -168,10 +168,8 @@ pub fn psql_args(conninfo: &str, password: &str, args: &[&str]) -> Command {
     cmd
 }
 
-pub fn psql_tls(conninfo: &str, sql: &str) -> Output {
-    psql_args(conninfo, PASSWORD, &["-c", sql])
-        .output()
-        .expect("run psql")
+pub async fn psql_tls(conninfo: &str, sql: &str) -> Output {
+    output(psql_args(conninfo, PASSWORD, &["-c", sql])).await
 }
 
 pub fn stdout(out: &Output) -> String {
