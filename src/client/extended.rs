@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use super::expect::{Action, Reply, Undo};
 use super::prepared::Statement;
 use super::session::Session;
-use super::unnamed::names_unnamed_statement;
+use super::unnamed::{names_unnamed_statement, UnnamedParse};
 use crate::sql::prepared_commands::DropsAll;
 
 use super::buffers::append;
@@ -48,14 +48,6 @@ enum BindCheck {
 /// text analysed (see [`Session::refuse_live_name`]). Client names never
 /// reach a server in transaction mode, so none can take it.
 const TEXT_CHECK: &str = "pgharbor_text_check";
-
-/// A Parse of the unnamed statement on its way: its generation and, when
-/// an error of an earlier message of its group may make the server skip
-/// it, what the statement was before (see `unnamed.rs`).
-struct UnnamedParse {
-    generation: u32,
-    before: Option<Box<super::unnamed::UnnamedStatement>>,
-}
 
 /// What became of a whole client message the relay looked at.
 pub(super) enum Forwarded {
@@ -173,7 +165,8 @@ impl Session {
                     // In the Parse's own group: skipped with it, if so.
                     Some(false) => {}
                     None if self.ext.unnamed.exists => {
-                        return Ok(self.prepare_unnamed_again(tag, at, len));
+                        self.prepare_unnamed_again(tag, at, len);
+                        return Ok(Forwarded::Rewritten);
                     }
                     None => {}
                 }
@@ -203,69 +196,6 @@ impl Session {
         };
         self.emit_due_synthesized();
         Ok(forwarded)
-    }
-
-    /// An unnamed Parse at `cbuf[at..at + len]` goes to the server: its
-    /// generation, and what the client's unnamed statement was, when the
-    /// Parse may yet be skipped after an error of an earlier message of
-    /// its group.
-    #[inline(always)]
-    fn note_unnamed_parse(&mut self, at: usize, len: usize) -> UnnamedParse {
-        let before = self
-            .ext
-            .expect
-            .group_has_earlier_messages()
-            .then(|| Box::new(self.ext.unnamed.clone()));
-        let skippable = before.is_some();
-        let msg = &self.io.cbuf[at..at + len];
-        let notify = self.unnamed_parse_notifies(msg);
-        let generation = self.ext.unnamed.parsed(msg, notify);
-        if skippable {
-            // A Bind of it is looked at: passed in this group, held in a
-            // later one until the Parse is answered, and after that
-            // prepared again (one more Parse).
-            self.ext.unnamed.here = false;
-        }
-        UnnamedParse { generation, before }
-    }
-
-    /// A Bind or Describe of the client's unnamed statement, parsed on an
-    /// earlier server, at `cbuf[at..at + len]`: its Parse goes to this
-    /// server first (its ParseComplete swallowed), then the message as sent.
-    fn prepare_unnamed_again(&mut self, tag: u8, at: usize, len: usize) -> Forwarded {
-        self.forward_ready(at);
-        self.io
-            .to_server
-            .extend_from_slice(self.ext.unnamed.parse_message());
-        // After other messages of its group, the Parse may be skipped:
-        // then the server still lacks it (see `unnamed.rs`).
-        let before = self
-            .ext
-            .expect
-            .group_has_earlier_messages()
-            .then(|| Box::new(self.ext.unnamed.clone()));
-        let generation = self.ext.unnamed.prepared_again(before.is_none());
-        self.push_unnamed_parse(Action::Swallow, UnnamedParse { generation, before });
-        self.forward_ready(len);
-        let reply = if tag == frontend::BIND {
-            Reply::BindComplete
-        } else {
-            Reply::Describe
-        };
-        self.ext.expect.push(reply, Action::Forward);
-        self.emit_due_synthesized();
-        Forwarded::Rewritten
-    }
-
-    /// Queues the reply of an unnamed Parse (see `unnamed.rs`).
-    fn push_unnamed_parse(&mut self, action: Action, p: UnnamedParse) {
-        let undo = p.before.map(|before| Undo {
-            unnamed: Some(before),
-            ..Undo::default()
-        });
-        self.ext
-            .expect
-            .push_unnamed_parse(action, undo, p.generation);
     }
 
     /// The reply a message produces when it can pass as sent: it names
