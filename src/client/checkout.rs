@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use super::session::{Session, SessionError};
-use crate::pool::{CheckoutError, InLine, Permit, PooledServer, Retired, SlowCheckout};
+use crate::pool::{CheckoutError, InLine, Permit, PooledServer, Retired, SlowCheckout, WaitEvent};
 use crate::protocol::{sqlstate, PgError};
 use crate::server::ServerError;
 
@@ -71,7 +71,6 @@ impl Session {
         &mut self,
         attempt: Result<PooledServer, SlowCheckout>,
     ) -> Result<(), PgError> {
-        let stats = &self.pool.stats;
         let mut pooled = match attempt {
             Ok(pooled) => pooled,
             Err(slow) => {
@@ -88,7 +87,7 @@ impl Session {
                 checkout.map_err(|e| self.checkout_failed(e))?
             }
         };
-        stats.clients_active.inc();
+        self.pool.stats.clients_active.inc();
         if let Err(e) = pooled.server.sync_params(&self.reported, &self.other).await {
             pooled.discard();
             self.pool.stats.clients_active.dec();
@@ -185,12 +184,38 @@ impl Session {
     }
 
     /// Waits in `line` for a server, shown as `waiting` by SHOW CLIENTS
-    /// meanwhile.
-    async fn wait_in(&self, line: InLine) -> Result<(Permit, Instant), CheckoutError> {
+    /// meanwhile, and told so after `query_wait_notify`.
+    async fn wait_in(&mut self, mut line: InLine) -> Result<(Permit, Instant), CheckoutError> {
         self.cancel.slot.set_waiting(true);
-        let waited = line.await;
+        let waited = loop {
+            match std::future::poll_fn(|cx| line.poll_event(cx)).await {
+                WaitEvent::NoticeDue => self.tell_still_waiting(),
+                WaitEvent::Done(waited) => break waited,
+            }
+        };
         self.cancel.slot.set_waiting(false);
         waited
+    }
+
+    /// The NOTICE of `query_wait_notify`: the client's request is queued,
+    /// not lost. Sent as far as the socket takes it now; the rest goes
+    /// before the reply.
+    fn tell_still_waiting(&mut self) {
+        let settings = self.pool.settings();
+        let notice = PgError::notice(
+            sqlstate::SUCCESSFUL_COMPLETION,
+            format!(
+                "pgharbor: no server connection is free in pool {} ({} of {} in use); \
+                 the query waits for one, up to query_wait_timeout ({})",
+                self.pool.key,
+                self.pool.in_use(),
+                settings.pool_size,
+                humantime::format_duration(settings.query_wait_timeout),
+            ),
+        );
+        drop(settings);
+        notice.encode(&mut self.io.to_client);
+        let _ = self.flush_client();
     }
 
     async fn checkout_slow_path(

@@ -121,6 +121,7 @@ fn pool_entries(d: &PoolDefaults) -> Vec<Entry> {
         e("pool.pool_size", d.pool_size.to_string(), Reload),
         e("pool.min_pool_size", d.min_pool_size.to_string(), Reload),
         e("pool.query_wait_timeout", dur(d.query_wait_timeout), Reload),
+        e("pool.query_wait_notify", dur(d.query_wait_notify), Reload),
         e(
             "pool.server_connect_timeout",
             dur(d.server_connect_timeout),

@@ -165,6 +165,10 @@ pub struct PoolDefaults {
     pub min_pool_size: usize,
     #[serde(deserialize_with = "de_duration")]
     pub query_wait_timeout: Duration,
+    /// A client still waiting in line for a server after this long is
+    /// told so in a NOTICE, once per wait; zero: never.
+    #[serde(deserialize_with = "de_duration")]
+    pub query_wait_notify: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub server_connect_timeout: Duration,
     /// How long a new server connection keeps looking for a server of the
@@ -222,6 +226,7 @@ impl Default for PoolDefaults {
             pool_size: 20,
             min_pool_size: 0,
             query_wait_timeout: Duration::from_secs(120),
+            query_wait_notify: Duration::from_secs(5),
             server_connect_timeout: Duration::from_secs(5),
             server_failover_timeout: Duration::ZERO,
             server_check_delay: Duration::from_secs(30),
@@ -297,6 +302,8 @@ pub struct DatabaseConfig {
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub query_wait_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_duration")]
+    pub query_wait_notify: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
     pub server_connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub server_failover_timeout: Option<Duration>,
@@ -361,6 +368,7 @@ impl DatabaseConfig {
             pool_size: self.pool_size.unwrap_or(d.pool_size),
             min_pool_size: self.min_pool_size.unwrap_or(d.min_pool_size),
             query_wait_timeout: self.query_wait_timeout.unwrap_or(d.query_wait_timeout),
+            query_wait_notify: self.query_wait_notify.unwrap_or(d.query_wait_notify),
             server_connect_timeout: self
                 .server_connect_timeout
                 .unwrap_or(d.server_connect_timeout),

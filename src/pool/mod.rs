@@ -30,7 +30,7 @@ use crate::protocol::tag::TxStatus;
 use crate::server::listing::ServerList;
 use crate::server::{Server, ServerError, ServerTarget};
 use slots::Slots;
-pub(crate) use waiting::{InLine, Permit};
+pub(crate) use waiting::{InLine, Permit, WaitEvent};
 
 /// Process-wide server ids, for logs and the admin console.
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);

@@ -26,9 +26,20 @@ enum State {
 struct Waiter {
     id: u64,
     since: Instant,
-    /// Left by the waiter's last poll; woken on grant or expiry.
+    /// Left by the waiter's last poll; woken on grant, expiry, or when
+    /// its notice falls due.
     waker: Option<Waker>,
     state: State,
+    notice: Notice,
+}
+
+/// The NOTICE a client waiting `query_wait_notify` gets, once per wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Notice {
+    NotYet,
+    /// Its time came; the waiter sends it at its next poll.
+    Due,
+    Sent,
 }
 
 /// What a waiter finds when it looks at its ticket.
@@ -39,6 +50,9 @@ pub(super) enum Polled {
     Expired,
     Closed,
     Pending,
+    /// Still waiting, for `query_wait_notify` so far: the client is to be
+    /// told (once), and the wait goes on.
+    NoticeDue,
 }
 
 /// Permits and waiting clients. Tickets are handed out under the lock, so
@@ -92,6 +106,7 @@ impl Slots {
             since,
             waker: None,
             state: State::Waiting,
+            notice: Notice::NotYet,
         });
         (id, was_empty)
     }
@@ -128,6 +143,10 @@ impl Slots {
                 match &mut w.waker {
                     Some(kept) if kept.will_wake(waker) => {}
                     slot => *slot = Some(waker.clone()),
+                }
+                if w.notice == Notice::Due {
+                    w.notice = Notice::Sent;
+                    return (Polled::NoticeDue, None);
                 }
                 return (Polled::Pending, None);
             }
@@ -218,13 +237,16 @@ impl Slots {
     }
 
     /// Marks and returns the wakers of the waiters waiting `timeout` or
-    /// longer at `now`, and the next deadline, if anyone else waits.
+    /// longer at `now`, and of those whose `notify` (zero: none) fell due,
+    /// and the next deadline of either kind, if anyone else waits.
     pub(super) fn expire(
         &mut self,
         now: Instant,
         timeout: Duration,
+        notify: Duration,
     ) -> (Vec<Waker>, Option<Instant>) {
         let mut next: Option<Instant> = None;
+        let mut soonest = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
         let mut woken = Vec::new();
         for w in self
             .waiting
@@ -235,8 +257,18 @@ impl Slots {
             if deadline <= now {
                 w.state = State::Expired;
                 woken.extend(w.waker.take());
+                continue;
+            }
+            soonest(deadline);
+            if notify.is_zero() || w.notice != Notice::NotYet {
+                continue;
+            }
+            let due = w.since + notify;
+            if due <= now {
+                w.notice = Notice::Due;
+                woken.extend(w.waker.take());
             } else {
-                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                soonest(due);
             }
         }
         (woken, next)
@@ -370,16 +402,16 @@ mod tests {
         assert_eq!(s.poll(second, &waker).0, Polled::Pending);
 
         // Before any deadline: nobody expires; the next deadline is the oldest's.
-        let (woken, next) = s.expire(t0 + Duration::from_secs(5), timeout);
+        let (woken, next) = s.expire(t0 + Duration::from_secs(5), timeout, Duration::ZERO);
         assert!(woken.is_empty());
         assert_eq!(next, Some(t0 + timeout));
 
         // At the first deadline only the first waiter expires, woken once.
-        let (woken, next) = s.expire(t0 + timeout, timeout);
+        let (woken, next) = s.expire(t0 + timeout, timeout, Duration::ZERO);
         woken.into_iter().for_each(Waker::wake);
         assert_eq!(next, Some(t0 + Duration::from_secs(13)));
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        let (woken, _) = s.expire(t0 + Duration::from_secs(11), timeout);
+        let (woken, _) = s.expire(t0 + Duration::from_secs(11), timeout, Duration::ZERO);
         assert!(woken.is_empty(), "no second wake");
         // An expired waiter is not granted a permit; maxwait counts the other.
         assert!(s.give_back().is_some());
@@ -391,6 +423,56 @@ mod tests {
         assert_eq!(s.poll(first, &waker).0, Polled::Expired);
         assert_eq!(s.poll(second, &waker).0, Polled::Granted);
         assert!(s.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_waiter_is_told_once_after_query_wait_notify_and_keeps_its_place() {
+        let t0 = Instant::now();
+        let (timeout, notify) = (Duration::from_secs(10), Duration::from_secs(2));
+        let (count, waker) = counting();
+        let mut s = Slots::new(1);
+        assert!(s.try_take());
+        let (first, _) = s.join(t0);
+        let (second, _) = s.join(t0 + Duration::from_secs(1));
+        assert_eq!(s.poll(first, &waker).0, Polled::Pending);
+        assert_eq!(s.poll(second, &waker).0, Polled::Pending);
+
+        // The first notice is the next deadline, before any expiry.
+        let (woken, next) = s.expire(t0 + Duration::from_secs(1), timeout, notify);
+        assert!(woken.is_empty());
+        assert_eq!(next, Some(t0 + notify));
+        // Due for the first waiter only: woken, told at its poll, once.
+        let (woken, next) = s.expire(t0 + notify, timeout, notify);
+        woken.into_iter().for_each(Waker::wake);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(next, Some(t0 + Duration::from_secs(3)));
+        assert_eq!(s.poll(first, &waker).0, Polled::NoticeDue);
+        assert_eq!(s.poll(first, &waker).0, Polled::Pending, "told once");
+        let (woken, _) = s.expire(t0 + Duration::from_secs(4), timeout, notify);
+        assert_eq!(woken.len(), 1, "the second waiter's turn");
+        // The first in line still gets the permit first.
+        assert!(s.give_back().is_some());
+        assert_eq!(s.poll(first, &waker).0, Polled::Granted);
+        // The second's notice fell due, but a grant came before its poll:
+        // the grant is what it finds.
+        assert!(s.give_back().is_some());
+        assert_eq!(s.poll(second, &waker).0, Polled::Granted);
+    }
+
+    #[test]
+    fn no_notice_when_query_wait_notify_is_zero() {
+        let t0 = Instant::now();
+        let (_, waker) = counting();
+        let mut s = Slots::new(0);
+        let (id, _) = s.join(t0);
+        let (woken, next) = s.expire(
+            t0 + Duration::from_secs(60),
+            Duration::from_secs(120),
+            Duration::ZERO,
+        );
+        assert!(woken.is_empty());
+        assert_eq!(next, Some(t0 + Duration::from_secs(120)));
+        assert_eq!(s.poll(id, &waker).0, Polled::Pending);
     }
 
     #[test]

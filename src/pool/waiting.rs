@@ -1,6 +1,7 @@
 //! Permits and waiting for them, over the pool's slots (`slots.rs`): the
 //! [`Permit`] a lent server carries, the place in line a client awaits,
-//! PAUSE / RESUME, and the `query_wait_timeout` timer.
+//! PAUSE / RESUME, and the `query_wait_timeout` and `query_wait_notify`
+//! timer.
 //!
 //! The timeout is kept by one timer task per pool instead of a timer per
 //! waiting client. All waiters of a pool share the same timeout, so the
@@ -69,33 +70,58 @@ impl Drop for InLine {
     }
 }
 
+/// What a wait in line comes to next.
+pub(crate) enum WaitEvent {
+    /// The client has waited `query_wait_notify`: it is to be told, and
+    /// the wait goes on (the line is polled again).
+    NoticeDue,
+    /// The wait is over: a permit, or why there is none.
+    Done(Result<(Permit, Instant), CheckoutError>),
+}
+
+impl InLine {
+    /// Polls the wait; [`WaitEvent::NoticeDue`] comes at most once.
+    pub(crate) fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<WaitEvent> {
+        let (polled, woken) = self.pool.slots().poll(self.id, cx.waker());
+        wake_all(woken);
+        let out = match polled {
+            Polled::Pending => return Poll::Pending,
+            Polled::NoticeDue => return Poll::Ready(WaitEvent::NoticeDue),
+            Polled::Granted => {
+                let now = Instant::now();
+                self.pool
+                    .stats
+                    .wait_seconds
+                    .observe(now.saturating_duration_since(self.since).as_secs_f64());
+                Ok((
+                    Permit {
+                        pool: self.pool.clone(),
+                    },
+                    now,
+                ))
+            }
+            Polled::Expired => Err(self.pool.wait_timed_out()),
+            Polled::Closed => Err(self.pool.closed_error()),
+        };
+        self.done = true;
+        Poll::Ready(WaitEvent::Done(out))
+    }
+}
+
+/// The wait alone, for waiters with nobody to tell: a due notice is
+/// passed over.
 impl Future for InLine {
     type Output = Result<(Permit, Instant), CheckoutError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let line = self.get_mut();
-        let (polled, woken) = line.pool.slots().poll(line.id, cx.waker());
-        wake_all(woken);
-        let out = match polled {
-            Polled::Pending => return Poll::Pending,
-            Polled::Granted => {
-                let now = Instant::now();
-                line.pool
-                    .stats
-                    .wait_seconds
-                    .observe(now.saturating_duration_since(line.since).as_secs_f64());
-                Ok((
-                    Permit {
-                        pool: line.pool.clone(),
-                    },
-                    now,
-                ))
+        loop {
+            match line.poll_event(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(WaitEvent::NoticeDue) => continue,
+                Poll::Ready(WaitEvent::Done(out)) => return Poll::Ready(out),
             }
-            Polled::Expired => Err(line.pool.wait_timed_out()),
-            Polled::Closed => Err(line.pool.closed_error()),
-        };
-        line.done = true;
-        Poll::Ready(out)
+        }
     }
 }
 
@@ -189,7 +215,9 @@ pub(super) fn spawn_timer(pool: &Arc<Pool>) {
                 let Some(pool) = Pool::live(&weak) else {
                     return;
                 };
-                let (woken, next) = pool.slots().expire(now, pool.settings().query_wait_timeout);
+                let settings = pool.settings();
+                let (timeout, notify) = (settings.query_wait_timeout, settings.query_wait_notify);
+                let (woken, next) = pool.slots().expire(now, timeout, notify);
                 wake_all(woken);
                 next
             };

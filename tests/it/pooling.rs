@@ -420,3 +420,82 @@ async fn drop_database_of_a_database_in_use_fails_and_leaves_its_transaction_alo
         Some("3")
     );
 }
+
+/// A client in line behind a transaction on a pool of 1, with
+/// `query_wait_notify` in `[pool]`, and the NOTICEs it receives.
+async fn waiting_behind_a_transaction(
+    user: &str,
+    notify: &str,
+) -> (
+    pgharbor::Proxy,
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Vec<tokio_postgres::SimpleQueryMessage>>,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::error::DbError>,
+) {
+    let extra = format!("query_wait_notify = \"{notify}\"");
+    let proxy = start_proxy_with(&config_text_for_user("transaction", 1, &extra, user)).await;
+    let dsn = dsn_as(&proxy, user, user);
+    let holder = connect_dsn(&dsn).await;
+    holder
+        .batch_execute("begin; select 1")
+        .await
+        .expect("the transaction holds the only server");
+    let (waiter, notices) = client_with_messages(&dsn, |m| match m {
+        tokio_postgres::AsyncMessage::Notice(n) => Some(n),
+        _ => None,
+    })
+    .await;
+    let query = tokio::spawn(async move {
+        waiter
+            .simple_query("select 'served'")
+            .await
+            .expect("served once the server is free")
+    });
+    (proxy, holder, query, notices)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_waiting_after_query_wait_notify_is_told_once_and_then_served() {
+    let (_proxy, holder, query, mut notices) =
+        waiting_behind_a_transaction("wait_notify", "1s").await;
+    let notice = tokio::time::timeout(Duration::from_secs(10), notices.recv())
+        .await
+        .expect("a NOTICE within 10 s")
+        .expect("the connection is open");
+    assert_eq!(notice.severity(), "NOTICE");
+    assert_eq!(notice.code().code(), "00000");
+    let message = notice.message();
+    assert!(message.starts_with("pgharbor: "), "{message}");
+    assert!(message.contains("wait_notify"), "names the pool: {message}");
+    assert!(message.contains("1 of 1 in use"), "{message}");
+    assert!(message.contains("query_wait_timeout"), "{message}");
+    assert!(!query.is_finished(), "still waiting after the notice");
+    // Once per wait: nothing more while it goes on.
+    let again = tokio::time::timeout(Duration::from_millis(2500), notices.recv()).await;
+    assert!(again.is_err(), "a second NOTICE: {again:?}");
+
+    holder.batch_execute("commit").await.expect("commit");
+    let rows = tokio::time::timeout(Duration::from_secs(10), query)
+        .await
+        .expect("served after the commit")
+        .expect("query task");
+    let served = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(served.as_deref(), Some("served"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_wait_notify_of_zero_tells_a_waiting_client_nothing() {
+    let (_proxy, holder, query, mut notices) =
+        waiting_behind_a_transaction("wait_silent", "0s").await;
+    let notice = tokio::time::timeout(Duration::from_millis(2500), notices.recv()).await;
+    assert!(notice.is_err(), "a NOTICE: {notice:?}");
+    assert!(!query.is_finished(), "the client waits");
+    holder.batch_execute("commit").await.expect("commit");
+    tokio::time::timeout(Duration::from_secs(10), query)
+        .await
+        .expect("served after the commit")
+        .expect("query task");
+}
