@@ -172,6 +172,9 @@ enum FirstPacket {
     Tls {
         acceptor: tokio_rustls::TlsAcceptor,
         direct: bool,
+        /// Plaintext came with the SSLRequest: refused once the handshake
+        /// is done, through TLS, as Postgres does.
+        cleartext_after: bool,
     },
     Plain(Request),
 }
@@ -198,7 +201,11 @@ pub async fn handshake(
         Err(_) => return Err(Refused::on(Stream::Plain(tcp), StartupError::TimedOut)),
     };
     let (mut stream, packet) = match first {
-        FirstPacket::Tls { acceptor, direct } => {
+        FirstPacket::Tls {
+            acceptor,
+            direct,
+            cleartext_after,
+        } => {
             let tls_stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -216,6 +223,9 @@ pub async fn handshake(
             };
             let alpn_ok = tls_stream.get_ref().1.alpn_protocol() == Some(POSTGRES_ALPN);
             let mut stream = Stream::Tls(Box::new(tls_stream.into()));
+            if cleartext_after {
+                return Err(Refused::on(stream, unencrypted_after(SSL_AFTER)));
+            }
             if direct && !alpn_ok {
                 // Without the ALPN check a TLS connection meant for another
                 // protocol could be replayed here; Postgres refuses it too.
@@ -301,8 +311,9 @@ impl PeekByte for TcpStream {
 /// same kind is taken for a StartupMessage of an unsupported protocol
 /// (its code read as the version 1234.5679 or 1234.5680), while the other
 /// kind may follow, and after it the first kind again. Bytes that came
-/// with a request get its `N`, then a FATAL: they were sent in the clear
-/// before the answer said whether to encrypt.
+/// with a request get its answer (`N`, or `S` when TLS is offered), then a
+/// FATAL: they were sent in the clear before the answer said whether to
+/// encrypt.
 async fn first_packet<S: PeekByte>(
     stream: &mut S,
     buf: &mut BytesMut,
@@ -318,6 +329,7 @@ async fn first_packet<S: PeekByte>(
                 return Ok(FirstPacket::Tls {
                     acceptor: acceptor.clone(),
                     direct: true,
+                    cleartext_after: false,
                 });
             }
         }
@@ -332,19 +344,19 @@ async fn first_packet<S: PeekByte>(
             }
             StartupPacket::SslRequest => {
                 if let Some(acceptor) = &tls.acceptor {
-                    // Bytes already sent after the request would be taken
-                    // as if they came through TLS: refused before the `S`.
-                    if !buf.is_empty() {
-                        return Err(ProtocolError::Malformed("SSLRequest").into());
-                    }
                     stream.write_all(b"S").await?;
+                    // Bytes already sent after the request came in the
+                    // clear, and must not be taken as if they came
+                    // through TLS: Postgres 15 completes the handshake,
+                    // then refuses them through it.
                     return Ok(FirstPacket::Tls {
                         acceptor: acceptor.clone(),
                         direct: false,
+                        cleartext_after: !buf.is_empty(),
                     });
                 }
                 (ssl_done, gss_done) = (true, false);
-                "received unencrypted data after SSL request"
+                SSL_AFTER
             }
             StartupPacket::GssEncRequest => {
                 (ssl_done, gss_done) = (false, true);
@@ -359,13 +371,22 @@ async fn first_packet<S: PeekByte>(
         };
         stream.write_all(b"N").await?;
         if !buf.is_empty() {
-            return Err(StartupError::Refuse(
-                PgError::fatal(sqlstate::PROTOCOL_VIOLATION, refused).with_detail(
-                    "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.",
-                ),
-            ));
+            return Err(unencrypted_after(refused));
         }
     }
+}
+
+/// Postgres 15's words for plaintext that came with an SSLRequest.
+const SSL_AFTER: &str = "received unencrypted data after SSL request";
+
+/// Postgres 15's refusal of bytes sent in the clear together with an
+/// encryption request, before its answer said whether to encrypt.
+fn unencrypted_after(refused: &'static str) -> StartupError {
+    StartupError::Refuse(
+        PgError::fatal(sqlstate::PROTOCOL_VIOLATION, refused).with_detail(
+            "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.",
+        ),
+    )
 }
 
 /// Postgres 15's refusal of a StartupMessage of protocol `version`.

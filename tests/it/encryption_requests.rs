@@ -1,10 +1,12 @@
-//! SSLRequest at the edges, answered as Postgres 15 answers it when it
-//! offers no TLS (as pgharbor without `[client_tls]`): a request with
-//! plaintext bytes behind it in the same write, and a request made again
+//! SSLRequest at the edges, answered as Postgres 15 answers it: a request
+//! with plaintext bytes behind it in the same write, with TLS offered (as
+//! pgharbor with `[client_tls]`) and without, and a request made again
 //! after its `N`. Each case sends the same bytes to Postgres directly and to
 //! pgharbor and compares the whole replies: the one-byte answers, and each
 //! message's type, severity, SQLSTATE, message, detail and hint (not the
-//! source file and line Postgres adds).
+//! source file and line Postgres adds). The Postgres without TLS is the
+//! second scratch server, which never turns `ssl` on; the first one has it
+//! on once a TLS test asked for it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -117,10 +119,11 @@ async fn answers(addr: SocketAddr, writes: &[Vec<u8>]) -> Vec<Reply> {
     }
 }
 
-/// Each case's replies from Postgres and from pgharbor, which must be the
-/// same.
+/// Each case's replies from Postgres without TLS and from pgharbor
+/// without `[client_tls]`, which must be the same.
 async fn same_as_postgres(case: &str, writes: Vec<Vec<u8>>) {
-    let postgres = answers(direct_addr(), &writes).await;
+    let without_tls = std::net::SocketAddr::from(([127, 0, 0, 1], pg2().port()));
+    let postgres = answers(without_tls, &writes).await;
     assert!(
         postgres.iter().any(|r| matches!(r, Reply::Message { .. })),
         "{case}: postgres ended it with a message: {postgres:?}"
@@ -135,6 +138,72 @@ async fn plaintext_sent_with_an_ssl_request_is_refused_after_the_n_as_on_postgre
     let mut both = ssl_request();
     both.extend(startup(3));
     same_as_postgres("SSLRequest and StartupMessage in one write", vec![both]).await;
+}
+
+/// `bytes` (an SSLRequest and what follows it) sent to `addr` in one
+/// write; after the `S`, a TLS handshake trusting `ca` for `localhost`,
+/// and what comes through TLS until the peer closes.
+async fn answers_through_tls(addr: SocketAddr, bytes: &[u8], ca: &str) -> Vec<Reply> {
+    use rustls::pki_types::pem::PemObject;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("send");
+    let mut one = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut one));
+    assert!(
+        matches!(read.await, Ok(Ok(_))),
+        "{addr} answered the SSLRequest"
+    );
+    assert_eq!(one[0], b'S', "{addr} offers TLS");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.expect("CA")).expect("add CA");
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let handshake = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, s);
+    let mut tls = tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .unwrap_or_else(|_| panic!("{addr}: no TLS handshake within 10 s"))
+        .expect("TLS handshake");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got));
+    match read.await {
+        // A peer may end TLS without close_notify after its FATAL.
+        Ok(_) => replies(&got),
+        Err(_) => panic!("{addr} kept the connection open after {got:?}"),
+    }
+}
+
+/// Postgres 15 answers the SSLRequest with `S`, completes the TLS
+/// handshake, and only then refuses the plaintext that came with the
+/// request, through TLS (`ProcessStartupPacket` checks its buffer after
+/// `secure_open_server`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_sent_with_an_ssl_request_is_refused_through_tls_after_the_handshake_as_on_postgres(
+) {
+    let mut both = ssl_request();
+    both.extend(startup(3));
+    let server_ca = tokio::task::spawn_blocking(tls::server_ca)
+        .await
+        .expect("ssl on");
+    let postgres = answers_through_tls(direct_addr(), &both, server_ca).await;
+    assert!(
+        matches!(postgres.first(), Some(Reply::Message { tag: 'E', .. })),
+        "postgres refuses through TLS: {postgres:?}"
+    );
+    let pki = tls::issue("pgharbor test client CA", &["localhost"]);
+    let files = tls::PkiFiles::write(&pki);
+    for mode in ["allow", "require"] {
+        let text = tls::config("127.0.0.1", &tls::client_tls(mode, &files));
+        let proxy = start_proxy_with(&text).await;
+        let pgharbor = answers_through_tls(proxy.addr(), &both, &pki.ca_pem).await;
+        assert_eq!(
+            pgharbor, postgres,
+            "client_tls {mode}: pgharbor, then postgres"
+        );
+    }
 }
 
 #[tokio::test]
