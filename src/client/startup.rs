@@ -206,36 +206,8 @@ pub async fn handshake(
             direct,
             cleartext_after,
         } => {
-            let tls_stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    return Err(Refused {
-                        stream: None,
-                        error: StartupError::Tls(e),
-                    })
-                }
-                Err(_) => {
-                    return Err(Refused {
-                        stream: None,
-                        error: StartupError::TimedOut,
-                    })
-                }
-            };
-            let alpn_ok = tls_stream.get_ref().1.alpn_protocol() == Some(POSTGRES_ALPN);
-            let mut stream = Stream::Tls(Box::new(tls_stream.into()));
-            if cleartext_after {
-                return Err(Refused::on(stream, unencrypted_after(SSL_AFTER)));
-            }
-            if direct && !alpn_ok {
-                // Without the ALPN check a TLS connection meant for another
-                // protocol could be replayed here; Postgres refuses it too.
-                let e = PgError::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "direct TLS connection established without ALPN protocol \"postgresql\"",
-                )
-                .with_hint("use a client that negotiates ALPN, or sslnegotiation=postgres");
-                return Err(Refused::on(stream, StartupError::Refuse(e)));
-            }
+            let mut stream =
+                tls_handshake(tcp, &acceptor, direct, cleartext_after, deadline).await?;
             match tokio::time::timeout_at(deadline, packet_after_tls(&mut stream, buf)).await {
                 Ok(Ok(p)) => (stream, p),
                 Ok(Err(e)) => return Err(Refused::on(stream, e)),
@@ -270,6 +242,49 @@ pub async fn handshake(
             }
         }
     }
+}
+
+/// The TLS handshake after an `S` (or a direct ClientHello), and the
+/// refusals that come right after it: plaintext that came with the
+/// SSLRequest, and a direct connection without ALPN `postgresql`.
+async fn tls_handshake(
+    tcp: TcpStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    direct: bool,
+    cleartext_after: bool,
+    deadline: Instant,
+) -> Result<Stream, Refused> {
+    let tls_stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(Refused {
+                stream: None,
+                error: StartupError::Tls(e),
+            })
+        }
+        Err(_) => {
+            return Err(Refused {
+                stream: None,
+                error: StartupError::TimedOut,
+            })
+        }
+    };
+    let alpn_ok = tls_stream.get_ref().1.alpn_protocol() == Some(POSTGRES_ALPN);
+    let stream = Stream::Tls(Box::new(tls_stream.into()));
+    if cleartext_after {
+        return Err(Refused::on(stream, unencrypted_after(SSL_AFTER)));
+    }
+    if direct && !alpn_ok {
+        // Without the ALPN check a TLS connection meant for another
+        // protocol could be replayed here; Postgres refuses it too.
+        let e = PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "direct TLS connection established without ALPN protocol \"postgresql\"",
+        )
+        .with_hint("use a client that negotiates ALPN, or sslnegotiation=postgres");
+        return Err(Refused::on(stream, StartupError::Refuse(e)));
+    }
+    Ok(stream)
 }
 
 /// The client's certificate, checked against `client_tls.ca_file`, when
