@@ -8,7 +8,8 @@ use bytes::BytesMut;
 use super::expect::{Action, Reply, Undo};
 use super::prepared::Statement;
 use super::session::Session;
-use super::unnamed::{names_unnamed_statement, UnnamedParse};
+use super::unnamed::names_unnamed_statement;
+use super::unnamed_parse::UnnamedParse;
 use crate::sql::prepared_commands::DropsAll;
 
 use super::buffers::append;

@@ -21,6 +21,7 @@ mod server_statements;
 mod session;
 pub mod startup;
 mod unnamed;
+mod unnamed_parse;
 mod wait;
 mod whole_messages;
 
