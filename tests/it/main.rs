@@ -18,6 +18,7 @@ mod drivers;
 mod encryption_requests;
 mod failover;
 mod fallback_database;
+mod idle_timeouts;
 mod layering;
 mod limits;
 mod listen;
