@@ -36,6 +36,7 @@ mod prometheus;
 mod reload;
 mod resilience;
 mod scram_passthrough;
+mod server_lifecycle;
 mod temp_objects;
 mod tls_clients;
 mod tls_servers;
