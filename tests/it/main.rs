@@ -29,6 +29,7 @@ mod login_failures;
 mod login_fidelity;
 mod observability;
 mod peers_dns;
+mod pool_metrics;
 mod pooling;
 mod prepared;
 mod prepared_sql;
