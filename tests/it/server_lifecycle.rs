@@ -81,9 +81,10 @@ async fn checks_run(direct: &tokio_postgres::Client) -> i64 {
     row.get(0)
 }
 
-/// The check's effect is a sequence's value, which no rollback undoes:
-/// pg_stat_activity would show it only until the client's own query
-/// replaces it, within the same checkout.
+/// The check is seen as the backend's query in pg_stat_activity while it
+/// runs (it sleeps half a second to be seen: the client's own query
+/// replaces it right after), and counted by a sequence it advances, which
+/// no rollback undoes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_check_query_runs_on_a_server_idle_past_server_check_delay() {
     pg().psql(
@@ -93,9 +94,9 @@ async fn server_check_query_runs_on_a_server_idle_past_server_check_delay() {
     )
     .expect("create sequence");
     let user = "check_query_role";
-    let extra = "server_check_query = \"select nextval('server_check_seq')\"\n\
-                 server_check_delay = \"1s\"";
-    let text = config_text_for_user("transaction", 1, extra, user);
+    let check = "select nextval('server_check_seq'), pg_sleep(0.5)";
+    let extra = format!("server_check_query = \"{check}\"\nserver_check_delay = \"1s\"");
+    let text = config_text_for_user("transaction", 1, &extra, user);
     let proxy = start_proxy_with(&text).await;
     let client = connect_dsn(&dsn_as(&proxy, user, user)).await;
     let direct = connect_direct().await;
@@ -106,11 +107,31 @@ async fn server_check_query_runs_on_a_server_idle_past_server_check_delay() {
     // Idle longer than server_check_delay: checked with the query, then
     // lent.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(backend_pid(&client).await, pid);
+    let query = tokio::spawn(async move { backend_pid(&client).await });
+    let running = || async {
+        direct
+            .query_opt(
+                "select query from pg_stat_activity where pid = $1 and state = 'active'",
+                &[&pid],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .map(|r| r.get::<_, String>(0))
+    };
+    let seen = eventually(Duration::from_secs(3), || async {
+        running().await.as_deref() == Some(check)
+    })
+    .await;
+    assert!(seen, "server_check_query not seen running on {pid}");
+    let served = tokio::time::timeout(Duration::from_secs(10), query)
+        .await
+        .expect("the query after the check")
+        .expect("query task");
+    assert_eq!(served, pid, "the checked server serves the query");
     assert_eq!(
         checks_run(&direct).await,
         1,
-        "server_check_query did not run"
+        "server_check_query did not run once"
     );
 }
 
