@@ -150,7 +150,7 @@ async fn start(
         let max = state.config().proxy.max_client_conn;
         let e = PgError::fatal(
             sqlstate::TOO_MANY_CONNECTIONS,
-            format!("sorry, too many clients already (max_client_conn = {max})"),
+            format!("pgharbor: sorry, too many clients already (max_client_conn = {max})"),
         )
         .with_hint("raise proxy.max_client_conn or use fewer client connections");
         refuse(&mut stream, addr, StartupError::Refuse(e)).await;
@@ -504,10 +504,12 @@ async fn admit(
     drop(config);
     let counted = (state.pools().limits).admit_client(&pool.key, &pool.settings())?;
     let Ok(permit) = state.client_permits().clone().try_acquire_owned() else {
+        let max = state.config().proxy.max_client_conn;
         return Err(PgError::fatal(
             sqlstate::TOO_MANY_CONNECTIONS,
-            "sorry, too many clients already (max_client_conn)",
-        ));
+            format!("pgharbor: sorry, too many clients already (max_client_conn = {max})"),
+        )
+        .with_hint("raise proxy.max_client_conn or use fewer client connections"));
     };
     // The parameters clients are told come from the pool's first server.
     (pool.template_params().await).map_err(super::checkout::checkout_error)?;

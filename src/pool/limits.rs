@@ -206,7 +206,7 @@ impl Limits {
                 return Err(PgError::fatal(
                     sqlstate::TOO_MANY_CONNECTIONS,
                     format!(
-                        "too many client connections for {what} \"{name}\" ({setting} = {max})"
+                        "pgharbor: too many client connections for {what} \"{name}\" ({setting} = {max})"
                     ),
                 )
                 .with_hint(format!(

@@ -291,3 +291,44 @@ async fn a_reload_that_lowers_max_user_connections_closes_idle_servers_and_holds
         "after RELOAD Postgres saw {most} sessions of {user}"
     );
 }
+
+#[tokio::test]
+async fn the_client_past_max_client_conn_gets_53300_saying_what_to_change_and_others_go_on() {
+    let text = config_text("transaction", 2, "").replace(
+        "admin_users = [\"admin\"]",
+        "admin_users = [\"admin\"]\nmax_client_conn = 3",
+    );
+    let proxy = start_proxy_with(&text).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(connect(&proxy, "app").await);
+    }
+    let e = try_connect(&dsn(&proxy, "app"))
+        .await
+        .expect_err("the 4th client is refused");
+    assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e}");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    // pgharbor's own refusal, in DESIGN.md's style: prefixed, naming the
+    // key and its value, saying what to change.
+    assert!(db.message().starts_with("pgharbor: "), "{}", db.message());
+    assert!(
+        db.message().contains("max_client_conn = 3"),
+        "{}",
+        db.message()
+    );
+    let advice = format!("{} {}", db.message(), db.hint().unwrap_or_default());
+    assert!(advice.contains("raise proxy.max_client_conn"), "{advice}");
+    for (i, c) in clients.iter().enumerate() {
+        let v = simple_value(c, &format!("select {i}")).await;
+        assert_eq!(v, Some(i.to_string()), "client {i} after the refusal");
+    }
+    drop(clients.pop());
+    let again = eventually(Duration::from_secs(10), || async {
+        match try_connect(&dsn(&proxy, "app")).await {
+            Ok(c) => simple_value(&c, "select 'in'").await.as_deref() == Some("in"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(again, "no room after a client left");
+}

@@ -116,3 +116,79 @@ async fn create_database_from_a_template_pgharbor_holds_idle_servers_on_succeeds
         "the template's clients go on"
     );
 }
+
+/// The ParameterStatus messages of a login, by name.
+fn parameter_statuses(msgs: &[Msg]) -> std::collections::BTreeMap<String, String> {
+    msgs.iter()
+        .filter(|m| m.tag == b'S')
+        .map(|m| {
+            let mut parts = m.body.split(|&b| b == 0).map(String::from_utf8_lossy);
+            let name = parts.next().unwrap_or_default().into_owned();
+            let value = parts.next().unwrap_or_default().into_owned();
+            (name, value)
+        })
+        .collect()
+}
+
+/// `SHOW name` and the backend's pid, in one round trip (one server).
+async fn show_on_a_server(c: &mut RawClient, name: &str) -> (String, String) {
+    c.send(&raw::query(&format!(
+        "SHOW {name}; select pg_backend_pid()"
+    )))
+    .await;
+    let got = c.until_ready().await;
+    assert!(got.iter().all(|m| m.tag != b'E'), "SHOW {name}: {got:?}");
+    let values = raw::first_column(&got);
+    let value = |i: usize| values.get(i).cloned().flatten().unwrap_or_default();
+    (value(0), value(1))
+}
+
+/// The startup parameters drivers send outside `options`, each with a
+/// value other than the server's default.
+const PLAIN_STARTUP_PARAMETERS: [(&str, &str); 5] = [
+    ("search_path", "pg_temp, public"),
+    ("statement_timeout", "5s"),
+    ("client_min_messages", "warning"),
+    ("IntervalStyle", "iso_8601"),
+    ("client_encoding", "utf8"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_startup_parameters_read_as_on_postgres_on_every_server_of_the_pool() {
+    let user = "startup_params_role";
+    let text = config_text_for_user("transaction", 2, "", user);
+    let direct: SocketAddr = ([127, 0, 0, 1], pg().port()).into();
+    for (name, value) in PLAIN_STARTUP_PARAMETERS {
+        let params = |db| [("user", user), ("database", db), (name, value)];
+        let (mut c, login) = RawClient::login_with(direct, PASSWORD, &params("app")).await;
+        let want_status = parameter_statuses(&login);
+        let (want, _) = show_on_a_server(&mut c, name).await;
+        assert_ne!(want, "", "SHOW {name} directly");
+
+        // A pool of its own per parameter, so the first server is new.
+        let proxy = start_proxy_with(&text).await;
+        let (mut c, login) = RawClient::login_with(proxy.addr(), PASSWORD, &params(user)).await;
+        assert_eq!(
+            parameter_statuses(&login),
+            want_status,
+            "{name}={value}: ParameterStatus through pgharbor (left) and directly (right)"
+        );
+        let (first, first_pid) = show_on_a_server(&mut c, name).await;
+        assert_eq!(first, want, "{name}={value}: SHOW on the first server");
+        // Another client holds that server in a transaction: the next
+        // statement gets the pool's second server.
+        let mut holder = RawClient::login(proxy.addr(), user, PASSWORD, user).await;
+        holder
+            .send(&raw::query("BEGIN; select pg_backend_pid()"))
+            .await;
+        let held = raw::first_column(&holder.until_ready().await);
+        assert_eq!(
+            held,
+            vec![Some(first_pid.clone())],
+            "the holder took the first server"
+        );
+        let (second, second_pid) = show_on_a_server(&mut c, name).await;
+        assert_ne!(second_pid, first_pid, "{name}: not on a second server");
+        assert_eq!(second, want, "{name}={value}: SHOW on the second server");
+    }
+}

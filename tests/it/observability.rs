@@ -18,14 +18,14 @@ fn with_metrics(mode: &str, pool_size: usize) -> String {
     config_text(mode, pool_size, "") + "\n[metrics]\nlisten_addr = \"127.0.0.1:0\"\n"
 }
 
-async fn scrape(proxy: &Proxy) -> String {
+pub(crate) async fn scrape(proxy: &Proxy) -> String {
     let (status, body) = http_get(proxy.metrics_addr().expect("metrics enabled"), "/metrics").await;
     assert_eq!(status, 200, "{body}");
     body
 }
 
 /// The value of the sample `name{labels…}` whose labels include `want`.
-fn sample(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
     for line in text.lines() {
         if line.starts_with('#') {
             continue;

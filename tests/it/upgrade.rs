@@ -544,3 +544,54 @@ async fn a_tls_client_finishes_its_transaction_then_is_told_to_reconnect() {
     let exited = proxy.exits_within(Duration::from_secs(30)).await;
     assert!(exited, "the old process exits: {}", proxy.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_on_the_console_hands_over_to_the_new_build_and_a_client_goes_on() {
+    let mut proxy = Upgradable::start("upgrade_console", 2).await;
+    let (client, conn) = tokio_postgres::connect(&proxy.dsn(), NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("SET application_name = 'before-upgrade'")
+        .await
+        .unwrap();
+    let statement = client.prepare("select $1::int * 2").await.unwrap();
+    let old_version = version(&proxy.admin_dsn()).await.expect("SHOW VERSION");
+
+    proxy.replace_with_tagged_build("console-build");
+    let (admin, conn) = tokio_postgres::connect(&proxy.admin_dsn(), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let done = tokio::time::timeout(Duration::from_secs(30), admin.simple_query("UPGRADE"))
+        .await
+        .expect("UPGRADE answers");
+    let tag = done
+        .unwrap_or_else(|e| panic!("UPGRADE fails: {e:?}\n{}", proxy.log()))
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(_) => Some(()),
+            _ => None,
+        });
+    assert!(tag.is_some(), "UPGRADE completes");
+
+    let admin_dsn = proxy.admin_dsn();
+    let upgraded = serves_build(&admin_dsn, "console-build").await;
+    assert!(upgraded, "the new build serves the port: {}", proxy.log());
+    let exited = proxy.exits_within(Duration::from_secs(30)).await;
+    assert!(exited, "the old process exits: {}", proxy.log());
+    assert_ne!(version(&admin_dsn).await.unwrap(), old_version);
+
+    // The client from before goes on, on the new process, as it was.
+    let row = client
+        .query_one(&statement, &[&21])
+        .await
+        .expect("prepared");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let setting = simple_value(&client, "SHOW application_name").await;
+    assert_eq!(setting.as_deref(), Some("before-upgrade"));
+    let listed = eventually(Duration::from_secs(10), || async {
+        clients_of(&admin_dsn, "upgrade_console").await == 1
+    })
+    .await;
+    assert!(listed, "the new process lists the client");
+}
