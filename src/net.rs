@@ -81,6 +81,65 @@ impl fmt::Debug for Stream {
     }
 }
 
+/// The TCP options a new connection gets from the config: `[proxy]`
+/// client_tcp_* on accepted clients, `[pool]` server_tcp_* toward
+/// Postgres. Set once, when the socket is made; none costs the relay
+/// anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpOptions {
+    /// SO_KEEPALIVE, with the kernel's timings (net.ipv4.tcp_keepalive_*).
+    pub keepalive: bool,
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before
+    /// the kernel drops the connection; zero leaves the kernel's default.
+    pub user_timeout: std::time::Duration,
+}
+
+/// Which side's keys a [`TcpOptions`] came from, for the warning that names
+/// the key when the kernel refuses one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpSide {
+    Client,
+    Server,
+}
+
+impl TcpSide {
+    fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            TcpSide::Client => (
+                "proxy.client_tcp_keepalive",
+                "proxy.client_tcp_user_timeout",
+            ),
+            TcpSide::Server => ("pool.server_tcp_keepalive", "pool.server_tcp_user_timeout"),
+        }
+    }
+}
+
+impl TcpOptions {
+    /// Sets the options on `tcp`. One the kernel refuses is logged at warn
+    /// and left out: the connection goes on without it.
+    pub fn apply(self, tcp: &TcpStream, side: TcpSide) {
+        let socket = socket2::SockRef::from(tcp);
+        let (keepalive_key, user_timeout_key) = side.keys();
+        if self.keepalive {
+            if let Err(e) = socket.set_keepalive(true) {
+                tracing::warn!(key = keepalive_key, error = %e, "cannot set SO_KEEPALIVE; the connection goes on without it");
+            }
+        }
+        if !self.user_timeout.is_zero() {
+            #[cfg(target_os = "linux")]
+            let set = socket.set_tcp_user_timeout(Some(self.user_timeout));
+            #[cfg(not(target_os = "linux"))]
+            let set: io::Result<()> = Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "TCP_USER_TIMEOUT exists only on Linux",
+            ));
+            if let Err(e) = set {
+                tracing::warn!(key = user_timeout_key, error = %e, "cannot set TCP_USER_TIMEOUT; the connection goes on with the kernel's timeout");
+            }
+        }
+    }
+}
+
 impl From<TcpStream> for Stream {
     fn from(s: TcpStream) -> Self {
         Stream::Plain(s)

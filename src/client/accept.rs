@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -17,14 +16,11 @@ use tracing::Instrument;
 use super::session::{Io, Session, SessionError};
 use super::startup::{self, Handshake, LoginRequest, StartupError};
 use crate::metrics::Metrics;
-use crate::net::Stream;
+use crate::net::{Stream, TcpOptions, TcpSide};
 use crate::protocol::{sqlstate, PgError};
 use crate::state::clients::ClientEntry;
 use crate::state::State;
 use crate::users::UserEntry;
-
-/// The whole startup (first packet to AuthenticationOk) must fit in this.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one accepted connection to its end, in one task, unless it
 /// logged in to the console: that client is returned, for the caller to
@@ -115,8 +111,20 @@ async fn start(
     state: Arc<State>,
 ) -> Option<(Ready, tracing::Span)> {
     let _ = tcp.set_nodelay(true);
+    // The whole login (first packet to AuthenticationOk) must fit in
+    // client_login_timeout, read once: a reload applies to the next client.
+    let login_timeout = {
+        let config = state.config();
+        let p = &config.proxy;
+        let options = TcpOptions {
+            keepalive: p.client_tcp_keepalive,
+            user_timeout: p.client_tcp_user_timeout,
+        };
+        options.apply(&tcp, TcpSide::Client);
+        p.client_login_timeout
+    };
     let mut buf = BytesMut::new();
-    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + login_timeout;
     // A snapshot: a reload during the handshake applies to the next client.
     let tls = state.tls().client.clone();
     let (mut stream, login) = match startup::handshake(tcp, &mut buf, &tls, deadline).await {
@@ -228,13 +236,11 @@ impl LoggedIn {
 }
 
 async fn refuse(stream: &mut Stream, addr: SocketAddr, e: StartupError) {
-    let e = match e {
-        StartupError::TimedOut => StartupError::Refuse(PgError::fatal(
-            sqlstate::PROTOCOL_VIOLATION,
-            "pgharbor: startup timed out",
-        )),
-        e => e,
-    };
+    if let StartupError::TimedOut = e {
+        log_login_timeout(addr);
+        let _ = stream.shutdown().await;
+        return;
+    }
     if let StartupError::EarlyTerminate = e {
         tracing::debug!(client = %addr, "Terminate before the startup packet; closed");
     }
@@ -245,6 +251,16 @@ async fn refuse(stream: &mut Stream, addr: SocketAddr, e: StartupError) {
         let _ = startup::send(stream, &out).await;
         let _ = stream.shutdown().await;
     }
+}
+
+/// A client past client_login_timeout is closed without a word, as
+/// Postgres closes one past its authentication_timeout (in the startup
+/// packet or the authentication exchange alike): the log says why.
+fn log_login_timeout(addr: SocketAddr) {
+    tracing::info!(
+        client = %addr,
+        "client did not log in within proxy.client_login_timeout; closed (raise it for slow clients)"
+    );
 }
 
 /// A client through its handshake, not yet authenticated.
@@ -404,7 +420,10 @@ async fn authenticate_client(
                 msg,
             ))))
         }
-        Err(_) => Ok(None),
+        Err(_) => {
+            log_login_timeout(addr);
+            Ok(None)
+        }
     }
 }
 

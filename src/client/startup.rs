@@ -116,7 +116,7 @@ pub enum StartupError {
     EarlyTerminate,
     #[error("i/o error during startup: {0}")]
     Io(#[from] std::io::Error),
-    #[error("startup timed out")]
+    #[error("did not log in within proxy.client_login_timeout")]
     TimedOut,
     /// The TLS handshake failed; nothing can be said in the clear.
     #[error("TLS handshake failed: {0}")]

@@ -82,6 +82,23 @@ pub fn entries(c: &Config) -> Vec<Entry> {
             p.listen_reuseport.to_string(),
             Restart,
         ),
+        // Read when a client connects: a RELOAD applies to clients that
+        // connect after it; one already logging in keeps its deadline.
+        e(
+            "proxy.client_login_timeout",
+            dur(p.client_login_timeout),
+            NewConnections,
+        ),
+        e(
+            "proxy.client_tcp_keepalive",
+            p.client_tcp_keepalive.to_string(),
+            NewConnections,
+        ),
+        e(
+            "proxy.client_tcp_user_timeout",
+            dur(p.client_tcp_user_timeout),
+            NewConnections,
+        ),
         e(
             "metrics.listen_addr",
             c.metrics.listen_addr.clone(),
@@ -168,6 +185,18 @@ fn pool_entries(d: &PoolDefaults) -> Vec<Entry> {
             "pool.session_state",
             format!("{:?}", d.session_state).to_lowercase(),
             Reload,
+        ),
+        // Set on a server socket when it connects: a RELOAD applies to
+        // server connections opened after it.
+        e(
+            "pool.server_tcp_keepalive",
+            d.server_tcp_keepalive.to_string(),
+            NewConnections,
+        ),
+        e(
+            "pool.server_tcp_user_timeout",
+            dur(d.server_tcp_user_timeout),
+            NewConnections,
         ),
     ]
     .into_iter()

@@ -98,6 +98,16 @@ pub struct ProxyConfig {
     /// Bind the listening socket with SO_REUSEPORT, so several instances
     /// share one port (rolling restarts).
     pub listen_reuseport: bool,
+    /// How long a client has from connecting to logging in (startup
+    /// packet, TLS, authentication), as Postgres's authentication_timeout.
+    #[serde(deserialize_with = "de_duration")]
+    pub client_login_timeout: Duration,
+    /// SO_KEEPALIVE on client sockets, with the kernel's timings.
+    pub client_tcp_keepalive: bool,
+    /// TCP_USER_TIMEOUT on client sockets: how long sent data may go
+    /// unacknowledged before the connection is dropped; zero: the kernel's.
+    #[serde(deserialize_with = "de_duration")]
+    pub client_tcp_user_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -114,6 +124,9 @@ impl Default for ProxyConfig {
             worker_threads: 1,
             watch_config: false,
             listen_reuseport: false,
+            client_login_timeout: Duration::from_secs(15),
+            client_tcp_keepalive: true,
+            client_tcp_user_timeout: Duration::ZERO,
         }
     }
 }
@@ -213,6 +226,12 @@ pub struct PoolDefaults {
     /// empty: every listed user may log in with its `auth_type`. Read with
     /// the config, so RELOAD re-reads it (see [`Config::hba`]).
     pub hba_file: String,
+    /// SO_KEEPALIVE on server sockets, with the kernel's timings.
+    pub server_tcp_keepalive: bool,
+    /// TCP_USER_TIMEOUT on server sockets: a server that stops
+    /// acknowledging is given up after this; zero: the kernel's.
+    #[serde(deserialize_with = "de_duration")]
+    pub server_tcp_user_timeout: Duration,
 }
 
 /// PgBouncer's default since 1.24.1 (CVE-2025-2291): a role past its
@@ -247,6 +266,8 @@ impl Default for PoolDefaults {
             max_db_client_connections: 0,
             max_user_client_connections: 0,
             hba_file: String::new(),
+            server_tcp_keepalive: true,
+            server_tcp_user_timeout: Duration::ZERO,
         }
     }
 }
@@ -330,6 +351,9 @@ pub struct DatabaseConfig {
     pub server_tls: Option<ServerTlsConfig>,
     pub max_db_connections: Option<usize>,
     pub max_db_client_connections: Option<usize>,
+    pub server_tcp_keepalive: Option<bool>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub server_tcp_user_timeout: Option<Duration>,
     /// Made from the `*` entry for a database not listed: its pools close
     /// once idle (see `Pools::all`).
     #[serde(skip)]
@@ -413,6 +437,10 @@ impl DatabaseConfig {
             max_user_client_connections: d.max_user_client_connections,
             // One file for every database: its lines name databases.
             hba_file: d.hba_file.clone(),
+            server_tcp_keepalive: self.server_tcp_keepalive.unwrap_or(d.server_tcp_keepalive),
+            server_tcp_user_timeout: self
+                .server_tcp_user_timeout
+                .unwrap_or(d.server_tcp_user_timeout),
         }
     }
 }

@@ -72,3 +72,63 @@ fn database_overrides_are_validated() {
             .to_string();
     assert!(err.contains("databases[0].min_pool_size"), "{err}");
 }
+
+#[test]
+fn login_timeout_and_tcp_options_read_with_their_defaults_and_per_database() {
+    let c = Config::from_toml_str("[[databases]]\nname = \"app\"\n").unwrap();
+    assert_eq!(c.proxy.client_login_timeout, Duration::from_secs(15));
+    assert!(c.proxy.client_tcp_keepalive);
+    assert_eq!(c.proxy.client_tcp_user_timeout, Duration::ZERO);
+    assert!(c.pool.server_tcp_keepalive);
+    assert_eq!(c.pool.server_tcp_user_timeout, Duration::ZERO);
+
+    let text = "[proxy]\nclient_login_timeout = \"1500ms\"\nclient_tcp_keepalive = false\n\
+                client_tcp_user_timeout = \"20s\"\n\
+                [pool]\nserver_tcp_keepalive = false\nserver_tcp_user_timeout = \"2s\"\n\
+                [[databases]]\nname = \"a\"\n\
+                [[databases]]\nname = \"b\"\nserver_tcp_keepalive = true\nserver_tcp_user_timeout = \"1m\"\n";
+    let c = Config::from_toml_str(text).unwrap();
+    assert_eq!(c.proxy.client_login_timeout, Duration::from_millis(1500));
+    assert!(!c.proxy.client_tcp_keepalive);
+    assert_eq!(c.proxy.client_tcp_user_timeout, Duration::from_secs(20));
+    let a = c.databases[0].pool_settings(&c.pool);
+    assert!(!a.server_tcp_keepalive);
+    assert_eq!(a.server_tcp_user_timeout, Duration::from_secs(2));
+    let b = c.databases[1].pool_settings(&c.pool);
+    assert!(b.server_tcp_keepalive);
+    assert_eq!(b.server_tcp_user_timeout, Duration::from_secs(60));
+}
+
+#[test]
+fn login_timeout_and_tcp_options_refuse_bad_values_by_name() {
+    for (text, key) in [
+        (
+            "[proxy]\nclient_login_timeout = \"0s\"\n",
+            "proxy.client_login_timeout",
+        ),
+        (
+            "[proxy]\nclient_login_timeout = \"15\"\n",
+            "client_login_timeout",
+        ),
+        (
+            "[proxy]\nclient_tcp_keepalive = \"yes\"\n",
+            "client_tcp_keepalive",
+        ),
+        (
+            "[proxy]\nclient_tcp_user_timeout = \"soon\"\n",
+            "client_tcp_user_timeout",
+        ),
+        ("[pool]\nserver_tcp_keepalive = 1\n", "server_tcp_keepalive"),
+        (
+            "[pool]\nserver_tcp_user_timeout = \"2\"\n",
+            "server_tcp_user_timeout",
+        ),
+        (
+            "[[databases]]\nname = \"a\"\nserver_tcp_user_timeout = \"x\"\n",
+            "server_tcp_user_timeout",
+        ),
+    ] {
+        let err = Config::from_toml_str(text).unwrap_err().to_string();
+        assert!(err.contains(key), "{text}: {err}");
+    }
+}

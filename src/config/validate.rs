@@ -31,6 +31,12 @@ impl Config {
         if self.proxy.worker_threads > 1024 {
             return Err(invalid("proxy.worker_threads", "must be at most 1024"));
         }
+        if self.proxy.client_login_timeout.is_zero() {
+            return Err(invalid(
+                "proxy.client_login_timeout",
+                "must be greater than 0",
+            ));
+        }
         if self.proxy.max_message_size < 1024 {
             return Err(invalid("proxy.max_message_size", "must be at least 1024"));
         }

@@ -98,6 +98,7 @@ impl Server {
                 source,
             })?;
         stream.set_nodelay(true)?;
+        target.tcp.apply(&stream, crate::net::TcpSide::Server);
         let peer = stream.peer_addr()?;
         let stream = negotiate_tls(stream, target, endpoint, &addr_text).await?;
         let cancel_tls = match stream {

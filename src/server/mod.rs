@@ -58,6 +58,8 @@ pub struct ServerTarget {
     pub failover_timeout: Duration,
     /// `[server_tls]` as it was when the pool was made.
     pub tls: Arc<ServerTls>,
+    /// server_tcp_keepalive and server_tcp_user_timeout.
+    pub tcp: crate::net::TcpOptions,
 }
 
 impl ServerTarget {
@@ -81,6 +83,7 @@ impl ServerTarget {
             connect_timeout: Duration::ZERO,
             failover_timeout: Duration::ZERO,
             tls: tls.clone(),
+            tcp: Default::default(),
         };
         target.set_database(db, settings, &tls);
         target
@@ -105,6 +108,10 @@ impl ServerTarget {
         db.server_dbname().clone_into(&mut self.dbname);
         self.connect_timeout = settings.server_connect_timeout;
         self.failover_timeout = settings.server_failover_timeout;
+        self.tcp = crate::net::TcpOptions {
+            keepalive: settings.server_tcp_keepalive,
+            user_timeout: settings.server_tcp_user_timeout,
+        };
         self.tls = tls.for_database(&db.name);
     }
 

@@ -33,6 +33,7 @@ fn role(name: &str) -> ServerTarget {
         connect_timeout: Duration::from_secs(5),
         failover_timeout: Duration::ZERO,
         tls: Default::default(),
+        tcp: Default::default(),
     }
 }
 

@@ -27,6 +27,7 @@ mod listen_hub;
 mod listen_multi;
 mod login_failures;
 mod login_fidelity;
+mod login_timeout;
 mod observability;
 mod peers_dns;
 mod pool_metrics;
