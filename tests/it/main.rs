@@ -39,6 +39,7 @@ mod reload;
 mod resilience;
 mod scram_passthrough;
 mod server_lifecycle;
+mod tcp_options;
 mod temp_objects;
 mod tls_clients;
 mod tls_servers;
