@@ -88,6 +88,9 @@ struct Netns {
     name: String,
     host_if: String,
     peer_if: String,
+    /// This side's address on the pair.
+    host_ip: Ipv4Addr,
+    /// The namespace's address on the pair.
     peer_ip: Ipv4Addr,
 }
 
@@ -107,18 +110,22 @@ async fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl Netns {
-    /// A namespace and a /30 between it and here, named after this process.
+    /// A namespace and a /30 between it and here, named after this process
+    /// and the test (several run at once).
     async fn create() -> Result<Netns, String> {
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4;
         let pid = std::process::id();
-        let (a, b) = (((pid >> 6) & 255) as u8, ((pid & 63) * 4) as u8);
+        let (a, b) = (((pid >> 4) & 255) as u8, ((pid & 15) * 16 + n * 4) as u8);
         let ns = Netns {
-            name: format!("pgharbor-tcp-{pid}"),
-            host_if: format!("pgh{pid}h"),
-            peer_if: format!("pgh{pid}p"),
+            name: format!("pgharbor-tcp-{pid}-{n}"),
+            host_if: format!("pgh{pid}{n}h"),
+            peer_if: format!("pgh{pid}{n}p"),
+            host_ip: Ipv4Addr::new(10, 213, a, b + 1),
             peer_ip: Ipv4Addr::new(10, 213, a, b + 2),
         };
         ip(&["netns", "add", &ns.name]).await?;
-        let host_cidr = format!("{}/30", Ipv4Addr::new(10, 213, a, b + 1));
+        let host_cidr = format!("{}/30", ns.host_ip);
         let peer_cidr = format!("{}/30", ns.peer_ip);
         let (n, h, p) = (ns.name.as_str(), ns.host_if.as_str(), ns.peer_if.as_str());
         ip(&["link", "add", h, "type", "veth", "peer", "name", p]).await?;
@@ -131,26 +138,44 @@ impl Netns {
         Ok(ns)
     }
 
-    /// A listening socket inside the namespace, at its end of the pair:
-    /// made by a thread that moves into the namespace for it (a socket
-    /// stays in the namespace it was made in).
-    fn listen(&self) -> std::io::Result<tokio::net::TcpListener> {
+    /// Runs `make` on a thread of its own moved into the namespace: the
+    /// sockets it makes stay in the namespace.
+    async fn inside<T: Send + 'static>(
+        &self,
+        make: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
         let path = format!("/run/netns/{}", self.name);
-        let ip = self.peer_ip;
-        let listener = std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = std::fs::File::open(&path)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let made = std::fs::File::open(&path).and_then(|ns| {
                 rustix::thread::move_into_link_name_space(
                     ns.as_fd(),
                     Some(rustix::thread::LinkNameSpaceType::Network),
                 )?;
-                std::net::TcpListener::bind((ip, 0))
-            })
-            .join()
-            .expect("namespace thread")
-        })?;
+                make()
+            });
+            let _ = tx.send(made);
+        });
+        rx.await.expect("namespace thread")
+    }
+
+    /// A listening socket inside the namespace, at its end of the pair.
+    async fn listen(&self) -> std::io::Result<tokio::net::TcpListener> {
+        let ip = self.peer_ip;
+        let listener = self
+            .inside(move || std::net::TcpListener::bind((ip, 0)))
+            .await?;
         listener.set_nonblocking(true)?;
         tokio::net::TcpListener::from_std(listener)
+    }
+
+    /// A connection from inside the namespace to `to`.
+    async fn connect(&self, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        let stream = self
+            .inside(move || std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)))
+            .await?;
+        stream.set_nonblocking(true)?;
+        tokio::net::TcpStream::from_std(stream)
     }
 
     /// Takes the namespace's end of the pair down: what is sent to it from
@@ -229,7 +254,7 @@ async fn server_tcp_user_timeout_ends_a_query_whose_server_stopped_acknowledging
             return;
         }
     };
-    let listener = ns.listen().expect("listen in the namespace");
+    let listener = ns.listen().await.expect("listen in the namespace");
     let through_ns = listener.local_addr().expect("address");
     forward(listener, direct_addr());
     let with = pgharbor_to(through_ns, "2s").await;
@@ -273,4 +298,96 @@ async fn server_tcp_user_timeout_ends_a_query_whose_server_stopped_acknowledging
         without_result.is_err(),
         "without server_tcp_user_timeout the query should still wait: {without_result:?}"
     );
+}
+
+/// pgharbor listening on this side of the pair, with `client_tcp_user_timeout`.
+async fn pgharbor_on(ip: Ipv4Addr, user_timeout: &str) -> pgharbor::Proxy {
+    let text = config_text("session", 2, "").replace(
+        "[proxy]\nlisten_addr = \"127.0.0.1:0\"\n",
+        &format!(
+            "[proxy]\nlisten_addr = \"{ip}:0\"\nclient_tcp_user_timeout = \"{user_timeout}\"\n"
+        ),
+    );
+    start_proxy_with(&text).await
+}
+
+/// A client of `proxy` from inside the namespace, logged in to `app`.
+async fn client_from(ns: &Netns, proxy: &pgharbor::Proxy) -> tokio_postgres::Client {
+    let stream = ns
+        .connect(proxy.addr())
+        .await
+        .expect("connect from the namespace");
+    let mut config = tokio_postgres::Config::new();
+    config.user(USER).password(PASSWORD).dbname("app");
+    let (client, conn) = config
+        .connect_raw(stream, tokio_postgres::NoTls)
+        .await
+        .expect("log in from the namespace");
+    tokio::spawn(conn);
+    client
+}
+
+/// How many clients of user [`USER`] the console of `proxy` lists.
+async fn listed_clients(admin: &tokio_postgres::Client) -> usize {
+    let msgs = admin
+        .simple_query("SHOW CLIENTS")
+        .await
+        .expect("SHOW CLIENTS");
+    msgs.iter()
+        .filter(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get("user") == Some(USER),
+            _ => false,
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tcp_user_timeout_ends_a_client_that_stopped_acknowledging() {
+    let ns = match Netns::create().await {
+        Ok(ns) => ns,
+        Err(why) => {
+            println!(
+                "SKIPPED client_tcp_user_timeout test: it needs root and network namespaces \
+                 (`ip netns add`, veth pairs) to drop a client's packets: {why}"
+            );
+            return;
+        }
+    };
+    let with = pgharbor_on(ns.host_ip, "2s").await;
+    let without = pgharbor_on(ns.host_ip, "0s").await;
+    let (with_admin, _) = connect_admin(&with).await;
+    let (without_admin, _) = connect_admin(&without).await;
+    let with_client = client_from(&ns, &with).await;
+    let without_client = client_from(&ns, &without).await;
+    assert_eq!(listed_clients(&with_admin).await, 1);
+    assert_eq!(listed_clients(&without_admin).await, 1);
+    // Queries whose answers come after the link is down: pgharbor sends
+    // them to clients that never acknowledge.
+    let sleep = "SELECT pg_sleep(1.5)";
+    let pending = [
+        tokio::spawn(async move { with_client.simple_query(sleep).await.map(|_| ()) }),
+        tokio::spawn(async move { without_client.simple_query(sleep).await.map(|_| ()) }),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ns.cut().await;
+    let started = Instant::now();
+    let gone = eventually(Duration::from_secs(12), || async {
+        listed_clients(&with_admin).await == 0
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        gone,
+        "with client_tcp_user_timeout = 2s the client is still listed after {took:?}"
+    );
+    println!("with client_tcp_user_timeout = 2s: the client ended {took:?} after the cut");
+    // Without it the kernel retries for about 15 minutes.
+    assert_eq!(
+        listed_clients(&without_admin).await,
+        1,
+        "without client_tcp_user_timeout the client should still be there"
+    );
+    for p in pending {
+        p.abort();
+    }
 }
