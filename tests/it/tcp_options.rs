@@ -1,8 +1,9 @@
 //! The TCP options of `[proxy]` client_tcp_* and `[pool]` server_tcp_*, on
 //! real sockets: the keepalive timer `ss` shows on pgharbor's end of a
 //! client and of a server connection, and TCP_USER_TIMEOUT ending a query
-//! on a server whose packets are dropped (a veth pair into a network
-//! namespace, its far end taken down).
+//! on a server, or a client, whose packets are dropped (a veth pair into a
+//! network namespace, its far end taken down). Without root and network
+//! namespaces the TCP_USER_TIMEOUT tests print why and pass as skipped.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
