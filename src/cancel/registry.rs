@@ -181,15 +181,29 @@ impl CancelRegistry {
         if secret.len() != SECRET_LEN || !bool::from(expected.ct_eq(secret)) {
             return CancelOutcome::BadSecret;
         }
-        let Some((target, mut in_flight)) = slot.begin_forward() else {
-            return CancelOutcome::NoQuery;
-        };
+        match self.cancel_target_of(&slot).await {
+            None => CancelOutcome::NoQuery,
+            Some(_) => CancelOutcome::Forwarded,
+        }
+    }
+
+    /// Cancels what `slot`'s client runs now on its server, the way a
+    /// client's own CancelRequest does (counted in flight, so that
+    /// `clear_target` waits for it). `None` when the client holds no
+    /// server; `Some(Ok)` once the server confirmed; `Some(Err)` when the
+    /// cancel was not sent, or sent and never confirmed (then the server
+    /// is closed when given back).
+    pub(crate) async fn cancel_target_of(
+        &self,
+        slot: &Arc<CancelSlot>,
+    ) -> Option<Result<(), ForwardError>> {
+        let (target, mut in_flight) = slot.begin_forward()?;
         let key = target.key;
         let secret = key.secret.to_be_bytes();
-        match self
+        let r = self
             .forward(key.addr, key.pid, &secret, target.tls.as_deref())
-            .await
-        {
+            .await;
+        match &r {
             Ok(()) => in_flight.confirmed = true,
             Err(e @ ForwardError::NotSent(_)) => {
                 in_flight.confirmed = true;
@@ -199,7 +213,7 @@ impl CancelRegistry {
                 tracing::warn!(server = %key.addr, error = %e, "cancel to server not confirmed; the server will be closed, not reused");
             }
         }
-        CancelOutcome::Forwarded
+        Some(r)
     }
 
     /// One outgoing cancel connection, waiting its turn among

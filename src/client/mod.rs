@@ -5,6 +5,7 @@ mod accept;
 pub mod authenticate;
 mod buffers;
 mod checkout;
+mod deadlines;
 mod expect;
 mod extended;
 mod handover;

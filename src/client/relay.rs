@@ -10,8 +10,10 @@
 //! while there is traffic, so an idle client costs a socket and a task.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use super::buffers::{try_fill, try_flush};
+use super::deadlines::Passed;
 use super::route::Flow;
 use super::session::{Ending, Session, SessionError};
 use super::wait::{Event, Wait, Wants};
@@ -33,6 +35,12 @@ enum Turn {
     Fatal(Box<PgError>),
     /// A binary upgrade: move the client to the new process.
     HandOver,
+    /// The query ran past `query_timeout`: cancel it (`deadlines.rs`).
+    CancelQuery,
+    /// The cancelled query did not end: close its server, end the session.
+    QueryStuck,
+    /// The transaction ran past `transaction_timeout`: end the session.
+    TransactionTimeout(Box<PgError>),
 }
 
 impl Session {
@@ -89,6 +97,16 @@ impl Session {
                 Turn::ClientLeft => return Ok(()),
                 Turn::Fatal(e) => return self.send_fatal(*e).await,
                 Turn::HandOver => return self.hand_over().await,
+                Turn::CancelQuery => {
+                    if let Some(end) = Box::pin(self.cancel_slow_query()).await {
+                        return end;
+                    }
+                }
+                Turn::QueryStuck => return self.query_stuck().await,
+                Turn::TransactionTimeout(e) => {
+                    let whole = self.io.sscan.at_boundary();
+                    return self.end_at_deadline(*e, whole).await;
+                }
             }
         }
     }
@@ -123,7 +141,12 @@ impl Session {
                 sqlstate::ADMIN_SHUTDOWN,
                 "pgharbor is shutting down; reconnect to another instance",
             )))),
-            Event::IdleTimeout => Ok(Turn::Fatal(Box::new(self.idle_timeout_error()))),
+            Event::IdleTimeout => Ok(match self.passed_deadline() {
+                None => Turn::Fatal(Box::new(self.idle_timeout_error())),
+                Some(Passed::Query) => Turn::CancelQuery,
+                Some(Passed::QueryStuck) => Turn::QueryStuck,
+                Some(Passed::Transaction(e)) => Turn::TransactionTimeout(e),
+            }),
             Event::ClientWritable => self.flush_client().map(|()| Turn::Next),
             Event::Notify => {
                 if let Some(sub) = self.listening.listen.as_mut() {
@@ -175,15 +198,23 @@ impl Session {
     /// inside a transaction with nothing in flight). Read from the pool's
     /// settings at each turn rather than kept: what the relay keeps across
     /// its wait is part of every idle client's task.
-    fn arm_idle_timer(&self, timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) -> bool {
+    ///
+    /// With `query_timeout` or `transaction_timeout` on, the same timer
+    /// serves their deadlines too (`deadlines.rs`); while both are off,
+    /// they cost this one load and branch.
+    fn arm_idle_timer(&mut self, timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) -> bool {
         let settings = self.pool.hot();
         let timeout = if self.server.is_none() {
             settings.client_idle_timeout()
         } else if self.txn.pending == 0 && self.txn.status.in_block() {
             settings.idle_transaction_timeout()
         } else {
-            return false;
+            Duration::ZERO
         };
+        if settings.deadlines() {
+            let idle = (!timeout.is_zero()).then_some(timeout);
+            return self.arm_deadlines(timer, idle);
+        }
         if timeout.is_zero() {
             return false;
         }

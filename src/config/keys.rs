@@ -166,6 +166,13 @@ fn pool_entries(d: &PoolDefaults) -> Vec<Entry> {
             dur(d.client_idle_timeout),
             Reload,
         ),
+        // Read by each client's relay at its next turn.
+        e("pool.query_timeout", dur(d.query_timeout), Reload),
+        e(
+            "pool.transaction_timeout",
+            dur(d.transaction_timeout),
+            Reload,
+        ),
         e(
             "pool.server_reset_query",
             d.server_reset_query.clone(),

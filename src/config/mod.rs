@@ -200,6 +200,14 @@ pub struct PoolDefaults {
     pub idle_transaction_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub client_idle_timeout: Duration,
+    /// A query (from its Query or first extended message to its
+    /// ReadyForQuery) running longer is cancelled; zero: off.
+    #[serde(deserialize_with = "de_duration")]
+    pub query_timeout: Duration,
+    /// A transaction open longer (idle or running) ends its client's
+    /// connection with 25P04; zero: off.
+    #[serde(deserialize_with = "de_duration")]
+    pub transaction_timeout: Duration,
     pub server_reset_query: String,
     pub server_check_query: String,
     pub max_prepared_statements: usize,
@@ -254,6 +262,8 @@ impl Default for PoolDefaults {
             server_lifetime: Duration::from_secs(3600),
             idle_transaction_timeout: Duration::ZERO,
             client_idle_timeout: Duration::ZERO,
+            query_timeout: Duration::ZERO,
+            transaction_timeout: Duration::ZERO,
             server_reset_query: "DISCARD ALL".into(),
             server_check_query: String::new(),
             max_prepared_statements: 200,
@@ -339,6 +349,10 @@ pub struct DatabaseConfig {
     pub idle_transaction_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub client_idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub query_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub transaction_timeout: Option<Duration>,
     pub server_reset_query: Option<String>,
     pub server_check_query: Option<String>,
     pub max_prepared_statements: Option<usize>,
@@ -407,6 +421,8 @@ impl DatabaseConfig {
                 .idle_transaction_timeout
                 .unwrap_or(d.idle_transaction_timeout),
             client_idle_timeout: self.client_idle_timeout.unwrap_or(d.client_idle_timeout),
+            query_timeout: self.query_timeout.unwrap_or(d.query_timeout),
+            transaction_timeout: self.transaction_timeout.unwrap_or(d.transaction_timeout),
             server_reset_query: self
                 .server_reset_query
                 .clone()

@@ -99,6 +99,8 @@ struct PoolFamilies {
     bytes_received: IntCounterVec,
     bytes_sent: IntCounterVec,
     server_connect_errors: IntCounterVec,
+    query_timeouts: IntCounterVec,
+    transaction_timeouts: IntCounterVec,
 }
 
 impl PoolFamilies {
@@ -159,6 +161,18 @@ impl PoolFamilies {
                 "Failed attempts to open a server connection",
                 POOL,
             ),
+            query_timeouts: counter_vec(
+                r,
+                "pgharbor_query_timeouts_total",
+                "Queries cancelled for running longer than query_timeout",
+                POOL,
+            ),
+            transaction_timeouts: counter_vec(
+                r,
+                "pgharbor_transaction_timeouts_total",
+                "Clients ended for a transaction open longer than transaction_timeout",
+                POOL,
+            ),
         }
     }
 }
@@ -181,6 +195,8 @@ pub struct PoolStats {
     pub bytes_received: IntCounter,
     pub bytes_sent: IntCounter,
     pub server_connect_errors: IntCounter,
+    pub query_timeouts: IntCounter,
+    pub transaction_timeouts: IntCounter,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -348,6 +364,8 @@ impl Metrics {
             bytes_received: self.pool.bytes_received.with_label_values(&l),
             bytes_sent: self.pool.bytes_sent.with_label_values(&l),
             server_connect_errors: self.pool.server_connect_errors.with_label_values(&l),
+            query_timeouts: self.pool.query_timeouts.with_label_values(&l),
+            transaction_timeouts: self.pool.transaction_timeouts.with_label_values(&l),
         }
     }
 
@@ -365,6 +383,8 @@ impl Metrics {
             &self.pool.bytes_received,
             &self.pool.bytes_sent,
             &self.pool.server_connect_errors,
+            &self.pool.query_timeouts,
+            &self.pool.transaction_timeouts,
         ] {
             let _ = v.remove_label_values(&l);
         }

@@ -72,10 +72,19 @@ pub struct HotSettings {
     client_idle_timeout: AtomicU64,
     idle_transaction_timeout: AtomicU64,
     server_check_delay: AtomicU64,
+    query_timeout: AtomicU64,
+    transaction_timeout: AtomicU64,
+    /// `query_timeout` or `transaction_timeout` is set: the one load the
+    /// relay makes for them while both are off.
+    deadlines: AtomicBool,
 }
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn has_deadlines(s: &PoolDefaults) -> bool {
+    !s.query_timeout.is_zero() || !s.transaction_timeout.is_zero()
 }
 
 impl HotSettings {
@@ -84,6 +93,9 @@ impl HotSettings {
             client_idle_timeout: AtomicU64::new(nanos(s.client_idle_timeout)),
             idle_transaction_timeout: AtomicU64::new(nanos(s.idle_transaction_timeout)),
             server_check_delay: AtomicU64::new(nanos(s.server_check_delay)),
+            query_timeout: AtomicU64::new(nanos(s.query_timeout)),
+            transaction_timeout: AtomicU64::new(nanos(s.transaction_timeout)),
+            deadlines: AtomicBool::new(has_deadlines(s)),
         }
     }
 
@@ -93,6 +105,23 @@ impl HotSettings {
         set(&self.client_idle_timeout, s.client_idle_timeout);
         set(&self.idle_transaction_timeout, s.idle_transaction_timeout);
         set(&self.server_check_delay, s.server_check_delay);
+        set(&self.query_timeout, s.query_timeout);
+        set(&self.transaction_timeout, s.transaction_timeout);
+        self.deadlines.store(has_deadlines(s), Ordering::Relaxed);
+    }
+
+    /// `query_timeout` or `transaction_timeout` is on.
+    #[inline]
+    pub fn deadlines(&self) -> bool {
+        self.deadlines.load(Ordering::Relaxed)
+    }
+
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_nanos(self.query_timeout.load(Ordering::Relaxed))
+    }
+
+    pub fn transaction_timeout(&self) -> Duration {
+        Duration::from_nanos(self.transaction_timeout.load(Ordering::Relaxed))
     }
 
     pub fn client_idle_timeout(&self) -> Duration {

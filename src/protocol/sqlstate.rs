@@ -18,6 +18,8 @@ pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const OBJECT_IN_USE: &str = "55006";
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
+/// Postgres 17's `transaction_timeout` (ERRCODE_TRANSACTION_TIMEOUT).
+pub const TRANSACTION_TIMEOUT: &str = "25P04";
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 pub const SYNTAX_ERROR: &str = "42601";
 pub const INVALID_PARAMETER_VALUE: &str = "22023";

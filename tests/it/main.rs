@@ -41,6 +41,7 @@ mod scram_passthrough;
 mod server_lifecycle;
 mod tcp_options;
 mod temp_objects;
+mod timeouts;
 mod tls_clients;
 mod tls_servers;
 mod transaction;

@@ -56,6 +56,7 @@ impl TxnState {
     #[inline]
     pub(crate) fn ready_answered(&mut self) {
         self.pending = self.pending.saturating_sub(1);
+        self.readies = self.readies.wrapping_add(1);
         self.ready_queries >>= 1;
         if let Some(CopyEnds(ends)) = self.copy_ends.as_deref_mut() {
             // A copy end sent before every message still owed lies behind

@@ -112,6 +112,10 @@ pub(super) struct TxnState {
     pub pinned: Option<String>,
     /// A FATAL from the server was forwarded; no second one is added.
     pub server_fatal_sent: bool,
+    /// ReadyForQuery messages received, wrapping: a change tells the
+    /// query deadline that the query it timed was answered
+    /// (`deadlines.rs`).
+    pub readies: u32,
 }
 
 impl TxnState {
@@ -256,6 +260,9 @@ pub(super) struct Session {
     pub txn: TxnState,
     pub ext: Extended,
     pub listening: Listening,
+    /// `query_timeout` / `transaction_timeout` bookkeeping, made at the
+    /// first turn either is on (`deadlines.rs`).
+    pub deadlines: Option<Box<super::deadlines::Deadlines>>,
 }
 
 impl Session {
@@ -282,6 +289,7 @@ impl Session {
             txn: TxnState::default(),
             ext: Extended::default(),
             listening: Listening::default(),
+            deadlines: None,
         }
     }
 }
