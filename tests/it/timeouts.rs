@@ -231,3 +231,69 @@ async fn transaction_timeout_ends_an_idle_transaction_in_session_mode() {
 async fn transaction_timeout_ends_a_running_transaction_in_session_mode() {
     transaction_timeout_ends_client("session", "to_txn_run_sess", true).await;
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to a backend.
+async fn signal_backend(pid: i32, signal: &str) {
+    let mut cmd = std::process::Command::new("kill");
+    cmd.args([format!("-{signal}"), pid.to_string()]);
+    assert_succeeded(&output(cmd).await);
+}
+
+/// A server that does not end the query after its cancel (here: its
+/// backend stopped) is closed, and the client ended with 08006.
+async fn stuck_query_closes_its_server(mode: &str, role: &str) {
+    let proxy = proxy_for(mode, 1, r#"query_timeout = "1s""#, role).await;
+    let direct = connect_direct().await;
+    let mut c = RawClient::login(proxy.addr(), role, PASSWORD, role).await;
+    c.send(&query("select pg_sleep(60)")).await;
+    let active =
+        format!("select pid from pg_stat_activity where usename = '{role}' and state = 'active'");
+    let running = async {
+        loop {
+            if let Some(r) = direct.query_opt(&active, &[]).await.unwrap() {
+                return r.get::<_, i32>(0);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let pid = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the query runs on a backend");
+    signal_backend(pid, "STOP").await;
+    let t0 = Instant::now();
+    let msgs = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.until_closed(Duration::from_secs(20)),
+    )
+    .await
+    .expect("the client is ended");
+    let took = t0.elapsed();
+    signal_backend(pid, "CONT").await;
+    let fatal = fatal_of(&msgs);
+    assert_eq!(fatal.sqlstate().as_deref(), Some("08006"), "{fatal:?}");
+    assert_eq!(fatal.field(b'S').as_deref(), Some("FATAL"));
+    let text = fatal.field(b'M').unwrap();
+    assert!(
+        text.starts_with("pgharbor: ") && text.contains("query_timeout"),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(12), "ended after {took:?}");
+    // The server was closed, not lent again: its backend goes away.
+    let gone = eventually(Duration::from_secs(10), || async {
+        backend_state(&direct, pid).await.is_none()
+    })
+    .await;
+    assert!(gone, "backend {pid} still there");
+    let next = connect_dsn(&dsn_as(&proxy, role, role)).await;
+    assert_eq!(simple_value(&next, "select 1").await.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn query_timeout_closes_a_server_that_ignores_the_cancel_in_transaction_mode() {
+    stuck_query_closes_its_server("transaction", "to_stuck_tx").await;
+}
+
+#[tokio::test]
+async fn query_timeout_closes_a_server_that_ignores_the_cancel_in_session_mode() {
+    stuck_query_closes_its_server("session", "to_stuck_sess").await;
+}
