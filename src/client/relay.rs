@@ -13,9 +13,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use super::buffers::{try_fill, try_flush};
-use super::deadlines::Passed;
 use super::route::Flow;
 use super::session::{Ending, Session, SessionError};
+use super::timeouts::Passed;
 use super::wait::{Event, Wait, Wants};
 use crate::config::PoolMode;
 use crate::protocol::{sqlstate, PgError};
@@ -35,7 +35,7 @@ enum Turn {
     Fatal(Box<PgError>),
     /// A binary upgrade: move the client to the new process.
     HandOver,
-    /// The query ran past `query_timeout`: cancel it (`deadlines.rs`).
+    /// The query ran past `query_timeout`: cancel it (`timeouts.rs`).
     CancelQuery,
     /// The cancelled query did not end: close its server, end the session.
     QueryStuck,
@@ -200,7 +200,7 @@ impl Session {
     /// its wait is part of every idle client's task.
     ///
     /// With `query_timeout` or `transaction_timeout` on, the same timer
-    /// serves their deadlines too (`deadlines.rs`); while both are off,
+    /// serves their deadlines too (`timeouts.rs`); while both are off,
     /// they cost this one load and branch.
     fn arm_idle_timer(&mut self, timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) -> bool {
         let settings = self.pool.hot();

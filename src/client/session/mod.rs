@@ -4,6 +4,7 @@
 //! client gets here is in `accept.rs`; the relay loop in `relay.rs`.
 
 pub(super) mod copy;
+pub(super) mod deadlines;
 pub(super) mod listen_extended;
 pub(super) mod notify_portals;
 pub(super) mod replay;
@@ -261,8 +262,8 @@ pub(super) struct Session {
     pub ext: Extended,
     pub listening: Listening,
     /// `query_timeout` / `transaction_timeout` bookkeeping, made at the
-    /// first turn either is on (`deadlines.rs`).
-    pub deadlines: Option<Box<super::deadlines::Deadlines>>,
+    /// first turn either is on (`timeouts.rs`).
+    pub deadlines: Option<Box<deadlines::Deadlines>>,
 }
 
 impl Session {

@@ -16,7 +16,7 @@
 //! before it reads the client's next message, so the signal can end the
 //! slow query or nothing (see `cancel/mod.rs`); in transaction mode the
 //! server goes back only after the forward ended. The client gets
-//! Postgres's own 57014. A query still running [`CANCEL_GRACE`] after its
+//! Postgres's own 57014. A query still running `CANCEL_GRACE` (5 s) after its
 //! cancel (or whose cancel could not be confirmed) has its server closed,
 //! and the client ends with 08006.
 //!
@@ -33,27 +33,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use super::session::{Ending, Session, SessionError, TxnState};
+use super::session::{Ending, Session, SessionError};
 use crate::protocol::{sqlstate, PgError};
-
-/// How long a cancelled query may take to end before its server is
-/// closed: the cancel's own bound, and a margin for the server to answer.
-pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(5);
-
-/// Where the client's work stood at the last turn, for the deadlines.
-#[derive(Default)]
-pub(super) struct Deadlines {
-    /// The query running now: the client's count of ReadyForQuery
-    /// messages when it began (the next one ends it), and when.
-    query: Option<(u32, Instant)>,
-    /// When the running query's cancel was sent.
-    cancelled: Option<Instant>,
-    /// The open transaction: its `TxnState::started` (which a new
-    /// transaction changes), and when the relay first saw it open.
-    txn: Option<(Option<std::time::Instant>, Instant)>,
-    /// The deadline the timer is set to.
-    armed: Option<Instant>,
-}
 
 /// Which deadline passed.
 pub(super) enum Passed {
@@ -62,42 +43,6 @@ pub(super) enum Passed {
     /// Its cancel did not end it.
     QueryStuck,
     Transaction(Box<PgError>),
-}
-
-impl Deadlines {
-    /// Notes where the work stands at `now`: a query or transaction
-    /// seen for the first time starts its clock.
-    fn observe(&mut self, t: &TxnState, held: bool, now: Instant) {
-        let running = held && (t.pending > 0 || t.unsynced || t.copy_in);
-        self.query = match self.query {
-            Some((readies, since)) if running && readies == t.readies => Some((readies, since)),
-            _ => {
-                self.cancelled = None;
-                running.then_some((t.readies, now))
-            }
-        };
-        let open = held && !t.is_idle();
-        self.txn = match self.txn {
-            Some((started, since)) if open && started == t.started => Some((started, since)),
-            _ => open.then_some((t.started, now)),
-        };
-    }
-
-    /// When the query's deadline passes: its timeout, or once cancelled,
-    /// the grace after the cancel.
-    fn query_due(&self, timeout: Duration) -> Option<Instant> {
-        let (_, since) = self.query?;
-        match self.cancelled {
-            Some(at) => Some(at + CANCEL_GRACE),
-            None if timeout.is_zero() => None,
-            None => Some(since + timeout),
-        }
-    }
-
-    fn txn_due(&self, timeout: Duration) -> Option<Instant> {
-        let (_, since) = self.txn?;
-        (!timeout.is_zero()).then(|| since + timeout)
-    }
 }
 
 impl Session {
