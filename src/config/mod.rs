@@ -200,7 +200,7 @@ pub struct PoolDefaults {
     pub idle_transaction_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub client_idle_timeout: Duration,
-    /// A query (from its Query or first extended message to its
+    /// A query (from its Query, or its group's Sync, to its
     /// ReadyForQuery) running longer is cancelled; zero: off.
     #[serde(deserialize_with = "de_duration")]
     pub query_timeout: Duration,

@@ -78,6 +78,17 @@ async fn slow_query_is_cancelled(mode: &str, role: &str) {
         simple_value(&slow, "select 41 + 1").await.as_deref(),
         Some("42")
     );
+    // The extended protocol's query too.
+    let r = tokio::time::timeout(
+        Duration::from_secs(15),
+        slow.query("select pg_sleep($1)", &[&30f64]),
+    )
+    .await
+    .expect("the slow extended query ends within a few seconds");
+    let e = r.expect_err("the slow extended query is cancelled");
+    assert_eq!(sqlstate(&e).as_deref(), Some(CANCELED), "{e}");
+    let row = slow.query_one("select 42::int", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
     let n = tokio::time::timeout(Duration::from_secs(30), steady)
         .await
         .expect("the neighbour's queries end")
@@ -85,7 +96,7 @@ async fn slow_query_is_cancelled(mode: &str, role: &str) {
     assert!(n > 5, "the neighbour ran {n} queries");
     assert_eq!(
         pool_counter(&proxy, "pgharbor_query_timeouts_total", role),
-        1.0
+        2.0
     );
 }
 

@@ -31,7 +31,9 @@ impl Deadlines {
     /// Notes where the work stands at `now`: a query or transaction
     /// seen for the first time starts its clock.
     pub(in crate::client) fn observe(&mut self, t: &TxnState, held: bool, now: Instant) {
-        let running = held && (t.pending > 0 || t.unsynced || t.copy_in);
+        // An extended-protocol group runs once its Sync is sent: before
+        // that the server may be waiting for the client's next message.
+        let running = held && (t.pending > 0 || t.copy_in);
         self.query = match self.query {
             Some((readies, since)) if running && readies == t.readies => Some((readies, since)),
             _ => {
