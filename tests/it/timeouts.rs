@@ -243,11 +243,26 @@ async fn transaction_timeout_ends_a_running_transaction_in_session_mode() {
     transaction_timeout_ends_client("session", "to_txn_run_sess", true).await;
 }
 
-/// Sends `signal` (`STOP`, `CONT`) to a backend.
-async fn signal_backend(pid: i32, signal: &str) {
-    let mut cmd = std::process::Command::new("kill");
-    cmd.args([format!("-{signal}"), pid.to_string()]);
-    assert_succeeded(&output(cmd).await);
+/// A backend stopped with SIGSTOP, continued when dropped (also when the
+/// test fails half-way, so no stopped backend outlives it).
+struct Stopped(i32);
+
+impl Stopped {
+    async fn stop(pid: i32) -> Stopped {
+        let mut cmd = std::process::Command::new("kill");
+        cmd.args(["-STOP".to_string(), pid.to_string()]);
+        assert_succeeded(&output(cmd).await);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // `kill` returns at once: nothing here waits on pgharbor.
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT".to_string(), self.0.to_string()])
+            .status();
+    }
 }
 
 /// A server that does not end the query after its cancel (here: its
@@ -270,7 +285,7 @@ async fn stuck_query_closes_its_server(mode: &str, role: &str) {
     let pid = tokio::time::timeout(Duration::from_secs(10), running)
         .await
         .expect("the query runs on a backend");
-    signal_backend(pid, "STOP").await;
+    let stopped = Stopped::stop(pid).await;
     let t0 = Instant::now();
     let msgs = tokio::time::timeout(
         Duration::from_secs(20),
@@ -279,7 +294,7 @@ async fn stuck_query_closes_its_server(mode: &str, role: &str) {
     .await
     .expect("the client is ended");
     let took = t0.elapsed();
-    signal_backend(pid, "CONT").await;
+    drop(stopped);
     let fatal = fatal_of(&msgs);
     assert_eq!(fatal.sqlstate().as_deref(), Some("08006"), "{fatal:?}");
     assert_eq!(fatal.field(b'S').as_deref(), Some("FATAL"));
