@@ -110,19 +110,7 @@ async fn start(
     local: Option<SocketAddr>,
     state: Arc<State>,
 ) -> Option<(Ready, tracing::Span)> {
-    let _ = tcp.set_nodelay(true);
-    // The whole login (first packet to AuthenticationOk) must fit in
-    // client_login_timeout, read once: a reload applies to the next client.
-    let login_timeout = {
-        let config = state.config();
-        let p = &config.proxy;
-        let options = TcpOptions {
-            keepalive: p.client_tcp_keepalive,
-            user_timeout: p.client_tcp_user_timeout,
-        };
-        options.apply(&tcp, TcpSide::Client);
-        p.client_login_timeout
-    };
+    let login_timeout = set_up_socket(&tcp, &state);
     let mut buf = BytesMut::new();
     let deadline = tokio::time::Instant::now() + login_timeout;
     // A snapshot: a reload during the handshake applies to the next client.
@@ -155,12 +143,7 @@ async fn start(
     // Cancel connections never get here, so they do not count against
     // max_client_conn and cannot exhaust it.
     let Ok(permit) = state.client_permits().clone().try_acquire_owned() else {
-        let max = state.config().proxy.max_client_conn;
-        let e = PgError::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!("pgharbor: sorry, too many clients already (max_client_conn = {max})"),
-        )
-        .with_hint("raise proxy.max_client_conn or use fewer client connections");
+        let e = too_many_clients(state.config().proxy.max_client_conn);
         refuse(&mut stream, addr, StartupError::Refuse(e)).await;
         return None;
     };
@@ -191,6 +174,30 @@ async fn start(
     .instrument(span.clone())
     .await?;
     Some((logged_in, span))
+}
+
+/// A new client's socket options, and how long its whole login (first
+/// packet to AuthenticationOk) may take: read once, so that a reload
+/// applies to the next client.
+fn set_up_socket(tcp: &TcpStream, state: &State) -> std::time::Duration {
+    let _ = tcp.set_nodelay(true);
+    let config = state.config();
+    let p = &config.proxy;
+    let options = TcpOptions {
+        keepalive: p.client_tcp_keepalive,
+        user_timeout: p.client_tcp_user_timeout,
+    };
+    options.apply(tcp, TcpSide::Client);
+    p.client_login_timeout
+}
+
+/// The refusal of a client past `max_client_conn` (`max`).
+fn too_many_clients(max: usize) -> PgError {
+    PgError::fatal(
+        sqlstate::TOO_MANY_CONNECTIONS,
+        format!("pgharbor: sorry, too many clients already (max_client_conn = {max})"),
+    )
+    .with_hint("raise proxy.max_client_conn or use fewer client connections")
 }
 
 /// The log line of a client's end; an error is counted by who failed.
@@ -523,12 +530,7 @@ async fn admit(
     drop(config);
     let counted = (state.pools().limits).admit_client(&pool.key, &pool.settings())?;
     let Ok(permit) = state.client_permits().clone().try_acquire_owned() else {
-        let max = state.config().proxy.max_client_conn;
-        return Err(PgError::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!("pgharbor: sorry, too many clients already (max_client_conn = {max})"),
-        )
-        .with_hint("raise proxy.max_client_conn or use fewer client connections"));
+        return Err(too_many_clients(state.config().proxy.max_client_conn));
     };
     // The parameters clients are told come from the pool's first server.
     (pool.template_params().await).map_err(super::checkout::checkout_error)?;

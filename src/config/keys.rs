@@ -4,7 +4,7 @@
 //! checks that table, and that the list names every key the config structs
 //! accept).
 
-use super::{Config, PoolDefaults};
+use super::{Config, ListenConfig, PoolDefaults, ProxyConfig};
 
 /// When a changed key takes effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +48,22 @@ fn e(key: &'static str, value: impl Into<String>, applies: Applies) -> Entry {
 
 /// The keys of the sections that appear once (`[proxy]`, `[pool]`, …).
 pub fn entries(c: &Config) -> Vec<Entry> {
+    let mut v = proxy_entries(&c.proxy);
+    v.push(e(
+        "metrics.listen_addr",
+        c.metrics.listen_addr.clone(),
+        Applies::Restart,
+    ));
+    v.extend(tls_entries(c));
+    v.extend(pool_entries(&c.pool));
+    v.extend(listen_entries(&c.listen));
+    v
+}
+
+/// `[proxy]`.
+fn proxy_entries(p: &ProxyConfig) -> Vec<Entry> {
     use Applies::*;
-    let p = &c.proxy;
-    let mut v = vec![
+    vec![
         e("proxy.listen_addr", p.listen_addr.clone(), Restart),
         e(
             "proxy.max_client_conn",
@@ -99,16 +112,13 @@ pub fn entries(c: &Config) -> Vec<Entry> {
             dur(p.client_tcp_user_timeout),
             NewConnections,
         ),
-        e(
-            "metrics.listen_addr",
-            c.metrics.listen_addr.clone(),
-            Restart,
-        ),
-    ];
-    v.extend(tls_entries(c));
-    v.extend(pool_entries(&c.pool));
-    let l = &c.listen;
-    v.extend([
+    ]
+}
+
+/// `[listen]`.
+fn listen_entries(l: &ListenConfig) -> Vec<Entry> {
+    use Applies::*;
+    vec![
         // A client's buffer and policy are set when it first listens.
         e(
             "listen.client_buffer",
@@ -125,8 +135,7 @@ pub fn entries(c: &Config) -> Vec<Entry> {
             l.overflow_payload.clone(),
             Reload,
         ),
-    ]);
-    v
+    ]
 }
 
 /// `[pool]`: the same keys may be set per database.
