@@ -243,17 +243,25 @@ auth_type = "scram-sha-256"
     start_proxy_with(&text).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_tcp_user_timeout_ends_a_query_whose_server_stopped_acknowledging() {
-    let ns = match Netns::create().await {
-        Ok(ns) => ns,
+/// A network namespace for the `key` test, or `None` after printing why
+/// the test is skipped on this machine.
+async fn namespace_or_skip(key: &str, whose: &str) -> Option<Netns> {
+    match Netns::create().await {
+        Ok(ns) => Some(ns),
         Err(why) => {
             println!(
-                "SKIPPED server_tcp_user_timeout test: it needs root and network namespaces \
-                 (`ip netns add`, veth pairs) to drop a server's packets: {why}"
+                "SKIPPED {key} test: it needs root and network namespaces \
+                 (`ip netns add`, veth pairs) to drop {whose} packets: {why}"
             );
-            return;
+            None
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_tcp_user_timeout_ends_a_query_whose_server_stopped_acknowledging() {
+    let Some(ns) = namespace_or_skip("server_tcp_user_timeout", "a server's").await else {
+        return;
     };
     let listener = ns.listen().await.expect("listen in the namespace");
     let through_ns = listener.local_addr().expect("address");
@@ -344,15 +352,8 @@ async fn listed_clients(admin: &tokio_postgres::Client) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_tcp_user_timeout_ends_a_client_that_stopped_acknowledging() {
-    let ns = match Netns::create().await {
-        Ok(ns) => ns,
-        Err(why) => {
-            println!(
-                "SKIPPED client_tcp_user_timeout test: it needs root and network namespaces \
-                 (`ip netns add`, veth pairs) to drop a client's packets: {why}"
-            );
-            return;
-        }
+    let Some(ns) = namespace_or_skip("client_tcp_user_timeout", "a client's").await else {
+        return;
     };
     let with = pgharbor_on(ns.host_ip, "2s").await;
     let without = pgharbor_on(ns.host_ip, "0s").await;
