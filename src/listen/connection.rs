@@ -55,7 +55,17 @@ pub(crate) struct Channel {
     /// The server has executed LISTEN for it (on the current connection).
     pub(crate) confirmed: bool,
     /// Why the last LISTEN attempt failed.
-    pub(crate) error: Option<String>,
+    pub(crate) error: Option<ListenFailure>,
+}
+
+/// Why a LISTEN did not take.
+#[derive(Debug, Clone)]
+pub(crate) enum ListenFailure {
+    /// The listener connection could not be opened, or broke.
+    Unavailable(String),
+    /// The server refused the LISTEN itself (a standby does: "cannot
+    /// execute LISTEN during recovery"): its SQLSTATE and words.
+    Refused { code: String, message: String },
 }
 
 #[derive(Default)]
@@ -169,7 +179,8 @@ enum Op {
 
 struct InFlight {
     op: Op,
-    error: Option<String>,
+    /// The server's ErrorResponse to it: SQLSTATE and message.
+    error: Option<(String, String)>,
     waiters: Vec<oneshot::Sender<()>>,
 }
 
@@ -234,7 +245,9 @@ async fn run(
                 {
                     let mut reg = l.registry();
                     for ch in reg.channels.values_mut().filter(|c| !c.confirmed) {
-                        ch.error = Some(format!("listener connection unavailable: {e}"));
+                        ch.error = Some(ListenFailure::Unavailable(format!(
+                            "listener connection unavailable: {e}"
+                        )));
                     }
                 }
                 waiters.drain(..).for_each(|w| {
@@ -474,7 +487,7 @@ fn handle_messages(
                     return Err(format!("{} ({})", f.message, f.code));
                 }
                 if let Some(front) = inflight.front_mut() {
-                    front.error.get_or_insert(f.message);
+                    front.error.get_or_insert((f.code, f.message));
                 }
             }
             tag::READY_FOR_QUERY => {
@@ -496,13 +509,13 @@ fn complete(l: &Listener, hub: &HubShared, actual: &mut HashSet<String>, done: I
                 entry.confirmed = true;
                 entry.error = None;
             }
-            (Some(e), entry) => {
-                tracing::warn!(channel = %ch, "LISTEN failed on the listener connection: {e}");
+            (Some((code, message)), entry) => {
+                tracing::warn!(channel = %ch, %code, "LISTEN failed on the listener connection: {message}");
                 if actual.remove(&ch) {
                     hub.metrics.listen_channels.dec();
                 }
                 if let Some(entry) = entry {
-                    entry.error = Some(e);
+                    entry.error = Some(ListenFailure::Refused { code, message });
                 }
             }
             _ => {}

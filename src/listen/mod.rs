@@ -42,21 +42,34 @@ pub use notify_scan::{
 };
 pub use pending::PendingListens;
 
-use connection::Listener;
+use connection::{ListenFailure, Listener};
 use queue::Queue;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ListenError {
-    /// The listener connection could not LISTEN (server down, refused login,
-    /// or the server's error for the LISTEN itself).
+    /// The listener connection could not LISTEN (server down, refused
+    /// login).
     #[error("pgharbor: cannot LISTEN on \"{channel}\": {reason}")]
     Unavailable { channel: String, reason: String },
+    /// The server refused the LISTEN itself: passed on in its own words,
+    /// as the client connected to that server would have got it.
+    #[error("{message}")]
+    Refused { code: String, message: String },
 }
 
 impl ListenError {
-    /// What the relay sends for a LISTEN that failed (an ERROR).
+    /// What the relay sends for a LISTEN that failed (an ERROR): a
+    /// server's refusal with its SQLSTATE (when `sqlstate` names it), the
+    /// listener's trouble as a connection exception.
     pub fn to_pg_error(&self) -> PgError {
-        PgError::error(sqlstate::CONNECTION_EXCEPTION, self.to_string())
+        let code = match self {
+            ListenError::Refused { code, .. } => sqlstate::named(code),
+            ListenError::Unavailable { .. } => None,
+        };
+        PgError::error(
+            code.unwrap_or(sqlstate::CONNECTION_EXCEPTION),
+            self.to_string(),
+        )
     }
 }
 
@@ -229,7 +242,7 @@ impl Subscriber {
         let (tx, rx) = oneshot::channel();
         l.sync(Some(tx));
         let _ = rx.await;
-        let reason = {
+        let failure = {
             let reg = l.registry();
             match reg.channels.get(ch) {
                 Some(entry) if entry.confirmed => return Ok(()),
@@ -238,9 +251,18 @@ impl Subscriber {
             }
         };
         self.unlisten(ch);
-        Err(ListenError::Unavailable {
-            channel: ch.to_owned(),
-            reason: reason.unwrap_or_else(|| "listener connection unavailable".into()),
+        Err(match failure {
+            Some(ListenFailure::Refused { code, message }) => {
+                ListenError::Refused { code, message }
+            }
+            Some(ListenFailure::Unavailable(reason)) => ListenError::Unavailable {
+                channel: ch.to_owned(),
+                reason,
+            },
+            None => ListenError::Unavailable {
+                channel: ch.to_owned(),
+                reason: "listener connection unavailable".into(),
+            },
         })
     }
 

@@ -403,3 +403,37 @@ async fn a_missing_database_behind_a_host_list_is_told_at_once_not_waited_for() 
     .expect("told within the failover timeout's first round, not after it");
     assert_eq!(asked.code(), direct.code(), "{asked:?} vs {direct:?}");
 }
+
+/// LISTEN needs a server that is not in recovery. Through a database
+/// entry whose servers are standbys, the client gets the refusal a
+/// standby itself gives (SQLSTATE, severity and words), not one of
+/// pgharbor's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_through_a_standby_entry_is_refused_as_the_standby_refuses_it() {
+    let p = pair();
+    let proxy = start_proxy_with(&config(&servers(&[&p.standby]), "standby", "disable", 1)).await;
+    let direct = connect_to(&p.standby).await;
+    let on_standby = direct
+        .batch_execute("LISTEN standby_channel")
+        .await
+        .expect_err("a standby refuses LISTEN");
+    let through = connect(&proxy, "app").await;
+    let via_pgharbor = through
+        .batch_execute("LISTEN standby_channel")
+        .await
+        .expect_err("refused through pgharbor too");
+    let fields = |e: &tokio_postgres::Error| {
+        let db = e.as_db_error().expect("an ErrorResponse");
+        (
+            db.severity().to_owned(),
+            db.code().code().to_owned(),
+            db.message().to_owned(),
+        )
+    };
+    assert_eq!(fields(&via_pgharbor), fields(&on_standby));
+    // The client's connection goes on.
+    assert_eq!(
+        where_it_ran(&through).await,
+        (p.standby.port() as i32, true)
+    );
+}
