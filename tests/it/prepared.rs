@@ -1,6 +1,8 @@
 //! Transaction mode keeps what drivers assume: named prepared statements and
 //! session parameters follow the client from server to server.
 
+use std::time::Duration;
+
 use crate::support::*;
 
 fn rows_text(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String> {
@@ -93,12 +95,18 @@ async fn pgbench_prepared_mode_has_no_failures() {
     )
     .await;
     assert_succeeded(&init);
-    let run = pgbench_at(
+    let bench = pgbench_at(
         proxy.addr(),
         USER,
         &["-M", "prepared", "-c", "50", "-j", "2", "-T", "5"],
-    )
-    .await;
+    );
+    // pgbench -T 5 ends once every client's transaction does: one still
+    // running long after says where the clients are.
+    let Ok(run) = tokio::time::timeout(Duration::from_secs(90), bench).await else {
+        let (admin, _) = connect_admin(&proxy).await;
+        let state = where_clients_are(&admin, USER).await;
+        panic!("pgbench -M prepared -T 5 still runs after 90 s\n{state}");
+    };
     let out = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),

@@ -55,47 +55,6 @@ fn with_typo(text: &str) -> (String, usize) {
     (bad, line)
 }
 
-/// What pgharbor and Postgres say of `user`'s clients and servers, for a
-/// test whose pgbench never ended: whether a client waits in line (SHOW
-/// CLIENTS), holds a server, or its server waits inside Postgres
-/// (pg_stat_activity's state and wait event).
-async fn stuck_state(admin: &tokio_postgres::Client, user: &str) -> String {
-    let mut out = String::new();
-    for what in ["POOLS", "CLIENTS", "SERVERS"] {
-        out.push_str(&format!("SHOW {what}:\n"));
-        match admin.simple_query(&format!("SHOW {what}")).await {
-            Ok(messages) => {
-                for m in messages {
-                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-                        let cells: Vec<String> = (0..r.len())
-                            .map(|i| {
-                                format!("{}={}", r.columns()[i].name(), r.get(i).unwrap_or(""))
-                            })
-                            .collect();
-                        out.push_str(&format!("  {}\n", cells.join(" ")));
-                    }
-                }
-            }
-            Err(e) => out.push_str(&format!("  {e}\n")),
-        }
-    }
-    let direct = connect_direct().await;
-    let sql = "select pid, state, coalesce(wait_event_type, ''), coalesce(wait_event, ''), left(query, 80) \
-               from pg_stat_activity where usename = $1 and backend_type = 'client backend'";
-    out.push_str("pg_stat_activity:\n");
-    match direct.query(sql, &[&user]).await {
-        Ok(rows) => {
-            for r in rows {
-                let pid: i32 = r.get(0);
-                let cells: Vec<Option<String>> = (1..5).map(|i| r.get(i)).collect();
-                out.push_str(&format!("  {pid} {cells:?}\n"));
-            }
-        }
-        Err(e) => out.push_str(&format!("  {e}\n")),
-    }
-    out
-}
-
 async fn reload(admin: &tokio_postgres::Client) {
     admin.simple_query("RELOAD").await.expect("RELOAD");
 }
@@ -135,7 +94,7 @@ async fn reload_grows_and_shrinks_open_pools_under_pgbench_without_a_failed_tran
     // pgbench runs for 25 s: a client still waiting long after that would
     // hang the suite, so the wait is bounded and says where the pools are.
     let Ok(ended) = tokio::time::timeout(Duration::from_secs(90), bench).await else {
-        let state = stuck_state(&admin, user).await;
+        let state = where_clients_are(&admin, user).await;
         panic!("pgbench -T 25 still runs after 90 s, a client waits for good\n{state}");
     };
     assert_no_failed_transactions(&ended.expect("pgbench task"));

@@ -41,7 +41,14 @@ async fn pgbench_50_clients_on_a_pool_of_5_in_simple_and_extended_mode() {
             })
         };
         let args = ["-c", "50", "-j", "2", "-T", "10", "-M", mode];
-        let run = pgbench_at(proxy.addr(), user, &args).await;
+        // pgbench -T 10 ends once every client's transaction does: one
+        // still running long after says where the clients are.
+        let bench = pgbench_at(proxy.addr(), user, &args);
+        let Ok(run) = tokio::time::timeout(Duration::from_secs(90), bench).await else {
+            let (admin, _) = connect_admin(&proxy).await;
+            let state = where_clients_are(&admin, user).await;
+            panic!("pgbench -M {mode} -T 10 still runs after 90 s\n{state}");
+        };
         stop.store(true, Ordering::Relaxed);
         sampler.await.unwrap();
         let stdout = String::from_utf8_lossy(&run.stdout);

@@ -974,6 +974,47 @@ pub async fn connect_admin(
     .await
 }
 
+/// What pgharbor and Postgres say of `user`'s clients and servers, for a
+/// test whose pgbench never ended: whether a client waits in line (SHOW
+/// CLIENTS), holds a server, or its server waits inside Postgres
+/// (pg_stat_activity's state and wait event).
+pub async fn where_clients_are(admin: &tokio_postgres::Client, user: &str) -> String {
+    let mut out = String::new();
+    for what in ["POOLS", "CLIENTS", "SERVERS"] {
+        out.push_str(&format!("SHOW {what}:\n"));
+        match admin.simple_query(&format!("SHOW {what}")).await {
+            Ok(messages) => {
+                for m in messages {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        let cells: Vec<String> = (0..r.len())
+                            .map(|i| {
+                                format!("{}={}", r.columns()[i].name(), r.get(i).unwrap_or(""))
+                            })
+                            .collect();
+                        out.push_str(&format!("  {}\n", cells.join(" ")));
+                    }
+                }
+            }
+            Err(e) => out.push_str(&format!("  {e}\n")),
+        }
+    }
+    let direct = connect_direct().await;
+    let sql = "select pid, state, coalesce(wait_event_type, ''), coalesce(wait_event, ''), left(query, 80) \
+               from pg_stat_activity where usename = $1 and backend_type = 'client backend'";
+    out.push_str("pg_stat_activity:\n");
+    match direct.query(sql, &[&user]).await {
+        Ok(rows) => {
+            for r in rows {
+                let pid: i32 = r.get(0);
+                let cells: Vec<Option<String>> = (1..5).map(|i| r.get(i)).collect();
+                out.push_str(&format!("  {pid} {cells:?}\n"));
+            }
+        }
+        Err(e) => out.push_str(&format!("  {e}\n")),
+    }
+    out
+}
+
 /// pgbench through `proxy` as `user` (password [`PASSWORD`]) on database
 /// `user`, as a child process that may run alongside the test.
 pub async fn pgbench_at(addr: std::net::SocketAddr, user: &str, args: &[&str]) -> Output {
